@@ -1,0 +1,54 @@
+"""Running a daemon in the foreground: uvloop, signals, a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import uvloop
+
+log = logging.getLogger(__name__)
+
+
+class Daemon(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def run_daemon(factory: Callable[[], Daemon], on_started: Callable[[Daemon], None] | None = None) -> None:
+    """Build, start and serve a daemon on uvloop until SIGINT or SIGTERM, then stop it."""
+    uvloop.run(_serve(factory, on_started))
+
+
+async def _serve(factory: Callable[[], Daemon], on_started: Callable[[Daemon], None] | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    daemon = factory()
+    try:
+        await daemon.start()
+        if on_started is not None:
+            on_started(daemon)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        with contextlib.suppress(Exception):
+            await daemon.stop()
+
+
+async def gather_cancel(*tasks: asyncio.Task[object] | None) -> None:
+    """Cancel tasks and wait for them to end."""
+    live = [t for t in tasks if t is not None]
+    for task in live:
+        task.cancel()
+    await asyncio.gather(*live, return_exceptions=True)
+
+
+def run_coroutine(main: Callable[[], Awaitable[int]]) -> int:
+    """Run a one-shot command on uvloop; returns its exit status."""
+    return uvloop.run(main())

@@ -1,0 +1,107 @@
+"""Small HTTP helpers shared by every daemon: listen addresses, JSON bodies and errors."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from swarmpull.protocol import ProtocolError, error_body
+
+MAX_JSON_BODY = 4 << 20
+# Every request one node sends to another carries this header: a registry proxy never
+# mirrors a request that came from another node, so requests cannot loop.
+PEER_HEADER = "X-Swarmpull-Peer"
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all interfaces)."""
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"not a HOST:PORT address: {text!r}")
+        host = host.strip("[]") or "0.0.0.0"
+        return cls(host, int(port_text))
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.host in ("0.0.0.0", "::")
+
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def advertised_url(bound: HostPort, advertise: str | None) -> str:
+    """The URL others use to reach a server bound at ``bound``: ``advertise`` when given,
+    else the bound address, else (bound to every interface) this host's name."""
+    if advertise:
+        if "://" in advertise:
+            return advertise.rstrip("/")
+        return HostPort.parse(advertise).url()
+    if bound.is_wildcard:
+        return HostPort(socket.getfqdn(), bound.port).url()
+    return bound.url()
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response(error_body(code, message), status=status, headers=headers or None)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body; ProtocolError if it is missing, too large or not JSON."""
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise ProtocolError(f"body larger than {MAX_JSON_BODY} bytes")
+    raw = await request.content.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise ProtocolError(f"body larger than {MAX_JSON_BODY} bytes")
+    if not raw:
+        raise ProtocolError("a JSON body is required")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"body is not JSON: {exc}") from None
+
+
+def error_message(body: Any, fallback: str) -> str:
+    """The message of an error body built by ``error_body``, or ``fallback``."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = body["error"].get("message")
+        if isinstance(message, str):
+            return message
+    return fallback
+
+
+async def start_site(
+    app: web.Application, where: HostPort, **runner_args: Any
+) -> tuple[web.AppRunner, HostPort]:
+    """Serve ``app`` at ``where`` (port 0: any free port); returns the runner and the bound
+    address."""
+    runner = web.AppRunner(app, access_log=None, **runner_args)
+    await runner.setup()
+    site = web.TCPSite(runner, where.host, where.port, reuse_address=True, backlog=1024)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner, HostPort(where.host, runner.addresses[0][1])
