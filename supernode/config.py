@@ -1,0 +1,46 @@
+"""The supernode's configuration: one frozen dataclass, defaults in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from supernode.scheduler import SchedulerConfig
+from swarmpull.http import HostPort
+from swarmpull.upstream import UpstreamConfig
+
+
+@dataclass(frozen=True, slots=True)
+class SupernodeConfig:
+    listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 65003))
+    """Where the API and the seed's piece server listen."""
+    advertise: str | None = None
+    """The URL peers use to reach this supernode's piece server (default: from listen)."""
+    data_dir: Path | None = None
+    """Seed cache directory; None: a temporary directory removed on exit."""
+    cache_size: int | None = None
+    """Most bytes the seed cache holds (least recently used blobs are evicted)."""
+    piece_size: int | None = None
+    """Fixed piece size for new tasks; None: the documented rule (swarmpull.geometry)."""
+    seed_upload_slots: int = 16
+    """Concurrent piece uploads the seed accepts; peers are preferred whenever they can serve."""
+    heartbeat_interval: float = 5.0
+    """Seconds between peer heartbeats (told to peers when they register)."""
+    long_poll_max: float = 30.0
+    """Longest a sync may wait for work before answering empty."""
+    failed_task_ttl: float = 30.0
+    """Seconds a failed task answers with its error before a new attempt is made."""
+    tick_interval: float = 1.0
+    """Seconds between scheduler time events (timeouts, expiries)."""
+    seed_id: str = "seed"
+    """This supernode's id as a piece source."""
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        if self.seed_upload_slots < 1:
+            raise ValueError("seed_upload_slots must be at least 1")
+        if self.piece_size is not None and self.piece_size < 4096:
+            raise ValueError("piece_size must be at least 4 KiB")
+        if self.heartbeat_interval * 2 >= self.scheduler.peer_timeout:
+            raise ValueError("peer_timeout must exceed two heartbeat intervals")

@@ -1,0 +1,32 @@
+"""The supernode's counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class SupernodeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.upstream_bytes = Counter(
+            "swarmpull_supernode_upstream_bytes", "Bytes read from upstreams", registry=r
+        )
+        self.seed_upload_bytes = Counter(
+            "swarmpull_supernode_seed_upload_bytes", "Bytes the seed served to peers", registry=r
+        )
+        self.assignments = Counter(
+            "swarmpull_supernode_assignments",
+            "Piece assignments handed out, by kind of source",
+            ["source"],
+            registry=r,
+        )
+        self.syncs = Counter("swarmpull_supernode_syncs", "Sync calls answered", registry=r)
+        self.failures = Counter(
+            "swarmpull_supernode_piece_failures",
+            "Piece failures reported by peers, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.tasks = Counter("swarmpull_supernode_tasks", "Tasks ended, by outcome", ["outcome"], registry=r)
+        self.peers = Gauge("swarmpull_supernode_peers", "Registered peers", registry=r)

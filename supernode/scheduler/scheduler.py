@@ -1,0 +1,472 @@
+"""The piece scheduler: events in, decisions out. No I/O, no clock, no asyncio.
+
+Every method is an event (a peer joined, pieces finished, a piece failed, time advanced)
+and returns the assignments it decided. The supernode's service is a thin shell that
+turns HTTP calls into these events; the simulator in ``loadtest/`` drives the very same
+object. Time arrives as the ``now`` argument.
+
+Choices, in order:
+- which piece: rarest first (fewest holders plus transfers under way), ties broken by a
+  rotation that differs per call so peers spread over equally rare pieces;
+- which source: a sample of the piece's holders (power of d choices), same rack, then
+  same zone, then least loaded relative to its upload slots; a source with no free slot,
+  quarantined, or blacklisted by the requester is skipped; the seed only when no peer
+  can serve;
+- endgame: once a peer's last few pieces are all in flight and one has been in flight a
+  while, it gets a second source; the first copy to arrive wins.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from supernode.scheduler.model import (
+    Assignment,
+    Decisions,
+    Failure,
+    FailureReason,
+    SchedulerConfig,
+    SourceState,
+    UnknownPeer,
+    UnknownTask,
+)
+from supernode.scheduler.state import Flight, Member, Peer, Task
+
+
+class Scheduler:
+    """Decides which peer fetches which piece from where. One writer: its owner's loop."""
+
+    def __init__(self, config: SchedulerConfig | None = None, rng: random.Random | None = None):
+        self.config = config or SchedulerConfig()
+        self._rng = rng or random.Random(0)
+        self._peers: dict[str, Peer] = {}
+        self._tasks: dict[str, Task] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()  # peers, least recently heard first
+        self._flights: dict[Flight, None] = {}  # insertion order is start order
+        self._quarantine: dict[str, float] = {}  # peer -> until
+
+    # ----------------------------------------------------------------- peers and seeds
+
+    def add_seed(self, seed_id: str, slots: int) -> None:
+        """A seed: a source that holds what ``piece_seeded`` says and never times out."""
+        self._peers[seed_id] = Peer(seed_id, None, None, slots, is_seed=True)
+
+    def peer_joined(
+        self,
+        peer_id: str,
+        now: float,
+        *,
+        slots: int,
+        zone: str | None = None,
+        rack: str | None = None,
+    ) -> Decisions:
+        """A peer (re)registered. A re-registration starts from a clean slate."""
+        decisions = self.peer_left(peer_id, now) if peer_id in self._peers else Decisions()
+        peer = Peer(peer_id, zone, rack, max(1, slots), is_seed=False)
+        if self._quarantine.get(peer_id, 0.0) > now:
+            peer.state = SourceState.QUARANTINED
+        peer.last_seen = now
+        self._peers[peer_id] = peer
+        self._seen[peer_id] = None
+        return decisions
+
+    def peer_seen(self, peer_id: str, now: float) -> None:
+        """A heartbeat: the peer is alive. Raises UnknownPeer if it must re-register."""
+        peer = self._peer(peer_id)
+        peer.last_seen = now
+        self._seen.move_to_end(peer_id)
+
+    def peer_left(self, peer_id: str, now: float) -> Decisions:
+        """The peer is gone: it is no source any more and its transfers are taken back."""
+        peer = self._peers.pop(peer_id, None)
+        decisions = Decisions()
+        if peer is None:
+            return decisions
+        self._seen.pop(peer_id, None)
+        touched = set(peer.tasks)
+        for flight in list(peer.flights_out):
+            self._release(flight)
+            touched.add(flight.task)
+        for task_id in peer.tasks:
+            self._remove_member(self._tasks[task_id], peer_id)
+        for task_id in touched:
+            if task_id in self._tasks:
+                self._wake(self._tasks[task_id], now, decisions)
+        decisions.dropped.append(peer_id)
+        return decisions
+
+    # ----------------------------------------------------------------------- tasks
+
+    def add_task(self, task_id: str, count: int, seed_id: str) -> None:
+        if seed_id not in self._peers or not self._peers[seed_id].is_seed:
+            raise KeyError(f"unknown seed {seed_id!r}")
+        if task_id not in self._tasks:
+            self._tasks[task_id] = Task(task_id, count, seed_id)
+
+    def remove_task(self, task_id: str) -> list[str]:
+        """Forget a task; returns the peers that were waiting on it."""
+        task = self._tasks.pop(task_id, None)
+        if task is None:
+            return []
+        for member in task.members.values():
+            for flights in member.flights.values():
+                for flight in flights:
+                    self._drop_flight_refs(flight)
+            peer = self._peers.get(member.peer_id)
+            if peer is not None:
+                peer.tasks.discard(task_id)
+        return list(task.waiters)
+
+    def has_task(self, task_id: str) -> bool:
+        return task_id in self._tasks
+
+    def piece_seeded(self, task_id: str, piece: int, now: float) -> Decisions:
+        """The seed now holds ``piece`` (verified)."""
+        task = self._task(task_id)
+        decisions = Decisions()
+        if not task.seeded[piece]:
+            task.seeded[piece] = 1
+            self._wake(task, now, decisions)
+        return decisions
+
+    def announce(self, task_id: str, peer_id: str, pieces: list[int], now: float) -> Decisions:
+        """A peer holds ``pieces`` already (resumed from disk, or re-registered)."""
+        task = self._task(task_id)
+        member = self._member(task, self._peer(peer_id))
+        for piece in pieces:
+            self._add_holding(task, member, piece)
+        decisions = Decisions()
+        if pieces:
+            self._wake(task, now, decisions)
+        return decisions
+
+    def member_left(self, task_id: str, peer_id: str, now: float) -> Decisions:
+        """The peer no longer holds or wants the task (it evicted the blob)."""
+        decisions = Decisions()
+        task = self._tasks.get(task_id)
+        if task is None or peer_id not in task.members:
+            return decisions
+        peer = self._peers.get(peer_id)
+        if peer is not None:
+            peer.tasks.discard(task_id)
+            for flight in [f for f in peer.flights_out if f.task == task_id]:
+                self._release(flight)
+        self._remove_member(task, peer_id)
+        self._wake(task, now, decisions)
+        return decisions
+
+    # ------------------------------------------------------------------------ sync
+
+    def sync(
+        self,
+        task_id: str,
+        peer_id: str,
+        now: float,
+        *,
+        finished: Sequence[int] = (),
+        failed: Sequence[Failure] = (),
+        want: int = 0,
+        park: bool = False,
+    ) -> Decisions:
+        """One round trip: take the peer's reports, then give it up to ``want`` pieces.
+
+        With ``park``, a peer that gets nothing waits: a later event hands it work in
+        that event's decisions. The caller's own batch is at ``(task_id, peer_id)``.
+        """
+        task = self._task(task_id)
+        peer = self._peer(peer_id)
+        peer.last_seen = now
+        self._seen.move_to_end(peer_id)
+        member = self._member(task, peer)
+        decisions = Decisions()
+        for piece in finished:
+            self._add_holding(task, member, piece)
+        for failure in failed:
+            self._failed(task, member, failure, now, decisions)
+        task.waiters.pop(peer_id, None)
+        batch = self._assign(task, member, peer, min(want, self.config.max_batch), now)
+        if batch:
+            decisions.assignments[(task_id, peer_id)] = batch
+        elif park and want > 0 and member.have_count < task.count:
+            task.waiters[peer_id] = want
+        if finished or failed:
+            self._wake(task, now, decisions)
+        return decisions
+
+    def unpark(self, task_id: str, peer_id: str) -> None:
+        """The peer stopped waiting (its long poll ended)."""
+        task = self._tasks.get(task_id)
+        if task is not None:
+            task.waiters.pop(peer_id, None)
+
+    def abandon(self, task_id: str, peer_id: str, pieces: list[int], now: float) -> Decisions:
+        """Assignments that never reached the peer are taken back."""
+        decisions = Decisions()
+        task = self._tasks.get(task_id)
+        member = task.members.get(peer_id) if task else None
+        if task is None or member is None:
+            return decisions
+        for piece in pieces:
+            for flight in list(member.flights.get(piece, ())):
+                self._release(flight)
+        self._wake(task, now, decisions)
+        return decisions
+
+    # ------------------------------------------------------------------------ time
+
+    def expire(self, now: float) -> Decisions:
+        """Time advanced: drop silent peers, take back overdue assignments."""
+        decisions = Decisions()
+        timeout = self.config.peer_timeout
+        while self._seen:
+            peer_id = next(iter(self._seen))
+            if self._peers[peer_id].last_seen + timeout > now:
+                break
+            decisions.merge(self.peer_left(peer_id, now))
+        touched: set[str] = set()
+        deadline = now - self.config.assignment_timeout
+        while self._flights:
+            flight = next(iter(self._flights))
+            if flight.started > deadline:
+                break
+            self._release(flight)
+            touched.add(flight.task)
+        for peer_id, until in list(self._quarantine.items()):
+            if until <= now:
+                del self._quarantine[peer_id]
+                peer = self._peers.get(peer_id)
+                if peer is not None:
+                    peer.state = SourceState.ACTIVE
+                    touched.update(peer.tasks)
+        for task_id in touched:
+            if task_id in self._tasks:
+                self._wake(self._tasks[task_id], now, decisions)
+        return decisions
+
+    # ---------------------------------------------------------------- inspection
+
+    def load(self, source_id: str) -> tuple[int, int]:
+        """``(uploads assigned, upload slots)`` of a source."""
+        peer = self._peer(source_id)
+        return peer.uploads, peer.slots
+
+    def holders(self, task_id: str, piece: int) -> set[str]:
+        return set(self._task(task_id).holders[piece])
+
+    def has(self, task_id: str, peer_id: str, piece: int) -> bool:
+        member = self._task(task_id).members.get(peer_id)
+        return bool(member and member.have[piece])
+
+    def in_flight(self, task_id: str, peer_id: str) -> dict[int, list[str]]:
+        member = self._task(task_id).members.get(peer_id)
+        if member is None:
+            return {}
+        return {p: [f.source for f in fl] for p, fl in member.flights.items()}
+
+    def is_waiting(self, task_id: str, peer_id: str) -> bool:
+        return peer_id in self._task(task_id).waiters
+
+    def waiting(self, task_id: str) -> list[str]:
+        """Parked peers of a task, next to be tried first."""
+        return list(self._task(task_id).waiters)
+
+    def state(self, peer_id: str) -> SourceState:
+        return self._peer(peer_id).state
+
+    def knows_peer(self, peer_id: str) -> bool:
+        return peer_id in self._peers
+
+    def peers(self) -> list[str]:
+        return [p for p, peer in self._peers.items() if not peer.is_seed]
+
+    # ------------------------------------------------------------------ internals
+
+    def _peer(self, peer_id: str) -> Peer:
+        try:
+            return self._peers[peer_id]
+        except KeyError:
+            raise UnknownPeer(peer_id) from None
+
+    def _task(self, task_id: str) -> Task:
+        try:
+            return self._tasks[task_id]
+        except KeyError:
+            raise UnknownTask(task_id) from None
+
+    def _member(self, task: Task, peer: Peer) -> Member:
+        member = task.members.get(peer.id)
+        if member is None:
+            member = task.members[peer.id] = Member(peer.id, task.count)
+            peer.tasks.add(task.id)
+        return member
+
+    def _remove_member(self, task: Task, peer_id: str) -> None:
+        """Forget a peer's standing in a task: its holdings and its own transfers."""
+        member = task.members.pop(peer_id)
+        task.waiters.pop(peer_id, None)
+        for piece in range(task.count):
+            if member.have[piece]:
+                task.holders[piece].discard(peer_id)
+        for flights in list(member.flights.values()):
+            for flight in list(flights):
+                self._release(flight)
+
+    def _add_holding(self, task: Task, member: Member, piece: int) -> None:
+        if not member.have[piece]:
+            member.have[piece] = 1
+            member.have_count += 1
+            task.holders[piece].add(member.peer_id)
+        for flight in member.flights.pop(piece, ()):
+            self._drop_flight_refs(flight)
+
+    def _failed(self, task: Task, member: Member, failure: Failure, now: float, decisions: Decisions) -> None:
+        for flight in list(member.flights.get(failure.piece, ())):
+            if flight.source == failure.source:
+                self._release(flight)
+        source = self._peers.get(failure.source)
+        if source is None or source.id == member.peer_id:
+            return
+        reason = failure.reason
+        if reason is FailureReason.MISSING:
+            holder = task.members.get(source.id)
+            if holder is not None and holder.have[failure.piece]:
+                holder.have[failure.piece] = 0
+                holder.have_count -= 1
+                task.holders[failure.piece].discard(source.id)
+        elif reason is FailureReason.CORRUPT and not source.is_seed:
+            self._quarantine[source.id] = now + self.config.quarantine_seconds
+            if source.state is not SourceState.QUARANTINED:
+                source.state = SourceState.QUARANTINED
+                decisions.quarantined.append(source.id)
+        elif reason is not FailureReason.BUSY:
+            member.blacklist[source.id] = now + self.config.blacklist_seconds
+            if reason in (FailureReason.UNREACHABLE, FailureReason.TIMEOUT) and not source.is_seed:
+                window = now - self.config.blacklist_seconds
+                source.unreachable = {r: t for r, t in source.unreachable.items() if t > window}
+                source.unreachable[member.peer_id] = now
+                if len(source.unreachable) >= self.config.drop_after_unreachable:
+                    decisions.merge(self.peer_left(source.id, now))
+
+    def _assign(self, task: Task, member: Member, peer: Peer, want: int, now: float) -> list[Assignment]:
+        batch: list[Assignment] = []
+        if want <= 0:
+            return batch
+        count = task.count
+        have, flights = member.have, member.flights
+        holders, seeded, inflight = task.holders, task.seeded, task.inflight
+        offset = int(self._rng.random() * count)
+        candidates = []
+        for piece in range(count):
+            if have[piece] or piece in flights:
+                continue
+            held = len(holders[piece])
+            if held == 0 and not seeded[piece]:
+                continue
+            candidates.append(((held + inflight[piece]) * count + (piece - offset) % count, piece))
+        candidates.sort()
+        for _, piece in candidates:
+            source = self._pick_source(task, piece, member, peer, now, ())
+            if source is not None:
+                batch.append(self._start(task, member, piece, source, now))
+                if len(batch) >= want:
+                    return batch
+        if (
+            flights
+            and member.have_count + len(flights) == count
+            and len(flights) <= self.config.endgame_pieces
+        ):
+            for piece, current in list(flights.items()):
+                if len(current) > 1 or now - current[0].started < self.config.endgame_delay:
+                    continue
+                exclude = tuple(f.source for f in current)
+                source = self._pick_source(task, piece, member, peer, now, exclude)
+                if source is not None:
+                    batch.append(self._start(task, member, piece, source, now))
+                    if len(batch) >= want:
+                        break
+        return batch
+
+    def _pick_source(
+        self,
+        task: Task,
+        piece: int,
+        member: Member,
+        peer: Peer,
+        now: float,
+        exclude: tuple[str, ...],
+    ) -> Peer | None:
+        best: Peer | None = None
+        best_key = (3, 2.0)
+        for source_id in task.holders[piece].sample(self._rng, self.config.sample_size):
+            if source_id == peer.id or source_id in exclude:
+                continue
+            source = self._peers[source_id]
+            if source.state is not SourceState.ACTIVE or source.uploads >= source.slots:
+                continue
+            if member.blacklisted(source_id, now):
+                continue
+            if peer.zone is not None and source.zone == peer.zone:
+                locality = 0 if peer.rack is not None and source.rack == peer.rack else 1
+            else:
+                locality = 2
+            key = (locality, source.uploads / source.slots)
+            if key < best_key:
+                best, best_key = source, key
+        if best is not None or not task.seeded[piece] or task.seed_id in exclude:
+            return best
+        seed = self._peers[task.seed_id]
+        if seed.uploads < seed.slots and not member.blacklisted(seed.id, now):
+            return seed
+        return None
+
+    def _start(self, task: Task, member: Member, piece: int, source: Peer, now: float) -> Assignment:
+        flight = Flight(task.id, piece, member.peer_id, source.id, now)
+        member.flights.setdefault(piece, []).append(flight)
+        task.inflight[piece] += 1
+        source.uploads += 1
+        source.flights_out.add(flight)
+        self._flights[flight] = None
+        return Assignment(piece, source.id)
+
+    def _release(self, flight: Flight) -> None:
+        """Take back one transfer: the requester may be assigned the piece again."""
+        task = self._tasks.get(flight.task)
+        member = task.members.get(flight.requester) if task else None
+        if member is not None:
+            current = member.flights.get(flight.piece)
+            if current is not None and flight in current:
+                current.remove(flight)
+                if not current:
+                    del member.flights[flight.piece]
+        self._drop_flight_refs(flight)
+
+    def _drop_flight_refs(self, flight: Flight) -> None:
+        if self._flights.pop(flight, False) is False:
+            return
+        task = self._tasks.get(flight.task)
+        if task is not None:
+            task.inflight[flight.piece] -= 1
+        source = self._peers.get(flight.source)
+        if source is not None:
+            source.uploads -= 1
+            source.flights_out.discard(flight)
+
+    def _wake(self, task: Task, now: float, decisions: Decisions) -> None:
+        """Hand freed capacity to waiting peers, oldest first; those left wait at the back."""
+        misses = 0
+        for peer_id in list(task.waiters):
+            if misses >= self.config.wake_misses:
+                break
+            want = task.waiters.pop(peer_id)
+            peer = self._peers.get(peer_id)
+            member = task.members.get(peer_id)
+            if peer is None or member is None or member.have_count == task.count:
+                continue
+            batch = self._assign(task, member, peer, want, now)
+            if batch:
+                decisions.assignments.setdefault((task.id, peer_id), []).extend(batch)
+            else:
+                task.waiters[peer_id] = want
+                misses += 1
