@@ -1,0 +1,184 @@
+"""``swarmpull peer`` and ``swarmpull get``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from swarmpull.cli import (
+    digest_arg,
+    hostport_arg,
+    labels_arg,
+    positive_int,
+    size_arg,
+    url_arg,
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "peer",
+        help="run the node daemon: downloads, verifies and serves pieces",
+        description="Run the peer daemon on this node.",
+    )
+    p.add_argument(
+        "--supernode",
+        dest="supernodes",
+        action="append",
+        type=url_arg,
+        default=[],
+        metavar="URL",
+        help="supernode URL (repeat for replicas)",
+    )
+    p.add_argument(
+        "--listen",
+        type=hostport_arg,
+        required=True,
+        metavar="HOST:PORT",
+        help="where other peers fetch pieces from this node",
+    )
+    p.add_argument(
+        "--data-dir", type=Path, required=True, metavar="DIR", help="piece store and peer identity"
+    )
+    p.add_argument(
+        "--advertise", metavar="URL", help="URL other peers use to reach this node (default: from --listen)"
+    )
+    p.add_argument(
+        "--api-listen",
+        type=hostport_arg,
+        default="127.0.0.1:65000",
+        metavar="HOST:PORT",
+        help="local API for `swarmpull get --peer` (default: %(default)s)",
+    )
+    p.add_argument(
+        "--labels",
+        type=labels_arg,
+        default={},
+        metavar="zone=Z,rack=R",
+        help="topology labels: sources in the same rack, then zone, are preferred",
+    )
+    p.add_argument(
+        "--cache-size",
+        type=size_arg,
+        default="20GB",
+        metavar="SIZE",
+        help="most bytes the piece store holds (default: %(default)s)",
+    )
+    p.add_argument(
+        "--upload-slots",
+        type=int,
+        default=8,
+        metavar="N",
+        help="concurrent uploads offered to other peers (default: %(default)s)",
+    )
+    p.add_argument(
+        "--download-slots",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="concurrent piece downloads per blob (default: %(default)s)",
+    )
+    p.add_argument("--peer-id", metavar="ID", help="identity (default: generated, kept in --data-dir)")
+    p.set_defaults(func=run_peer, default_log_level="info")
+
+    g = subparsers.add_parser(
+        "get",
+        help="download one file through the swarm",
+        description="Download URL to FILE through the swarm: via the local peer daemon "
+        "(--peer) or as a one-shot peer (--supernode). FILE appears only when complete "
+        "and verified.",
+    )
+    g.add_argument("url", type=url_arg, metavar="URL")
+    g.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    g.add_argument(
+        "--digest",
+        type=digest_arg,
+        metavar="sha256:HEX",
+        help="expected digest: verified, and makes the blob shareable by content",
+    )
+    g.add_argument(
+        "--header",
+        dest="headers",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="header for the upstream request, e.g. an Authorization token",
+    )
+    where = g.add_mutually_exclusive_group()
+    where.add_argument(
+        "--peer", type=url_arg, metavar="URL", help="local peer daemon API (default: http://127.0.0.1:65000)"
+    )
+    where.add_argument(
+        "--supernode",
+        dest="supernodes",
+        action="append",
+        type=url_arg,
+        metavar="URL",
+        help="join the swarm as a one-shot peer instead",
+    )
+    g.set_defaults(func=run_get)
+
+
+def run_peer(args: argparse.Namespace) -> int:
+    from peer.config import PeerConfig
+    from peer.daemon import PeerDaemon
+    from swarmpull.cli import CommandError
+    from swarmpull.daemon import run_daemon
+
+    api = hostport_arg(args.api_listen) if isinstance(args.api_listen, str) else args.api_listen
+    cache = size_arg(args.cache_size) if isinstance(args.cache_size, str) else args.cache_size
+    unknown = set(args.labels) - {"zone", "rack"}
+    if unknown:
+        raise CommandError(f"unknown labels {', '.join(sorted(unknown))}: use zone= and rack=")
+    try:
+        config = PeerConfig(
+            data_dir=args.data_dir,
+            supernodes=tuple(args.supernodes),
+            listen=args.listen,
+            advertise=args.advertise,
+            api_listen=api,
+            zone=args.labels.get("zone"),
+            rack=args.labels.get("rack"),
+            cache_size=cache,
+            upload_slots=args.upload_slots,
+            download_slots=args.download_slots,
+            peer_id=args.peer_id,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    run_daemon(lambda: PeerDaemon(config))
+    return 0
+
+
+def run_get(args: argparse.Namespace) -> int:
+    from peer.get import GetError, get_file
+    from swarmpull.cli import CommandError
+    from swarmpull.daemon import run_coroutine
+
+    headers = {}
+    for item in args.headers:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise CommandError(f"a header looks like 'Name: value', not {item!r}")
+        headers[name.strip()] = value.strip()
+    if args.output.is_dir():
+        raise CommandError(f"{args.output} is a directory; give a file name")
+    if not args.output.absolute().parent.is_dir():
+        raise CommandError(f"directory {args.output.absolute().parent} does not exist")
+    peer = None if args.supernodes else (args.peer or "http://127.0.0.1:65000")
+
+    async def fetch() -> int:
+        await get_file(
+            args.url,
+            args.output,
+            digest=args.digest,
+            peer_api=peer,
+            supernodes=tuple(args.supernodes or ()),
+            headers=headers,
+        )
+        return 0
+
+    try:
+        return run_coroutine(fetch)
+    except GetError as exc:
+        raise CommandError(str(exc)) from None

@@ -1,0 +1,162 @@
+"""The peer daemon: piece store, piece server, downloads, membership, the local API.
+
+Many daemons can live in one process (the load test runs hundreds per event loop): no
+globals, one metrics registry per daemon, nothing started by the constructor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from peer.api import LocalApi
+from peer.config import PeerConfig
+from peer.download import BlobRequest, DownloadContext, DownloadState, TaskDownload
+from peer.link import SupernodeLink
+from peer.membership import Membership
+from peer.metrics import PeerMetrics
+from swarmpull.clock import Clock, SystemClock
+from swarmpull.daemon import gather_cancel
+from swarmpull.http import advertised_url, start_site
+from swarmpull.metrics import metrics_route
+from swarmpull.protocol import PEER_ID_RE, PeerRegistration
+from swarmpull.store import PieceStore
+from swarmpull.transport import HttpPieceTransport, PieceServer
+
+log = logging.getLogger(__name__)
+
+
+class PeerDaemon:
+    """Construct, ``await start()``, ``ensure()`` blobs; ``await stop()`` (safe twice)."""
+
+    def __init__(self, config: PeerConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.metrics = PeerMetrics()
+        self.peer_id = ""
+        self.address: str | None = None  # where other peers fetch our pieces
+        self.api_url: str | None = None
+        self.store: PieceStore | None = None
+        self.membership: Membership | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._context: DownloadContext | None = None
+        self._downloads: dict[str, TaskDownload] = {}
+        self._runs: set[asyncio.Task[None]] = set()
+        self._runners: list[web.AppRunner] = []
+        self._membership_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<PeerDaemon {self.peer_id or 'stopped'} {self.address}>"
+
+    async def start(self) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.peer_id = config.peer_id or _load_peer_id(config.data_dir)
+        self.store = PieceStore(config.data_dir / "blobs", config.cache_size, on_evict=self._evicted)
+        self.store.load()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=32), auto_decompress=False
+        )
+        try:
+            await self._start_servers()
+        except BaseException:
+            await self.stop()
+            raise
+        link = None
+        if config.supernodes:
+            link = SupernodeLink(self._session, config.supernodes, self.peer_id, config.request_timeout)
+            registration = PeerRegistration(
+                self.peer_id, self.address, config.upload_slots, config.zone, config.rack
+            )
+            self.membership = Membership(link, self.store, registration)
+            self._membership_task = asyncio.create_task(self.membership.run(), name="membership")
+        transport = HttpPieceTransport(self._session, self.peer_id, config.transport)
+        self._context = DownloadContext(
+            config,
+            self.peer_id,
+            self.store,
+            self._session,
+            transport,
+            link,
+            self.membership,
+            self.metrics,
+            self.clock,
+        )
+        log.info("peer %s serving pieces at %s, API at %s", self.peer_id, self.address, self.api_url)
+
+    async def _start_servers(self) -> None:
+        config = self.config
+        assert self.store is not None
+        if config.listen is not None:
+            app = web.Application()
+            server = PieceServer(self.store, on_bytes=self.metrics.upload_bytes.inc)
+            app.add_routes([*server.routes(), metrics_route(self.metrics.registry)])
+            runner, bound = await start_site(app, config.listen)
+            self._runners.append(runner)
+            self.address = advertised_url(bound, config.advertise)
+        if config.api_listen is not None:
+            runner, bound = await start_site(LocalApi(self).app(), config.api_listen)
+            self._runners.append(runner)
+            self.api_url = bound.url()
+
+    async def stop(self) -> None:
+        await gather_cancel(*self._runs)
+        self._runs.clear()
+        self._downloads.clear()
+        await gather_cancel(self._membership_task)
+        self._membership_task = None
+        if self.membership is not None:
+            await self.membership.leave()
+            self.membership = None
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def ensure(self, request: BlobRequest) -> TaskDownload:
+        """The download of a blob: a running one is shared, a held blob is ready at once."""
+        if self._context is None:
+            raise RuntimeError("the peer daemon is not started")
+        current = self._downloads.get(request.task_id)
+        if current is not None and current.state is not DownloadState.FAILED:
+            return current
+        download = TaskDownload(self._context, request)
+        self._downloads[request.task_id] = download
+        run = asyncio.create_task(download.run(), name=f"download-{request.task_id[:20]}")
+        self._runs.add(run)
+        run.add_done_callback(lambda done: self._ended(download, done))
+        return download
+
+    def downloads(self) -> list[TaskDownload]:
+        return list(self._downloads.values())
+
+    def _ended(self, download: TaskDownload, run: asyncio.Task[None]) -> None:
+        self._runs.discard(run)
+        if self._downloads.get(download.task_id) is download and download.state is DownloadState.COMPLETE:
+            del self._downloads[download.task_id]  # the store answers for it from now on
+
+    def _evicted(self, task_id: str) -> None:
+        if self.membership is not None:
+            self.membership.dropped(task_id)
+
+
+def _load_peer_id(data_dir: Path) -> str:
+    """This peer's id, generated once and kept, so a restarted peer is the same peer."""
+    path = data_dir / "peer-id"
+    if path.exists():
+        text = path.read_text().strip()
+        if PEER_ID_RE.match(text):
+            return text
+    peer_id = uuid.uuid4().hex
+    path.write_text(peer_id + "\n")
+    return peer_id

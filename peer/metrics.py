@@ -1,0 +1,34 @@
+"""The peer daemon's counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class PeerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.download_bytes = Counter(
+            "swarmpull_peer_download_bytes",
+            "Bytes received, by kind of source (peer, seed, upstream)",
+            ["source"],
+            registry=r,
+        )
+        self.upload_bytes = Counter(
+            "swarmpull_peer_upload_bytes", "Bytes of pieces served to other peers", registry=r
+        )
+        self.pieces = Counter(
+            "swarmpull_peer_pieces",
+            "Piece transfers, by outcome (verified, corrupt, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.blobs = Counter(
+            "swarmpull_peer_blobs", "Blob downloads ended, by outcome", ["outcome"], registry=r
+        )
+        self.fallbacks = Counter(
+            "swarmpull_peer_direct_fallbacks",
+            "Blobs fetched straight from upstream because no supernode could serve them",
+            registry=r,
+        )

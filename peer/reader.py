@@ -1,0 +1,40 @@
+"""Reading a blob in order while it downloads: the peer's local API and the registry
+proxy stream through this.
+
+Bytes are handed out only from verified pieces, in order, as they land. The very last
+chunk of the blob is held back until the whole blob's digest has been verified, so a
+reader that gets every byte got a blob that matches its digest; if it does not match,
+the reader gets ``DownloadFailed`` instead of the last bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from peer.download import TaskDownload
+
+CHUNK = 256 * 1024
+
+
+async def read_blob(
+    download: TaskDownload, start: int = 0, end: int | None = None
+) -> AsyncIterator[memoryview]:
+    """Yield bytes ``[start, end)`` of the blob (to its end when ``end`` is None)."""
+    blob = await download.wait_ready()
+    store = download.store
+    size = blob.meta.size
+    end = size if end is None else end
+    geometry = blob.geometry
+    with store.pinned(blob):
+        for piece in geometry.covering(start, end):
+            await download.wait_piece(piece)
+            view = blob.map_piece(piece)
+            offset = geometry.offset(piece)
+            lo, hi = max(start, offset) - offset, min(end, offset + len(view)) - offset
+            for pos in range(lo, hi, CHUNK):
+                stop = min(pos + CHUNK, hi)
+                if offset + stop == size:  # the last byte of the blob: only once verified
+                    await download.wait_complete()
+                yield view[pos:stop]
+        if start == end == size:
+            await download.wait_complete()
