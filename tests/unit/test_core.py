@@ -1,0 +1,139 @@
+"""Pure helpers of the shared core: units, digests, geometry, task ids, wire parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from swarmpull.digest import Digest, DigestError
+from swarmpull.geometry import MAX_PIECE_SIZE, MIN_PIECE_SIZE, PieceGeometry, choose_piece_size
+from swarmpull.http import HostPort
+from swarmpull.protocol import (
+    ProtocolError,
+    parse_open_task,
+    parse_peer_registration,
+    parse_sync_request,
+    parse_sync_response,
+)
+from swarmpull.tasks import check_upstream_url, redact_url, task_id_for
+from swarmpull.units import parse_rate, parse_size
+
+HEX = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("20GB", 20 * 10**9), ("4MiB", 4 << 20), ("512", 512), ("1.5kb", 1500), ("2 GiB", 2 << 30)],
+)
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [("50MB/s", 50 * 10**6), ("400Mbit/s", 50 * 10**6), ("1Gbit", 125 * 10**6), ("4MiB/s", 4 << 20)],
+)
+def test_rates(text, rate):
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize("text", ["", "ten", "5 parsecs", "-1MB", "MB"])
+def test_bad_sizes_say_what_is_expected(text):
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size(text)
+
+
+def test_digest_parsing():
+    assert str(Digest.parse(f"sha256:{HEX}")) == f"sha256:{HEX}"
+    with pytest.raises(DigestError, match="only sha256"):
+        Digest.parse("sha512:" + "ab" * 64)
+    with pytest.raises(DigestError, match="invalid digest"):
+        Digest.parse(f"sha256:{HEX.upper()}")
+    with pytest.raises(DigestError):
+        Digest.parse("sha256:abc")
+
+
+def test_piece_size_rule():
+    assert choose_piece_size(0) == MIN_PIECE_SIZE
+    assert choose_piece_size(100 << 20) == MIN_PIECE_SIZE
+    assert choose_piece_size(1 << 30) == 4 << 20
+    assert choose_piece_size(16 << 30) == MAX_PIECE_SIZE
+    assert choose_piece_size(1 << 40) == MAX_PIECE_SIZE
+
+
+def test_geometry():
+    g = PieceGeometry(10, 4)
+    assert g.count == 3
+    assert [g.length(i) for i in range(3)] == [4, 4, 2]
+    assert g.offset(2) == 8
+    assert list(g.covering(3, 9)) == [0, 1, 2]
+    assert list(g.covering(4, 8)) == [1]
+    assert list(g.covering(5, 5)) == []
+    assert PieceGeometry(0, 4).count == 0
+    with pytest.raises(IndexError):
+        g.length(3)
+    with pytest.raises(ValueError):
+        g.covering(0, 11)
+
+
+def test_task_ids_key_by_content_when_the_digest_is_known():
+    digest = Digest(HEX)
+    assert task_id_for("http://a/x", digest) == task_id_for("http://b/y", digest) == f"sha256-{HEX}"
+    assert task_id_for("http://a/x", None) != task_id_for("http://b/y", None)
+    assert task_id_for("http://a/x", None).startswith("url-")
+
+
+def test_urls():
+    assert check_upstream_url("https://r.io/v2/x#frag") == "https://r.io/v2/x"
+    for bad in ("ftp://x/y", "/relative", "http://", "http://h:notaport/x"):
+        with pytest.raises(ValueError):
+            check_upstream_url(bad)
+    assert redact_url("https://user:pw@r.io:5000/p?token=secret") == "https://r.io:5000/p"
+
+
+def test_hostport():
+    assert HostPort.parse("127.0.0.1:80") == HostPort("127.0.0.1", 80)
+    assert HostPort.parse("[::1]:9").url() == "http://[::1]:9"
+    assert HostPort.parse(":9").is_wildcard
+    with pytest.raises(ValueError):
+        HostPort.parse("localhost")
+
+
+def test_protocol_rejects_wrong_shapes_naming_the_field():
+    with pytest.raises(ProtocolError, match="body must be a JSON object"):
+        parse_sync_request([1, 2])
+    with pytest.raises(ProtocolError, match="'want'"):
+        parse_sync_request({"peer_id": "p", "want": -1})
+    with pytest.raises(ProtocolError, match="'finished'"):
+        parse_sync_request({"peer_id": "p", "finished": [1, "2"]})
+    with pytest.raises(ProtocolError, match="'reason'"):
+        parse_sync_request({"peer_id": "p", "failed": [{"piece": 1, "source": "s", "reason": "x"}]})
+    with pytest.raises(ProtocolError, match="'peer_id'"):
+        parse_sync_request({"peer_id": "bad id/../"})
+    with pytest.raises(ProtocolError, match="'digest'"):
+        parse_open_task({"peer_id": "p", "url": "http://h/x", "digest": "md5:abc"})
+    with pytest.raises(ProtocolError, match="'url'"):
+        parse_open_task({"peer_id": "p", "url": "file:///etc/passwd"})
+    with pytest.raises(ProtocolError, match="header"):
+        parse_open_task({"peer_id": "p", "url": "http://h/x", "headers": {"A": "x\r\nB: y"}})
+    with pytest.raises(ProtocolError, match="'address'"):
+        parse_peer_registration({"peer_id": "p", "address": "nowhere"})
+    with pytest.raises(ProtocolError, match="'sha256'"):
+        parse_sync_response(
+            {"assignments": [{"piece": 0, "source": "s", "address": "http://h", "sha256": "x"}]}
+        )
+
+
+def test_protocol_round_trip():
+    req = parse_sync_request(
+        {"peer_id": "p1", "finished": [1, 2], "failed": [{"piece": 3, "source": "s", "reason": "corrupt"}],
+         "want": 4, "wait": 2.5}
+    )  # fmt: skip
+    assert parse_sync_request(req.to_json()) == req
+    reg = parse_peer_registration(
+        {"peer_id": "p", "address": "http://127.0.0.1:1/", "labels": {"zone": "a"},
+         "holdings": [{"task_id": f"sha256-{HEX}", "size": 10, "piece_size": 4, "pieces": [0, 2]}]}
+    )  # fmt: skip
+    assert reg.address == "http://127.0.0.1:1" and reg.zone == "a" and reg.rack is None
+    assert parse_peer_registration(reg.to_json()) == reg
+    task = parse_open_task({"peer_id": "p", "url": "http://h/x", "headers": {"Authorization": "Bearer t"}})
+    assert "Bearer t" not in repr(task)

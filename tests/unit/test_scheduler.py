@@ -1,0 +1,283 @@
+"""The scheduler fed events directly, with a fake clock: no sockets, no asyncio."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from supernode.scheduler import (
+    Assignment,
+    Failure,
+    FailureReason,
+    Scheduler,
+    SchedulerConfig,
+    SourceState,
+    UnknownPeer,
+)
+from swarmpull.testing import FakeClock
+
+T = "sha256-" + "ab" * 32
+SEED = "seed"
+
+
+def make(pieces: int = 4, seed_slots: int = 4, seeded: bool = True, **config):
+    clock = FakeClock()
+    sched = Scheduler(SchedulerConfig(**config), random.Random(7))
+    sched.add_seed(SEED, seed_slots)
+    sched.add_task(T, pieces, SEED)
+    if seeded:
+        for piece in range(pieces):
+            sched.piece_seeded(T, piece, clock.now)
+    return sched, clock
+
+
+def join(sched, clock, *peers, slots=4, zone=None, rack=None):
+    for peer in peers:
+        sched.peer_joined(peer, clock.now, slots=slots, zone=zone, rack=rack)
+
+
+def mine(decisions, peer):
+    return decisions.assignments.get((T, peer), [])
+
+
+def test_rarest_piece_first():
+    sched, clock = make(pieces=4)
+    join(sched, clock, "a", "b", "c", "r")
+    sched.announce(T, "a", [0, 1, 2], clock.now)
+    sched.announce(T, "b", [0, 1], clock.now)
+    sched.announce(T, "c", [0], clock.now)
+    batch = mine(sched.sync(T, "r", clock.now, want=4), "r")
+    assert [a.piece for a in batch] == [3, 2, 1, 0]
+    assert batch[0].source == SEED  # nobody but the seed holds piece 3
+
+
+def test_pieces_in_flight_count_towards_rarity():
+    sched, clock = make(pieces=4)
+    join(sched, clock, "r1", "r2", "r3", "r4")
+    got = [mine(sched.sync(T, r, clock.now, want=1), r)[0].piece for r in ("r1", "r2", "r3", "r4")]
+    assert sorted(got) == [0, 1, 2, 3]
+
+
+def test_peer_preferred_over_seed_and_seed_used_when_peers_saturated():
+    sched, clock = make(pieces=1, seed_slots=10)
+    join(sched, clock, "a", "b", slots=2)
+    sched.announce(T, "a", [0], clock.now)
+    sched.announce(T, "b", [0], clock.now)
+    requesters = [f"r{i}" for i in range(5)]
+    join(sched, clock, *requesters)
+    sources = [mine(sched.sync(T, r, clock.now, want=1), r)[0].source for r in requesters]
+    assert sorted(sources[:4]) == ["a", "a", "b", "b"]  # spread by load
+    assert sources[4] == SEED  # both peers full
+    assert sched.load("a") == (2, 2) and sched.load("b") == (2, 2)
+
+
+def test_load_relative_to_capacity():
+    sched, clock = make(pieces=1)
+    join(sched, clock, "small", slots=1)
+    join(sched, clock, "big", slots=8)
+    sched.announce(T, "small", [0], clock.now)
+    sched.announce(T, "big", [0], clock.now)
+    requesters = [f"r{i}" for i in range(6)]
+    join(sched, clock, *requesters)
+    sources = [mine(sched.sync(T, r, clock.now, want=1), r)[0].source for r in requesters]
+    assert sources.count("big") == 5 and sources.count("small") == 1
+
+
+def test_nothing_assigned_when_every_source_is_full():
+    sched, clock = make(pieces=1, seed_slots=1)
+    join(sched, clock, "r1", "r2")
+    assert mine(sched.sync(T, "r1", clock.now, want=1), "r1") == [Assignment(0, SEED)]
+    assert mine(sched.sync(T, "r2", clock.now, want=1), "r2") == []
+
+
+def test_same_rack_then_same_zone_preferred():
+    sched, clock = make(pieces=1)
+    join(sched, clock, "far", zone="z2", rack="x")
+    join(sched, clock, "zone", zone="z1", rack="other")
+    join(sched, clock, "rack", zone="z1", rack="r1")
+    for peer in ("far", "zone", "rack"):
+        sched.announce(T, peer, [0], clock.now)
+    join(sched, clock, "me", zone="z1", rack="r1")
+    join(sched, clock, "me2", zone="z1", rack="r9")
+    assert mine(sched.sync(T, "me", clock.now, want=1), "me")[0].source == "rack"
+    sched.sync(T, "me", clock.now, finished=[0])
+    # "rack" is free again, "me" now holds it too; me2 shares zone z1 but not the rack:
+    # the same-zone peers "zone", "rack" and "me" tie on locality, least loaded wins.
+    assert mine(sched.sync(T, "me2", clock.now, want=1), "me2")[0].source in {"zone", "rack", "me"}
+
+
+def test_unreachable_source_blacklisted_for_the_requester_then_forgiven():
+    sched, clock = make(pieces=1, seed_slots=0, blacklist_seconds=60)
+    join(sched, clock, "a", "b", "r")
+    sched.announce(T, "a", [0], clock.now)
+    first = mine(sched.sync(T, "r", clock.now, want=1), "r")[0]
+    other = "b" if first.source == "a" else "a"
+    sched.announce(T, other, [0], clock.now)
+    failure = Failure(0, first.source, FailureReason.UNREACHABLE)
+    retry = mine(sched.sync(T, "r", clock.now, failed=[failure], want=1), "r")
+    assert retry == [Assignment(0, other)]
+    sched.sync(T, "r", clock.now, failed=[Failure(0, other, FailureReason.TIMEOUT)])
+    assert mine(sched.sync(T, "r", clock.now, want=1), "r") == []  # both blacklisted
+    clock.advance(61)
+    assert len(mine(sched.sync(T, "r", clock.now, want=1), "r")) == 1
+
+
+def test_corrupt_source_quarantined_for_everyone():
+    sched, clock = make(pieces=1, seed_slots=4)
+    join(sched, clock, "bad", "r1", "r2")
+    sched.announce(T, "bad", [0], clock.now)
+    assert mine(sched.sync(T, "r1", clock.now, want=1), "r1")[0].source == "bad"
+    decisions = sched.sync(T, "r1", clock.now, failed=[Failure(0, "bad", FailureReason.CORRUPT)], want=1)
+    assert decisions.quarantined == ["bad"]
+    assert sched.state("bad") is SourceState.QUARANTINED
+    assert mine(decisions, "r1") == [Assignment(0, SEED)]
+    assert mine(sched.sync(T, "r2", clock.now, want=1), "r2") == [Assignment(0, SEED)]
+    # Re-registering does not launder a quarantine.
+    sched.peer_joined("bad", clock.now, slots=4)
+    assert sched.state("bad") is SourceState.QUARANTINED
+
+
+def test_source_reported_unreachable_by_two_requesters_is_dropped():
+    sched, clock = make(pieces=2, seed_slots=0)
+    join(sched, clock, "gone", "r1", "r2")
+    sched.announce(T, "gone", [0, 1], clock.now)
+    for r in ("r1", "r2"):
+        assert mine(sched.sync(T, r, clock.now, want=1), r)[0].source == "gone"
+    sched.sync(T, "r1", clock.now, failed=[Failure(0, "gone", FailureReason.UNREACHABLE)])
+    assert sched.knows_peer("gone")
+    piece = sched.in_flight(T, "r2")
+    (p2,) = piece
+    decisions = sched.sync(T, "r2", clock.now, failed=[Failure(p2, "gone", FailureReason.UNREACHABLE)])
+    assert decisions.dropped == ["gone"]
+    assert not sched.knows_peer("gone") and sched.holders(T, 0) == set()
+
+
+def test_missing_piece_removes_the_holding():
+    sched, clock = make(pieces=1, seed_slots=0)
+    join(sched, clock, "a", "r")
+    sched.announce(T, "a", [0], clock.now)
+    mine(sched.sync(T, "r", clock.now, want=1), "r")
+    sched.sync(T, "r", clock.now, failed=[Failure(0, "a", FailureReason.MISSING)])
+    assert sched.holders(T, 0) == set()
+    assert sched.knows_peer("a") and sched.state("a") is SourceState.ACTIVE
+
+
+def test_departed_source_reschedules_its_transfers():
+    sched, clock = make(pieces=1, seed_slots=1)
+    join(sched, clock, "a", "b", "r")
+    sched.announce(T, "a", [0], clock.now)
+    assert mine(sched.sync(T, "r", clock.now, want=1), "r")[0].source == "a"
+    sched.peer_left("a", clock.now)
+    assert sched.in_flight(T, "r") == {}
+    assert mine(sched.sync(T, "r", clock.now, want=1), "r") == [Assignment(0, SEED)]
+
+
+def test_departed_requester_frees_its_sources():
+    sched, clock = make(pieces=2, seed_slots=2)
+    join(sched, clock, "r")
+    assert len(mine(sched.sync(T, "r", clock.now, want=2), "r")) == 2
+    assert sched.load(SEED) == (2, 2)
+    sched.peer_left("r", clock.now)
+    assert sched.load(SEED) == (0, 2)
+
+
+def test_silent_peer_dropped_after_timeout_and_its_holdings_forgotten():
+    sched, clock = make(pieces=1, peer_timeout=30)
+    join(sched, clock, "quiet", "chatty")
+    sched.announce(T, "quiet", [0], clock.now)
+    clock.advance(20)
+    sched.peer_seen("chatty", clock.now)
+    clock.advance(15)
+    decisions = sched.expire(clock.now)
+    assert decisions.dropped == ["quiet"]
+    assert sched.holders(T, 0) == set()
+    with pytest.raises(UnknownPeer):
+        sched.peer_seen("quiet", clock.now)
+    sched.peer_seen("chatty", clock.now)
+
+
+def test_overdue_assignment_taken_back():
+    sched, clock = make(pieces=1, seed_slots=1, assignment_timeout=100, peer_timeout=1000)
+    join(sched, clock, "slow", "other")
+    assert mine(sched.sync(T, "slow", clock.now, want=1), "slow")
+    clock.advance(99)
+    sched.expire(clock.now)
+    assert sched.load(SEED) == (1, 1)
+    sched.sync(T, "other", clock.now, want=1, park=True)
+    clock.advance(2)
+    decisions = sched.expire(clock.now)
+    assert sched.in_flight(T, "slow") == {}
+    assert mine(decisions, "other") == [Assignment(0, SEED)]  # the freed slot went on
+
+
+def test_endgame_adds_a_second_source_after_a_delay_first_copy_wins():
+    sched, clock = make(pieces=2, seed_slots=4, endgame_pieces=2, endgame_delay=1.0)
+    join(sched, clock, "a", "r")
+    sched.announce(T, "a", [0, 1], clock.now)
+    batch = mine(sched.sync(T, "r", clock.now, want=2), "r")
+    assert {a.source for a in batch} == {"a"}
+    assert mine(sched.sync(T, "r", clock.now, want=2), "r") == []  # too early
+    clock.advance(1.5)
+    dups = mine(sched.sync(T, "r", clock.now, want=2), "r")
+    assert sorted(dups, key=lambda a: a.piece) == [Assignment(0, SEED), Assignment(1, SEED)]
+    assert mine(sched.sync(T, "r", clock.now, want=2), "r") == []  # one duplicate each
+    sched.sync(T, "r", clock.now, finished=[0, 1])
+    assert sched.load("a") == (0, 4) and sched.load(SEED) == (0, 4)
+    assert sched.in_flight(T, "r") == {}
+
+
+def test_parked_peer_woken_when_a_piece_is_seeded():
+    sched, clock = make(pieces=2, seeded=False)
+    join(sched, clock, "r")
+    assert mine(sched.sync(T, "r", clock.now, want=2, park=True), "r") == []
+    assert sched.is_waiting(T, "r")
+    decisions = sched.piece_seeded(T, 1, clock.now)
+    assert mine(decisions, "r") == [Assignment(1, SEED)]
+    assert not sched.is_waiting(T, "r")
+
+
+def test_parked_peer_woken_when_a_slot_frees():
+    sched, clock = make(pieces=1, seed_slots=1)
+    join(sched, clock, "r1", "r2")
+    mine(sched.sync(T, "r1", clock.now, want=1), "r1")
+    assert mine(sched.sync(T, "r2", clock.now, want=1, park=True), "r2") == []
+    decisions = sched.sync(T, "r1", clock.now, finished=[0])
+    assert mine(decisions, "r2") in ([Assignment(0, "r1")], [Assignment(0, SEED)])
+
+
+def test_waking_stops_after_misses_and_rotates_the_queue():
+    sched, clock = make(pieces=1, seed_slots=0, wake_misses=2)
+    waiters = [f"w{i}" for i in range(5)]
+    join(sched, clock, "a", *waiters, slots=1)
+    for w in waiters:
+        sched.sync(T, w, clock.now, want=1, park=True)
+    # w0 now holds the piece (one upload slot): w0 is done and leaves the queue, w1 gets
+    # w0, w2 and w3 find w0 full: two misses end the round, so w4 was not tried.
+    sched.announce(T, "w0", [0], clock.now)
+    assert sched.in_flight(T, "w1") == {0: ["w0"]}
+    assert sched.waiting(T) == ["w4", "w2", "w3"]
+
+
+def test_complete_peer_is_not_parked():
+    sched, clock = make(pieces=1)
+    join(sched, clock, "r")
+    sched.announce(T, "r", [0], clock.now)
+    sched.sync(T, "r", clock.now, want=4, park=True)
+    assert not sched.is_waiting(T, "r")
+
+
+def test_unknown_peer_must_register():
+    sched, clock = make()
+    with pytest.raises(UnknownPeer):
+        sched.sync(T, "stranger", clock.now, want=1)
+
+
+def test_remove_task_frees_sources_and_returns_waiters():
+    sched, clock = make(pieces=2, seed_slots=1)
+    join(sched, clock, "r1", "r2")
+    mine(sched.sync(T, "r1", clock.now, want=1), "r1")
+    sched.sync(T, "r2", clock.now, want=1, park=True)
+    assert sched.remove_task(T) == ["r2"]
+    assert sched.load(SEED) == (0, 1)
+    assert not sched.has_task(T)

@@ -1,0 +1,120 @@
+"""The piece store on a temporary directory: verification, resume, quota, pinning."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from swarmpull.store import BlobMeta, PieceCorrupt, PieceStore, StoreFull, WriteCancelled
+
+PIECE = 4096
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def meta(name: str, size: int) -> BlobMeta:
+    return BlobMeta(f"sha256-{hashlib.sha256(name.encode()).hexdigest()}", size, PIECE)
+
+
+def fill(blob, data: bytes, pieces=None) -> None:
+    for piece in pieces if pieces is not None else range(blob.geometry.count):
+        chunk = data[piece * PIECE : (piece + 1) * PIECE]
+        writer = blob.writer(piece)
+        writer.write(chunk[:100])
+        writer.write(chunk[100:])
+        writer.commit(sha(chunk))
+
+
+def test_a_piece_is_readable_only_once_it_verified(tmp_path):
+    store = PieceStore(tmp_path)
+    store.load()
+    data = os.urandom(3 * PIECE - 10)
+    blob = store.create(meta("a", len(data)))
+    writer = blob.writer(1)
+    writer.write(b"x" * PIECE)
+    with pytest.raises(PieceCorrupt, match="sha256"):
+        writer.commit(sha(data[PIECE : 2 * PIECE]))
+    assert not blob.is_verified(1)
+    with pytest.raises(Exception, match="not verified"):
+        blob.map_piece(1)
+    fill(blob, data)
+    assert blob.all_verified
+    assert bytes(blob.map_piece(2)) == data[2 * PIECE :]
+    assert blob.sha256_of_data() == sha(data)
+
+
+def test_wrong_lengths_are_corrupt(tmp_path):
+    store = PieceStore(tmp_path)
+    blob = store.create(meta("a", 2 * PIECE))
+    writer = blob.writer(0)
+    with pytest.raises(PieceCorrupt, match="more than"):
+        writer.write(b"x" * (PIECE + 1))
+    short = blob.writer(1)
+    short.write(b"x" * 10)
+    with pytest.raises(PieceCorrupt, match="10 of"):
+        short.commit(sha(b"x" * 10))
+
+
+def test_a_second_copy_never_interleaves_with_the_first(tmp_path):
+    store = PieceStore(tmp_path)
+    good = os.urandom(PIECE)
+    blob = store.create(meta("a", PIECE))
+    first = blob.writer(0)  # writes into the file
+    second = blob.writer(0)  # buffers in memory
+    first.write(good[:2000])
+    second.write(good)
+    second.commit(sha(good))  # the buffered copy wins and cancels the first
+    with pytest.raises(WriteCancelled):
+        first.write(b"\0" * (PIECE - 2000))
+    assert bytes(blob.map_piece(0)) == good
+    with pytest.raises(WriteCancelled):
+        blob.writer(0)
+
+
+def test_restart_keeps_verified_pieces_and_drops_what_no_longer_hashes(tmp_path):
+    data = os.urandom(4 * PIECE)
+    store = PieceStore(tmp_path)
+    blob = store.create(meta("a", len(data)))
+    fill(blob, data, pieces=[0, 1, 3])
+    task_id = blob.task_id
+    store.close()
+    with open(tmp_path / f"{task_id}.data", "r+b") as f:  # a lost write, after a power cut
+        f.seek(PIECE + 5)
+        f.write(b"\xff")
+    with open(tmp_path / f"{task_id}.pieces", "ab") as f:  # a torn last record
+        f.write(b"\x00\x00")
+    (tmp_path / "stray.tmp").write_text("debris")
+    again = PieceStore(tmp_path)
+    again.load()
+    blob = again.get(task_id)
+    assert blob is not None and blob.verified_pieces() == [0, 3]
+    assert not (tmp_path / "stray.tmp").exists()
+    fill(blob, data, pieces=[1, 2])
+    blob.mark_complete("sha256:" + sha(data))
+    again.close()
+    third = PieceStore(tmp_path)
+    third.load()
+    assert third.get(task_id).complete and third.get(task_id).all_verified
+
+
+def test_quota_evicts_least_recently_used_but_never_a_pinned_blob(tmp_path):
+    evicted = []
+    store = PieceStore(tmp_path, quota=3 * PIECE, on_evict=evicted.append)
+    a = store.create(meta("a", PIECE))
+    b = store.create(meta("b", PIECE))
+    c = store.create(meta("c", PIECE))
+    a.touch()  # b is now the least recently used
+    store.create(meta("d", PIECE))
+    assert evicted == [b.task_id] and store.get(b.task_id) is None
+    assert not (tmp_path / f"{b.task_id}.data").exists()
+    with store.pinned(c), store.pinned(a):
+        store.create(meta("e", PIECE))  # d goes: a and c are in use
+        with store.pinned(store.get(meta("e", 0).task_id)), pytest.raises(StoreFull, match="in use"):
+            store.create(meta("f", PIECE))
+    with pytest.raises(StoreFull, match="larger than the cache"):
+        store.create(meta("g", 4 * PIECE))
+    assert store.used <= 3 * PIECE
