@@ -116,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="URL",
         help="join the swarm as a one-shot peer instead",
     )
-    g.set_defaults(func=run_get)
+    g.set_defaults(func=run_get, default_log_level="error")
 
 
 def run_peer(args: argparse.Namespace) -> int:
@@ -125,8 +125,6 @@ def run_peer(args: argparse.Namespace) -> int:
     from swarmpull.cli import CommandError
     from swarmpull.daemon import run_daemon
 
-    api = hostport_arg(args.api_listen) if isinstance(args.api_listen, str) else args.api_listen
-    cache = size_arg(args.cache_size) if isinstance(args.cache_size, str) else args.cache_size
     unknown = set(args.labels) - {"zone", "rack"}
     if unknown:
         raise CommandError(f"unknown labels {', '.join(sorted(unknown))}: use zone= and rack=")
@@ -136,10 +134,10 @@ def run_peer(args: argparse.Namespace) -> int:
             supernodes=tuple(args.supernodes),
             listen=args.listen,
             advertise=args.advertise,
-            api_listen=api,
+            api_listen=args.api_listen,
             zone=args.labels.get("zone"),
             rack=args.labels.get("rack"),
-            cache_size=cache,
+            cache_size=args.cache_size,
             upload_slots=args.upload_slots,
             download_slots=args.download_slots,
             peer_id=args.peer_id,

@@ -58,10 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from swarmpull.cli import CommandError
     from swarmpull.daemon import run_daemon
 
-    listen = hostport_arg(args.listen) if isinstance(args.listen, str) else args.listen
     try:
         config = SupernodeConfig(
-            listen=listen,
+            listen=args.listen,
             advertise=args.advertise,
             data_dir=args.data_dir,
             cache_size=args.cache_size,

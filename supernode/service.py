@@ -111,7 +111,23 @@ class SupernodeService:
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        for blob in self.store.blobs():  # what the seed cache kept from an earlier run
+            self._restore(blob)
         self._ticker = asyncio.create_task(self._tick_loop(), name="supernode-tick")
+
+    def _restore(self, blob: StoredBlob) -> None:
+        """Know a stored blob before anyone asks, so returning peers can announce theirs."""
+        if blob.all_verified and not blob.complete:
+            self.store.remove(blob.task_id)  # crashed between last piece and completion
+            return
+        digest = Digest.parse(blob.meta.digest) if blob.meta.digest else None
+        expected = digest if blob.task_id.startswith("sha256-") else None
+        task = SeedTask(blob.task_id, "", expected, {})
+        self.tasks[blob.task_id] = task
+        self._adopt(task, blob)
+        # A partial blob resumes when a peer opens the task again (with its URL).
+        task.state = TaskState.SEEDED if blob.complete else TaskState.PARTIAL
+        task.digest = digest
 
     async def stop(self) -> None:
         tasks = [t for t in (self._ticker, *(s.fetch for s in self.tasks.values())) if t]
@@ -236,19 +252,7 @@ class SupernodeService:
     def _create_task(self, task_id: str, req: OpenTask) -> SeedTask:
         task = SeedTask(task_id, req.url, req.digest, dict(req.headers))
         self.tasks[task_id] = task
-        blob = self.store.get(task_id)
-        if blob is not None and not blob.complete and blob.all_verified:
-            self.store.remove(task_id)  # crashed between last piece and completion: refetch
-            blob = None
-        if blob is None:
-            self._start_fetch(task)
-            return task
-        self._adopt(task, blob)
-        if blob.complete:
-            task.state = TaskState.SEEDED
-            task.digest = Digest.parse(blob.meta.digest) if blob.meta.digest else task.digest
-        else:
-            self._start_fetch(task)
+        self._start_fetch(task)
         return task
 
     def _adopt(self, task: SeedTask, blob: StoredBlob) -> None:

@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from swarmpull.digest import Digest, DigestError
 from swarmpull.http import HostPort
@@ -71,12 +72,19 @@ def positive_int(text: str) -> int:
 # ---------------------------------------------------------------------- main
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr (and exit status 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from loadtest import commands as loadtest_commands
     from peer import commands as peer_commands
     from supernode import commands as supernode_commands
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="swarmpull",
         description="Peer-to-peer container image distribution.",
     )
@@ -86,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity (default: info for daemons, warning for commands)",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     supernode_commands.register(subparsers)
     peer_commands.register(subparsers)
     loadtest_commands.register(subparsers)

@@ -252,3 +252,37 @@ def _victim_id(victim: PeerProcess) -> str:
 def _held(scheduler, task_id: str, _name: str, victim: PeerProcess) -> bool:
     peer_id = _victim_id(victim) if (victim.data_dir / "peer-id").exists() else None
     return bool(peer_id) and any(scheduler.has(task_id, peer_id, p) for p in range(10))
+
+
+async def test_supernode_restart_loses_nothing(swarm, upstream, tmp_path):
+    from peer.testing import free_port
+    from supernode.testing import start_supernode
+    from swarmpull.http import HostPort
+
+    data = os.urandom(4 * MiB)
+    url = upstream.add("layer", data)
+    listen = HostPort("127.0.0.1", free_port())
+    settings = {
+        "listen": listen,
+        "data_dir": tmp_path / "sn",
+        "piece_size": 256 * KiB,
+        "heartbeat_interval": 0.3,
+    }
+    await swarm.start_supernode(**settings)
+    first = await swarm.add_peers(3)
+    request = BlobRequest(url, Digest.of(data))
+    await asyncio.gather(*(p.ensure(request).wait_complete() for p in first))
+    await swarm.supernode.stop()
+
+    swarm.supernode = await start_supernode(**settings)  # same address, same seed cache
+    scheduler = swarm.supernode.service.scheduler
+    # The first peers' next heartbeat is refused (UNKNOWN_PEER): they register again and
+    # announce what they hold, which the supernode knows from its seed cache.
+    async with asyncio.timeout(10):
+        while not all(scheduler.knows_peer(p.peer_id) for p in first):
+            await asyncio.sleep(0.05)
+    for peer in first:
+        assert all(scheduler.has(request.task_id, peer.peer_id, p) for p in range(16))
+    late = await swarm.add_peers(3)
+    await asyncio.gather(*(p.ensure(request).wait_complete() for p in late))
+    assert upstream.bytes_sent == len(data)  # the seed cache survived: no second read

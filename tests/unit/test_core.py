@@ -137,3 +137,22 @@ def test_protocol_round_trip():
     assert parse_peer_registration(reg.to_json()) == reg
     task = parse_open_task({"peer_id": "p", "url": "http://h/x", "headers": {"Authorization": "Bearer t"}})
     assert "Bearer t" not in repr(task)
+
+
+def test_progress_bar_draws_on_terminals_only():
+    import io
+
+    from swarmpull.progress import ProgressBar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = ProgressBar("layer.tar", stream)
+        bar.total = 4 << 20
+        bar.advance(2 << 20)
+        bar.finish()
+    assert "layer.tar" in tty.getvalue() and "50%" in tty.getvalue() and "2.0 MiB/4.0 MiB" in tty.getvalue()
+    assert pipe.getvalue() == ""

@@ -1,0 +1,106 @@
+"""Bad input on every HTTP surface: a 4xx with a JSON message naming the problem."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+HEX = "ab" * 32
+
+
+async def call(method: str, url: str, **kwargs) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session, session.request(method, url, **kwargs) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code", "words"),
+    [
+        ("POST", "/api/v1/peers", b"{not json", 400, "BAD_REQUEST", "not JSON"),
+        ("POST", "/api/v1/peers", [1, 2], 400, "BAD_REQUEST", "JSON object"),
+        (
+            "POST",
+            "/api/v1/peers",
+            {"peer_id": "p", "upload_slots": "many"},
+            400,
+            "BAD_REQUEST",
+            "upload_slots",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks",
+            {"peer_id": "ghost", "url": "http://127.0.0.1:9/x"},
+            404,
+            "UNKNOWN_PEER",
+            "ghost",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks",
+            {"peer_id": "p", "url": "http://h/x", "digest": "sha256:12"},
+            400,
+            "BAD_REQUEST",
+            "digest",
+        ),
+        ("POST", f"/api/v1/tasks/sha256-{HEX}/sync", {"peer_id": "p"}, 404, "UNKNOWN_TASK", "not known"),
+        ("POST", "/api/v1/tasks/../../etc/sync", {"peer_id": "p"}, 404, "NOT_FOUND", ""),
+        ("POST", "/api/v1/tasks/sha256-zz/sync", {"peer_id": "p"}, 400, "BAD_REQUEST", "task id"),
+        ("POST", "/api/v1/peers/bad%20id/heartbeat", {}, 400, "BAD_REQUEST", "peer id"),
+        ("POST", "/api/v1/peers/nobody/heartbeat", {}, 404, "UNKNOWN_PEER", "register"),
+        ("GET", "/pieces/not-a-task/1", None, 400, "BAD_REQUEST", "task id"),
+        ("GET", f"/pieces/sha256-{HEX}/x1", None, 400, "BAD_REQUEST", "piece index"),
+        ("GET", f"/pieces/sha256-{HEX}/1", None, 404, "NOT_FOUND", "not held"),
+        ("GET", "/no/such/route", None, 404, "NOT_FOUND", ""),
+    ],
+)
+async def test_supernode_rejects_bad_input(swarm, method, path, body, status, code, words):
+    supernode = await swarm.start_supernode()
+    kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+    got, payload = await call(method, supernode.url + path, **kwargs)
+    assert got == status
+    assert payload["error"]["code"] == code
+    assert words in payload["error"]["message"]
+
+
+async def test_sync_rejects_pieces_out_of_range(swarm, upstream):
+    data = b"x" * 5000
+    url = upstream.add("blob", data)
+    supernode = await swarm.start_supernode(piece_size=4096)
+    base = supernode.url + "/api/v1"
+    assert (await call("POST", f"{base}/peers", json={"peer_id": "p", "address": None}))[0] == 200
+    status, info = await call("POST", f"{base}/tasks", json={"peer_id": "p", "url": url})
+    assert status == 200 and info["size"] == 5000 and info["piece_size"] == 4096
+    status, payload = await call(
+        "POST", f"{base}/tasks/{info['task_id']}/sync", json={"peer_id": "p", "finished": [2]}
+    )
+    assert status == 400 and "out of range" in payload["error"]["message"]
+    status, payload = await call(
+        "POST", f"{base}/tasks", json={"peer_id": "p", "url": upstream.url_of("none")}
+    )
+    assert (
+        status == 502
+        and payload["error"]["code"] == "UPSTREAM_ERROR"
+        and "404" in payload["error"]["message"]
+    )
+
+
+async def test_oversized_body_is_refused(swarm):
+    supernode = await swarm.start_supernode()
+    big = b'{"peer_id": "' + b"a" * (5 << 20) + b'"}'
+    status, payload = await call("POST", supernode.url + "/api/v1/peers", data=big)
+    assert status in (400, 413)
+    assert "larger" in payload["error"]["message"] or status == 413
+
+
+async def test_peer_local_api_rejects_bad_input(swarm, tmp_path):
+    from swarmpull.http import HostPort
+
+    (peer,) = await swarm.add_peers(1, api_listen=HostPort("127.0.0.1", 0))
+    for body, words in [
+        ({"url": "ftp://x/y"}, "url"),
+        ({"url": "http://h/x", "digest": "md5:1"}, "digest"),
+        ({"url": "http://h/x", "headers": {"X": 1}}, "headers"),
+        ([], "JSON object"),
+    ]:
+        status, payload = await call("POST", f"{peer.api_url}/api/v1/fetch", json=body)
+        assert status == 400 and words in payload["error"]["message"], payload

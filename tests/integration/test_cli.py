@@ -1,0 +1,117 @@
+"""``swarmpull`` as a user runs it: a child process, its exit status, one line of error."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+
+from peer.testing import PeerProcess, free_port
+from swarmpull.digest import Digest
+
+MiB = 1024 * 1024
+
+
+async def swarmpull(*args: str, cwd=None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarmpull", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_get_as_a_one_shot_peer(swarm, upstream, tmp_path):
+    data = os.urandom(3 * MiB)
+    url = upstream.add("file.bin", data)
+    supernode = await swarm.start_supernode()
+    out = tmp_path / "file.bin"
+    code, _, err = await swarmpull("get", url, "-o", str(out), "--digest", str(Digest.of(data)),
+                                   "--supernode", supernode.url)  # fmt: skip
+    assert code == 0, err
+    assert out.read_bytes() == data
+    assert oct(out.stat().st_mode & 0o777) != oct(0o600)  # an ordinary file, not a private temp
+    assert upstream.bytes_sent == len(data)  # through the supernode, once
+
+
+async def test_get_through_the_local_daemon(swarm, upstream, tmp_path):
+    data = os.urandom(2 * MiB)
+    url = upstream.add("file.bin", data)
+    supernode = await swarm.start_supernode()
+    daemon = PeerProcess(tmp_path / "node", supernode.url)
+    await daemon.start()
+    try:
+        out = tmp_path / "copy.bin"
+        code, _, err = await swarmpull("get", url, "-o", str(out), "--peer", daemon.api_url)
+        assert code == 0, err
+        assert out.read_bytes() == data
+    finally:
+        await daemon.stop()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("wrong-digest", "digest"),
+        ("missing", "404"),
+        ("no-daemon", "no peer daemon answers"),
+        ("bad-digest-arg", "invalid digest"),
+    ],
+)
+async def test_get_failures_are_one_line_and_leave_no_file(swarm, upstream, tmp_path, case, message):
+    data = os.urandom(MiB)
+    url = upstream.add("file.bin", data)
+    supernode = await swarm.start_supernode()
+    out = tmp_path / "out.bin"
+    args = ["get", url, "-o", str(out), "--supernode", supernode.url]
+    if case == "wrong-digest":
+        args += ["--digest", str(Digest.of(b"other"))]
+    elif case == "missing":
+        args[1] = upstream.url_of("nothing-here")
+    elif case == "no-daemon":
+        args = ["get", url, "-o", str(out), "--peer", f"http://127.0.0.1:{free_port()}"]
+    else:
+        args += ["--digest", "sha256:1234"]
+    code, _, err = await swarmpull(*args)
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], err
+    assert lines[0].startswith(("swarmpull: error:", "swarmpull get: error:"))
+    assert not list(tmp_path.glob("*out.bin*"))
+
+
+async def test_daemon_flags_are_checked_before_anything_starts(tmp_path):
+    code, _, err = await swarmpull("peer", "--listen", "nowhere", "--data-dir", str(tmp_path))
+    assert code == 2 and "HOST:PORT" in err
+    code, _, err = await swarmpull("peer", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+                                   "--cache-size", "lots")  # fmt: skip
+    assert code == 2 and "not a size" in err
+    code, _, err = await swarmpull("peer", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+                                   "--labels", "zone=a,floor=3")  # fmt: skip
+    assert code == 1 and "unknown labels floor" in err
+
+
+async def test_supernode_runs_as_a_module_and_stops_cleanly_on_sigterm(tmp_path):
+    import aiohttp
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "supernode", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    assert (await resp.json())["status"] == "ok"
+                    break
+            except aiohttp.ClientConnectorError:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the supernode did not come up")
+    proc.terminate()
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert (tmp_path / "seed").is_dir()
