@@ -38,6 +38,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
     p.set_defaults(func=run, default_log_level="warning")
 
+    b = subparsers.add_parser(
+        "benchmarks",
+        help="measure limits, zstd and the scheduler; print figures for docs/BENCHMARKS.md",
+        description="Run the benchmarks (all of them by default) and print their figures.",
+    )
+    b.add_argument("names", nargs="*", metavar="NAME", help="limits, zstd (default: all)")
+    b.add_argument("--seconds", type=float, default=6.0, help="length of each rate measurement (default: 6)")
+    b.set_defaults(func=run_benchmarks, default_log_level="warning")
+
 
 def run(args: argparse.Namespace) -> int:
     from loadtest.harness import SurgeConfig, run_surge
@@ -77,3 +86,16 @@ def run(args: argparse.Namespace) -> int:
         return 0 if all(r.failed == 0 and r.completed == r.nodes for r in results) else 1
 
     return run_coroutine(main)
+
+
+def run_benchmarks(args: argparse.Namespace) -> int:
+    from loadtest.benchmarks import BENCHMARKS
+    from loadtest.benchmarks import run_benchmarks as run_all
+    from swarmpull.cli import CommandError
+    from swarmpull.daemon import run_coroutine
+
+    names = args.names or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise CommandError(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    return run_coroutine(lambda: run_all(names, args))

@@ -24,7 +24,7 @@ from loadtest.report import ModeResult, kumar_ross_bound
 from loadtest.upstream import BlobServer
 from peer.config import PeerConfig
 from peer.daemon import PeerDaemon
-from peer.download import BlobRequest
+from peer.request import BlobRequest
 from supernode.config import SupernodeConfig
 from supernode.server import Supernode
 from swarmpull.digest import Digest

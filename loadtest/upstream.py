@@ -24,6 +24,7 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 @dataclass(slots=True)
 class Fault:
     status: int | None = None  # answer this status instead of the blob
+    times: int | None = None  # ... only this many times (None: always)
     corrupt: bool = False  # flip a byte in the middle of the body
     cut_after: int | None = None  # close the connection after this many body bytes (once)
     token: str | None = None  # require "Authorization: Bearer <token>"
@@ -43,6 +44,8 @@ class BlobServer:
         self.bytes_sent = 0
         self.bytes_by_path: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
+        self.active = 0  # requests being answered now
+        self.max_active = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -72,13 +75,23 @@ class BlobServer:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            return await self._answer(request)
+        finally:
+            self.active -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.requests[path] += 1
         data = self._blobs.get(path)
         fault = self.faults.get(path, Fault())
         if fault.token is not None and request.headers.get("Authorization") != f"Bearer {fault.token}":
             return web.json_response({"error": "unauthorized"}, status=401)
-        if fault.status is not None:
+        if fault.status is not None and (fault.times is None or fault.times > 0):
+            if fault.times is not None:
+                fault.times -= 1
             return web.json_response({"error": "injected"}, status=fault.status)
         if data is None:
             return web.json_response({"error": "not found"}, status=404)

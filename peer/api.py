@@ -1,6 +1,6 @@
 """The peer's local API, on loopback: "get me this blob, in order, as it lands".
 
-    POST /api/v1/fetch   {"url", "digest"?, "headers"?}  ->  the blob's bytes, streamed
+    POST /api/v1/fetch   {"url", "digest"?, "headers"?, "priority"?}  ->  the blob, streamed
     GET  /api/v1/tasks                                  ->  downloads under way
     GET  /healthz, /metrics
 
@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from peer.download import BlobRequest, DownloadFailed
 from peer.reader import read_blob
+from peer.request import BlobRequest, DownloadFailed
 from swarmpull.http import json_error, read_json
 from swarmpull.metrics import metrics_route
 from swarmpull.protocol import API, ProtocolError, parse_open_task
+from swarmpull.ratelimit import Priority
 
 if TYPE_CHECKING:
     from peer.daemon import PeerDaemon
@@ -29,10 +30,16 @@ log = logging.getLogger(__name__)
 
 
 def parse_blob_request(raw: object) -> BlobRequest:
+    """``{"url", "digest"?, "headers"?, "priority"?: "foreground" | "background"}``."""
+    priority = Priority.FOREGROUND
     if isinstance(raw, dict):
-        raw = {**raw, "peer_id": "local"}  # the same fields and rules as the supernode's
-    req = parse_open_task(raw)
-    return BlobRequest(req.url, req.digest, req.headers)
+        name = raw.get("priority", "foreground")
+        if name not in ("foreground", "background"):
+            raise ProtocolError("'priority' must be foreground or background")
+        priority = Priority[name.upper()]
+        raw = {k: v for k, v in raw.items() if k != "priority"} | {"peer_id": "local"}
+    req = parse_open_task(raw)  # the same fields and rules as the supernode's
+    return BlobRequest(req.url, req.digest, req.headers, priority)
 
 
 class LocalApi:
@@ -100,4 +107,4 @@ def download_error(exc: DownloadFailed) -> web.Response:
     headers = {"X-Upstream-Status": str(exc.status)} if exc.status else {}
     if exc.cache_full:
         return json_error(507, "CACHE_FULL", str(exc))
-    return json_error(502, "UPSTREAM_ERROR", str(exc), **headers)
+    return json_error(502, "UPSTREAM_ERROR", str(exc), headers)

@@ -9,6 +9,7 @@ from swarmpull.cli import (
     digest_arg,
     hostport_arg,
     labels_arg,
+    limit_arg,
     positive_int,
     size_arg,
     url_arg,
@@ -69,14 +70,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=int,
         default=8,
         metavar="N",
-        help="concurrent uploads offered to other peers (default: %(default)s)",
+        help="concurrent uploads; more are refused at once with a retry hint (default: %(default)s)",
+    )
+    p.add_argument(
+        "--upload-limit",
+        type=limit_arg,
+        default="100MB/s",
+        metavar="RATE",
+        help="upload rate to other peers, e.g. 50MB/s or 400Mbit/s; none: no limit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--download-limit",
+        type=limit_arg,
+        default="200MB/s",
+        metavar="RATE",
+        help="download rate from peers and seeds; none: no limit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-direct",
+        type=positive_int,
+        default=2,
+        metavar="N",
+        help="blobs read straight from upstream at once when the swarm cannot serve (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-compression", action="store_true", help="never send or accept zstd-compressed pieces"
     )
     p.add_argument(
         "--download-slots",
         type=positive_int,
-        default=8,
+        default=16,
         metavar="N",
-        help="concurrent piece downloads per blob (default: %(default)s)",
+        help="concurrent piece downloads, all blobs together (default: %(default)s)",
     )
     p.add_argument("--peer-id", metavar="ID", help="identity (default: generated, kept in --data-dir)")
     p.set_defaults(func=run_peer, default_log_level="info")
@@ -104,6 +129,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="'NAME: VALUE'",
         help="header for the upstream request, e.g. an Authorization token",
     )
+    g.add_argument(
+        "--background",
+        action="store_true",
+        help="prefetch: yield download slots and bandwidth to pulls a client waits on",
+    )
     where = g.add_mutually_exclusive_group()
     where.add_argument(
         "--peer", type=url_arg, metavar="URL", help="local peer daemon API (default: http://127.0.0.1:65000)"
@@ -124,6 +154,7 @@ def run_peer(args: argparse.Namespace) -> int:
     from peer.daemon import PeerDaemon
     from swarmpull.cli import CommandError
     from swarmpull.daemon import run_daemon
+    from swarmpull.transport import TransportConfig
 
     unknown = set(args.labels) - {"zone", "rack"}
     if unknown:
@@ -140,6 +171,10 @@ def run_peer(args: argparse.Namespace) -> int:
             cache_size=args.cache_size,
             upload_slots=args.upload_slots,
             download_slots=args.download_slots,
+            upload_limit=args.upload_limit,
+            download_limit=args.download_limit,
+            max_direct=args.max_direct,
+            transport=TransportConfig(compression=not args.no_compression),
             peer_id=args.peer_id,
         )
     except ValueError as exc:
@@ -152,6 +187,7 @@ def run_get(args: argparse.Namespace) -> int:
     from peer.get import GetError, get_file
     from swarmpull.cli import CommandError
     from swarmpull.daemon import run_coroutine
+    from swarmpull.ratelimit import Priority
 
     headers = {}
     for item in args.headers:
@@ -173,6 +209,7 @@ def run_get(args: argparse.Namespace) -> int:
             peer_api=peer,
             supernodes=tuple(args.supernodes or ()),
             headers=headers,
+            priority=Priority.BACKGROUND if args.background else Priority.FOREGROUND,
         )
         return 0
 

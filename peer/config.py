@@ -10,6 +10,8 @@ from swarmpull.transport import TransportConfig
 from swarmpull.upstream import UpstreamConfig
 
 DEFAULT_API = HostPort("127.0.0.1", 65000)
+DEFAULT_UPLOAD_LIMIT = 100 * 1000**2  # 100 MB/s (800 Mbit/s)
+DEFAULT_DOWNLOAD_LIMIT = 200 * 1000**2  # 200 MB/s (1.6 Gbit/s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +32,21 @@ class PeerConfig:
     cache_size: int | None = 20 * 1000**3
     """Most bytes the piece store holds; least recently used blobs are evicted."""
     upload_slots: int = 8
-    """Concurrent uploads this peer offers to the swarm."""
-    download_slots: int = 8
-    """Concurrent piece downloads per blob."""
+    """Concurrent uploads this peer serves; one more is refused at once (429, retry hint)."""
+    download_slots: int = 16
+    """Concurrent piece downloads, all blobs together."""
+    upload_limit: int | None = DEFAULT_UPLOAD_LIMIT
+    """Upload bytes per second to other peers (on the wire); None: no limit."""
+    download_limit: int | None = DEFAULT_DOWNLOAD_LIMIT
+    """Download bytes per second from peers and seeds (on the wire); None: no limit."""
+    piece_pace: float = 0.5
+    """At most as many concurrent downloads as the download limit feeds at a piece per
+    this many seconds each (the supernode applies the same rule to uploads)."""
+    max_direct: int = 2
+    """Blobs this node reads straight from their upstream at once (fallbacks)."""
+    direct_jitter: float = 2.0
+    """Most seconds a node waits, at random, before falling back to the upstream when no
+    supernode answers, so a supernode outage does not send every node at once."""
     long_poll: float = 15.0
     """Seconds a sync may wait at the supernode when this peer has nothing in flight."""
     poll_interval: float = 1.0
@@ -51,5 +65,11 @@ class PeerConfig:
     def __post_init__(self) -> None:
         if self.upload_slots < 0 or self.download_slots < 1:
             raise ValueError("upload_slots must be >= 0 and download_slots >= 1")
+        for name in ("upload_limit", "download_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1024:
+                raise ValueError(f"{name} must be at least 1 KiB/s (or none)")
+        if self.max_direct < 1:
+            raise ValueError("max_direct must be at least 1")
         if self.cache_size is not None and self.cache_size <= 0:
             raise ValueError("cache_size must be positive")

@@ -16,15 +16,18 @@ from aiohttp import web
 
 from peer.api import LocalApi
 from peer.config import PeerConfig
-from peer.download import BlobRequest, DownloadContext, DownloadState, TaskDownload
+from peer.download import DownloadContext, TaskDownload
 from peer.link import SupernodeLink
 from peer.membership import Membership
 from peer.metrics import PeerMetrics
+from peer.request import BlobRequest, DownloadState
+from peer.slots import DownloadSlots
 from swarmpull.clock import Clock, SystemClock
 from swarmpull.daemon import gather_cancel
 from swarmpull.http import advertised_url, start_site
 from swarmpull.metrics import metrics_route
 from swarmpull.protocol import PEER_ID_RE, PeerRegistration
+from swarmpull.ratelimit import RateLimiter
 from swarmpull.store import PieceStore
 from swarmpull.transport import HttpPieceTransport, PieceServer
 
@@ -49,6 +52,7 @@ class PeerDaemon:
         self._runs: set[asyncio.Task[None]] = set()
         self._runners: list[web.AppRunner] = []
         self._membership_task: asyncio.Task[None] | None = None
+        self.piece_server: PieceServer | None = None
 
     def __repr__(self) -> str:
         return f"<PeerDaemon {self.peer_id or 'stopped'} {self.address}>"
@@ -71,11 +75,26 @@ class PeerDaemon:
         if config.supernodes:
             link = SupernodeLink(self._session, config.supernodes, self.peer_id, config.request_timeout)
             registration = PeerRegistration(
-                self.peer_id, self.address, config.upload_slots, config.zone, config.rack
+                self.peer_id,
+                self.address,
+                config.upload_slots,
+                config.zone,
+                config.rack,
+                upload_rate=config.upload_limit,
             )
             self.membership = Membership(link, self.store, registration)
             self._membership_task = asyncio.create_task(self.membership.run(), name="membership")
-        transport = HttpPieceTransport(self._session, self.peer_id, config.transport)
+        counters = self.metrics.transfers
+        download_limiter = RateLimiter(
+            config.download_limit, self.clock, on_wait=counters.limiter_wait.labels("download").inc
+        )
+        transport = HttpPieceTransport(
+            self._session,
+            self.peer_id,
+            config.transport,
+            download_limiter,
+            on_saved=counters.saved.labels("download").inc,
+        )
         self._context = DownloadContext(
             config,
             self.peer_id,
@@ -86,6 +105,9 @@ class PeerDaemon:
             self.membership,
             self.metrics,
             self.clock,
+            DownloadSlots(config.download_slots),
+            asyncio.Semaphore(config.max_direct),
+            lambda: self.piece_server.active if self.piece_server else 0,
         )
         log.info("peer %s serving pieces at %s, API at %s", self.peer_id, self.address, self.api_url)
 
@@ -94,7 +116,13 @@ class PeerDaemon:
         assert self.store is not None
         if config.listen is not None:
             app = web.Application()
-            server = PieceServer(self.store, on_bytes=self.metrics.upload_bytes.inc)
+            counters = self.metrics.transfers
+            limiter = RateLimiter(
+                config.upload_limit, self.clock, on_wait=counters.limiter_wait.labels("upload").inc
+            )
+            server = self.piece_server = PieceServer(
+                self.store, counters, limiter, config.upload_slots, config.transport.compression
+            )
             app.add_routes([*server.routes(), metrics_route(self.metrics.registry)])
             runner, bound = await start_site(app, config.listen)
             self._runners.append(runner)

@@ -1,79 +1,42 @@
 """One blob's download on a peer: through the swarm, or straight from upstream.
 
 ``TaskDownload.run`` opens the task at the supernode, then loops on sync: report what
-finished and failed, receive assignments, fetch pieces with bounded concurrency, verify
-each against the sha256 the supernode gave. When every piece is in, the whole blob is
-hashed and compared to its digest before it is marked complete. If no supernode answers
-(at the start, or for ``fallback_grace`` seconds mid-way) the rest comes from upstream
-directly, with the same verification. Readers wait on ``wait_piece``; they never see a
-byte that is not verified.
+finished and failed, receive assignments, fetch pieces within the node's download slots,
+verify each against the sha256 the supernode gave. When every piece is in, the whole
+blob is hashed and compared to its digest before it is marked complete. If no supernode
+answers (at the start, or for ``fallback_grace`` seconds mid-way), or the supernode could
+not read the upstream and allows it, the rest comes from upstream directly, with the same
+verification. Readers wait on ``wait_piece``; they never see a byte that is not verified.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-from dataclasses import dataclass, field
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 
 from peer.config import PeerConfig
+from peer.direct import DirectEvents, read_direct
+from peer.flights import Flights
 from peer.link import LinkError, SupernodeLink, SupernodeUnavailable
 from peer.membership import Membership
 from peer.metrics import PeerMetrics
+from peer.request import BlobRequest, DownloadFailed, DownloadState
+from peer.slots import DownloadSlots
 from swarmpull.clock import Clock
 from swarmpull.digest import Digest
-from swarmpull.geometry import choose_piece_size
-from swarmpull.protocol import OpenTask, PieceAssignment, PieceFailure, SyncRequest, TaskInfo
-from swarmpull.store import (
-    BlobMeta,
-    PieceCorrupt,
-    PieceStore,
-    StoredBlob,
-    StoreFull,
-    WriteCancelled,
-)
-from swarmpull.tasks import check_upstream_url, redact_url, task_id_for
-from swarmpull.transport import PieceFetchError, PieceTransport
-from swarmpull.upstream import UpstreamError, UpstreamFetch
+from swarmpull.protocol import OpenTask, SyncRequest, TaskInfo
+from swarmpull.store import BlobMeta, PieceStore, StoredBlob, StoreFull
+from swarmpull.tasks import redact_url
+from swarmpull.transport import PieceTransport
+from swarmpull.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
-
-
-class DownloadState(enum.Enum):
-    OPENING = "opening"
-    RUNNING = "running"
-    VERIFYING = "verifying"
-    COMPLETE = "complete"
-    FAILED = "failed"
-
-
-class DownloadFailed(Exception):
-    """The blob cannot be had. ``status`` is the upstream's HTTP status when it said no;
-    ``cache_full`` says the local store had no room."""
-
-    def __init__(self, message: str, status: int | None = None, cache_full: bool = False):
-        super().__init__(message)
-        self.status = status
-        self.cache_full = cache_full
-
-
-@dataclass(frozen=True, slots=True)
-class BlobRequest:
-    """A blob to fetch: its upstream URL, its digest when known, the headers to read it."""
-
-    url: str
-    digest: Digest | None = None
-    headers: dict[str, str] = field(default_factory=dict, repr=False)  # secrets
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "url", check_upstream_url(self.url))
-
-    @property
-    def task_id(self) -> str:
-        return task_id_for(self.url, self.digest)
 
 
 @dataclass(slots=True)
@@ -89,6 +52,9 @@ class DownloadContext:
     membership: Membership | None
     metrics: PeerMetrics
     clock: Clock
+    slots: DownloadSlots
+    direct_slots: asyncio.Semaphore
+    uploads: Callable[[], int]  # uploads this node serves right now
 
 
 class TaskDownload:
@@ -185,14 +151,18 @@ class TaskDownload:
         try:
             info = await self._open()
         except SupernodeUnavailable as exc:
-            await self._direct(str(exc))
-            return
+            # Everyone sees the outage at once: spread the fallbacks, then try once more.
+            await asyncio.sleep(random.uniform(0, ctx.config.direct_jitter))
+            try:
+                info = await self._open()
+            except SupernodeUnavailable:
+                await self._direct(str(exc))
+                return
         except LinkError as exc:
-            status = exc.upstream_status
-            if exc.code == "UPSTREAM_ERROR" and (status is None or status >= 500 or status in (408, 429)):
+            if exc.code == "UPSTREAM_ERROR" and exc.direct:
                 await self._direct(f"the supernode could not read the upstream: {exc}")
                 return
-            raise DownloadFailed(str(exc), status) from None
+            raise DownloadFailed(str(exc), exc.upstream_status) from None
         self._prepare(info)
         await self._swarm()
 
@@ -254,155 +224,124 @@ class TaskDownload:
     async def _swarm(self) -> None:
         ctx = self._ctx
         config = ctx.config
-        assert self.blob is not None and ctx.link is not None and ctx.membership is not None
-        blob = self.blob
-        flights: dict[asyncio.Task[PieceFailure | None], PieceAssignment] = {}
-        finished: list[int] = []
-        failed: list[PieceFailure] = []
+        assert self.blob is not None and ctx.link is not None
+        flights = self._flights(self.blob)
         unreachable_since: float | None = None
         try:
-            while not blob.all_verified:
-                want = config.download_slots - len(flights)
-                wait = 0.0 if flights else config.long_poll
-                req = SyncRequest(ctx.peer_id, finished, failed, want, wait)
+            while not flights.blob.all_verified:
+                want = flights.want()
+                if want == 0 and not len(flights):
+                    await ctx.slots.wait_free(self.request.priority)
+                    continue
+                wait = 0.0 if len(flights) else config.long_poll
+                outcomes = flights.take_outcomes()
+                req = SyncRequest(
+                    ctx.peer_id,
+                    outcomes.finished,
+                    outcomes.failed,
+                    want,
+                    wait,
+                    outcomes.timings,
+                    ctx.uploads(),
+                )
                 started = ctx.clock.monotonic()
                 try:
                     resp = await ctx.link.sync(self.task_id, req)
                 except SupernodeUnavailable as exc:
+                    flights.restore(outcomes)
                     now = ctx.clock.monotonic()
                     unreachable_since = unreachable_since or now
                     if now - unreachable_since >= config.fallback_grace:
-                        await _cancel(flights)
+                        await flights.cancel()
                         await self._direct(str(exc))
                         return
-                    await self._collect(flights, finished, failed, timeout=1.0)
+                    await flights.collect(timeout=1.0)
                     continue
                 except LinkError as exc:
+                    flights.restore(outcomes)
                     with contextlib.suppress(SupernodeUnavailable):  # handled at the next sync
-                        await self._recover(exc)
-                    blob = self.blob
-                    assert blob is not None
+                        if await self._recover(exc):
+                            await flights.cancel()
+                            flights = self._flights(self.blob)
                     continue
                 unreachable_since = None
-                finished, failed = [], []
                 if resp.state == "failed":
                     raise DownloadFailed(resp.error or "the supernode failed this task")
                 if resp.digest is not None:
                     self._expect(resp.digest)
                 for assignment in resp.assignments:
-                    if blob.is_verified(assignment.piece):
-                        finished.append(assignment.piece)
-                    else:
-                        flights[asyncio.create_task(self._fetch_piece(assignment))] = assignment
-                if flights:
-                    await self._collect(flights, finished, failed, timeout=config.poll_interval)
+                    flights.start(assignment)
+                if len(flights):
+                    await flights.collect(timeout=config.poll_interval)
                 elif not resp.assignments and ctx.clock.monotonic() - started < 0.1:
                     await asyncio.sleep(config.poll_interval)  # an empty answer without waiting
         finally:
-            await _cancel(flights)
+            await flights.cancel()
+        outcomes = flights.take_outcomes()
         with contextlib.suppress(LinkError, SupernodeUnavailable):
-            await ctx.link.sync(self.task_id, SyncRequest(ctx.peer_id, finished, failed))
+            await ctx.link.sync(
+                self.task_id,
+                SyncRequest(ctx.peer_id, outcomes.finished, outcomes.failed, timings=outcomes.timings),
+            )
 
-    async def _recover(self, exc: LinkError) -> None:
-        """The supernode refused a sync: re-register, re-open the task, or give up."""
+    def _flights(self, blob: StoredBlob | None) -> Flights:
+        ctx = self._ctx
+        assert blob is not None
+        return Flights(
+            blob,
+            ctx.transport,
+            ctx.slots,
+            ctx.metrics,
+            ctx.clock,
+            self.request.priority,
+            self._notify,
+            ctx.config.download_limit,
+            ctx.config.piece_pace,
+        )
+
+    async def _recover(self, exc: LinkError) -> bool:
+        """The supernode refused a sync: re-register, or re-open the task (True: the blob
+        was re-created), or give up."""
         ctx = self._ctx
         assert ctx.membership is not None
         if exc.code == "UNKNOWN_PEER":
             ctx.membership.lost()
             await ctx.membership.ensure_registered()
-        elif exc.code == "UNKNOWN_TASK":  # the supernode restarted, or failed the task
+            return False
+        if exc.code == "UNKNOWN_TASK":  # the supernode restarted, or failed the task
+            before = self.blob
             try:
                 self._prepare(await self._open())
             except LinkError as again:
                 raise DownloadFailed(str(again), again.upstream_status) from None
-        else:
-            raise DownloadFailed(f"supernode refused: {exc}") from None
-
-    async def _collect(
-        self,
-        flights: dict[asyncio.Task[PieceFailure | None], PieceAssignment],
-        finished: list[int],
-        failed: list[PieceFailure],
-        timeout: float,
-    ) -> None:
-        """Wait for transfers to end (at most ``timeout``) and sort their outcomes."""
-        if not flights:
-            await asyncio.sleep(timeout)
-            return
-        done, _ = await asyncio.wait(flights, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            assignment = flights.pop(task)
-            if task.cancelled():  # an endgame twin that lost the race
-                continue
-            failure = task.result()
-            if failure is None:
-                finished.append(assignment.piece)
-                for other, twin in list(flights.items()):  # endgame duplicates: first wins
-                    if twin.piece == assignment.piece:
-                        other.cancel()
-            else:
-                failed.append(failure)
-
-    async def _fetch_piece(self, assignment: PieceAssignment) -> PieceFailure | None:
-        """Fetch and verify one piece; None on success, else the failure to report."""
-        ctx = self._ctx
-        assert self.blob is not None
-        try:
-            writer = self.blob.writer(assignment.piece)
-        except WriteCancelled:
-            return None
-        kind = "seed" if assignment.seed else "peer"
-        try:
-            await ctx.transport.fetch(assignment.address, self.task_id, assignment.piece, writer)
-            writer.commit(assignment.sha256)
-        except PieceFetchError as exc:
-            writer.abort()
-            ctx.metrics.pieces.labels("failed").inc()
-            log.debug("piece %d from %s: %s", assignment.piece, assignment.source, exc)
-            return PieceFailure(assignment.piece, assignment.source, exc.reason)
-        except PieceCorrupt as exc:
-            writer.abort()
-            ctx.metrics.pieces.labels("corrupt").inc()
-            log.warning("corrupt piece from %s (%s): %s", assignment.source, assignment.address, exc)
-            return PieceFailure(assignment.piece, assignment.source, "corrupt")
-        except WriteCancelled:
-            return None
-        except BaseException:
-            writer.abort()
-            raise
-        ctx.metrics.pieces.labels("verified").inc()
-        ctx.metrics.download_bytes.labels(kind).inc(writer.length)
-        self._notify()
-        return None
+            return self.blob is not before
+        raise DownloadFailed(f"supernode refused: {exc}") from None
 
     # ------------------------------------------------------------- direct
 
     async def _direct(self, why: str) -> None:
         """Fetch what is missing straight from upstream, verified against the digest."""
         ctx = self._ctx
-        self.direct = True
-        ctx.metrics.fallbacks.inc()
-        log.warning("fetching %s directly from upstream: %s", redact_url(self.request.url), why)
-        events = _DirectEvents(self)
-        fetch = UpstreamFetch(
-            ctx.session,
-            self.request.url,
-            lambda: self.request.headers,
-            self._expected,
-            events,
-            ctx.config.upstream,
-            on_bytes=ctx.metrics.download_bytes.labels("upstream").inc,
-            defer=True,
-        )
-        try:
-            await fetch.run(self.blob)
-        except UpstreamError as exc:
-            if exc.definitive and self.blob is not None:  # what we hold does not fit upstream
-                ctx.store.remove(self.task_id)
-            raise DownloadFailed(str(exc), exc.status) from None
-        assert self.blob is not None
-        for piece, sha in events.pieces.items():  # the whole digest matched: release them
-            self.blob.record(piece, sha)
+        async with ctx.direct_slots:
+            self.direct = True
+            ctx.metrics.fallbacks.inc()
+            log.warning("fetching %s directly from upstream: %s", redact_url(self.request.url), why)
+            events = DirectEvents(self._create, self._expect)
+            try:
+                await read_direct(
+                    ctx.session,
+                    ctx.config,
+                    ctx.metrics,
+                    self.request.url,
+                    self.request.headers,
+                    self._expected,
+                    self.blob,
+                    events,
+                )
+            except UpstreamError as exc:
+                if exc.definitive and self.blob is not None:  # what we hold does not fit upstream
+                    ctx.store.remove(self.task_id)
+                raise DownloadFailed(str(exc), exc.status) from None
         self._notify()
 
     # ------------------------------------------------------------- finish
@@ -416,27 +355,3 @@ class TaskDownload:
             self._ctx.store.remove(self.task_id)
             raise DownloadFailed(f"blob has digest {actual}, expected {self._expected}")
         await asyncio.to_thread(blob.mark_complete, str(actual))
-
-
-class _DirectEvents:
-    """Collects the pieces of a direct fetch; they are recorded once the digest matched."""
-
-    def __init__(self, download: TaskDownload) -> None:
-        self._download = download
-        self.pieces: dict[int, str] = {}
-
-    def geometry(self, size: int) -> StoredBlob:
-        return self._download._create(size, choose_piece_size(size))
-
-    def digest(self, digest: Digest) -> None:
-        self._download._expect(digest)
-
-    def piece(self, index: int, sha: str) -> None:
-        self.pieces[index] = sha
-
-
-async def _cancel(flights: dict[asyncio.Task[PieceFailure | None], PieceAssignment]) -> None:
-    for task in flights:
-        task.cancel()
-    await asyncio.gather(*flights, return_exceptions=True)
-    flights.clear()

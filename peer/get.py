@@ -20,12 +20,13 @@ import aiohttp
 
 from peer.config import PeerConfig
 from peer.daemon import PeerDaemon
-from peer.download import BlobRequest, DownloadFailed
 from peer.reader import read_blob
+from peer.request import BlobRequest, DownloadFailed
 from swarmpull.digest import Digest
 from swarmpull.http import error_message
 from swarmpull.progress import ProgressBar
 from swarmpull.protocol import API
+from swarmpull.ratelimit import Priority
 
 
 class GetError(Exception):
@@ -40,11 +41,12 @@ async def get_file(
     peer_api: str | None = None,
     supernodes: tuple[str, ...] = (),
     headers: dict[str, str] | None = None,
+    priority: Priority = Priority.FOREGROUND,
 ) -> int:
     """Download ``url`` to ``output``; returns the size. Raises GetError."""
     progress = ProgressBar(output.name)
     if peer_api is not None:
-        chunks = _through_daemon(peer_api, url, digest, headers or {}, progress)
+        chunks = _through_daemon(peer_api, url, digest, headers or {}, priority, progress)
         return await _write(chunks, output, digest, progress)
     data_dir = Path(tempfile.mkdtemp(prefix="swarmpull-get-"))
     daemon = PeerDaemon(
@@ -52,7 +54,7 @@ async def get_file(
     )
     try:
         await daemon.start()
-        chunks = _one_shot(daemon, BlobRequest(url, digest, headers or {}), progress)
+        chunks = _one_shot(daemon, BlobRequest(url, digest, headers or {}, priority), progress)
         return await _write(chunks, output, digest, progress)
     finally:
         await daemon.stop()
@@ -60,9 +62,14 @@ async def get_file(
 
 
 async def _through_daemon(
-    api: str, url: str, digest: Digest | None, headers: dict[str, str], progress: ProgressBar
+    api: str,
+    url: str,
+    digest: Digest | None,
+    headers: dict[str, str],
+    priority: Priority,
+    progress: ProgressBar,
 ) -> AsyncIterator[bytes]:
-    body: dict[str, object] = {"url": url, "headers": headers}
+    body: dict[str, object] = {"url": url, "headers": headers, "priority": priority.name.lower()}
     if digest is not None:
         body["digest"] = str(digest)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600)

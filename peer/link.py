@@ -30,11 +30,19 @@ class SupernodeUnavailable(Exception):
 class LinkError(Exception):
     """A supernode answered with an error."""
 
-    def __init__(self, status: int, code: str, message: str, upstream_status: int | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        upstream_status: int | None = None,
+        direct: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.upstream_status = upstream_status
+        self.direct = direct  # the supernode lets this peer read the upstream itself
 
 
 class SupernodeLink:
@@ -92,15 +100,15 @@ class SupernodeLink:
                         continue
                     self._current = (self._current + attempt) % len(self._urls)
                     if resp.status >= 400:
-                        code = "ERROR"
-                        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-                            code = str(payload["error"].get("code", "ERROR"))
+                        error = payload.get("error") if isinstance(payload, dict) else None
+                        error = error if isinstance(error, dict) else {}
                         upstream = resp.headers.get("X-Upstream-Status")
                         raise LinkError(
                             resp.status,
-                            code,
+                            str(error.get("code", "ERROR")),
                             error_message(payload, f"supernode answered {resp.status}"),
                             int(upstream) if upstream and upstream.isdigit() else None,
+                            error.get("direct") is True,
                         )
                     return payload
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:

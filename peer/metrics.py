@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
+from swarmpull.transport import TransferCounters
+
 
 class PeerMetrics:
     def __init__(self) -> None:
@@ -15,9 +17,6 @@ class PeerMetrics:
             ["source"],
             registry=r,
         )
-        self.upload_bytes = Counter(
-            "swarmpull_peer_upload_bytes", "Bytes of pieces served to other peers", registry=r
-        )
         self.pieces = Counter(
             "swarmpull_peer_pieces",
             "Piece transfers, by outcome (verified, corrupt, failed)",
@@ -27,6 +26,7 @@ class PeerMetrics:
         self.blobs = Counter(
             "swarmpull_peer_blobs", "Blob downloads ended, by outcome", ["outcome"], registry=r
         )
+        self.transfers = TransferCounters(r, "swarmpull_peer")
         self.fallbacks = Counter(
             "swarmpull_peer_direct_fallbacks",
             "Blobs fetched straight from upstream because no supernode could serve them",

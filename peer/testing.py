@@ -29,6 +29,8 @@ async def start_peer(data_dir: Path, supernodes: tuple[str, ...], **overrides: A
         api_listen=None,
         cache_size=None,
         poll_interval=0.2,
+        upload_limit=None,
+        download_limit=None,
     )
     daemon = PeerDaemon(dataclasses.replace(config, **overrides))
     await daemon.start()

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from supernode.scheduler import UnknownPeer, UnknownTask
-from supernode.service import SupernodeService, TaskFailed
+from supernode.service import ShuttingDown, SupernodeService, TaskFailed
 from swarmpull.http import json_error, read_json
 from swarmpull.protocol import (
     API,
@@ -50,8 +50,10 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return json_error(404, "UNKNOWN_PEER", f"peer {exc.args[0]} is not registered")
     except UnknownTask as exc:
         return json_error(404, "UNKNOWN_TASK", f"task {exc.args[0]} is not known here")
+    except ShuttingDown:
+        return json_error(503, "SHUTTING_DOWN", "this supernode is stopping", {"Retry-After": "1"})
     except TaskFailed as exc:
-        return json_error(502, "UPSTREAM_ERROR", str(exc), **_status_header(exc.status))
+        return json_error(502, "UPSTREAM_ERROR", str(exc), _status_header(exc.status), direct=exc.direct)
     except web.HTTPException as exc:
         if exc.status >= 400 and not exc.content_type.endswith("json"):
             return json_error(exc.status, "NOT_FOUND" if exc.status == 404 else "BAD_REQUEST", exc.reason)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from swarmpull.cli import hostport_arg, positive_int, size_arg
+from swarmpull.cli import hostport_arg, limit_arg, positive_int, size_arg
+
+
+def origin_limit_arg(text: str):  # type: ignore[no-untyped-def]
+    from supernode.origin_limits import parse_origin_limit
+
+    try:
+        return parse_origin_limit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -49,16 +58,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="N",
         help="concurrent piece uploads from the seed (default: %(default)s)",
     )
+    p.add_argument(
+        "--seed-upload-limit",
+        type=limit_arg,
+        default="none",
+        metavar="RATE",
+        help="upload rate of the seed, e.g. 500MB/s (default: %(default)s)",
+    )
+    p.add_argument(
+        "--origin-limit",
+        dest="origin_limits",
+        action="append",
+        default=[],
+        type=origin_limit_arg,
+        metavar="HOST=RATE,Nconn",
+        help="cap reads from one upstream, e.g. registry.example.com=200MB/s,8conn (repeatable)",
+    )
+    p.add_argument(
+        "--origin-limits",
+        dest="origin_limits_file",
+        type=Path,
+        metavar="FILE",
+        help='the same caps in a TOML file: [origins."HOST"] rate = "200MB/s", connections = 8',
+    )
+    p.add_argument(
+        "--direct-per-task",
+        type=int,
+        default=4,
+        metavar="N",
+        help="peers that may read an upstream directly once the supernode failed to (default: %(default)s)",
+    )
     p.set_defaults(func=run, default_log_level="info")
 
 
 def run(args: argparse.Namespace) -> int:
     from supernode.config import SupernodeConfig
+    from supernode.origin_limits import load_origin_limits
     from supernode.server import Supernode
     from swarmpull.cli import CommandError
     from swarmpull.daemon import run_daemon
 
+    origins = list(args.origin_limits)
     try:
+        if args.origin_limits_file is not None:
+            origins += load_origin_limits(args.origin_limits_file)
         config = SupernodeConfig(
             listen=args.listen,
             advertise=args.advertise,
@@ -66,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
             cache_size=args.cache_size,
             piece_size=args.piece_size,
             seed_upload_slots=args.seed_upload_slots,
+            seed_upload_limit=args.seed_upload_limit,
+            origin_limits=tuple(origins),
+            direct_per_task=args.direct_per_task,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supernode.origin_limits import OriginLimit
 from supernode.scheduler import SchedulerConfig
 from swarmpull.http import HostPort
 from swarmpull.upstream import UpstreamConfig
@@ -24,6 +25,12 @@ class SupernodeConfig:
     """Fixed piece size for new tasks; None: the documented rule (swarmpull.geometry)."""
     seed_upload_slots: int = 16
     """Concurrent piece uploads the seed accepts; peers are preferred whenever they can serve."""
+    seed_upload_limit: int | None = None
+    """Bytes per second the seed serves to peers, all together; None: no limit."""
+    origin_limits: tuple[OriginLimit, ...] = ()
+    """Per-upstream caps on connections and bandwidth for back-to-source reads."""
+    direct_per_task: int = 4
+    """Peers allowed to read a task's upstream directly after the supernode failed to."""
     heartbeat_interval: float = 5.0
     """Seconds between peer heartbeats (told to peers when they register)."""
     long_poll_max: float = 30.0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from swarmpull.transport import TransferCounters
+
 
 class SupernodeMetrics:
     def __init__(self) -> None:
@@ -11,9 +13,6 @@ class SupernodeMetrics:
         r = self.registry
         self.upstream_bytes = Counter(
             "swarmpull_supernode_upstream_bytes", "Bytes read from upstreams", registry=r
-        )
-        self.seed_upload_bytes = Counter(
-            "swarmpull_supernode_seed_upload_bytes", "Bytes the seed served to peers", registry=r
         )
         self.assignments = Counter(
             "swarmpull_supernode_assignments",
@@ -30,3 +29,4 @@ class SupernodeMetrics:
         )
         self.tasks = Counter("swarmpull_supernode_tasks", "Tasks ended, by outcome", ["outcome"], registry=r)
         self.peers = Gauge("swarmpull_supernode_peers", "Registered peers", registry=r)
+        self.transfers = TransferCounters(r, "swarmpull_supernode_seed")

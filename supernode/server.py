@@ -17,6 +17,7 @@ from supernode.service import SupernodeService
 from swarmpull.clock import Clock, SystemClock
 from swarmpull.http import MAX_JSON_BODY, advertised_url, start_site
 from swarmpull.metrics import metrics_route
+from swarmpull.ratelimit import RateLimiter
 from swarmpull.store import PieceStore
 from swarmpull.transport import PieceServer
 
@@ -53,7 +54,12 @@ class Supernode:
             self.config, self.store, self._session, self._clock, lambda: self.url, self.metrics
         )
         app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
-        pieces = PieceServer(self.store, on_bytes=self.metrics.seed_upload_bytes.inc)
+        limiter = RateLimiter(
+            self.config.seed_upload_limit,
+            self._clock,
+            on_wait=self.metrics.transfers.limiter_wait.labels("upload").inc,
+        )
+        pieces = PieceServer(self.store, self.metrics.transfers, limiter, self.config.seed_upload_slots)
         app.add_routes(
             SupernodeApi(self.service).routes() + pieces.routes() + [metrics_route(self.metrics.registry)]
         )

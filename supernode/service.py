@@ -17,12 +17,14 @@ import aiohttp
 
 from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
+from supernode.origin_limits import OriginLimits
 from supernode.scheduler import (
     Assignment,
     Decisions,
     Failure,
     FailureReason,
     Scheduler,
+    Timing,
     UnknownPeer,
     UnknownTask,
 )
@@ -55,11 +57,17 @@ class TaskState(enum.Enum):
 
 
 class TaskFailed(Exception):
-    """The task cannot be served; the message says why (upstream status, digest...)."""
+    """The task cannot be served; the message says why (upstream status, digest...).
+    ``direct`` allows this one peer to try the upstream itself."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, direct: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.direct = direct
+
+
+class ShuttingDown(Exception):
+    """The supernode is stopping: ask another one."""
 
 
 class SeedTask:
@@ -75,6 +83,8 @@ class SeedTask:
         self.digest: Digest | None = expected
         self.error: str | None = None
         self.error_status: int | None = None
+        self.retryable = False  # the upstream may answer others (5xx, timeouts)
+        self.direct_granted = 0
         self.failed_at = 0.0
         self.fetch: asyncio.Task[None] | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -104,11 +114,13 @@ class SupernodeService:
         self._clock = clock
         self._seed_address = seed_address
         self.scheduler = Scheduler(config.scheduler)
-        self.scheduler.add_seed(config.seed_id, config.seed_upload_slots)
+        self.scheduler.add_seed(config.seed_id, config.seed_upload_slots, config.seed_upload_limit)
+        self._origins = OriginLimits(list(config.origin_limits), clock)
         self.tasks: dict[str, SeedTask] = {}
         self._addresses: dict[str, str | None] = {}
         self._waiters: dict[tuple[str, str], asyncio.Future[list[Assignment]]] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         for blob in self.store.blobs():  # what the seed cache kept from an earlier run
@@ -130,6 +142,7 @@ class SupernodeService:
         task.digest = digest
 
     async def stop(self) -> None:
+        self._stopping = True  # from now on every call is refused, so nothing waits here
         tasks = [t for t in (self._ticker, *(s.fetch for s in self.tasks.values())) if t]
         for task in tasks:
             task.cancel()
@@ -144,7 +157,9 @@ class SupernodeService:
     def register_peer(self, reg: PeerRegistration) -> None:
         now = self._clock.monotonic()
         slots = reg.upload_slots if reg.address else 0
-        decisions = self.scheduler.peer_joined(reg.peer_id, now, slots=slots, zone=reg.zone, rack=reg.rack)
+        decisions = self.scheduler.peer_joined(
+            reg.peer_id, now, slots=slots, zone=reg.zone, rack=reg.rack, capacity=reg.upload_rate
+        )
         self._addresses[reg.peer_id] = reg.address
         for holding in reg.holdings:
             task = self.tasks.get(holding.task_id)
@@ -173,6 +188,8 @@ class SupernodeService:
 
     async def open_task(self, req: OpenTask) -> TaskInfo:
         """Create or join the task for a blob; waits until its geometry is known."""
+        if self._stopping:
+            raise ShuttingDown()
         if not self.scheduler.knows_peer(req.peer_id):
             raise UnknownPeer(req.peer_id)
         task_id = task_id_for(req.url, req.digest)
@@ -191,7 +208,9 @@ class SupernodeService:
             self._start_fetch(task)
         await asyncio.shield(task.ready)
         if task.state is TaskState.FAILED:
-            raise TaskFailed(task.error or "task failed", task.error_status)
+            direct = task.retryable and task.direct_granted < self.config.direct_per_task
+            task.direct_granted += direct
+            raise TaskFailed(task.error or "task failed", task.error_status, direct)
         if req.have and self.scheduler.knows_peer(req.peer_id):
             assert task.blob is not None
             pieces = self._known_pieces(task.blob, req.have)
@@ -199,6 +218,8 @@ class SupernodeService:
         return task.info()
 
     async def sync(self, task_id: str, req: SyncRequest) -> SyncResponse:
+        if self._stopping:
+            raise ShuttingDown()
         task = self.tasks.get(task_id)
         if task is None or task.blob is None:
             raise UnknownTask(task_id)
@@ -210,6 +231,7 @@ class SupernodeService:
             if piece >= count:
                 raise ProtocolError(f"piece {piece} out of range (the task has {count})")
         failures = [Failure(f.piece, f.source, FailureReason(f.reason)) for f in req.failed]
+        timings = [Timing(t.piece, t.source, t.size, t.seconds) for t in req.timings]
         for failure in failures:
             self.metrics.failures.labels(failure.reason.value).inc()
         decisions = self.scheduler.sync(
@@ -218,6 +240,8 @@ class SupernodeService:
             self._clock.monotonic(),
             finished=req.finished,
             failed=failures,
+            timings=timings,
+            uploads=req.uploads,
             want=req.want,
             park=req.wait > 0,
         )
@@ -260,7 +284,7 @@ class SupernodeService:
         task.blob = blob
         task.state = TaskState.RUNNING
         now = self._clock.monotonic()
-        self.scheduler.add_task(task.id, blob.geometry.count, self.config.seed_id)
+        self.scheduler.add_task(task.id, blob.geometry.count, self.config.seed_id, blob.meta.piece_size)
         for piece in blob.verified_pieces():
             self._deliver(self.scheduler.piece_seeded(task.id, piece, now))
         if not task.ready.done():
@@ -278,6 +302,7 @@ class SupernodeService:
             events,
             self.config.upstream,
             on_bytes=self.metrics.upstream_bytes.inc,
+            throttle=self._origins.for_url(task.url),
         )
         task.state = TaskState.RUNNING if task.blob is not None else TaskState.PENDING
         task.fetch = asyncio.create_task(fetch.run(task.blob), name=f"origin-{task.id[:20]}")
@@ -299,7 +324,9 @@ class SupernodeService:
         else:
             log.error("task %s: back-to-source crashed", task.id, exc_info=exc)
             message, status = f"internal error: {type(exc).__name__}", None
-        self._fail(task, message, status, bad_data=isinstance(exc, UpstreamError) and exc.definitive)
+        definitive = isinstance(exc, UpstreamError) and exc.definitive
+        task.retryable = isinstance(exc, UpstreamError) and not definitive
+        self._fail(task, message, status, bad_data=definitive)
 
     def _fail(self, task: SeedTask, message: str, status: int | None, bad_data: bool) -> None:
         log.warning("task %s failed: %s", task.id, message)
@@ -363,6 +390,8 @@ class SupernodeService:
                 log.info("peer %s dropped", peer_id)
             for peer_id in current.quarantined:
                 log.warning("peer %s quarantined: it served a corrupt piece", peer_id)
+            for peer_id in current.degraded:
+                log.warning("peer %s degraded: its transfers run far slower than its peers'", peer_id)
             for (task_id, peer_id), batch in current.assignments.items():
                 future = self._waiters.pop((task_id, peer_id), None)
                 if future is not None and not future.done():

@@ -38,6 +38,15 @@ def _typed(parse, what: str):  # type: ignore[no-untyped-def]
 
 size_arg = _typed(parse_size, "size")
 rate_arg = _typed(parse_rate, "rate")
+
+
+def limit_arg(text: str) -> int | None:
+    """A rate, or ``none``/``0`` for no limit."""
+    if text.strip().lower() in ("none", "0", "unlimited"):
+        return None
+    return rate_arg(text)
+
+
 hostport_arg = _typed(HostPort.parse, "HOST:PORT")
 digest_arg = _typed(Digest.parse, "digest")
 

@@ -63,8 +63,10 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response(error_body(code, message), status=status, headers=headers or None)
+def json_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any
+) -> web.Response:
+    return web.json_response(error_body(code, message, **details), status=status, headers=headers)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -96,6 +98,7 @@ async def start_site(
 ) -> tuple[web.AppRunner, HostPort]:
     """Serve ``app`` at ``where`` (port 0: any free port); returns the runner and the bound
     address."""
+    runner_args.setdefault("shutdown_timeout", 2.0)  # in-flight requests get this long
     runner = web.AppRunner(app, access_log=None, **runner_args)
     await runner.setup()
     site = web.TCPSite(runner, where.host, where.port, reuse_address=True, backlog=1024)

@@ -131,6 +131,7 @@ class PeerRegistration:
     zone: str | None = None
     rack: str | None = None
     holdings: list[Holding] = field(default_factory=list)
+    upload_rate: int | None = None  # its upload limit in bytes per second, if any
 
     def to_json(self) -> dict[str, Any]:
         labels = {k: v for k, v in (("zone", self.zone), ("rack", self.rack)) if v}
@@ -138,6 +139,7 @@ class PeerRegistration:
             "peer_id": self.peer_id,
             "address": self.address,
             "upload_slots": self.upload_slots,
+            "upload_rate": self.upload_rate,
             "labels": labels,
             "holdings": [h.to_json() for h in self.holdings],
         }
@@ -170,6 +172,7 @@ def parse_peer_registration(raw: Any) -> PeerRegistration:
         zone=labels.get("zone") or None,
         rack=labels.get("rack") or None,
         holdings=holdings,
+        upload_rate=_int(body, "upload_rate", 1, 1 << 50) if body.get("upload_rate") is not None else None,
     )
 
 
@@ -280,14 +283,30 @@ class PieceFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class PieceTiming:
+    """The transfer of ``piece`` (``size`` bytes) from ``source`` took ``seconds``."""
+
+    piece: int
+    source: str
+    size: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"piece": self.piece, "source": self.source, "size": self.size, "seconds": self.seconds}
+
+
+@dataclass(frozen=True, slots=True)
 class SyncRequest:
-    """Report finished and failed pieces; ask for up to ``want`` more, waiting ``wait`` s."""
+    """Report finished and failed pieces; ask for up to ``want`` more, waiting ``wait`` s.
+    ``uploads`` is how many uploads the peer is serving right now."""
 
     peer_id: str
     finished: list[int] = field(default_factory=list)
     failed: list[PieceFailure] = field(default_factory=list)
     want: int = 0
     wait: float = 0.0
+    timings: list[PieceTiming] = field(default_factory=list)
+    uploads: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -296,6 +315,8 @@ class SyncRequest:
             "failed": [f.to_json() for f in self.failed],
             "want": self.want,
             "wait": self.wait,
+            "timings": [t.to_json() for t in self.timings],
+            "uploads": self.uploads,
         }
 
 
@@ -313,12 +334,29 @@ def parse_sync_request(raw: Any) -> SyncRequest:
         failed.append(
             PieceFailure(_int(entry, "piece", 0, MAX_PIECES), _str(entry, "source", limit=128), reason)
         )
+    timings_raw = body.get("timings") or []
+    if not isinstance(timings_raw, list) or len(timings_raw) > MAX_PIECES:
+        raise ProtocolError("'timings' must be a list")
+    timings = []
+    for item in timings_raw:
+        entry = _obj(item, "a 'timings' entry")
+        timings.append(
+            PieceTiming(
+                _int(entry, "piece", 0, MAX_PIECES),
+                _str(entry, "source", limit=128),
+                _int(entry, "size", 0, 1 << 40),
+                _float(entry, "seconds", 0.0, 86400.0, default=-1.0),
+            )
+        )
+    uploads = body.get("uploads")
     return SyncRequest(
         peer_id=_peer_id(body),
         finished=_pieces(body.get("finished"), "finished"),
         failed=failed,
         want=_int(body, "want", 0, 1024, default=0),
         wait=_float(body, "wait", 0.0, 300.0, default=0.0),
+        timings=timings,
+        uploads=None if uploads is None else _int(body, "uploads", 0, 1 << 20),
     )
 
 
@@ -399,6 +437,6 @@ def parse_sync_response(raw: Any) -> SyncResponse:
 # ---------------------------------------------------------------------- errors
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
+def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
     """The JSON body of every error answer of the supernode and peer APIs."""
-    return {"error": {"code": code, "message": message}}
+    return {"error": {"code": code, "message": message, **details}}

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,6 +63,14 @@ class UpstreamError(Exception):
         self.definitive = definitive
 
 
+class Throttle(Protocol):
+    """Caps on one upstream: a connection slot per read, and bandwidth chunk by chunk."""
+
+    def connection(self) -> AbstractAsyncContextManager[None]: ...
+
+    async def acquire(self, count: int) -> None: ...
+
+
 class UpstreamEvents(Protocol):
     """What the fetch reports, on the loop that runs it."""
 
@@ -88,6 +97,7 @@ class UpstreamFetch:
         config: UpstreamConfig,
         on_bytes: Callable[[int], None] | None = None,
         defer: bool = False,
+        throttle: Throttle | None = None,
     ) -> None:
         self._session = session
         self._url = url
@@ -101,18 +111,20 @@ class UpstreamFetch:
         )
         self._blob: StoredBlob | None = None
         self._defer = defer
+        self._throttle = throttle
 
     def __repr__(self) -> str:
         return f"<UpstreamFetch {redact_url(self._url)}>"
 
-    async def run(self, blob: StoredBlob | None) -> None:
-        """Fetch until every piece is seeded; ``blob`` is what the store already holds."""
+    async def run(self, blob: StoredBlob | None) -> StoredBlob:
+        """Fetch until every piece is in; ``blob`` is what the store already holds."""
         self._blob = blob
         attempt = 1
         while True:
             try:
                 await self._read_once()
-                return
+                assert self._blob is not None
+                return self._blob
             except UpstreamError as exc:
                 if exc.definitive or attempt >= self._config.attempts:
                     raise
@@ -129,8 +141,12 @@ class UpstreamFetch:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         where = redact_url(self._url)
+        throttle = self._throttle
         try:
-            async with self._session.get(self._url, headers=headers, timeout=self._timeout) as resp:
+            async with (
+                throttle.connection() if throttle else nullcontext(),
+                self._session.get(self._url, headers=headers, timeout=self._timeout) as resp,
+            ):
                 size, skip = self._check_response(resp, offset, where)
                 if blob is None:
                     blob = self._events.geometry(size)
@@ -181,6 +197,8 @@ class UpstreamFetch:
         pos = start_piece * geometry.piece_size
         writer: PieceWriter | None = None
         async for chunk in resp.content.iter_chunked(CHUNK):
+            if self._throttle is not None:
+                await self._throttle.acquire(len(chunk))
             if self._on_bytes is not None:
                 self._on_bytes(len(chunk))
             view = memoryview(chunk)

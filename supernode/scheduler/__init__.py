@@ -7,6 +7,7 @@ from supernode.scheduler.model import (
     FailureReason,
     SchedulerConfig,
     SourceState,
+    Timing,
     UnknownPeer,
     UnknownTask,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "Scheduler",
     "SchedulerConfig",
     "SourceState",
+    "Timing",
     "UnknownPeer",
     "UnknownTask",
 ]

@@ -30,6 +30,15 @@ class SchedulerConfig:
     """Most assignments returned by one sync."""
     wake_misses: int = 4
     """When capacity frees up, waiting peers are tried until this many get nothing."""
+    default_capacity: float = 100e6
+    """Upload bytes per second assumed for a peer that declares none."""
+    piece_pace: float = 0.5
+    """A source takes only as many uploads as it can serve at one piece per this many
+    seconds each: fewer, faster transfers make pieces available to re-share sooner."""
+    busy_backoff: float = 1.0
+    """A source that refused a requester (all slots busy) is not offered to it for this long."""
+    degraded_seconds: float = 30.0
+    """A source found far slower than its peers is used only as a last resort this long."""
 
     def __post_init__(self) -> None:
         for name in ("endgame_pieces", "drop_after_unreachable", "sample_size", "max_batch"):
@@ -42,7 +51,8 @@ class SchedulerConfig:
 
 class SourceState(enum.Enum):
     ACTIVE = "active"
-    QUARANTINED = "quarantined"
+    DEGRADED = "degraded"  # much slower than its peers: a last resort, for a while
+    QUARANTINED = "quarantined"  # served a corrupt piece: never used, for a while
 
 
 class FailureReason(enum.Enum):
@@ -64,6 +74,16 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class Timing:
+    """The transfer of ``piece`` (``size`` bytes) from ``source`` took ``seconds``."""
+
+    piece: int
+    source: str
+    size: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Assignment:
     """Fetch ``piece`` from ``source`` (a peer id or a seed id)."""
 
@@ -78,12 +98,14 @@ class Decisions:
     assignments: dict[tuple[str, str], list[Assignment]] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
 
     def merge(self, other: Decisions) -> Decisions:
         for key, batch in other.assignments.items():
             self.assignments.setdefault(key, []).extend(batch)
         self.dropped.extend(other.dropped)
         self.quarantined.extend(other.quarantined)
+        self.degraded.extend(other.degraded)
         return self
 
 

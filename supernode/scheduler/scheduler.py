@@ -29,9 +29,11 @@ from supernode.scheduler.model import (
     FailureReason,
     SchedulerConfig,
     SourceState,
+    Timing,
     UnknownPeer,
     UnknownTask,
 )
+from supernode.scheduler.speed import SpeedTracker
 from supernode.scheduler.state import Flight, Member, Peer, Task
 
 
@@ -46,12 +48,15 @@ class Scheduler:
         self._seen: OrderedDict[str, None] = OrderedDict()  # peers, least recently heard first
         self._flights: dict[Flight, None] = {}  # insertion order is start order
         self._quarantine: dict[str, float] = {}  # peer -> until
+        self._degraded: dict[str, None] = {}  # peers in a degraded spell
+        self._speed = SpeedTracker()
 
     # ----------------------------------------------------------------- peers and seeds
 
-    def add_seed(self, seed_id: str, slots: int) -> None:
+    def add_seed(self, seed_id: str, slots: int, capacity: float | None = None) -> None:
         """A seed: a source that holds what ``piece_seeded`` says and never times out."""
-        self._peers[seed_id] = Peer(seed_id, None, None, slots, is_seed=True)
+        capacity = capacity or self.config.default_capacity
+        self._peers[seed_id] = Peer(seed_id, None, None, slots, True, capacity)
 
     def peer_joined(
         self,
@@ -61,10 +66,14 @@ class Scheduler:
         slots: int,
         zone: str | None = None,
         rack: str | None = None,
+        capacity: float | None = None,
     ) -> Decisions:
-        """A peer (re)registered. A re-registration starts from a clean slate."""
+        """A peer (re)registered. ``slots`` caps its concurrent uploads (0: it does not
+        serve); ``capacity`` is its upload bytes per second. A re-registration starts
+        from a clean slate."""
         decisions = self.peer_left(peer_id, now) if peer_id in self._peers else Decisions()
-        peer = Peer(peer_id, zone, rack, max(1, slots), is_seed=False)
+        capacity = capacity or self.config.default_capacity
+        peer = Peer(peer_id, zone, rack, max(0, slots), False, capacity)
         if self._quarantine.get(peer_id, 0.0) > now:
             peer.state = SourceState.QUARANTINED
         peer.last_seen = now
@@ -85,6 +94,7 @@ class Scheduler:
         if peer is None:
             return decisions
         self._seen.pop(peer_id, None)
+        self._speed.reset(peer_id)
         touched = set(peer.tasks)
         for flight in list(peer.flights_out):
             self._release(flight)
@@ -99,11 +109,11 @@ class Scheduler:
 
     # ----------------------------------------------------------------------- tasks
 
-    def add_task(self, task_id: str, count: int, seed_id: str) -> None:
+    def add_task(self, task_id: str, count: int, seed_id: str, piece_size: int = 4 << 20) -> None:
         if seed_id not in self._peers or not self._peers[seed_id].is_seed:
             raise KeyError(f"unknown seed {seed_id!r}")
         if task_id not in self._tasks:
-            self._tasks[task_id] = Task(task_id, count, seed_id)
+            self._tasks[task_id] = Task(task_id, count, seed_id, piece_size)
 
     def remove_task(self, task_id: str) -> list[str]:
         """Forget a task; returns the peers that were waiting on it."""
@@ -167,20 +177,28 @@ class Scheduler:
         *,
         finished: Sequence[int] = (),
         failed: Sequence[Failure] = (),
+        timings: Sequence[Timing] = (),
+        uploads: int | None = None,
         want: int = 0,
         park: bool = False,
     ) -> Decisions:
         """One round trip: take the peer's reports, then give it up to ``want`` pieces.
 
-        With ``park``, a peer that gets nothing waits: a later event hands it work in
-        that event's decisions. The caller's own batch is at ``(task_id, peer_id)``.
+        ``timings`` say how long finished transfers took (they find degraded sources);
+        ``uploads`` is how many uploads the peer is serving now. With ``park``, a peer
+        that gets nothing waits: a later event hands it work in that event's decisions.
+        The caller's own batch is at ``(task_id, peer_id)``.
         """
         task = self._task(task_id)
         peer = self._peer(peer_id)
         peer.last_seen = now
         self._seen.move_to_end(peer_id)
+        if uploads is not None:
+            peer.reported = uploads
         member = self._member(task, peer)
         decisions = Decisions()
+        for timing in timings:  # before the transfers are released: they know the load
+            self._timed(member, timing, now, decisions)
         for piece in finished:
             self._add_holding(task, member, piece)
         for failure in failed:
@@ -233,6 +251,14 @@ class Scheduler:
                 break
             self._release(flight)
             touched.add(flight.task)
+        for peer_id in list(self._degraded):
+            peer = self._peers.get(peer_id)
+            if peer is None or peer.degraded_until <= now:
+                del self._degraded[peer_id]
+                self._speed.reset(peer_id)
+                if peer is not None and peer.state is SourceState.DEGRADED:
+                    peer.state = SourceState.ACTIVE
+                    touched.update(peer.tasks)
         for peer_id, until in list(self._quarantine.items()):
             if until <= now:
                 del self._quarantine[peer_id]
@@ -321,6 +347,20 @@ class Scheduler:
         for flight in member.flights.pop(piece, ()):
             self._drop_flight_refs(flight)
 
+    def _timed(self, member: Member, timing: Timing, now: float, decisions: Decisions) -> None:
+        """A transfer's duration, per upload the source was serving: its pace as a source."""
+        source = self._peers.get(timing.source)
+        flight = next((f for f in member.flights.get(timing.piece, ()) if f.source == timing.source), None)
+        if source is None or source.is_seed or flight is None:
+            return
+        # Concurrency during the transfer: at least what it was at the start or is now.
+        self._speed.report(timing.source, timing.size, timing.seconds / max(flight.load, source.load))
+        if source.state is SourceState.ACTIVE and self._speed.degraded(timing.source):
+            source.state = SourceState.DEGRADED
+            source.degraded_until = now + self.config.degraded_seconds
+            self._degraded[source.id] = None
+            decisions.degraded.append(source.id)
+
     def _failed(self, task: Task, member: Member, failure: Failure, now: float, decisions: Decisions) -> None:
         for flight in list(member.flights.get(failure.piece, ())):
             if flight.source == failure.source:
@@ -340,7 +380,9 @@ class Scheduler:
             if source.state is not SourceState.QUARANTINED:
                 source.state = SourceState.QUARANTINED
                 decisions.quarantined.append(source.id)
-        elif reason is not FailureReason.BUSY:
+        elif reason is FailureReason.BUSY:
+            member.blacklist[source.id] = now + self.config.busy_backoff
+        else:
             member.blacklist[source.id] = now + self.config.blacklist_seconds
             if reason in (FailureReason.UNREACHABLE, FailureReason.TIMEOUT) and not source.is_seed:
                 window = now - self.config.blacklist_seconds
@@ -397,32 +439,41 @@ class Scheduler:
         now: float,
         exclude: tuple[str, ...],
     ) -> Peer | None:
+        """The best source of ``piece`` for ``peer``: healthy peers first (same rack, same
+        zone, then the most upload bandwidth a new transfer would get), then the seed,
+        then degraded peers. None when every candidate is full or refused."""
         best: Peer | None = None
-        best_key = (3, 2.0)
+        best_key = (3, 0.0)
+        fallback: Peer | None = None
+        size, pace = task.piece_size, self.config.piece_pace
         for source_id in task.holders[piece].sample(self._rng, self.config.sample_size):
             if source_id == peer.id or source_id in exclude:
                 continue
             source = self._peers[source_id]
-            if source.state is not SourceState.ACTIVE or source.uploads >= source.slots:
+            if source.state is SourceState.QUARANTINED or not source.has_room(size, pace):
                 continue
             if member.blacklisted(source_id, now):
+                continue
+            if source.state is SourceState.DEGRADED:
+                fallback = source
                 continue
             if peer.zone is not None and source.zone == peer.zone:
                 locality = 0 if peer.rack is not None and source.rack == peer.rack else 1
             else:
                 locality = 2
-            key = (locality, source.uploads / source.slots)
+            key = (locality, -source.capacity / (source.load + 1))
             if key < best_key:
                 best, best_key = source, key
-        if best is not None or not task.seeded[piece] or task.seed_id in exclude:
+        if best is not None:
             return best
-        seed = self._peers[task.seed_id]
-        if seed.uploads < seed.slots and not member.blacklisted(seed.id, now):
-            return seed
-        return None
+        if task.seeded[piece] and task.seed_id not in exclude:
+            seed = self._peers[task.seed_id]
+            if seed.has_room(size, pace) and not member.blacklisted(seed.id, now):
+                return seed
+        return fallback
 
     def _start(self, task: Task, member: Member, piece: int, source: Peer, now: float) -> Assignment:
-        flight = Flight(task.id, piece, member.peer_id, source.id, now)
+        flight = Flight(task.id, piece, member.peer_id, source.id, now, source.load + 1)
         member.flights.setdefault(piece, []).append(flight)
         task.inflight[piece] += 1
         source.uploads += 1

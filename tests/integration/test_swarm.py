@@ -8,7 +8,7 @@ import os
 import aiohttp
 import pytest
 
-from peer.download import BlobRequest, DownloadFailed
+from peer.request import BlobRequest, DownloadFailed
 from peer.testing import PeerProcess
 from supernode.scheduler import SourceState
 from swarmpull.digest import Digest

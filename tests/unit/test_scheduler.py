@@ -281,3 +281,132 @@ def test_remove_task_frees_sources_and_returns_waiters():
     assert sched.remove_task(T) == ["r2"]
     assert sched.load(SEED) == (0, 1)
     assert not sched.has_task(T)
+
+
+def test_spread_by_free_upload_capacity():
+    sched, clock = make(pieces=1, seed_slots=0)  # 4 MiB pieces
+    sched.peer_joined("slow", clock.now, slots=8, capacity=10e6)
+    sched.peer_joined("fast", clock.now, slots=8, capacity=100e6)
+    sched.announce(T, "slow", [0], clock.now)
+    sched.announce(T, "fast", [0], clock.now)
+    requesters = [f"r{i}" for i in range(12)]
+    join(sched, clock, *requesters)
+    got = [mine(sched.sync(T, r, clock.now, want=1), r) for r in requesters]
+    sources = [batch[0].source if batch else None for batch in got]
+    # A new transfer goes where it would get the most bandwidth; a source takes only as
+    # many as it can move at a piece per half second each: 10 MB/s -> 1, 100 MB/s -> 11,
+    # capped by its 8 slots.
+    assert sources == ["fast"] * 8 + ["slow"] + [None] * 3
+
+
+def test_uploads_per_source_follow_its_bandwidth():
+    sched, clock = make(pieces=4, seed_slots=16, seeded=False)
+    sched.remove_task(T)
+    sched.add_task(T, 4, SEED, piece_size=1 << 20)
+    sched.peer_joined("src", clock.now, slots=16, capacity=4e6)  # 4 MB/s, 1 MiB pieces: 1
+    sched.announce(T, "src", [0, 1, 2, 3], clock.now)
+    join(sched, clock, "r1", "r2")
+    assert [a.source for a in mine(sched.sync(T, "r1", clock.now, want=4), "r1")] == ["src"]
+    assert sched.load("src") == (1, 16)
+    assert mine(sched.sync(T, "r2", clock.now, want=4), "r2") == []
+
+
+def test_reported_load_counts_even_when_the_scheduler_did_not_assign_it():
+    sched, clock = make(pieces=1, seed_slots=1)
+    join(sched, clock, "a", "r", "busy", slots=2)
+    sched.announce(T, "busy", [0], clock.now)
+    sched.sync(T, "busy", clock.now, uploads=2)  # serving two uploads of its own
+    assert mine(sched.sync(T, "r", clock.now, want=1), "r") == [Assignment(0, SEED)]
+
+
+def test_busy_source_is_avoided_only_briefly():
+    sched, clock = make(pieces=1, seed_slots=0, busy_backoff=1.0)
+    join(sched, clock, "a", "r")
+    sched.announce(T, "a", [0], clock.now)
+    assert mine(sched.sync(T, "r", clock.now, want=1), "r") == [Assignment(0, "a")]
+    refused = Failure(0, "a", FailureReason.BUSY)
+    assert mine(sched.sync(T, "r", clock.now, failed=[refused], want=1), "r") == []
+    clock.advance(1.1)
+    assert mine(sched.sync(T, "r", clock.now, want=1), "r") == [Assignment(0, "a")]
+    assert sched.state("a") is SourceState.ACTIVE
+
+
+def test_degraded_source_becomes_a_last_resort_then_recovers():
+    from supernode.scheduler import Timing
+
+    sources = ["s0", "s1", "s2", "s3", "s4", "slow"]
+    rounds = 5
+    sched, clock = make(
+        pieces=len(sources) * rounds, seed_slots=1, seeded=False, degraded_seconds=30, peer_timeout=100
+    )
+    join(sched, clock, *sources, "reporter", "r1", "r2")
+    mib = 1 << 20
+    piece = 0
+    decisions = None
+    for _ in range(rounds):
+        for i, source in enumerate(sources):
+            sched.announce(T, source, [piece], clock.now)  # the one piece on offer, from it
+            (got,) = mine(sched.sync(T, "reporter", clock.now, want=1), "reporter")
+            assert got == Assignment(piece, source)
+            seconds = 2.0 if source == "slow" else 0.10 + 0.01 * i
+            timing = Timing(piece, source, mib, seconds)
+            decisions = sched.sync(T, "reporter", clock.now, finished=[piece], timings=[timing])
+            if decisions.degraded:
+                break
+            piece += 1
+    assert decisions.degraded == ["slow"]
+    assert sched.state("slow") is SourceState.DEGRADED
+    t2 = "sha256-" + "cd" * 32  # a second blob, held by the seed (one slot) and by "slow"
+    sched.add_task(t2, 2, SEED)
+    for p in (0, 1):
+        sched.piece_seeded(t2, p, clock.now)
+    sched.announce(t2, "slow", [0, 1], clock.now)
+    assert sched.sync(t2, "r1", clock.now, want=1).assignments[(t2, "r1")][0].source == SEED
+    assert sched.sync(t2, "r2", clock.now, want=1).assignments[(t2, "r2")][0].source == "slow"
+    clock.advance(31)
+    sched.expire(clock.now)
+    assert sched.state("slow") is SourceState.ACTIVE
+
+
+def test_timings_count_per_upload_the_source_was_serving():
+    from supernode.scheduler import Timing
+
+    sources = ["s0", "s1", "s2", "s3", "s4"]
+    requesters = [f"r{i}" for i in range(8)]
+    rounds = 6
+    sched, clock = make(pieces=rounds * 6, seeded=False, peer_timeout=1000)
+    join(sched, clock, *sources, "busy", *requesters, slots=8)
+    piece = 0
+    for _ in range(rounds):
+        for source in sources:  # alone, one transfer at a time: 0.1 s per MiB
+            sched.announce(T, source, [piece], clock.now)
+            (a,) = mine(sched.sync(T, "r0", clock.now, want=1), "r0")
+            assert a.source == source
+            timing = Timing(piece, source, 1 << 20, 0.1)
+            assert sched.sync(T, "r0", clock.now, finished=[piece], timings=[timing]).degraded == []
+            piece += 1
+        # "busy" serves eight at once, each 8x slower: that is load, not sickness.
+        for r in requesters:
+            sched.announce(T, r, list(range(piece)), clock.now)  # they want only the new one
+        sched.announce(T, "busy", [piece], clock.now)
+        for r in requesters:
+            assert mine(sched.sync(T, r, clock.now, want=1), r) == [Assignment(piece, "busy")]
+        for r in requesters:
+            timing = Timing(piece, "busy", 1 << 20, 0.8)
+            assert sched.sync(T, r, clock.now, finished=[piece], timings=[timing]).degraded == []
+        piece += 1
+    assert sched.state("busy") is SourceState.ACTIVE
+
+
+def test_speed_tracker_uses_the_others_spread():
+    from supernode.scheduler.speed import SpeedTracker
+
+    speed = SpeedTracker(min_samples=1, min_sources=4)
+    for i in range(5):
+        speed.report(f"ok{i}", 1 << 20, 1.0 + 0.05 * i)
+    speed.report("odd", 1 << 20, 1.3)  # a little slow: within the others' spread + ratio
+    assert not speed.degraded("odd")
+    speed.report("bad", 1 << 20, 5.0)
+    assert speed.degraded("bad") and not speed.degraded("ok0")
+    speed.reset("bad")
+    assert not speed.degraded("bad")

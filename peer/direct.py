@@ -1,0 +1,68 @@
+"""A peer's direct read of a blob from its upstream, when the swarm cannot serve it.
+
+Pieces are written as the body streams in but become readable only once the whole
+blob's digest matched (there are no per-piece hashes to check them against). A node
+reads at most ``max_direct`` blobs this way at once, and every fallback is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import aiohttp
+
+from peer.config import PeerConfig
+from peer.metrics import PeerMetrics
+from swarmpull.digest import Digest
+from swarmpull.geometry import choose_piece_size
+from swarmpull.store import StoredBlob
+from swarmpull.upstream import UpstreamFetch
+
+log = logging.getLogger(__name__)
+
+
+class DirectEvents:
+    """Collects the pieces of a direct read; they are recorded once the digest matched."""
+
+    def __init__(self, create: Callable[[int, int], StoredBlob], expect: Callable[[Digest], None]) -> None:
+        self._create = create
+        self._expect = expect
+        self.pieces: dict[int, str] = {}
+
+    def geometry(self, size: int) -> StoredBlob:
+        return self._create(size, choose_piece_size(size))
+
+    def digest(self, digest: Digest) -> None:
+        self._expect(digest)
+
+    def piece(self, index: int, sha: str) -> None:
+        self.pieces[index] = sha
+
+
+async def read_direct(
+    session: aiohttp.ClientSession,
+    config: PeerConfig,
+    metrics: PeerMetrics,
+    url: str,
+    headers: dict[str, str],
+    expected: Digest | None,
+    blob: StoredBlob | None,
+    events: DirectEvents,
+) -> StoredBlob:
+    """Read what ``blob`` lacks (all of it when None) from ``url``; release the pieces once
+    the whole digest matched. Raises UpstreamError."""
+    fetch = UpstreamFetch(
+        session,
+        url,
+        lambda: headers,
+        expected,
+        events,
+        config.upstream,
+        on_bytes=metrics.download_bytes.labels("upstream").inc,
+        defer=True,
+    )
+    blob = await fetch.run(blob)
+    for piece, sha in events.pieces.items():
+        blob.record(piece, sha)
+    return blob
