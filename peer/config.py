@@ -39,7 +39,7 @@ class PeerConfig:
     """Upload bytes per second to other peers (on the wire); None: no limit."""
     download_limit: int | None = DEFAULT_DOWNLOAD_LIMIT
     """Download bytes per second from peers and seeds (on the wire); None: no limit."""
-    piece_pace: float = 0.5
+    piece_pace: float = 0.1
     """At most as many concurrent downloads as the download limit feeds at a piece per
     this many seconds each (the supernode applies the same rule to uploads)."""
     max_direct: int = 2

@@ -18,6 +18,9 @@ class SchedulerConfig:
     """An assignment not reported within this time is taken back and the slot freed."""
     peer_timeout: float = 30.0
     """A peer not heard from (heartbeat or sync) for this long is dropped."""
+    flight_silence: float = 5.0
+    """A requester with transfers in flight syncs at least every poll interval; one silent
+    this long has them taken back (its sources get their slots again)."""
     blacklist_seconds: float = 60.0
     """A source that failed a requester is not offered to that requester for this long."""
     quarantine_seconds: float = 3600.0
@@ -32,7 +35,7 @@ class SchedulerConfig:
     """When capacity frees up, waiting peers are tried until this many get nothing."""
     default_capacity: float = 100e6
     """Upload bytes per second assumed for a peer that declares none."""
-    piece_pace: float = 0.5
+    piece_pace: float = 0.1
     """A source takes only as many uploads as it can serve at one piece per this many
     seconds each: fewer, faster transfers make pieces available to re-share sooner."""
     busy_backoff: float = 1.0
@@ -44,7 +47,7 @@ class SchedulerConfig:
         for name in ("endgame_pieces", "drop_after_unreachable", "sample_size", "max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be at least 1")
-        for name in ("assignment_timeout", "peer_timeout", "blacklist_seconds"):
+        for name in ("assignment_timeout", "peer_timeout", "blacklist_seconds", "flight_silence"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SchedulerConfig.{name} must be positive")
 

@@ -2,18 +2,9 @@
 
 Every method is an event (a peer joined, pieces finished, a piece failed, time advanced)
 and returns the assignments it decided. The supernode's service is a thin shell that
-turns HTTP calls into these events; the simulator in ``loadtest/`` drives the very same
-object. Time arrives as the ``now`` argument.
-
-Choices, in order:
-- which piece: rarest first (fewest holders plus transfers under way), ties broken by a
-  rotation that differs per call so peers spread over equally rare pieces;
-- which source: a sample of the piece's holders (power of d choices), same rack, then
-  same zone, then least loaded relative to its upload slots; a source with no free slot,
-  quarantined, or blacklisted by the requester is skipped; the seed only when no peer
-  can serve;
-- endgame: once a peer's last few pieces are all in flight and one has been in flight a
-  while, it gets a second source; the first copy to arrive wins.
+turns HTTP calls into these events; the simulator in ``loadtest/simulate`` drives the
+very same object. Time arrives as the ``now`` argument. What to fetch from where is the
+``Picker``'s choice (``picker.py``); this module keeps the books it chooses from.
 """
 
 from __future__ import annotations
@@ -33,8 +24,9 @@ from supernode.scheduler.model import (
     UnknownPeer,
     UnknownTask,
 )
+from supernode.scheduler.picker import Picker
 from supernode.scheduler.speed import SpeedTracker
-from supernode.scheduler.state import Flight, Member, Peer, Task
+from supernode.scheduler.state import Flight, Member, Peer, Task, bits
 
 
 class Scheduler:
@@ -46,10 +38,12 @@ class Scheduler:
         self._peers: dict[str, Peer] = {}
         self._tasks: dict[str, Task] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()  # peers, least recently heard first
+        self._requesting: OrderedDict[str, None] = OrderedDict()  # peers with transfers, ditto
         self._flights: dict[Flight, None] = {}  # insertion order is start order
         self._quarantine: dict[str, float] = {}  # peer -> until
         self._degraded: dict[str, None] = {}  # peers in a degraded spell
         self._speed = SpeedTracker()
+        self._picker = Picker(self.config, self._rng, self._peers)
 
     # ----------------------------------------------------------------- peers and seeds
 
@@ -94,13 +88,14 @@ class Scheduler:
         if peer is None:
             return decisions
         self._seen.pop(peer_id, None)
+        self._requesting.pop(peer_id, None)
         self._speed.reset(peer_id)
         touched = set(peer.tasks)
         for flight in list(peer.flights_out):
             self._release(flight)
             touched.add(flight.task)
         for task_id in peer.tasks:
-            self._remove_member(self._tasks[task_id], peer_id)
+            self._remove_member(self._tasks[task_id], peer)
         for task_id in touched:
             if task_id in self._tasks:
                 self._wake(self._tasks[task_id], now, decisions)
@@ -113,7 +108,8 @@ class Scheduler:
         if seed_id not in self._peers or not self._peers[seed_id].is_seed:
             raise KeyError(f"unknown seed {seed_id!r}")
         if task_id not in self._tasks:
-            self._tasks[task_id] = Task(task_id, count, seed_id, piece_size)
+            task = self._tasks[task_id] = Task(task_id, count, seed_id, piece_size)
+            task.supply = self._peers[seed_id].cap(piece_size, self.config.piece_pace)
 
     def remove_task(self, task_id: str) -> list[str]:
         """Forget a task; returns the peers that were waiting on it."""
@@ -136,8 +132,8 @@ class Scheduler:
         """The seed now holds ``piece`` (verified)."""
         task = self._task(task_id)
         decisions = Decisions()
-        if not task.seeded[piece]:
-            task.seeded[piece] = 1
+        if not task.seeded >> piece & 1:
+            task.seeded |= 1 << piece
             self._wake(task, now, decisions)
         return decisions
 
@@ -158,12 +154,11 @@ class Scheduler:
         task = self._tasks.get(task_id)
         if task is None or peer_id not in task.members:
             return decisions
-        peer = self._peers.get(peer_id)
-        if peer is not None:
-            peer.tasks.discard(task_id)
-            for flight in [f for f in peer.flights_out if f.task == task_id]:
-                self._release(flight)
-        self._remove_member(task, peer_id)
+        peer = self._peers[peer_id]
+        peer.tasks.discard(task_id)
+        for flight in [f for f in peer.flights_out if f.task == task_id]:
+            self._release(flight)
+        self._remove_member(task, peer)
         self._wake(task, now, decisions)
         return decisions
 
@@ -193,8 +188,11 @@ class Scheduler:
         peer = self._peer(peer_id)
         peer.last_seen = now
         self._seen.move_to_end(peer_id)
-        if uploads is not None:
+        if peer_id in self._requesting:
+            self._requesting.move_to_end(peer_id)
+        if uploads is not None and uploads != peer.reported:
             peer.reported = uploads
+            self._refresh_room(peer)
         member = self._member(task, peer)
         decisions = Decisions()
         for timing in timings:  # before the transfers are released: they know the load
@@ -204,13 +202,13 @@ class Scheduler:
         for failure in failed:
             self._failed(task, member, failure, now, decisions)
         task.waiters.pop(peer_id, None)
-        batch = self._assign(task, member, peer, min(want, self.config.max_batch), now)
+        if finished or failed:  # capacity freed: the peers that wait, with nothing in
+            self._wake(task, now, decisions)  # flight, go before this busy one
+        batch = self._picker.fill(task, member, peer, min(want, self.config.max_batch), now, self._start)
         if batch:
             decisions.assignments[(task_id, peer_id)] = batch
         elif park and want > 0 and member.have_count < task.count:
             task.waiters[peer_id] = want
-        if finished or failed:
-            self._wake(task, now, decisions)
         return decisions
 
     def unpark(self, task_id: str, peer_id: str) -> None:
@@ -244,6 +242,16 @@ class Scheduler:
                 break
             decisions.merge(self.peer_left(peer_id, now))
         touched: set[str] = set()
+        while self._requesting:  # requesters gone quiet with transfers in flight
+            peer = self._peers[next(iter(self._requesting))]
+            if peer.last_seen + self.config.flight_silence > now:
+                break
+            for task_id in peer.tasks:
+                member = self._tasks[task_id].members[peer.id]
+                for flights in list(member.flights.values()):
+                    for flight in list(flights):
+                        self._release(flight)
+                touched.add(task_id)
         deadline = now - self.config.assignment_timeout
         while self._flights:
             flight = next(iter(self._flights))
@@ -265,6 +273,7 @@ class Scheduler:
                 peer = self._peers.get(peer_id)
                 if peer is not None:
                     peer.state = SourceState.ACTIVE
+                    self._refresh_room(peer)
                     touched.update(peer.tasks)
         for task_id in touched:
             if task_id in self._tasks:
@@ -283,7 +292,7 @@ class Scheduler:
 
     def has(self, task_id: str, peer_id: str, piece: int) -> bool:
         member = self._task(task_id).members.get(peer_id)
-        return bool(member and member.have[piece])
+        return bool(member and member.holds(piece))
 
     def in_flight(self, task_id: str, peer_id: str) -> dict[int, list[str]]:
         member = self._task(task_id).members.get(peer_id)
@@ -324,28 +333,68 @@ class Scheduler:
     def _member(self, task: Task, peer: Peer) -> Member:
         member = task.members.get(peer.id)
         if member is None:
-            member = task.members[peer.id] = Member(peer.id, task.count)
+            member = task.members[peer.id] = Member(peer.id)
             peer.tasks.add(task.id)
+            task.incomplete += task.count > 0
         return member
 
-    def _remove_member(self, task: Task, peer_id: str) -> None:
+    def _remove_member(self, task: Task, peer: Peer) -> None:
         """Forget a peer's standing in a task: its holdings and its own transfers."""
-        member = task.members.pop(peer_id)
-        task.waiters.pop(peer_id, None)
-        for piece in range(task.count):
-            if member.have[piece]:
-                task.holders[piece].discard(peer_id)
+        member = task.members.pop(peer.id)
+        task.waiters.pop(peer.id, None)
+        task.incomplete -= member.have_count < task.count
+        for piece in bits(member.have):
+            self._set_have(task, member, piece, False, peer)
+        task.roomy.discard(peer.id)
         for flights in list(member.flights.values()):
             for flight in list(flights):
                 self._release(flight)
 
     def _add_holding(self, task: Task, member: Member, piece: int) -> None:
-        if not member.have[piece]:
-            member.have[piece] = 1
-            member.have_count += 1
-            task.holders[piece].add(member.peer_id)
+        if not member.holds(piece):
+            self._set_have(task, member, piece, True, self._peers[member.peer_id])
         for flight in member.flights.pop(piece, ()):
             self._drop_flight_refs(flight)
+        member.flight_bits &= ~(1 << piece)
+
+    def _set_have(self, task: Task, member: Member, piece: int, have: bool, peer: Peer) -> None:
+        """The one place a holding changes: holders, counts, the task's supply and demand."""
+        cap = peer.cap(task.piece_size, self.config.piece_pace)
+        bit = 1 << piece
+        if have:
+            member.have |= bit
+            member.have_count += 1
+            task.holders[piece].add(member.peer_id)
+            task.held[piece] += 1
+            task.held_bits |= bit
+            task.incomplete -= member.have_count == task.count
+            if member.have_count == 1:
+                task.supply += cap
+                self._refresh_room(peer, task)
+        else:
+            task.incomplete += member.have_count == task.count
+            member.have &= ~bit
+            member.have_count -= 1
+            task.holders[piece].discard(member.peer_id)
+            task.held[piece] -= 1
+            if not task.held[piece]:
+                task.held_bits &= ~bit
+            if member.have_count == 0:
+                task.supply -= cap
+                self._refresh_room(peer, task)
+
+    def _refresh_room(self, peer: Peer, only: Task | None = None) -> None:
+        """Keep ``Task.roomy`` true: members holding a piece, usable, with room."""
+        pace = self.config.piece_pace
+        for task in (only,) if only else (self._tasks.get(t) for t in peer.tasks):
+            if task is None:
+                continue
+            member = task.members.get(peer.id)
+            usable = member is not None and member.have_count and peer.state is not SourceState.QUARANTINED
+            if usable and peer.has_room(task.piece_size, pace):
+                task.roomy.add(peer.id)
+            else:
+                task.roomy.discard(peer.id)
 
     def _timed(self, member: Member, timing: Timing, now: float, decisions: Decisions) -> None:
         """A transfer's duration, per upload the source was serving: its pace as a source."""
@@ -371,14 +420,13 @@ class Scheduler:
         reason = failure.reason
         if reason is FailureReason.MISSING:
             holder = task.members.get(source.id)
-            if holder is not None and holder.have[failure.piece]:
-                holder.have[failure.piece] = 0
-                holder.have_count -= 1
-                task.holders[failure.piece].discard(source.id)
+            if holder is not None and holder.holds(failure.piece):
+                self._set_have(task, holder, failure.piece, False, source)
         elif reason is FailureReason.CORRUPT and not source.is_seed:
             self._quarantine[source.id] = now + self.config.quarantine_seconds
             if source.state is not SourceState.QUARANTINED:
                 source.state = SourceState.QUARANTINED
+                self._refresh_room(source)
                 decisions.quarantined.append(source.id)
         elif reason is FailureReason.BUSY:
             member.blacklist[source.id] = now + self.config.busy_backoff
@@ -391,94 +439,19 @@ class Scheduler:
                 if len(source.unreachable) >= self.config.drop_after_unreachable:
                     decisions.merge(self.peer_left(source.id, now))
 
-    def _assign(self, task: Task, member: Member, peer: Peer, want: int, now: float) -> list[Assignment]:
-        batch: list[Assignment] = []
-        if want <= 0:
-            return batch
-        count = task.count
-        have, flights = member.have, member.flights
-        holders, seeded, inflight = task.holders, task.seeded, task.inflight
-        offset = int(self._rng.random() * count)
-        candidates = []
-        for piece in range(count):
-            if have[piece] or piece in flights:
-                continue
-            held = len(holders[piece])
-            if held == 0 and not seeded[piece]:
-                continue
-            candidates.append(((held + inflight[piece]) * count + (piece - offset) % count, piece))
-        candidates.sort()
-        for _, piece in candidates:
-            source = self._pick_source(task, piece, member, peer, now, ())
-            if source is not None:
-                batch.append(self._start(task, member, piece, source, now))
-                if len(batch) >= want:
-                    return batch
-        if (
-            flights
-            and member.have_count + len(flights) == count
-            and len(flights) <= self.config.endgame_pieces
-        ):
-            for piece, current in list(flights.items()):
-                if len(current) > 1 or now - current[0].started < self.config.endgame_delay:
-                    continue
-                exclude = tuple(f.source for f in current)
-                source = self._pick_source(task, piece, member, peer, now, exclude)
-                if source is not None:
-                    batch.append(self._start(task, member, piece, source, now))
-                    if len(batch) >= want:
-                        break
-        return batch
-
-    def _pick_source(
-        self,
-        task: Task,
-        piece: int,
-        member: Member,
-        peer: Peer,
-        now: float,
-        exclude: tuple[str, ...],
-    ) -> Peer | None:
-        """The best source of ``piece`` for ``peer``: healthy peers first (same rack, same
-        zone, then the most upload bandwidth a new transfer would get), then the seed,
-        then degraded peers. None when every candidate is full or refused."""
-        best: Peer | None = None
-        best_key = (3, 0.0)
-        fallback: Peer | None = None
-        size, pace = task.piece_size, self.config.piece_pace
-        for source_id in task.holders[piece].sample(self._rng, self.config.sample_size):
-            if source_id == peer.id or source_id in exclude:
-                continue
-            source = self._peers[source_id]
-            if source.state is SourceState.QUARANTINED or not source.has_room(size, pace):
-                continue
-            if member.blacklisted(source_id, now):
-                continue
-            if source.state is SourceState.DEGRADED:
-                fallback = source
-                continue
-            if peer.zone is not None and source.zone == peer.zone:
-                locality = 0 if peer.rack is not None and source.rack == peer.rack else 1
-            else:
-                locality = 2
-            key = (locality, -source.capacity / (source.load + 1))
-            if key < best_key:
-                best, best_key = source, key
-        if best is not None:
-            return best
-        if task.seeded[piece] and task.seed_id not in exclude:
-            seed = self._peers[task.seed_id]
-            if seed.has_room(size, pace) and not member.blacklisted(seed.id, now):
-                return seed
-        return fallback
-
     def _start(self, task: Task, member: Member, piece: int, source: Peer, now: float) -> Assignment:
         flight = Flight(task.id, piece, member.peer_id, source.id, now, source.load + 1)
         member.flights.setdefault(piece, []).append(flight)
+        member.flight_bits |= 1 << piece
         task.inflight[piece] += 1
         source.uploads += 1
         source.flights_out.add(flight)
         self._flights[flight] = None
+        requester = self._peers[member.peer_id]
+        requester.requesting += 1
+        self._requesting[requester.id] = None
+        if not source.is_seed:
+            self._refresh_room(source)
         return Assignment(piece, source.id)
 
     def _release(self, flight: Flight) -> None:
@@ -491,6 +464,7 @@ class Scheduler:
                 current.remove(flight)
                 if not current:
                     del member.flights[flight.piece]
+                    member.flight_bits &= ~(1 << flight.piece)
         self._drop_flight_refs(flight)
 
     def _drop_flight_refs(self, flight: Flight) -> None:
@@ -499,10 +473,17 @@ class Scheduler:
         task = self._tasks.get(flight.task)
         if task is not None:
             task.inflight[flight.piece] -= 1
+        requester = self._peers.get(flight.requester)
+        if requester is not None:
+            requester.requesting -= 1
+            if not requester.requesting:
+                self._requesting.pop(requester.id, None)
         source = self._peers.get(flight.source)
         if source is not None:
             source.uploads -= 1
             source.flights_out.discard(flight)
+            if not source.is_seed:
+                self._refresh_room(source)
 
     def _wake(self, task: Task, now: float, decisions: Decisions) -> None:
         """Hand freed capacity to waiting peers, oldest first; those left wait at the back."""
@@ -515,7 +496,7 @@ class Scheduler:
             member = task.members.get(peer_id)
             if peer is None or member is None or member.have_count == task.count:
                 continue
-            batch = self._assign(task, member, peer, want, now)
+            batch = self._picker.fill(task, member, peer, want, now, self._start)
             if batch:
                 decisions.assignments.setdefault((task.id, peer_id), []).extend(batch)
             else:

@@ -1,6 +1,8 @@
 """The scheduler's state: peers and seeds, tasks, each peer's standing in a task, transfers.
 
-Plain records with no behaviour beyond small queries; ``Scheduler`` is their one writer.
+Plain records with small queries; ``Scheduler`` is their one writer. Sets of pieces are
+Python ints used as bitsets (bit ``p`` set: piece ``p`` is in), so "what could this peer
+get from that one" is one ``&`` however many pieces a blob has.
 """
 
 from __future__ import annotations
@@ -9,6 +11,14 @@ from collections import OrderedDict
 
 from supernode.scheduler.indexed_set import IndexedSet
 from supernode.scheduler.model import SourceState
+
+_BYTE_BITS = [tuple(b for b in range(8) if value >> b & 1) for value in range(256)]
+
+
+def bits(mask: int) -> list[int]:
+    """The pieces in a bitset, lowest first (a byte at a time: pieces run to thousands)."""
+    data = mask.to_bytes((mask.bit_length() + 7) // 8, "little")
+    return [i * 8 + b for i, value in enumerate(data) if value for b in _BYTE_BITS[value]]
 
 
 class Flight:
@@ -32,6 +42,7 @@ class Peer:
     """A registered peer or seed, as a source of uploads and as a requester."""
 
     __slots__ = (
+        "_caps",
         "capacity",
         "degraded_until",
         "flights_out",
@@ -40,6 +51,7 @@ class Peer:
         "last_seen",
         "rack",
         "reported",
+        "requesting",
         "slots",
         "state",
         "tasks",
@@ -61,10 +73,12 @@ class Peer:
         self.degraded_until = 0.0
         self.uploads = 0  # transfers assigned from it and not yet reported
         self.reported = 0  # uploads it says it is serving (any task, any requester)
+        self.requesting = 0  # transfers assigned to it as requester, not yet reported
         self.last_seen = 0.0
         self.tasks: set[str] = set()
         self.flights_out: set[Flight] = set()
         self.unreachable: dict[str, float] = {}  # reporter -> when
+        self._caps: dict[int, int] = {}  # piece size -> concurrent uploads it can pace
 
     def __repr__(self) -> str:
         kind = "seed" if self.is_seed else "peer"
@@ -75,24 +89,35 @@ class Peer:
         """Uploads under way: what we assigned, or what it reports if that is more."""
         return max(self.uploads, self.reported)
 
+    def cap(self, piece_size: int, pace: float) -> int:
+        """Uploads of ``piece_size`` pieces it can serve at once: within its slots, and
+        each moving at least a piece per ``pace`` seconds on its bandwidth."""
+        cap = self._caps.get(piece_size)
+        if cap is None:
+            cap = self._caps[piece_size] = min(self.slots, max(1, int(self.capacity * pace / piece_size)))
+        return cap
+
     def has_room(self, piece_size: int, pace: float) -> bool:
-        """Room for one more upload of a ``piece_size`` piece: a free slot, and enough
-        bandwidth that every upload moves at least a piece per ``pace`` seconds."""
-        concurrent = min(self.slots, max(1, int(self.capacity * pace / piece_size)))
-        return self.load < concurrent
+        """Room for one more upload of a ``piece_size`` piece."""
+        cap = self.cap(piece_size, pace)
+        return self.uploads < cap and self.reported < cap
 
 
 class Member:
     """A peer's standing in one task: pieces held, transfers in flight, its blacklist."""
 
-    __slots__ = ("blacklist", "flights", "have", "have_count", "peer_id")
+    __slots__ = ("blacklist", "flight_bits", "flights", "have", "have_count", "peer_id")
 
-    def __init__(self, peer_id: str, count: int) -> None:
+    def __init__(self, peer_id: str) -> None:
         self.peer_id = peer_id
-        self.have = bytearray(count)
+        self.have = 0  # bitset of pieces held
         self.have_count = 0
         self.flights: dict[int, list[Flight]] = {}
+        self.flight_bits = 0  # bitset of pieces in flight
         self.blacklist: dict[str, float] = {}  # source -> until
+
+    def holds(self, piece: int) -> bool:
+        return bool(self.have >> piece & 1)
 
     def blacklisted(self, source: str, now: float) -> bool:
         until = self.blacklist.get(source)
@@ -109,13 +134,18 @@ class Task:
 
     __slots__ = (
         "count",
+        "held",
+        "held_bits",
         "holders",
         "id",
+        "incomplete",
         "inflight",
         "members",
         "piece_size",
+        "roomy",
         "seed_id",
         "seeded",
+        "supply",
         "waiters",
     )
 
@@ -124,11 +154,21 @@ class Task:
         self.count = count
         self.piece_size = piece_size
         self.seed_id = seed_id
-        self.seeded = bytearray(count)
-        self.holders = [IndexedSet() for _ in range(count)]
+        self.seeded = 0  # bitset of pieces the seed holds
+        self.holders = [IndexedSet() for _ in range(count)]  # peers per piece
+        self.held = [0] * count  # len(holders[p]), read in the hot path
+        self.held_bits = 0  # bitset of pieces at least one peer holds
         self.inflight = [0] * count
         self.members: dict[str, Member] = {}
         self.waiters: OrderedDict[str, int] = OrderedDict()  # peer -> want
+        self.roomy = IndexedSet()  # members holding a piece with room for an upload
+        self.supply = 0  # concurrent uploads its holders (and seed) can serve, together
+        self.incomplete = 0  # members still missing pieces
 
     def __repr__(self) -> str:
         return f"<Task {self.id[:20]} pieces={self.count} members={len(self.members)}>"
+
+    @property
+    def available(self) -> int:
+        """Bitset of pieces someone can serve."""
+        return self.seeded | self.held_bits

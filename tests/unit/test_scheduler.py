@@ -22,6 +22,9 @@ SEED = "seed"
 
 
 def make(pieces: int = 4, seed_slots: int = 4, seeded: bool = True, **config):
+    """A scheduler with one task of ``pieces`` 4 MiB pieces. Uploads are bounded by slots
+    only (a slow pace), unless a test sets ``piece_pace`` itself."""
+    config.setdefault("piece_pace", 10.0)
     clock = FakeClock()
     sched = Scheduler(SchedulerConfig(**config), random.Random(7))
     sched.add_seed(SEED, seed_slots)
@@ -201,11 +204,14 @@ def test_overdue_assignment_taken_back():
     sched, clock = make(pieces=1, seed_slots=1, assignment_timeout=100, peer_timeout=1000)
     join(sched, clock, "slow", "other")
     assert mine(sched.sync(T, "slow", clock.now, want=1), "slow")
-    clock.advance(99)
-    sched.expire(clock.now)
+    for _ in range(33):  # it keeps syncing (it is alive) but never reports the piece
+        clock.advance(3)
+        sched.sync(T, "slow", clock.now)
+        sched.expire(clock.now)
     assert sched.load(SEED) == (1, 1)
     sched.sync(T, "other", clock.now, want=1, park=True)
     clock.advance(2)
+    sched.sync(T, "slow", clock.now)
     decisions = sched.expire(clock.now)
     assert sched.in_flight(T, "slow") == {}
     assert mine(decisions, "other") == [Assignment(0, SEED)]  # the freed slot went on
@@ -284,7 +290,7 @@ def test_remove_task_frees_sources_and_returns_waiters():
 
 
 def test_spread_by_free_upload_capacity():
-    sched, clock = make(pieces=1, seed_slots=0)  # 4 MiB pieces
+    sched, clock = make(pieces=1, seed_slots=0, piece_pace=0.5)  # 4 MiB pieces
     sched.peer_joined("slow", clock.now, slots=8, capacity=10e6)
     sched.peer_joined("fast", clock.now, slots=8, capacity=100e6)
     sched.announce(T, "slow", [0], clock.now)
@@ -300,10 +306,10 @@ def test_spread_by_free_upload_capacity():
 
 
 def test_uploads_per_source_follow_its_bandwidth():
-    sched, clock = make(pieces=4, seed_slots=16, seeded=False)
+    sched, clock = make(pieces=4, seed_slots=16, seeded=False, piece_pace=0.1)
     sched.remove_task(T)
     sched.add_task(T, 4, SEED, piece_size=1 << 20)
-    sched.peer_joined("src", clock.now, slots=16, capacity=4e6)  # 4 MB/s, 1 MiB pieces: 1
+    sched.peer_joined("src", clock.now, slots=16, capacity=4e6)  # 4 MB/s, 1 MiB per 0.1 s: 1
     sched.announce(T, "src", [0, 1, 2, 3], clock.now)
     join(sched, clock, "r1", "r2")
     assert [a.source for a in mine(sched.sync(T, "r1", clock.now, want=4), "r1")] == ["src"]
@@ -410,3 +416,32 @@ def test_speed_tracker_uses_the_others_spread():
     assert speed.degraded("bad") and not speed.degraded("ok0")
     speed.reset("bad")
     assert not speed.degraded("bad")
+
+
+def test_a_requester_silent_with_transfers_in_flight_gives_them_back():
+    sched, clock = make(pieces=2, seed_slots=2, flight_silence=5, peer_timeout=100)
+    join(sched, clock, "crashed", "alive")
+    assert len(mine(sched.sync(T, "crashed", clock.now, want=2), "crashed")) == 2
+    assert len(mine(sched.sync(T, "alive", clock.now, want=2, park=True), "alive")) == 0
+    clock.advance(4)
+    sched.sync(T, "alive", clock.now, want=2, park=True)
+    assert sched.expire(clock.now).assignments == {}
+    clock.advance(2)  # "crashed" has not synced for 6 s with two transfers under way
+    decisions = sched.expire(clock.now)
+    assert sched.in_flight(T, "crashed") == {}
+    # The freed seed slots went on, within the share: two seed slots, two downloaders.
+    assert len(mine(decisions, "alive")) == 1
+    assert sched.knows_peer("crashed")  # it is only dropped at peer_timeout
+
+
+def test_fair_share_leaves_room_for_a_starved_requester():
+    sched, clock = make(pieces=8, seed_slots=0)
+    sources = [f"s{i}" for i in range(4)]
+    join(sched, clock, *sources, slots=1)
+    for source in sources:
+        sched.announce(T, source, list(range(8)), clock.now)
+    join(sched, clock, "greedy", "starved")
+    sched.sync(T, "starved", clock.now)  # both are members of the task
+    # supply 4 (one upload each), two requesters still downloading: a share of two each
+    assert len(mine(sched.sync(T, "greedy", clock.now, want=4), "greedy")) == 2
+    assert len(mine(sched.sync(T, "starved", clock.now, want=4), "starved")) == 2
