@@ -1,0 +1,115 @@
+"""A flow-level network: transfers as flows whose rates follow the links they share.
+
+Each node has an upload and a download capacity (bytes per second). A flow's rate is
+the smaller of its source's upload shared equally among the source's flows and its
+receiver's download shared equally among the receiver's flows. When a flow starts or
+ends, only the flows at its two ends change rate, so an event costs O(flows per node).
+Completions are kept in a heap with lazy invalidation: a flow whose rate changed gets a
+new version and its old heap entry is skipped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+
+
+class Link:
+    """One node's capacities and the flows on them."""
+
+    __slots__ = ("down", "down_flows", "up", "up_flows")
+
+    def __init__(self, up: float, down: float) -> None:
+        self.up = up
+        self.down = down
+        # Insertion-ordered, so a run is the same every time (sets order by address).
+        self.up_flows: dict[Flow, None] = {}
+        self.down_flows: dict[Flow, None] = {}
+
+
+class Flow:
+    __slots__ = ("dst", "payload", "rate", "remaining", "size", "src", "started", "updated", "version")
+
+    def __init__(self, src: Link, dst: Link, size: float, payload: object, now: float) -> None:
+        self.src = src
+        self.dst = dst
+        self.size = size
+        self.remaining = size
+        self.payload = payload
+        self.rate = 0.0
+        self.updated = now
+        self.started = now
+        self.version = 0
+
+
+class Network:
+    """Flows over links, in simulated time. ``on_done(flow, now)`` is called at the end."""
+
+    def __init__(self, on_done: Callable[[Flow, float], None]) -> None:
+        self._on_done = on_done
+        self._heap: list[tuple[float, int, int, Flow]] = []
+        self._seq = itertools.count()
+        self.now = 0.0
+        self.bytes_moved = 0.0
+
+    def start(self, src: Link, dst: Link, size: float, payload: object) -> Flow:
+        flow = Flow(src, dst, size, payload, self.now)
+        src.up_flows[flow] = None
+        dst.down_flows[flow] = None
+        self._reprice(src.up_flows | dst.down_flows)
+        return flow
+
+    def cancel(self, flow: Flow) -> None:
+        """End a flow early (its source or receiver failed); no ``on_done``."""
+        if flow in flow.src.up_flows:
+            self._remove(flow)
+
+    def next_time(self) -> float:
+        """When the next flow ends (inf: none under way)."""
+        while self._heap:
+            when, _, version, flow = self._heap[0]
+            if version == flow.version and flow in flow.src.up_flows:
+                return when
+            heapq.heappop(self._heap)
+        return math.inf
+
+    def advance(self, until: float) -> None:
+        """Run flows up to ``until``, ending each that completes by then."""
+        while True:
+            when = self.next_time()
+            if when > until:
+                break
+            _, _, _, flow = heapq.heappop(self._heap)
+            self.now = max(self.now, when)
+            self._settle(flow)
+            self.bytes_moved += flow.size
+            self._remove(flow)
+            self._on_done(flow, self.now)
+        self.now = max(self.now, until)
+
+    # ------------------------------------------------------------------ internals
+
+    def _remove(self, flow: Flow) -> None:
+        del flow.src.up_flows[flow]
+        del flow.dst.down_flows[flow]
+        flow.version += 1
+        self._reprice(flow.src.up_flows | flow.dst.down_flows)
+
+    def _settle(self, flow: Flow) -> None:
+        flow.remaining = max(0.0, flow.remaining - flow.rate * (self.now - flow.updated))
+        flow.updated = self.now
+
+    def _reprice(self, flows: dict[Flow, None]) -> None:
+        now = self.now
+        for flow in flows:
+            self._settle(flow)
+            src, dst = flow.src, flow.dst
+            rate = min(src.up / len(src.up_flows), dst.down / len(dst.down_flows))
+            if rate == flow.rate and flow.version:
+                continue
+            flow.rate = rate
+            flow.version += 1
+            when = now + (flow.remaining / rate if rate > 0 else math.inf)
+            heapq.heappush(self._heap, (when, next(self._seq), flow.version, flow))
