@@ -39,6 +39,8 @@ class Scheduler:
         self._tasks: dict[str, Task] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()  # peers, least recently heard first
         self._requesting: OrderedDict[str, None] = OrderedDict()  # peers with transfers, ditto
+        self._freed: dict[str, None] = {}  # sources that got an upload slot back, this event
+        self._waiting: dict[str, None] = {}  # tasks with parked peers
         self._flights: dict[Flight, None] = {}  # insertion order is start order
         self._quarantine: dict[str, float] = {}  # peer -> until
         self._degraded: dict[str, None] = {}  # peers in a degraded spell
@@ -99,6 +101,7 @@ class Scheduler:
         for task_id in touched:
             if task_id in self._tasks:
                 self._wake(self._tasks[task_id], now, decisions)
+        self._wake_freed(now, decisions)
         decisions.dropped.append(peer_id)
         return decisions
 
@@ -116,6 +119,7 @@ class Scheduler:
         task = self._tasks.pop(task_id, None)
         if task is None:
             return []
+        self._waiting.pop(task_id, None)
         for member in task.members.values():
             for flights in member.flights.values():
                 for flight in flights:
@@ -160,6 +164,7 @@ class Scheduler:
             self._release(flight)
         self._remove_member(task, peer)
         self._wake(task, now, decisions)
+        self._wake_freed(now, decisions)
         return decisions
 
     # ------------------------------------------------------------------------ sync
@@ -201,21 +206,23 @@ class Scheduler:
             self._add_holding(task, member, piece)
         for failure in failed:
             self._failed(task, member, failure, now, decisions)
-        task.waiters.pop(peer_id, None)
+        self._unpark(task, peer_id)
         if finished or failed:  # capacity freed: the peers that wait, with nothing in
             self._wake(task, now, decisions)  # flight, go before this busy one
+        self._wake_freed(now, decisions)
         batch = self._picker.fill(task, member, peer, min(want, self.config.max_batch), now, self._start)
         if batch:
             decisions.assignments[(task_id, peer_id)] = batch
         elif park and want > 0 and member.have_count < task.count:
             task.waiters[peer_id] = want
+            self._waiting[task.id] = None
         return decisions
 
     def unpark(self, task_id: str, peer_id: str) -> None:
         """The peer stopped waiting (its long poll ended)."""
         task = self._tasks.get(task_id)
         if task is not None:
-            task.waiters.pop(peer_id, None)
+            self._unpark(task, peer_id)
 
     def abandon(self, task_id: str, peer_id: str, pieces: list[int], now: float) -> Decisions:
         """Assignments that never reached the peer are taken back."""
@@ -228,6 +235,7 @@ class Scheduler:
             for flight in list(member.flights.get(piece, ())):
                 self._release(flight)
         self._wake(task, now, decisions)
+        self._wake_freed(now, decisions)
         return decisions
 
     # ------------------------------------------------------------------------ time
@@ -278,6 +286,7 @@ class Scheduler:
         for task_id in touched:
             if task_id in self._tasks:
                 self._wake(self._tasks[task_id], now, decisions)
+        self._wake_freed(now, decisions)
         return decisions
 
     # ---------------------------------------------------------------- inspection
@@ -341,7 +350,7 @@ class Scheduler:
     def _remove_member(self, task: Task, peer: Peer) -> None:
         """Forget a peer's standing in a task: its holdings and its own transfers."""
         member = task.members.pop(peer.id)
-        task.waiters.pop(peer.id, None)
+        self._unpark(task, peer.id)
         task.incomplete -= member.have_count < task.count
         for piece in bits(member.have):
             self._set_have(task, member, piece, False, peer)
@@ -482,8 +491,33 @@ class Scheduler:
         if source is not None:
             source.uploads -= 1
             source.flights_out.discard(flight)
+            self._freed[source.id] = None
             if not source.is_seed:
                 self._refresh_room(source)
+
+    def _unpark(self, task: Task, peer_id: str) -> None:
+        task.waiters.pop(peer_id, None)
+        if not task.waiters:
+            self._waiting.pop(task.id, None)
+
+    def _wake_freed(self, now: float, decisions: Decisions) -> None:
+        """Sources serve several tasks: a slot one task gave back may be what a peer
+        parked on another task waits for (a seed shared by an image's layers)."""
+        if not self._freed or not self._waiting:
+            self._freed.clear()
+            return
+        tasks: dict[str, None] = {}
+        for source_id in self._freed:
+            source = self._peers.get(source_id)
+            if source is None:
+                continue
+            if source.is_seed:
+                tasks.update((t, None) for t in self._waiting if self._tasks[t].seed_id == source_id)
+            else:
+                tasks.update((t, None) for t in source.tasks if t in self._waiting)
+        self._freed.clear()
+        for task_id in tasks:
+            self._wake(self._tasks[task_id], now, decisions)
 
     def _wake(self, task: Task, now: float, decisions: Decisions) -> None:
         """Hand freed capacity to waiting peers, oldest first; those left wait at the back."""
@@ -502,3 +536,5 @@ class Scheduler:
             else:
                 task.waiters[peer_id] = want
                 misses += 1
+        if not task.waiters:
+            self._waiting.pop(task.id, None)

@@ -445,3 +445,15 @@ def test_fair_share_leaves_room_for_a_starved_requester():
     # supply 4 (one upload each), two requesters still downloading: a share of two each
     assert len(mine(sched.sync(T, "greedy", clock.now, want=4), "greedy")) == 2
     assert len(mine(sched.sync(T, "starved", clock.now, want=4), "starved")) == 2
+
+
+def test_a_slot_freed_on_one_task_wakes_a_peer_parked_on_another():
+    sched, clock = make(pieces=1, seed_slots=1)  # the seed serves one upload at a time
+    other = "sha256-" + "ef" * 32  # another layer of the same image, same seed
+    sched.add_task(other, 1, SEED, piece_size=4 << 20)
+    sched.piece_seeded(other, 0, clock.now)
+    join(sched, clock, "a", "b")
+    assert mine(sched.sync(T, "a", clock.now, want=1), "a") == [Assignment(0, SEED)]
+    assert sched.sync(other, "b", clock.now, want=1, park=True).assignments == {}
+    decisions = sched.sync(T, "a", clock.now, finished=[0])  # the seed's slot comes back
+    assert decisions.assignments == {(other, "b"): [Assignment(0, SEED)]}
