@@ -8,6 +8,7 @@ and egress over time is a series (``egress``) a report can draw. No push: images
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections import Counter
@@ -53,6 +54,9 @@ class MiniRegistry:
         self._runner: web.AppRunner | None = None
         self._bound: HostPort | None = None
         self.fail_blobs: set[str] = set()  # digests answered with 500 (fault injection)
+        self.corrupt_blobs: set[str] = set()  # digests answered with one byte flipped
+        self.token: str | None = None  # when set, every request needs "Bearer <token>"
+        self.login: tuple[str, str] | None = None  # when set, the token realm needs it
         self.bytes_sent = 0  # every body byte written, errors included
         self.blob_bytes_sent = 0
         self.blob_gets: Counter[str] = Counter()  # digest -> GETs that sent a body
@@ -92,6 +96,7 @@ class MiniRegistry:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/v2/{tail:.*}", self._handle)
+        app.router.add_route("GET", "/token", self._token)
         self._runner, self._bound = await start_site(app, self._listen)
 
     async def stop(self) -> None:
@@ -99,9 +104,23 @@ class MiniRegistry:
         if runner is not None:
             await runner.cleanup()
 
+    async def _token(self, request: web.Request) -> web.Response:
+        """The bearer-token realm: a token for anyone, or for ``login`` only."""
+        self.requests["GET token"] += 1
+        if self.login is not None:
+            expected = "Basic " + base64.b64encode(":".join(self.login).encode()).decode()
+            if request.headers.get("Authorization") != expected:
+                return web.json_response({"errors": [{"code": "UNAUTHORIZED"}]}, status=401)
+        return web.json_response({"token": self.token, "expires_in": 300})
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         kind, name, reference = _parse(request.match_info["tail"])
         self.requests[f"{request.method} {kind}"] += 1
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            challenge = f'Bearer realm="{self.url}/token",service="mini",scope="repository:{name}:pull"'
+            return await self._error(
+                request, 401, "UNAUTHORIZED", "authentication required", {"WWW-Authenticate": challenge}
+            )
         if request.method not in ("GET", "HEAD"):
             return await self._error(request, 405, "UNSUPPORTED", f"{request.method} is not supported")
         if kind == "base":
@@ -135,6 +154,10 @@ class MiniRegistry:
             "Accept-Ranges": "bytes",
         }
         body = memoryview(blob.data)
+        if digest in self.corrupt_blobs:
+            flipped = bytearray(blob.data)
+            flipped[len(flipped) // 2] ^= 0xFF
+            body = memoryview(bytes(flipped))
         status = 200
         wanted = _byte_range(request.headers.get("Range"), blob.size)
         if wanted == "unsatisfiable":

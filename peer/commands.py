@@ -1,4 +1,5 @@
-"""``swarmpull peer`` and ``swarmpull get``."""
+"""``swarmpull get``, and the peer daemon's flags (``swarmpull peer`` itself is the node
+daemon of ``registry_proxy.commands``: the peer with the registry proxy in front)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,8 @@ from swarmpull.cli import (
 )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser(
-        "peer",
-        help="run the node daemon: downloads, verifies and serves pieces",
-        description="Run the peer daemon on this node.",
-    )
+def add_peer_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of the peer daemon."""
     p.add_argument(
         "--supernode",
         dest="supernodes",
@@ -104,8 +101,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="concurrent piece downloads, all blobs together (default: %(default)s)",
     )
     p.add_argument("--peer-id", metavar="ID", help="identity (default: generated, kept in --data-dir)")
-    p.set_defaults(func=run_peer, default_log_level="info")
 
+
+def peer_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The PeerConfig the flags of ``add_peer_arguments`` describe."""
+    from peer.config import PeerConfig
+    from swarmpull.cli import CommandError
+    from swarmpull.transport import TransportConfig
+
+    unknown = set(args.labels) - {"zone", "rack"}
+    if unknown:
+        raise CommandError(f"unknown labels {', '.join(sorted(unknown))}: use zone= and rack=")
+    try:
+        return PeerConfig(
+            data_dir=args.data_dir,
+            supernodes=tuple(args.supernodes),
+            listen=args.listen,
+            advertise=args.advertise,
+            api_listen=args.api_listen,
+            zone=args.labels.get("zone"),
+            rack=args.labels.get("rack"),
+            cache_size=args.cache_size,
+            upload_slots=args.upload_slots,
+            download_slots=args.download_slots,
+            upload_limit=args.upload_limit,
+            download_limit=args.download_limit,
+            max_direct=args.max_direct,
+            transport=TransportConfig(compression=not args.no_compression),
+            peer_id=args.peer_id,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g = subparsers.add_parser(
         "get",
         help="download one file through the swarm",
@@ -147,40 +176,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="join the swarm as a one-shot peer instead",
     )
     g.set_defaults(func=run_get, default_log_level="error")
-
-
-def run_peer(args: argparse.Namespace) -> int:
-    from peer.config import PeerConfig
-    from peer.daemon import PeerDaemon
-    from swarmpull.cli import CommandError
-    from swarmpull.daemon import run_daemon
-    from swarmpull.transport import TransportConfig
-
-    unknown = set(args.labels) - {"zone", "rack"}
-    if unknown:
-        raise CommandError(f"unknown labels {', '.join(sorted(unknown))}: use zone= and rack=")
-    try:
-        config = PeerConfig(
-            data_dir=args.data_dir,
-            supernodes=tuple(args.supernodes),
-            listen=args.listen,
-            advertise=args.advertise,
-            api_listen=args.api_listen,
-            zone=args.labels.get("zone"),
-            rack=args.labels.get("rack"),
-            cache_size=args.cache_size,
-            upload_slots=args.upload_slots,
-            download_slots=args.download_slots,
-            upload_limit=args.upload_limit,
-            download_limit=args.download_limit,
-            max_direct=args.max_direct,
-            transport=TransportConfig(compression=not args.no_compression),
-            peer_id=args.peer_id,
-        )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    run_daemon(lambda: PeerDaemon(config))
-    return 0
 
 
 def run_get(args: argparse.Namespace) -> int:

@@ -59,6 +59,8 @@ class PeerConfig:
     """Seconds the supernodes may stay unreachable mid-download before going direct."""
     peer_id: str | None = None
     """Identity in the swarm; default: generated once and kept in data_dir."""
+    registry_ca: Path | None = None
+    """Extra CA certificates (PEM) trusted for upstreams, when fetching directly."""
     transport: TransportConfig = field(default_factory=TransportConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
 

@@ -24,7 +24,7 @@ from peer.request import BlobRequest, DownloadState
 from peer.slots import DownloadSlots
 from swarmpull.clock import Clock, SystemClock
 from swarmpull.daemon import gather_cancel
-from swarmpull.http import advertised_url, start_site
+from swarmpull.http import advertised_url, start_site, tls_context
 from swarmpull.metrics import metrics_route
 from swarmpull.protocol import PEER_ID_RE, PeerRegistration
 from swarmpull.ratelimit import RateLimiter
@@ -64,7 +64,8 @@ class PeerDaemon:
         self.store = PieceStore(config.data_dir / "blobs", config.cache_size, on_evict=self._evicted)
         self.store.load()
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=32), auto_decompress=False
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=32, ssl=tls_context(config.registry_ca)),
+            auto_decompress=False,
         )
         try:
             await self._start_servers()

@@ -29,6 +29,8 @@ class SupernodeConfig:
     """Bytes per second the seed serves to peers, all together; None: no limit."""
     origin_limits: tuple[OriginLimit, ...] = ()
     """Per-upstream caps on connections and bandwidth for back-to-source reads."""
+    registry_ca: Path | None = None
+    """Extra CA certificates (PEM) trusted for upstream registries."""
     direct_per_task: int = 4
     """Peers allowed to read a task's upstream directly after the supernode failed to."""
     heartbeat_interval: float = 5.0

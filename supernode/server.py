@@ -15,7 +15,7 @@ from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
 from supernode.service import SupernodeService
 from swarmpull.clock import Clock, SystemClock
-from swarmpull.http import MAX_JSON_BODY, advertised_url, start_site
+from swarmpull.http import MAX_JSON_BODY, advertised_url, start_site, tls_context
 from swarmpull.metrics import metrics_route
 from swarmpull.ratelimit import RateLimiter
 from swarmpull.store import PieceStore
@@ -48,7 +48,8 @@ class Supernode:
         self.store = PieceStore(data_dir / "seed", self.config.cache_size)
         self.store.load()
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256), auto_decompress=False
+            connector=aiohttp.TCPConnector(limit=256, ssl=tls_context(self.config.registry_ca)),
+            auto_decompress=False,
         )
         self.service = SupernodeService(
             self.config, self.store, self._session, self._clock, lambda: self.url, self.metrics

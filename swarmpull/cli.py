@@ -91,6 +91,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from loadtest import commands as loadtest_commands
     from peer import commands as peer_commands
+    from registry_proxy import commands as node_commands
     from supernode import commands as supernode_commands
 
     parser = Parser(
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     supernode_commands.register(subparsers)
+    node_commands.register(subparsers)
     peer_commands.register(subparsers)
     loadtest_commands.register(subparsers)
     return parser

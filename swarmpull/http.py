@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -54,6 +56,14 @@ def advertised_url(bound: HostPort, advertise: str | None) -> str:
     if bound.is_wildcard:
         return HostPort(socket.getfqdn(), bound.port).url()
     return bound.url()
+
+
+def tls_context(extra_ca: Path | None) -> ssl.SSLContext:
+    """The system's CAs, plus ``extra_ca`` (PEM) when given: for upstream registries."""
+    context = ssl.create_default_context()
+    if extra_ca is not None:
+        context.load_verify_locations(cafile=str(extra_ca))
+    return context
 
 
 def is_loopback(host: str) -> bool:

@@ -27,6 +27,7 @@ from typing import Protocol
 import aiohttp
 
 from swarmpull.digest import Digest
+from swarmpull.http import PEER_HEADER
 from swarmpull.store import PieceWriter, StoredBlob
 from swarmpull.tasks import redact_url
 
@@ -137,7 +138,7 @@ class UpstreamFetch:
         blob = self._blob
         start_piece = first_missing(blob) if blob is not None else 0
         offset = start_piece * blob.meta.piece_size if blob is not None else 0
-        headers = dict(self._headers())
+        headers = {PEER_HEADER: "swarmpull", **self._headers()}
         if offset:
             headers["Range"] = f"bytes={offset}-"
         where = redact_url(self._url)

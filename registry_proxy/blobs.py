@@ -1,0 +1,228 @@
+"""Serving a blob to containerd: from the swarm, verified, with the upstream as fallback.
+
+1. A ``HEAD`` upstream first: the blob exists, the credentials work (the token is then
+   cached for the swarm's supernode to use), and its size is known for ``Range``.
+2. The bytes come from the local peer as its pieces land (in order, each verified).
+   If the swarm cannot serve, before or in the middle of the transfer, the rest comes
+   from the upstream directly (a ``Range`` request from where the swarm stopped): the
+   client sees a slower pull, not a failed one.
+3. Every byte of a whole-blob answer is hashed on the way and the last chunk is held
+   back until the sha256 matched the digest; if it does not, the connection is cut
+   before the last byte. The peer keeps nothing it could not verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+
+from peer.download import TaskDownload
+from peer.reader import read_blob
+from peer.request import BlobRequest, DownloadFailed
+from registry_proxy.errors import OciError
+from registry_proxy.paths import DistributionPath
+from registry_proxy.registries import Upstream
+from registry_proxy.upstream import RegistryClient
+from swarmpull.ratelimit import Priority
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class BlobSource(Protocol):
+    """What the proxy needs from the peer daemon."""
+
+    def ensure(self, request: BlobRequest) -> TaskDownload: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BlobQuery:
+    path: DistributionPath
+    upstream: Upstream
+    client_auth: str | None
+
+
+async def head_blob(client: RegistryClient, query: BlobQuery) -> web.Response:
+    """A blob's metadata, straight from upstream."""
+    size = await _upstream_size(client, query)
+    return web.Response(
+        headers={
+            "Docker-Content-Digest": query.path.reference,
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(size),
+            "Accept-Ranges": "bytes",
+        }
+    )
+
+
+async def get_blob(
+    request: web.Request, client: RegistryClient, query: BlobQuery, source: BlobSource | None
+) -> web.StreamResponse:
+    size = await _upstream_size(client, query)
+    start, end = _byte_range(request.headers.get("Range"), size)
+    whole = (start, end) == (0, size)
+    resp = web.StreamResponse(
+        status=200 if whole else 206,
+        headers={
+            "Docker-Content-Digest": query.path.reference,
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+        },
+    )
+    resp.content_length = end - start
+    if not whole:
+        resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    digest = query.path.digest
+    assert digest is not None
+    hasher = hashlib.sha256() if whole else None
+    held: bytes | memoryview | None = None
+    try:
+        async for chunk in _chunks(client, query, source, start, end):
+            if not resp.prepared:
+                await resp.prepare(request)
+            if held is not None:
+                await resp.write(held)
+            if hasher is not None:
+                hasher.update(chunk)
+            held = chunk
+        if hasher is not None and hasher.hexdigest() != digest.hex:
+            raise _Mismatch(f"content of {digest} hashes to sha256:{hasher.hexdigest()}")
+    except OciError:
+        if not resp.prepared:
+            raise
+        _cut(request, f"{digest}: upstream failed mid-transfer")
+        return resp
+    except _Mismatch as exc:
+        _cut(request, str(exc))
+        return resp
+    if not resp.prepared:
+        await resp.prepare(request)
+    if held is not None:
+        await resp.write(held)
+    await resp.write_eof()
+    return resp
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _cut(request: web.Request, why: str) -> None:
+    """Close the connection before the last byte: the client cannot take this as whole."""
+    log.warning("cutting a blob transfer short: %s", why)
+    if request.transport is not None:
+        request.transport.close()
+
+
+async def _chunks(
+    client: RegistryClient, query: BlobQuery, source: BlobSource | None, start: int, end: int
+) -> AsyncIterator[bytes | memoryview]:
+    """Bytes ``[start, end)``: from the swarm while it serves, then from upstream."""
+    offset = start
+    if source is not None and end > start:
+        authorization = query.client_auth or client.authorization(query.upstream, query.path.name)
+        headers = {"Authorization": authorization} if authorization else {}
+        url = query.upstream.url(query.path.name, "blobs", query.path.reference)
+        download = source.ensure(BlobRequest(url, query.path.digest, headers, Priority.FOREGROUND))
+        try:
+            async for chunk in read_blob(download, start, end):
+                yield chunk
+                offset += len(chunk)
+            return
+        except DownloadFailed as exc:
+            log.warning(
+                "the swarm could not serve %s (%s): reading the rest from upstream", query.path.reference, exc
+            )
+    if offset < end:
+        async for chunk in _from_upstream(client, query, offset, end):
+            yield chunk
+
+
+async def _from_upstream(
+    client: RegistryClient, query: BlobQuery, start: int, end: int
+) -> AsyncIterator[bytes]:
+    path = query.path
+    resp = await client.send(
+        "GET",
+        query.upstream,
+        path.name,
+        "blobs",
+        path.reference,
+        headers={"Range": f"bytes={start}-{end - 1}"},
+        client_auth=query.client_auth,
+        stream=True,
+    )
+    try:
+        if resp.status not in (200, 206):
+            raise OciError(502, "UNKNOWN", f"upstream answered {resp.status} for {path.reference}")
+        skip = start if resp.status == 200 else 0  # a registry that ignores Range
+        remaining = end - start
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            if skip:
+                cut = min(skip, len(chunk))
+                chunk, skip = chunk[cut:], skip - cut
+            if chunk:
+                chunk = chunk[:remaining]
+                remaining -= len(chunk)
+                yield chunk
+            if remaining <= 0:
+                return
+        if remaining > 0:
+            raise OciError(502, "UNKNOWN", f"upstream closed {path.reference} {remaining} bytes short")
+    finally:
+        resp.release()
+
+
+async def _upstream_size(client: RegistryClient, query: BlobQuery) -> int:
+    path = query.path
+    resp = await client.send(
+        "HEAD", query.upstream, path.name, "blobs", path.reference, client_auth=query.client_auth
+    )
+    resp.release()
+    if resp.status == 404:
+        raise OciError(
+            404, "BLOB_UNKNOWN", f"blob {path.reference} is not in {path.name} at {query.upstream.host}"
+        )
+    if resp.status in (401, 403):
+        challenge = resp.headers.get("WWW-Authenticate")
+        code = "UNAUTHORIZED" if resp.status == 401 else "DENIED"
+        raise OciError(
+            resp.status,
+            code,
+            f"{query.upstream.host} refused",
+            {"WWW-Authenticate": challenge} if challenge else None,
+        )
+    if resp.status != 200 or resp.content_length is None:
+        raise OciError(502, "UNKNOWN", f"upstream answered {resp.status} for {path.reference}")
+    return resp.content_length
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int]:
+    """``[start, end)`` for a ``Range`` header (one range); the whole blob without one."""
+    if not header:
+        return 0, size
+    match = _RANGE.match(header.strip())
+    if not match or not (match.group(1) or match.group(2)):
+        return 0, size  # not a single byte range: serve it all, as RFC 9110 allows
+    first, last = match.group(1), match.group(2)
+    if not first:  # bytes=-N: the last N bytes
+        start, end = max(0, size - int(last)), size
+    else:
+        start = int(first)
+        end = min(int(last) + 1, size) if last else size
+    if start >= size or start >= end:
+        raise OciError(
+            416,
+            "UNSUPPORTED",
+            f"range {header} outside blob of {size} bytes",
+            {"Content-Range": f"bytes */{size}"},
+        )
+    return start, end

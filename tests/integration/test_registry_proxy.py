@@ -1,0 +1,204 @@
+"""The registry proxy over loopback: an in-memory registry upstream, a supernode, nodes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from loadtest.image import build_image
+from loadtest.registry import MiniRegistry
+from registry_proxy.testing import MANIFEST_TYPES, pull, start_node
+from supernode.testing import start_supernode
+from swarmpull.http import PEER_HEADER
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+@pytest.fixture
+async def registry():
+    registry = MiniRegistry()
+    await registry.start()
+    yield registry
+    await registry.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path):
+    """Start nodes on demand; everything stops at the end."""
+    started = []
+
+    class Cluster:
+        supernode = None
+
+        async def nodes(self, count: int, registry: MiniRegistry, **peer):
+            if self.supernode is None:
+                self.supernode = await start_supernode(piece_size=256 * KiB)
+                started.append(self.supernode)
+            new = []
+            for _ in range(count):
+                node = await start_node(
+                    tmp_path / f"node{len(started)}", (self.supernode.url,), (registry.host,), **peer
+                )
+                started.append(node)
+                new.append(node)
+            return new
+
+    yield Cluster()
+    for thing in reversed(started):
+        await thing.stop()
+
+
+async def test_three_nodes_pull_an_image_and_the_registry_sends_each_blob_once(registry, cluster):
+    image = build_image([2 * MiB, 1 * MiB, 512 * KiB], seed=3)
+    registry.add("team/app", "v1", image)
+    nodes = await cluster.nodes(3, registry)
+    async with aiohttp.ClientSession() as session:
+        pulls = await asyncio.gather(
+            *(pull(session, n.proxy.url, registry.host, "team/app", "v1") for n in nodes)
+        )
+    for blobs in pulls:
+        assert blobs == {d: b.data for d, b in image.blobs().items()}
+    assert registry.blob_gets == {digest: 1 for digest in image.blobs()}  # once, whatever the nodes
+    assert registry.requests["GET manifests"] == 3 and registry.requests["HEAD manifests"] == 3
+
+
+async def test_manifests_pass_through_exactly(registry, cluster):
+    image = build_image([100 * KiB], seed=4, oci=False)
+    registry.add("app", "latest", image)
+    (node,) = await cluster.nodes(1, registry)
+    url = f"{node.proxy.url}/v2/app/manifests/latest?ns={registry.host}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers={"Accept": MANIFEST_TYPES}) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == image.manifest.media_type
+            assert resp.headers["Docker-Content-Digest"] == image.manifest_digest
+            assert await resp.read() == image.manifest.data
+        async with session.head(url) as resp:
+            assert resp.status == 200 and int(resp.headers["Content-Length"]) == image.manifest.size
+        async with session.get(f"{node.proxy.url}/v2/?ns={registry.host}") as resp:
+            assert resp.status == 200 and resp.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+async def test_range_requests_are_served_from_the_pieces_they_cover(registry, cluster):
+    image = build_image([3 * MiB], seed=5)
+    registry.add("app", "v1", image)
+    (node,) = await cluster.nodes(1, registry)
+    layer = image.layers[0]
+    url = f"{node.proxy.url}/v2/app/blobs/{layer.digest}?ns={registry.host}"
+    async with aiohttp.ClientSession() as session:
+        for first, last in ((0, 99), (300 * KiB, 900 * KiB), (layer.size - 10, layer.size - 1)):
+            async with session.get(url, headers={"Range": f"bytes={first}-{last}"}) as resp:
+                assert resp.status == 206
+                assert resp.headers["Content-Range"] == f"bytes {first}-{last}/{layer.size}"
+                assert await resp.read() == layer.data[first : last + 1]
+        async with session.get(url, headers={"Range": f"bytes={layer.size}-"}) as resp:
+            assert resp.status == 416
+            assert (await resp.json())["errors"][0]["code"] == "UNSUPPORTED"
+    assert registry.blob_gets[layer.digest] == 1  # every range came from the swarm's one read
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/v2/Bad_Name/manifests/v1", 400, "NAME_INVALID"),
+        ("/v2/app/blobs/sha256:xyz", 400, "DIGEST_INVALID"),
+        ("/v2/app/blobs/sha256:" + "0" * 64, 404, "BLOB_UNKNOWN"),
+        ("/v2/app/manifests/nope", 404, "MANIFEST_UNKNOWN"),
+        ("/v2/unknown/manifests/v1", 404, "NAME_UNKNOWN"),
+    ],
+)
+async def test_bad_requests_get_oci_errors(registry, cluster, path, status, code):
+    registry.add("app", "v1", build_image([10 * KiB], seed=6))
+    (node,) = await cluster.nodes(1, registry)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{node.proxy.url}{path}?ns={registry.host}") as resp,
+    ):
+        assert resp.status == status
+        assert (await resp.json())["errors"][0]["code"] == code
+
+
+async def test_writes_loops_and_bad_ns_are_refused(registry, cluster):
+    registry.add("app", "v1", build_image([10 * KiB], seed=6))
+    (node,) = await cluster.nodes(1, registry)
+    base = node.proxy.url
+    async with aiohttp.ClientSession() as session:
+        async with session.put(f"{base}/v2/app/manifests/v1", data=b"{}") as resp:
+            assert resp.status == 405 and (await resp.json())["errors"][0]["code"] == "UNSUPPORTED"
+        async with session.get(
+            f"{base}/v2/app/manifests/v1?ns={registry.host}", headers={PEER_HEADER: "x"}
+        ) as resp:
+            assert resp.status == 403 and (await resp.json())["errors"][0]["code"] == "DENIED"
+        async with session.get(f"{base}/v2/app/manifests/v1?ns=bad/host") as resp:
+            assert resp.status == 400 and (await resp.json())["errors"][0]["code"] == "NAME_INVALID"
+    assert registry.requests["GET manifests"] == 0  # none of it reached the registry
+
+
+async def test_a_lying_upstream_never_gets_wrong_bytes_through(registry, cluster):
+    image = build_image([1 * MiB], seed=7)
+    registry.add("app", "v1", image)
+    layer = image.layers[0]
+    registry.corrupt_blobs.add(layer.digest)
+    nodes = await cluster.nodes(2, registry)
+    url = f"{nodes[0].proxy.url}/v2/app/blobs/{layer.digest}?ns={registry.host}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            try:
+                async with session.get(url) as resp:
+                    data = await resp.read()
+            except aiohttp.ClientPayloadError:
+                continue  # cut before the last byte: nothing whole arrived
+            assert resp.status >= 400 and data != layer.data  # an error, never the bytes
+    for node in nodes:
+        blob = node.peer.store.get(f"sha256-{layer.digest.split(':')[1]}")
+        assert blob is None or not blob.complete  # nothing wrong is kept either
+
+
+async def test_a_token_protected_registry(registry, cluster):
+    image = build_image([512 * KiB, 256 * KiB], seed=8)
+    registry.add("private/app", "v1", image)
+    registry.token = "t0k3n-abc"
+    nodes = await cluster.nodes(2, registry)
+    async with aiohttp.ClientSession() as session:
+        for node in nodes:
+            blobs = await pull(session, node.proxy.url, registry.host, "private/app", "v1")
+            assert blobs == {d: b.data for d, b in image.blobs().items()}
+    assert registry.requests["GET token"] >= 1
+    assert registry.blob_gets == {digest: 1 for digest in image.blobs()}  # the supernode used the token
+
+
+async def test_missing_credentials_are_an_unauthorized_error(registry, cluster):
+    registry.add("private/app", "v1", build_image([10 * KiB], seed=9))
+    registry.token = "secret"
+    registry.login = ("user", "pass")  # the realm wants a login we do not have
+    (node,) = await cluster.nodes(1, registry)
+    url = f"{node.proxy.url}/v2/private/app/manifests/v1?ns={registry.host}"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["errors"][0]["code"] == "UNAUTHORIZED"
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer realm=")
+
+
+async def test_a_failing_upstream_is_an_error_not_a_hang(registry, cluster):
+    image = build_image([256 * KiB], seed=10)
+    registry.add("app", "v1", image)
+    registry.fail_blobs.add(image.layers[0].digest)
+    (node,) = await cluster.nodes(1, registry)
+    url = f"{node.proxy.url}/v2/app/blobs/{image.layers[0].digest}?ns={registry.host}"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 502
+        assert (await resp.json())["errors"][0]["code"] == "UNKNOWN"
+
+
+async def test_without_a_supernode_the_proxy_still_serves_verified_blobs(registry, tmp_path):
+    image = build_image([1 * MiB, 300 * KiB], seed=11)
+    registry.add("app", "v1", image)
+    node = await start_node(tmp_path / "lonely", ("http://127.0.0.1:9",), (registry.host,), direct_jitter=0.0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            blobs = await pull(session, node.proxy.url, registry.host, "app", "v1")
+        assert blobs == {d: b.data for d, b in image.blobs().items()}
+    finally:
+        await node.stop()
