@@ -50,7 +50,8 @@ class PeerConfig:
     long_poll: float = 15.0
     """Seconds a sync may wait at the supernode when this peer has nothing in flight."""
     poll_interval: float = 1.0
-    """Seconds between syncs while transfers are in flight and none completes."""
+    """Seconds between syncs in a blob's endgame while no transfer completes (five times
+    that earlier on: every finished transfer brings a sync anyway)."""
     request_timeout: float = 10.0
     """Seconds for a supernode call (a long poll gets its wait on top)."""
     open_timeout: float = 120.0

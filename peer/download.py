@@ -272,7 +272,10 @@ class TaskDownload:
                 for assignment in resp.assignments:
                     flights.start(assignment)
                 if len(flights):
-                    await flights.collect(timeout=config.poll_interval)
+                    # Each finished transfer brings a sync; between those, poll only in the
+                    # endgame (polls cost the supernode a request each, thousands of peers).
+                    poll = config.poll_interval if flights.at_the_end() else 5 * config.poll_interval
+                    await flights.collect(timeout=poll)
                 elif not resp.assignments and ctx.clock.monotonic() - started < 0.1:
                     await asyncio.sleep(config.poll_interval)  # an empty answer without waiting
         finally:

@@ -75,6 +75,11 @@ class Flights:
         task.add_done_callback(lambda _: self._slots.release())
         self._tasks[task] = assignment
 
+    def at_the_end(self) -> bool:
+        """Every missing piece is in flight: the endgame, where a stalled transfer is
+        worth a second source (so the supernode is polled more often)."""
+        return self.blob.geometry.count - self.blob.verified_count <= len(self._tasks)
+
     def take_outcomes(self) -> Outcomes:
         outcomes, self.outcomes = self.outcomes, Outcomes()
         return outcomes
