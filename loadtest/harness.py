@@ -1,165 +1,301 @@
-"""The surge: an upstream, a supernode and N real peer daemons, all pulling one image at once.
+"""The surge: an upstream registry, a supernode and N real node daemons, all pulling one
+image at the same moment, on loopback, spread over worker processes.
 
-Every peer is the production ``PeerDaemon`` on real loopback sockets; many share this
-process's event loop. The image is ``layers`` random blobs served by a counting upstream;
-a node has finished when every layer is in its store with its digest verified.
+This process runs the registry (its egress shaped to ``registry_bandwidth`` and counted
+byte by byte) and coordinates; the supernode runs as ``python -m supernode`` with its
+seed limited to the registry's rate; workers (``loadtest.worker``) each run hundreds of
+nodes. Every node pulls through its own registry proxy, as containerd does, and checks
+every blob against its digest. ``direct`` mode is the same pull straight from the
+registry, each node's download shaped the same way. Every process and temporary file
+is cleaned up, also on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
-import random
-import resource
+import multiprocessing
+import os
 import shutil
+import signal
+import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
-from loadtest.report import ModeResult, kumar_ross_bound
-from loadtest.upstream import BlobServer
-from peer.config import PeerConfig
-from peer.daemon import PeerDaemon
-from peer.request import BlobRequest
-from supernode.config import SupernodeConfig
-from supernode.server import Supernode
-from swarmpull.digest import Digest
-from swarmpull.http import HostPort
-from swarmpull.metrics import sample
+import aiohttp
 
-log = logging.getLogger(__name__)
-LOOPBACK = HostPort("127.0.0.1", 0)
+from loadtest.image import build_image
+from loadtest.registry import MiniRegistry
+from loadtest.report import ModeResult, kumar_ross_bound
+from loadtest.worker import REPOSITORY, TAG, WorkerSpec, raise_fd_limit, worker_main
+
+NODES_PER_WORKER = 300  # a worker's descriptors stay well under this machine's 20k limit
 
 
 @dataclass(frozen=True, slots=True)
 class SurgeConfig:
-    nodes: int = 50
-    """Peer daemons that pull the image at the same moment."""
-    image_size: int = 64 << 20
+    nodes: int = 100
+    """Nodes that pull the image at the same moment."""
+    image_size: int = 4 << 20
     """Total bytes of the image's layers."""
     layers: int = 4
-    """Layers (blobs) the image is cut into."""
-    piece_size: int | None = None
-    """Fixed piece size; None: the supernode's rule."""
-    seed: int = 1
-    """Seed of the random image content."""
+    """Layers the image is cut into (plus a small config blob)."""
+    piece_size: int | None = 64 << 10
+    """Piece size for the swarm; None: the supernode's rule."""
+    node_bandwidth: float | None = 100e3
+    """Each node's link, bytes per second, both ways; None: unshaped."""
+    registry_bandwidth: float | None = 1e6
+    """The registry's egress, bytes per second (the seed is held to it too)."""
     mode: str = "p2p"
     """p2p, direct, or both."""
-    timeout: float = 600.0
-    """Seconds a run may take before the nodes still pulling count as failed."""
+    workers: int | None = None
+    """Worker processes; None: enough for the nodes, at least one per core."""
+    seed: int = 1
+    timeout: float = 900.0
+    """Seconds a run may take; nodes not done by then count as failed."""
 
     def __post_init__(self) -> None:
-        if self.nodes < 1 or self.layers < 1 or self.image_size < self.layers:
-            raise ValueError("need at least one node, one layer and one byte per layer")
+        if self.nodes < 1 or self.layers < 1 or self.image_size < self.layers * 1024:
+            raise ValueError("need at least one node, one layer and 1 KiB per layer")
         if self.mode not in ("p2p", "direct", "both"):
             raise ValueError("mode is p2p, direct or both")
+        for name in ("node_bandwidth", "registry_bandwidth"):
+            value = getattr(self, name)
+            if value is not None and value < 1024:
+                raise ValueError(f"{name} must be at least 1 KiB/s")
+
+    def worker_count(self) -> int:
+        if self.workers is not None:
+            return max(1, min(self.workers, self.nodes))
+        return max(min(os.cpu_count() or 1, self.nodes), math.ceil(self.nodes / NODES_PER_WORKER))
+
+    def layer_sizes(self) -> list[int]:
+        base = self.image_size // self.layers
+        return [base] * (self.layers - 1) + [self.image_size - base * (self.layers - 1)]
 
 
-def make_image(config: SurgeConfig) -> list[bytes]:
-    rng = random.Random(config.seed)
-    base = config.image_size // config.layers
-    sizes = [base] * (config.layers - 1) + [config.image_size - base * (config.layers - 1)]
-    return [rng.randbytes(size) for size in sizes]
+@dataclass(slots=True)
+class Progress:
+    mode: str
+    done: int = 0
+    failed: int = 0
+    total: int = 0
+    elapsed: float = 0.0
+    egress: int = 0
+
+
+@dataclass(slots=True)
+class _Run:
+    times: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    totals: dict[str, float] = field(default_factory=dict)
 
 
 async def run_surge(
-    config: SurgeConfig, progress: Callable[[str, int, int], None] | None = None
+    config: SurgeConfig, progress: Callable[[Progress], None] | None = None
 ) -> list[ModeResult]:
-    """Run the configured modes one after the other; returns one result per mode."""
+    """Run the configured modes one after the other; one result per mode."""
     raise_fd_limit()
-    layers = make_image(config)
+    image = build_image(config.layer_sizes(), seed=config.seed)
     modes = ["p2p", "direct"] if config.mode == "both" else [config.mode]
     results = []
     for mode in modes:
         root = Path(tempfile.mkdtemp(prefix=f"swarmpull-surge-{mode}-"))
         try:
-            results.append(await _run_mode(config, mode, layers, root, progress))
+            results.append(await _run_mode(config, mode, image, root, progress))
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return results
 
 
-async def _run_mode(
-    config: SurgeConfig,
-    mode: str,
-    layers: list[bytes],
-    root: Path,
-    progress: Callable[[str, int, int], None] | None,
-) -> ModeResult:
-    upstream = BlobServer()
-    supernode: Supernode | None = None
-    peers: list[PeerDaemon] = []
+async def _run_mode(config: SurgeConfig, mode: str, image, root: Path, progress) -> ModeResult:  # type: ignore[no-untyped-def]
+    registry = MiniRegistry(rate=config.registry_bandwidth)
+    registry.add(REPOSITORY, TAG, image)
+    supernode: asyncio.subprocess.Process | None = None
+    workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
     try:
-        await upstream.start()
-        requests = [
-            BlobRequest(upstream.add(f"v2/surge/blobs/{i}", data), Digest.of(data))
-            for i, data in enumerate(layers)
-        ]
-        supernodes: tuple[str, ...] = ()
+        await registry.start()
+        supernode_url = None
         if mode == "p2p":
-            supernode = Supernode(
-                SupernodeConfig(listen=LOOPBACK, data_dir=root / "supernode", piece_size=config.piece_size)
-            )
-            await supernode.start()
-            supernodes = (supernode.url,)
-        for i in range(config.nodes):
-            peer = PeerDaemon(
-                PeerConfig(
-                    data_dir=root / f"node{i}",
-                    supernodes=supernodes,
-                    listen=LOOPBACK,
-                    api_listen=None,
-                    cache_size=None,
-                    poll_interval=0.25,
-                )
-            )
-            await peer.start()
-            peers.append(peer)
-        start = time.monotonic()
-        finished: list[float] = []
-
-        async def pull(peer: PeerDaemon) -> None:
-            await asyncio.gather(*(peer.ensure(r).wait_complete() for r in requests))
-            finished.append(time.monotonic() - start)
-            if progress is not None:
-                progress(mode, len(finished), config.nodes)
-
-        outcomes = await asyncio.wait_for(
-            asyncio.gather(*(pull(p) for p in peers), return_exceptions=True), config.timeout
-        )
-        wall = time.monotonic() - start
-        failed = sum(1 for o in outcomes if isinstance(o, BaseException))
-        extra = {}
-        if supernode is not None:
-            seed = sample(supernode.metrics.registry, "swarmpull_supernode_seed_upload_bytes_total")
-            extra["seed upload"] = f"{seed / config.image_size:.2f}x image"
-        return ModeResult(
-            mode=mode,
-            nodes=config.nodes,
-            completed=len(finished),
-            failed=failed,
-            image_size=config.image_size,
-            registry_egress=upstream.bytes_sent,
-            completion_times=finished,
-            bound=kumar_ross_bound(config.image_size, config.nodes, math.inf, math.inf, math.inf),
-            wall_time=wall,
-            extra=extra,
+            supernode, supernode_url = await _start_supernode(config, root)
+        workers = _start_workers(config, mode, root, registry.host, supernode_url)
+        for _, conn in workers:  # every node up before anyone pulls
+            message = await asyncio.to_thread(conn.recv)
+            if message[0] != "ready":
+                raise RuntimeError(f"a worker failed to start: {message}")
+        start_at = time.time() + 1.0
+        for _, conn in workers:
+            conn.send(("go", start_at))
+        run = await _collect(config, mode, workers, registry, start_at, progress)
+        egress = registry.blob_bytes_sent
+        supernode_stats = await _supernode_stats(supernode, supernode_url) if supernode else {}
+        size = image.size + image.config.size
+        return _result(
+            config, mode, size, egress, run, time.time() - start_at, supernode_stats, registry, start_at
         )
     finally:
-        for peer in peers:
-            with contextlib.suppress(Exception):
-                await peer.stop()
-        if supernode is not None:
-            await supernode.stop()
-        await upstream.stop()
+        await _stop(workers, supernode)
+        await registry.stop()
 
 
-def raise_fd_limit() -> None:
-    """Every peer holds sockets and files: lift the soft descriptor limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+async def _start_supernode(config: SurgeConfig, root: Path) -> tuple[asyncio.subprocess.Process, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(root / "supernode")]
+    if config.piece_size:
+        args += ["--piece-size", str(config.piece_size)]
+    if config.registry_bandwidth:
+        args += ["--seed-upload-limit", f"{int(config.registry_bandwidth)}B/s"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "supernode", *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=open(root / "supernode.log", "wb"),  # noqa: SIM115
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{url}/healthz") as resp:
+                    if resp.status == 200:
+                        return process, url
+            if process.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+    log = (root / "supernode.log").read_text(errors="replace").strip().splitlines()
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+    raise RuntimeError(f"the supernode did not start: {log[-1] if log else 'no output'}")
+
+
+def _start_workers(
+    config: SurgeConfig, mode: str, root: Path, registry: str, supernode: str | None
+) -> list[tuple[multiprocessing.process.BaseProcess, Connection]]:
+    context = multiprocessing.get_context("spawn")
+    count = config.worker_count()
+    per, extra = divmod(config.nodes, count)
+    workers = []
+    first = 0
+    for w in range(count):
+        n = per + (w < extra)
+        spec = WorkerSpec(first, n, str(root), mode, registry, supernode, config.node_bandwidth)
+        parent, child = context.Pipe()
+        process = context.Process(
+            target=worker_main, args=(spec, child), name=f"surge-worker-{w}", daemon=True
+        )
+        process.start()
+        child.close()
+        workers.append((process, parent))
+        first += n
+    return workers
+
+
+async def _collect(config, mode, workers, registry, start_at, progress) -> _Run:  # type: ignore[no-untyped-def]
+    run = _Run()
+    state = Progress(mode, total=config.nodes)
+    pending = {id(conn): conn for _, conn in workers}
+
+    async def listen(conn: Connection) -> None:
+        while True:
+            message = await asyncio.to_thread(conn.recv)
+            if message[0] == "done":
+                _, _, seconds, error = message
+                if error:
+                    run.errors.append(error)
+                    state.failed += 1
+                else:
+                    run.times.append(seconds)
+                    state.done += 1
+            elif message[0] == "totals":
+                for key, value in message[1].items():
+                    run.totals[key] = run.totals.get(key, 0.0) + value
+                pending.pop(id(conn), None)
+                return
+
+    listeners = [asyncio.create_task(listen(conn)) for _, conn in workers]
+    try:
+        deadline = start_at + config.timeout
+        while pending and time.time() < deadline:
+            if any(t.done() and t.exception() for t in listeners):
+                raise RuntimeError(f"a worker failed: {[t.exception() for t in listeners if t.done()]}")
+            state.elapsed, state.egress = max(0.0, time.time() - start_at), registry.bytes_sent
+            if progress is not None:
+                progress(state)
+            await asyncio.sleep(0.25)
+        if progress is not None:
+            state.elapsed, state.egress = time.time() - start_at, registry.bytes_sent
+            progress(state)
+    finally:
+        for task in listeners:
+            task.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+    return run
+
+
+async def _supernode_stats(process: asyncio.subprocess.Process, url: str | None) -> dict[str, float]:
+    stats: dict[str, float] = {}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        stats["supernode CPU s"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if url:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
+                text = await resp.text()
+            for line in text.splitlines():
+                if line.startswith("swarmpull_supernode_syncs_total "):
+                    stats["supernode syncs"] = float(line.split()[1])
+    return stats
+
+
+async def _stop(workers, supernode) -> None:  # type: ignore[no-untyped-def]
+    for _, conn in workers:
+        with contextlib.suppress(OSError, ValueError):
+            conn.send(("stop",))
+    for process, conn in workers:
+        with contextlib.suppress(OSError, EOFError):
+            while await asyncio.wait_for(asyncio.to_thread(conn.recv), 30) != ("stopped",):
+                pass
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    if supernode is not None and supernode.returncode is None:
+        supernode.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(supernode.wait(), 10)
+        except TimeoutError:
+            supernode.kill()
+            await supernode.wait()
+
+
+def _result(config, mode, size, egress, run, wall, supernode_stats, registry, start_at) -> ModeResult:  # type: ignore[no-untyped-def]
+    up = config.node_bandwidth or math.inf
+    origin = config.registry_bandwidth or math.inf
+    bound = kumar_ross_bound(size, config.nodes, origin, up if mode == "p2p" else 0.0, up)
+    extra: dict[str, object] = {"manifest bytes": registry.bytes_sent - registry.blob_bytes_sent}
+    extra.update(supernode_stats)
+    for key, value in sorted(run.totals.items()):
+        extra[key] = f"{value / (size * max(1, len(run.times))):.2f}x image/node"
+    if run.errors:
+        extra["first error"] = run.errors[0][:60]
+    timeline = [(t - start_at, b) for t, b in registry.egress if t >= start_at - 1]
+    return ModeResult(
+        mode=mode,
+        nodes=config.nodes,
+        completed=len(run.times),
+        failed=config.nodes - len(run.times),
+        image_size=size,
+        registry_egress=egress,
+        completion_times=sorted(run.times),
+        bound=bound,
+        wall_time=wall,
+        extra=extra,
+        egress_timeline=timeline,
+        sources={k.removeprefix("bytes from "): v for k, v in run.totals.items()},
+    )

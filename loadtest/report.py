@@ -48,6 +48,10 @@ class ModeResult:
     bound: float
     wall_time: float
     extra: dict[str, Any] = field(default_factory=dict)
+    egress_timeline: list[tuple[float, int]] = field(default_factory=list, repr=False)
+    """(seconds since the start, registry bytes sent so far)."""
+    sources: dict[str, float] = field(default_factory=dict)
+    """Bytes the nodes received, by kind of source (peer, seed, upstream)."""
 
     @property
     def egress_ratio(self) -> float:
@@ -75,15 +79,15 @@ def render(results: list[ModeResult], settings: dict[str, Any]) -> str:
     lines = ["", "swarmpull surge report", ""]
     lines += [f"  {key:<18} {value}" for key, value in settings.items()]
     lines.append("")
-    header = f"  {'':<22}" + "".join(f"{r.mode:>18}" for r in results)
+    header = f"  {'':<22}" + "".join(f"{r.mode:>22}" for r in results)
     lines.append(header)
 
     def row(label: str, cells: list[str]) -> None:
-        lines.append(f"  {label:<22}" + "".join(f"{c:>18}" for c in cells))
+        lines.append(f"  {label:<22}" + "".join(f"{c:>22}" for c in cells))
 
     row("nodes completed", [f"{r.completed}/{r.nodes}" for r in results])
     row("nodes failed", [str(r.failed) for r in results])
-    row("registry egress", [f"{format_size(r.registry_egress)}" for r in results])
+    row("registry blob egress", [f"{format_size(r.registry_egress)}" for r in results])
     row("  x image size", [f"{r.egress_ratio:.2f}x" for r in results])
     row("bound T_min", [f"{r.bound:.2f}s" if r.bound else "- (unshaped)" for r in results])
     for key in ("p50", "p90", "p99", "max"):

@@ -130,7 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"swarmpull: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"swarmpull: error: {exc.strerror or exc}" + _filename(exc), file=sys.stderr)
+        print(
+            f"swarmpull: error: {exc.strerror or exc or type(exc).__name__}" + _filename(exc), file=sys.stderr
+        )
+        return 1
+    except RuntimeError as exc:
+        print(f"swarmpull: error: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("swarmpull: interrupted", file=sys.stderr)

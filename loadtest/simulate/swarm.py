@@ -57,6 +57,7 @@ class SimConfig:
     pace: float = 0.1
     """Concurrent transfers per node: as many as its link moves at a piece per pace each."""
     poll_interval: float = 1.0
+    heartbeat_interval: float = 5.0
     rtt: float = 0.0005
     """Network round trip: a transfer starts two of them after it was assigned (the sync
     answer, then the piece request)."""
@@ -132,6 +133,8 @@ class SwarmSimulation:
         self.nodes: dict[str, _Node] = {}
         self.syncs = 0
         self._open = config.nodes  # nodes neither done nor failed
+        self.sources = {"peer": 0.0, "seed": 0.0}  # bytes received, by kind of source
+        self._egress: list[tuple[float, int]] = [(0.0, 0)]  # registry bytes sent over time
         self._build()
 
     def _build(self) -> None:
@@ -150,6 +153,7 @@ class SwarmSimulation:
             t += self.geometry.length(piece) / c.registry_rate
             self._at(t, "seeded", piece)
         self._at(1.0, "tick", None)
+        self._at(c.heartbeat_interval, "heartbeat", None)
 
     def _at(self, when: float, kind: str, data: object) -> None:
         heapq.heappush(self._events, (when, next(self._seq), kind, data))
@@ -181,11 +185,19 @@ class SwarmSimulation:
         self._sync(node)
 
     def _on_seeded(self, piece: int) -> None:
+        self._egress.append((self.now, self._egress[-1][1] + self.geometry.length(piece)))
         self._deliver(self.scheduler.piece_seeded(TASK, piece, self.now))
 
     def _on_tick(self, _: object) -> None:
         self._deliver(self.scheduler.expire(self.now))
         self._at(self.now + 1.0, "tick", None)
+
+    def _on_heartbeat(self, _: object) -> None:
+        """Live peers heartbeat (done ones too: they still serve); failed ones fall silent."""
+        for node in self.nodes.values():
+            if node.joined and not node.failed:
+                self.scheduler.peer_seen(node.id, self.now)
+        self._at(self.now + self.config.heartbeat_interval, "heartbeat", None)
 
     def _on_fail(self, node: _Node) -> None:
         if node.done_at is not None or node.failed:
@@ -219,6 +231,7 @@ class SwarmSimulation:
         for twin in twins:  # the first copy wins; an endgame twin is cancelled
             if twin is not flow:
                 self.network.cancel(twin)
+        self.sources["seed" if source == SEED else "peer"] += flow.size
         finished, _, timings = node.pending
         finished.append(piece)
         timings.append(Timing(piece, source, int(flow.size), now - flow.started))
@@ -253,9 +266,11 @@ class SwarmSimulation:
             want=want, park=not node.flights and not done,
         )  # fmt: skip
         self._deliver(decisions)
-        if node.flights and not done:
+        if node.flights and not done:  # as a peer does: poll often only in the endgame
             node.poll += 1
-            self._at(self.now + self.config.poll_interval, "poll", (node, node.poll))
+            at_the_end = self.geometry.count - node.finished <= len(node.flights)
+            interval = self.config.poll_interval * (1 if at_the_end else 5)
+            self._at(self.now + interval, "poll", (node, node.poll))
 
     def _deliver(self, decisions: Decisions) -> None:
         for (_, peer_id), batch in decisions.assignments.items():
@@ -300,6 +315,8 @@ class SwarmSimulation:
             bound=bound,
             wall_time=max(times) if times else math.nan,
             extra={"scheduler syncs": self.syncs, "simulator CPU s": round(cpu, 1)},
+            egress_timeline=self._egress,
+            sources=dict(self.sources),
         )
 
 
@@ -318,6 +335,8 @@ def simulate_direct(config: SimConfig) -> ModeResult:
         joined[i] = when
         network.start(registry, Link(math.inf, config.node_down), config.image_size, i)
     network.advance(config.timeout)
+    end = max(done) if done else 0.0
+    timeline = [(0.0, 0), (end, int(network.bytes_moved))]  # the registry streams at its rate
     bound = kumar_ross_bound(
         config.image_size, config.nodes, config.registry_rate, config.node_up, config.node_down
     )
@@ -331,4 +350,6 @@ def simulate_direct(config: SimConfig) -> ModeResult:
         completion_times=done,
         bound=bound,
         wall_time=max(done) if done else math.nan,
+        egress_timeline=timeline,
+        sources={"upstream": float(network.bytes_moved)},
     )

@@ -1,0 +1,96 @@
+"""A pull the way containerd does it, against a mirror (``?ns=``) or a registry directly.
+
+Resolve the tag (``HEAD``), fetch the manifest by digest, then the config and every layer
+at once; every blob is hashed and checked against its digest, so a node counts as done
+only with a verified image. ``limiter`` shapes the node's download link when it talks to
+the registry directly (through the swarm, the peer daemon's own limits do that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+
+import aiohttp
+
+from swarmpull.ratelimit import RateLimiter
+
+ACCEPT = ", ".join(
+    (
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.oci.image.index.v1+json",
+        "*/*",
+    )
+)
+CHUNK = 256 * 1024
+
+
+class PullFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    blobs: int
+    bytes: int
+
+
+async def pull_image(
+    session: aiohttp.ClientSession,
+    base: str,
+    name: str,
+    tag: str,
+    ns: str | None = None,
+    limiter: RateLimiter | None = None,
+) -> Pulled:
+    """Pull ``name:tag`` from ``base``; raises PullFailed with the reason."""
+    params = {"ns": ns} if ns else {}
+    try:
+        async with session.head(
+            f"{base}/v2/{name}/manifests/{tag}", params=params, headers={"Accept": ACCEPT}
+        ) as r:
+            if r.status != 200:
+                raise PullFailed(f"resolving {name}:{tag}: {r.status}")
+            digest = r.headers["Docker-Content-Digest"]
+        async with session.get(
+            f"{base}/v2/{name}/manifests/{digest}", params=params, headers={"Accept": ACCEPT}
+        ) as r:
+            if r.status != 200:
+                raise PullFailed(f"manifest {digest}: {r.status}")
+            manifest = await r.read()
+        if "sha256:" + hashlib.sha256(manifest).hexdigest() != digest:
+            raise PullFailed(f"manifest does not match {digest}")
+        document = json.loads(manifest)
+        descriptors = [document["config"], *document["layers"]]
+        sizes = await asyncio.gather(
+            *(_blob(session, base, name, d["digest"], params, limiter) for d in descriptors)
+        )
+    except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+        raise PullFailed(f"{type(exc).__name__}: {exc}") from None
+    return Pulled(len(descriptors), sum(sizes))
+
+
+async def _blob(
+    session: aiohttp.ClientSession,
+    base: str,
+    name: str,
+    digest: str,
+    params: dict[str, str],
+    limiter: RateLimiter | None,
+) -> int:
+    hasher = hashlib.sha256()
+    size = 0
+    async with session.get(f"{base}/v2/{name}/blobs/{digest}", params=params) as r:
+        if r.status != 200:
+            raise PullFailed(f"blob {digest}: {r.status}")
+        async for chunk in r.content.iter_chunked(CHUNK):
+            if limiter is not None:
+                await limiter.acquire(len(chunk))
+            hasher.update(chunk)
+            size += len(chunk)
+    if "sha256:" + hasher.hexdigest() != digest:
+        raise PullFailed(f"blob {digest} hashes to sha256:{hasher.hexdigest()}")
+    return size

@@ -1,0 +1,153 @@
+"""A load-test worker process: many real node daemons on one event loop.
+
+The coordinator sends a ``WorkerSpec``; the worker starts its nodes (peer daemon and
+registry proxy on loopback, links shaped to the node bandwidth both ways) and says
+``ready``. On ``go`` (a wall-clock start time shared by every worker) each node pulls
+the image through its own proxy, exactly as containerd would, and the worker reports
+each node as it finishes; then totals; then it stops everything on ``stop``.
+
+Messages on the pipe are tuples: ``("ready", n)``, ``("done", index, seconds, error)``,
+``("totals", {...})``, ``("stopped",)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import aiohttp
+import uvloop
+
+from loadtest.client import PullFailed, pull_image
+from peer.config import PeerConfig
+from registry_proxy.config import ProxyConfig
+from registry_proxy.node import NodeDaemon
+from swarmpull.http import HostPort
+from swarmpull.metrics import sample
+from swarmpull.ratelimit import RateLimiter
+
+LOOPBACK = HostPort("127.0.0.1", 0)
+REPOSITORY, TAG = "surge/app", "v1"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    first: int  # index of this worker's first node
+    count: int
+    root: str  # where the nodes keep their data
+    mode: str  # "p2p" or "direct"
+    registry: str  # host:port of the upstream registry
+    supernode: str | None
+    node_bandwidth: float | None  # bytes per second, each way
+    log_level: str = "error"
+
+
+def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """The process entry point."""
+    logging.basicConfig(
+        level=spec.log_level.upper(), format=f"worker{spec.first}: %(levelname)s %(name)s: %(message)s"
+    )
+    raise_fd_limit()
+    with contextlib.suppress(KeyboardInterrupt):  # the coordinator handles Ctrl-C
+        uvloop.run(_run(spec, conn))
+
+
+def raise_fd_limit() -> None:
+    """Hundreds of nodes hold thousands of sockets and files: lift the soft limit to the hard."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _recv(conn: Connection) -> tuple:
+    return await asyncio.to_thread(conn.recv)
+
+
+async def _run(spec: WorkerSpec, conn: Connection) -> None:
+    nodes: list[NodeDaemon] = []
+    try:
+        if spec.mode == "p2p":
+            assert spec.supernode is not None
+            for i in range(spec.first, spec.first + spec.count):
+                node = NodeDaemon(
+                    _peer_config(spec, i),
+                    ProxyConfig(listen=LOOPBACK, insecure_registries=frozenset({spec.registry})),
+                )
+                await node.start()
+                nodes.append(node)
+        conn.send(("ready", spec.count))
+        message = await _recv(conn)
+        if message[0] != "go":
+            return
+        start_at = message[1]
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
+        connector = aiohttp.TCPConnector(limit=0, force_close=spec.mode == "direct")
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=connector, auto_decompress=False
+        ) as session:
+            await asyncio.gather(*(_pull(spec, session, nodes, i, start_at, conn) for i in range(spec.count)))
+        conn.send(("totals", _totals(nodes)))
+        while (await _recv(conn))[0] != "stop":
+            pass
+    finally:
+        for node in nodes:
+            with contextlib.suppress(Exception):
+                await node.stop()
+        conn.send(("stopped",))
+
+
+def _peer_config(spec: WorkerSpec, index: int) -> PeerConfig:
+    bandwidth = int(spec.node_bandwidth) if spec.node_bandwidth else None
+    return PeerConfig(
+        data_dir=Path(spec.root) / f"node{index}",
+        supernodes=(spec.supernode,) if spec.supernode else (),
+        listen=LOOPBACK,
+        api_listen=None,
+        cache_size=None,
+        upload_limit=bandwidth,
+        download_limit=bandwidth,
+        poll_interval=0.5,
+        peer_id=f"node{index}",
+    )
+
+
+async def _pull(
+    spec: WorkerSpec,
+    session: aiohttp.ClientSession,
+    nodes: list[NodeDaemon],
+    local: int,
+    start_at: float,
+    conn: Connection,
+) -> None:
+    index = spec.first + local
+    error = None
+    try:
+        if spec.mode == "p2p":
+            proxy = nodes[local].proxy
+            assert proxy is not None
+            await pull_image(session, proxy.url, REPOSITORY, TAG, ns=spec.registry)
+        else:
+            limiter = RateLimiter(spec.node_bandwidth)  # the node's own download link
+            await pull_image(session, f"http://{spec.registry}", REPOSITORY, TAG, limiter=limiter)
+    except PullFailed as exc:
+        error = str(exc)
+    conn.send(("done", index, time.time() - start_at, error))
+
+
+def _totals(nodes: list[NodeDaemon]) -> dict[str, float]:
+    """Bytes the nodes received, by kind of source, and what zstd saved."""
+    totals: dict[str, float] = {}
+    for node in nodes:
+        registry = node.peer.metrics.registry
+        for source in ("peer", "seed", "upstream"):
+            key = f"bytes from {source}"
+            totals[key] = totals.get(key, 0.0) + sample(
+                registry, "swarmpull_peer_download_bytes_total", source=source
+            )
+    return totals

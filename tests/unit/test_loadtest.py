@@ -1,0 +1,95 @@
+"""The load test's arithmetic, and the simulator on scenarios small enough to solve by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from loadtest.report import ModeResult, dump_json, kumar_ross_bound, percentile, render
+from loadtest.simulate.swarm import SimConfig, SwarmSimulation, simulate_direct
+from supernode.scheduler import SchedulerConfig
+
+MB = 1e6
+
+
+def test_kumar_ross_bound_picks_the_binding_term():
+    size = 100 * MB
+    # the origin binds: it must send the file once
+    assert kumar_ross_bound(size, 10, origin_up=1 * MB, node_up=100 * MB, node_down=100 * MB) == 100
+    # a node's download binds
+    assert kumar_ross_bound(size, 10, origin_up=1000 * MB, node_up=1000 * MB, node_down=10 * MB) == 10
+    # the swarm's total upload binds: 1000 copies over (origin + 1000 nodes) of upload
+    assert kumar_ross_bound(
+        size, 1000, origin_up=10 * MB, node_up=1 * MB, node_down=1000 * MB
+    ) == pytest.approx(1000 * size / (10 * MB + 1000 * MB))
+    assert kumar_ross_bound(size, 10, math.inf, math.inf, math.inf) == 0.0
+
+
+def test_percentiles_by_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.50) == 50
+    assert percentile(values, 0.99) == 99
+    assert percentile(values, 1.0) == 100
+    assert percentile([7.0], 0.99) == 7
+    assert math.isnan(percentile([], 0.5))
+
+
+def test_report_ratios_and_json():
+    result = ModeResult("p2p", 4, 3, 1, 1000, 1000, [1.0, 2.0, 4.0], bound=2.0, wall_time=4.0)
+    assert result.egress_ratio == 1.0
+    assert result.times() == {"p50": 2.0, "p90": 4.0, "p99": 4.0, "max": 4.0}
+    table = render([result], {"nodes": 4})
+    assert "3/4" in table and "2.00s (1.00x)" in table and "4.00s (2.00x)" in table
+    assert '"ratios_to_bound"' in dump_json([result], {})
+
+
+def tiny(**overrides) -> SimConfig:
+    """One 1 MB piece, no latency: a seed and nodes whose times can be worked out."""
+    settings = {
+        "nodes": 1,
+        "image_size": 1_000_000,
+        "piece_size": 1_000_000,
+        "node_up": 10 * MB,
+        "node_down": 10 * MB,
+        "registry_rate": 2 * MB,
+        "rtt": 0.0,
+        "scheduler": SchedulerConfig(piece_pace=1.0),
+    }
+    return SimConfig(**(settings | overrides))
+
+
+def test_one_node_gets_the_piece_after_the_seed_has_it():
+    # the registry streams the piece to the seed in 0.5 s, the seed sends it at 2 MB/s
+    result = SwarmSimulation(tiny()).run()
+    assert result.completion_times == [pytest.approx(0.5 + 0.5)]
+    assert result.registry_egress == 1_000_000
+
+
+def test_two_nodes_share_the_seed_then_nothing_is_left_to_share():
+    # both fetch the one piece from the seed at once, 1 MB/s each
+    result = SwarmSimulation(tiny(nodes=2)).run()
+    assert result.completion_times == [pytest.approx(1.5), pytest.approx(1.5)]
+    assert result.sources == {"peer": 0.0, "seed": 2_000_000}
+
+
+def test_a_peer_passes_on_what_it_got_from_the_seed():
+    # two pieces; the seed has room for one upload at a time (2 MB/s * 0.5 s pace / 1 MB)
+    config = tiny(nodes=2, image_size=2_000_000, scheduler=SchedulerConfig(piece_pace=0.5))
+    sim = SwarmSimulation(config)
+    result = sim.run()
+    assert result.completed == 2
+    assert sim.sources["peer"] > 0  # at least one piece crossed between the nodes
+    assert result.sources["seed"] + result.sources["peer"] == 4_000_000
+
+
+def test_direct_mode_shares_the_registry_among_every_node():
+    result = simulate_direct(tiny(nodes=4, registry_rate=1 * MB))
+    assert result.completion_times == [pytest.approx(4.0)] * 4  # 4 MB through 1 MB/s
+    assert result.registry_egress == 4_000_000
+
+
+def test_a_failed_node_does_not_stop_the_rest():
+    config = tiny(nodes=20, image_size=8_000_000, fail_fraction=0.1, fail_window=1.0)
+    result = SwarmSimulation(config).run()
+    assert result.completed == 18 and result.failed == 2
