@@ -18,9 +18,9 @@ class SchedulerConfig:
     """An assignment not reported within this time is taken back and the slot freed."""
     peer_timeout: float = 30.0
     """A peer not heard from (heartbeat or sync) for this long is dropped."""
-    flight_silence: float = 5.0
-    """A requester with transfers in flight syncs at least every poll interval; one silent
-    this long has them taken back (its sources get their slots again)."""
+    flight_silence: float = 12.0
+    """A requester with transfers in flight syncs at least every 5 s (and heartbeats as
+    often); one silent this long has them taken back (its sources get their slots again)."""
     blacklist_seconds: float = 60.0
     """A source that failed a requester is not offered to that requester for this long."""
     quarantine_seconds: float = 3600.0
