@@ -6,6 +6,9 @@
   window (the limits promise to hold within 10 % over any such window).
 - ``zstd``: an uncompressed-tar image (Python's own library, tarred) through a small
   swarm whose upload limits bind, with and without zstd: wire bytes and completion time.
+- ``scheduler``: assignments per second through the supernode's service (its sync path,
+  without HTTP) for 1000 peers on one task, with state in memory and with replicas on a
+  local redis-server (write-through every tick, as in production).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from peer.daemon import PeerDaemon
 from peer.request import BlobRequest
 from supernode.config import SupernodeConfig
 from supernode.server import Supernode
+from supernode.testing import RedisServer
 from swarmpull.digest import Digest
 from swarmpull.http import HostPort, start_site
 from swarmpull.metrics import sample
+from swarmpull.protocol import OpenTask, PeerRegistration, SyncRequest
 from swarmpull.ratelimit import Priority, RateLimiter
 from swarmpull.store import BlobMeta, PieceStore
 from swarmpull.transport import HttpPieceTransport, PieceServer, TransferCounters
@@ -268,11 +273,66 @@ async def run_zstd(size: int = 16 << 20, nodes: int = 8, limit: int = 4 * MB) ->
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------- scheduler
+
+
+async def _scheduler_run(redis_url: str | None, peers: int, seconds: float) -> tuple[int, float]:
+    """Assignments handed out by ``SupernodeService.sync`` in ``seconds`` (each peer
+    reports its last batch finished and asks for 4 more)."""
+    piece = 4096
+    upstream = BlobServer()
+    data = os.urandom(4096 * piece)
+    url = upstream.add("blob", data)
+    await upstream.start()
+    config = SupernodeConfig(listen=HostPort("127.0.0.1", 0), piece_size=piece, redis_url=redis_url)
+    node = Supernode(config)
+    await node.start()
+    try:
+        service = node.service
+        assert service is not None
+        ids = [f"peer{i}" for i in range(peers)]
+        for i, peer_id in enumerate(ids):
+            await service.register_peer(PeerRegistration(peer_id, f"http://127.0.0.1:{10000 + i}", 8))
+        info = await service.open_task(OpenTask(ids[0], upstream.url_of(url), Digest.of(data)))
+        while service.status(info.task_id)["state"] != "seeded":
+            await asyncio.sleep(0.05)
+        held: dict[str, list[int]] = {p: [] for p in ids}
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for peer_id in ids:
+                resp = await service.sync(info.task_id, SyncRequest(peer_id, held[peer_id], want=4))
+                held[peer_id] = [a.piece for a in resp.assignments]
+                count += len(resp.assignments)
+        return count, time.perf_counter() - started
+    finally:
+        await node.stop()
+        await upstream.stop()
+
+
+async def run_scheduler(seconds: float, peers: int = 1000) -> str:
+    lines = [f"scheduler: assignments per second through the service, {peers} peers, one task"]
+    count, elapsed = await _scheduler_run(None, peers, seconds)
+    lines.append(f"  {'memory':<14}{count / elapsed:>12,.0f}/s")
+    if shutil.which("redis-server") is None:
+        lines.append("  redis         skipped: no redis-server on this machine")
+        return "\n".join(lines)
+    with tempfile.TemporaryDirectory(prefix="swarmpull-bench-redis-") as tmp:
+        server = RedisServer(Path(tmp))
+        await server.start()
+        try:
+            count, elapsed = await _scheduler_run(server.url, peers, seconds)
+        finally:
+            await server.stop()
+    lines.append(f"  {'redis':<14}{count / elapsed:>12,.0f}/s")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------ main
 
 BENCHMARKS = {
     "limits": lambda args: run_limits(args.seconds),
     "zstd": lambda args: run_zstd(),
+    "scheduler": lambda args: run_scheduler(args.seconds),
 }
 
 

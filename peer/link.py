@@ -19,6 +19,7 @@ from swarmpull.protocol import (
     parse_sync_response,
     parse_task_info,
 )
+from swarmpull.tasks import task_id_for
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class SupernodeLink:
         self._current = 0
         self._peer_id = peer_id
         self._timeout = timeout
+        self._owners: dict[str, str] = {}  # task -> the replica that owns it (421 NOT_OWNER)
 
     async def register(self, reg: PeerRegistration) -> float:
         body = await self._call("POST", f"{API}/peers", reg.to_json())
@@ -71,18 +73,28 @@ class SupernodeLink:
         await self._call("DELETE", f"{API}/peers/{self._peer_id}", None, timeout=2.0)
 
     async def open_task(self, req: OpenTask, timeout: float) -> TaskInfo:
-        return parse_task_info(await self._call("POST", f"{API}/tasks", req.to_json(), timeout))
+        task_id = task_id_for(req.url, req.digest)
+        body = await self._call("POST", f"{API}/tasks", req.to_json(), timeout, task_id)
+        return parse_task_info(body)
 
     async def sync(self, task_id: str, req: SyncRequest) -> SyncResponse:
         body = await self._call(
-            "POST", f"{API}/tasks/{task_id}/sync", req.to_json(), self._timeout + req.wait
+            "POST", f"{API}/tasks/{task_id}/sync", req.to_json(), self._timeout + req.wait, task_id
         )
         return parse_sync_response(body)
 
-    async def _call(self, method: str, path: str, body: Any, timeout: float | None = None) -> Any:
+    async def _call(
+        self, method: str, path: str, body: Any, timeout: float | None = None, task_id: str | None = None
+    ) -> Any:
+        """Call the owner of ``task_id`` when one is known (replicas answer 421 NOT_OWNER
+        with its URL), else the current supernode, then the others."""
+        owner = self._owners.get(task_id) if task_id else None
+        urls = [self._urls[(self._current + i) % len(self._urls)] for i in range(len(self._urls))]
+        if owner is not None:
+            urls.insert(0, owner)
         failures = []
-        for attempt in range(len(self._urls)):
-            url = self._urls[(self._current + attempt) % len(self._urls)]
+        while urls:
+            url = urls.pop(0)
             try:
                 async with self._session.request(
                     method,
@@ -95,13 +107,21 @@ class SupernodeLink:
                         payload: Any = {}
                     else:
                         payload = await resp.json(content_type=None)
+                    error = payload.get("error") if isinstance(payload, dict) else None
+                    error = error if isinstance(error, dict) else {}
+                    if resp.status == 421 and task_id and isinstance(error.get("owner"), str):
+                        target = error["owner"].rstrip("/")
+                        if self._owners.get(task_id) != target and len(failures) < 2 * len(self._urls):
+                            self._owners[task_id] = target  # ask the owner next
+                            urls.insert(0, target)
+                        failures.append(f"{url}: {error_message(payload, 'not the owner')}")
+                        continue
                     if resp.status >= 500 and resp.status != 502:
                         failures.append(f"{url}: {resp.status} {error_message(payload, '')}")
                         continue
-                    self._current = (self._current + attempt) % len(self._urls)
+                    if url in self._urls:
+                        self._current = self._urls.index(url)
                     if resp.status >= 400:
-                        error = payload.get("error") if isinstance(payload, dict) else None
-                        error = error if isinstance(error, dict) else {}
                         upstream = resp.headers.get("X-Upstream-Status")
                         raise LinkError(
                             resp.status,
@@ -113,4 +133,6 @@ class SupernodeLink:
                     return payload
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 failures.append(f"{url}: {exc or type(exc).__name__}")
+                if task_id and self._owners.get(task_id) == url:
+                    del self._owners[task_id]  # a dead owner: another replica will take over
         raise SupernodeUnavailable("no supernode answered (" + "; ".join(failures) + ")")

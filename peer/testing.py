@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import aiohttp
 
 from peer.config import PeerConfig
 from peer.daemon import PeerDaemon
-from swarmpull.http import HostPort
+from swarmpull.http import HostPort, free_port
 
 LOOPBACK = HostPort("127.0.0.1", 0)
 
@@ -35,12 +34,6 @@ async def start_peer(data_dir: Path, supernodes: tuple[str, ...], **overrides: A
     daemon = PeerDaemon(dataclasses.replace(config, **overrides))
     await daemon.start()
     return daemon
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PeerProcess:

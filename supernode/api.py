@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from supernode.replication import NotOwner, RedisUnavailable
 from supernode.scheduler import UnknownPeer, UnknownTask
 from supernode.service import ShuttingDown, SupernodeService, TaskFailed
 from swarmpull.http import json_error, read_json
@@ -50,6 +51,10 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return json_error(404, "UNKNOWN_PEER", f"peer {exc.args[0]} is not registered")
     except UnknownTask as exc:
         return json_error(404, "UNKNOWN_TASK", f"task {exc.args[0]} is not known here")
+    except NotOwner as exc:
+        return json_error(421, "NOT_OWNER", str(exc), owner=exc.owner)
+    except RedisUnavailable as exc:
+        return json_error(503, "REDIS_UNAVAILABLE", str(exc), {"Retry-After": "1"})
     except ShuttingDown:
         return json_error(503, "SHUTTING_DOWN", "this supernode is stopping", {"Retry-After": "1"})
     except TaskFailed as exc:
@@ -81,13 +86,13 @@ class SupernodeApi:
 
     async def register(self, request: web.Request) -> web.Response:
         reg = parse_peer_registration(await read_json(request))
-        self._service.register_peer(reg)
+        await self._service.register_peer(reg)
         return web.json_response({"heartbeat_interval": self._service.config.heartbeat_interval})
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         peer_id = parse_peer_id(request.match_info["peer"])
         beat = parse_heartbeat(await read_json(request) if request.can_read_body else {})
-        self._service.heartbeat(peer_id, beat)
+        await self._service.heartbeat(peer_id, beat)
         return web.json_response({})
 
     async def leave(self, request: web.Request) -> web.Response:
@@ -109,7 +114,14 @@ class SupernodeApi:
         return web.json_response(self._service.status(_task_id(request)))
 
     async def health(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "tasks": len(self._service.tasks)})
+        """200 when this supernode can serve; 503 when its Redis (with replicas) is down."""
+        body: dict[str, object] = {"status": "ok", "tasks": len(self._service.tasks)}
+        replication = self._service.replication
+        if replication is not None:
+            up = await replication.ping()
+            body.update(status="ok" if up else "degraded", redis="ok" if up else "unreachable")
+            return web.json_response(body, status=200 if up else 503)
+        return web.json_response(body)
 
 
 def _task_id(request: web.Request) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from swarmpull.cli import hostport_arg, limit_arg, positive_int, size_arg
@@ -88,6 +89,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="N",
         help="peers that may read an upstream directly once the supernode failed to (default: %(default)s)",
     )
+    p.add_argument(
+        "--registry-ca",
+        type=Path,
+        metavar="FILE",
+        help="extra CA certificates (PEM) trusted for upstream registries, besides the system's",
+    )
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share task state with other replicas through Redis: redis://HOST:PORT/DB or "
+        "rediss://... (default: state in memory, one supernode)",
+    )
+    p.add_argument(
+        "--redis-password-file",
+        type=Path,
+        metavar="FILE",
+        help="read the Redis password from FILE (or set SWARMPULL_REDIS_PASSWORD)",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="with --redis: how long a task's lease outlives a dead owner (default: %(default)s)",
+    )
     p.set_defaults(func=run, default_log_level="info")
 
 
@@ -99,6 +125,12 @@ def run(args: argparse.Namespace) -> int:
     from swarmpull.daemon import run_daemon
 
     origins = list(args.origin_limits)
+    password = os.environ.get("SWARMPULL_REDIS_PASSWORD") or None
+    if args.redis_password_file is not None:
+        try:
+            password = args.redis_password_file.read_text().strip()
+        except OSError as exc:
+            raise CommandError(f"cannot read {args.redis_password_file}: {exc.strerror}") from None
     try:
         if args.origin_limits_file is not None:
             origins += load_origin_limits(args.origin_limits_file)
@@ -112,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
             seed_upload_limit=args.seed_upload_limit,
             origin_limits=tuple(origins),
             direct_per_task=args.direct_per_task,
+            registry_ca=args.registry_ca,
+            redis_url=args.redis,
+            redis_password=password,
+            lease_ttl=args.lease_ttl,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

@@ -33,6 +33,14 @@ class SupernodeConfig:
     """Extra CA certificates (PEM) trusted for upstream registries."""
     direct_per_task: int = 4
     """Peers allowed to read a task's upstream directly after the supernode failed to."""
+    redis_url: str | None = None
+    """redis:// or rediss:// URL of the state shared by replicas; None: state in memory."""
+    redis_password: str | None = field(default=None, repr=False)
+    lease_ttl: float = 5.0
+    """Seconds a task's lease outlives its owner's last renewal (with replicas)."""
+    stage_limit: int = 256 << 20
+    """Bytes of upstream pieces held by no peer yet that a replica keeps in Redis, so a
+    successor never reads them again."""
     heartbeat_interval: float = 5.0
     """Seconds between peer heartbeats (told to peers when they register)."""
     long_poll_max: float = 30.0
@@ -51,5 +59,9 @@ class SupernodeConfig:
             raise ValueError("seed_upload_slots must be at least 1")
         if self.piece_size is not None and self.piece_size < 4096:
             raise ValueError("piece_size must be at least 4 KiB")
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"--redis needs a redis://, rediss:// or unix:// URL, not {self.redis_url!r}")
+        if self.lease_ttl < 3 * self.tick_interval:
+            raise ValueError("lease_ttl must be at least three tick intervals")
         if self.heartbeat_interval * 2 >= self.scheduler.peer_timeout:
             raise ValueError("peer_timeout must exceed two heartbeat intervals")

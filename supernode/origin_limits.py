@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tomllib
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from supernode.replication import RedisUnavailable, Replication
 from swarmpull.clock import Clock
 from swarmpull.ratelimit import RateLimiter
 from swarmpull.units import parse_rate
@@ -93,9 +95,78 @@ class OriginThrottle:
         await self._limiter.acquire(count)
 
 
+class SharedOriginThrottle(OriginThrottle):
+    """The caps of one upstream held across supernode replicas through Redis: a shared
+    token bucket (taken a twentieth of a second of traffic at a time, so the reads do not
+    wait for Redis on every chunk) and a shared count of connections. While Redis is
+    unreachable each replica falls back to its own caps."""
+
+    GRANT_SECONDS = 0.05
+    CONNECTION_LEASE = 30.0  # a crashed replica's connections are freed after this
+
+    def __init__(self, limit: OriginLimit, clock: Clock, replication: Replication) -> None:
+        super().__init__(limit, clock)
+        self._replication = replication
+        self._allowance = 0
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[None]:
+        if self.limit.connections is None:
+            yield
+            return
+        holder = f"{self._replication.url} {uuid.uuid4().hex}"
+        try:
+            while not await self._replication.take_connection(
+                self.limit.host, holder, self.limit.connections, self.CONNECTION_LEASE
+            ):
+                await asyncio.sleep(0.1)
+        except RedisUnavailable:
+            async with super().connection():
+                yield
+            return
+        renew = asyncio.create_task(self._keep(holder))
+        try:
+            yield
+        finally:
+            renew.cancel()
+            with contextlib.suppress(RedisUnavailable):
+                await self._replication.drop_connection(self.limit.host, holder)
+
+    async def _keep(self, holder: str) -> None:
+        while True:
+            await asyncio.sleep(self.CONNECTION_LEASE / 3)
+            with contextlib.suppress(RedisUnavailable):
+                await self._replication.take_connection(
+                    self.limit.host, holder, self.limit.connections or 1, self.CONNECTION_LEASE
+                )
+
+    async def acquire(self, count: int) -> None:
+        rate = self.limit.rate
+        if rate is None:
+            return
+        if self._allowance < count:
+            grant = max(count - self._allowance, int(rate * self.GRANT_SECONDS))
+            try:
+                wait = await self._replication.take_bandwidth(self.limit.host, grant, rate, grant)
+            except RedisUnavailable:
+                await super().acquire(count)
+                return
+            self._allowance += grant
+            if wait > 0:
+                await asyncio.sleep(wait)
+        self._allowance -= count
+
+
 class OriginLimits:
-    def __init__(self, limits: list[OriginLimit], clock: Clock) -> None:
-        self._throttles = {limit.host: OriginThrottle(limit, clock) for limit in limits}
+    def __init__(
+        self, limits: list[OriginLimit], clock: Clock, replication: Replication | None = None
+    ) -> None:
+        self._throttles = {
+            limit.host: OriginThrottle(limit, clock)
+            if replication is None
+            else SharedOriginThrottle(limit, clock, replication)
+            for limit in limits
+        }
 
     def for_url(self, url: str) -> OriginThrottle | None:
         parts = urlsplit(url)

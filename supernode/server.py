@@ -13,12 +13,14 @@ from aiohttp import web
 from supernode.api import SupernodeApi, errors_as_json
 from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
+from supernode.replication import Replication
 from supernode.service import SupernodeService
 from swarmpull.clock import Clock, SystemClock
 from swarmpull.http import MAX_JSON_BODY, advertised_url, start_site, tls_context
 from swarmpull.metrics import metrics_route
 from swarmpull.ratelimit import RateLimiter
 from swarmpull.store import PieceStore
+from swarmpull.tasks import redact_url
 from swarmpull.transport import PieceServer
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class Supernode:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._temp_dir: Path | None = None
+        self._replication: Replication | None = None
 
     def __repr__(self) -> str:
         return f"<Supernode {self.url or 'stopped'}>"
@@ -66,6 +69,20 @@ class Supernode:
         )
         self._runner, bound = await start_site(app, self.config.listen, handler_cancellation=True)
         self.url = advertised_url(bound, self.config.advertise)
+        if self.config.redis_url is not None:  # leases name this replica by its URL
+            self._replication = Replication.connect(
+                self.config.redis_url,
+                self.config.redis_password,
+                self.url,
+                self.config.lease_ttl,
+                self._clock.monotonic,
+            )
+            self.service.attach(self._replication)
+            if not await self._replication.ping():
+                log.warning(
+                    "redis at %s does not answer yet; retrying in the background",
+                    redact_url(self.config.redis_url),
+                )
         await self.service.start()
         log.info("supernode listening on %s (seed cache %s)", self.url, data_dir)
 
@@ -79,6 +96,9 @@ class Supernode:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._replication is not None:
+            await self._replication.close()
+            self._replication = None
         if self.store is not None:
             self.store.close()
             self.store = None

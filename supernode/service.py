@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import logging
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -18,6 +20,7 @@ import aiohttp
 from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
 from supernode.origin_limits import OriginLimits
+from supernode.replication import Batch, Lease, NotOwner, RedisUnavailable, Replication, TaskRecord
 from supernode.scheduler import (
     Assignment,
     Decisions,
@@ -33,6 +36,7 @@ from swarmpull.digest import Digest
 from swarmpull.geometry import choose_piece_size
 from swarmpull.protocol import (
     Heartbeat,
+    Holding,
     OpenTask,
     PeerRegistration,
     PieceAssignment,
@@ -40,6 +44,8 @@ from swarmpull.protocol import (
     SyncRequest,
     SyncResponse,
     TaskInfo,
+    parse_holding,
+    parse_peer_registration,
 )
 from swarmpull.store import BlobMeta, PieceStore, StoredBlob, StoreFull
 from swarmpull.tasks import redact_url, task_id_for
@@ -88,6 +94,13 @@ class SeedTask:
         self.failed_at = 0.0
         self.fetch: asyncio.Task[None] | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # With replicas: our lease, the writes for Redis since the last flush, the pieces
+        # whose bytes wait in Redis for a first peer holder, and the sha256 of pieces read
+        # by an earlier owner that our seed does not hold.
+        self.lease: Lease | None = None
+        self.batch = Batch()
+        self.staged: set[int] = set()
+        self.shas: dict[int, str] = {}
 
     def __repr__(self) -> str:
         return f"<SeedTask {self.id[:20]} {self.state.name}>"
@@ -95,6 +108,10 @@ class SeedTask:
     def info(self) -> TaskInfo:
         assert self.blob is not None
         return TaskInfo(self.id, self.blob.meta.size, self.blob.meta.piece_size, self.digest)
+
+    def sha(self, piece: int) -> str | None:
+        assert self.blob is not None
+        return self.blob.piece_sha.get(piece) or self.shas.get(piece)
 
 
 class SupernodeService:
@@ -108,6 +125,7 @@ class SupernodeService:
         metrics: SupernodeMetrics,
     ) -> None:
         self.config = config
+        self.replication: Replication | None = None
         self.store = store
         self.metrics = metrics
         self._session = session
@@ -121,10 +139,20 @@ class SupernodeService:
         self._waiters: dict[tuple[str, str], asyncio.Future[list[Assignment]]] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = False
+        self._claims: dict[str, asyncio.Future[None]] = {}
+        self._heard: set[str] = set()  # peers heard since the last flush to Redis
+        self._staged_bytes = 0
+        self.redis_ok = True
+
+    def attach(self, replication: Replication) -> None:
+        """Share state with other replicas through Redis (before ``start``)."""
+        self.replication = replication
+        self._origins = OriginLimits(list(self.config.origin_limits), self._clock, replication)
 
     async def start(self) -> None:
-        for blob in self.store.blobs():  # what the seed cache kept from an earlier run
-            self._restore(blob)
+        if self.replication is None:  # with replicas, a stored blob is reused when claimed
+            for blob in self.store.blobs():  # what the seed cache kept from an earlier run
+                self._restore(blob)
         self._ticker = asyncio.create_task(self._tick_loop(), name="supernode-tick")
 
     def _restore(self, blob: StoredBlob) -> None:
@@ -151,35 +179,92 @@ class SupernodeService:
             if not future.done():
                 future.set_result([])
         self._waiters.clear()
+        if self.replication is not None:  # hand the tasks over now, not at lease expiry
+            try:
+                await self._write_through()
+                for task in self.tasks.values():
+                    if task.lease is not None:
+                        await self.replication.release(task.id, task.lease)
+            except RedisUnavailable as exc:
+                log.warning("could not release leases: %s", exc)
 
     # ------------------------------------------------------------------- peers
 
-    def register_peer(self, reg: PeerRegistration) -> None:
+    async def register_peer(self, reg: PeerRegistration) -> None:
+        if self.replication is not None:  # every replica can read it from there
+            await self.replication.put_peer(reg.peer_id, reg.to_json() | {"holdings": []})
+            elsewhere = [h for h in reg.holdings if self._owned(h.task_id) is None]
+            await self.replication.post(
+                [(h.task_id, {"peer": reg.peer_id, "holding": h.to_json()}) for h in elsewhere]
+            )
+        self._join(reg)
+        for holding in reg.holdings:
+            self._announce_holding(reg.peer_id, holding)
+        log.info("peer %s joined from %s (%d holdings)", reg.peer_id, reg.address, len(reg.holdings))
+
+    def _join(self, reg: PeerRegistration) -> None:
         now = self._clock.monotonic()
         slots = reg.upload_slots if reg.address else 0
         decisions = self.scheduler.peer_joined(
             reg.peer_id, now, slots=slots, zone=reg.zone, rack=reg.rack, capacity=reg.upload_rate
         )
         self._addresses[reg.peer_id] = reg.address
-        for holding in reg.holdings:
-            task = self.tasks.get(holding.task_id)
-            blob = task.blob if task else None
-            if blob is None or (blob.meta.size, blob.meta.piece_size) != (
-                holding.size,
-                holding.piece_size,
-            ):
-                continue  # unknown here, or cut differently: its pieces cannot be vouched for
-            pieces = self._known_pieces(blob, holding.pieces)
-            decisions.merge(self.scheduler.announce(holding.task_id, reg.peer_id, pieces, now))
         self.metrics.peers.set(len(self._addresses))
         self._deliver(decisions)
-        log.info("peer %s joined from %s (%d holdings)", reg.peer_id, reg.address, len(reg.holdings))
 
-    def heartbeat(self, peer_id: str, beat: Heartbeat) -> None:
+    def _announce_holding(self, peer_id: str, holding: Holding) -> None:
+        task = self._owned(holding.task_id)
+        blob = task.blob if task else None
+        if (
+            task is None
+            or blob is None
+            or (blob.meta.size, blob.meta.piece_size)
+            != (
+                holding.size,
+                holding.piece_size,
+            )
+        ):
+            return  # unknown here, or cut differently: its pieces cannot be vouched for
+        self._announce(task, peer_id, holding.pieces)
+
+    def _announce(self, task: SeedTask, peer_id: str, pieces: list[int]) -> None:
+        pieces = self._known_pieces(task, pieces)
+        task.batch.holds(peer_id, pieces)
+        self._unstage(task, pieces)
+        self._deliver(self.scheduler.announce(task.id, peer_id, pieces, self._clock.monotonic()))
+
+    async def heartbeat(self, peer_id: str, beat: Heartbeat) -> None:
         now = self._clock.monotonic()
-        self.scheduler.peer_seen(peer_id, now)
+        if self.scheduler.knows_peer(peer_id):
+            self.scheduler.peer_seen(peer_id, now)
+        else:
+            await self._ensure_peer(peer_id)  # with replicas, it may have joined another one
+        self._heard.add(peer_id)
+        if self.replication is not None:
+            events = [
+                (t, {"peer": peer_id, "dropped": True}) for t in beat.dropped_tasks if not self._owned(t)
+            ]
+            await self.replication.post(events)
         for task_id in beat.dropped_tasks:
-            self._deliver(self.scheduler.member_left(task_id, peer_id, now))
+            self._member_left(task_id, peer_id)
+
+    def _member_left(self, task_id: str, peer_id: str) -> None:
+        task = self._owned(task_id)
+        if task is not None:
+            task.batch.left(peer_id)
+        self._deliver(self.scheduler.member_left(task_id, peer_id, self._clock.monotonic()))
+
+    async def _ensure_peer(self, peer_id: str) -> None:
+        """With replicas, a peer registered at another one is known from Redis."""
+        if self.scheduler.knows_peer(peer_id):
+            return
+        if self.replication is None:
+            raise UnknownPeer(peer_id)
+        record = (await self.replication.get_peers([peer_id])).get(peer_id)
+        if record is None:
+            raise UnknownPeer(peer_id)
+        if not self.scheduler.knows_peer(peer_id):
+            self._join(parse_peer_registration(record))
 
     def leave(self, peer_id: str) -> None:
         self._deliver(self.scheduler.peer_left(peer_id, self._clock.monotonic()))
@@ -190,9 +275,10 @@ class SupernodeService:
         """Create or join the task for a blob; waits until its geometry is known."""
         if self._stopping:
             raise ShuttingDown()
-        if not self.scheduler.knows_peer(req.peer_id):
-            raise UnknownPeer(req.peer_id)
+        await self._ensure_peer(req.peer_id)
         task_id = task_id_for(req.url, req.digest)
+        if self.replication is not None:
+            await self._claim(task_id, req)
         task = self.tasks.get(task_id)
         now = self._clock.monotonic()
         expired = now - (task.failed_at if task else now) >= self.config.failed_task_ttl
@@ -211,18 +297,21 @@ class SupernodeService:
             direct = task.retryable and task.direct_granted < self.config.direct_per_task
             task.direct_granted += direct
             raise TaskFailed(task.error or "task failed", task.error_status, direct)
-        if req.have and self.scheduler.knows_peer(req.peer_id):
-            assert task.blob is not None
-            pieces = self._known_pieces(task.blob, req.have)
-            self._deliver(self.scheduler.announce(task_id, req.peer_id, pieces, now))
+        if req.have and self.scheduler.knows_peer(req.peer_id) and self.scheduler.has_task(task_id):
+            self._announce(task, req.peer_id, req.have)
         return task.info()
 
     async def sync(self, task_id: str, req: SyncRequest) -> SyncResponse:
         if self._stopping:
             raise ShuttingDown()
-        task = self.tasks.get(task_id)
+        task = self._owned(task_id)
+        if task is None and self.replication is not None:
+            owner = await self.replication.owner(task_id)
+            if owner and owner != self.replication.url:
+                raise NotOwner(task_id, owner)
         if task is None or task.blob is None:
-            raise UnknownTask(task_id)
+            raise UnknownTask(task_id)  # the peer opens it again, here
+        await self._ensure_peer(req.peer_id)
         self.metrics.syncs.inc()
         if task.state is TaskState.FAILED:
             return SyncResponse([], "failed", task.digest, task.error)
@@ -230,6 +319,9 @@ class SupernodeService:
         for piece in (*req.finished, *(f.piece for f in req.failed)):
             if piece >= count:
                 raise ProtocolError(f"piece {piece} out of range (the task has {count})")
+        if req.finished:
+            task.batch.holds(req.peer_id, req.finished)
+            self._unstage(task, req.finished)
         failures = [Failure(f.piece, f.source, FailureReason(f.reason)) for f in req.failed]
         timings = [Timing(t.piece, t.source, t.size, t.seconds) for t in req.timings]
         for failure in failures:
@@ -290,7 +382,7 @@ class SupernodeService:
         if not task.ready.done():
             task.ready.set_result(None)
 
-    def _start_fetch(self, task: SeedTask) -> None:
+    def _start_fetch(self, task: SeedTask, elsewhere: frozenset[int] = frozenset()) -> None:
         if task.fetch is not None and not task.fetch.done():
             return
         events = _FetchEvents(self, task)
@@ -305,7 +397,7 @@ class SupernodeService:
             throttle=self._origins.for_url(task.url),
         )
         task.state = TaskState.RUNNING if task.blob is not None else TaskState.PENDING
-        task.fetch = asyncio.create_task(fetch.run(task.blob), name=f"origin-{task.id[:20]}")
+        task.fetch = asyncio.create_task(fetch.run(task.blob, elsewhere), name=f"origin-{task.id[:20]}")
         task.fetch.add_done_callback(lambda done: self._fetch_done(task, done))
 
     def _fetch_done(self, task: SeedTask, done: asyncio.Task[None]) -> None:
@@ -314,7 +406,8 @@ class SupernodeService:
         exc = done.exception()
         if exc is None:
             assert task.blob is not None
-            task.blob.mark_complete(str(task.digest))
+            if task.blob.all_verified:  # after a takeover, peers may hold what we do not
+                task.blob.mark_complete(str(task.digest))
             task.state = TaskState.SEEDED
             self.metrics.tasks.labels("seeded").inc()
             log.info("task %s seeded (%d bytes)", task.id, task.blob.meta.size)
@@ -342,19 +435,20 @@ class SupernodeService:
                 future.set_result([])
         if bad_data and task.blob is not None:
             self.store.remove(task.id)  # a lying upstream's bytes are not kept
+            task.batch.reset = True  # nor passed on to another replica
         task.blob = None
 
-    def _known_pieces(self, blob: StoredBlob, pieces: list[int]) -> list[int]:
+    def _known_pieces(self, task: SeedTask, pieces: list[int]) -> list[int]:
         """The pieces whose sha256 we hold: only those can be checked by requesters."""
-        return [p for p in pieces if p in blob.piece_sha]
+        return [p for p in pieces if task.sha(p) is not None]
 
     def _wire(self, task: SeedTask, assignment: Assignment) -> PieceAssignment:
-        assert task.blob is not None
         source = assignment.source
         seed = source == self.config.seed_id
         address = self._seed_address() if seed else self._addresses[source] or ""
         self.metrics.assignments.labels("seed" if seed else "peer").inc()
-        sha = task.blob.piece_sha[assignment.piece]
+        sha = task.sha(assignment.piece)
+        assert sha is not None
         return PieceAssignment(assignment.piece, source, address, sha, seed)
 
     async def _wait(self, task_id: str, peer_id: str, timeout: float) -> list[Assignment]:
@@ -407,8 +501,193 @@ class SupernodeService:
             await asyncio.sleep(self.config.tick_interval)
             try:
                 self.tick()
+                if self.replication is not None:
+                    await self._replica_tick()
             except Exception:  # a bug here must not stop timeouts for good
                 log.exception("supernode tick failed")
+
+    # ---------------------------------------------------------------- replicas
+
+    def _owned(self, task_id: str) -> SeedTask | None:
+        """The task, if this supernode may act for it (with replicas: holds its lease)."""
+        task = self.tasks.get(task_id)
+        if task is None or self.replication is None:
+            return task
+        if task.lease is None or task.lease.valid_until < self._clock.monotonic():
+            self._drop_task(task, "its lease could not be renewed")
+            return None
+        return task
+
+    async def _claim(self, task_id: str, req: OpenTask) -> None:
+        """Own the task before acting for it: take its lease (NotOwner names the replica
+        that holds it) and take over what an earlier owner left in Redis."""
+        assert self.replication is not None
+        while self._owned(task_id) is None:
+            pending = self._claims.get(task_id)
+            if pending is not None:  # another request is claiming it: wait, then look again
+                await asyncio.shield(pending)
+                continue
+            self._claims[task_id] = asyncio.get_running_loop().create_future()
+            try:
+                lease = await self.replication.claim(task_id)
+                record = await self.replication.load(task_id)
+                holders = await self._live_holders(record) if record else {}
+                self._take_over(task_id, req, lease, record, holders)
+            finally:
+                self._claims.pop(task_id).set_result(None)
+
+    async def _live_holders(self, record: TaskRecord) -> dict[str, set[int]]:
+        """The holders of an earlier owner's record that still heartbeat, made known here."""
+        assert self.replication is not None
+        seen = await self.replication.last_seen(list(record.holders))
+        fresh = time.time() - self.scheduler.config.peer_timeout
+        live = [p for p, t in seen.items() if t >= fresh]
+        for peer_id, raw in (await self.replication.get_peers(live)).items():
+            if not self.scheduler.knows_peer(peer_id):
+                self._join(parse_peer_registration(raw))
+        return {p: record.holders[p] for p in live if self.scheduler.knows_peer(p)}
+
+    def _take_over(
+        self,
+        task_id: str,
+        req: OpenTask,
+        lease: Lease,
+        record: TaskRecord | None,
+        holders: dict[str, set[int]],
+    ) -> None:
+        task = SeedTask(task_id, req.url, req.digest, dict(req.headers))
+        task.lease = lease
+        self.tasks[task_id] = task
+        if record is None:  # a new task
+            self._start_fetch(task)
+            return
+        task.shas = record.sha
+        task.digest = Digest.parse(record.digest) if record.digest else task.expected
+        blob = self.store.get(task_id)
+        if blob is None or (blob.meta.size, blob.meta.piece_size) != (record.size, record.piece_size):
+            if blob is not None:
+                self.store.remove(task_id)
+            meta = BlobMeta(task_id, record.size, record.piece_size, record.digest, redact_url(req.url))
+            blob = self.store.create(meta)
+        for piece, data in record.staged.items():  # read from upstream before, held by no peer
+            sha = record.sha.get(piece)
+            if not blob.is_verified(piece) and sha and hashlib.sha256(data).hexdigest() == sha:
+                writer = blob.writer(piece)
+                writer.write(data)
+                writer.commit(sha)
+        task.staged = set(record.staged) & set(blob.verified_pieces())
+        self._adopt(task, blob)
+        now = self._clock.monotonic()
+        held = set(blob.verified_pieces())
+        for peer_id, pieces in holders.items():
+            known = [p for p in pieces if p in task.shas]
+            held.update(known)
+            self._deliver(self.scheduler.announce(task_id, peer_id, known, now))
+        missing = blob.geometry.count - len(held)
+        if missing:
+            self._start_fetch(task, frozenset(held - set(blob.verified_pieces())))
+        else:
+            task.state = TaskState.SEEDED
+        log.info(
+            "task %s taken over: %d pieces on %d peers, %d staged, %d to read from upstream",
+            task_id,
+            len(held) - len(task.staged),
+            len(holders),
+            len(task.staged),
+            missing,
+        )
+
+    def _stage(self, task: SeedTask, piece: int, sha: str) -> None:
+        """A piece read from upstream: keep its sha256, and its bytes until a peer holds
+        it, where a successor replica finds them (within the staging budget)."""
+        assert task.blob is not None
+        task.batch.sha[piece] = sha
+        length = task.blob.geometry.length(piece)
+        if self._staged_bytes + length <= self.config.stage_limit:
+            task.batch.staged[piece] = task.blob.read(task.blob.geometry.offset(piece), length)
+            task.staged.add(piece)
+            self._staged_bytes += length
+
+    def _unstage(self, task: SeedTask, pieces: list[int]) -> None:
+        """A peer holds these pieces now: Redis need not keep their bytes."""
+        for piece in task.staged.intersection(pieces):
+            task.staged.discard(piece)
+            task.batch.unstaged.add(piece)
+            task.batch.staged.pop(piece, None)
+            assert task.blob is not None
+            self._staged_bytes -= task.blob.geometry.length(piece)
+
+    def _drop_task(self, task: SeedTask, why: str) -> None:
+        """Another replica may own the task now: stop acting for it."""
+        log.warning("task %s: no longer its owner (%s)", task.id, why)
+        task.lease = None
+        if task.fetch is not None:
+            task.fetch.cancel()
+        if self.tasks.get(task.id) is task:
+            del self.tasks[task.id]
+        for peer_id in self.scheduler.remove_task(task.id):
+            future = self._waiters.pop((task.id, peer_id), None)
+            if future is not None and not future.done():
+                future.set_result([])
+        if task.blob is not None:
+            self._staged_bytes -= sum(task.blob.geometry.length(p) for p in task.staged)
+
+    async def _write_through(self) -> None:
+        assert self.replication is not None
+        writes = {}
+        for task in self.tasks.values():
+            if task.lease is not None:
+                writes[task.id] = (task.lease, task.batch)
+                task.batch = Batch()
+        try:
+            lost = await self.replication.write(writes)
+        except RedisUnavailable:
+            for task_id, (_, batch) in writes.items():  # kept, in order, for the next flush
+                if task_id in self.tasks:
+                    batch.merge_into(self.tasks[task_id].batch)
+            raise
+        for task_id in lost:
+            if task_id in self.tasks:
+                self._drop_task(self.tasks[task_id], "its lease was taken")
+
+    async def _replica_tick(self) -> None:
+        """Write through, renew leases, refresh liveness, read the inboxes."""
+        assert self.replication is not None
+        try:
+            await self._write_through()
+            heard, self._heard = self._heard, set()
+            await self.replication.seen(heard)
+            peers = [p for p in self.scheduler.peers() if p != self.config.seed_id]
+            last = await self.replication.last_seen(peers)
+            fresh, now = time.time() - 2 * self.config.heartbeat_interval, self._clock.monotonic()
+            for peer_id, seen in last.items():
+                if seen >= fresh and self.scheduler.knows_peer(peer_id):
+                    self.scheduler.peer_seen(peer_id, now)  # heartbeats at another replica
+            owned = [t.id for t in self.tasks.values() if t.lease is not None]
+            for task_id, events in (await self.replication.take_inbox(owned)).items():
+                await self._apply_inbox(task_id, events)
+            if not self.redis_ok:
+                log.warning("redis reachable again")
+            self.redis_ok = True
+        except RedisUnavailable as exc:
+            if self.redis_ok:
+                log.error("%s; tasks stay served until their leases lapse", exc)
+            self.redis_ok = False
+        for task_id in list(self.tasks):
+            self._owned(task_id)  # drops the tasks whose lease lapsed
+
+    async def _apply_inbox(self, task_id: str, events: list[dict[str, object]]) -> None:
+        """Events other replicas received for a task we own."""
+        for event in events:
+            peer_id = str(event.get("peer"))
+            try:
+                if event.get("dropped"):
+                    self._member_left(task_id, peer_id)
+                elif event.get("holding") is not None:
+                    await self._ensure_peer(peer_id)
+                    self._announce_holding(peer_id, parse_holding(event["holding"]))
+            except (UnknownPeer, UnknownTask, ProtocolError):
+                continue  # gone since, or not ours any more
 
     def tick(self) -> None:
         """Time advanced: expire silent peers and overdue work, forget old failures."""
@@ -438,13 +717,17 @@ class _FetchEvents:
             url=redact_url(task.url),
         )
         blob = service.store.create(meta)
+        task.batch.meta.update(size=str(size), piece_size=str(piece_size))
         service._adopt(task, blob)
         return blob
 
     def digest(self, digest: Digest) -> None:
         self._task.digest = digest
+        self._task.batch.meta["digest"] = str(digest)
 
     def piece(self, index: int, sha: str) -> None:
-        service = self._service
+        service, task = self._service, self._task
+        if service.replication is not None:
+            service._stage(task, index, sha)
         now = service._clock.monotonic()
-        service._deliver(service.scheduler.piece_seeded(self._task.id, index, now))
+        service._deliver(service.scheduler.piece_seeded(task.id, index, now))

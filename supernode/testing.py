@@ -1,14 +1,23 @@
-"""Test helpers: a supernode on a free loopback port."""
+"""Test helpers: a supernode on a free loopback port, supernode processes, a real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import signal
+import sys
+from pathlib import Path
 from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from supernode.config import SupernodeConfig
 from supernode.scheduler import SchedulerConfig
 from supernode.server import Supernode
-from swarmpull.http import HostPort
+from swarmpull.http import HostPort, free_port
 
 
 async def start_supernode(*, scheduler: dict[str, Any] | None = None, **overrides: Any) -> Supernode:
@@ -20,3 +29,92 @@ async def start_supernode(*, scheduler: dict[str, Any] | None = None, **override
     node = Supernode(config)
     await node.start()
     return node
+
+
+class RedisServer:
+    """A real ``redis-server`` on a loopback port, its data (AOF) in ``directory``;
+    ``restart()`` keeps the data, like an operator restarting Redis."""
+
+    def __init__(self, directory: Path, binary: str = "redis-server") -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._binary = binary
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 20.0) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = await asyncio.create_subprocess_exec(
+            self._binary,
+            "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+            "--logfile", str(self.directory / "redis.log"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        client = aioredis.Redis.from_url(self.url)
+        try:
+            await _until(lambda: client.ping(), timeout, "redis-server did not come up", self.process)
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+
+class SupernodeProcess:
+    """``python -m supernode`` in a child process, so a test can SIGKILL it."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._args = ["--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), *extra]
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 20.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "supernode.log", "ab")  # noqa: SIM115
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "supernode", *self._args, stdout=log, stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        log.close()
+        async with aiohttp.ClientSession() as session:
+
+            async def healthy() -> bool:
+                async with session.get(f"{self.url}/healthz") as resp:
+                    return resp.status == 200
+
+            await _until(healthy, timeout, "supernode process did not come up", self.process)
+
+    async def kill(self) -> None:
+        """SIGKILL: no lease released, no state flushed, connections simply die."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+            await self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
+
+
+async def _until(check, timeout: float, message: str, process: asyncio.subprocess.Process) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            if await check():
+                return
+        except (OSError, aiohttp.ClientError, RedisError):
+            pass
+        if process.returncode is not None:
+            raise RuntimeError(f"{message}: it exited with {process.returncode}")
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(message)
+        await asyncio.sleep(0.1)

@@ -118,3 +118,10 @@ async def start_site(
         await runner.cleanup()
         raise
     return runner, HostPort(where.host, runner.addresses[0][1])
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (tests and the load test start servers on it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

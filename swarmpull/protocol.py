@@ -145,6 +145,16 @@ class PeerRegistration:
         }
 
 
+def parse_holding(raw: Any) -> Holding:
+    entry = _obj(raw, "a holding")
+    return Holding(
+        _task_id(entry.get("task_id"), "task_id"),
+        _int(entry, "size", 0, 1 << 50),
+        _int(entry, "piece_size", 1, 1 << 31),
+        _pieces(entry.get("pieces"), "pieces"),
+    )
+
+
 def parse_peer_registration(raw: Any) -> PeerRegistration:
     body = _obj(raw, "body")
     labels = _obj(body.get("labels") or {}, "'labels'")
@@ -154,17 +164,7 @@ def parse_peer_registration(raw: Any) -> PeerRegistration:
     items = body.get("holdings") or []
     if not isinstance(items, list) or len(items) > 100_000:
         raise ProtocolError("'holdings' must be a list")
-    holdings = []
-    for item in items:
-        entry = _obj(item, "a holding")
-        holdings.append(
-            Holding(
-                _task_id(entry.get("task_id"), "task_id"),
-                _int(entry, "size", 0, 1 << 50),
-                _int(entry, "piece_size", 1, 1 << 31),
-                _pieces(entry.get("pieces"), "pieces"),
-            )
-        )
+    holdings = [parse_holding(item) for item in items]
     return PeerRegistration(
         peer_id=_peer_id(body),
         address=_address(body.get("address")),

@@ -112,14 +112,20 @@ class UpstreamFetch:
         )
         self._blob: StoredBlob | None = None
         self._defer = defer
+        self._elsewhere: frozenset[int] = frozenset()
         self._throttle = throttle
 
     def __repr__(self) -> str:
         return f"<UpstreamFetch {redact_url(self._url)}>"
 
-    async def run(self, blob: StoredBlob | None) -> StoredBlob:
-        """Fetch until every piece is in; ``blob`` is what the store already holds."""
+    async def run(self, blob: StoredBlob | None, elsewhere: frozenset[int] = frozenset()) -> StoredBlob:
+        """Fetch until every piece is in; ``blob`` is what the store already holds.
+
+        ``elsewhere``: pieces held by others (peers, after a takeover from another
+        replica) that must not be read again; the whole digest cannot be checked here
+        then, and is left to the peers (each checks it before completing a blob)."""
         self._blob = blob
+        self._elsewhere = elsewhere
         attempt = 1
         while True:
             try:
@@ -136,7 +142,7 @@ class UpstreamFetch:
 
     async def _read_once(self) -> None:
         blob = self._blob
-        start_piece = first_missing(blob) if blob is not None else 0
+        start_piece = first_missing(blob, self._elsewhere) if blob is not None else 0
         offset = start_piece * blob.meta.piece_size if blob is not None else 0
         headers = {PEER_HEADER: "swarmpull", **self._headers()}
         if offset:
@@ -192,8 +198,8 @@ class UpstreamFetch:
         where: str,
     ) -> None:
         geometry = blob.geometry
-        whole = hashlib.sha256()
-        for piece in range(start_piece):  # only after a resumed read: rehash what we hold
+        whole = None if self._elsewhere else hashlib.sha256()
+        for piece in range(start_piece if whole is not None else 0):  # a resumed read: rehash what we hold
             whole.update(blob.read(geometry.offset(piece), geometry.length(piece)))
         pos = start_piece * geometry.piece_size
         writer: PieceWriter | None = None
@@ -212,8 +218,9 @@ class UpstreamFetch:
                     raise UpstreamError(f"upstream {where} sent more than {geometry.size} bytes")
                 end = geometry.offset(piece) + geometry.length(piece)
                 part, view = view[: end - pos], view[end - pos :]
-                whole.update(part)
-                if not blob.is_verified(piece):
+                if whole is not None:
+                    whole.update(part)
+                if not blob.is_verified(piece) and piece not in self._elsewhere:
                     if writer is None:
                         writer = blob.writer(piece)
                     writer.write(part)
@@ -225,7 +232,7 @@ class UpstreamFetch:
             writer.abort()
         if pos < geometry.size:
             raise UpstreamError(f"upstream {where} closed after {pos} of {geometry.size} bytes")
-        if geometry.count == 0:
+        if geometry.count == 0 and whole is not None:
             self._events.digest(self._check_digest(whole, where))
 
     def _piece_done(
@@ -233,10 +240,10 @@ class UpstreamFetch:
         blob: StoredBlob,
         piece: int,
         writer: PieceWriter | None,
-        whole: hashlib._Hash,
+        whole: hashlib._Hash | None,
         where: str,
     ) -> None:
-        last = piece == blob.geometry.count - 1
+        last = piece == blob.geometry.count - 1 and whole is not None
         if writer is None:  # already held from an earlier read
             if last:
                 self._events.digest(self._check_digest(whole, where))
@@ -258,8 +265,8 @@ class UpstreamFetch:
         return digest
 
 
-def first_missing(blob: StoredBlob) -> int:
+def first_missing(blob: StoredBlob, elsewhere: frozenset[int] = frozenset()) -> int:
     for piece in range(blob.geometry.count):
-        if not blob.is_verified(piece):
+        if not blob.is_verified(piece) and piece not in elsewhere:
             return piece
     return blob.geometry.count

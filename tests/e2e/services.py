@@ -14,13 +14,14 @@ import json
 import re
 import shutil
 import signal
-import socket
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import IO
 
 import aiohttp
+
+from swarmpull.http import free_port
 
 START_TIMEOUT = 20.0  # seconds a service may take to answer after it was spawned
 STOP_TIMEOUT = 10.0  # seconds after SIGTERM before SIGKILL
@@ -45,13 +46,6 @@ _DISABLED_PLUGINS = (
     "io.containerd.service.v1.tasks-service",
     "io.containerd.grpc.v1.tasks",
 )
-
-
-def free_port() -> int:
-    """A loopback port nobody listened on a moment ago (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_hosts_dir(directory: Path, host: str, server: str | None = None, mirror: str | None = None) -> Path:

@@ -91,6 +91,11 @@ async def test_daemon_flags_are_checked_before_anything_starts(tmp_path):
     code, _, err = await swarmpull("peer", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
                                    "--labels", "zone=a,floor=3")  # fmt: skip
     assert code == 1 and "unknown labels floor" in err
+    code, _, err = await swarmpull("supernode", "--redis", "localhost:6379")
+    assert code == 1 and "--redis needs a redis://" in err and len(err.strip().splitlines()) == 1
+    code, _, err = await swarmpull("supernode", "--redis", "redis://127.0.0.1:1/0",
+                                   "--redis-password-file", str(tmp_path / "missing"))  # fmt: skip
+    assert code == 1 and "cannot read" in err
 
 
 async def test_supernode_runs_as_a_module_and_stops_cleanly_on_sigterm(tmp_path):

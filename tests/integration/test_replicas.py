@@ -1,0 +1,233 @@
+"""Supernode replicas on a real Redis: a replica killed mid-transfer, Redis restarted
+mid-run, leases fenced. Every peer must end with a verified blob, and the upstream must
+send each byte once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from peer.download import DownloadState
+from peer.request import BlobRequest
+from peer.testing import start_peer
+from supernode.origin_limits import OriginLimit, SharedOriginThrottle
+from supernode.replication import Batch, NotOwner, Replication, task_keys
+from supernode.testing import RedisServer, SupernodeProcess
+from swarmpull.clock import SystemClock
+from swarmpull.digest import Digest
+from swarmpull.tasks import task_id_for
+
+pytestmark = pytest.mark.skipif(
+    not shutil.which("redis-server"), reason="needs redis-server (scripts/test installs it)"
+)
+
+KiB = 1024
+
+
+@pytest.fixture
+async def redis_server(tmp_path):
+    server = RedisServer(tmp_path / "redis")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def redis_client(redis_server):
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def start_replicas(tmp_path, redis_server, count: int) -> list[SupernodeProcess]:
+    replicas = [
+        SupernodeProcess(
+            tmp_path / f"supernode{i}",
+            "--redis",
+            redis_server.url,
+            "--piece-size",
+            "32KiB",
+            "--lease-ttl",
+            "3",
+        )
+        for i in range(count)
+    ]
+    await asyncio.gather(*(r.start() for r in replicas))
+    return replicas
+
+
+async def until(check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def pull_everywhere(tmp_path, replicas, upstream, peers: int, data: bytes):  # type: ignore[no-untyped-def]
+    """Peers that know every replica (each starting at a different one), pulling at a
+    throttled rate so the pull lasts several seconds; returns (daemons, downloads)."""
+    urls = [r.url for r in replicas]
+    daemons = []
+    for i in range(peers):
+        order = tuple(urls[i % len(urls) :] + urls[: i % len(urls)])
+        daemons.append(
+            await start_peer(tmp_path / f"peer{i}", order, download_limit=96 * KiB, fallback_grace=120.0)
+        )
+    request = BlobRequest(upstream.url_of("layer"), Digest.parse(upstream.digest_of(data)))
+    return daemons, [d.ensure(request) for d in daemons]
+
+
+async def check_every_copy(daemons, downloads, data: bytes) -> None:  # type: ignore[no-untyped-def]
+    await asyncio.wait_for(asyncio.gather(*(d.wait_complete() for d in downloads)), 90)
+    for daemon, download in zip(daemons, downloads, strict=True):
+        assert download.state is DownloadState.COMPLETE
+        assert not download.direct  # through the swarm, never straight to the upstream
+        blob = daemon.store.get(download.task_id)
+        assert hashlib.sha256(blob.read(0, len(data))).digest() == hashlib.sha256(data).digest()
+
+
+async def test_a_replica_killed_mid_transfer_hands_its_task_over(
+    tmp_path, upstream, redis_server, redis_client
+):
+    data = os.urandom(512 * KiB)  # 16 pieces of 32 KiB
+    upstream.add("layer", data)
+    replicas = await start_replicas(tmp_path, redis_server, 3)
+    daemons = []
+    try:
+        daemons, downloads = await pull_everywhere(tmp_path, replicas, upstream, 6, data)
+        task_id = task_id_for(upstream.url_of("layer"), Digest.parse(upstream.digest_of(data)))
+        lease_key, _, sha_key, _, _ = task_keys(task_id)
+
+        async def read_and_recorded() -> bool:  # every piece read from upstream, in Redis
+            return await redis_client.hlen(sha_key) == 16
+
+        await until(read_and_recorded)
+        owner_url = (await redis_client.get(lease_key)).decode().partition(" ")[2]
+        owner = next(r for r in replicas if r.url == owner_url)
+        assert not any(d.state is DownloadState.COMPLETE for d in downloads)  # mid-transfer
+        await owner.kill()
+
+        await check_every_copy(daemons, downloads, data)
+        assert upstream.bytes_sent == len(data)  # each byte once, across the takeover
+        assert upstream.requests["/layer"] == 1
+        successor = (await redis_client.get(lease_key)).decode().partition(" ")[2]
+        assert successor in {r.url for r in replicas} - {owner_url}
+    finally:
+        for daemon in daemons:
+            await daemon.stop()
+        for replica in replicas:
+            await replica.stop()
+
+
+async def test_a_redis_restart_mid_run_loses_nothing(tmp_path, upstream, redis_server, redis_client):
+    data = os.urandom(384 * KiB)
+    upstream.add("layer", data)
+    replicas = await start_replicas(tmp_path, redis_server, 2)
+    daemons = []
+    try:
+        daemons, downloads = await pull_everywhere(tmp_path, replicas, upstream, 4, data)
+        task_id = task_id_for(upstream.url_of("layer"), Digest.parse(upstream.digest_of(data)))
+
+        async def started() -> bool:
+            return await redis_client.exists(task_keys(task_id)[0]) == 1
+
+        await until(started)
+        await redis_server.stop()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{replicas[0].url}/healthz") as resp:
+                assert resp.status == 503  # says so on its health endpoint
+                assert (await resp.json())["redis"] == "unreachable"
+            await redis_server.start()
+            async with session.get(f"{replicas[0].url}/healthz") as resp:
+                assert resp.status == 200
+
+        await check_every_copy(daemons, downloads, data)
+        assert upstream.bytes_sent == len(data)
+    finally:
+        for daemon in daemons:
+            await daemon.stop()
+        for replica in replicas:
+            await replica.stop()
+
+
+async def test_a_replica_that_lost_its_lease_cannot_write(redis_server, redis_client):
+    clock = asyncio.get_running_loop().time
+    first = Replication.connect(redis_server.url, None, "http://first", 5.0, clock)
+    second = Replication.connect(redis_server.url, None, "http://second", 5.0, clock)
+    try:
+        lease = await first.claim("sha256-" + "a" * 64)
+        with pytest.raises(NotOwner) as refused:
+            await second.claim("sha256-" + "a" * 64)
+        assert refused.value.owner == "http://first"
+
+        await redis_client.delete(task_keys("sha256-" + "a" * 64)[0])  # the lease expired
+        taken = await second.claim("sha256-" + "a" * 64)
+        assert taken.token != lease.token  # a new epoch
+
+        late = Batch(meta={"size": "1", "piece_size": "1"}, sha={0: "f" * 64})
+        assert await first.write({"sha256-" + "a" * 64: (lease, late)}) == {"sha256-" + "a" * 64}
+        assert await first.load("sha256-" + "a" * 64) is None  # fenced: nothing written
+
+        batch = Batch(meta={"size": "3", "piece_size": "1"}, sha={0: "0" * 64}, staged={0: b"x"})
+        batch.holds("p1", [1, 2])
+        batch.holds("p2", [2])
+        batch.left("p2")
+        assert await second.write({"sha256-" + "a" * 64: (taken, batch)}) == set()
+        record = await second.load("sha256-" + "a" * 64)
+        assert (record.size, record.piece_size, record.sha, record.staged) == (3, 1, {0: "0" * 64}, {0: b"x"})
+        assert record.holders == {"p1": {1, 2}}
+    finally:
+        await first.close()
+        await second.close()
+
+
+def test_an_unwritten_batch_goes_before_the_newer_one():
+    older = Batch(sha={0: "a"}, staged={0: b"0", 1: b"1"})
+    older.holds("p", [0])
+    newer = Batch(unstaged={1})
+    newer.holds("q", [1])
+    older.merge_into(newer)
+    assert newer.sha == {0: "a"}
+    assert newer.staged == {0: b"0"}  # piece 1 found a holder since: not staged again
+    assert newer.log == ["p +0", "q +1"]
+
+    reset = Batch(reset=True)
+    older.merge_into(reset)
+    assert reset.sha == {} and reset.log == []  # wrong bytes: nothing older survives
+
+
+async def test_origin_limits_hold_across_replicas(redis_server):
+    clock = asyncio.get_running_loop().time
+    first = Replication.connect(redis_server.url, None, "http://first", 5.0, clock)
+    second = Replication.connect(redis_server.url, None, "http://second", 5.0, clock)
+    limit = OriginLimit("registry.example", rate=100_000, connections=1)
+    throttles = [SharedOriginThrottle(limit, SystemClock(), r) for r in (first, second)]
+    try:
+        async with throttles[0].connection():
+            assert not await second.take_connection("registry.example", "other", 1, 30.0)  # the one is taken
+            entered = asyncio.Event()
+
+            async def queue() -> None:
+                async with throttles[1].connection():
+                    entered.set()
+
+            waiting = asyncio.create_task(queue())
+            await asyncio.sleep(0.3)
+            assert not entered.is_set()  # the second replica waits for the first's connection
+        await asyncio.wait_for(waiting, 5)
+        assert entered.is_set()
+
+        # One bucket for both: 100 kB/s, so after the first takes a burst's worth, the
+        # second's take puts the bucket in debt and it must wait about a second.
+        assert await first.take_bandwidth("registry.example", 100_000, 100_000, 100_000) == 0
+        wait = await second.take_bandwidth("registry.example", 100_000, 100_000, 100_000)
+        assert 0.5 < wait <= 1.0
+    finally:
+        await first.close()
+        await second.close()
