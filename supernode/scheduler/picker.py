@@ -23,7 +23,7 @@ For one requester, in order:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from supernode.scheduler.model import Assignment, SchedulerConfig, SourceState
 from supernode.scheduler.state import Member, Peer, Task, bits
@@ -95,7 +95,7 @@ class Picker:
 
     # ----------------------------------------------------------------- internals
 
-    def _rarest(self, task: Task, mask: int, first: int) -> Iterator[int]:
+    def _rarest(self, task: Task, mask: int, first: int, exhaustive: bool = True) -> Iterator[int]:
         """The pieces of ``mask``, rarest first. With many candidates the ``first`` few
         come from a random sample of them (ranking every piece on every sync would make
         the hot path O(pieces)); the rest follow in exact order only if those run out."""
@@ -112,6 +112,8 @@ class Picker:
                     tried.add(piece)
             ranked = sorted(tried, key=lambda p: (held[p] + inflight[p], rng()))
             yield from ranked[:first]
+            if not exhaustive:
+                return
             tried = set(ranked[:first])
         offset = int(rng() * count)
         keyed = [
@@ -125,22 +127,30 @@ class Picker:
         start: Start, batch: list[Assignment],
     ) -> None:  # fmt: skip
         taken = 0
-        for piece in self._rarest(task, missing, 2 * room + 2):
+        for tried, piece in enumerate(self._rarest(task, missing, 4 * room + 8, exhaustive=False), 1):
             source = self.source(task, piece, member, peer, now, ())
             if source is not None:
                 batch.append(start(task, member, piece, source, now))
                 taken += 1
                 if taken >= room:
                     return
+            if tried >= 4 * room + 8:
+                break
+        # The holders of the rarest pieces are full: look from the side of a sample of the
+        # sources with room instead (scanning every piece would make a sync O(pieces)).
+        missing = task.available & ~member.have & ~member.flight_bits
+        if missing:
+            roomy = task.roomy.sample(self._rng, self._few)
+            self._from_roomy(task, member, peer, missing, room - taken, now, start, batch, roomy)
 
     def _from_roomy(
         self, task: Task, member: Member, peer: Peer, missing: int, room: int, now: float,
-        start: Start, batch: list[Assignment],
+        start: Start, batch: list[Assignment], roomy: Iterable[str] | None = None,
     ) -> None:  # fmt: skip
         healthy: list[tuple[Peer, int]] = []
         degraded: list[tuple[Peer, int]] = []
         union = 0
-        for source_id in task.roomy:
+        for source_id in task.roomy if roomy is None else roomy:
             if source_id == peer.id or member.blacklisted(source_id, now):
                 continue
             useful = task.members[source_id].have & missing
