@@ -322,32 +322,40 @@ class SwarmSimulation:
 
 def simulate_direct(config: SimConfig) -> ModeResult:
     """Every node pulls the whole image from the registry, which shares its bandwidth."""
-    rng = random.Random(config.seed)
-    done: list[float] = []
-    joined: dict[int, float] = {}
-    network = Network(lambda flow, now: done.append(now - joined[flow.payload]))  # type: ignore[index]
-    registry = Link(config.registry_rate, math.inf)
-    starts = sorted(
-        (rng.uniform(0, config.join_window) if config.join_window else 0.0, i) for i in range(config.nodes)
-    )
-    for when, i in starts:
-        network.advance(when)
-        joined[i] = when
-        network.start(registry, Link(math.inf, config.node_down), config.image_size, i)
-    bound = kumar_ross_bound(config.image_size, config.nodes, config.registry_rate, 0.0, config.node_down)
-    network.advance(config.join_window + 2 * bound)  # no timeout: how long it takes is the point
+    size, nodes = config.image_size, config.nodes
+    bound = kumar_ross_bound(size, nodes, config.registry_rate, 0.0, config.node_down)
+    if config.join_window:
+        done, moved = _direct_flows(config, bound)
+    else:  # all at once: an equal share each, so all finish together (and the flow model is O(N^2))
+        done, moved = [bound] * nodes, size * nodes
     end = max(done) if done else 0.0
-    timeline = [(0.0, 0), (end, int(network.bytes_moved))]  # the registry streams at its rate
+    timeline = [(0.0, 0), (end, moved)]  # the registry streams at its rate
     return ModeResult(
         mode="direct (simulated)",
         nodes=config.nodes,
         completed=len(done),
         failed=config.nodes - len(done),
         image_size=config.image_size,
-        registry_egress=int(network.bytes_moved),
+        registry_egress=moved,
         completion_times=done,
         bound=bound,
         wall_time=max(done) if done else math.nan,
         egress_timeline=timeline,
-        sources={"upstream": float(network.bytes_moved)},
+        sources={"upstream": float(moved)},
     )
+
+
+def _direct_flows(config: SimConfig, bound: float) -> tuple[list[float], int]:
+    """Nodes joining over a window: one flow each through the shared registry link."""
+    rng = random.Random(config.seed)
+    done: list[float] = []
+    joined: dict[int, float] = {}
+    network = Network(lambda flow, now: done.append(now - joined[flow.payload]))  # type: ignore[index]
+    registry = Link(config.registry_rate, math.inf)
+    starts = sorted((rng.uniform(0, config.join_window), i) for i in range(config.nodes))
+    for when, i in starts:
+        network.advance(when)
+        joined[i] = when
+        network.start(registry, Link(math.inf, config.node_down), config.image_size, i)
+    network.advance(config.join_window + 2 * bound)  # no timeout: how long it takes is the point
+    return done, int(network.bytes_moved)

@@ -127,14 +127,14 @@ class Picker:
         start: Start, batch: list[Assignment],
     ) -> None:  # fmt: skip
         taken = 0
-        for tried, piece in enumerate(self._rarest(task, missing, 4 * room + 8, exhaustive=False), 1):
+        for tried, piece in enumerate(self._rarest(task, missing, 2 * room + 2, exhaustive=False), 1):
             source = self.source(task, piece, member, peer, now, ())
             if source is not None:
                 batch.append(start(task, member, piece, source, now))
                 taken += 1
                 if taken >= room:
                     return
-            if tried >= 4 * room + 8:
+            if tried >= 2 * room + 2:
                 break
         # The holders of the rarest pieces are full: look from the side of a sample of the
         # sources with room instead (scanning every piece would make a sync O(pieces)).

@@ -522,9 +522,8 @@ class Scheduler:
     def _wake(self, task: Task, now: float, decisions: Decisions) -> None:
         """Hand freed capacity to waiting peers, oldest first; those left wait at the back."""
         misses = 0
-        for peer_id in list(task.waiters):
-            if misses >= self.config.wake_misses:
-                break
+        while task.waiters and misses < self.config.wake_misses:
+            peer_id = next(iter(task.waiters))  # the oldest; a miss goes to the back
             want = task.waiters.pop(peer_id)
             peer = self._peers.get(peer_id)
             member = task.members.get(peer_id)
