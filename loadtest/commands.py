@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.simulate:
             results = _simulate(args)
+            settings["image"] = f"{format_size(args.image_size)} (one blob)"
             settings["run"] = "discrete-event simulation, the production scheduler"
         else:
             from loadtest.harness import SurgeConfig, run_surge
