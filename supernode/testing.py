@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -18,6 +14,7 @@ from supernode.config import SupernodeConfig
 from supernode.scheduler import SchedulerConfig
 from supernode.server import Supernode
 from swarmpull.http import HostPort, free_port
+from swarmpull.testing import DaemonProcess, until_ready
 
 
 async def start_supernode(*, scheduler: dict[str, Any] | None = None, **overrides: Any) -> Supernode:
@@ -53,7 +50,9 @@ class RedisServer:
         )  # fmt: skip
         client = aioredis.Redis.from_url(self.url)
         try:
-            await _until(lambda: client.ping(), timeout, "redis-server did not come up", self.process)
+            await until_ready(
+                client.ping, timeout, "redis-server did not come up", self.process, (RedisError,)
+            )
         finally:
             await client.aclose()
 
@@ -67,54 +66,14 @@ class RedisServer:
         await self.start()
 
 
-class SupernodeProcess:
-    """``python -m supernode`` in a child process, so a test can SIGKILL it."""
+class SupernodeProcess(DaemonProcess):
+    """``python -m supernode`` in a child process, so a test can SIGKILL it (no lease
+    released, no state flushed)."""
 
     def __init__(self, data_dir: Path, *extra: str) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._args = ["--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), *extra]
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self, timeout: float = 20.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "supernode.log", "ab")  # noqa: SIM115
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "supernode", *self._args, stdout=log, stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        log.close()
-        async with aiohttp.ClientSession() as session:
-
-            async def healthy() -> bool:
-                async with session.get(f"{self.url}/healthz") as resp:
-                    return resp.status == 200
-
-            await _until(healthy, timeout, "supernode process did not come up", self.process)
-
-    async def kill(self) -> None:
-        """SIGKILL: no lease released, no state flushed, connections simply die."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            await self.process.wait()
-
-
-async def _until(check, timeout: float, message: str, process: asyncio.subprocess.Process) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            if await check():
-                return
-        except (OSError, aiohttp.ClientError, RedisError):
-            pass
-        if process.returncode is not None:
-            raise RuntimeError(f"{message}: it exited with {process.returncode}")
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(message)
-        await asyncio.sleep(0.1)
+        args = ["--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), *extra]
+        super().__init__("supernode", args, data_dir / "supernode.log", f"{self.url}/healthz")
