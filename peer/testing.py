@@ -10,8 +10,8 @@ import aiohttp
 
 from peer.config import PeerConfig
 from peer.daemon import PeerDaemon
+from swarmpull.child_process import DaemonProcess
 from swarmpull.http import HostPort, free_port
-from swarmpull.testing import DaemonProcess
 
 LOOPBACK = HostPort("127.0.0.1", 0)
 

@@ -215,22 +215,14 @@ class SupernodeService:
     def _announce_holding(self, peer_id: str, holding: Holding) -> None:
         task = self._owned(holding.task_id)
         blob = task.blob if task else None
-        if (
-            task is None
-            or blob is None
-            or (blob.meta.size, blob.meta.piece_size)
-            != (
-                holding.size,
-                holding.piece_size,
-            )
-        ):
+        geometry = (holding.size, holding.piece_size)
+        if task is None or blob is None or (blob.meta.size, blob.meta.piece_size) != geometry:
             return  # unknown here, or cut differently: its pieces cannot be vouched for
         self._announce(task, peer_id, holding.pieces)
 
     def _announce(self, task: SeedTask, peer_id: str, pieces: list[int]) -> None:
         pieces = self._known_pieces(task, pieces)
-        task.batch.holds(peer_id, pieces)
-        self._unstage(task, pieces)
+        self._holds(task, peer_id, pieces)
         self._deliver(self.scheduler.announce(task.id, peer_id, pieces, self._clock.monotonic()))
 
     async def heartbeat(self, peer_id: str, beat: Heartbeat) -> None:
@@ -250,7 +242,7 @@ class SupernodeService:
 
     def _member_left(self, task_id: str, peer_id: str) -> None:
         task = self._owned(task_id)
-        if task is not None:
+        if task is not None and self.replication is not None:
             task.batch.left(peer_id)
         self._deliver(self.scheduler.member_left(task_id, peer_id, self._clock.monotonic()))
 
@@ -282,11 +274,12 @@ class SupernodeService:
         task = self.tasks.get(task_id)
         now = self._clock.monotonic()
         expired = now - (task.failed_at if task else now) >= self.config.failed_task_ttl
+        lease = task.lease if task else None
         if task is not None and task.state is TaskState.FAILED and expired:
             del self.tasks[task_id]
             task = None
         if task is None:
-            task = self._create_task(task_id, req)
+            task = self._create_task(task_id, req, lease)
         elif req.headers:
             task.headers = dict(req.headers)  # the newest token is the likeliest to be valid
         if task.state is TaskState.PARTIAL:
@@ -320,8 +313,7 @@ class SupernodeService:
             if piece >= count:
                 raise ProtocolError(f"piece {piece} out of range (the task has {count})")
         if req.finished:
-            task.batch.holds(req.peer_id, req.finished)
-            self._unstage(task, req.finished)
+            self._holds(task, req.peer_id, req.finished)
         failures = [Failure(f.piece, f.source, FailureReason(f.reason)) for f in req.failed]
         timings = [Timing(t.piece, t.source, t.size, t.seconds) for t in req.timings]
         for failure in failures:
@@ -365,8 +357,9 @@ class SupernodeService:
 
     # --------------------------------------------------------------- internals
 
-    def _create_task(self, task_id: str, req: OpenTask) -> SeedTask:
+    def _create_task(self, task_id: str, req: OpenTask, lease: Lease | None = None) -> SeedTask:
         task = SeedTask(task_id, req.url, req.digest, dict(req.headers))
+        task.lease = lease
         self.tasks[task_id] = task
         self._start_fetch(task)
         return task
@@ -433,6 +426,7 @@ class SupernodeService:
             future = self._waiters.pop((task.id, peer_id), None)
             if future is not None and not future.done():
                 future.set_result([])
+        self._forget_staged(task)
         if bad_data and task.blob is not None:
             self.store.remove(task.id)  # a lying upstream's bytes are not kept
             task.batch.reset = True  # nor passed on to another replica
@@ -555,12 +549,12 @@ class SupernodeService:
         record: TaskRecord | None,
         holders: dict[str, set[int]],
     ) -> None:
+        if record is None:  # a new task
+            self._create_task(task_id, req, lease)
+            return
         task = SeedTask(task_id, req.url, req.digest, dict(req.headers))
         task.lease = lease
         self.tasks[task_id] = task
-        if record is None:  # a new task
-            self._start_fetch(task)
-            return
         task.shas = record.sha
         task.digest = Digest.parse(record.digest) if record.digest else task.expected
         blob = self.store.get(task_id)
@@ -608,14 +602,25 @@ class SupernodeService:
             task.staged.add(piece)
             self._staged_bytes += length
 
-    def _unstage(self, task: SeedTask, pieces: list[int]) -> None:
-        """A peer holds these pieces now: Redis need not keep their bytes."""
+    def _holds(self, task: SeedTask, peer_id: str, pieces: list[int]) -> None:
+        """A peer holds these pieces now: log it for a successor; Redis need not keep
+        their bytes any more."""
+        if self.replication is None:
+            return
+        task.batch.holds(peer_id, pieces)
         for piece in task.staged.intersection(pieces):
             task.staged.discard(piece)
             task.batch.unstaged.add(piece)
             task.batch.staged.pop(piece, None)
             assert task.blob is not None
             self._staged_bytes -= task.blob.geometry.length(piece)
+
+    def _forget_staged(self, task: SeedTask) -> None:
+        """The task is no longer ours to serve: its staged pieces (left in Redis for a
+        successor) no longer count against this replica's budget."""
+        if task.blob is not None:
+            self._staged_bytes -= sum(task.blob.geometry.length(p) for p in task.staged)
+        task.staged.clear()
 
     def _drop_task(self, task: SeedTask, why: str) -> None:
         """Another replica may own the task now: stop acting for it."""
@@ -629,8 +634,7 @@ class SupernodeService:
             future = self._waiters.pop((task.id, peer_id), None)
             if future is not None and not future.done():
                 future.set_result([])
-        if task.blob is not None:
-            self._staged_bytes -= sum(task.blob.geometry.length(p) for p in task.staged)
+        self._forget_staged(task)
 
     async def _write_through(self) -> None:
         assert self.replication is not None

@@ -13,8 +13,8 @@ from redis.exceptions import RedisError
 from supernode.config import SupernodeConfig
 from supernode.scheduler import SchedulerConfig
 from supernode.server import Supernode
+from swarmpull.child_process import DaemonProcess, until_ready
 from swarmpull.http import HostPort, free_port
-from swarmpull.testing import DaemonProcess, until_ready
 
 
 async def start_supernode(*, scheduler: dict[str, Any] | None = None, **overrides: Any) -> Supernode:

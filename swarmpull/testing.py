@@ -1,71 +1,60 @@
-"""Test helpers shared by the roles: a daemon in a child process, and waiting for it."""
+"""Test helpers for the shared core: a clock that only moves when told to."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-import aiohttp
+class FakeClock:
+    """A ``Clock`` for tests: ``advance()`` moves time; nothing else does."""
 
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
 
-class DaemonProcess:
-    """``python -m MODULE ARGS`` in a child process (its output in ``log``), so a test can
-    SIGKILL it like a crash; ``start()`` returns once ``health`` answers 200."""
+    def monotonic(self) -> float:
+        return self.now
 
-    def __init__(self, module: str, args: list[str], log: Path, health: str) -> None:
-        self._module = module
-        self._args = args
-        self._log = log
-        self._health = health
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self, timeout: float = 20.0) -> None:
-        with open(self._log, "ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", self._module, *self._args, stdout=log, stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        async with aiohttp.ClientSession() as session:
-
-            async def healthy() -> bool:
-                async with session.get(self._health) as resp:
-                    return resp.status == 200
-
-            await until_ready(healthy, timeout, f"{self._module} process did not come up", self.process)
-
-    async def kill(self) -> None:
-        """SIGKILL: no goodbye to anyone, connections simply die."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            await self.process.wait()
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("time does not go backwards")
+        self.now += seconds
 
 
-async def until_ready(
-    check: Callable[[], Awaitable[bool]],
-    timeout: float,
-    message: str,
-    process: asyncio.subprocess.Process,
-    errors: tuple[type[BaseException], ...] = (OSError, aiohttp.ClientError),
-) -> None:
-    """Poll ``check`` until it is true; raise if ``process`` exits or time runs out."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            if await check():
-                return
-        except errors:
-            pass
-        if process.returncode is not None:
-            raise RuntimeError(f"{message}: it exited with {process.returncode}")
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(message)
-        await asyncio.sleep(0.1)
+class VirtualTime:
+    """Virtual time for async code that takes a clock and a ``sleep``: sleepers wake in
+    time order and the clock jumps to each wake-up, so tests of rates and timeouts run in
+    no real time and give the same numbers every run."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        import itertools
+
+        self.clock = FakeClock(start)
+        self._sleepers: list[tuple[float, int, object]] = []
+        self._seq = itertools.count()
+
+    async def sleep(self, seconds: float) -> None:
+        import asyncio
+        import heapq
+
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.clock.now + max(seconds, 0.0), next(self._seq), future))
+        await future
+
+    async def run(self, *coroutines):  # type: ignore[no-untyped-def]
+        """Run ``coroutines`` to the end in virtual time; returns their results."""
+        import asyncio
+        import heapq
+
+        tasks = [asyncio.ensure_future(c) for c in coroutines]
+        while not all(t.done() for t in tasks):
+            for _ in range(20):  # let everything that can run, run
+                await asyncio.sleep(0)
+            if all(t.done() for t in tasks):
+                break
+            if not self._sleepers:
+                for task in tasks:
+                    task.cancel()
+                raise RuntimeError("deadlock: tasks wait and nobody sleeps")
+            when, _, future = heapq.heappop(self._sleepers)
+            self.clock.now = max(self.clock.now, when)
+            if not future.done():  # type: ignore[attr-defined]
+                future.set_result(None)  # type: ignore[attr-defined]
+        return [t.result() for t in tasks]
