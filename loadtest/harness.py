@@ -249,7 +249,7 @@ async def _supernode_stats(process: asyncio.subprocess.Process, url: str | None)
                 text = await resp.text()
             for line in text.splitlines():
                 if line.startswith("swarmpull_supernode_syncs_total "):
-                    stats["supernode syncs"] = float(line.split()[1])
+                    stats["supernode syncs"] = int(float(line.split()[1]))
     return stats
 
 
