@@ -149,8 +149,8 @@ async def _surge(config, run_surge):  # type: ignore[no-untyped-def]
         )
         if sys.stderr.isatty():
             print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif state.elapsed - last[0] >= 15 or state.done + state.failed == state.total:
-            last[0] = state.elapsed  # a line now and then in logs and CI
+        elif not 0 <= state.elapsed - last[0] < 15 or state.done + state.failed == state.total:
+            last[0] = state.elapsed  # a line now and then in logs and CI (and when a mode starts)
             print(line, file=sys.stderr, flush=True)
 
     try:
