@@ -22,7 +22,8 @@ from aiohttp import web
 
 from supernode.replication import NotOwner, RedisUnavailable
 from supernode.scheduler import UnknownPeer, UnknownTask
-from supernode.service import ShuttingDown, SupernodeService, TaskFailed
+from supernode.seed_task import ShuttingDown, TaskFailed
+from supernode.service import SupernodeService
 from swarmpull.http import json_error, read_json
 from swarmpull.protocol import (
     API,

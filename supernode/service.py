@@ -9,7 +9,6 @@ in a long poll) are delivered through their futures.
 from __future__ import annotations
 
 import asyncio
-import enum
 import hashlib
 import logging
 import time
@@ -31,6 +30,7 @@ from supernode.scheduler import (
     UnknownPeer,
     UnknownTask,
 )
+from supernode.seed_task import SeedTask, ShuttingDown, TaskFailed, TaskState
 from swarmpull.clock import Clock
 from swarmpull.digest import Digest
 from swarmpull.geometry import choose_piece_size
@@ -52,66 +52,6 @@ from swarmpull.tasks import redact_url, task_id_for
 from swarmpull.upstream import UpstreamError, UpstreamFetch
 
 log = logging.getLogger(__name__)
-
-
-class TaskState(enum.Enum):
-    PENDING = "pending"  # waiting for the upstream's first answer
-    RUNNING = "running"  # pieces arriving from upstream
-    PARTIAL = "partial"  # some pieces held (after a restart), no upstream read under way
-    SEEDED = "seeded"  # every piece held, whole digest verified
-    FAILED = "failed"
-
-
-class TaskFailed(Exception):
-    """The task cannot be served; the message says why (upstream status, digest...).
-    ``direct`` allows this one peer to try the upstream itself."""
-
-    def __init__(self, message: str, status: int | None = None, direct: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.direct = direct
-
-
-class ShuttingDown(Exception):
-    """The supernode is stopping: ask another one."""
-
-
-class SeedTask:
-    """One blob on the supernode: where it comes from and how far it got."""
-
-    def __init__(self, task_id: str, url: str, expected: Digest | None, headers: dict[str, str]):
-        self.id = task_id
-        self.url = url
-        self.expected = expected
-        self.headers = headers  # in memory only: never logged, stored or sent to peers
-        self.state = TaskState.PENDING
-        self.blob: StoredBlob | None = None
-        self.digest: Digest | None = expected
-        self.error: str | None = None
-        self.error_status: int | None = None
-        self.retryable = False  # the upstream may answer others (5xx, timeouts)
-        self.direct_granted = 0
-        self.failed_at = 0.0
-        self.fetch: asyncio.Task[None] | None = None
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # With replicas: our lease, the writes for Redis since the last flush, the pieces
-        # whose bytes wait in Redis for a first peer holder, and the sha256 of pieces read
-        # by an earlier owner that our seed does not hold.
-        self.lease: Lease | None = None
-        self.batch = Batch()
-        self.staged: set[int] = set()
-        self.shas: dict[int, str] = {}
-
-    def __repr__(self) -> str:
-        return f"<SeedTask {self.id[:20]} {self.state.name}>"
-
-    def info(self) -> TaskInfo:
-        assert self.blob is not None
-        return TaskInfo(self.id, self.blob.meta.size, self.blob.meta.piece_size, self.digest)
-
-    def sha(self, piece: int) -> str | None:
-        assert self.blob is not None
-        return self.blob.piece_sha.get(piece) or self.shas.get(piece)
 
 
 class SupernodeService:
@@ -358,10 +298,14 @@ class SupernodeService:
     # --------------------------------------------------------------- internals
 
     def _create_task(self, task_id: str, req: OpenTask, lease: Lease | None = None) -> SeedTask:
+        task = self._new_task(task_id, req, lease)
+        self._start_fetch(task)
+        return task
+
+    def _new_task(self, task_id: str, req: OpenTask, lease: Lease | None) -> SeedTask:
         task = SeedTask(task_id, req.url, req.digest, dict(req.headers))
         task.lease = lease
         self.tasks[task_id] = task
-        self._start_fetch(task)
         return task
 
     def _adopt(self, task: SeedTask, blob: StoredBlob) -> None:
@@ -422,15 +366,19 @@ class SupernodeService:
         self.metrics.tasks.labels("failed").inc()
         if not task.ready.done():
             task.ready.set_result(None)
-        for peer_id in self.scheduler.remove_task(task.id):
-            future = self._waiters.pop((task.id, peer_id), None)
-            if future is not None and not future.done():
-                future.set_result([])
+        self._unschedule(task)
         self._forget_staged(task)
         if bad_data and task.blob is not None:
             self.store.remove(task.id)  # a lying upstream's bytes are not kept
             task.batch.reset = True  # nor passed on to another replica
         task.blob = None
+
+    def _unschedule(self, task: SeedTask) -> None:
+        """Take the task out of the scheduler; its long polls answer empty."""
+        for peer_id in self.scheduler.remove_task(task.id):
+            future = self._waiters.pop((task.id, peer_id), None)
+            if future is not None and not future.done():
+                future.set_result([])
 
     def _known_pieces(self, task: SeedTask, pieces: list[int]) -> list[int]:
         """The pieces whose sha256 we hold: only those can be checked by requesters."""
@@ -552,9 +500,7 @@ class SupernodeService:
         if record is None:  # a new task
             self._create_task(task_id, req, lease)
             return
-        task = SeedTask(task_id, req.url, req.digest, dict(req.headers))
-        task.lease = lease
-        self.tasks[task_id] = task
+        task = self._new_task(task_id, req, lease)
         task.shas = record.sha
         task.digest = Digest.parse(record.digest) if record.digest else task.expected
         blob = self.store.get(task_id)
@@ -630,10 +576,7 @@ class SupernodeService:
             task.fetch.cancel()
         if self.tasks.get(task.id) is task:
             del self.tasks[task.id]
-        for peer_id in self.scheduler.remove_task(task.id):
-            future = self._waiters.pop((task.id, peer_id), None)
-            if future is not None and not future.done():
-                future.set_result([])
+        self._unschedule(task)
         self._forget_staged(task)
 
     async def _write_through(self) -> None:
