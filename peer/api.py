@@ -62,7 +62,7 @@ class LocalApi:
         try:
             blob_request = parse_blob_request(await read_json(request))
         except ProtocolError as exc:
-            return json_error(400, "BAD_REQUEST", str(exc))
+            return json_error(exc.status, "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE", str(exc))
         download = self._daemon.ensure(blob_request)
         try:
             blob = await download.wait_ready()

@@ -47,7 +47,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except ProtocolError as exc:
-        return json_error(400, "BAD_REQUEST", str(exc))
+        return json_error(exc.status, "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE", str(exc))
     except UnknownPeer as exc:
         return json_error(404, "UNKNOWN_PEER", f"peer {exc.args[0]} is not registered")
     except UnknownTask as exc:

@@ -79,19 +79,32 @@ def json_error(
     return web.json_response(error_body(code, message, **details), status=status, headers=headers)
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request's JSON body; ProtocolError if it is missing, too large or not JSON."""
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise ProtocolError(f"body larger than {MAX_JSON_BODY} bytes")
-    raw = await request.content.read(MAX_JSON_BODY + 1)
-    if len(raw) > MAX_JSON_BODY:
-        raise ProtocolError(f"body larger than {MAX_JSON_BODY} bytes")
+async def read_json(request: web.Request, limit: int = MAX_JSON_BODY) -> Any:
+    """The request's whole JSON body; ProtocolError if it is missing, larger than ``limit``
+    or not JSON. ``request.read()`` waits for every byte of the body (``content.read(n)``
+    returns only what is buffered), so a body sent in many segments arrives whole."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ProtocolError(f"body larger than {limit} bytes", status=413)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ProtocolError(f"body larger than {limit} bytes", status=413) from None
+    if len(raw) > limit:
+        raise ProtocolError(f"body larger than {limit} bytes", status=413)
     if not raw:
         raise ProtocolError("a JSON body is required")
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON from an untrusted peer: any malformed document is a ProtocolError, including
+    ones that exhaust the parser (deep nesting) or Python's integer limits."""
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, integers over 4300 digits
         raise ProtocolError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("body is not JSON: nested too deeply") from None
 
 
 def error_message(body: Any, fallback: str) -> str:

@@ -25,7 +25,12 @@ TASK_STATES = ("running", "seeded", "failed")
 
 
 class ProtocolError(ValueError):
-    """A request body that does not have the documented shape."""
+    """A request body that does not have the documented shape (answered with ``status``,
+    400 unless the body was too large)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # ----------------------------------------------------------------- field readers

@@ -50,8 +50,41 @@ class PieceCorrupt(StoreError):
     """A piece's bytes do not match the expected sha256 (or have the wrong length)."""
 
 
+class StoreWriteError(StoreError):
+    """The disk refused bytes (ENOSPC, EIO...): the piece or blob is not stored."""
+
+
 class WriteCancelled(StoreError):
     """Another copy of the piece was verified first; this writer's bytes are not needed."""
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write every byte of ``data`` at ``offset``. ``os.pwrite`` may write fewer bytes
+    than asked (a nearly full disk); the rest is retried, and a write that makes no
+    progress is the disk saying no: StoreWriteError, never a silently short piece."""
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        try:
+            written = os.pwrite(fd, view[done:], offset + done)
+        except OSError as exc:
+            raise StoreWriteError(f"writing {len(view)} bytes at {offset}: {exc.strerror or exc}") from exc
+        if written <= 0:
+            raise StoreWriteError(f"writing {len(view)} bytes at {offset}: the disk accepted none")
+        done += written
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is out (an append to a log)."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except OSError as exc:
+            raise StoreWriteError(f"appending {len(view)} bytes: {exc.strerror or exc}") from exc
+        if written <= 0:
+            raise StoreWriteError("appending to a log: the disk accepted none")
+        view = view[written:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +190,7 @@ class StoredBlob:
         """Make a written piece readable: append it to the log of verified pieces."""
         if self.verified[piece]:
             return
-        os.write(self._log_fd, _RECORD.pack(piece, bytes.fromhex(sha)))
+        write_all(self._log_fd, _RECORD.pack(piece, bytes.fromhex(sha)))
         self.verified[piece] = 1
         self.verified_count += 1
         self.piece_sha[piece] = sha
@@ -192,7 +225,7 @@ class PieceWriter:
         if self._buffer is not None:
             self._buffer += chunk
         else:
-            os.pwrite(self.blob._fd, chunk, self.offset + self.received)
+            pwrite_all(self.blob._fd, chunk, self.offset + self.received)
         self.received += len(chunk)
 
     def commit(self, expected_sha: str | None = None, *, record: bool = True) -> str:
@@ -213,7 +246,7 @@ class PieceWriter:
                 other = blob._file_writers.pop(self.piece, None)
                 if other is not None:
                     other.cancelled = True
-                os.pwrite(blob._fd, self._buffer, self.offset)
+                pwrite_all(blob._fd, self._buffer, self.offset)
             if record:
                 blob.record(self.piece, sha)
             return sha
@@ -379,7 +412,7 @@ class PieceStore:
         good = self._replay(blob, records)
         if len(good) != len(records):
             os.ftruncate(log_fd, 0)  # rewrite the log with only the records that held
-            os.write(log_fd, good)
+            write_all(log_fd, good)
         return blob
 
     def _replay(self, blob: StoredBlob, records: bytes) -> bytes:

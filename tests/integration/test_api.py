@@ -104,3 +104,61 @@ async def test_peer_local_api_rejects_bad_input(swarm, tmp_path):
     ]:
         status, payload = await call("POST", f"{peer.api_url}/api/v1/fetch", json=body)
         assert status == 400 and words in payload["error"]["message"], payload
+
+
+async def raw_post(url: str, path: str, body: bytes, segment: int) -> tuple[int, dict]:
+    """POST ``body`` over a plain socket in ``segment``-byte writes with pauses between
+    them, as a slow or congested link delivers it."""
+    import asyncio
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    writer.write(head)
+    for start in range(0, len(body), segment):
+        writer.write(body[start : start + segment])
+        await writer.drain()
+        await asyncio.sleep(0.002)
+    response = await reader.read()
+    writer.close()
+    status_line, _, rest = response.partition(b"\r\n")
+    payload = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(payload) if payload.strip() else {}
+
+
+async def test_a_body_sent_in_segments_arrives_whole(swarm):
+    """A registration with ~40 kB of holdings, sent in 16 KiB segments, is read whole."""
+    import json
+
+    supernode = await swarm.start_supernode()
+    holdings = [
+        {"task_id": f"sha256-{i:064x}", "size": 1 << 30, "piece_size": 4 << 20, "pieces": list(range(256))}
+        for i in range(40)
+    ]
+    body = json.dumps({"peer_id": "p1", "address": None, "holdings": holdings}).encode()
+    assert len(body) > 39_000
+    status, payload = await raw_post(supernode.url, "/api/v1/peers", body, 16 * 1024)
+    assert status == 200, payload
+    assert "heartbeat_interval" in payload
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # deep enough to exhaust the parser
+        b'{"peer_id": "p", "upload_slots": ' + b"9" * 5000 + b"}",  # over Python's 4300 digits
+        b"\xff\xfe not utf-8",
+    ],
+    ids=["deeply-nested", "huge-integer", "not-utf8"],
+)
+async def test_hostile_json_is_a_400_not_a_500(swarm, body):
+    supernode = await swarm.start_supernode()
+    status, payload = await call("POST", supernode.url + "/api/v1/peers", data=body)
+    assert status == 400, payload
+    assert payload["error"]["code"] == "BAD_REQUEST"
+    assert "not JSON" in payload["error"]["message"]

@@ -118,3 +118,53 @@ def test_quota_evicts_least_recently_used_but_never_a_pinned_blob(tmp_path):
     with pytest.raises(StoreFull, match="larger than the cache"):
         store.create(meta("g", 4 * PIECE))
     assert store.used <= 3 * PIECE
+
+
+def test_a_short_write_is_retried_until_every_byte_is_on_disk(tmp_path, monkeypatch):
+    """os.pwrite may write fewer bytes than asked (a nearly full disk): the rest is
+    written too, and the piece on disk is the piece verified."""
+    import swarmpull.store as store_module
+
+    real = os.pwrite
+    calls = []
+
+    def short_pwrite(fd, data, offset):
+        calls.append(len(data))
+        return real(fd, bytes(data)[: max(1, len(data) // 3)], offset)
+
+    monkeypatch.setattr(store_module.os, "pwrite", short_pwrite)
+    store = PieceStore(tmp_path)
+    data = os.urandom(2 * PIECE)
+    blob = store.create(meta("a", len(data)))
+    fill(blob, data)
+    assert len(calls) > 4  # every write came back short at least once
+    monkeypatch.setattr(store_module.os, "pwrite", real)
+    assert blob.sha256_of_data() == sha(data)
+
+
+def test_a_write_the_disk_refuses_fails_the_piece(tmp_path, monkeypatch):
+    """ENOSPC, or a write that makes no progress, is an error: never a verified record
+    over bytes that are not on disk."""
+    import errno
+
+    import swarmpull.store as store_module
+    from swarmpull.store import StoreWriteError
+
+    store = PieceStore(tmp_path)
+    data = os.urandom(2 * PIECE)
+    blob = store.create(meta("a", len(data)))
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module.os, "pwrite", full)
+    writer = blob.writer(0)
+    with pytest.raises(StoreWriteError, match="No space left"):
+        writer.write(data[:PIECE])
+    writer.abort()
+    monkeypatch.setattr(store_module.os, "pwrite", lambda fd, data, offset: 0)
+    writer = blob.writer(0)
+    with pytest.raises(StoreWriteError, match="accepted none"):
+        writer.write(data[:PIECE])
+    writer.abort()
+    assert not blob.is_verified(0)
