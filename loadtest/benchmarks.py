@@ -28,21 +28,22 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from loadtest.upstream import BlobServer
+from loadtest.origin_server import BlobServer
+from loadtest.services import RedisServer
 from peer.config import PeerConfig
 from peer.daemon import PeerDaemon
-from peer.request import BlobRequest
 from supernode.config import SupernodeConfig
 from supernode.server import Supernode
-from supernode.testing import RedisServer
-from swarmpull.digest import Digest
-from swarmpull.http import HostPort, start_site
-from swarmpull.metrics import sample
-from swarmpull.protocol import OpenTask, PeerRegistration, SyncRequest
-from swarmpull.ratelimit import Priority, RateLimiter
-from swarmpull.store import BlobMeta, PieceStore
-from swarmpull.transport import HttpPieceTransport, PieceServer, TransferCounters
-from swarmpull.units import format_size
+from swarmpull.core.blobs import BlobRequest
+from swarmpull.core.digest import Digest
+from swarmpull.core.protocol import OpenTask, PeerRegistration, SyncRequest
+from swarmpull.core.rates import Priority
+from swarmpull.core.units import format_size
+from swarmpull.edges.http import HostPort, start_site
+from swarmpull.edges.metrics import sample
+from swarmpull.edges.ratelimit import RateLimiter
+from swarmpull.edges.store import BlobMeta, PieceStore
+from swarmpull.edges.transport import HttpPieceTransport, PieceServer, TransferCounters
 
 MB = 1000**2
 LOOPBACK = HostPort("127.0.0.1", 0)
@@ -212,7 +213,7 @@ def uncompressed_tar(limit: int) -> bytes:
 
 
 async def _zstd_run(data: bytes, nodes: int, limit: int, compression: bool) -> tuple[float, float]:
-    from swarmpull.transport import TransportConfig
+    from swarmpull.edges.transport import TransportConfig
 
     root = Path(tempfile.mkdtemp(prefix="swarmpull-bench-zstd-"))
     upstream = BlobServer()

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
-from swarmpull.ratelimit import RateLimiter
+from swarmpull.edges.ratelimit import RateLimiter
 
 ACCEPT = ", ".join(
     (
@@ -36,6 +36,8 @@ class PullFailed(Exception):
 class Pulled:
     blobs: int
     bytes: int
+    data: dict[str, bytes] = field(default_factory=dict)
+    """digest -> the blob's bytes, when asked to keep them (tests)."""
 
 
 async def pull_image(
@@ -45,8 +47,10 @@ async def pull_image(
     tag: str,
     ns: str | None = None,
     limiter: RateLimiter | None = None,
+    keep: bool = False,
 ) -> Pulled:
-    """Pull ``name:tag`` from ``base``; raises PullFailed with the reason."""
+    """Pull ``name:tag`` from ``base``; raises PullFailed with the reason. With ``keep``
+    the blobs' bytes come back too."""
     params = {"ns": ns} if ns else {}
     try:
         async with session.head(
@@ -65,12 +69,13 @@ async def pull_image(
             raise PullFailed(f"manifest does not match {digest}")
         document = json.loads(manifest)
         descriptors = [document["config"], *document["layers"]]
+        kept: dict[str, bytes] | None = {} if keep else None
         sizes = await asyncio.gather(
-            *(_blob(session, base, name, d["digest"], params, limiter) for d in descriptors)
+            *(_blob(session, base, name, d["digest"], params, limiter, kept) for d in descriptors)
         )
     except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
         raise PullFailed(f"{type(exc).__name__}: {exc}") from None
-    return Pulled(len(descriptors), sum(sizes))
+    return Pulled(len(descriptors), sum(sizes), kept or {})
 
 
 async def _blob(
@@ -80,9 +85,11 @@ async def _blob(
     digest: str,
     params: dict[str, str],
     limiter: RateLimiter | None,
+    kept: dict[str, bytes] | None,
 ) -> int:
     hasher = hashlib.sha256()
     size = 0
+    data = bytearray()
     async with session.get(f"{base}/v2/{name}/blobs/{digest}", params=params) as r:
         if r.status != 200:
             raise PullFailed(f"blob {digest}: {r.status}")
@@ -91,6 +98,10 @@ async def _blob(
                 await limiter.acquire(len(chunk))
             hasher.update(chunk)
             size += len(chunk)
+            if kept is not None:
+                data += chunk
     if "sha256:" + hasher.hexdigest() != digest:
         raise PullFailed(f"blob {digest} hashes to sha256:{hasher.hexdigest()}")
+    if kept is not None:
+        kept[digest] = bytes(data)
     return size

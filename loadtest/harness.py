@@ -154,7 +154,7 @@ async def _start_supernode(config: SurgeConfig, root: Path) -> tuple[asyncio.sub
     if config.registry_bandwidth:
         args += ["--seed-upload-limit", f"{int(config.registry_bandwidth)}B/s"]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "supernode", *args,
+        sys.executable, "-m", "swarmpull", "supernode", *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=open(root / "supernode.log", "wb"),  # noqa: SIM115
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

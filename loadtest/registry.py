@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from loadtest.image import Blob, Image
-from swarmpull.clock import Clock, SystemClock
-from swarmpull.http import HostPort, start_site
-from swarmpull.ratelimit import RateLimiter
+from swarmpull.core.clock import Clock, SystemClock
+from swarmpull.edges.http import HostPort, start_site
+from swarmpull.edges.ratelimit import RateLimiter
 
 CHUNK = 64 * 1024  # bytes acquired from the limiter, then written, at a time
 SAMPLE_INTERVAL = 0.05  # seconds between two ``egress`` samples, at least

@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from swarmpull.units import format_size
+from swarmpull.core.units import format_size
 
 
 def kumar_ross_bound(size: float, nodes: int, origin_up: float, node_up: float, node_down: float) -> float:

@@ -27,10 +27,10 @@ import uvloop
 from loadtest.client import PullFailed, pull_image
 from peer.config import PeerConfig
 from registry_proxy.config import ProxyConfig
-from registry_proxy.node import NodeDaemon
-from swarmpull.http import HostPort
-from swarmpull.metrics import sample
-from swarmpull.ratelimit import RateLimiter
+from swarmpull.app.node import NodeDaemon
+from swarmpull.edges.http import HostPort
+from swarmpull.edges.metrics import sample
+from swarmpull.edges.ratelimit import RateLimiter
 
 LOOPBACK = HostPort("127.0.0.1", 0)
 REPOSITORY, TAG = "surge/app", "v1"
@@ -72,7 +72,8 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
     nodes: list[NodeDaemon] = []
     try:
         if spec.mode == "p2p":
-            assert spec.supernode is not None
+            if spec.supernode is None:
+                raise ValueError("a p2p worker needs the supernode's URL")
             for i in range(spec.first, spec.first + spec.count):
                 node = NodeDaemon(
                     _peer_config(spec, i),
@@ -130,7 +131,8 @@ async def _pull(
     try:
         if spec.mode == "p2p":
             proxy = nodes[local].proxy
-            assert proxy is not None
+            if proxy is None:
+                raise RuntimeError("a surge node runs without its registry proxy")
             await pull_image(session, proxy.url, REPOSITORY, TAG, ns=spec.registry)
         else:
             limiter = RateLimiter(spec.node_bandwidth)  # the node's own download link

@@ -12,19 +12,18 @@ the blob's last byte, so a client can never take a partial or wrong blob for a w
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from peer.download import TaskDownload
 from peer.reader import read_blob
-from peer.request import BlobRequest, DownloadFailed
-from swarmpull.http import json_error, read_json
-from swarmpull.metrics import metrics_route
-from swarmpull.protocol import API, ProtocolError, parse_open_task
-from swarmpull.ratelimit import Priority
-
-if TYPE_CHECKING:
-    from peer.daemon import PeerDaemon
+from swarmpull.core.blobs import BlobRequest, DownloadFailed
+from swarmpull.core.protocol import API, ProtocolError, parse_open_task
+from swarmpull.core.rates import Priority
+from swarmpull.edges.http import json_error, read_json
+from swarmpull.edges.metrics import metrics_route
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,21 @@ def parse_blob_request(raw: object) -> BlobRequest:
     return BlobRequest(req.url, req.digest, req.headers, priority)
 
 
+class Downloads(Protocol):
+    """What the local API needs from its daemon."""
+
+    peer_id: str
+
+    def ensure(self, request: BlobRequest) -> TaskDownload: ...
+
+    def downloads(self) -> list[TaskDownload]: ...
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+
 class LocalApi:
-    def __init__(self, daemon: PeerDaemon) -> None:
+    def __init__(self, daemon: Downloads) -> None:
         self._daemon = daemon
 
     def app(self) -> web.Application:
@@ -53,7 +65,7 @@ class LocalApi:
                 web.post(f"{API}/fetch", self.fetch),
                 web.get(f"{API}/tasks", self.tasks),
                 web.get("/healthz", self.health),
-                metrics_route(self._daemon.metrics.registry),
+                metrics_route(self._daemon.registry),
             ]
         )
         return app

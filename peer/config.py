@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swarmpull.http import HostPort
-from swarmpull.transport import TransportConfig
-from swarmpull.upstream import UpstreamConfig
+from swarmpull.edges.http import HostPort
+from swarmpull.edges.origin import UpstreamConfig
+from swarmpull.edges.transport import TransportConfig
 
 DEFAULT_API = HostPort("127.0.0.1", 65000)
 DEFAULT_UPLOAD_LIMIT = 100 * 1000**2  # 100 MB/s (800 Mbit/s)

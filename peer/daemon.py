@@ -9,27 +9,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from peer.api import LocalApi
 from peer.config import PeerConfig
-from peer.download import DownloadContext, TaskDownload
+from peer.download import DownloadContext, DownloadState, TaskDownload
 from peer.link import SupernodeLink
 from peer.membership import Membership
 from peer.metrics import PeerMetrics
-from peer.request import BlobRequest, DownloadState
+from peer.reader import read_blob
 from peer.slots import DownloadSlots
-from swarmpull.clock import Clock, SystemClock
-from swarmpull.daemon import gather_cancel
-from swarmpull.http import advertised_url, start_site, tls_context
-from swarmpull.metrics import metrics_route
-from swarmpull.protocol import PEER_ID_RE, PeerRegistration
-from swarmpull.ratelimit import RateLimiter
-from swarmpull.store import PieceStore
-from swarmpull.transport import HttpPieceTransport, PieceServer
+from swarmpull.core.blobs import BlobRequest
+from swarmpull.core.clock import Clock, SystemClock
+from swarmpull.core.protocol import PEER_ID_RE, PeerRegistration
+from swarmpull.edges.daemon import gather_cancel
+from swarmpull.edges.http import advertised_url, start_site, tls_context
+from swarmpull.edges.metrics import metrics_route
+from swarmpull.edges.ratelimit import RateLimiter
+from swarmpull.edges.store import PieceStore
+from swarmpull.edges.transport import HttpPieceTransport, PieceServer
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +64,14 @@ class PeerDaemon:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.peer_id = config.peer_id or _load_peer_id(config.data_dir)
-        self.store = PieceStore(config.data_dir / "blobs", config.cache_size, on_evict=self._evicted)
-        self.store.load()
+        store = self.store = PieceStore(config.data_dir / "blobs", config.cache_size, on_evict=self._evicted)
+        store.load()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=32, ssl=tls_context(config.registry_ca)),
             auto_decompress=False,
         )
         try:
-            await self._start_servers()
+            await self._start_servers(store)
         except BaseException:
             await self.stop()
             raise
@@ -83,7 +86,7 @@ class PeerDaemon:
                 config.rack,
                 upload_rate=config.upload_limit,
             )
-            self.membership = Membership(link, self.store, registration)
+            self.membership = Membership(link, store, registration)
             self._membership_task = asyncio.create_task(self.membership.run(), name="membership")
         counters = self.metrics.transfers
         download_limiter = RateLimiter(
@@ -99,7 +102,7 @@ class PeerDaemon:
         self._context = DownloadContext(
             config,
             self.peer_id,
-            self.store,
+            store,
             self._session,
             transport,
             link,
@@ -112,9 +115,8 @@ class PeerDaemon:
         )
         log.info("peer %s serving pieces at %s, API at %s", self.peer_id, self.address, self.api_url)
 
-    async def _start_servers(self) -> None:
+    async def _start_servers(self, store: PieceStore) -> None:
         config = self.config
-        assert self.store is not None
         if config.listen is not None:
             app = web.Application()
             counters = self.metrics.transfers
@@ -122,7 +124,7 @@ class PeerDaemon:
                 config.upload_limit, self.clock, on_wait=counters.limiter_wait.labels("upload").inc
             )
             server = self.piece_server = PieceServer(
-                self.store, counters, limiter, config.upload_slots, config.transport.compression
+                store, counters, limiter, config.upload_slots, config.transport.compression
             )
             app.add_routes([*server.routes(), metrics_route(self.metrics.registry)])
             runner, bound = await start_site(app, config.listen)
@@ -165,6 +167,19 @@ class PeerDaemon:
         self._runs.add(run)
         run.add_done_callback(lambda done: self._ended(download, done))
         return download
+
+    async def read(
+        self, request: BlobRequest, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[memoryview]:
+        """Bytes ``[start, end)`` of a blob as its verified pieces land (the registry
+        proxy's ``BlobSource``); raises DownloadFailed."""
+        async for chunk in read_blob(self.ensure(request), start, end):
+            yield chunk
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """This daemon's metrics."""
+        return self.metrics.registry
 
     def downloads(self) -> list[TaskDownload]:
         return list(self._downloads.values())

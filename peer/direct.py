@@ -14,10 +14,10 @@ import aiohttp
 
 from peer.config import PeerConfig
 from peer.metrics import PeerMetrics
-from swarmpull.digest import Digest
-from swarmpull.geometry import choose_piece_size
-from swarmpull.store import StoredBlob
-from swarmpull.upstream import UpstreamFetch
+from swarmpull.core.digest import Digest
+from swarmpull.core.geometry import choose_piece_size
+from swarmpull.edges.origin import UpstreamFetch
+from swarmpull.edges.store import StoredBlob
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import random
 from collections.abc import Callable
@@ -26,17 +27,25 @@ from peer.flights import Flights
 from peer.link import LinkError, SupernodeLink, SupernodeUnavailable
 from peer.membership import Membership
 from peer.metrics import PeerMetrics
-from peer.request import BlobRequest, DownloadFailed, DownloadState
 from peer.slots import DownloadSlots
-from swarmpull.clock import Clock
-from swarmpull.digest import Digest
-from swarmpull.protocol import OpenTask, SyncRequest, TaskInfo
-from swarmpull.store import BlobMeta, PieceStore, StoredBlob, StoreFull
-from swarmpull.tasks import redact_url
-from swarmpull.transport import PieceTransport
-from swarmpull.upstream import UpstreamError
+from swarmpull.core.blobs import BlobRequest, DownloadFailed
+from swarmpull.core.clock import Clock
+from swarmpull.core.digest import Digest
+from swarmpull.core.protocol import OpenTask, SyncRequest, TaskInfo
+from swarmpull.core.tasks import redact_url
+from swarmpull.edges.origin import UpstreamError
+from swarmpull.edges.store import BlobMeta, PieceStore, StoredBlob, StoreFull
+from swarmpull.edges.transport import PieceTransport
 
 log = logging.getLogger(__name__)
+
+
+class DownloadState(enum.Enum):
+    OPENING = "opening"
+    RUNNING = "running"
+    VERIFYING = "verifying"
+    COMPLETE = "complete"
+    FAILED = "failed"
 
 
 @dataclass(slots=True)

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 from peer.metrics import PeerMetrics
 from peer.slots import DownloadSlots
-from swarmpull.clock import Clock
-from swarmpull.protocol import PieceAssignment, PieceFailure, PieceTiming
-from swarmpull.ratelimit import Priority
-from swarmpull.store import PieceCorrupt, StoredBlob, WriteCancelled
-from swarmpull.transport import PieceFetchError, PieceTransport
+from swarmpull.core.clock import Clock
+from swarmpull.core.failures import FailureReason
+from swarmpull.core.protocol import PieceAssignment, PieceFailure, PieceTiming
+from swarmpull.core.rates import Priority
+from swarmpull.edges.store import PieceCorrupt, StoredBlob, WriteCancelled
+from swarmpull.edges.transport import PieceFetchError, PieceTransport
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class Flights:
             writer.abort()
             metrics.pieces.labels("corrupt").inc()
             log.warning("corrupt piece from %s (%s): %s", assignment.source, assignment.address, exc)
-            return PieceFailure(assignment.piece, assignment.source, "corrupt")
+            return PieceFailure(assignment.piece, assignment.source, FailureReason.CORRUPT)
         except WriteCancelled:
             return None
         except BaseException:

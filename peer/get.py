@@ -21,12 +21,12 @@ import aiohttp
 from peer.config import PeerConfig
 from peer.daemon import PeerDaemon
 from peer.reader import read_blob
-from peer.request import BlobRequest, DownloadFailed
-from swarmpull.digest import Digest
-from swarmpull.http import error_message
-from swarmpull.progress import ProgressBar
-from swarmpull.protocol import API
-from swarmpull.ratelimit import Priority
+from swarmpull.core.blobs import BlobRequest, DownloadFailed
+from swarmpull.core.digest import Digest
+from swarmpull.core.protocol import API
+from swarmpull.core.rates import Priority
+from swarmpull.edges.http import error_message
+from swarmpull.edges.progress import ProgressBar
 
 
 class GetError(Exception):

@@ -7,8 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from swarmpull.http import PEER_HEADER, error_message
-from swarmpull.protocol import (
+from swarmpull.core.protocol import (
     API,
     Heartbeat,
     OpenTask,
@@ -19,7 +18,8 @@ from swarmpull.protocol import (
     parse_sync_response,
     parse_task_info,
 )
-from swarmpull.tasks import task_id_for
+from swarmpull.core.tasks import task_id_for
+from swarmpull.edges.http import PEER_HEADER, error_message
 
 log = logging.getLogger(__name__)
 

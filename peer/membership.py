@@ -12,8 +12,8 @@ import contextlib
 import logging
 
 from peer.link import LinkError, SupernodeLink, SupernodeUnavailable
-from swarmpull.protocol import Heartbeat, Holding, PeerRegistration
-from swarmpull.store import PieceStore
+from swarmpull.core.protocol import Heartbeat, Holding, PeerRegistration
+from swarmpull.edges.store import PieceStore
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
-from swarmpull.transport import TransferCounters
+from swarmpull.edges.transport import TransferCounters
 
 
 class PeerMetrics:

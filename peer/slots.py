@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from swarmpull.ratelimit import Priority
+from swarmpull.core.rates import Priority
 
 
 class DownloadSlots:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import aiohttp
 
-from swarmpull.clock import Clock
-from swarmpull.http import PEER_HEADER
+from swarmpull.core.clock import Clock
+from swarmpull.edges.http import PEER_HEADER
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,12 @@ from typing import Protocol
 
 from aiohttp import web
 
-from peer.download import TaskDownload
-from peer.reader import read_blob
-from peer.request import BlobRequest, DownloadFailed
 from registry_proxy.errors import OciError
 from registry_proxy.paths import DistributionPath
 from registry_proxy.registries import Upstream
-from registry_proxy.upstream import RegistryClient
-from swarmpull.ratelimit import Priority
+from registry_proxy.registry_client import RegistryClient
+from swarmpull.core.blobs import BlobRequest, DownloadFailed
+from swarmpull.core.rates import Priority
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +36,11 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 class BlobSource(Protocol):
-    """What the proxy needs from the peer daemon."""
+    """What the proxy needs from the node's peer: a blob's verified bytes, in order."""
 
-    def ensure(self, request: BlobRequest) -> TaskDownload: ...
+    def read(self, request: BlobRequest, start: int, end: int) -> AsyncIterator[memoryview]:
+        """Bytes ``[start, end)`` of the blob as they are verified; DownloadFailed when the
+        swarm cannot serve them (the proxy then reads the rest from the registry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,8 @@ async def get_blob(
     if not whole:
         resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     digest = query.path.digest
-    assert digest is not None
+    if digest is None:
+        raise OciError(400, "DIGEST_INVALID", f"a blob is named by its digest, not {query.path.reference!r}")
     hasher = hashlib.sha256() if whole else None
     held: bytes | memoryview | None = None
     try:
@@ -131,9 +132,9 @@ async def _chunks(
         authorization = query.client_auth or client.authorization(query.upstream, query.path.name)
         headers = {"Authorization": authorization} if authorization else {}
         url = query.upstream.url(query.path.name, "blobs", query.path.reference)
-        download = source.ensure(BlobRequest(url, query.path.digest, headers, Priority.FOREGROUND))
+        request = BlobRequest(url, query.path.digest, headers, Priority.FOREGROUND)
         try:
-            async for chunk in read_blob(download, start, end):
+            async for chunk in source.read(request, start, end):
                 yield chunk
                 offset += len(chunk)
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swarmpull.http import HostPort
+from swarmpull.edges.http import HostPort
 
 DEFAULT_LISTEN = HostPort("127.0.0.1", 65001)
 

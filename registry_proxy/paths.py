@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from registry_proxy.errors import OciError, digest_invalid, name_invalid, unsupported
-from swarmpull.digest import Digest, DigestError
+from swarmpull.core.digest import Digest, DigestError
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")

@@ -21,9 +21,9 @@ from registry_proxy.config import ProxyConfig
 from registry_proxy.errors import OciError, unsupported
 from registry_proxy.paths import DistributionPath, Kind, parse_path
 from registry_proxy.registries import Registries, Upstream
-from registry_proxy.upstream import RegistryClient
-from swarmpull.clock import Clock, SystemClock
-from swarmpull.http import PEER_HEADER, start_site, tls_context
+from registry_proxy.registry_client import RegistryClient
+from swarmpull.core.clock import Clock, SystemClock
+from swarmpull.edges.http import PEER_HEADER, start_site, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,12 @@ class RegistryProxy:
             await self._session.close()
             self._session = None
 
+    @property
+    def client(self) -> RegistryClient:
+        if self._client is None:
+            raise RuntimeError("the registry proxy is not started")
+        return self._client
+
     async def refuse(self, request: web.Request) -> web.Response:
         if request.path.startswith("/v2"):
             return unsupported(f"{request.method} is not supported: this is a pull-only mirror").response()
@@ -87,22 +93,20 @@ class RegistryProxy:
             if path.kind is Kind.BASE:
                 return web.json_response({}, headers=API_VERSION)
             upstream = self._registries.resolve(request.query.get("ns"))
-            assert self._client is not None
             if path.kind is Kind.MANIFEST:
                 return await self._manifest(request, path, upstream)
             query = BlobQuery(path, upstream, request.headers.get("Authorization"))
             if request.method == "HEAD":
-                return await head_blob(self._client, query)
-            return await get_blob(request, self._client, query, self._source)
+                return await head_blob(self.client, query)
+            return await get_blob(request, self.client, query, self._source)
         except OciError as exc:
             return exc.response()
 
     async def _manifest(
         self, request: web.Request, path: DistributionPath, upstream: Upstream
     ) -> web.Response:
-        assert self._client is not None
         accept = ", ".join(request.headers.getall("Accept", [])) or "*/*"
-        resp = await self._client.send(
+        resp = await self.client.send(
             request.method,
             upstream,
             path.name,

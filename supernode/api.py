@@ -24,8 +24,7 @@ from supernode.replication import NotOwner, RedisUnavailable
 from supernode.scheduler import UnknownPeer, UnknownTask
 from supernode.seed_task import ShuttingDown, TaskFailed
 from supernode.service import SupernodeService
-from swarmpull.http import json_error, read_json
-from swarmpull.protocol import (
+from swarmpull.core.protocol import (
     API,
     ProtocolError,
     parse_heartbeat,
@@ -34,7 +33,8 @@ from swarmpull.protocol import (
     parse_peer_registration,
     parse_sync_request,
 )
-from swarmpull.tasks import validate_task_id
+from swarmpull.core.tasks import validate_task_id
+from swarmpull.edges.http import json_error, read_json
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from supernode.origin_limits import OriginLimit
 from supernode.scheduler import SchedulerConfig
-from swarmpull.http import HostPort
-from swarmpull.upstream import UpstreamConfig
+from swarmpull.edges.http import HostPort
+from swarmpull.edges.origin import UpstreamConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +22,7 @@ class SupernodeConfig:
     cache_size: int | None = None
     """Most bytes the seed cache holds (least recently used blobs are evicted)."""
     piece_size: int | None = None
-    """Fixed piece size for new tasks; None: the documented rule (swarmpull.geometry)."""
+    """Fixed piece size for new tasks; None: the documented rule (swarmpull.core.geometry)."""
     seed_upload_slots: int = 16
     """Concurrent piece uploads the seed accepts; peers are preferred whenever they can serve."""
     seed_upload_limit: int | None = None

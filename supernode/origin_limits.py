@@ -24,9 +24,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from supernode.replication import RedisUnavailable, Replication
-from swarmpull.clock import Clock
-from swarmpull.ratelimit import RateLimiter
-from swarmpull.units import parse_rate
+from swarmpull.core.clock import Clock
+from swarmpull.core.units import parse_rate
+from swarmpull.edges.ratelimit import RateLimiter
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,9 @@ import asyncio
 import enum
 
 from supernode.replication import Batch, Lease
-from swarmpull.digest import Digest
-from swarmpull.protocol import TaskInfo
-from swarmpull.store import StoredBlob
+from swarmpull.core.digest import Digest
+from swarmpull.core.protocol import TaskInfo
+from swarmpull.edges.store import StoredBlob
 
 
 class TaskState(enum.Enum):

@@ -15,13 +15,13 @@ from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
 from supernode.replication import Replication
 from supernode.service import SupernodeService
-from swarmpull.clock import Clock, SystemClock
-from swarmpull.http import MAX_JSON_BODY, advertised_url, start_site, tls_context
-from swarmpull.metrics import metrics_route
-from swarmpull.ratelimit import RateLimiter
-from swarmpull.store import PieceStore
-from swarmpull.tasks import redact_url
-from swarmpull.transport import PieceServer
+from swarmpull.core.clock import Clock, SystemClock
+from swarmpull.core.tasks import redact_url
+from swarmpull.edges.http import MAX_JSON_BODY, advertised_url, start_site, tls_context
+from swarmpull.edges.metrics import metrics_route
+from swarmpull.edges.ratelimit import RateLimiter
+from swarmpull.edges.store import PieceStore
+from swarmpull.edges.transport import PieceServer
 
 log = logging.getLogger(__name__)
 

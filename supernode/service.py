@@ -24,17 +24,16 @@ from supernode.scheduler import (
     Assignment,
     Decisions,
     Failure,
-    FailureReason,
     Scheduler,
     Timing,
     UnknownPeer,
     UnknownTask,
 )
 from supernode.seed_task import SeedTask, ShuttingDown, TaskFailed, TaskState
-from swarmpull.clock import Clock
-from swarmpull.digest import Digest
-from swarmpull.geometry import choose_piece_size
-from swarmpull.protocol import (
+from swarmpull.core.clock import Clock
+from swarmpull.core.digest import Digest
+from swarmpull.core.geometry import choose_piece_size
+from swarmpull.core.protocol import (
     Heartbeat,
     Holding,
     OpenTask,
@@ -47,9 +46,9 @@ from swarmpull.protocol import (
     parse_holding,
     parse_peer_registration,
 )
-from swarmpull.store import BlobMeta, PieceStore, StoredBlob, StoreFull
-from swarmpull.tasks import redact_url, task_id_for
-from swarmpull.upstream import UpstreamError, UpstreamFetch
+from swarmpull.core.tasks import redact_url, task_id_for
+from swarmpull.edges.origin import UpstreamError, UpstreamFetch
+from swarmpull.edges.store import BlobMeta, PieceStore, StoredBlob, StoreFull
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +253,7 @@ class SupernodeService:
                 raise ProtocolError(f"piece {piece} out of range (the task has {count})")
         if req.finished:
             self._holds(task, req.peer_id, req.finished)
-        failures = [Failure(f.piece, f.source, FailureReason(f.reason)) for f in req.failed]
+        failures = [Failure(f.piece, f.source, f.reason) for f in req.failed]
         timings = [Timing(t.piece, t.source, t.size, t.seconds) for t in req.timings]
         for failure in failures:
             self.metrics.failures.labels(failure.reason.value).inc()

@@ -2,6 +2,6 @@
 
 import sys
 
-from swarmpull.cli import main
+from swarmpull.app.cli import main
 
 sys.exit(main())

@@ -31,7 +31,7 @@ from supernode.scheduler import (
     SchedulerConfig,
     Timing,
 )
-from swarmpull.geometry import PieceGeometry, choose_piece_size
+from swarmpull.core.geometry import PieceGeometry, choose_piece_size
 
 TASK = "sha256-" + "5" * 64
 SEED = "seed"
@@ -42,7 +42,7 @@ class SimConfig:
     nodes: int = 1000
     image_size: int = 64 << 20
     piece_size: int | None = None
-    """None: the supernode's rule (swarmpull.geometry)."""
+    """None: the supernode's rule (swarmpull.core.geometry)."""
     node_up: float = 12.5e6
     """Upload bytes per second of a node."""
     node_down: float = 12.5e6

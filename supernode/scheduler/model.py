@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from swarmpull.core.failures import FailureReason
+
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
@@ -56,17 +58,6 @@ class SourceState(enum.Enum):
     ACTIVE = "active"
     DEGRADED = "degraded"  # much slower than its peers: a last resort, for a while
     QUARANTINED = "quarantined"  # served a corrupt piece: never used, for a while
-
-
-class FailureReason(enum.Enum):
-    """Why a piece transfer failed, as the requester reports it."""
-
-    CORRUPT = "corrupt"  # the bytes did not match the piece's sha256
-    UNREACHABLE = "unreachable"  # connection refused, reset or DNS failure
-    TIMEOUT = "timeout"  # the source stalled
-    MISSING = "missing"  # the source does not hold the piece (404)
-    BUSY = "busy"  # the source refused: its upload slots are full
-    ERROR = "error"  # anything else
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tests.e2e.services import Containerd, DockerRegistry
+from tests.kit.services import Containerd, DockerRegistry
 
 
 def require(*binaries: str) -> None:

@@ -14,8 +14,8 @@ from collections import Counter
 import aiohttp
 
 from loadtest.image import build_image, push_image
-from registry_proxy.testing import start_node
-from supernode.testing import start_supernode
+from tests.kit.nodes import start_node
+from tests.kit.supernodes import start_supernode
 
 MiB = 1024 * 1024
 

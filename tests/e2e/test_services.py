@@ -11,7 +11,7 @@ import pytest
 
 from loadtest.image import build_image, push_image
 from loadtest.registry import MiniRegistry
-from tests.e2e.services import write_hosts_dir
+from tests.kit.services import write_hosts_dir
 
 LAYERS = [200_000, 200_000, 200_000]
 

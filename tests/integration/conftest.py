@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.upstream import BlobServer
+from loadtest.origin_server import BlobServer
 from peer.daemon import PeerDaemon
-from peer.testing import start_peer
 from supernode.server import Supernode
-from supernode.testing import start_supernode
-from swarmpull.metrics import sample
+from swarmpull.edges.metrics import sample
+from tests.kit.peers import start_peer
+from tests.kit.supernodes import start_supernode
 
 
 class Swarm:

@@ -93,7 +93,7 @@ async def test_oversized_body_is_refused(swarm):
 
 
 async def test_peer_local_api_rejects_bad_input(swarm, tmp_path):
-    from swarmpull.http import HostPort
+    from swarmpull.edges.http import HostPort
 
     (peer,) = await swarm.add_peers(1, api_listen=HostPort("127.0.0.1", 0))
     for body, words in [

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from peer.testing import PeerProcess, free_port
-from swarmpull.digest import Digest
+from loadtest.services import free_port
+from swarmpull.core.digest import Digest
+from tests.kit.peers import PeerProcess
 
 MiB = 1024 * 1024
 
@@ -103,7 +104,8 @@ async def test_supernode_runs_as_a_module_and_stops_cleanly_on_sigterm(tmp_path)
 
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "supernode", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path),
+        sys.executable, "-m", "swarmpull", "supernode",
+        "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with aiohttp.ClientSession() as session:

@@ -11,12 +11,12 @@ import os
 
 import aiohttp
 
-from loadtest.upstream import Fault
-from peer.request import BlobRequest, DownloadFailed
+from loadtest.origin_server import Fault
 from supernode.origin_limits import OriginLimit
-from swarmpull.digest import Digest
-from swarmpull.http import PEER_HEADER
-from swarmpull.metrics import sample
+from swarmpull.core.blobs import BlobRequest, DownloadFailed
+from swarmpull.core.digest import Digest
+from swarmpull.edges.http import PEER_HEADER
+from swarmpull.edges.metrics import sample
 from tests.integration.conftest import file_sha256
 
 KiB, MiB = 1024, 1024 * 1024
@@ -90,7 +90,7 @@ async def test_incompressible_pieces_and_refusing_peers_get_plain_bytes(swarm, u
     await swarm.start_supernode(piece_size=256 * KiB)
     (plain,) = await swarm.add_peers(1)
     await plain.ensure(BlobRequest(urls[0], Digest.of(random_data))).wait_complete()
-    from swarmpull.transport import TransportConfig
+    from swarmpull.edges.transport import TransportConfig
 
     (refuses,) = await swarm.add_peers(1, transport=TransportConfig(compression=False))
     await refuses.ensure(BlobRequest(urls[1], Digest.of(text))).wait_complete()
@@ -119,7 +119,7 @@ async def test_direct_fallbacks_are_capped_per_task(swarm, upstream):
     data = os.urandom(MiB)
     url = upstream.add("layer", data)
     upstream.faults["/layer"] = Fault(status=503, times=4)  # the supernode's four attempts
-    from swarmpull.upstream import UpstreamConfig
+    from swarmpull.edges.origin import UpstreamConfig
 
     await swarm.start_supernode(direct_per_task=2, upstream=UpstreamConfig(attempts=4, retry_delay=0.01))
     peers = await swarm.add_peers(5)

@@ -12,7 +12,7 @@ import pytest
 
 from loadtest.image import build_image
 from loadtest.registry import MiniRegistry
-from swarmpull.testing import FakeClock
+from swarmpull.core.clock import FakeClock
 
 IMAGE = build_image([200_000, 70_000], seed=21)
 OTHER = build_image([1_000], seed=22, oci=False)

@@ -7,11 +7,12 @@ import asyncio
 import aiohttp
 import pytest
 
+from loadtest.client import pull_image
 from loadtest.image import build_image
 from loadtest.registry import MiniRegistry
-from registry_proxy.testing import MANIFEST_TYPES, pull, start_node
-from supernode.testing import start_supernode
-from swarmpull.http import PEER_HEADER
+from swarmpull.edges.http import PEER_HEADER
+from tests.kit.nodes import MANIFEST_TYPES, start_node
+from tests.kit.supernodes import start_supernode
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -56,10 +57,10 @@ async def test_three_nodes_pull_an_image_and_the_registry_sends_each_blob_once(r
     nodes = await cluster.nodes(3, registry)
     async with aiohttp.ClientSession() as session:
         pulls = await asyncio.gather(
-            *(pull(session, n.proxy.url, registry.host, "team/app", "v1") for n in nodes)
+            *(pull_image(session, n.proxy.url, "team/app", "v1", ns=registry.host, keep=True) for n in nodes)
         )
-    for blobs in pulls:
-        assert blobs == {d: b.data for d, b in image.blobs().items()}
+    for pulled in pulls:
+        assert pulled.data == {d: b.data for d, b in image.blobs().items()}
     assert registry.blob_gets == {digest: 1 for digest in image.blobs()}  # once, whatever the nodes
     assert registry.requests["GET manifests"] == 3 and registry.requests["HEAD manifests"] == 3
 
@@ -163,7 +164,9 @@ async def test_a_token_protected_registry(registry, cluster):
     nodes = await cluster.nodes(2, registry)
     async with aiohttp.ClientSession() as session:
         for node in nodes:
-            blobs = await pull(session, node.proxy.url, registry.host, "private/app", "v1")
+            blobs = (
+                await pull_image(session, node.proxy.url, "private/app", "v1", ns=registry.host, keep=True)
+            ).data
             assert blobs == {d: b.data for d, b in image.blobs().items()}
     assert registry.requests["GET token"] >= 1
     assert registry.blob_gets == {digest: 1 for digest in image.blobs()}  # the supernode used the token
@@ -198,7 +201,7 @@ async def test_without_a_supernode_the_proxy_still_serves_verified_blobs(registr
     node = await start_node(tmp_path / "lonely", ("http://127.0.0.1:9",), (registry.host,), direct_jitter=0.0)
     try:
         async with aiohttp.ClientSession() as session:
-            blobs = await pull(session, node.proxy.url, registry.host, "app", "v1")
+            blobs = (await pull_image(session, node.proxy.url, "app", "v1", ns=registry.host, keep=True)).data
         assert blobs == {d: b.data for d, b in image.blobs().items()}
     finally:
         await node.stop()

@@ -14,14 +14,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from peer.download import DownloadState
-from peer.request import BlobRequest
-from peer.testing import start_peer
 from supernode.origin_limits import OriginLimit, SharedOriginThrottle
 from supernode.replication import Batch, NotOwner, Replication, task_keys
-from supernode.testing import RedisServer, SupernodeProcess
-from swarmpull.clock import SystemClock
-from swarmpull.digest import Digest
-from swarmpull.tasks import task_id_for
+from swarmpull.core.blobs import BlobRequest
+from swarmpull.core.clock import SystemClock
+from swarmpull.core.digest import Digest
+from swarmpull.core.tasks import task_id_for
+from tests.kit.peers import start_peer
+from tests.kit.supernodes import RedisServer, SupernodeProcess
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("redis-server"), reason="needs redis-server (scripts/test installs it)"

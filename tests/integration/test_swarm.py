@@ -8,12 +8,12 @@ import os
 import aiohttp
 import pytest
 
-from peer.request import BlobRequest, DownloadFailed
-from peer.testing import PeerProcess
 from supernode.scheduler import SourceState
-from swarmpull.digest import Digest
-from swarmpull.metrics import sample
+from swarmpull.core.blobs import BlobRequest, DownloadFailed
+from swarmpull.core.digest import Digest
+from swarmpull.edges.metrics import sample
 from tests.integration.conftest import downloaded, file_sha256, pieces
+from tests.kit.peers import PeerProcess
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -138,7 +138,7 @@ async def test_restarted_peer_resumes_without_refetching(swarm, upstream, tmp_pa
 async def test_upstream_cut_mid_stream_resumes_with_a_range_request(swarm, upstream):
     data = os.urandom(3 * MiB)
     url = upstream.add("layer", data)
-    from loadtest.upstream import Fault
+    from loadtest.origin_server import Fault
 
     upstream.faults["/layer"] = Fault(cut_after=MiB + 1000)
     await swarm.start_supernode(piece_size=256 * KiB)
@@ -150,7 +150,7 @@ async def test_upstream_cut_mid_stream_resumes_with_a_range_request(swarm, upstr
 
 
 async def test_lying_upstream_never_completes_anywhere(swarm, upstream):
-    from loadtest.upstream import Fault
+    from loadtest.origin_server import Fault
 
     data = os.urandom(2 * MiB)
     url = upstream.add("layer", data)
@@ -218,7 +218,7 @@ async def test_supernode_lost_mid_download_falls_back_to_upstream(swarm, upstrea
 
 
 async def test_upstream_credentials_stay_in_memory(swarm, upstream, caplog, tmp_path):
-    from loadtest.upstream import Fault
+    from loadtest.origin_server import Fault
 
     caplog.set_level("DEBUG")
     secret = "s3cr3t-t0ken-4f9a"
@@ -255,9 +255,9 @@ def _held(scheduler, task_id: str, _name: str, victim: PeerProcess) -> bool:
 
 
 async def test_supernode_restart_loses_nothing(swarm, upstream, tmp_path):
-    from peer.testing import free_port
-    from supernode.testing import start_supernode
-    from swarmpull.http import HostPort
+    from loadtest.services import free_port
+    from swarmpull.edges.http import HostPort
+    from tests.kit.supernodes import start_supernode
 
     data = os.urandom(4 * MiB)
     url = upstream.add("layer", data)

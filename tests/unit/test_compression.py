@@ -7,7 +7,7 @@ import os
 import pytest
 import zstandard
 
-from swarmpull.transport.compression import (
+from swarmpull.edges.transport.compression import (
     CompressionError,
     PieceCompressor,
     decompress_piece,

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from swarmpull.digest import Digest, DigestError
-from swarmpull.geometry import MAX_PIECE_SIZE, MIN_PIECE_SIZE, PieceGeometry, choose_piece_size
-from swarmpull.http import HostPort
-from swarmpull.protocol import (
+from swarmpull.core.digest import Digest, DigestError
+from swarmpull.core.geometry import MAX_PIECE_SIZE, MIN_PIECE_SIZE, PieceGeometry, choose_piece_size
+from swarmpull.core.protocol import (
     ProtocolError,
     parse_open_task,
     parse_peer_registration,
     parse_sync_request,
     parse_sync_response,
 )
-from swarmpull.tasks import check_upstream_url, redact_url, task_id_for
-from swarmpull.units import parse_rate, parse_size
+from swarmpull.core.tasks import check_upstream_url, redact_url, task_id_for
+from swarmpull.core.units import parse_rate, parse_size
+from swarmpull.edges.http import HostPort
 
 HEX = "0123456789abcdef" * 4
 
@@ -142,7 +142,7 @@ def test_protocol_round_trip():
 def test_progress_bar_draws_on_terminals_only():
     import io
 
-    from swarmpull.progress import ProgressBar
+    from swarmpull.edges.progress import ProgressBar
 
     class Tty(io.StringIO):
         def isatty(self):

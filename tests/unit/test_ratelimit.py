@@ -7,8 +7,9 @@ import asyncio
 import pytest
 
 from peer.slots import DownloadSlots
-from swarmpull.ratelimit import Priority, RateLimiter, TokenBucket
-from swarmpull.testing import VirtualTime
+from swarmpull.core.rates import Priority, TokenBucket
+from swarmpull.edges.ratelimit import RateLimiter
+from tests.kit.clocks import VirtualTime
 
 CHUNK = 64 * 1024
 

@@ -15,7 +15,7 @@ from supernode.scheduler import (
     SourceState,
     UnknownPeer,
 )
-from swarmpull.testing import FakeClock
+from swarmpull.core.clock import FakeClock
 
 T = "sha256-" + "ab" * 32
 SEED = "seed"

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from swarmpull.store import BlobMeta, PieceCorrupt, PieceStore, StoreFull, WriteCancelled
+from swarmpull.edges.store import BlobMeta, PieceCorrupt, PieceStore, StoreFull, WriteCancelled
 
 PIECE = 4096
 
@@ -123,7 +123,7 @@ def test_quota_evicts_least_recently_used_but_never_a_pinned_blob(tmp_path):
 def test_a_short_write_is_retried_until_every_byte_is_on_disk(tmp_path, monkeypatch):
     """os.pwrite may write fewer bytes than asked (a nearly full disk): the rest is
     written too, and the piece on disk is the piece verified."""
-    import swarmpull.store as store_module
+    import swarmpull.edges.store as store_module
 
     real = os.pwrite
     calls = []
@@ -147,8 +147,8 @@ def test_a_write_the_disk_refuses_fails_the_piece(tmp_path, monkeypatch):
     over bytes that are not on disk."""
     import errno
 
-    import swarmpull.store as store_module
-    from swarmpull.store import StoreWriteError
+    import swarmpull.edges.store as store_module
+    from swarmpull.edges.store import StoreWriteError
 
     store = PieceStore(tmp_path)
     data = os.urandom(2 * PIECE)

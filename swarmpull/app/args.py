@@ -1,0 +1,73 @@
+"""Argument types of the ``swarmpull`` command line, and the error a command reports.
+
+Each subcommand module (``swarmpull.app.commands``) parses its flags with these into the
+configuration of the role it runs; a bad value is a usage error naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from swarmpull.core.digest import Digest
+from swarmpull.core.units import parse_rate, parse_size
+from swarmpull.edges.http import HostPort
+
+
+class CommandError(Exception):
+    """A failure to report as ``swarmpull: error: <message>`` with exit status 1."""
+
+
+# ------------------------------------------------------------- argument types
+
+
+def _typed(parse, what: str):  # type: ignore[no-untyped-def]
+    def convert(text: str):  # type: ignore[no-untyped-def]
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc) or f"invalid {what}: {text!r}") from None
+
+    convert.__name__ = what
+    return convert
+
+
+size_arg = _typed(parse_size, "size")
+rate_arg = _typed(parse_rate, "rate")
+
+
+def limit_arg(text: str) -> int | None:
+    """A rate, or ``none``/``0`` for no limit."""
+    if text.strip().lower() in ("none", "0", "unlimited"):
+        return None
+    return rate_arg(text)
+
+
+hostport_arg = _typed(HostPort.parse, "HOST:PORT")
+digest_arg = _typed(Digest.parse, "digest")
+
+
+def labels_arg(text: str) -> dict[str, str]:
+    """``zone=a,rack=r1``."""
+    labels = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise argparse.ArgumentTypeError(f"labels look like zone=a,rack=r1, not {text!r}")
+        labels[key] = value
+    return labels
+
+
+def url_arg(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r}")
+    return text.rstrip("/")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value

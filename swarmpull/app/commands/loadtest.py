@@ -1,0 +1,198 @@
+"""``swarmpull loadtest`` (a surge, real or simulated) and ``swarmpull benchmarks``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from swarmpull.app.args import positive_int, rate_arg, size_arg
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "loadtest",
+        help="a surge: many nodes pull one image at once; report against the bound",
+        description="Start a registry, a supernode and N real node daemons on loopback; every "
+        "node pulls the same image through its registry proxy at the same moment; report "
+        "completion times against the Kumar-Ross bound. With --simulate, a discrete-event "
+        "simulation drives the same scheduler for 10k to 100k nodes.",
+    )
+    p.add_argument(
+        "--nodes", type=positive_int, default=100, metavar="N", help="nodes (default: %(default)s)"
+    )
+    p.add_argument(
+        "--image-size",
+        type=size_arg,
+        default="4MiB",
+        metavar="SIZE",
+        help="image size (default: %(default)s)",
+    )
+    p.add_argument(
+        "--layers", type=positive_int, default=4, metavar="K", help="layers (default: %(default)s)"
+    )
+    p.add_argument(
+        "--piece-size",
+        type=size_arg,
+        default="64KiB",
+        metavar="SIZE",
+        help="piece size (default: %(default)s)",
+    )
+    p.add_argument(
+        "--node-bandwidth",
+        type=rate_arg,
+        default="100kB/s",
+        metavar="RATE",
+        help="each node's link, both ways (default: %(default)s)",
+    )
+    p.add_argument(
+        "--registry-bandwidth",
+        type=rate_arg,
+        default="1MB/s",
+        metavar="RATE",
+        help="the registry's egress; the seed is held to it too (default: %(default)s)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["p2p", "direct", "both"],
+        default="p2p",
+        help="through the swarm, straight from the registry, or both (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers", type=positive_int, metavar="W", help="worker processes (default: by nodes and cores)"
+    )
+    p.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the image and the simulation")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the report as a PNG")
+    sim = p.add_argument_group("simulation (with --simulate)")
+    sim.add_argument("--simulate", action="store_true", help="a discrete-event simulation instead of sockets")
+    sim.add_argument("--slow-fraction", type=float, default=0.0, metavar="F", help="share of slow nodes")
+    sim.add_argument(
+        "--slow-factor", type=float, default=0.25, metavar="X", help="their links, times the others'"
+    )
+    sim.add_argument(
+        "--join-window", type=float, default=0.0, metavar="SECONDS", help="nodes join over this time"
+    )
+    sim.add_argument("--fail-fraction", type=float, default=0.0, metavar="F", help="share of nodes that fail")
+    sim.add_argument(
+        "--fail-window", type=float, default=10.0, metavar="SECONDS", help="they fail within this time"
+    )
+    p.set_defaults(func=run, default_log_level="warning")
+
+    b = subparsers.add_parser(
+        "benchmarks",
+        help="measure limits, zstd and the scheduler; print figures for docs/BENCHMARKS.md",
+        description="Run the benchmarks (all of them by default) and print their figures.",
+    )
+    b.add_argument("names", nargs="*", metavar="NAME", help="limits, zstd, scheduler (default: all)")
+    b.add_argument("--seconds", type=float, default=6.0, help="length of each rate measurement (default: 6)")
+    b.set_defaults(func=run_benchmarks, default_log_level="warning")
+
+
+def run(args: argparse.Namespace) -> int:
+    from loadtest.report import dump_json, render
+    from swarmpull.app.args import CommandError
+    from swarmpull.core.units import format_size
+    from swarmpull.edges.daemon import run_coroutine
+
+    settings = {
+        "nodes": args.nodes,
+        "image": f"{format_size(args.image_size)} in {args.layers} layers",
+        "pieces": format_size(args.piece_size),
+        "node links": f"{args.node_bandwidth / 1e3:g} kB/s each way",
+        "registry egress": f"{args.registry_bandwidth / 1e6:g} MB/s",
+    }
+    try:
+        if args.simulate:
+            results = _simulate(args)
+            settings["image"] = f"{format_size(args.image_size)} (one blob)"
+            settings["run"] = "discrete-event simulation, the production scheduler"
+        else:
+            from loadtest.harness import SurgeConfig, run_surge
+
+            config = SurgeConfig(
+                nodes=args.nodes,
+                image_size=args.image_size,
+                layers=args.layers,
+                piece_size=args.piece_size,
+                node_bandwidth=args.node_bandwidth,
+                registry_bandwidth=args.registry_bandwidth,
+                mode=args.mode,
+                workers=args.workers,
+                seed=args.seed,
+            )
+            settings["run"] = f"real sockets, {config.worker_count()} worker processes"
+            results = run_coroutine(lambda: _surge(config, run_surge))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    print(render(results, settings))
+    if args.json:
+        args.json.write_text(dump_json(results, settings))
+    if args.plot:
+        from loadtest.plot import plot
+
+        try:
+            plot(results, args.plot, settings)
+        except ImportError:
+            raise CommandError("--plot needs matplotlib: pip install 'swarmpull[loadtest]'") from None
+    return 0 if all(r.failed == 0 for r in results) else 1
+
+
+async def _surge(config, run_surge):  # type: ignore[no-untyped-def]
+    last = [-math.inf]
+
+    def progress(state) -> None:  # type: ignore[no-untyped-def]
+        line = (
+            f"  {state.mode}: {state.done}/{state.total} nodes done, {state.failed} failed, "
+            f"{state.elapsed:5.1f}s, registry sent {state.egress / 1e6:.1f} MB "
+        )
+        if sys.stderr.isatty():
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif not 0 <= state.elapsed - last[0] < 15 or state.done + state.failed == state.total:
+            last[0] = state.elapsed  # a line now and then in logs and CI (and when a mode starts)
+            print(line, file=sys.stderr, flush=True)
+
+    try:
+        return await run_surge(config, progress)
+    finally:
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+
+
+def _simulate(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from loadtest.simulate.swarm import SimConfig, SwarmSimulation, simulate_direct
+
+    config = SimConfig(
+        nodes=args.nodes,
+        image_size=args.image_size,
+        piece_size=args.piece_size,
+        node_up=args.node_bandwidth,
+        node_down=args.node_bandwidth,
+        registry_rate=args.registry_bandwidth,
+        join_window=args.join_window,
+        fail_fraction=args.fail_fraction,
+        fail_window=args.fail_window,
+        slow_fraction=args.slow_fraction,
+        slow_factor=args.slow_factor,
+        seed=args.seed,
+    )
+    results = []
+    if args.mode in ("p2p", "both"):
+        results.append(SwarmSimulation(config).run())
+    if args.mode in ("direct", "both"):
+        results.append(simulate_direct(config))
+    return results
+
+
+def run_benchmarks(args: argparse.Namespace) -> int:
+    from loadtest.benchmarks import BENCHMARKS
+    from loadtest.benchmarks import run_benchmarks as run_all
+    from swarmpull.app.args import CommandError
+    from swarmpull.edges.daemon import run_coroutine
+
+    names = args.names or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise CommandError(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    return run_coroutine(lambda: run_all(names, args))

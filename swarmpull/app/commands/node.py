@@ -1,0 +1,223 @@
+"""``swarmpull peer`` (the node daemon), ``swarmpull proxy``, ``containerd-config``,
+``docker-config``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from swarmpull.app.args import CommandError, hostport_arg, size_arg, url_arg
+from swarmpull.app.commands.peer import add_peer_arguments, peer_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "peer",
+        help="run the node daemon: downloads, verifies and serves pieces; the registry proxy",
+        description="Run the node daemon: the peer, and with --proxy-listen the registry proxy "
+        "containerd pulls through.",
+    )
+    add_peer_arguments(p)
+    p.add_argument(
+        "--proxy-listen",
+        type=hostport_arg,
+        metavar="HOST:PORT",
+        help="serve the registry proxy here, e.g. 127.0.0.1:65001 (default: no proxy)",
+    )
+    _add_registry_arguments(p)
+    p.set_defaults(func=run_node, default_log_level="info")
+
+    s = subparsers.add_parser(
+        "proxy",
+        help="run the registry proxy alone (a node that downloads through the swarm, serves none)",
+        description="Run the registry proxy with a download-only peer of its own.",
+    )
+    s.add_argument(
+        "--listen",
+        type=hostport_arg,
+        default="127.0.0.1:65001",
+        metavar="HOST:PORT",
+        help="where containerd reaches the proxy (default: %(default)s)",
+    )
+    s.add_argument(
+        "--supernode",
+        dest="supernodes",
+        action="append",
+        type=url_arg,
+        default=[],
+        metavar="URL",
+        help="supernode URL (repeat for replicas)",
+    )
+    s.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help="piece store")
+    s.add_argument(
+        "--cache-size",
+        type=size_arg,
+        default="20GB",
+        metavar="SIZE",
+        help="most bytes the piece store holds (default: %(default)s)",
+    )
+    _add_registry_arguments(s)
+    s.set_defaults(func=run_proxy, default_log_level="info")
+
+    c = subparsers.add_parser(
+        "containerd-config",
+        help="write containerd hosts.toml files that send pulls through the proxy",
+        description="Write <config-path>/<registry>/hosts.toml for each registry: the proxy as a "
+        "pull/resolve mirror, the registry itself as the server containerd falls back to.",
+    )
+    c.add_argument(
+        "--mirror",
+        type=url_arg,
+        default="http://127.0.0.1:65001",
+        metavar="URL",
+        help="the proxy's URL (default: %(default)s)",
+    )
+    c.add_argument(
+        "--registry",
+        dest="registries",
+        action="append",
+        default=[],
+        metavar="REGISTRY",
+        help="docker.io, ghcr.io, host:port (HTTPS) or http://host:port; repeatable",
+    )
+    c.add_argument("--all", action="store_true", help="also every registry not listed (_default)")
+    c.add_argument(
+        "--config-path",
+        type=Path,
+        default=Path("/etc/containerd/certs.d"),
+        metavar="DIR",
+        help="containerd's registry config_path (default: %(default)s)",
+    )
+    c.add_argument(
+        "--containerd-config",
+        type=Path,
+        default=Path("/etc/containerd/config.toml"),
+        metavar="FILE",
+        help="checked for config_path (default: %(default)s)",
+    )
+    c.add_argument("--remove", action="store_true", help="remove what was written, restore backups")
+    c.set_defaults(func=run_containerd_config)
+
+    d = subparsers.add_parser(
+        "docker-config",
+        help="print the docker daemon.json registry-mirrors snippet for the proxy",
+    )
+    d.add_argument("--mirror", type=url_arg, default="http://127.0.0.1:65001", metavar="URL")
+    d.set_defaults(func=run_docker_config)
+
+
+def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--default-registry",
+        default="docker.io",
+        metavar="HOST",
+        help="upstream for requests without ?ns= (default: %(default)s)",
+    )
+    p.add_argument(
+        "--insecure-registry",
+        dest="insecure",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="speak plain HTTP to this registry (opt-in; repeatable)",
+    )
+    p.add_argument(
+        "--registry-ca", type=Path, metavar="FILE", help="extra CA certificates (PEM) to trust for registries"
+    )
+    p.add_argument(
+        "--registry-auth",
+        type=Path,
+        metavar="FILE",
+        help="docker config.json with registry credentials (default: none)",
+    )
+
+
+def _proxy_config(args: argparse.Namespace, listen):  # type: ignore[no-untyped-def]
+    from registry_proxy.config import ProxyConfig
+    from registry_proxy.errors import OciError
+    from registry_proxy.registries import check_host
+
+    try:
+        default = check_host(args.default_registry)
+        insecure = frozenset(check_host(h) for h in args.insecure)
+    except OciError as exc:
+        raise CommandError(str(exc)) from None
+    for path in (args.registry_ca, args.registry_auth):
+        if path is not None and not path.is_file():
+            raise CommandError(f"{path}: no such file")
+    return ProxyConfig(
+        listen=listen,
+        default_registry=default,
+        insecure_registries=insecure,
+        registry_ca=args.registry_ca,
+        credentials=args.registry_auth,
+    )
+
+
+def run_node(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from swarmpull.app.node import NodeDaemon
+    from swarmpull.edges.daemon import run_daemon
+
+    config = dataclasses.replace(peer_config(args), registry_ca=args.registry_ca)
+    proxy = _proxy_config(args, args.proxy_listen) if args.proxy_listen else None
+    run_daemon(lambda: NodeDaemon(config, proxy))
+    return 0
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    from peer.config import PeerConfig
+    from swarmpull.app.node import NodeDaemon
+    from swarmpull.edges.daemon import run_daemon
+
+    proxy = _proxy_config(args, args.listen)
+    try:
+        config = PeerConfig(
+            data_dir=args.data_dir,
+            supernodes=tuple(args.supernodes),
+            listen=None,
+            api_listen=None,
+            cache_size=args.cache_size,
+            registry_ca=args.registry_ca,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    run_daemon(lambda: NodeDaemon(config, proxy))
+    return 0
+
+
+def run_containerd_config(args: argparse.Namespace) -> int:
+    from registry_proxy import hosts
+
+    try:
+        entries = [hosts.RegistryEntry.parse(r) for r in args.registries]
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if args.all:
+        entries.append(hosts.RegistryEntry.parse("_default"))
+    if not entries:
+        raise CommandError("name at least one --registry, or --all")
+    for entry in entries:
+        if args.remove:
+            print(hosts.remove(args.config_path, entry))
+        else:
+            print(f"{hosts.write(args.config_path, entry, args.mirror)}: mirror {args.mirror}")
+    if not args.remove:
+        hint = hosts.containerd_hint(args.config_path, args.containerd_config)
+        if hint:
+            print(hint)
+    return 0
+
+
+def run_docker_config(args: argparse.Namespace) -> int:
+    print(json.dumps({"registry-mirrors": [args.mirror]}, indent=2))
+    print(
+        "add this to /etc/docker/daemon.json and restart docker. Docker sends only Docker Hub\n"
+        "pulls to mirrors: images from other registries bypass the proxy (containerd's\n"
+        "hosts.toml, see `swarmpull containerd-config`, covers every registry).",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,214 @@
+"""``swarmpull get``, and the peer daemon's flags (``swarmpull peer`` itself is the node
+daemon of ``swarmpull.app.commands.node``: the peer with the registry proxy in front)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from swarmpull.app.args import (
+    digest_arg,
+    hostport_arg,
+    labels_arg,
+    limit_arg,
+    positive_int,
+    size_arg,
+    url_arg,
+)
+
+
+def add_peer_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of the peer daemon."""
+    p.add_argument(
+        "--supernode",
+        dest="supernodes",
+        action="append",
+        type=url_arg,
+        default=[],
+        metavar="URL",
+        help="supernode URL (repeat for replicas)",
+    )
+    p.add_argument(
+        "--listen",
+        type=hostport_arg,
+        required=True,
+        metavar="HOST:PORT",
+        help="where other peers fetch pieces from this node",
+    )
+    p.add_argument(
+        "--data-dir", type=Path, required=True, metavar="DIR", help="piece store and peer identity"
+    )
+    p.add_argument(
+        "--advertise", metavar="URL", help="URL other peers use to reach this node (default: from --listen)"
+    )
+    p.add_argument(
+        "--api-listen",
+        type=hostport_arg,
+        default="127.0.0.1:65000",
+        metavar="HOST:PORT",
+        help="local API for `swarmpull get --peer` (default: %(default)s)",
+    )
+    p.add_argument(
+        "--labels",
+        type=labels_arg,
+        default={},
+        metavar="zone=Z,rack=R",
+        help="topology labels: sources in the same rack, then zone, are preferred",
+    )
+    p.add_argument(
+        "--cache-size",
+        type=size_arg,
+        default="20GB",
+        metavar="SIZE",
+        help="most bytes the piece store holds (default: %(default)s)",
+    )
+    p.add_argument(
+        "--upload-slots",
+        type=int,
+        default=8,
+        metavar="N",
+        help="concurrent uploads; more are refused at once with a retry hint (default: %(default)s)",
+    )
+    p.add_argument(
+        "--upload-limit",
+        type=limit_arg,
+        default="100MB/s",
+        metavar="RATE",
+        help="upload rate to other peers, e.g. 50MB/s or 400Mbit/s; none: no limit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--download-limit",
+        type=limit_arg,
+        default="200MB/s",
+        metavar="RATE",
+        help="download rate from peers and seeds; none: no limit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-direct",
+        type=positive_int,
+        default=2,
+        metavar="N",
+        help="blobs read straight from upstream at once when the swarm cannot serve (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-compression", action="store_true", help="never send or accept zstd-compressed pieces"
+    )
+    p.add_argument(
+        "--download-slots",
+        type=positive_int,
+        default=16,
+        metavar="N",
+        help="concurrent piece downloads, all blobs together (default: %(default)s)",
+    )
+    p.add_argument("--peer-id", metavar="ID", help="identity (default: generated, kept in --data-dir)")
+
+
+def peer_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The PeerConfig the flags of ``add_peer_arguments`` describe."""
+    from peer.config import PeerConfig
+    from swarmpull.app.args import CommandError
+    from swarmpull.edges.transport import TransportConfig
+
+    unknown = set(args.labels) - {"zone", "rack"}
+    if unknown:
+        raise CommandError(f"unknown labels {', '.join(sorted(unknown))}: use zone= and rack=")
+    try:
+        return PeerConfig(
+            data_dir=args.data_dir,
+            supernodes=tuple(args.supernodes),
+            listen=args.listen,
+            advertise=args.advertise,
+            api_listen=args.api_listen,
+            zone=args.labels.get("zone"),
+            rack=args.labels.get("rack"),
+            cache_size=args.cache_size,
+            upload_slots=args.upload_slots,
+            download_slots=args.download_slots,
+            upload_limit=args.upload_limit,
+            download_limit=args.download_limit,
+            max_direct=args.max_direct,
+            transport=TransportConfig(compression=not args.no_compression),
+            peer_id=args.peer_id,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    g = subparsers.add_parser(
+        "get",
+        help="download one file through the swarm",
+        description="Download URL to FILE through the swarm: via the local peer daemon "
+        "(--peer) or as a one-shot peer (--supernode). FILE appears only when complete "
+        "and verified.",
+    )
+    g.add_argument("url", type=url_arg, metavar="URL")
+    g.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    g.add_argument(
+        "--digest",
+        type=digest_arg,
+        metavar="sha256:HEX",
+        help="expected digest: verified, and makes the blob shareable by content",
+    )
+    g.add_argument(
+        "--header",
+        dest="headers",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="header for the upstream request, e.g. an Authorization token",
+    )
+    g.add_argument(
+        "--background",
+        action="store_true",
+        help="prefetch: yield download slots and bandwidth to pulls a client waits on",
+    )
+    where = g.add_mutually_exclusive_group()
+    where.add_argument(
+        "--peer", type=url_arg, metavar="URL", help="local peer daemon API (default: http://127.0.0.1:65000)"
+    )
+    where.add_argument(
+        "--supernode",
+        dest="supernodes",
+        action="append",
+        type=url_arg,
+        metavar="URL",
+        help="join the swarm as a one-shot peer instead",
+    )
+    g.set_defaults(func=run_get, default_log_level="error")
+
+
+def run_get(args: argparse.Namespace) -> int:
+    from peer.get import GetError, get_file
+    from swarmpull.app.args import CommandError
+    from swarmpull.core.rates import Priority
+    from swarmpull.edges.daemon import run_coroutine
+
+    headers = {}
+    for item in args.headers:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise CommandError(f"a header looks like 'Name: value', not {item!r}")
+        headers[name.strip()] = value.strip()
+    if args.output.is_dir():
+        raise CommandError(f"{args.output} is a directory; give a file name")
+    if not args.output.absolute().parent.is_dir():
+        raise CommandError(f"directory {args.output.absolute().parent} does not exist")
+    peer = None if args.supernodes else (args.peer or "http://127.0.0.1:65000")
+
+    async def fetch() -> int:
+        await get_file(
+            args.url,
+            args.output,
+            digest=args.digest,
+            peer_api=peer,
+            supernodes=tuple(args.supernodes or ()),
+            headers=headers,
+            priority=Priority.BACKGROUND if args.background else Priority.FOREGROUND,
+        )
+        return 0
+
+    try:
+        return run_coroutine(fetch)
+    except GetError as exc:
+        raise CommandError(str(exc)) from None

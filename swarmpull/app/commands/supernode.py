@@ -1,0 +1,155 @@
+"""``swarmpull supernode``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from swarmpull.app.args import hostport_arg, limit_arg, positive_int, size_arg
+
+
+def origin_limit_arg(text: str):  # type: ignore[no-untyped-def]
+    from supernode.origin_limits import parse_origin_limit
+
+    try:
+        return parse_origin_limit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "supernode",
+        help="run the supernode: schedules pieces, reads upstreams once, seeds",
+        description="Run the supernode (control plane and seed of last resort).",
+    )
+    p.add_argument(
+        "--listen",
+        type=hostport_arg,
+        default="127.0.0.1:65003",
+        metavar="HOST:PORT",
+        help="API and seed piece server address (default: %(default)s)",
+    )
+    p.add_argument(
+        "--advertise", metavar="URL", help="URL peers use to reach this supernode (default: from --listen)"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="seed cache directory (default: a temporary directory removed on exit)",
+    )
+    p.add_argument(
+        "--cache-size",
+        type=size_arg,
+        metavar="SIZE",
+        help="most bytes the seed cache holds, e.g. 100GB (default: no limit)",
+    )
+    p.add_argument(
+        "--piece-size",
+        type=size_arg,
+        metavar="SIZE",
+        help="fixed piece size for new tasks (default: 1 MiB..64 MiB by blob size)",
+    )
+    p.add_argument(
+        "--seed-upload-slots",
+        type=positive_int,
+        default=16,
+        metavar="N",
+        help="concurrent piece uploads from the seed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed-upload-limit",
+        type=limit_arg,
+        default="none",
+        metavar="RATE",
+        help="upload rate of the seed, e.g. 500MB/s (default: %(default)s)",
+    )
+    p.add_argument(
+        "--origin-limit",
+        dest="origin_limits",
+        action="append",
+        default=[],
+        type=origin_limit_arg,
+        metavar="HOST=RATE,Nconn",
+        help="cap reads from one upstream, e.g. registry.example.com=200MB/s,8conn (repeatable)",
+    )
+    p.add_argument(
+        "--origin-limits",
+        dest="origin_limits_file",
+        type=Path,
+        metavar="FILE",
+        help='the same caps in a TOML file: [origins."HOST"] rate = "200MB/s", connections = 8',
+    )
+    p.add_argument(
+        "--direct-per-task",
+        type=int,
+        default=4,
+        metavar="N",
+        help="peers that may read an upstream directly once the supernode failed to (default: %(default)s)",
+    )
+    p.add_argument(
+        "--registry-ca",
+        type=Path,
+        metavar="FILE",
+        help="extra CA certificates (PEM) trusted for upstream registries, besides the system's",
+    )
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share task state with other replicas through Redis: redis://HOST:PORT/DB or "
+        "rediss://... (default: state in memory, one supernode)",
+    )
+    p.add_argument(
+        "--redis-password-file",
+        type=Path,
+        metavar="FILE",
+        help="read the Redis password from FILE (or set SWARMPULL_REDIS_PASSWORD)",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="with --redis: how long a task's lease outlives a dead owner (default: %(default)s)",
+    )
+    p.set_defaults(func=run, default_log_level="info")
+
+
+def run(args: argparse.Namespace) -> int:
+    from supernode.config import SupernodeConfig
+    from supernode.origin_limits import load_origin_limits
+    from supernode.server import Supernode
+    from swarmpull.app.args import CommandError
+    from swarmpull.edges.daemon import run_daemon
+
+    origins = list(args.origin_limits)
+    password = os.environ.get("SWARMPULL_REDIS_PASSWORD") or None
+    if args.redis_password_file is not None:
+        try:
+            password = args.redis_password_file.read_text().strip()
+        except OSError as exc:
+            raise CommandError(f"cannot read {args.redis_password_file}: {exc.strerror}") from None
+    try:
+        if args.origin_limits_file is not None:
+            origins += load_origin_limits(args.origin_limits_file)
+        config = SupernodeConfig(
+            listen=args.listen,
+            advertise=args.advertise,
+            data_dir=args.data_dir,
+            cache_size=args.cache_size,
+            piece_size=args.piece_size,
+            seed_upload_slots=args.seed_upload_slots,
+            seed_upload_limit=args.seed_upload_limit,
+            origin_limits=tuple(origins),
+            direct_per_task=args.direct_per_task,
+            registry_ca=args.registry_ca,
+            redis_url=args.redis,
+            redis_password=password,
+            lease_ttl=args.lease_ttl,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    run_daemon(lambda: Supernode(config))
+    return 0

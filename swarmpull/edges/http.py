@@ -1,0 +1,133 @@
+"""Small HTTP helpers shared by every daemon: listen addresses, JSON bodies and errors."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from swarmpull.core.protocol import ProtocolError, error_body
+
+MAX_JSON_BODY = 4 << 20
+# Every request one node sends to another carries this header: a registry proxy never
+# mirrors a request that came from another node, so requests cannot loop.
+PEER_HEADER = "X-Swarmpull-Peer"
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all interfaces)."""
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"not a HOST:PORT address: {text!r}")
+        host = host.strip("[]") or "0.0.0.0"
+        return cls(host, int(port_text))
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.host in ("0.0.0.0", "::")
+
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def advertised_url(bound: HostPort, advertise: str | None) -> str:
+    """The URL others use to reach a server bound at ``bound``: ``advertise`` when given,
+    else the bound address, else (bound to every interface) this host's name."""
+    if advertise:
+        if "://" in advertise:
+            return advertise.rstrip("/")
+        return HostPort.parse(advertise).url()
+    if bound.is_wildcard:
+        return HostPort(socket.getfqdn(), bound.port).url()
+    return bound.url()
+
+
+def tls_context(extra_ca: Path | None) -> ssl.SSLContext:
+    """The system's CAs, plus ``extra_ca`` (PEM) when given: for upstream registries."""
+    context = ssl.create_default_context()
+    if extra_ca is not None:
+        context.load_verify_locations(cafile=str(extra_ca))
+    return context
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def json_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any
+) -> web.Response:
+    return web.json_response(error_body(code, message, **details), status=status, headers=headers)
+
+
+async def read_json(request: web.Request, limit: int = MAX_JSON_BODY) -> Any:
+    """The request's whole JSON body; ProtocolError if it is missing, larger than ``limit``
+    or not JSON. ``request.read()`` waits for every byte of the body (``content.read(n)``
+    returns only what is buffered), so a body sent in many segments arrives whole."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ProtocolError(f"body larger than {limit} bytes", status=413)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ProtocolError(f"body larger than {limit} bytes", status=413) from None
+    if len(raw) > limit:
+        raise ProtocolError(f"body larger than {limit} bytes", status=413)
+    if not raw:
+        raise ProtocolError("a JSON body is required")
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON from an untrusted peer: any malformed document is a ProtocolError, including
+    ones that exhaust the parser (deep nesting) or Python's integer limits."""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, integers over 4300 digits
+        raise ProtocolError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("body is not JSON: nested too deeply") from None
+
+
+def error_message(body: Any, fallback: str) -> str:
+    """The message of an error body built by ``error_body``, or ``fallback``."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = body["error"].get("message")
+        if isinstance(message, str):
+            return message
+    return fallback
+
+
+async def start_site(
+    app: web.Application, where: HostPort, **runner_args: Any
+) -> tuple[web.AppRunner, HostPort]:
+    """Serve ``app`` at ``where`` (port 0: any free port); returns the runner and the bound
+    address."""
+    runner_args.setdefault("shutdown_timeout", 2.0)  # in-flight requests get this long
+    runner = web.AppRunner(app, access_log=None, **runner_args)
+    await runner.setup()
+    site = web.TCPSite(runner, where.host, where.port, reuse_address=True, backlog=1024)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner, HostPort(where.host, runner.addresses[0][1])
