@@ -247,9 +247,10 @@ async def _supernode_stats(process: asyncio.subprocess.Process, url: str | None)
         with contextlib.suppress(aiohttp.ClientError):
             async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
                 text = await resp.text()
-            for line in text.splitlines():
-                if line.startswith("swarmpull_supernode_syncs_total "):
-                    stats["supernode syncs"] = int(float(line.split()[1]))
+            calls = [
+                line for line in text.splitlines() if line.startswith("swarmpull_supernode_calls_total{")
+            ]
+            stats["supernode calls"] = sum(int(float(line.split()[-1])) for line in calls)
     return stats
 
 

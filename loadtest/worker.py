@@ -113,7 +113,6 @@ def _peer_config(spec: WorkerSpec, index: int) -> PeerConfig:
         cache_size=None,
         upload_limit=bandwidth,
         download_limit=bandwidth,
-        poll_interval=0.5,
         peer_id=f"node{index}",
     )
 

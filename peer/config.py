@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peer.policy import PolicyConfig
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.origin import UpstreamConfig
 from swarmpull.edges.transport import TransportConfig
@@ -31,37 +32,37 @@ class PeerConfig:
     rack: str | None = None
     cache_size: int | None = 20 * 1000**3
     """Most bytes the piece store holds; least recently used blobs are evicted."""
+    min_free: float = 0.05
+    """Share of the file system the piece store leaves free, evicting as it must."""
+    scrub_rate: int | None = 50 * 1000**2
+    """Bytes per second at which complete blobs are re-verified after a restart (None:
+    only when read); a piece is always checked before it is read or served."""
     upload_slots: int = 8
-    """Concurrent uploads this peer serves; one more is refused at once (429, retry hint)."""
+    """Concurrent uploads this peer serves; more wait in line for a slot (four times as
+    many), and one more is refused at once (429, retry hint)."""
     download_slots: int = 16
     """Concurrent piece downloads, all blobs together."""
     upload_limit: int | None = DEFAULT_UPLOAD_LIMIT
     """Upload bytes per second to other peers (on the wire); None: no limit."""
     download_limit: int | None = DEFAULT_DOWNLOAD_LIMIT
     """Download bytes per second from peers and seeds (on the wire); None: no limit."""
-    piece_pace: float = 0.1
-    """At most as many concurrent downloads as the download limit feeds at a piece per
-    this many seconds each (the supernode applies the same rule to uploads)."""
     max_direct: int = 2
     """Blobs this node reads straight from their upstream at once (fallbacks)."""
     direct_jitter: float = 2.0
     """Most seconds a node waits, at random, before falling back to the upstream when no
     supernode answers, so a supernode outage does not send every node at once."""
-    long_poll: float = 15.0
-    """Seconds a sync may wait at the supernode when this peer has nothing in flight."""
-    poll_interval: float = 1.0
-    """Seconds between syncs in a blob's endgame while no transfer completes (five times
-    that earlier on: every finished transfer brings a sync anyway)."""
     request_timeout: float = 10.0
     """Seconds for a supernode call (a long poll gets its wait on top)."""
     open_timeout: float = 120.0
     """Seconds to wait for the supernode to open a task (it reads the upstream first)."""
     fallback_grace: float = 10.0
-    """Seconds the supernodes may stay unreachable mid-download before going direct."""
+    """Seconds the supernodes may stay unreachable, with the swarm giving nothing either,
+    before a download goes to the upstream directly."""
     peer_id: str | None = None
     """Identity in the swarm; default: generated once and kept in data_dir."""
     registry_ca: Path | None = None
     """Extra CA certificates (PEM) trusted for upstreams, when fetching directly."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
 
@@ -74,5 +75,7 @@ class PeerConfig:
                 raise ValueError(f"{name} must be at least 1 KiB/s (or none)")
         if self.max_direct < 1:
             raise ValueError("max_direct must be at least 1")
+        if not 0.0 <= self.min_free < 1.0:
+            raise ValueError("min_free is a share of the disk, from 0 to below 1")
         if self.cache_size is not None and self.cache_size <= 0:
             raise ValueError("cache_size must be positive")

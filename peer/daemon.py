@@ -1,4 +1,5 @@
-"""The peer daemon: piece store, piece server, downloads, membership, the local API.
+"""The peer daemon: piece store, piece server, downloads, the control channel, the local
+API, and the scrubber that re-verifies what the disk kept across a restart.
 
 Many daemons can live in one process (the load test runs hundreds per event loop): no
 globals, one metrics registry per daemon, nothing started by the constructor.
@@ -18,11 +19,12 @@ from prometheus_client import CollectorRegistry
 
 from peer.api import LocalApi
 from peer.config import PeerConfig
+from peer.control import Control
 from peer.download import DownloadContext, DownloadState, TaskDownload
 from peer.link import SupernodeLink
-from peer.membership import Membership
 from peer.metrics import PeerMetrics
 from peer.reader import read_blob
+from peer.scrub import scrub
 from peer.slots import DownloadSlots
 from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.clock import Clock, SystemClock
@@ -31,8 +33,8 @@ from swarmpull.edges.daemon import gather_cancel
 from swarmpull.edges.http import advertised_url, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route
 from swarmpull.edges.ratelimit import RateLimiter
-from swarmpull.edges.store import PieceStore
-from swarmpull.edges.transport import HttpPieceTransport, PieceServer
+from swarmpull.edges.store import PieceStore, StoredBlob
+from swarmpull.edges.transport import PieceClient, PieceServer
 
 log = logging.getLogger(__name__)
 
@@ -48,33 +50,39 @@ class PeerDaemon:
         self.address: str | None = None  # where other peers fetch our pieces
         self.api_url: str | None = None
         self.store: PieceStore | None = None
-        self.membership: Membership | None = None
+        self.control: Control | None = None
+        self.piece_server: PieceServer | None = None
         self._session: aiohttp.ClientSession | None = None
         self._context: DownloadContext | None = None
         self._downloads: dict[str, TaskDownload] = {}
         self._runs: set[asyncio.Task[None]] = set()
         self._runners: list[web.AppRunner] = []
-        self._membership_task: asyncio.Task[None] | None = None
-        self.piece_server: PieceServer | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     def __repr__(self) -> str:
         return f"<PeerDaemon {self.peer_id or 'stopped'} {self.address}>"
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        store = self.store = PieceStore(
+            config.data_dir / "blobs", config.cache_size, on_evict=self._evicted, on_corrupt=self._corrupt
+        )
+        store.load()  # takes the directory's lock first: one daemon per data dir
+        store.keep_free(config.min_free)
         self.peer_id = config.peer_id or _load_peer_id(config.data_dir)
-        store = self.store = PieceStore(config.data_dir / "blobs", config.cache_size, on_evict=self._evicted)
-        store.load()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=32, ssl=tls_context(config.registry_ca)),
             auto_decompress=False,
         )
-        try:
-            await self._start_servers(store)
-        except BaseException:
-            await self.stop()
-            raise
+        await self._start_servers(store)
         link = None
         if config.supernodes:
             link = SupernodeLink(self._session, config.supernodes, self.peer_id, config.request_timeout)
@@ -86,33 +94,34 @@ class PeerDaemon:
                 config.rack,
                 upload_rate=config.upload_limit,
             )
-            self.membership = Membership(link, store, registration)
-            self._membership_task = asyncio.create_task(self.membership.run(), name="membership")
+            self.control = Control(link, store, registration, self.clock)
+            self._background.append(asyncio.create_task(self.control.run(), name="control"))
         counters = self.metrics.transfers
         download_limiter = RateLimiter(
             config.download_limit, self.clock, on_wait=counters.limiter_wait.labels("download").inc
         )
-        transport = HttpPieceTransport(
+        client = PieceClient(
             self._session,
             self.peer_id,
             config.transport,
             download_limiter,
-            on_saved=counters.saved.labels("download").inc,
         )
         self._context = DownloadContext(
             config,
             self.peer_id,
             store,
             self._session,
-            transport,
-            link,
-            self.membership,
+            client,
+            self.control,
             self.metrics,
             self.clock,
             DownloadSlots(config.download_slots),
             asyncio.Semaphore(config.max_direct),
-            lambda: self.piece_server.active if self.piece_server else 0,
         )
+        if config.scrub_rate is not None and any(b.unchecked for b in store.blobs()):
+            self._background.append(
+                asyncio.create_task(scrub(store, config.scrub_rate, self.metrics), name="scrub")
+            )
         log.info("peer %s serving pieces at %s, API at %s", self.peer_id, self.address, self.api_url)
 
     async def _start_servers(self, store: PieceStore) -> None:
@@ -126,8 +135,10 @@ class PeerDaemon:
             server = self.piece_server = PieceServer(
                 store, counters, limiter, config.upload_slots, config.transport.compression
             )
+            store.on_piece = server.notify
             app.add_routes([*server.routes(), metrics_route(self.metrics.registry)])
-            runner, bound = await start_site(app, config.listen)
+            # A requester that hangs up frees its slot (and its place in line) at once.
+            runner, bound = await start_site(app, config.listen, handler_cancellation=True)
             self._runners.append(runner)
             self.address = advertised_url(bound, config.advertise)
         if config.api_listen is not None:
@@ -139,11 +150,13 @@ class PeerDaemon:
         await gather_cancel(*self._runs)
         self._runs.clear()
         self._downloads.clear()
-        await gather_cancel(self._membership_task)
-        self._membership_task = None
-        if self.membership is not None:
-            await self.membership.leave()
-            self.membership = None
+        await gather_cancel(*self._background)
+        self._background.clear()
+        if self.control is not None:
+            await self.control.leave()
+            self.control = None
+        if self.piece_server is not None:
+            self.piece_server.close()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
@@ -190,8 +203,11 @@ class PeerDaemon:
             del self._downloads[download.task_id]  # the store answers for it from now on
 
     def _evicted(self, task_id: str) -> None:
-        if self.membership is not None:
-            self.membership.dropped(task_id)
+        if self.control is not None:
+            self.control.dropped(task_id)
+
+    def _corrupt(self, blob: StoredBlob, piece: int) -> None:
+        self.metrics.blobs.labels("corrupt").inc()
 
 
 def _load_peer_id(data_dir: Path) -> str:

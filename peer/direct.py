@@ -1,8 +1,8 @@
 """A peer's direct read of a blob from its upstream, when the swarm cannot serve it.
 
 Pieces are written as the body streams in but become readable only once the whole
-blob's digest matched (there are no per-piece hashes to check them against). A node
-reads at most ``max_direct`` blobs this way at once, and every fallback is counted.
+blob's digest matched (there are no signed per-piece hashes to check them against). A
+node reads at most ``max_direct`` blobs this way at once, and every fallback is counted.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import aiohttp
 
 from peer.config import PeerConfig
 from peer.metrics import PeerMetrics
+from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.digest import Digest
 from swarmpull.core.geometry import choose_piece_size
 from swarmpull.edges.origin import UpstreamFetch
@@ -22,7 +23,7 @@ from swarmpull.edges.store import StoredBlob
 log = logging.getLogger(__name__)
 
 
-class DirectEvents:
+class _DirectEvents:
     """Collects the pieces of a direct read; they are recorded once the digest matched."""
 
     def __init__(self, create: Callable[[int, int], StoredBlob], expect: Callable[[Digest], None]) -> None:
@@ -44,25 +45,24 @@ async def read_direct(
     session: aiohttp.ClientSession,
     config: PeerConfig,
     metrics: PeerMetrics,
-    url: str,
-    headers: dict[str, str],
+    request: BlobRequest,
     expected: Digest | None,
     blob: StoredBlob | None,
-    events: DirectEvents,
+    create: Callable[[int, int], StoredBlob],
+    expect: Callable[[Digest], None],
 ) -> StoredBlob:
-    """Read what ``blob`` lacks (all of it when None) from ``url``; release the pieces once
-    the whole digest matched. Raises UpstreamError."""
+    """Read what ``blob`` lacks (all of it when None) from the request's URL; record the
+    pieces once the whole digest matched. Raises UpstreamError."""
+    events = _DirectEvents(create, expect)
     fetch = UpstreamFetch(
         session,
-        url,
-        lambda: headers,
+        lambda: (request.url, request.headers),
         expected,
         events,
         config.upstream,
         on_bytes=metrics.download_bytes.labels("upstream").inc,
-        defer=True,
     )
     blob = await fetch.run(blob)
-    for piece, sha in events.pieces.items():
+    for piece, sha in sorted(events.pieces.items()):
         blob.record(piece, sha)
     return blob

@@ -27,6 +27,10 @@ class PeerMetrics:
             "swarmpull_peer_blobs", "Blob downloads ended, by outcome", ["outcome"], registry=r
         )
         self.transfers = TransferCounters(r, "swarmpull_peer")
+        self.opens = Counter("swarmpull_peer_task_opens", "Tasks opened at the supernode", registry=r)
+        self.scrubbed = Counter(
+            "swarmpull_peer_scrubbed_bytes", "Bytes of complete blobs re-verified after a restart", registry=r
+        )
         self.fallbacks = Counter(
             "swarmpull_peer_direct_fallbacks",
             "Blobs fetched straight from upstream because no supernode could serve them",

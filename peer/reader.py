@@ -1,19 +1,23 @@
 """Reading a blob in order while it downloads: the peer's local API and the registry
 proxy stream through this.
 
-Bytes are handed out only from verified pieces, in order, as they land. The very last
-chunk of the blob is held back until the whole blob's digest has been verified, so a
-reader that gets every byte got a blob that matches its digest; if it does not match,
-the reader gets ``DownloadFailed`` instead of the last bytes.
+Bytes are handed out only from verified pieces, in order, as they land (a piece not
+re-hashed since a restart is checked as it is read). The very last chunk of the blob is
+held back until the whole blob's digest has been verified, so a reader that gets every
+byte got a blob that matches its digest; if it does not match, the reader gets
+``DownloadFailed`` instead of the last bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from peer.download import TaskDownload
+from swarmpull.core.blobs import DownloadFailed
+from swarmpull.edges.store import PieceCorrupt
 
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024
 
 
 async def read_blob(
@@ -28,13 +32,16 @@ async def read_blob(
     with store.pinned(blob):
         for piece in geometry.covering(start, end):
             await download.wait_piece(piece)
-            view = blob.map_piece(piece)
+            try:
+                data = memoryview(await asyncio.to_thread(blob.read_piece, piece))
+            except PieceCorrupt as exc:
+                raise DownloadFailed(str(exc)) from None
             offset = geometry.offset(piece)
-            lo, hi = max(start, offset) - offset, min(end, offset + len(view)) - offset
+            lo, hi = max(start, offset) - offset, min(end, offset + len(data)) - offset
             for pos in range(lo, hi, CHUNK):
                 stop = min(pos + CHUNK, hi)
                 if offset + stop == size:  # the last byte of the blob: only once verified
                     await download.wait_complete()
-                yield view[pos:stop]
+                yield data[pos:stop]
         if start == end == size:
             await download.wait_complete()

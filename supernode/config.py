@@ -20,11 +20,14 @@ class SupernodeConfig:
     data_dir: Path | None = None
     """Seed cache directory; None: a temporary directory removed on exit."""
     cache_size: int | None = None
-    """Most bytes the seed cache holds (least recently used blobs are evicted)."""
+    """Most bytes the seed cache holds (least recently used blobs are evicted); None: no
+    cap but the free space (``min_free``)."""
+    min_free: float = 0.05
+    """Share of the file system the seed cache leaves free, evicting as it must."""
     piece_size: int | None = None
     """Fixed piece size for new tasks; None: the documented rule (swarmpull.core.geometry)."""
-    seed_upload_slots: int = 16
-    """Concurrent piece uploads the seed accepts; peers are preferred whenever they can serve."""
+    seed_upload_slots: int = 64
+    """Concurrent piece uploads the seed serves; more requests wait in line for a slot."""
     seed_upload_limit: int | None = None
     """Bytes per second the seed serves to peers, all together; None: no limit."""
     origin_limits: tuple[OriginLimit, ...] = ()
@@ -43,10 +46,17 @@ class SupernodeConfig:
     successor never reads them again."""
     heartbeat_interval: float = 5.0
     """Seconds between peer heartbeats (told to peers when they register)."""
-    long_poll_max: float = 30.0
-    """Longest a sync may wait for work before answering empty."""
+    report_rate: float = 200.0
+    """Reports per second the supernode asks of all members of a task together: each
+    member reports every ``members / report_rate`` seconds, within report_min..report_max
+    (it reports sooner when it needs parents or completes)."""
+    report_min: float = 1.0
+    report_max: float = 30.0
     failed_task_ttl: float = 30.0
     """Seconds a failed task answers with its error before a new attempt is made."""
+    task_ttl: float = 3600.0
+    """Seconds a task nobody opened or reported on is kept in memory (its blob stays in
+    the seed cache)."""
     tick_interval: float = 1.0
     """Seconds between scheduler time events (timeouts, expiries)."""
     seed_id: str = "seed"
@@ -55,6 +65,10 @@ class SupernodeConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_free < 1.0:
+            raise ValueError("min_free is a share of the disk, from 0 to below 1")
+        if self.report_rate <= 0 or not 0 < self.report_min <= self.report_max:
+            raise ValueError("report_rate must be positive and 0 < report_min <= report_max")
         if self.seed_upload_slots < 1:
             raise ValueError("seed_upload_slots must be at least 1")
         if self.piece_size is not None and self.piece_size < 4096:

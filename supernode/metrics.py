@@ -14,13 +14,11 @@ class SupernodeMetrics:
         self.upstream_bytes = Counter(
             "swarmpull_supernode_upstream_bytes", "Bytes read from upstreams", registry=r
         )
-        self.assignments = Counter(
-            "swarmpull_supernode_assignments",
-            "Piece assignments handed out, by kind of source",
-            ["source"],
-            registry=r,
+        self.parents = Counter(
+            "swarmpull_supernode_parents", "Parents named in answers to opens and reports", registry=r
         )
-        self.syncs = Counter("swarmpull_supernode_syncs", "Sync calls answered", registry=r)
+        self.reports = Counter("swarmpull_supernode_reports", "Task reports answered", registry=r)
+        self.calls = Counter("swarmpull_supernode_calls", "API calls answered, by kind", ["kind"], registry=r)
         self.failures = Counter(
             "swarmpull_supernode_piece_failures",
             "Piece failures reported by peers, by reason",

@@ -10,6 +10,10 @@ may be left out) or in a TOML file (``--origin-limits FILE``)::
 A host with a port (``my.registry:5000``) matches only that port; a bare host matches
 every port. Back-to-source reads queue for a connection and pass the bandwidth limiter
 chunk by chunk; nothing is ever fetched twice to make up for it.
+
+With replicas on Redis the caps hold for all of them together: a token bucket and a
+count of connections under ``sp:origin:{H}`` (the scripts below), each replica falling
+back to its own caps while Redis does not answer.
 """
 
 from __future__ import annotations
@@ -23,10 +27,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from supernode.replication import RedisUnavailable, Replication
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
 from swarmpull.core.clock import Clock
 from swarmpull.core.units import parse_rate
 from swarmpull.edges.ratelimit import RateLimiter
+
+# A token bucket shared by every replica: KEYS[1] hash {tokens, at}; ARGV: bytes, rate,
+# burst. Takes the bytes (the bucket may go into debt) and answers the milliseconds the
+# taker must wait before using them.
+_BANDWIDTH = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or ms
+tokens = math.min(burst, tokens + (ms - at) * rate / 1000) - tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', ms)
+redis.call('PEXPIRE', KEYS[1], 60000)
+if tokens >= 0 then return 0 end
+return math.ceil(-tokens * 1000 / rate)
+"""
+
+# Connections to an upstream shared by every replica: KEYS[1] sorted set of holders by
+# expiry; ARGV: holder, cap, lease ms. 1: taken (or renewed), 0: every connection in use.
+_CONNECTION = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,23 +141,29 @@ class SharedOriginThrottle(OriginThrottle):
     GRANT_SECONDS = 0.05
     CONNECTION_LEASE = 30.0  # a crashed replica's connections are freed after this
 
-    def __init__(self, limit: OriginLimit, clock: Clock, replication: Replication) -> None:
+    def __init__(self, limit: OriginLimit, clock: Clock, client: aioredis.Redis, replica: str) -> None:
         super().__init__(limit, clock)
-        self._replication = replication
+        self._client = client
+        self._replica = replica
+        self._bandwidth = client.register_script(_BANDWIDTH)
+        self._connection = client.register_script(_CONNECTION)
         self._allowance = 0
+
+    async def _take_connection(self, holder: str, cap: int) -> bool:
+        key = f"sp:origin:{{{self.limit.host}}}:connections"
+        lease = int(self.CONNECTION_LEASE * 1000)
+        return bool(await self._connection(keys=[key], args=[holder, cap, lease]))
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[None]:
         if self.limit.connections is None:
             yield
             return
-        holder = f"{self._replication.url} {uuid.uuid4().hex}"
+        holder = f"{self._replica} {uuid.uuid4().hex}"
         try:
-            while not await self._replication.take_connection(
-                self.limit.host, holder, self.limit.connections, self.CONNECTION_LEASE
-            ):
+            while not await self._take_connection(holder, self.limit.connections):
                 await asyncio.sleep(0.1)
-        except RedisUnavailable:
+        except (RedisError, OSError):
             async with super().connection():
                 yield
             return
@@ -129,16 +172,14 @@ class SharedOriginThrottle(OriginThrottle):
             yield
         finally:
             renew.cancel()
-            with contextlib.suppress(RedisUnavailable):
-                await self._replication.drop_connection(self.limit.host, holder)
+            with contextlib.suppress(RedisError, OSError):
+                await self._client.zrem(f"sp:origin:{{{self.limit.host}}}:connections", holder)
 
     async def _keep(self, holder: str) -> None:
         while True:
             await asyncio.sleep(self.CONNECTION_LEASE / 3)
-            with contextlib.suppress(RedisUnavailable):
-                await self._replication.take_connection(
-                    self.limit.host, holder, self.limit.connections or 1, self.CONNECTION_LEASE
-                )
+            with contextlib.suppress(RedisError, OSError):
+                await self._take_connection(holder, self.limit.connections or 1)
 
     async def acquire(self, count: int) -> None:
         rate = self.limit.rate
@@ -146,9 +187,10 @@ class SharedOriginThrottle(OriginThrottle):
             return
         if self._allowance < count:
             grant = max(count - self._allowance, int(rate * self.GRANT_SECONDS))
+            key = f"sp:origin:{{{self.limit.host}}}:bandwidth"
             try:
-                wait = await self._replication.take_bandwidth(self.limit.host, grant, rate, grant)
-            except RedisUnavailable:
+                wait = await self._bandwidth(keys=[key], args=[grant, rate, grant]) / 1000
+            except (RedisError, OSError):
                 await super().acquire(count)
                 return
             self._allowance += grant
@@ -158,13 +200,20 @@ class SharedOriginThrottle(OriginThrottle):
 
 
 class OriginLimits:
+    """The throttles of every limited upstream: this process's own, or shared by the
+    replicas on ``redis`` (named ``replica`` as connection holders)."""
+
     def __init__(
-        self, limits: list[OriginLimit], clock: Clock, replication: Replication | None = None
+        self,
+        limits: list[OriginLimit],
+        clock: Clock,
+        redis: aioredis.Redis | None = None,
+        replica: str = "",
     ) -> None:
-        self._throttles = {
+        self._throttles: dict[str, OriginThrottle] = {
             limit.host: OriginThrottle(limit, clock)
-            if replication is None
-            else SharedOriginThrottle(limit, clock, replication)
+            if redis is None
+            else SharedOriginThrottle(limit, clock, redis, replica)
             for limit in limits
         }
 

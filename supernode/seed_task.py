@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from dataclasses import dataclass, field
 
-from supernode.replication import Batch, Lease
+from supernode.cluster import Batch, Lease
 from swarmpull.core.digest import Digest
-from swarmpull.core.protocol import TaskInfo
 from swarmpull.edges.store import StoredBlob
 
 
@@ -33,14 +33,22 @@ class ShuttingDown(Exception):
     """The supernode is stopping: ask another one."""
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where one requester said the blob is, with the credentials it gave for that URL.
+    They travel together: a requester's headers are only ever sent to its own URL."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # secrets: never logged
+
+
 class SeedTask:
     """One blob on the supernode: where it comes from and how far it got."""
 
-    def __init__(self, task_id: str, url: str, expected: Digest | None, headers: dict[str, str]):
+    def __init__(self, task_id: str, source: Source, expected: Digest | None):
         self.id = task_id
-        self.url = url
+        self.sources: list[Source] = [source]  # the newest first: its token is the likeliest valid
         self.expected = expected
-        self.headers = headers  # in memory only: never logged, stored or sent to peers
         self.state = TaskState.PENDING
         self.blob: StoredBlob | None = None
         self.digest: Digest | None = expected
@@ -49,23 +57,31 @@ class SeedTask:
         self.retryable = False  # the upstream may answer others (5xx, timeouts)
         self.direct_granted = 0
         self.failed_at = 0.0
+        self.used_at = 0.0  # last open or report: idle tasks expire
         self.fetch: asyncio.Task[None] | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # With replicas: our lease, the writes for Redis since the last flush, the pieces
-        # whose bytes wait in Redis for a first peer holder, and the sha256 of pieces read
-        # by an earlier owner that our seed does not hold.
+        # With replicas: our lease, the writes since the last flush, the pieces whose bytes
+        # wait in the cluster for a first peer holder, and the sha256 of pieces read by an
+        # earlier owner that our seed does not hold.
         self.lease: Lease | None = None
         self.batch = Batch()
         self.staged: set[int] = set()
         self.shas: dict[int, str] = {}
+        self.keys: list[str] = []  # earlier owners' signing keys (base64)
 
     def __repr__(self) -> str:
         return f"<SeedTask {self.id[:20]} {self.state.name}>"
 
-    def info(self) -> TaskInfo:
-        assert self.blob is not None
-        return TaskInfo(self.id, self.blob.meta.size, self.blob.meta.piece_size, self.digest)
+    @property
+    def url(self) -> str:
+        return self.sources[0].url
+
+    def add_source(self, source: Source) -> None:
+        """Another requester's (URL, credentials): tried first from now on, never mixed
+        with another requester's."""
+        self.sources = [source, *(s for s in self.sources if s.url != source.url)][:8]
 
     def sha(self, piece: int) -> str | None:
-        assert self.blob is not None
-        return self.blob.piece_sha.get(piece) or self.shas.get(piece)
+        if self.blob is not None and self.blob.is_verified(piece):
+            return self.blob.sha(piece)
+        return self.shas.get(piece)

@@ -1,14 +1,26 @@
-"""A discrete-event simulation of a surge, driving the production scheduler.
+"""A discrete-event simulation of a surge, driving the production decision code.
 
-Nothing here decides where a piece comes from: ``supernode.scheduler.Scheduler`` does,
-exactly as in the supernode. This module plays the parts around it: the supernode's
-service (events in, decisions delivered), the back-to-source read (pieces seeded at the
-registry's rate, in order), and every peer daemon (sync after each finished transfer,
-park when idle, poll while transfers run, cancel an endgame twin). Transfers are flows on
-a ``Network`` whose rates follow the links they share.
+Nothing here decides who fetches what from whom: ``supernode.scheduler.Scheduler``
+chooses every node's parents, exactly as in the supernode, and ``peer.policy.PiecePolicy``
+chooses every piece, exactly as in the peer daemon. This module plays the parts around
+them:
 
-Options model what a real cluster has: heterogeneous links (a share of slow nodes),
-nodes joining over a window of time, and a share of nodes failing mid-run.
+- **The supernode's service, charged.** Every call a node makes (open a task, report,
+  heartbeat) crosses the network (``rtt / 2`` each way) and waits its turn in one queue
+  per task owner (the supernode is one event loop): it is served for the time that kind
+  of call costs the real supernode (``service``, measured by ``swarmpull benchmarks
+  supernode``), and its effect on the scheduler happens when it is served.
+- **The back-to-source read:** the registry streams each layer once, in order, the layers
+  side by side at the registry's rate; a piece is the seed's when it has arrived.
+- **Every peer daemon:** opens each layer's task, fetches what its policy chooses (a
+  transfer starts one ``rtt`` after it is chosen), reports when its policy asks for
+  parents, when a layer completes, and at the interval the supernode sets.
+- **The network:** each transfer is a flow; ``exact`` reprices the flows at both ends of
+  every start and end (``flows.Network``); ``fast`` fixes a flow's rate when it starts.
+
+A node sees its parents' current piece maps (the daemon gets them within a round trip,
+with every piece it fetches and by long polls). Options add slow nodes, nodes joining
+over a window, and nodes failing mid-run.
 """
 
 from __future__ import annotations
@@ -18,49 +30,57 @@ import itertools
 import math
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from loadtest.report import ModeResult, kumar_ross_bound
 from loadtest.simulate.flows import Flow, Link, Network
-from supernode.scheduler import (
-    Assignment,
-    Decisions,
-    Failure,
-    FailureReason,
-    Scheduler,
-    SchedulerConfig,
-    Timing,
-)
+from peer.policy import PiecePolicy, PolicyConfig
+from supernode.scheduler import ParentReport, Scheduler, SchedulerConfig
+from swarmpull.core.failures import FailureReason
 from swarmpull.core.geometry import PieceGeometry, choose_piece_size
 
-TASK = "sha256-" + "5" * 64
 SEED = "seed"
+
+# Seconds of supernode CPU per call, by kind: `swarmpull benchmarks supernode` measures
+# them (docs/BENCHMARKS.md); these are its figures on the 2-core reference machine.
+DEFAULT_SERVICE = {"open": 0.0004, "report": 0.0003, "heartbeat": 0.0002}
 
 
 @dataclass(frozen=True, slots=True)
 class SimConfig:
     nodes: int = 1000
     image_size: int = 64 << 20
+    layers: int = 1
+    """The image's layers: one task each, pulled side by side."""
     piece_size: int | None = None
-    """None: the supernode's rule (swarmpull.core.geometry)."""
+    """None: the supernode's rule (swarmpull.geometry), per layer."""
     node_up: float = 12.5e6
     """Upload bytes per second of a node."""
     node_down: float = 12.5e6
     """Download bytes per second of a node."""
     registry_rate: float = 25e6
-    """Bytes per second the registry sends (the supernode's single read)."""
+    """Bytes per second the registry sends (the supernode's single read of each layer)."""
     seed_up: float | None = None
     """The seed's upload; None: the registry's rate."""
-    seed_slots: int = 16
-    upload_slots: int = 8
-    download_slots: int = 16
-    pace: float = 0.1
-    """Concurrent transfers per node: as many as its link moves at a piece per pace each."""
-    poll_interval: float = 1.0
-    heartbeat_interval: float = 5.0
     rtt: float = 0.0005
-    """Network round trip: a transfer starts two of them after it was assigned (the sync
-    answer, then the piece request)."""
+    """Network round trip, for every call and every transfer."""
+    service: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SERVICE))
+    """Supernode CPU seconds per call, by kind (open, report, heartbeat)."""
+    owners: int = 1
+    """Supernode replicas owning tasks (a task's calls queue at its owner)."""
+    report_rate: float = 500.0
+    """Periodic reports per second the supernode asks for, all nodes together (each node
+    reports every ``nodes / report_rate`` seconds, at least every ``report_min``)."""
+    report_min: float = 1.0
+    heartbeat_interval: float = 5.0
+    upload_slots: int = 8
+    """Uploads a node serves at once; more wait in line (the daemon's piece server)."""
+    seed_slots: int = 64
+    """Uploads the seed serves at once."""
+    network: str = "exact"
+    """exact: flows repriced at both ends of every start and end; fast: a flow keeps the
+    rate it started with (for 100k nodes)."""
     join_window: float = 0.0
     """Nodes join at uniform random times in [0, join_window]."""
     fail_fraction: float = 0.0
@@ -73,68 +93,120 @@ class SimConfig:
     timeout: float = 3600.0
     """Simulated seconds before the run stops; nodes not done count as failed."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
-        if self.nodes < 1 or self.image_size < 1:
-            raise ValueError("a simulation needs at least one node and one byte")
+        if self.nodes < 1 or self.image_size < self.layers or self.layers < 1:
+            raise ValueError("a simulation needs at least one node, one layer and a byte per layer")
         if min(self.node_up, self.node_down, self.registry_rate) <= 0:
             raise ValueError("link rates must be positive")
         for name in ("fail_fraction", "slow_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
+        if self.network not in ("exact", "fast"):
+            raise ValueError("network is exact or fast")
+        unknown = set(self.service) - set(DEFAULT_SERVICE)
+        if unknown:
+            raise ValueError(f"unknown kinds of supernode call: {', '.join(sorted(unknown))}")
 
     @property
     def seed_rate(self) -> float:
         return self.seed_up if self.seed_up is not None else self.registry_rate
 
-    def geometry(self) -> PieceGeometry:
-        return PieceGeometry(self.image_size, self.piece_size or choose_piece_size(self.image_size))
+    def layer_sizes(self) -> list[int]:
+        base = self.image_size // self.layers
+        return [base] * (self.layers - 1) + [self.image_size - base * (self.layers - 1)]
+
+
+class _Layer:
+    """One layer: its task, geometry, and what the seed holds."""
+
+    __slots__ = ("geometry", "id", "index", "seeded")
+
+    def __init__(self, index: int, geometry: PieceGeometry) -> None:
+        self.index = index
+        self.id = f"sha256-{index:064x}"
+        self.geometry = geometry
+        self.seeded = _Bits()
+
+
+class _Bits:
+    """A piece map (``MapView``): the holder's own, read live by its children."""
+
+    __slots__ = ("bits",)
+
+    def __init__(self) -> None:
+        self.bits = 0
+
+
+class _Download:
+    """One node's download of one layer."""
+
+    __slots__ = ("done_at", "flows", "idle", "layer", "map", "policy", "report_due", "reporting")
+
+    def __init__(self, layer: _Layer, policy: PiecePolicy) -> None:
+        self.layer = layer
+        self.policy = policy
+        self.map = _Bits()  # what this node holds, as its children see it
+        self.flows: dict[tuple[int, str], Flow] = {}
+        self.done_at: float | None = None
+        self.idle = False  # room and nothing to fetch: woken by its parents' new pieces
+        self.reporting = False  # a call to the supernode is under way
+        self.report_due = 0  # version of the scheduled periodic report
+
+
+class _Uploads:
+    """A source's piece server: at most ``slots`` uploads at once, the rest wait in line
+    (as the daemon's piece server queues requests for a free slot)."""
+
+    __slots__ = ("active", "link", "queue", "slots")
+
+    def __init__(self, link: Link, slots: int) -> None:
+        self.link = link
+        self.slots = slots
+        self.active = 0
+        self.queue: deque[tuple] = deque()  # type: ignore[type-arg]
 
 
 class _Node:
-    __slots__ = (
-        "done_at",
-        "failed",
-        "finished",
-        "flights",
-        "id",
-        "joined",
-        "joined_at",
-        "link",
-        "pending",
-        "poll",
-    )
+    __slots__ = ("done_at", "downloads", "failed", "id", "joined", "joined_at", "link", "uploads", "watchers")
 
-    def __init__(self, node_id: str, link: Link) -> None:
+    def __init__(self, node_id: str, link: Link, uploads: _Uploads) -> None:
         self.id = node_id
         self.link = link
+        self.uploads = uploads
         self.joined = False
         self.joined_at = 0.0
         self.failed = False
         self.done_at: float | None = None
-        self.finished = 0
-        self.flights: dict[int, list[Flow]] = {}
-        self.pending: tuple[list[int], list[Failure], list[Timing]] = ([], [], [])
-        self.poll = 0  # version of the scheduled poll
+        self.downloads: dict[str, _Download] = {}
+        self.watchers: dict[str, set[_Node]] = {}  # task -> children that wait on our pieces
 
 
 class SwarmSimulation:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.geometry = config.geometry()
         self._rng = random.Random(config.seed)
+        self.layers = [
+            _Layer(i, PieceGeometry(size, config.piece_size or choose_piece_size(size)))
+            for i, size in enumerate(config.layer_sizes())
+        ]
         self.scheduler = Scheduler(config.scheduler, random.Random(config.seed + 1))
-        self.scheduler.add_seed(SEED, config.seed_slots, config.seed_rate)
-        self.scheduler.add_task(TASK, self.geometry.count, SEED, self.geometry.piece_size)
-        self.network = Network(self._flow_done)
-        self._seed_link = Link(config.seed_rate, math.inf)
+        self.scheduler.add_seed(SEED, config.seed_rate)
+        for layer in self.layers:
+            self.scheduler.add_task(layer.id, layer.geometry.count, SEED)
+        self.network = Network(self._flow_done, reprice=config.network == "exact")
+        self._seed = _Uploads(Link(config.seed_rate, math.inf), config.seed_slots)
         self._events: list[tuple[float, int, str, object]] = []
         self._seq = itertools.count()
         self.nodes: dict[str, _Node] = {}
-        self.syncs = 0
+        self._busy = [0.0] * config.owners  # when each owner's queue is free
+        self.calls: dict[str, int] = dict.fromkeys(DEFAULT_SERVICE, 0)
+        self.supernode_busy = 0.0  # seconds of supernode time charged
         self._open = config.nodes  # nodes neither done nor failed
         self.sources = {"peer": 0.0, "seed": 0.0}  # bytes received, by kind of source
         self._egress: list[tuple[float, int]] = [(0.0, 0)]  # registry bytes sent over time
+        self._seed_waiting: dict[str, set[_Node]] = {}  # task -> nodes waiting on the seed
         self._build()
 
     def _build(self) -> None:
@@ -143,20 +215,49 @@ class SwarmSimulation:
         failing = set(self._rng.sample(range(c.nodes), int(c.nodes * c.fail_fraction)))
         for i in range(c.nodes):
             factor = c.slow_factor if i in slow else 1.0
-            node = _Node(f"n{i}", Link(c.node_up * factor, c.node_down * factor))
+            link = Link(c.node_up * factor, c.node_down * factor)
+            node = _Node(f"n{i}", link, _Uploads(link, c.upload_slots))
             self.nodes[node.id] = node
+            self.scheduler.peer_joined(node.id, 0.0, serves=True, capacity=node.link.up)
             self._at(self._rng.uniform(0, c.join_window) if c.join_window else 0.0, "join", node)
             if i in failing:
                 self._at(self._rng.uniform(0, c.fail_window), "fail", node)
-        t = 0.0
-        for piece in range(self.geometry.count):  # the registry streams the blob once, in order
-            t += self.geometry.length(piece) / c.registry_rate
-            self._at(t, "seeded", piece)
+        self._seed_layers()
         self._at(1.0, "tick", None)
         self._at(c.heartbeat_interval, "heartbeat", None)
 
+    def _seed_layers(self) -> None:
+        """The registry streams every layer once, side by side, at its rate."""
+        rate = self.config.registry_rate
+        remaining = {layer.index: layer.geometry.size for layer in self.layers}
+        cursor = dict.fromkeys(remaining, 0)  # next piece per layer
+        t, sent = 0.0, 0
+        while remaining:
+            share = rate / len(remaining)
+
+            # the next layer to finish its current piece at the equal share
+            def left(index: int) -> float:
+                layer = self.layers[index]
+                end = layer.geometry.offset(cursor[index]) + layer.geometry.length(cursor[index])
+                return end - (layer.geometry.size - remaining[index])
+
+            index = min(remaining, key=left)
+            step = left(index) / share
+            t += step
+            for other in remaining:
+                remaining[other] -= step * share
+            sent += self.layers[index].geometry.length(cursor[index])
+            self._at(t, "seeded", (self.layers[index], cursor[index], sent))
+            cursor[index] += 1
+            if cursor[index] == self.layers[index].geometry.count:
+                del remaining[index]
+
     def _at(self, when: float, kind: str, data: object) -> None:
         heapq.heappush(self._events, (when, next(self._seq), kind, data))
+
+    @property
+    def now(self) -> float:
+        return self.network.now
 
     # --------------------------------------------------------------------- run
 
@@ -176,122 +277,232 @@ class SwarmSimulation:
             getattr(self, f"_on_{kind}")(data)
         return self._result(time.process_time() - started)
 
-    # ------------------------------------------------------------------ events
+    # ---------------------------------------------------------------- supernode
+
+    def _call(self, kind: str, task: str | None, then: str, data: object) -> None:
+        """A call to the supernode: it arrives after half a round trip, waits for the
+        owner's queue, is served for its cost; ``then`` runs at the owner when served,
+        and its answer reaches the node half a round trip later."""
+        c = self.config
+        owner = hash(task) % c.owners if task is not None else 0
+        arrival = self.now + c.rtt / 2
+        start = max(arrival, self._busy[owner])
+        cost = c.service[kind]
+        self._busy[owner] = start + cost
+        self.supernode_busy += cost
+        self.calls[kind] += 1
+        self._at(start + cost, then, data)
+
+    def _on_tick(self, _: object) -> None:
+        self.scheduler.expire(self.now)
+        self._at(self.now + 1.0, "tick", None)
+
+    def _on_heartbeat(self, _: object) -> None:
+        """Live nodes heartbeat (done ones too: they still serve); failed ones fall silent."""
+        for node in self.nodes.values():
+            if not node.failed:
+                self._call("heartbeat", None, "beat", node)
+        self._at(self.now + self.config.heartbeat_interval, "heartbeat", None)
+
+    def _on_beat(self, node: _Node) -> None:
+        if self.scheduler.knows_peer(node.id):
+            self.scheduler.peer_seen(node.id, self.now)
+
+    def _on_seeded(self, data: tuple[_Layer, int, int]) -> None:
+        layer, piece, sent = data
+        self._egress.append((self.now, sent))
+        self.scheduler.piece_seeded(layer.id, piece)
+        layer.seeded.bits |= 1 << piece
+        self._wake(self._seed_waiting.get(layer.id, set()))
+
+    # --------------------------------------------------------------- the nodes
 
     def _on_join(self, node: _Node) -> None:
         node.joined = True
         node.joined_at = self.now
-        self.scheduler.peer_joined(node.id, self.now, slots=self.config.upload_slots, capacity=node.link.up)
-        self._sync(node)
+        for layer in self.layers:
+            g = layer.geometry
+            policy = PiecePolicy(
+                g.count, g.piece_size, self.config.policy, random.Random(self._rng.random()),
+                download_rate=node.link.down,
+            )  # fmt: skip
+            download = node.downloads[layer.id] = _Download(layer, policy)
+            download.reporting = True
+            self._call("open", layer.id, "opened", (node, download))
 
-    def _on_seeded(self, piece: int) -> None:
-        self._egress.append((self.now, self._egress[-1][1] + self.geometry.length(piece)))
-        self._deliver(self.scheduler.piece_seeded(TASK, piece, self.now))
+    def _on_opened(self, data: tuple[_Node, _Download]) -> None:
+        node, download = data
+        if node.failed:
+            return
+        parents = self.scheduler.join(download.layer.id, node.id, download.policy.have, self.now)
+        self._answer(node, download, parents)
 
-    def _on_tick(self, _: object) -> None:
-        self._deliver(self.scheduler.expire(self.now))
-        self._at(self.now + 1.0, "tick", None)
+    def _report(self, node: _Node, download: _Download) -> None:
+        if download.reporting or node.failed:
+            return
+        download.reporting = True
+        reports, dropped, bad = download.policy.take_report(self.now)
+        payload = (node, download, download.policy.have, reports, dropped, bad)
+        self._call("report", download.layer.id, "reported", payload)
 
-    def _on_heartbeat(self, _: object) -> None:
-        """Live peers heartbeat (done ones too: they still serve); failed ones fall silent."""
-        for node in self.nodes.values():
-            if node.joined and not node.failed:
-                self.scheduler.peer_seen(node.id, self.now)
-        self._at(self.now + self.config.heartbeat_interval, "heartbeat", None)
+    def _on_reported(self, data: tuple) -> None:  # type: ignore[type-arg]
+        node, download, have, reports, dropped, bad = data
+        if node.failed:
+            return
+        parents, _ = self.scheduler.report(
+            download.layer.id,
+            node.id,
+            self.now,
+            have=have,
+            parents=[ParentReport(p, r.bytes, r.seconds, r.failures, r.reason) for p, r in reports.items()],
+            drop=dropped,
+            bad=bad,
+        )
+        self._answer(node, download, parents)
+
+    def _answer(self, node: _Node, download: _Download, parents: list) -> None:  # type: ignore[type-arg]
+        """The supernode's answer reaches the node half a round trip later."""
+        self._at(self.now + self.config.rtt / 2, "answer", (node, download, parents))
+
+    def _on_answer(self, data: tuple) -> None:  # type: ignore[type-arg]
+        node, download, parents = data
+        download.reporting = False
+        if node.failed:
+            return
+        task = download.layer.id
+        for link in download.policy.parents.values():
+            self._watchers(link.id, task).discard(node)
+        views = []
+        for parent in parents:
+            if parent.seed:
+                views.append((parent.id, True, download.layer.seeded))
+            else:
+                other = self.nodes[parent.id]
+                views.append(
+                    (parent.id, False, other.downloads[task].map if task in other.downloads else _Bits())
+                )
+        download.policy.set_parents(views)
+        download.report_due += 1
+        interval = max(self.config.report_min, self.config.nodes / self.config.report_rate)
+        if download.done_at is None:
+            self._at(
+                self.now + interval * (0.5 + self._rng.random()),
+                "periodic",
+                (node, download, download.report_due),
+            )
+        self._fill(node, download)
+
+    def _on_periodic(self, data: tuple[_Node, _Download, int]) -> None:
+        node, download, version = data
+        if version == download.report_due and download.done_at is None:
+            self._report(node, download)
+
+    def _watchers(self, parent_id: str, task: str) -> set[_Node]:
+        if parent_id == SEED:
+            return self._seed_waiting.setdefault(task, set())
+        return self.nodes[parent_id].watchers.setdefault(task, set())
+
+    def _fill(self, node: _Node, download: _Download) -> None:
+        """Start what the policy chooses; wait on the parents if it chooses nothing."""
+        policy = download.policy
+        if download.done_at is not None or node.failed:
+            return
+        picks = policy.choose(self.now, self.config.policy.max_inflight)
+        task = download.layer.id
+        for piece, parent_id in picks:
+            self._at(self.now + self.config.rtt, "transfer", (node, download, piece, parent_id))
+        waiting = not picks and policy.unassigned != 0
+        if waiting != download.idle:
+            download.idle = waiting
+            for link in policy.parents.values():
+                watchers = self._watchers(link.id, task)
+                if waiting:
+                    watchers.add(node)
+                else:
+                    watchers.discard(node)
+        if policy.needs_parents(self.now):
+            self._report(node, download)
+
+    def _wake(self, nodes: list[_Node] | set[_Node]) -> None:
+        for child in list(nodes):
+            for download in child.downloads.values():
+                if download.idle:
+                    download.idle = False
+                    self._fill(child, download)
+
+    def _on_transfer(self, data: tuple[_Node, _Download, int, str]) -> None:
+        node, download, piece, parent_id = data
+        if node.failed or not download.policy.inflight.get(piece, {}).get(parent_id):
+            return  # gone, or cancelled in the meantime (an endgame twin won)
+        if parent_id == SEED:
+            uploads = self._seed
+        else:
+            parent = self.nodes[parent_id]
+            if parent.failed:
+                download.policy.failed(piece, parent_id, FailureReason.UNREACHABLE, self.now)
+                self._fill(node, download)
+                return
+            uploads = parent.uploads
+        if uploads.active >= uploads.slots:
+            uploads.queue.append(data)
+            return
+        self._start_flow(uploads, data)
+
+    def _start_flow(self, uploads: _Uploads, data: tuple[_Node, _Download, int, str]) -> None:
+        node, download, piece, parent_id = data
+        uploads.active += 1
+        size = download.layer.geometry.length(piece)
+        flow = self.network.start(uploads.link, node.link, size, (node, download, piece, parent_id, uploads))
+        download.flows[(piece, parent_id)] = flow
+
+    def _upload_ended(self, uploads: _Uploads) -> None:
+        uploads.active -= 1
+        while uploads.queue and uploads.active < uploads.slots:
+            node, download, piece, parent_id = waiting = uploads.queue.popleft()
+            if not node.failed and download.policy.inflight.get(piece, {}).get(parent_id):
+                self._start_flow(uploads, waiting)
+
+    def _flow_done(self, flow: Flow, now: float) -> None:
+        node, download, piece, parent_id, uploads = flow.payload  # type: ignore[misc]
+        self._upload_ended(uploads)
+        download.flows.pop((piece, parent_id), None)
+        policy = download.policy
+        for twin in policy.finished(piece, parent_id, int(flow.size), now - flow.started, now):
+            other = download.flows.pop((piece, twin), None)
+            if other is not None:
+                self.network.cancel(other)
+                self._upload_ended(other.payload[4])
+        download.map.bits |= 1 << piece
+        self.sources["seed" if parent_id == SEED else "peer"] += flow.size
+        self._wake(node.watchers.get(download.layer.id, ()))
+        if policy.done:
+            download.done_at = now
+            self._report(node, download)  # a complete source now
+            if all(d.done_at is not None for d in node.downloads.values()):
+                node.done_at = now
+                self._open -= 1
+            return
+        self._fill(node, download)
 
     def _on_fail(self, node: _Node) -> None:
         if node.done_at is not None or node.failed:
             return
         node.failed = True
         self._open -= 1
-        self.scheduler.unpark(TASK, node.id)  # its long poll died with it
-        for flights in node.flights.values():
-            for flow in flights:
+        for download in node.downloads.values():
+            for flow in download.flows.values():
                 self.network.cancel(flow)
-        node.flights.clear()
-        for flow in list(node.link.up_flows):  # its requesters see the connection drop
+                self._upload_ended(flow.payload[4])
+            download.flows.clear()
+        waiting = list(node.uploads.queue)
+        node.uploads.queue.clear()
+        for flow in list(node.link.up_flows):  # its children see the connection drop
             self.network.cancel(flow)
-            requester, piece, _ = flow.payload  # type: ignore[misc]
-            other = self.nodes[requester]
-            other.flights[piece].remove(flow)
-            if not other.flights[piece]:
-                del other.flights[piece]
-            other.pending[1].append(Failure(piece, node.id, FailureReason.UNREACHABLE))
-            self._sync(other)
-
-    def _on_poll(self, data: tuple[_Node, int]) -> None:
-        node, version = data
-        if node.poll == version and not node.failed and node.done_at is None:
-            self._sync(node)
-
-    def _flow_done(self, flow: Flow, now: float) -> None:
-        requester, piece, source = flow.payload  # type: ignore[misc]
-        node = self.nodes[requester]
-        twins = node.flights.pop(piece, [])
-        for twin in twins:  # the first copy wins; an endgame twin is cancelled
-            if twin is not flow:
-                self.network.cancel(twin)
-        self.sources["seed" if source == SEED else "peer"] += flow.size
-        finished, _, timings = node.pending
-        finished.append(piece)
-        timings.append(Timing(piece, source, int(flow.size), now - flow.started))
-        node.finished += 1
-        if node.finished == self.geometry.count:
-            node.done_at = now
-            self._open -= 1
-        self._sync(node)
-
-    # --------------------------------------------------------------- the peer
-
-    @property
-    def now(self) -> float:
-        return self.network.now
-
-    def _want(self, node: _Node) -> int:
-        c = self.config
-        cap = c.download_slots
-        if math.isfinite(node.link.down):
-            cap = min(cap, max(1, int(node.link.down * c.pace / self.geometry.piece_size)))
-        return max(0, cap - len(node.flights))
-
-    def _sync(self, node: _Node) -> None:
-        """What a peer does after a transfer ends, a poll is due, or it joins."""
-        finished, failed, timings = node.pending
-        node.pending = ([], [], [])
-        done = node.done_at is not None
-        want = 0 if done else self._want(node)
-        self.syncs += 1
-        decisions = self.scheduler.sync(
-            TASK, node.id, self.now, finished=finished, failed=failed, timings=timings,
-            want=want, park=not node.flights and not done,
-        )  # fmt: skip
-        self._deliver(decisions)
-        if node.flights and not done:  # as a peer does: poll often only in the endgame
-            node.poll += 1
-            at_the_end = self.geometry.count - node.finished <= len(node.flights)
-            interval = self.config.poll_interval * (1 if at_the_end else 5)
-            self._at(self.now + interval, "poll", (node, node.poll))
-
-    def _deliver(self, decisions: Decisions) -> None:
-        for (_, peer_id), batch in decisions.assignments.items():
-            self._at(self.now + 2 * self.config.rtt, "assigned", (self.nodes[peer_id], batch))
-
-    def _on_assigned(self, data: tuple[_Node, list[Assignment]]) -> None:
-        node, batch = data
-        if node.failed:
-            self._deliver(self.scheduler.abandon(TASK, node.id, [a.piece for a in batch], self.now))
-            return
-        for assignment in batch:
-            if assignment.source != SEED and self.nodes[assignment.source].failed:
-                node.pending[1].append(
-                    Failure(assignment.piece, assignment.source, FailureReason.UNREACHABLE)
-                )
-                self._sync(node)
-                continue
-            source = self._seed_link if assignment.source == SEED else self.nodes[assignment.source].link
-            size = self.geometry.length(assignment.piece)
-            flow = self.network.start(source, node.link, size, (node.id, assignment.piece, assignment.source))
-            node.flights.setdefault(assignment.piece, []).append(flow)
+            waiting.append(flow.payload[:4])
+            flow.payload[1].flows.pop((flow.payload[2], flow.payload[3]), None)
+        for child, download, piece, parent_id in waiting:
+            download.policy.failed(piece, parent_id, FailureReason.UNREACHABLE, self.now)
+            self._fill(child, download)
 
     # ------------------------------------------------------------------ report
 
@@ -304,6 +515,7 @@ class SwarmSimulation:
         bound = kumar_ross_bound(
             c.image_size, c.nodes, origin, sum(ups) / len(ups), min(n.link.down for n in nodes)
         )
+        calls = sum(self.calls.values())
         return ModeResult(
             mode="p2p (simulated)",
             nodes=c.nodes,
@@ -314,7 +526,12 @@ class SwarmSimulation:
             completion_times=times,
             bound=bound,
             wall_time=max(times) if times else math.nan,
-            extra={"scheduler syncs": self.syncs, "simulator CPU s": round(cpu, 1)},
+            extra={
+                "supernode calls": calls,
+                "supernode busy s": round(self.supernode_busy, 2),
+                "supernode busy / bound": round(self.supernode_busy / bound, 3) if bound else None,
+                "simulator CPU s": round(cpu, 1),
+            },
             egress_timeline=self._egress,
             sources=dict(self.sources),
         )

@@ -1,27 +1,23 @@
-"""The sans-IO piece scheduler (see ``scheduler.py``)."""
+"""The sans-IO parent scheduler (see ``scheduler.py``)."""
 
 from supernode.scheduler.model import (
-    Assignment,
-    Decisions,
-    Failure,
-    FailureReason,
+    Events,
+    Parent,
+    ParentReport,
     SchedulerConfig,
     SourceState,
-    Timing,
     UnknownPeer,
     UnknownTask,
 )
 from supernode.scheduler.scheduler import Scheduler
 
 __all__ = [
-    "Assignment",
-    "Decisions",
-    "Failure",
-    "FailureReason",
+    "Events",
+    "Parent",
+    "ParentReport",
     "Scheduler",
     "SchedulerConfig",
     "SourceState",
-    "Timing",
     "UnknownPeer",
     "UnknownTask",
 ]

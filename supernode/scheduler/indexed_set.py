@@ -1,4 +1,4 @@
-"""A set with O(1) add, remove and random sampling, for the holders of a piece."""
+"""A set with O(1) add, remove and random sampling: the sources of a task."""
 
 from __future__ import annotations
 
@@ -28,11 +28,16 @@ class IndexedSet:
             self._index[last] = pos
 
     def sample(self, rng: random.Random, k: int) -> list[str]:
-        """All items when there are at most ``2k``, else ``k`` drawn at random."""
+        """All items when there are at most ``k``, else ``k`` distinct ones at random."""
         n = len(self._items)
-        if n <= 2 * k:
+        if n <= k:
             return list(self._items)
-        return [self._items[int(rng.random() * n)] for _ in range(k)]
+        if k * 4 < n:  # few of many: draw with retries instead of a partial shuffle
+            picked: dict[str, None] = {}
+            while len(picked) < k:
+                picked[self._items[int(rng.random() * n)]] = None
+            return list(picked)
+        return rng.sample(self._items, k)
 
     def __contains__(self, item: object) -> bool:
         return item in self._index

@@ -1,4 +1,4 @@
-"""Types of the scheduler: its configuration, the events' payloads and its decisions."""
+"""Types of the scheduler: its configuration, the events' payloads and its answers."""
 
 from __future__ import annotations
 
@@ -10,93 +10,80 @@ from swarmpull.core.failures import FailureReason
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
-    """Tuning of the scheduler; every time is in seconds of the clock passed in."""
+    """Tuning of the parent scheduler; every time is in seconds of the clock passed in."""
 
-    endgame_pieces: int = 4
-    """A peer whose last pieces are all in flight, and at most this many, is in endgame."""
-    endgame_delay: float = 1.0
-    """In endgame, a piece in flight this long gets a second source."""
-    assignment_timeout: float = 120.0
-    """An assignment not reported within this time is taken back and the slot freed."""
+    parents: int = 4
+    """Peer parents a requester gets (the seed comes on top while it has room)."""
+    candidates: int = 16
+    """Sources sampled and scored per choice (all of them when there are fewer)."""
+    children_per_parent: float = 1.5
+    """A source takes up to ``children_per_parent * parents`` children per task at the
+    swarm's typical upload rate, more or fewer in proportion to its own rate."""
+    seed_children: int = 64
+    """Most children the seed of a task takes at once (it is the source of last resort;
+    its own rate caps what it serves anyway)."""
     peer_timeout: float = 30.0
-    """A peer not heard from (heartbeat or sync) for this long is dropped."""
-    flight_silence: float = 12.0
-    """A requester with transfers in flight syncs at least every 5 s (and heartbeats as
-    often); one silent this long has them taken back (its sources get their slots again)."""
+    """A peer not heard from (heartbeat or report) for this long is dropped."""
     blacklist_seconds: float = 60.0
-    """A source that failed a requester is not offered to that requester for this long."""
+    """A parent a requester dropped is not given back to that requester for this long."""
     quarantine_seconds: float = 3600.0
-    """A source that served a corrupt piece is not offered to anyone for this long."""
-    drop_after_unreachable: int = 2
-    """Distinct requesters reporting a source unreachable within blacklist_seconds drop it."""
-    sample_size: int = 8
-    """Holders considered per piece (power of d choices); all of them when fewer."""
-    max_batch: int = 32
-    """Most assignments returned by one sync."""
-    wake_misses: int = 4
-    """When capacity frees up, waiting peers are tried until this many get nothing."""
+    """A source proven to serve corrupt pieces is not given to anyone for this long."""
+    corrupt_witnesses: int = 2
+    """Distinct requesters that must report corrupt pieces from a source to quarantine it
+    (or the supernode's own check of one of them)."""
+    failure_witnesses: int = 2
+    """Distinct requesters that must report a source unreachable or stalled within
+    ``blacklist_seconds`` before it is dropped (or degraded)."""
+    degraded_seconds: float = 30.0
+    """A source found far slower than its peers is not given as a parent this long."""
     default_capacity: float = 100e6
     """Upload bytes per second assumed for a peer that declares none."""
-    piece_pace: float = 0.1
-    """A source takes only as many uploads as it can serve at one piece per this many
-    seconds each: fewer, faster transfers make pieces available to re-share sooner."""
-    busy_backoff: float = 1.0
-    """A source that refused a requester (all slots busy) is not offered to it for this long."""
-    degraded_seconds: float = 30.0
-    """A source found far slower than its peers is used only as a last resort this long."""
 
     def __post_init__(self) -> None:
-        for name in ("endgame_pieces", "drop_after_unreachable", "sample_size", "max_batch"):
+        for name in ("parents", "candidates", "seed_children", "corrupt_witnesses", "failure_witnesses"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be at least 1")
-        for name in ("assignment_timeout", "peer_timeout", "blacklist_seconds", "flight_silence"):
+        for name in ("peer_timeout", "blacklist_seconds", "children_per_parent"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SchedulerConfig.{name} must be positive")
 
 
 class SourceState(enum.Enum):
     ACTIVE = "active"
-    DEGRADED = "degraded"  # much slower than its peers: a last resort, for a while
-    QUARANTINED = "quarantined"  # served a corrupt piece: never used, for a while
+    DEGRADED = "degraded"  # far slower than its peers: given to no new child for a while
+    QUARANTINED = "quarantined"  # proven to serve corrupt pieces: given to no one
 
 
 @dataclass(frozen=True, slots=True)
-class Failure:
-    piece: int
-    source: str
-    reason: FailureReason
+class ParentReport:
+    """What a requester saw of one of its parents since its last report: bytes received
+    in ``seconds`` of transfer time, transfers that failed, and the last failure's reason."""
+
+    parent: str
+    bytes: int = 0
+    seconds: float = 0.0
+    failures: int = 0
+    reason: FailureReason | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Timing:
-    """The transfer of ``piece`` (``size`` bytes) from ``source`` took ``seconds``."""
+class Parent:
+    """A source a requester fetches from (a peer, or the task's seed)."""
 
-    piece: int
-    source: str
-    size: int
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    """Fetch ``piece`` from ``source`` (a peer id or a seed id)."""
-
-    piece: int
-    source: str
+    id: str
+    seed: bool = False
 
 
 @dataclass(slots=True)
-class Decisions:
-    """What an event decided: new assignments per ``(task, peer)`` and peers dropped."""
+class Events:
+    """What an event did besides answering its caller: peers dropped, quarantined or
+    degraded (for the log and the metrics)."""
 
-    assignments: dict[tuple[str, str], list[Assignment]] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     degraded: list[str] = field(default_factory=list)
 
-    def merge(self, other: Decisions) -> Decisions:
-        for key, batch in other.assignments.items():
-            self.assignments.setdefault(key, []).extend(batch)
+    def merge(self, other: Events) -> Events:
         self.dropped.extend(other.dropped)
         self.quarantined.extend(other.quarantined)
         self.degraded.extend(other.degraded)

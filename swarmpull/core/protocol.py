@@ -2,7 +2,8 @@
 
 Every request body goes through ``parse_*`` first; a body of the wrong shape raises
 ``ProtocolError`` with a message that names the field, which the server answers as 400.
-Responses are built from the same types with ``to_json``.
+Responses are built from the same types with ``to_json``. Sets of pieces travel as
+bitfields in base64 (``swarmpull.core.bitfield``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from swarmpull.core.digest import Digest, DigestError
 from swarmpull.core.failures import FailureReason
@@ -18,9 +20,11 @@ from swarmpull.core.tasks import check_upstream_url, validate_task_id
 API = "/api/v1"
 PEER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+_B64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 MAX_PIECES = 1 << 20
 MAX_HEADERS = 32
 MAX_HEADER_VALUE = 16 * 1024
+MAX_PARENTS = 64
 TASK_STATES = ("running", "seeded", "failed")
 
 
@@ -65,21 +69,28 @@ def _float(body: dict[str, Any], key: str, lo: float, hi: float, default: float)
     return float(value)
 
 
-def _pieces(value: Any, key: str) -> list[int]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or len(value) > MAX_PIECES:
-        raise ProtocolError(f"{key!r} must be a list of piece indices")
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
-            raise ProtocolError(f"{key!r} must hold non-negative integers")
+def _bitfield(body: dict[str, Any], key: str) -> str:
+    """A bitfield in base64; its length is checked against the blob when it is decoded."""
+    value = body.get(key, "")
+    if not isinstance(value, str) or len(value) > (MAX_PIECES // 8) * 4 // 3 + 4 or not _B64_RE.match(value):
+        raise ProtocolError(f"{key!r} must be a bitfield in base64")
     return value
 
 
-def _peer_id(body: dict[str, Any]) -> str:
-    value = _str(body, "peer_id", limit=128)
+def _peer_id(body: dict[str, Any], key: str = "peer_id") -> str:
+    value = _str(body, key, limit=128)
     if not PEER_ID_RE.match(value):
-        raise ProtocolError("'peer_id' may hold letters, digits and . _ : - (at most 128)")
+        raise ProtocolError(f"{key!r} may hold letters, digits and . _ : - (at most 128)")
+    return value
+
+
+def _peer_ids(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key) or []
+    if not isinstance(value, list) or len(value) > MAX_PARENTS:
+        raise ProtocolError(f"{key!r} must be a list of at most {MAX_PARENTS} peer ids")
+    for item in value:
+        if not isinstance(item, str) or not PEER_ID_RE.match(item):
+            raise ProtocolError(f"{key!r} must hold peer ids")
     return value
 
 
@@ -90,13 +101,29 @@ def _task_id(value: Any, key: str) -> str:
         raise ProtocolError(f"{key!r} must be a task id (sha256-<hex> or url-<hex>)") from None
 
 
-def _address(value: Any) -> str | None:
+def parse_address(value: Any) -> str | None:
+    """A node's advertised address: ``scheme://host:port`` and nothing else (no path, no
+    query, no user info), so nobody can make other nodes send requests anywhere else."""
     if value is None:
         return None
+    text = value if isinstance(value, str) else ""
     try:
-        return check_upstream_url(value if isinstance(value, str) else "").rstrip("/")
+        parts = urlsplit(text.rstrip("/"))
+        port = parts.port
     except ValueError:
-        raise ProtocolError("'address' must be an http(s) URL or null") from None
+        port = None
+        parts = urlsplit("")
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port is None
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+    ):
+        raise ProtocolError("'address' must be http(s)://HOST:PORT (no path, query or user info) or null")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def parse_peer_id(text: str) -> str:
@@ -110,20 +137,15 @@ def parse_peer_id(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Holding:
-    """Pieces of a blob a peer holds, with the geometry it holds them in."""
+    """Pieces of a blob a peer holds (a bitfield), with the geometry it holds them in."""
 
     task_id: str
     size: int
     piece_size: int
-    pieces: list[int]
+    have: str  # base64 bitfield
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "task_id": self.task_id,
-            "size": self.size,
-            "piece_size": self.piece_size,
-            "pieces": self.pieces,
-        }
+        return {"task_id": self.task_id, "size": self.size, "piece_size": self.piece_size, "have": self.have}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +178,15 @@ def parse_holding(raw: Any) -> Holding:
         _task_id(entry.get("task_id"), "task_id"),
         _int(entry, "size", 0, 1 << 50),
         _int(entry, "piece_size", 1, 1 << 31),
-        _pieces(entry.get("pieces"), "pieces"),
+        _bitfield(entry, "have"),
     )
 
 
 def parse_peer_registration(raw: Any) -> PeerRegistration:
     body = _obj(raw, "body")
     labels = _obj(body.get("labels") or {}, "'labels'")
+    if len(labels) > 16:
+        raise ProtocolError("'labels' may hold at most 16 entries")
     for key, value in labels.items():
         if not isinstance(value, str) or len(value) > 128:
             raise ProtocolError(f"label {key!r} must be a string of at most 128 characters")
@@ -172,7 +196,7 @@ def parse_peer_registration(raw: Any) -> PeerRegistration:
     holdings = [parse_holding(item) for item in items]
     return PeerRegistration(
         peer_id=_peer_id(body),
-        address=_address(body.get("address")),
+        address=parse_address(body.get("address")),
         upload_slots=_int(body, "upload_slots", 0, 1024, default=8),
         zone=labels.get("zone") or None,
         rack=labels.get("rack") or None,
@@ -192,7 +216,7 @@ class Heartbeat:
 def parse_heartbeat(raw: Any) -> Heartbeat:
     body = _obj(raw or {}, "body")
     dropped = body.get("dropped_tasks") or []
-    if not isinstance(dropped, list):
+    if not isinstance(dropped, list) or len(dropped) > 100_000:
         raise ProtocolError("'dropped_tasks' must be a list of task ids")
     return Heartbeat([_task_id(t, "dropped_tasks") for t in dropped])
 
@@ -202,21 +226,36 @@ def parse_heartbeat(raw: Any) -> Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class OpenTask:
-    """Ask for a blob: register it with the supernode (or join it if it exists)."""
+    """Ask for a blob: register it with the supernode (or join it if it exists).
+    ``have``: a bitfield of the pieces already held, in the task's geometry."""
 
     peer_id: str
     url: str
     digest: Digest | None = None
     headers: dict[str, str] = field(default_factory=dict, repr=False)  # secrets: never logged
-    have: list[int] = field(default_factory=list)
+    have: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"peer_id": self.peer_id, "url": self.url, "have": self.have}
+        body: dict[str, Any] = {"peer_id": self.peer_id, "url": self.url}
+        if self.have:
+            body["have"] = self.have
         if self.digest is not None:
             body["digest"] = str(self.digest)
         if self.headers:
             body["headers"] = self.headers
         return body
+
+
+def parse_headers(raw: Any) -> dict[str, str]:
+    headers = _obj(raw or {}, "'headers'")
+    if len(headers) > MAX_HEADERS:
+        raise ProtocolError(f"'headers' may hold at most {MAX_HEADERS} entries")
+    for name, value in headers.items():
+        if not _HEADER_NAME_RE.match(name) or not isinstance(value, str):
+            raise ProtocolError("'headers' must map header names to strings")
+        if len(value) > MAX_HEADER_VALUE or "\n" in value or "\r" in value:
+            raise ProtocolError(f"header {name!r} has an invalid value")
+    return dict(headers)
 
 
 def parse_open_task(raw: Any) -> OpenTask:
@@ -230,25 +269,56 @@ def parse_open_task(raw: Any) -> OpenTask:
         digest = Digest.parse(digest_text) if digest_text else None
     except DigestError as exc:
         raise ProtocolError(f"'digest': {exc}") from None
-    headers = _obj(body.get("headers") or {}, "'headers'")
-    if len(headers) > MAX_HEADERS:
-        raise ProtocolError(f"'headers' may hold at most {MAX_HEADERS} entries")
-    for name, value in headers.items():
-        if not _HEADER_NAME_RE.match(name) or not isinstance(value, str):
-            raise ProtocolError("'headers' must map header names to strings")
-        if len(value) > MAX_HEADER_VALUE or "\n" in value or "\r" in value:
-            raise ProtocolError(f"header {name!r} has an invalid value")
-    return OpenTask(_peer_id(body), url, digest, dict(headers), _pieces(body.get("have"), "have"))
+    return OpenTask(_peer_id(body), url, digest, parse_headers(body.get("headers")), _bitfield(body, "have"))
+
+
+@dataclass(frozen=True, slots=True)
+class ParentInfo:
+    """A source to fetch pieces from: a peer, or the task's seed."""
+
+    id: str
+    address: str
+    seed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "address": self.address, "seed": self.seed}
+
+
+def _parents(raw: Any) -> list[ParentInfo]:
+    if not isinstance(raw, list) or len(raw) > MAX_PARENTS:
+        raise ProtocolError(f"'parents' must be a list of at most {MAX_PARENTS}")
+    out = []
+    for item in raw:
+        entry = _obj(item, "a parent")
+        address = parse_address(entry.get("address"))
+        if address is None:
+            raise ProtocolError("a parent needs an 'address'")
+        out.append(ParentInfo(_peer_id(entry, "id"), address, entry.get("seed") is True))
+    return out
+
+
+def _keys(raw: Any) -> list[str]:
+    if not isinstance(raw, list) or len(raw) > 64:
+        raise ProtocolError("'keys' must be a list of at most 64 keys")
+    for item in raw:
+        if not isinstance(item, str) or len(item) != 44 or not _B64_RE.match(item):
+            raise ProtocolError("'keys' must hold Ed25519 public keys in base64")
+    return list(raw)
 
 
 @dataclass(frozen=True, slots=True)
 class TaskInfo:
-    """A task's geometry, fixed by the supernode when it first read the upstream."""
+    """A task's geometry, fixed by the supernode when it first read the upstream; the
+    keys its piece statements are signed with; the requester's parents; and when to
+    report next (seconds)."""
 
     task_id: str
     size: int
     piece_size: int
     digest: Digest | None = None  # the blob's digest, when known
+    keys: list[str] = field(default_factory=list)
+    parents: list[ParentInfo] = field(default_factory=list)
+    report_in: float = 5.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -256,6 +326,9 @@ class TaskInfo:
             "size": self.size,
             "piece_size": self.piece_size,
             "digest": str(self.digest) if self.digest else None,
+            "keys": self.keys,
+            "parents": [p.to_json() for p in self.parents],
+            "report_in": self.report_in,
         }
 
 
@@ -271,164 +344,82 @@ def parse_task_info(raw: Any) -> TaskInfo:
         size=_int(body, "size", 0, 1 << 50),
         piece_size=_int(body, "piece_size", 1, 1 << 31),
         digest=parsed,
+        keys=_keys(body.get("keys") or []),
+        parents=_parents(body.get("parents") or []),
+        report_in=_float(body, "report_in", 0.0, 3600.0, default=5.0),
     )
 
 
-# ----------------------------------------------------------------------- sync
+# --------------------------------------------------------------------- report
 
 
 @dataclass(frozen=True, slots=True)
-class PieceFailure:
-    piece: int
-    source: str
-    reason: FailureReason
+class ParentStats:
+    """What a requester saw of one of its parents since its last report."""
+
+    id: str
+    bytes: int = 0
+    seconds: float = 0.0
+    failures: int = 0
+    reason: FailureReason | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"piece": self.piece, "source": self.source, "reason": self.reason.value}
+        body: dict[str, Any] = {"id": self.id, "bytes": self.bytes, "seconds": self.seconds}
+        if self.failures:
+            body["failures"] = self.failures
+            body["reason"] = self.reason.value if self.reason else None
+        return body
 
 
-@dataclass(frozen=True, slots=True)
-class PieceTiming:
-    """The transfer of ``piece`` (``size`` bytes) from ``source`` took ``seconds``."""
-
-    piece: int
-    source: str
-    size: int
-    seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"piece": self.piece, "source": self.source, "size": self.size, "seconds": self.seconds}
-
-
-@dataclass(frozen=True, slots=True)
-class SyncRequest:
-    """Report finished and failed pieces; ask for up to ``want`` more, waiting ``wait`` s.
-    ``uploads`` is how many uploads the peer is serving right now."""
-
-    peer_id: str
-    finished: list[int] = field(default_factory=list)
-    failed: list[PieceFailure] = field(default_factory=list)
-    want: int = 0
-    wait: float = 0.0
-    timings: list[PieceTiming] = field(default_factory=list)
-    uploads: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "peer_id": self.peer_id,
-            "finished": self.finished,
-            "failed": [f.to_json() for f in self.failed],
-            "want": self.want,
-            "wait": self.wait,
-            "timings": [t.to_json() for t in self.timings],
-            "uploads": self.uploads,
-        }
-
-
-def parse_sync_request(raw: Any) -> SyncRequest:
-    body = _obj(raw, "body")
-    failed_raw = body.get("failed") or []
-    if not isinstance(failed_raw, list) or len(failed_raw) > MAX_PIECES:
-        raise ProtocolError("'failed' must be a list")
-    failed = []
-    for item in failed_raw:
-        entry = _obj(item, "a 'failed' entry")
-        try:
-            reason = FailureReason(entry.get("reason"))
-        except ValueError:
-            choices = ", ".join(r.value for r in FailureReason)
-            raise ProtocolError(f"'reason' must be one of {choices}") from None
-        failed.append(
-            PieceFailure(_int(entry, "piece", 0, MAX_PIECES), _str(entry, "source", limit=128), reason)
-        )
-    timings_raw = body.get("timings") or []
-    if not isinstance(timings_raw, list) or len(timings_raw) > MAX_PIECES:
-        raise ProtocolError("'timings' must be a list")
-    timings = []
-    for item in timings_raw:
-        entry = _obj(item, "a 'timings' entry")
-        timings.append(
-            PieceTiming(
-                _int(entry, "piece", 0, MAX_PIECES),
-                _str(entry, "source", limit=128),
-                _int(entry, "size", 0, 1 << 40),
-                _float(entry, "seconds", 0.0, 86400.0, default=-1.0),
+def _parent_stats(raw: Any) -> list[ParentStats]:
+    if not isinstance(raw, list) or len(raw) > MAX_PARENTS:
+        raise ProtocolError(f"'parents' must be a list of at most {MAX_PARENTS}")
+    out = []
+    for item in raw:
+        entry = _obj(item, "a 'parents' entry")
+        reason = None
+        if entry.get("reason") is not None:
+            try:
+                reason = FailureReason(entry.get("reason"))
+            except ValueError:
+                choices = ", ".join(r.value for r in FailureReason)
+                raise ProtocolError(f"'reason' must be one of {choices}") from None
+        out.append(
+            ParentStats(
+                _peer_id(entry, "id"),
+                _int(entry, "bytes", 0, 1 << 50, default=0),
+                _float(entry, "seconds", 0.0, 86400.0 * 30, default=0.0),
+                _int(entry, "failures", 0, 1 << 20, default=0),
+                reason,
             )
         )
-    uploads = body.get("uploads")
-    return SyncRequest(
-        peer_id=_peer_id(body),
-        finished=_pieces(body.get("finished"), "finished"),
-        failed=failed,
-        want=_int(body, "want", 0, 1024, default=0),
-        wait=_float(body, "wait", 0.0, 300.0, default=0.0),
-        timings=timings,
-        uploads=None if uploads is None else _int(body, "uploads", 0, 1 << 20),
-    )
+    return out
 
 
 @dataclass(frozen=True, slots=True)
-class PieceAssignment:
-    """Fetch ``piece`` from the source ``source`` at ``address``; it must hash to ``sha256``."""
+class ReportAnswer:
+    """The requester's parents now, when to report next, and the task's state."""
 
-    piece: int
-    source: str
-    address: str
-    sha256: str
-    seed: bool = False  # the source is a supernode's seed, not a peer
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "piece": self.piece,
-            "source": self.source,
-            "address": self.address,
-            "sha256": self.sha256,
-            "seed": self.seed,
-        }
-
-
-_HEX64 = re.compile(r"^[a-f0-9]{64}$")
-
-
-@dataclass(frozen=True, slots=True)
-class SyncResponse:
-    assignments: list[PieceAssignment]
+    parents: list[ParentInfo]
     state: str = "running"  # one of TASK_STATES
-    digest: Digest | None = None  # the blob's digest once known
+    report_in: float = 5.0
+    digest: Digest | None = None
     error: str | None = None  # why the task failed
+    keys: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "assignments": [a.to_json() for a in self.assignments],
+            "parents": [p.to_json() for p in self.parents],
             "state": self.state,
+            "report_in": self.report_in,
             "digest": str(self.digest) if self.digest else None,
             "error": self.error,
+            "keys": self.keys,
         }
 
 
-def parse_sync_response(raw: Any) -> SyncResponse:
+def parse_report_answer(raw: Any) -> ReportAnswer:
     body = _obj(raw, "body")
-    items = body.get("assignments") or []
-    if not isinstance(items, list):
-        raise ProtocolError("'assignments' must be a list")
-    assignments = []
-    for item in items:
-        entry = _obj(item, "an assignment")
-        sha = entry.get("sha256")
-        if not isinstance(sha, str) or not _HEX64.match(sha):
-            raise ProtocolError("'sha256' must be 64 lowercase hex characters")
-        address = _address(entry.get("address"))
-        if address is None:
-            raise ProtocolError("'address' is required in an assignment")
-        assignments.append(
-            PieceAssignment(
-                _int(entry, "piece", 0, MAX_PIECES),
-                _str(entry, "source", limit=128),
-                address,
-                sha,
-                entry.get("seed") is True,
-            )
-        )
     state = body.get("state", "running")
     if state not in TASK_STATES:
         raise ProtocolError(f"'state' must be one of {', '.join(TASK_STATES)}")
@@ -438,7 +429,14 @@ def parse_sync_response(raw: Any) -> SyncResponse:
     except DigestError as exc:
         raise ProtocolError(f"'digest': {exc}") from None
     error = body.get("error")
-    return SyncResponse(assignments, state, parsed, error if isinstance(error, str) else None)
+    return ReportAnswer(
+        parents=_parents(body.get("parents") or []),
+        state=state,
+        report_in=_float(body, "report_in", 0.0, 3600.0, default=5.0),
+        digest=parsed,
+        error=error[:1000] if isinstance(error, str) else None,
+        keys=_keys(body.get("keys") or []),
+    )
 
 
 # ---------------------------------------------------------------------- errors
@@ -447,3 +445,84 @@ def parse_sync_response(raw: Any) -> SyncResponse:
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
     """The JSON body of every error answer of the supernode and peer APIs."""
     return {"error": {"code": code, "message": message, **details}}
+
+
+# --------------------------------------------------------------------- batches
+
+
+MAX_BATCH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTasks:
+    """Several tasks opened in one call (a node pulls an image's layers at once)."""
+
+    peer_id: str
+    tasks: list[OpenTask]
+
+    def to_json(self) -> dict[str, Any]:
+        tasks = [{k: v for k, v in t.to_json().items() if k != "peer_id"} for t in self.tasks]
+        return {"peer_id": self.peer_id, "tasks": tasks}
+
+
+def parse_open_tasks(raw: Any) -> OpenTasks:
+    body = _obj(raw, "body")
+    peer_id = _peer_id(body)
+    items = body.get("tasks")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise ProtocolError(f"'tasks' must be a list of 1 to {MAX_BATCH} tasks")
+    tasks = [parse_open_task(_obj(item, "a task") | {"peer_id": peer_id}) for item in items]
+    return OpenTasks(peer_id, tasks)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskReport:
+    """A requester's report on one task (see ``Report``)."""
+
+    task_id: str
+    have: str = ""
+    parents: list[ParentStats] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "have": self.have,
+            "parents": [p.to_json() for p in self.parents],
+            "drop": self.drop,
+            "bad": self.bad,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PeerReport:
+    """A node's report on every task it is downloading, in one call; it also counts as
+    a heartbeat, and names the blobs the node dropped."""
+
+    tasks: list[TaskReport] = field(default_factory=list)
+    dropped_tasks: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tasks": [t.to_json() for t in self.tasks], "dropped_tasks": self.dropped_tasks}
+
+
+def parse_peer_report(raw: Any) -> PeerReport:
+    body = _obj(raw or {}, "body")
+    items = body.get("tasks") or []
+    if not isinstance(items, list) or len(items) > MAX_BATCH:
+        raise ProtocolError(f"'tasks' must be a list of at most {MAX_BATCH} task reports")
+    tasks = []
+    for item in items:
+        entry = _obj(item, "a task report")
+        tasks.append(
+            TaskReport(
+                task_id=_task_id(entry.get("task_id"), "task_id"),
+                have=_bitfield(entry, "have"),
+                parents=_parent_stats(entry.get("parents") or []),
+                drop=_peer_ids(entry, "drop"),
+                bad=_peer_ids(entry, "bad"),
+            )
+        )
+    dropped = parse_heartbeat({"dropped_tasks": body.get("dropped_tasks") or []}).dropped_tasks
+    return PeerReport(tasks, dropped)

@@ -116,18 +116,38 @@ def error_message(body: Any, fallback: str) -> str:
     return fallback
 
 
+def bind(where: HostPort) -> tuple[socket.socket, HostPort]:
+    """A listening socket at ``where`` (port 0: any free port), and the address it got:
+    bound before the app is built, so the app can know its own URL."""
+    family = socket.AF_INET6 if ":" in where.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((where.host, where.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock, HostPort(where.host, sock.getsockname()[1])
+
+
 async def start_site(
-    app: web.Application, where: HostPort, **runner_args: Any
+    app: web.Application, where: HostPort | socket.socket, **runner_args: Any
 ) -> tuple[web.AppRunner, HostPort]:
-    """Serve ``app`` at ``where`` (port 0: any free port); returns the runner and the bound
-    address."""
+    """Serve ``app`` at ``where`` (an address, port 0: any free port; or a socket from
+    ``bind``); returns the runner and the bound address."""
     runner_args.setdefault("shutdown_timeout", 2.0)  # in-flight requests get this long
     runner = web.AppRunner(app, access_log=None, **runner_args)
     await runner.setup()
-    site = web.TCPSite(runner, where.host, where.port, reuse_address=True, backlog=1024)
+    if isinstance(where, socket.socket):
+        site: web.BaseSite = web.SockSite(runner, where)
+    else:
+        site = web.TCPSite(runner, where.host, where.port, reuse_address=True, backlog=1024)
     try:
         await site.start()
     except OSError:
         await runner.cleanup()
         raise
-    return runner, HostPort(where.host, runner.addresses[0][1])
+    host = where.getsockname()[0] if isinstance(where, socket.socket) else where.host
+    return runner, HostPort(host, runner.addresses[0][1])

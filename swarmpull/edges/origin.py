@@ -1,16 +1,18 @@
-"""Reading a blob from its upstream into the store, piece by piece.
+"""Reading a blob from its upstream (back to source) into the store, piece by piece.
 
-The supernode's back-to-source uses it (once per task), and so does a peer that has to
-fetch directly because no supernode answers. ``UpstreamFetch`` streams the upstream body
-in order, writes each piece into the store, hashes it as it arrives and reports it the
-moment it is complete, so peers start long before the blob is done. A broken read
-resumes with a ``Range`` request at the first missing piece. The whole blob is hashed
-along the way; when a digest is expected, the last piece is reported only after the
-whole digest matched, so nobody can complete a blob that is wrong.
+The supernode's seed uses it (once per task), and so does a peer that has to fetch
+directly because no supernode answers. ``UpstreamFetch`` streams the upstream body in
+order and writes each piece into the store; once a piece is complete it is hashed from
+what was written (off the event loop), together with the whole blob's digest, and
+reported, so peers start long before the blob is done. A broken read resumes with a
+``Range`` request at the first missing piece. When a digest is expected, the last piece
+is reported only after the whole digest matched, so nobody can complete a blob that is
+wrong. The fetch records nothing itself: the caller records each reported piece (the
+seed at once, signed; a direct read once the whole digest matched).
 
-With ``defer=True`` (a peer's direct fetch, where no per-piece hashes are known in
-advance) pieces are written but not recorded as verified; the caller records them once
-the whole blob's digest matched.
+Each attempt asks ``source()`` for a URL and the headers that go with it (the supernode
+keeps every requester's URL and credentials together and may switch requester between
+attempts, never mix them).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,6 +54,8 @@ class UpstreamConfig:
     """Reads of one blob before giving up; each retry resumes at the first missing piece."""
     retry_delay: float = 0.5
     """Seconds before the first retry; doubled on each further one."""
+    max_blob_size: int = 64 << 30
+    """A blob an upstream says is larger than this is refused."""
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -56,12 +63,16 @@ class UpstreamConfig:
 
 
 class UpstreamError(Exception):
-    """The upstream could not give the blob. ``definitive`` errors are not retried."""
+    """The upstream could not give the blob. ``definitive`` errors are not retried;
+    ``bad_data``: the upstream sent bytes that do not match the digest."""
 
-    def __init__(self, message: str, status: int | None = None, definitive: bool = False):
+    def __init__(
+        self, message: str, status: int | None = None, definitive: bool = False, bad_data: bool = False
+    ):
         super().__init__(message)
         self.status = status
         self.definitive = definitive
+        self.bad_data = bad_data
 
 
 class Throttle(Protocol):
@@ -76,33 +87,33 @@ class UpstreamEvents(Protocol):
     """What the fetch reports, on the loop that runs it."""
 
     def geometry(self, size: int) -> StoredBlob:
-        """The blob's size is known: create (and return) its place in the seed store."""
+        """The blob's size is known: create (and return) its place in the store."""
 
     def digest(self, digest: Digest) -> None:
-        """The whole blob's digest, known before its last piece is published."""
+        """The whole blob's digest, known before its last piece is reported."""
 
     def piece(self, index: int, sha: str) -> None:
-        """Piece ``index`` is in the store with this sha256 (recorded, unless deferred)."""
+        """Piece ``index`` is written and hashes to ``sha`` (not recorded yet)."""
+
+
+Source = Callable[[], tuple[str, dict[str, str]]]
 
 
 class UpstreamFetch:
-    """Reads one blob from ``url`` into the store."""
+    """Reads one blob into the store from the URL ``source()`` names at each attempt."""
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        url: str,
-        headers: Callable[[], dict[str, str]],
+        source: Source,
         expected: Digest | None,
         events: UpstreamEvents,
         config: UpstreamConfig,
         on_bytes: Callable[[int], None] | None = None,
-        defer: bool = False,
         throttle: Throttle | None = None,
     ) -> None:
         self._session = session
-        self._url = url
-        self._headers = headers  # read at every attempt: the newest token wins
+        self._source = source
         self._expected = expected
         self._events = events
         self._config = config
@@ -111,12 +122,12 @@ class UpstreamFetch:
             total=None, sock_connect=config.connect_timeout, sock_read=config.stall_timeout
         )
         self._blob: StoredBlob | None = None
-        self._defer = defer
         self._elsewhere: frozenset[int] = frozenset()
         self._throttle = throttle
+        self.url = ""  # the URL of the current (or last) attempt
 
     def __repr__(self) -> str:
-        return f"<UpstreamFetch {redact_url(self._url)}>"
+        return f"<UpstreamFetch {redact_url(self.url)}>"
 
     async def run(self, blob: StoredBlob | None, elsewhere: frozenset[int] = frozenset()) -> StoredBlob:
         """Fetch until every piece is in; ``blob`` is what the store already holds.
@@ -142,17 +153,25 @@ class UpstreamFetch:
         blob = self._blob
         start_piece = first_missing(blob, self._elsewhere) if blob is not None else 0
         offset = start_piece * blob.meta.piece_size if blob is not None else 0
-        headers = {PEER_HEADER: "swarmpull", **self._headers()}
+        url, extra = self._source()
+        self.url = url
+        headers = {PEER_HEADER: "swarmpull", **extra}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        where = redact_url(self._url)
+        where = redact_url(url)
         throttle = self._throttle
         try:
             async with (
                 throttle.connection() if throttle else nullcontext(),
-                self._session.get(self._url, headers=headers, timeout=self._timeout) as resp,
+                self._session.get(url, headers=headers, timeout=self._timeout) as resp,
             ):
                 size, skip = self._check_response(resp, offset, where)
+                if size > self._config.max_blob_size:
+                    raise UpstreamError(
+                        f"upstream {where} declares {size} bytes, "
+                        f"over the limit of {self._config.max_blob_size}",
+                        definitive=True,
+                    )
                 if blob is None:
                     blob = self._events.geometry(size)
                 elif blob.meta.size != size:
@@ -196,63 +215,60 @@ class UpstreamFetch:
         skip: int,
         where: str,
     ) -> None:
+        """Write the body into the store as it comes. Each complete piece is hashed by a
+        worker thread of its own (in order, so the whole-blob digest is fed in order)
+        while the loop keeps reading: a break in the connection loses little that was
+        already received, and the hashing never stalls the event loop."""
         geometry = blob.geometry
         whole = None if self._elsewhere else hashlib.sha256()
-        for piece in range(start_piece if whole is not None else 0):  # a resumed read: rehash what we hold
-            whole.update(blob.read(geometry.offset(piece), geometry.length(piece)))
-        pos = start_piece * geometry.piece_size
-        writer: PieceWriter | None = None
-        async for chunk in resp.content.iter_chunked(CHUNK):
-            if self._throttle is not None:
-                await self._throttle.acquire(len(chunk))
-            if self._on_bytes is not None:
-                self._on_bytes(len(chunk))
-            view = memoryview(chunk)
-            if skip:
-                dropped = min(skip, len(view))
-                view, skip = view[dropped:], skip - dropped
-            while view:
-                piece = pos // geometry.piece_size
-                if piece >= geometry.count:
-                    raise UpstreamError(f"upstream {where} sent more than {geometry.size} bytes")
-                end = geometry.offset(piece) + geometry.length(piece)
-                part, view = view[: end - pos], view[end - pos :]
-                if whole is not None:
-                    whole.update(part)
-                if not blob.is_verified(piece) and piece not in self._elsewhere:
-                    if writer is None:
-                        writer = blob.writer(piece)
-                    writer.write(part)
-                pos += len(part)
-                if pos == end:
-                    self._piece_done(blob, piece, writer, whole, where)
-                    writer = None
-        if writer is not None:
-            writer.abort()
-        if pos < geometry.size:
-            raise UpstreamError(f"upstream {where} closed after {pos} of {geometry.size} bytes")
+        hashing = _Hashing(whole)
+        try:
+            if whole is not None and start_piece:  # a resumed read: the digest covers what we hold
+                hashing.add(start_piece - 1, None, 0, start_piece * geometry.piece_size, blob.fd)
+            pos = start_piece * geometry.piece_size
+            writer: PieceWriter | None = None
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                if self._throttle is not None:
+                    await self._throttle.acquire(len(chunk))
+                if self._on_bytes is not None:
+                    self._on_bytes(len(chunk))
+                view = memoryview(chunk)
+                if skip:
+                    dropped = min(skip, len(view))
+                    view, skip = view[dropped:], skip - dropped
+                while view:
+                    piece = pos // geometry.piece_size
+                    if piece >= geometry.count:
+                        raise UpstreamError(f"upstream {where} sent more than {geometry.size} bytes")
+                    end = geometry.offset(piece) + geometry.length(piece)
+                    part, view = view[: end - pos], view[end - pos :]
+                    if not blob.is_verified(piece) and piece not in self._elsewhere:
+                        if writer is None:
+                            writer = blob.writer(piece)
+                        writer.write(part)
+                    pos += len(part)
+                    if pos == end:
+                        offset, length = geometry.offset(piece), geometry.length(piece)
+                        hashing.add(piece, writer, offset, length, blob.fd)
+                        writer = None
+                self._report(blob, hashing.ready(), whole, where)
+            if writer is not None:
+                writer.abort()
+            if pos < geometry.size:
+                raise UpstreamError(f"upstream {where} closed after {pos} of {geometry.size} bytes")
+        finally:  # what was received in full is reported, even when the read broke
+            self._report(blob, await hashing.drain(), whole, where)
         if geometry.count == 0 and whole is not None:
             self._events.digest(self._check_digest(whole, where))
 
-    def _piece_done(
-        self,
-        blob: StoredBlob,
-        piece: int,
-        writer: PieceWriter | None,
-        whole: hashlib._Hash | None,
-        where: str,
+    def _report(
+        self, blob: StoredBlob, done: list[tuple[int, str | None]], whole: hashlib._Hash | None, where: str
     ) -> None:
-        last = piece == blob.geometry.count - 1 and whole is not None
-        if writer is None:  # already held from an earlier read
-            if last:
+        for piece, sha in done:
+            if piece == blob.geometry.count - 1 and whole is not None:
                 self._events.digest(self._check_digest(whole, where))
-            return
-        sha = writer.commit(None, record=not (last or self._defer))
-        if last:
-            self._events.digest(self._check_digest(whole, where))
-            if not self._defer:
-                blob.record(piece, sha)
-        self._events.piece(piece, sha)
+            if sha is not None:
+                self._events.piece(piece, sha)
 
     def _check_digest(self, whole: hashlib._Hash, where: str) -> Digest:
         digest = Digest(whole.hexdigest())
@@ -260,8 +276,63 @@ class UpstreamFetch:
             raise UpstreamError(
                 f"upstream {where} sent content with digest {digest}, expected {self._expected}",
                 definitive=True,
+                bad_data=True,
             )
         return digest
+
+
+class _Hashing:
+    """Pieces hashed one after the other by a worker thread of their own, in the order
+    they came (the whole-blob digest is fed in order)."""
+
+    def __init__(self, whole: hashlib._Hash | None) -> None:
+        self._whole = whole
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="origin-hash")
+        self._pending: deque[tuple[int, asyncio.Future[str | None]]] = deque()
+
+    def add(self, piece: int, writer: PieceWriter | None, offset: int, length: int, fd: int) -> None:
+        """Hash a written piece (``writer``), or feed a held one to the whole digest."""
+        job = self._pool.submit(_hash_job, writer, self._whole, fd, offset, length)
+        self._pending.append((piece, asyncio.wrap_future(job)))
+
+    def ready(self) -> list[tuple[int, str | None]]:
+        """The pieces hashed so far, in order (raises what a hash raised)."""
+        out = []
+        while self._pending and self._pending[0][1].done():
+            piece, future = self._pending.popleft()
+            out.append((piece, future.result()))
+        return out
+
+    async def drain(self) -> list[tuple[int, str | None]]:
+        try:
+            if self._pending:
+                await asyncio.wait([f for _, f in self._pending])
+            return self.ready()
+        finally:
+            self._pool.shutdown(wait=False)
+
+
+def _hash_job(
+    writer: PieceWriter | None, whole: hashlib._Hash | None, fd: int, offset: int, length: int
+) -> str | None:
+    if writer is None:  # held already: only the whole digest wants its bytes
+        if whole is not None:
+            _update_from_file(whole, fd, offset, length)
+        return None
+    try:
+        return writer.digest(whole)
+    finally:
+        writer.abort()  # nothing is recorded here: the caller records what we report
+
+
+def _update_from_file(digest: hashlib._Hash, fd: int, offset: int, length: int) -> None:
+    end = offset + length
+    while offset < end:
+        chunk = os.pread(fd, min(1 << 20, end - offset), offset)
+        if not chunk:
+            return
+        digest.update(chunk)
+        offset += len(chunk)
 
 
 def first_missing(blob: StoredBlob, elsewhere: frozenset[int] = frozenset()) -> int:

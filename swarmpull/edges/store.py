@@ -2,40 +2,54 @@
 
 Layout under the store's root, per task ``T``:
 
-- ``T.data``: the blob, a sparse file of its full size; pieces land at their offsets.
-- ``T.pieces``: an append-only log of verified pieces, 36 bytes each (big-endian index,
-  raw sha256). A torn last record (crash mid-write) is ignored.
+- ``T.data``: the blob at its full size (space reserved with ``posix_fallocate`` when the
+  file system can, so a full disk fails the blob when it is created, not half way);
+  pieces land at their offsets.
+- ``T.pieces``: an append-only log of verified pieces, one piece statement each (108
+  bytes: index, sha256, and the supernode's key id and signature, zeros when unsigned;
+  see ``swarmpull.core.signing``). A torn last record (crash mid-write) is ignored.
 - ``T.json``: what the task is (size, piece size, digest, upstream URL without its query
   string) and whether the whole blob has been verified. Written atomically.
+- ``.lock``: held (``flock``) by the one daemon that uses the directory.
 
-Only verified pieces are ever read back. A restarted store re-hashes the pieces of every
-incomplete blob against its log (a power cut may have lost written data), and trusts a
-complete blob, whose data was flushed before ``complete`` was recorded.
+Only verified pieces are read back, and only bytes that hash right: a piece is written
+to the file first and hashed from what was written, so the bytes on disk are the bytes
+verified, whatever happened to a buffer on the way. After a restart, the pieces of an
+incomplete blob are re-hashed as the store loads; those of a complete blob are
+"unchecked" until ``check`` re-hashes them (the daemon's scrubber, rate-limited, or the
+first reader): every read of an unchecked piece checks it first, so bit rot is never
+served. Disks are hostile too: every write loops until all its bytes are down, and a
+write the disk refuses (ENOSPC, EIO) is a ``StoreWriteError``, never a verified record.
 
 The size quota counts blob sizes; making room evicts least-recently-used blobs that are
-not pinned. A blob is pinned while it is being downloaded or read, so it is never evicted
-under a reader.
+not pinned, also while the file system has less than ``min_free`` bytes free. A blob is
+pinned while it is being downloaded or read, so it is never evicted under a reader.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
-import mmap
 import os
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from swarmpull.core.bitfield import bits as bit_list
+from swarmpull.core.bitfield import full
 from swarmpull.core.geometry import PieceGeometry
+from swarmpull.core.signing import STATEMENT_SIZE, PieceStatement
 from swarmpull.core.tasks import validate_task_id
 
 log = logging.getLogger(__name__)
 
-_RECORD = struct.Struct(">I32s")
+FORMAT = 2  # piece records are piece statements
+_UNSIGNED = bytes(8 + 64)
+_HASH_CHUNK = 1 << 20
 
 
 class StoreError(Exception):
@@ -43,7 +57,11 @@ class StoreError(Exception):
 
 
 class StoreFull(StoreError):
-    """No room for a blob within the cache size, even after evicting."""
+    """No room for a blob within the cache size (or the free space), even after evicting."""
+
+
+class StoreLocked(StoreError):
+    """Another daemon uses this store's directory."""
 
 
 class PieceCorrupt(StoreError):
@@ -87,6 +105,23 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def hash_region(fd: int, offset: int, length: int, also: hashlib._Hash | None = None) -> str:
+    """The sha256 of ``length`` bytes of a file at ``offset``; ``also`` is fed the same
+    bytes (a whole-blob digest). hashlib releases the GIL on large buffers: call it from
+    a thread for big pieces."""
+    digest = hashlib.sha256()
+    end = offset + length
+    while offset < end:
+        chunk = os.pread(fd, min(_HASH_CHUNK, end - offset), offset)
+        if not chunk:
+            break  # shorter than it should be: the digest will not match
+        digest.update(chunk)
+        if also is not None:
+            also.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class BlobMeta:
     """What a stored blob is. ``digest`` is the expected whole-blob digest when known."""
@@ -97,6 +132,7 @@ class BlobMeta:
     digest: str | None = None
     url: str = ""
     complete: bool = False
+    format: int = FORMAT
 
     @property
     def geometry(self) -> PieceGeometry:
@@ -110,11 +146,12 @@ class StoredBlob:
         self._store = store
         self.meta = meta
         self.geometry = meta.geometry
-        self._fd = fd
+        self.fd = fd
         self._log_fd = log_fd
-        self.verified = bytearray(self.geometry.count)
+        self.have = 0  # bitset of verified pieces
         self.verified_count = 0
-        self.piece_sha: dict[int, str] = {}
+        self.unchecked = 0  # verified before a restart, not re-hashed since
+        self.statements: dict[int, PieceStatement] = {}
         self.pins = 0
         self.last_used = 0
         self.removed = False
@@ -137,15 +174,23 @@ class StoredBlob:
         return self.verified_count == self.geometry.count
 
     def is_verified(self, piece: int) -> bool:
-        return bool(self.verified[piece])
+        return bool(self.have >> piece & 1)
 
     def verified_pieces(self) -> list[int]:
-        return [i for i, ok in enumerate(self.verified) if ok]
+        return bit_list(self.have)
+
+    def sha(self, piece: int) -> str:
+        return self.statements[piece].sha_hex
+
+    def signed(self, piece: int) -> PieceStatement | None:
+        """The piece's statement if a supernode signed it (direct reads are unsigned)."""
+        statement = self.statements.get(piece)
+        return statement if statement is not None and statement.key != _UNSIGNED[:8] else None
 
     def writer(self, piece: int) -> PieceWriter:
         """A writer for ``piece``. A second concurrent writer of the same piece buffers in
         memory, so two copies never interleave in the file."""
-        if self.verified[piece]:
+        if self.is_verified(piece):
             raise WriteCancelled(f"piece {piece} is already verified")
         in_memory = piece in self._file_writers
         writer = PieceWriter(self, piece, in_memory)
@@ -153,58 +198,73 @@ class StoredBlob:
             self._file_writers[piece] = writer
         return writer
 
-    def map_piece(self, piece: int) -> memoryview:
-        """A read-only view of a verified piece, backed by an mmap of the data file, so
-        bytes go from the page cache to a socket without a copy in Python. The mapping
-        lives as long as the view (or a slice of it) is referenced."""
-        if not self.verified[piece]:
+    def piece_region(self, piece: int) -> tuple[int, int]:
+        """``(offset, length)`` of a verified, checked piece in the data file (for
+        ``sendfile``); PieceCorrupt if it is unchecked and no longer hashes right."""
+        if not self.is_verified(piece):
             raise StoreError(f"piece {piece} of {self.task_id} is not verified")
-        offset, length = self.geometry.offset(piece), self.geometry.length(piece)
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapping = mmap.mmap(self._fd, length + offset - start, access=mmap.ACCESS_READ, offset=start)
+        if self.unchecked >> piece & 1:
+            self.check(piece)
         self.touch()
-        return memoryview(mapping)[offset - start :]
+        return self.geometry.offset(piece), self.geometry.length(piece)
+
+    def read_piece(self, piece: int) -> bytes:
+        offset, length = self.piece_region(piece)
+        return self.read(offset, length)
 
     def read(self, offset: int, length: int) -> bytes:
-        return os.pread(self._fd, length, offset)
+        return os.pread(self.fd, length, offset)
+
+    def check(self, piece: int) -> None:
+        """Re-hash an unchecked piece against its record; PieceCorrupt if it no longer
+        matches (the blob is then no longer complete nor the piece verified)."""
+        offset, length = self.geometry.offset(piece), self.geometry.length(piece)
+        actual = hash_region(self.fd, offset, length)
+        self.unchecked &= ~(1 << piece)
+        if actual != self.sha(piece):
+            self._store.corrupted(self, piece)
+            raise PieceCorrupt(f"piece {piece} of {self.task_id} no longer hashes to its record")
 
     def sha256_of_data(self) -> str:
         """The sha256 of the whole file as it is on disk."""
-        digest = hashlib.sha256()
-        for offset in range(0, self.meta.size, 1 << 20):
-            digest.update(os.pread(self._fd, min(1 << 20, self.meta.size - offset), offset))
-        return digest.hexdigest()
+        return hash_region(self.fd, 0, self.meta.size)
 
     def mark_complete(self, digest: str | None) -> None:
         """Record that the whole blob is verified: flush the data first, then say so."""
         if not self.all_verified:
             raise StoreError(f"{self.task_id} has unverified pieces")
-        os.fdatasync(self._fd)
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            raise StoreWriteError(f"flushing {self.task_id}: {exc.strerror or exc}") from exc
         self.meta = BlobMeta(**{**asdict(self.meta), "digest": digest, "complete": True})
         self._store._write_meta(self.meta)
 
     def touch(self) -> None:
         self.last_used = self._store._next_tick()
 
-    def record(self, piece: int, sha: str) -> None:
-        """Make a written piece readable: append it to the log of verified pieces."""
-        if self.verified[piece]:
+    def record(self, piece: int, sha: str, statement: PieceStatement | None = None) -> None:
+        """Make a written piece readable: append its statement to the log."""
+        if self.is_verified(piece):
             return
-        write_all(self._log_fd, _RECORD.pack(piece, bytes.fromhex(sha)))
-        self.verified[piece] = 1
+        if statement is None or statement.sha_hex != sha or statement.piece != piece:
+            statement = PieceStatement(piece, bytes.fromhex(sha), _UNSIGNED[:8], _UNSIGNED[8:])
+        write_all(self._log_fd, statement.encode())
+        self.have |= 1 << piece
         self.verified_count += 1
-        self.piece_sha[piece] = sha
+        self.statements[piece] = statement
         self.touch()
+        self._store._piece_added(self)
 
     def _close(self) -> None:
-        for fd in (self._fd, self._log_fd):
+        for fd in (self.fd, self._log_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
 
 class PieceWriter:
-    """Receives one piece's bytes, hashes them as they come, and records the piece only if
-    the hash matches. Nothing it writes is readable until ``commit`` succeeds."""
+    """Receives one piece's bytes into the file, then hashes what was written: the piece is
+    recorded only if that matches. Nothing it writes is readable until ``commit``."""
 
     def __init__(self, blob: StoredBlob, piece: int, in_memory: bool) -> None:
         self.blob = blob
@@ -213,42 +273,59 @@ class PieceWriter:
         self.length = blob.geometry.length(piece)
         self.received = 0
         self.cancelled = False
-        self._hash = hashlib.sha256()
         self._buffer = bytearray() if in_memory else None
 
-    def write(self, chunk: bytes | memoryview) -> None:
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
         if self.cancelled or self.blob.removed:
             raise WriteCancelled(f"piece {self.piece} no longer needed")
         if self.received + len(chunk) > self.length:
             raise PieceCorrupt(f"piece {self.piece}: more than {self.length} bytes")
-        self._hash.update(chunk)
         if self._buffer is not None:
             self._buffer += chunk
         else:
-            pwrite_all(self.blob._fd, chunk, self.offset + self.received)
+            pwrite_all(self.blob.fd, chunk, self.offset + self.received)
         self.received += len(chunk)
 
-    def commit(self, expected_sha: str | None = None, *, record: bool = True) -> str:
+    def digest(self, also: hashlib._Hash | None = None) -> str:
+        """The sha256 of what was written (thread-safe: call it off the event loop); ``also``
+        is fed the same bytes. A buffered copy is written to the file first, then hashed
+        from there too."""
+        if self.received != self.length:
+            raise PieceCorrupt(f"piece {self.piece}: {self.received} of {self.length} bytes")
+        if self._buffer is not None:
+            if self.blob.is_verified(self.piece):
+                raise WriteCancelled(f"piece {self.piece} no longer needed")
+            pwrite_all(self.blob.fd, self._buffer, self.offset)
+        return hash_region(self.blob.fd, self.offset, self.length, also)
+
+    def commit(
+        self,
+        expected_sha: str | None = None,
+        *,
+        record: bool = True,
+        statement: PieceStatement | None = None,
+        digest: str | None = None,
+    ) -> str:
         """Verify and record the piece; returns its sha256. ``expected_sha`` None means the
         bytes are trusted (the seed reading its upstream) and their hash becomes the record.
         With ``record=False`` the piece stays unreadable until ``StoredBlob.record`` (a
-        direct download records its pieces only once the whole blob's digest matched)."""
+        direct download records its pieces only once the whole blob's digest matched).
+        ``digest``: what ``digest()`` returned, when it ran in a thread."""
         blob = self.blob
         try:
-            if self.cancelled or blob.removed or blob.verified[self.piece]:
+            if self.cancelled or blob.removed or blob.is_verified(self.piece):
                 raise WriteCancelled(f"piece {self.piece} no longer needed")
             if self.received != self.length:
                 raise PieceCorrupt(f"piece {self.piece}: {self.received} of {self.length} bytes")
-            sha = self._hash.hexdigest()
-            if expected_sha is not None and sha != expected_sha:
-                raise PieceCorrupt(f"piece {self.piece}: sha256 {sha[:12]}… expected {expected_sha[:12]}…")
             if self._buffer is not None:
                 other = blob._file_writers.pop(self.piece, None)
                 if other is not None:
                     other.cancelled = True
-                pwrite_all(blob._fd, self._buffer, self.offset)
+            sha = digest if digest is not None else self.digest()
+            if expected_sha is not None and sha != expected_sha:
+                raise PieceCorrupt(f"piece {self.piece}: sha256 {sha[:12]}… expected {expected_sha[:12]}…")
             if record:
-                blob.record(self.piece, sha)
+                blob.record(self.piece, sha, statement)
             return sha
         finally:
             self._release()
@@ -264,19 +341,28 @@ class PieceWriter:
 
 
 class PieceStore:
-    """Blobs on disk under ``root``, within ``quota`` bytes (None: no limit)."""
+    """Blobs on disk under ``root``, within ``quota`` bytes (None: no limit), keeping at
+    least ``min_free`` bytes of the file system free."""
 
     def __init__(
         self,
         root: Path,
         quota: int | None = None,
         on_evict: Callable[[str], None] | None = None,
+        *,
+        min_free: int = 0,
+        on_piece: Callable[[StoredBlob], None] | None = None,
+        on_corrupt: Callable[[StoredBlob, int], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.quota = quota
+        self.min_free = min_free
         self.on_evict = on_evict
+        self.on_piece = on_piece
+        self.on_corrupt = on_corrupt
         self._blobs: dict[str, StoredBlob] = {}
         self._tick = 0
+        self._lock_fd: int | None = None
 
     def __repr__(self) -> str:
         return f"<PieceStore {self.root} blobs={len(self._blobs)} used={self.used}>"
@@ -291,9 +377,24 @@ class PieceStore:
     def get(self, task_id: str) -> StoredBlob | None:
         return self._blobs.get(task_id)
 
-    def load(self) -> None:
-        """Open what a previous run left; re-verify incomplete blobs; delete debris."""
+    def lock(self) -> None:
+        """Take the directory for this daemon; StoreLocked if another one has it."""
         self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise StoreLocked(f"another swarmpull daemon is using {self.root}") from None
+            raise
+        self._lock_fd = fd
+
+    def load(self) -> None:
+        """Lock the directory, open what a previous run left, re-verify incomplete blobs,
+        delete debris."""
+        if self._lock_fd is None:
+            self.lock()
         found = []
         for meta_path in sorted(self.root.glob("*.json")):
             try:
@@ -302,16 +403,14 @@ class PieceStore:
                 validate_task_id(meta.task_id)
                 if meta_path.stem != meta.task_id:
                     raise ValueError("file name does not match task id")
+                if meta.format != FORMAT:
+                    raise ValueError(f"written in format {meta.format}, not {FORMAT}")
             except (ValueError, TypeError) as exc:
                 log.warning("store: removing unreadable %s: %s", meta_path.name, exc)
                 self._unlink(meta_path.stem)
                 continue
-            found.append(
-                (
-                    self._data(meta.task_id).stat().st_mtime if self._data(meta.task_id).exists() else 0,
-                    meta,
-                )
-            )
+            data = self._data(meta.task_id)
+            found.append((data.stat().st_mtime if data.exists() else 0, meta))
         for _, meta in sorted(found, key=lambda item: item[0]):
             blob = self._open(meta, create=False)
             if blob is not None:
@@ -319,7 +418,7 @@ class PieceStore:
                 blob.touch()
         known = set(self._blobs)
         for path in self.root.iterdir():
-            if path.is_file() and path.name.split(".")[0] not in known:
+            if path.is_file() and path.name != ".lock" and path.name.split(".")[0] not in known:
                 path.unlink(missing_ok=True)
 
     def create(self, meta: BlobMeta) -> StoredBlob:
@@ -330,7 +429,11 @@ class PieceStore:
         self._make_room(meta.size)
         self.root.mkdir(parents=True, exist_ok=True)
         self._write_meta(meta)
-        blob = self._open(meta, create=True)
+        try:
+            blob = self._open(meta, create=True)
+        except (OSError, StoreError):
+            self._unlink(meta.task_id)
+            raise
         if blob is None:
             raise StoreError(f"could not create {meta.task_id}")
         self._blobs[meta.task_id] = blob
@@ -344,6 +447,15 @@ class PieceStore:
             blob._close()
         self._unlink(task_id)
 
+    def corrupted(self, blob: StoredBlob, piece: int) -> None:
+        """A piece of ``blob`` failed its check: the blob goes, and the owner hears of it."""
+        log.warning("store: %s piece %d no longer hashes to its record; dropped", blob.task_id, piece)
+        self.remove(blob.task_id)
+        if self.on_corrupt is not None:
+            self.on_corrupt(blob, piece)
+        if self.on_evict is not None:
+            self.on_evict(blob.task_id)
+
     @contextlib.contextmanager
     def pinned(self, blob: StoredBlob) -> Iterator[StoredBlob]:
         """Keep ``blob`` from eviction while the block runs."""
@@ -354,10 +466,24 @@ class PieceStore:
         finally:
             blob.pins -= 1
 
+    def keep_free(self, share: float) -> None:
+        """Keep ``share`` of the file system free (evicting as needed)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        stat = os.statvfs(self.root)
+        self.min_free = int(share * stat.f_blocks * stat.f_frsize)
+
+    def free_space(self) -> int:
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
+
     def close(self) -> None:
         for blob in self._blobs.values():
             blob._close()
         self._blobs.clear()
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
 
     # ------------------------------------------------------------------ internals
 
@@ -365,29 +491,39 @@ class PieceStore:
         self._tick += 1
         return self._tick
 
+    def _piece_added(self, blob: StoredBlob) -> None:
+        if self.on_piece is not None:
+            self.on_piece(blob)
+
+    def _short(self, used: int, size: int) -> bool:
+        """Whether ``size`` more bytes would break the quota or the free-space floor."""
+        if self.quota is not None and used + size > self.quota:
+            return True
+        if self.min_free:
+            self.root.mkdir(parents=True, exist_ok=True)
+            return self.free_space() - size < self.min_free
+        return False
+
     def _make_room(self, size: int) -> None:
-        if self.quota is None:
-            return
-        if size > self.quota:
+        if self.quota is not None and size > self.quota:
             raise StoreFull(f"blob of {size} bytes is larger than the cache size {self.quota}")
-        victims = sorted((b for b in self._blobs.values() if b.pins == 0), key=lambda b: b.last_used)
         used = self.used
+        if not self._short(used, size):
+            return
+        victims = sorted((b for b in self._blobs.values() if b.pins == 0), key=lambda b: b.last_used)
         for victim in victims:
-            if used + size <= self.quota:
-                break
-            log.info(
-                "store: evicting %s (%d bytes, least recently used)",
-                victim.task_id,
-                victim.meta.size,
-            )
+            log.info("store: evicting %s (%d bytes, least recently used)", victim.task_id, victim.meta.size)
             used -= victim.meta.size
             self.remove(victim.task_id)
             if self.on_evict is not None:
                 self.on_evict(victim.task_id)
-        if used + size > self.quota:
+            if not self._short(used, size):
+                return
+        if self.quota is not None and used + size > self.quota:
             raise StoreFull(
                 f"cache full: {used} of {self.quota} bytes are held by blobs in use; cannot fit {size} more"
             )
+        raise StoreFull(f"disk full: {size} bytes would leave less than {self.min_free} free in {self.root}")
 
     def _data(self, task_id: str) -> Path:
         return self.root / f"{task_id}.data"
@@ -395,8 +531,12 @@ class PieceStore:
     def _write_meta(self, meta: BlobMeta) -> None:
         path = self.root / f"{meta.task_id}.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(meta)))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(asdict(meta)))
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreWriteError(f"writing {path.name}: {exc.strerror or exc}") from exc
 
     def _open(self, meta: BlobMeta, create: bool) -> StoredBlob | None:
         data, log_path = self._data(meta.task_id), self.root / f"{meta.task_id}.pieces"
@@ -405,10 +545,14 @@ class PieceStore:
             self._unlink(meta.task_id)
             return None
         fd = os.open(data, os.O_RDWR | os.O_CREAT, 0o644)
-        if os.fstat(fd).st_size != meta.size:
-            os.ftruncate(fd, meta.size)
-        records = b"" if create or not log_path.exists() else log_path.read_bytes()
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            if os.fstat(fd).st_size != meta.size:
+                _reserve(fd, meta.size)
+            records = b"" if create or not log_path.exists() else log_path.read_bytes()
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except BaseException:
+            os.close(fd)
+            raise
         blob = StoredBlob(self, meta, fd, log_fd)
         good = self._replay(blob, records)
         if len(good) != len(records):
@@ -417,31 +561,52 @@ class PieceStore:
         return blob
 
     def _replay(self, blob: StoredBlob, records: bytes) -> bytes:
-        """Apply the log; for an incomplete blob keep only pieces whose data still hashes
-        to their record. Returns the records kept."""
+        """Apply the log; an incomplete blob keeps only pieces whose data still hashes to
+        their record; a complete one keeps them unchecked. Returns the records kept."""
         kept = bytearray()
         count = blob.geometry.count
-        usable = len(records) - len(records) % _RECORD.size
-        for start in range(0, usable, _RECORD.size):
-            piece, raw = _RECORD.unpack_from(records, start)
-            if piece >= count or blob.verified[piece]:
+        usable = len(records) - len(records) % STATEMENT_SIZE
+        for start in range(0, usable, STATEMENT_SIZE):
+            statement = PieceStatement.decode(records[start : start + STATEMENT_SIZE])
+            piece = statement.piece
+            if piece >= count or blob.is_verified(piece):
                 continue
-            sha = raw.hex()
             if not blob.meta.complete:
-                data = blob.read(blob.geometry.offset(piece), blob.geometry.length(piece))
-                if hashlib.sha256(data).hexdigest() != sha:
+                offset, length = blob.geometry.offset(piece), blob.geometry.length(piece)
+                if hash_region(blob.fd, offset, length) != statement.sha_hex:
                     log.warning("store: %s piece %d failed re-verification", blob.task_id, piece)
                     continue
-            blob.verified[piece] = 1
+            blob.have |= 1 << piece
             blob.verified_count += 1
-            blob.piece_sha[piece] = sha
-            kept += records[start : start + _RECORD.size]
-        if blob.meta.complete and not blob.all_verified:
-            log.warning("store: %s marked complete but its log is short; re-verifying", blob.task_id)
-            blob.meta = BlobMeta(**{**asdict(blob.meta), "complete": False})
-            self._write_meta(blob.meta)
+            blob.statements[piece] = statement
+            kept += records[start : start + STATEMENT_SIZE]
+        if blob.meta.complete:
+            if blob.all_verified:
+                blob.unchecked = full(count)
+            else:
+                log.warning("store: %s marked complete but its log is short; re-verifying", blob.task_id)
+                blob.meta = BlobMeta(**{**asdict(blob.meta), "complete": False})
+                self._write_meta(blob.meta)
+                blob.have, blob.verified_count = 0, 0
+                blob.statements.clear()
+                return self._replay(blob, records)
         return bytes(kept)
 
     def _unlink(self, task_id: str) -> None:
         for suffix in (".data", ".pieces", ".json", ".json.tmp"):
             (self.root / f"{task_id}{suffix}").unlink(missing_ok=True)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Give the file its full size, with the blocks reserved where the file system can:
+    a full disk then fails here, at once, instead of in the middle of a download."""
+    try:
+        os.ftruncate(fd, size)
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # no reservation on this file system: the writes will tell
+        if exc.errno == errno.ENOSPC:
+            raise StoreFull(f"disk full: no room for {size} bytes") from exc
+        raise StoreWriteError(f"reserving {size} bytes: {exc.strerror or exc}") from exc

@@ -29,7 +29,7 @@ async def call(method: str, url: str, **kwargs) -> tuple[int, dict]:
         (
             "POST",
             "/api/v1/tasks",
-            {"peer_id": "ghost", "url": "http://127.0.0.1:9/x"},
+            {"peer_id": "ghost", "tasks": [{"url": "http://127.0.0.1:9/x"}]},
             404,
             "UNKNOWN_PEER",
             "ghost",
@@ -37,16 +37,18 @@ async def call(method: str, url: str, **kwargs) -> tuple[int, dict]:
         (
             "POST",
             "/api/v1/tasks",
-            {"peer_id": "p", "url": "http://h/x", "digest": "sha256:12"},
+            {"peer_id": "p", "tasks": [{"url": "http://h/x", "digest": "sha256:12"}]},
             400,
             "BAD_REQUEST",
             "digest",
         ),
-        ("POST", f"/api/v1/tasks/sha256-{HEX}/sync", {"peer_id": "p"}, 404, "UNKNOWN_TASK", "not known"),
-        ("POST", "/api/v1/tasks/../../etc/sync", {"peer_id": "p"}, 404, "NOT_FOUND", ""),
-        ("POST", "/api/v1/tasks/sha256-zz/sync", {"peer_id": "p"}, 400, "BAD_REQUEST", "task id"),
-        ("POST", "/api/v1/peers/bad%20id/heartbeat", {}, 400, "BAD_REQUEST", "peer id"),
-        ("POST", "/api/v1/peers/nobody/heartbeat", {}, 404, "UNKNOWN_PEER", "register"),
+        ("POST", "/api/v1/tasks", {"peer_id": "p", "tasks": []}, 400, "BAD_REQUEST", "'tasks'"),
+        ("GET", f"/api/v1/tasks/sha256-{HEX}", None, 404, "UNKNOWN_TASK", "not known"),
+        ("POST", "/api/v1/tasks/../../etc/report", {"peer_id": "p"}, 404, "NOT_FOUND", ""),
+        ("GET", "/api/v1/tasks/sha256-zz", None, 400, "BAD_REQUEST", "task id"),
+        ("POST", "/api/v1/peers/bad%20id/report", {}, 400, "BAD_REQUEST", "peer id"),
+        ("POST", "/api/v1/peers/nobody/report", {}, 404, "UNKNOWN_PEER", "register"),
+        ("GET", f"/pieces/sha256-{HEX}/map?known=%%%", None, 404, "NOT_FOUND", "not held"),
         ("GET", "/pieces/not-a-task/1", None, 400, "BAD_REQUEST", "task id"),
         ("GET", f"/pieces/sha256-{HEX}/x1", None, 400, "BAD_REQUEST", "piece index"),
         ("GET", f"/pieces/sha256-{HEX}/1", None, 404, "NOT_FOUND", "not held"),
@@ -62,26 +64,29 @@ async def test_supernode_rejects_bad_input(swarm, method, path, body, status, co
     assert words in payload["error"]["message"]
 
 
-async def test_sync_rejects_pieces_out_of_range(swarm, upstream):
+async def test_a_report_with_a_wrong_bitfield_is_refused_for_that_task_only(swarm, upstream):
     data = b"x" * 5000
     url = upstream.add("blob", data)
     supernode = await swarm.start_supernode(piece_size=4096)
     base = supernode.url + "/api/v1"
     assert (await call("POST", f"{base}/peers", json={"peer_id": "p", "address": None}))[0] == 200
-    status, info = await call("POST", f"{base}/tasks", json={"peer_id": "p", "url": url})
+    status, body = await call("POST", f"{base}/tasks", json={"peer_id": "p", "tasks": [{"url": url}]})
+    (info,) = body["tasks"]
     assert status == 200 and info["size"] == 5000 and info["piece_size"] == 4096
-    status, payload = await call(
-        "POST", f"{base}/tasks/{info['task_id']}/sync", json={"peer_id": "p", "finished": [2]}
+    assert len(info["keys"]) == 1 and info["parents"][0]["seed"] is True
+    too_long = {"task_id": info["task_id"], "have": "AAAA"}  # 3 bytes for a 2-piece blob
+    unknown = {"task_id": f"sha256-{HEX}", "have": ""}
+    status, body = await call("POST", f"{base}/peers/p/report", json={"tasks": [too_long, unknown]})
+    assert status == 200
+    assert body["tasks"][info["task_id"]]["error"]["code"] == "BAD_REQUEST"
+    assert "have" in body["tasks"][info["task_id"]]["error"]["message"]
+    assert body["tasks"][f"sha256-{HEX}"]["error"]["code"] == "UNKNOWN_TASK"
+    status, body = await call(
+        "POST", f"{base}/tasks", json={"peer_id": "p", "tasks": [{"url": upstream.url_of("none")}]}
     )
-    assert status == 400 and "out of range" in payload["error"]["message"]
-    status, payload = await call(
-        "POST", f"{base}/tasks", json={"peer_id": "p", "url": upstream.url_of("none")}
-    )
-    assert (
-        status == 502
-        and payload["error"]["code"] == "UPSTREAM_ERROR"
-        and "404" in payload["error"]["message"]
-    )
+    assert status == 200
+    error = body["tasks"][0]["error"]
+    assert error["code"] == "UPSTREAM_ERROR" and "404" in error["message"] and error["upstream_status"] == 404
 
 
 async def test_oversized_body_is_refused(swarm):

@@ -29,7 +29,7 @@ async def test_twenty_nodes_pull_through_the_swarm_and_straight_from_the_registr
     assert p2p.sources["peer"] + p2p.sources["seed"] == 20 * size
     assert p2p.sources["upstream"] == 0
     assert p2p.sources["peer"] > p2p.sources["seed"]
-    assert p2p.extra["supernode syncs"] > 0
+    assert p2p.extra["supernode calls"] > 0
 
     assert (direct.completed, direct.failed) == (20, 0)
     assert direct.registry_egress == 20 * size  # what an operator has without swarmpull

@@ -14,8 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from peer.download import DownloadState
-from supernode.origin_limits import OriginLimit, SharedOriginThrottle
-from supernode.replication import Batch, NotOwner, Replication, task_keys
+from supernode.cluster import Batch, NotOwner
+from supernode.cluster.redis import RedisCluster, task_keys
+from supernode.origin_limits import OriginLimit, OriginLimits, SharedOriginThrottle
 from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.clock import SystemClock
 from swarmpull.core.digest import Digest
@@ -102,7 +103,7 @@ async def test_a_replica_killed_mid_transfer_hands_its_task_over(
     try:
         daemons, downloads = await pull_everywhere(tmp_path, replicas, upstream, 6, data)
         task_id = task_id_for(upstream.url_of("layer"), Digest.parse(upstream.digest_of(data)))
-        lease_key, _, sha_key, _, _ = task_keys(task_id)
+        lease_key, _, sha_key, *_ = task_keys(task_id)
 
         async def read_and_recorded() -> bool:  # every piece read from upstream, in Redis
             return await redis_client.hlen(sha_key) == 16
@@ -156,10 +157,16 @@ async def test_a_redis_restart_mid_run_loses_nothing(tmp_path, upstream, redis_s
             await replica.stop()
 
 
+def connect(redis_url: str, name: str) -> RedisCluster:
+    origins = OriginLimits([], SystemClock())
+    return RedisCluster(
+        RedisCluster.client(redis_url, None), name, 5.0, asyncio.get_running_loop().time, origins
+    )
+
+
 async def test_a_replica_that_lost_its_lease_cannot_write(redis_server, redis_client):
-    clock = asyncio.get_running_loop().time
-    first = Replication.connect(redis_server.url, None, "http://first", 5.0, clock)
-    second = Replication.connect(redis_server.url, None, "http://second", 5.0, clock)
+    first = connect(redis_server.url, "http://first")
+    second = connect(redis_server.url, "http://second")
     try:
         lease = await first.claim("sha256-" + "a" * 64)
         with pytest.raises(NotOwner) as refused:
@@ -175,46 +182,46 @@ async def test_a_replica_that_lost_its_lease_cannot_write(redis_server, redis_cl
         assert await first.load("sha256-" + "a" * 64) is None  # fenced: nothing written
 
         batch = Batch(meta={"size": "3", "piece_size": "1"}, sha={0: "0" * 64}, staged={0: b"x"})
-        batch.holds("p1", [1, 2])
-        batch.holds("p2", [2])
-        batch.left("p2")
+        batch.holders.update(p1="Bg==", p2="BA==")
+        batch.keys.add("k" * 44)
         assert await second.write({"sha256-" + "a" * 64: (taken, batch)}) == set()
+        gone = Batch(holders={"p2": None})
+        assert await second.write({"sha256-" + "a" * 64: (taken, gone)}) == set()
         record = await second.load("sha256-" + "a" * 64)
         assert (record.size, record.piece_size, record.sha, record.staged) == (3, 1, {0: "0" * 64}, {0: b"x"})
-        assert record.holders == {"p1": {1, 2}}
+        assert record.holders == {"p1": "Bg=="} and record.keys == ["k" * 44]
     finally:
         await first.close()
         await second.close()
 
 
 def test_an_unwritten_batch_goes_before_the_newer_one():
-    older = Batch(sha={0: "a"}, staged={0: b"0", 1: b"1"})
-    older.holds("p", [0])
-    newer = Batch(unstaged={1})
-    newer.holds("q", [1])
+    older = Batch(sha={0: "a"}, staged={0: b"0", 1: b"1"}, holders={"p": "AQ==", "q": "AQ=="})
+    newer = Batch(unstaged={1}, holders={"q": "Aw=="})
     older.merge_into(newer)
     assert newer.sha == {0: "a"}
     assert newer.staged == {0: b"0"}  # piece 1 found a holder since: not staged again
-    assert newer.log == ["p +0", "q +1"]
+    assert newer.holders == {"p": "AQ==", "q": "Aw=="}  # the newer report of q wins
 
     reset = Batch(reset=True)
     older.merge_into(reset)
-    assert reset.sha == {} and reset.log == []  # wrong bytes: nothing older survives
+    assert reset.sha == {} and reset.holders == {}  # wrong bytes: nothing older survives
 
 
 async def test_origin_limits_hold_across_replicas(redis_server):
-    clock = asyncio.get_running_loop().time
-    first = Replication.connect(redis_server.url, None, "http://first", 5.0, clock)
-    second = Replication.connect(redis_server.url, None, "http://second", 5.0, clock)
+    clients = [RedisCluster.client(redis_server.url, None) for _ in range(2)]
     limit = OriginLimit("registry.example", rate=100_000, connections=1)
-    throttles = [SharedOriginThrottle(limit, SystemClock(), r) for r in (first, second)]
+    first, second = (
+        SharedOriginThrottle(limit, SystemClock(), client, f"http://replica{i}")
+        for i, client in enumerate(clients)
+    )
     try:
-        async with throttles[0].connection():
-            assert not await second.take_connection("registry.example", "other", 1, 30.0)  # the one is taken
+        async with first.connection():
+            assert not await second._take_connection("other", 1)  # the one connection is taken
             entered = asyncio.Event()
 
             async def queue() -> None:
-                async with throttles[1].connection():
+                async with second.connection():
                     entered.set()
 
             waiting = asyncio.create_task(queue())
@@ -223,11 +230,13 @@ async def test_origin_limits_hold_across_replicas(redis_server):
         await asyncio.wait_for(waiting, 5)
         assert entered.is_set()
 
-        # One bucket for both: 100 kB/s, so after the first takes a burst's worth, the
-        # second's take puts the bucket in debt and it must wait about a second.
-        assert await first.take_bandwidth("registry.example", 100_000, 100_000, 100_000) == 0
-        wait = await second.take_bandwidth("registry.example", 100_000, 100_000, 100_000)
-        assert 0.5 < wait <= 1.0
+        # One bucket for both, 100 kB/s: after the first takes a second's worth, the
+        # second's take puts the bucket in debt and it must wait most of a second.
+        loop = asyncio.get_running_loop()
+        await first.acquire(100_000)
+        started = loop.time()
+        await second.acquire(100_000)
+        assert 0.5 < loop.time() - started <= 1.5
     finally:
-        await first.close()
-        await second.close()
+        for client in clients:
+            await client.aclose()

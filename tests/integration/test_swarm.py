@@ -11,6 +11,7 @@ import pytest
 from supernode.scheduler import SourceState
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.digest import Digest
+from swarmpull.core.signing import STATEMENT_SIZE
 from swarmpull.edges.metrics import sample
 from tests.integration.conftest import downloaded, file_sha256, pieces
 from tests.kit.peers import PeerProcess
@@ -39,7 +40,9 @@ async def test_twelve_peers_share_one_upstream_read(swarm, upstream):
     from_peers, from_seed = downloaded(peers, "peer"), downloaded(peers, "seed")
     assert from_peers + from_seed == 12 * len(data)
     assert from_peers > 2 * from_seed  # the peers fed each other
-    assert sample(supernode.metrics.registry, "swarmpull_supernode_seed_upload_bytes_total") == from_seed
+    # Every byte taken from the seed was sent by it (and a transfer given up mid-way, on
+    # a loaded machine, was sent in part without being taken).
+    assert sample(supernode.metrics.registry, "swarmpull_supernode_seed_upload_bytes_total") >= from_seed
 
 
 async def test_same_digest_from_two_urls_is_one_task(swarm, upstream):
@@ -92,8 +95,9 @@ async def test_killed_peer_does_not_stop_the_others(swarm, upstream, tmp_path):
     others = await swarm.add_peers(6)
     downloads = [p.ensure(request) for p in others]
     scheduler = supernode.service.scheduler
-    while not (scheduler.has_task(request.task_id) and _held(scheduler, request.task_id, "victim", victim)):
-        await asyncio.sleep(0.05)
+    log = tmp_path / "victim" / "blobs" / f"{request.task_id}.pieces"
+    while not log.exists() or log.stat().st_size < 4 * STATEMENT_SIZE:  # it holds pieces to serve
+        await asyncio.sleep(0.02)
     await victim.kill()
     await asyncio.gather(*(d.wait_complete() for d in downloads))
     for peer in others:
@@ -116,12 +120,12 @@ async def test_restarted_peer_resumes_without_refetching(swarm, upstream, tmp_pa
     await victim.start()
     pulling = asyncio.create_task(_pull_through_api(victim.api_url, url, data))
     log = tmp_path / "victim" / "blobs" / f"{request.task_id}.pieces"
-    while not log.exists() or log.stat().st_size < 20 * 36:  # 20 verified pieces
+    while not log.exists() or log.stat().st_size < 20 * STATEMENT_SIZE:  # 20 verified pieces
         await asyncio.sleep(0.05)
     await victim.kill()
     with pytest.raises(aiohttp.ClientPayloadError):
         await pulling
-    held = log.stat().st_size // 36
+    held = log.stat().st_size // STATEMENT_SIZE
     assert held < len(data) // piece
 
     restarted = PeerProcess(tmp_path / "victim", supernode.url)
@@ -146,7 +150,10 @@ async def test_upstream_cut_mid_stream_resumes_with_a_range_request(swarm, upstr
     request = BlobRequest(url, Digest.of(data))
     await asyncio.gather(*(p.ensure(request).wait_complete() for p in peers))
     assert upstream.requests["/layer"] == 2
-    assert upstream.bytes_sent == len(data) + 1000  # only the torn piece's bytes, twice
+    # Only the torn piece is read twice: the bytes of it that came before the cut, and
+    # at most one piece more (bytes the client buffered but had not handed on when the
+    # connection broke are lost with it; pieces are hashed off the event loop).
+    assert len(data) + 1000 <= upstream.bytes_sent <= len(data) + 1000 + 256 * KiB
 
 
 async def test_lying_upstream_never_completes_anywhere(swarm, upstream):
@@ -249,11 +256,6 @@ def _victim_id(victim: PeerProcess) -> str:
     return (victim.data_dir / "peer-id").read_text().strip()
 
 
-def _held(scheduler, task_id: str, _name: str, victim: PeerProcess) -> bool:
-    peer_id = _victim_id(victim) if (victim.data_dir / "peer-id").exists() else None
-    return bool(peer_id) and any(scheduler.has(task_id, peer_id, p) for p in range(10))
-
-
 async def test_supernode_restart_loses_nothing(swarm, upstream, tmp_path):
     from loadtest.services import free_port
     from swarmpull.edges.http import HostPort
@@ -282,7 +284,7 @@ async def test_supernode_restart_loses_nothing(swarm, upstream, tmp_path):
         while not all(scheduler.knows_peer(p.peer_id) for p in first):
             await asyncio.sleep(0.05)
     for peer in first:
-        assert all(scheduler.has(request.task_id, peer.peer_id, p) for p in range(16))
+        assert scheduler.holdings(request.task_id)[peer.peer_id] == (1 << 16) - 1
     late = await swarm.add_peers(3)
     await asyncio.gather(*(p.ensure(request).wait_complete() for p in late))
     assert upstream.bytes_sent == len(data)  # the seed cache survived: no second read

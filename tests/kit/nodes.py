@@ -35,7 +35,6 @@ async def start_node(
         cache_size=None,
         upload_limit=None,
         download_limit=None,
-        poll_interval=0.2,
     )
     proxy = ProxyConfig(listen=LOOPBACK, insecure_registries=frozenset(insecure))
     node = NodeDaemon(dataclasses.replace(config, **peer), proxy)

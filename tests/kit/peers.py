@@ -25,7 +25,6 @@ async def start_peer(data_dir: Path, supernodes: tuple[str, ...], **overrides: A
         listen=LOOPBACK,
         api_listen=None,
         cache_size=None,
-        poll_interval=0.2,
         upload_limit=None,
         download_limit=None,
     )

@@ -9,9 +9,10 @@ from swarmpull.core.geometry import MAX_PIECE_SIZE, MIN_PIECE_SIZE, PieceGeometr
 from swarmpull.core.protocol import (
     ProtocolError,
     parse_open_task,
+    parse_open_tasks,
     parse_peer_registration,
-    parse_sync_request,
-    parse_sync_response,
+    parse_peer_report,
+    parse_report_answer,
 )
 from swarmpull.core.tasks import check_upstream_url, redact_url, task_id_for
 from swarmpull.core.units import parse_rate, parse_size
@@ -100,43 +101,58 @@ def test_hostport():
 
 def test_protocol_rejects_wrong_shapes_naming_the_field():
     with pytest.raises(ProtocolError, match="body must be a JSON object"):
-        parse_sync_request([1, 2])
-    with pytest.raises(ProtocolError, match="'want'"):
-        parse_sync_request({"peer_id": "p", "want": -1})
-    with pytest.raises(ProtocolError, match="'finished'"):
-        parse_sync_request({"peer_id": "p", "finished": [1, "2"]})
+        parse_peer_report([1, 2])
+    with pytest.raises(ProtocolError, match="'have'"):
+        parse_peer_report({"tasks": [{"task_id": f"sha256-{HEX}", "have": "not base64!"}]})
     with pytest.raises(ProtocolError, match="'reason'"):
-        parse_sync_request({"peer_id": "p", "failed": [{"piece": 1, "source": "s", "reason": "x"}]})
+        parse_peer_report(
+            {"tasks": [{"task_id": f"sha256-{HEX}", "parents": [{"id": "p", "failures": 1, "reason": "x"}]}]}
+        )
+    with pytest.raises(ProtocolError, match="'drop'"):
+        parse_peer_report({"tasks": [{"task_id": f"sha256-{HEX}", "drop": ["bad id/../"]}]})
     with pytest.raises(ProtocolError, match="'peer_id'"):
-        parse_sync_request({"peer_id": "bad id/../"})
+        parse_open_tasks({"peer_id": "bad id/../", "tasks": [{"url": "http://h/x"}]})
+    with pytest.raises(ProtocolError, match="'tasks'"):
+        parse_open_tasks({"peer_id": "p", "tasks": []})
     with pytest.raises(ProtocolError, match="'digest'"):
         parse_open_task({"peer_id": "p", "url": "http://h/x", "digest": "md5:abc"})
     with pytest.raises(ProtocolError, match="'url'"):
         parse_open_task({"peer_id": "p", "url": "file:///etc/passwd"})
     with pytest.raises(ProtocolError, match="header"):
         parse_open_task({"peer_id": "p", "url": "http://h/x", "headers": {"A": "x\r\nB: y"}})
+    for address in (
+        "nowhere",
+        "http://h:1/path",
+        "http://h:1/?q=1",
+        "http://u:p@h:1",
+        "http://h",
+        "ftp://h:1",
+    ):
+        with pytest.raises(ProtocolError, match="'address'"):
+            parse_peer_registration({"peer_id": "p", "address": address})
     with pytest.raises(ProtocolError, match="'address'"):
-        parse_peer_registration({"peer_id": "p", "address": "nowhere"})
-    with pytest.raises(ProtocolError, match="'sha256'"):
-        parse_sync_response(
-            {"assignments": [{"piece": 0, "source": "s", "address": "http://h", "sha256": "x"}]}
-        )
+        parse_report_answer({"parents": [{"id": "s", "address": "http://evil:1/admin"}]})
 
 
 def test_protocol_round_trip():
-    req = parse_sync_request(
-        {"peer_id": "p1", "finished": [1, 2], "failed": [{"piece": 3, "source": "s", "reason": "corrupt"}],
-         "want": 4, "wait": 2.5}
+    report = parse_peer_report(
+        {"tasks": [{"task_id": f"sha256-{HEX}", "have": "AQ==", "drop": ["a"], "bad": ["b"],
+                    "parents": [{"id": "p1", "bytes": 10, "seconds": 0.5, "failures": 1,
+                                 "reason": "corrupt"}]}],
+         "dropped_tasks": [f"url-{HEX}"]}
     )  # fmt: skip
-    assert parse_sync_request(req.to_json()) == req
+    assert parse_peer_report(report.to_json()) == report
     reg = parse_peer_registration(
         {"peer_id": "p", "address": "http://127.0.0.1:1/", "labels": {"zone": "a"},
-         "holdings": [{"task_id": f"sha256-{HEX}", "size": 10, "piece_size": 4, "pieces": [0, 2]}]}
+         "holdings": [{"task_id": f"sha256-{HEX}", "size": 10, "piece_size": 4, "have": "BQ=="}]}
     )  # fmt: skip
     assert reg.address == "http://127.0.0.1:1" and reg.zone == "a" and reg.rack is None
     assert parse_peer_registration(reg.to_json()) == reg
-    task = parse_open_task({"peer_id": "p", "url": "http://h/x", "headers": {"Authorization": "Bearer t"}})
-    assert "Bearer t" not in repr(task)
+    batch = parse_open_tasks(
+        {"peer_id": "p", "tasks": [{"url": "http://h/x", "headers": {"Authorization": "Bearer t"}}]}
+    )
+    assert batch.tasks[0].peer_id == "p" and "Bearer t" not in repr(batch)
+    assert parse_open_tasks(batch.to_json()) == batch
 
 
 def test_progress_bar_draws_on_terminals_only():

@@ -8,7 +8,6 @@ import pytest
 
 from loadtest.report import ModeResult, dump_json, kumar_ross_bound, percentile, render
 from loadtest.simulate.swarm import SimConfig, SwarmSimulation, simulate_direct
-from supernode.scheduler import SchedulerConfig
 
 MB = 1e6
 
@@ -45,7 +44,8 @@ def test_report_ratios_and_json():
 
 
 def tiny(**overrides) -> SimConfig:
-    """One 1 MB piece, no latency: a seed and nodes whose times can be worked out."""
+    """One 1 MB piece, no latency, a supernode that answers at once: a seed and nodes
+    whose times can be worked out."""
     settings = {
         "nodes": 1,
         "image_size": 1_000_000,
@@ -54,7 +54,7 @@ def tiny(**overrides) -> SimConfig:
         "node_down": 10 * MB,
         "registry_rate": 2 * MB,
         "rtt": 0.0,
-        "scheduler": SchedulerConfig(piece_pace=1.0),
+        "service": {"open": 0.0, "report": 0.0, "heartbeat": 0.0},
     }
     return SimConfig(**(settings | overrides))
 
@@ -74,13 +74,13 @@ def test_two_nodes_share_the_seed_then_nothing_is_left_to_share():
 
 
 def test_a_peer_passes_on_what_it_got_from_the_seed():
-    # two pieces; the seed has room for one upload at a time (2 MB/s * 0.5 s pace / 1 MB)
-    config = tiny(nodes=2, image_size=2_000_000, scheduler=SchedulerConfig(piece_pace=0.5))
+    # four pieces; the seed serves one upload at a time
+    config = tiny(nodes=3, image_size=4_000_000, seed_slots=1)
     sim = SwarmSimulation(config)
     result = sim.run()
-    assert result.completed == 2
-    assert sim.sources["peer"] > 0  # at least one piece crossed between the nodes
-    assert result.sources["seed"] + result.sources["peer"] == 4_000_000
+    assert result.completed == 3
+    assert sim.sources["peer"] > 0  # pieces crossed between the nodes
+    assert result.sources["seed"] + result.sources["peer"] == 12_000_000
 
 
 def test_direct_mode_shares_the_registry_among_every_node():
@@ -93,3 +93,13 @@ def test_a_failed_node_does_not_stop_the_rest():
     config = tiny(nodes=20, image_size=8_000_000, fail_fraction=0.1, fail_window=1.0)
     result = SwarmSimulation(config).run()
     assert result.completed == 18 and result.failed == 2
+
+
+def test_the_supernode_is_charged_for_every_call():
+    """Each call waits its turn at the one supernode: 50 opens at 0.2 s each keep the last
+    node from starting before 10 s."""
+    costly = SwarmSimulation(tiny(nodes=50, service={"open": 0.2, "report": 0.0, "heartbeat": 0.0})).run()
+    assert costly.extra["supernode busy s"] >= 50 * 0.2
+    assert max(costly.completion_times) >= 10.0
+    free = SwarmSimulation(tiny(nodes=50)).run()
+    assert max(free.completion_times) < 5.0

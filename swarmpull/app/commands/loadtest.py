@@ -82,11 +82,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     b = subparsers.add_parser(
         "benchmarks",
-        help="measure limits, zstd and the scheduler; print figures for docs/BENCHMARKS.md",
+        help="measure limits, zstd and the supernode; print figures for docs/BENCHMARKS.md",
         description="Run the benchmarks (all of them by default) and print their figures.",
     )
-    b.add_argument("names", nargs="*", metavar="NAME", help="limits, zstd, scheduler (default: all)")
+    b.add_argument("names", nargs="*", metavar="NAME", help="limits, zstd, supernode (default: all)")
     b.add_argument("--seconds", type=float, default=6.0, help="length of each rate measurement (default: 6)")
+    b.add_argument(
+        "--peers",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="supernode: synthetic peers (default: 1000)",
+    )
+    b.add_argument(
+        "--pieces",
+        type=positive_int,
+        default=256,
+        metavar="P",
+        help="supernode: pieces of the blob (default: 256)",
+    )
+    b.add_argument(
+        "--duration",
+        type=float,
+        default=8.6,
+        metavar="SECONDS",
+        help="supernode: how long the surge lasts (default: 8.6, the bound of 1 GiB at 1 Gbit/s)",
+    )
     b.set_defaults(func=run_benchmarks, default_log_level="warning")
 
 
@@ -186,8 +207,8 @@ def _simulate(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run_benchmarks(args: argparse.Namespace) -> int:
-    from loadtest.benchmarks import BENCHMARKS
-    from loadtest.benchmarks import run_benchmarks as run_all
+    from loadtest.bench import BENCHMARKS
+    from loadtest.bench import run_benchmarks as run_all
     from swarmpull.app.args import CommandError
     from swarmpull.edges.daemon import run_coroutine
 

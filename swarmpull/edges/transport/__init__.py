@@ -1,29 +1,17 @@
-"""The piece transport: how one node fetches a piece from another, and serves its own.
+"""The piece transport: how one node fetches pieces (and maps of them) from another, and
+serves its own. Both the supernode (as the seed) and every peer serve with
+``PieceServer``; peers fetch with ``PieceClient`` (see ``server`` for the HTTP form)."""
 
-The downloader sees only ``PieceTransport`` (one method), so another data plane (a
-BitTorrent one, say) can sit beside this HTTP one. The HTTP form:
-
-    GET /pieces/<task_id>/<index>      ->  200 with the piece's bytes (zstd when it pays)
-                                           404 when the piece is not held (verified)
-                                           429 + Retry-After when every upload slot is busy
-
-Both the supernode (as the seed) and every peer serve pieces with ``PieceServer``.
-"""
-
-from swarmpull.edges.transport.client import (
-    HttpPieceTransport,
-    PieceFetchError,
-    PieceTransport,
-    TransportConfig,
-)
+from swarmpull.edges.transport.client import Fetched, PieceClient, PieceFetchError, TransportConfig
 from swarmpull.edges.transport.counters import TransferCounters
-from swarmpull.edges.transport.server import PieceServer
+from swarmpull.edges.transport.server import MAP_HEADER, PieceServer
 
 __all__ = [
-    "HttpPieceTransport",
+    "MAP_HEADER",
+    "Fetched",
+    "PieceClient",
     "PieceFetchError",
     "PieceServer",
-    "PieceTransport",
     "TransferCounters",
     "TransportConfig",
 ]

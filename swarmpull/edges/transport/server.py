@@ -1,27 +1,44 @@
-"""Serving verified pieces to other nodes: ``GET /pieces/<task_id>/<index>``.
+"""Serving verified pieces, and the map of them, to other nodes.
 
-At most ``slots`` uploads run at once; one more is refused at once with 429 and a
-``Retry-After`` hint (the requester reports ``busy`` and is sent elsewhere), never queued.
-Bytes pass the upload limiter chunk by chunk, so the node's upload rate holds whatever
-the number of requesters. A piece is sent zstd-compressed when the requester accepts it
-and it pays (see ``compression``); the limiter counts the compressed bytes.
+    GET /pieces/<task_id>/map?known=<bitfield>&after=<version>&wait=<seconds>
+        the pieces held and the signed sha256 of those the requester does not know
+        (``swarmpull.core.maps``); with ``wait``, answered once more pieces are held
+        than ``after`` (a long poll), or when the wait is over
+    GET /pieces/<task_id>/<index>
+        200 with the piece's bytes (zstd when it pays), and ``X-Swarmpull-Map``: the
+        pieces held now, so a requester's view of us is fresh after every transfer;
+        404 when the piece is not held; 429 + Retry-After when every upload slot is
+        busy and the line for one is full
+
+At most ``slots`` uploads run at once; up to ``queue`` more wait for a slot in arrival
+order (a requester that pipelines requests keeps our link busy between pieces), and one
+more is refused at once. Bytes pass the upload limiter chunk by chunk, so the node's
+upload rate holds whatever the number of requesters. Only checked bytes leave: a piece
+of a blob not re-hashed since a restart is checked before it is sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 
 from aiohttp import web
 
+from swarmpull.core.bitfield import BitfieldError, bits, from_text, to_text
+from swarmpull.core.maps import PieceMap
 from swarmpull.core.tasks import TASK_ID_RE
 from swarmpull.edges.http import json_error
 from swarmpull.edges.ratelimit import RateLimiter
-from swarmpull.edges.store import PieceStore
-from swarmpull.edges.transport.client import CHUNK
+from swarmpull.edges.store import PieceCorrupt, PieceStore, StoredBlob, StoreError
 from swarmpull.edges.transport.compression import PieceCompressor
 from swarmpull.edges.transport.counters import TransferCounters
 
 log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+MAP_HEADER = "X-Swarmpull-Map"
+MAX_MAP_WAIT = 30.0
 
 
 class PieceServer:
@@ -32,16 +49,77 @@ class PieceServer:
         limiter: RateLimiter | None = None,
         slots: int | None = None,
         compression: bool = True,
+        queue: int | None = None,
     ) -> None:
         self._store = store
         self._counters = counters
         self._limiter = limiter or RateLimiter(None)
         self._slots = slots
+        self._queue_cap = queue if queue is not None else (4 * slots if slots else 0)
+        self._line: deque[asyncio.Future[None]] = deque()
         self._compressor = PieceCompressor() if compression else None
+        self._changed: dict[str, asyncio.Event] = {}
+        self._closed = False
         self.active = 0  # uploads under way
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/pieces/{task_id}/{piece}", self.handle)]
+        return [
+            web.get("/pieces/{task_id}/map", self.handle_map),
+            web.get("/pieces/{task_id}/{piece}", self.handle),
+        ]
+
+    def close(self) -> None:
+        """Answer every long poll and every request in line now (the daemon is stopping)."""
+        self._closed = True
+        for event in self._changed.values():
+            event.set()
+        self._changed.clear()
+        while self._line:
+            turn = self._line.popleft()
+            if not turn.done():
+                turn.set_exception(ConnectionAbortedError("the piece server is stopping"))
+
+    def notify(self, blob: StoredBlob) -> None:
+        """``blob`` holds one more piece: answer the long polls on its map."""
+        event = self._changed.pop(blob.task_id, None)
+        if event is not None:
+            event.set()
+
+    # ------------------------------------------------------------------- maps
+
+    async def handle_map(self, request: web.Request) -> web.StreamResponse:
+        task_id = request.match_info["task_id"]
+        if not TASK_ID_RE.match(task_id):
+            return json_error(400, "BAD_REQUEST", f"invalid task id {task_id!r}")
+        blob = self._store.get(task_id)
+        if blob is None:
+            return json_error(404, "NOT_FOUND", f"task {task_id} is not held here")
+        count = blob.geometry.count
+        try:
+            known = from_text(request.query.get("known", ""), count) if request.query.get("known") else 0
+            after = int(request.query.get("after", "-1"))
+            wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_MAP_WAIT)
+        except (BitfieldError, ValueError) as exc:
+            return json_error(400, "BAD_REQUEST", f"bad map query: {exc}")
+        if wait > 0 and blob.verified_count <= after and not self._closed:
+            event = self._changed.setdefault(task_id, asyncio.Event())
+            try:
+                async with asyncio.timeout(wait):
+                    await event.wait()
+            except TimeoutError:
+                pass
+            blob = self._store.get(task_id)
+            if blob is None:
+                return json_error(404, "NOT_FOUND", f"task {task_id} is not held here")
+        statements = []
+        for piece in bits(blob.have & ~known):
+            signed = blob.signed(piece)
+            if signed is not None:
+                statements.append(signed)
+        body = PieceMap(count, blob.verified_count, blob.have, statements).encode()
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    # ----------------------------------------------------------------- pieces
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         task_id = request.match_info["task_id"]
@@ -58,23 +136,67 @@ class PieceServer:
             return json_error(400, "BAD_REQUEST", f"piece {piece} out of range")
         if not blob.is_verified(piece):
             return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
-        if self._slots is not None and self.active >= self._slots:
+        try:
+            slot = await self._take_slot()
+        except ConnectionAbortedError:
+            return json_error(503, "STOPPING", "this node is stopping", {"Retry-After": "1"})
+        if not slot:
             self._counters.refused.inc()
             return json_error(429, "BUSY", "every upload slot is busy", {"Retry-After": "1"})
-        self.active += 1
         try:
+            if blob.removed or not blob.is_verified(piece):
+                return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
             with self._store.pinned(blob):
-                return await self._send(request, task_id, piece, blob.map_piece(piece))
+                try:
+                    offset, length = await asyncio.to_thread(blob.piece_region, piece)
+                    data = await asyncio.to_thread(blob.read, offset, length)
+                except PieceCorrupt:
+                    return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
+                except StoreError as exc:
+                    return json_error(404, "NOT_FOUND", str(exc))
+                if len(data) != length:
+                    return json_error(404, "NOT_FOUND", f"piece {piece} could not be read")
+                return await self._send(request, blob, piece, memoryview(data))
         finally:
-            self.active -= 1
+            self._give_slot()
+
+    async def _take_slot(self) -> bool:
+        """A slot now, or a place in line for one; False when the line is full."""
+        if self._closed:
+            raise ConnectionAbortedError("the piece server is stopping")
+        if self._slots is None or (self.active < self._slots and not self._line):
+            self.active += 1
+            return True
+        if len(self._line) >= self._queue_cap:
+            return False
+        turn = asyncio.get_running_loop().create_future()
+        self._line.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn in self._line:
+                self._line.remove(turn)
+            elif turn.done() and not turn.cancelled():
+                self._give_slot()  # handed a slot as the requester hung up
+            raise
+        return True
+
+    def _give_slot(self) -> None:
+        while self._line:
+            turn = self._line.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the slot passes on: active stays the same
+                return
+        self.active -= 1
 
     async def _send(
-        self, request: web.Request, task_id: str, piece: int, view: memoryview
+        self, request: web.Request, blob: StoredBlob, piece: int, view: memoryview
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.headers[MAP_HEADER] = to_text(blob.have, blob.geometry.count)
         body: memoryview | bytes = view
         if self._compressor is not None and "zstd" in request.headers.get("Accept-Encoding", ""):
-            compressed = await self._compressor.compressed(task_id, piece, view)
+            compressed = await self._compressor.compressed(blob.task_id, piece, view)
             if compressed is not None:
                 body = compressed
                 resp.headers["Content-Encoding"] = "zstd"

@@ -1,10 +1,11 @@
-"""Supernode replicas sharing task state through Redis.
+"""Supernode replicas sharing task state through Redis (``ClusterState``).
 
 Each task is owned by one replica at a time through a lease; the owner keeps the task's
 scheduling state in memory (the hot path never waits for Redis) and writes through, in
-one fenced script call per task and tick, what a successor needs: the geometry, each
-piece's sha256, the pieces read from upstream that no peer holds yet (their bytes, so a
-successor never reads them again), and which peers hold which pieces.
+one fenced script call per task, what a successor needs: the geometry, each piece's
+sha256, the pieces read from upstream that no peer holds yet (their bytes, so a
+successor never reads them again; written as soon as they are verified), which peers
+hold which pieces, and the keys the owners signed piece statements with.
 
 Key layout. Every key of a task carries the hash tag ``{T}``, so on a Redis Cluster a
 task's keys share a slot and each script touches one slot:
@@ -14,12 +15,13 @@ task's keys share a slot and each script touches one slot:
     sp:{T}:meta    hash: size, piece_size, digest
     sp:{T}:sha     hash: piece -> sha256 hex of every piece read from upstream
     sp:{T}:staged  hash: piece -> bytes, read from upstream and held by no peer yet
-    sp:{T}:log     list: "PEER +1,2,3" (holds pieces) and "PEER -" (left), in order
+    sp:{T}:have    hash: peer -> the pieces it holds (base64 bitfield), as last reported
+    sp:{T}:keys    set: the public keys (base64) owners signed piece statements with
     sp:{T}:inbox   list: events other replicas pass to the owner (JSON)
     sp:peer:{P}    a peer's registration (JSON), readable by every replica
     sp:seen        sorted set: peer -> wall-clock time of its last heartbeat anywhere
-    sp:origin:{H}:bandwidth, sp:origin:{H}:connections   origin limits of upstream H,
-                   shared by every replica
+
+The origin limits shared by every replica live under sp:origin:{H} (``origin_limits``).
 
 A write is applied only while the writer's lease is still the current one (the script
 compares it first), so a replica that lost its lease cannot write any more.
@@ -31,11 +33,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from supernode.cluster import Batch, ClusterUnavailable, Lease, NotOwner, TaskRecord
+from supernode.origin_limits import OriginLimits
 
 log = logging.getLogger(__name__)
 
@@ -69,172 +73,92 @@ return 1
 
 # A token bucket shared by every replica: KEYS[1] hash {tokens, at}; ARGV: bytes, rate,
 # burst. Takes the bytes (the bucket may go into debt) and answers the milliseconds the
-# taker must wait before using them.
-_BANDWIDTH = """
-local now = redis.call('TIME')
-local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1]) or burst
-local at = tonumber(state[2]) or ms
-tokens = math.min(burst, tokens + (ms - at) * rate / 1000) - tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', ms)
-redis.call('PEXPIRE', KEYS[1], 60000)
-if tokens >= 0 then return 0 end
-return math.ceil(-tokens * 1000 / rate)
-"""
 
 # Connections to an upstream shared by every replica: KEYS[1] sorted set of holders by
-# expiry; ARGV: holder, cap, lease ms. 1: taken (or renewed), 0: every connection in use.
-_CONNECTION = """
-local now = redis.call('TIME')
-local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-_LEASE, _META, _SHA, _STAGED, _LOG = 1, 2, 3, 4, 5  # KEYS indexes in the fenced script
-
-
-class RedisUnavailable(Exception):
-    """Redis did not answer: the replica cannot claim, load or write tasks."""
-
-
-class NotOwner(Exception):
-    """Another replica owns the task; its URL is ``owner``."""
-
-    def __init__(self, task_id: str, owner: str) -> None:
-        super().__init__(f"task {task_id} is owned by the supernode at {owner}")
-        self.owner = owner
+_LEASE, _META, _SHA, _STAGED, _HAVE, _KEYS = 1, 2, 3, 4, 5, 6  # KEYS indexes in the fenced script
 
 
 def task_keys(task_id: str) -> list[str]:
     tag = f"sp:{{{task_id}}}"
-    return [f"{tag}:lease", f"{tag}:meta", f"{tag}:sha", f"{tag}:staged", f"{tag}:log"]
+    return [f"{tag}:lease", f"{tag}:meta", f"{tag}:sha", f"{tag}:staged", f"{tag}:have", f"{tag}:keys"]
 
 
 def _inbox(task_id: str) -> str:
     return f"sp:{{{task_id}}}:inbox"
 
 
-@dataclass(slots=True)
-class Lease:
-    token: str
-    valid_until: float
-    """Monotonic time until which this replica may act as owner without renewing (the
-    Redis expiry minus a margin for clock drift and the renewal's own delay)."""
+def batch_args(batch: Batch) -> list[Any]:
+    """The fenced script's commands for one batch."""
+    out: list[Any] = []
+
+    def command(name: str, key: int, values: list[Any]) -> None:
+        for start in range(0, len(values), MAX_ARGS):
+            chunk = values[start : start + MAX_ARGS]
+            out.extend([len(chunk) + 2, name, key, *chunk])
+
+    data_keys = (_META, _SHA, _STAGED, _HAVE, _KEYS)
+    if batch.reset:
+        out.extend(x for key in data_keys for x in (2, "DEL", key))
+    if batch.meta:
+        command("HSET", _META, [x for kv in batch.meta.items() for x in kv])
+    if batch.sha:
+        command("HSET", _SHA, [x for kv in batch.sha.items() for x in kv])
+    if batch.staged:
+        command("HSET", _STAGED, [x for kv in batch.staged.items() for x in kv])
+    if batch.unstaged:
+        command("HDEL", _STAGED, sorted(batch.unstaged))
+    held = [x for peer, have in batch.holders.items() if have is not None for x in (peer, have)]
+    if held:
+        command("HSET", _HAVE, held)
+    gone = [peer for peer, have in batch.holders.items() if have is None]
+    if gone:
+        command("HDEL", _HAVE, gone)
+    if batch.keys:
+        command("SADD", _KEYS, sorted(batch.keys))
+    if out:
+        for key in data_keys:
+            out.extend([3, "PEXPIRE", key, DATA_TTL_MS])
+    return out
 
 
-@dataclass(slots=True)
-class TaskRecord:
-    """What a task's previous owner left in Redis."""
+class RedisCluster:
+    """``ClusterState`` on Redis: leases, task records, peers, inboxes. Every method
+    raises ClusterUnavailable when Redis does not answer; none retries."""
 
-    size: int
-    piece_size: int
-    digest: str | None
-    sha: dict[int, str]
-    staged: dict[int, bytes]
-    holders: dict[str, set[int]]
-
-
-@dataclass(slots=True)
-class Batch:
-    """One task's writes since the last flush, applied together or not at all."""
-
-    meta: dict[str, str] = field(default_factory=dict)
-    sha: dict[int, str] = field(default_factory=dict)
-    staged: dict[int, bytes] = field(default_factory=dict)
-    unstaged: set[int] = field(default_factory=set)
-    log: list[str] = field(default_factory=list)
-    reset: bool = False
-    """Forget what earlier writes stored (the upstream's bytes proved wrong)."""
-
-    def holds(self, peer_id: str, pieces: Iterable[int]) -> None:
-        text = ",".join(map(str, pieces))
-        if text:
-            self.log.append(f"{peer_id} +{text}")
-
-    def left(self, peer_id: str) -> None:
-        self.log.append(f"{peer_id} -")
-
-    def merge_into(self, newer: Batch) -> None:
-        """Put this (unwritten) batch before ``newer``."""
-        if newer.reset:
-            return
-        newer.reset = self.reset
-        newer.meta = {**self.meta, **newer.meta}
-        newer.sha = {**self.sha, **newer.sha}
-        newer.unstaged |= self.unstaged - set(newer.staged)
-        newer.staged = {p: b for p, b in {**self.staged, **newer.staged}.items() if p not in newer.unstaged}
-        newer.log[:0] = self.log
-
-    def args(self) -> list[Any]:
-        out: list[Any] = []
-
-        def command(name: str, key: int, values: list[Any]) -> None:
-            for start in range(0, len(values), MAX_ARGS):
-                chunk = values[start : start + MAX_ARGS]
-                out.extend([len(chunk) + 2, name, key, *chunk])
-
-        if self.reset:
-            out.extend(x for key in (_META, _SHA, _STAGED, _LOG) for x in (2, "DEL", key))
-        if self.meta:
-            command("HSET", _META, [x for kv in self.meta.items() for x in kv])
-        if self.sha:
-            command("HSET", _SHA, [x for kv in self.sha.items() for x in kv])
-        if self.staged:
-            command("HSET", _STAGED, [x for kv in self.staged.items() for x in kv])
-        if self.unstaged:
-            command("HDEL", _STAGED, sorted(self.unstaged))
-        if self.log:
-            command("RPUSH", _LOG, self.log)
-        if out:
-            for key in (_META, _SHA, _STAGED, _LOG):
-                out.extend([3, "PEXPIRE", key, DATA_TTL_MS])
-        return out
-
-
-class Replication:
-    """This replica's view of Redis: leases, task records, peers, inboxes.
-
-    Every method raises RedisUnavailable when Redis does not answer; none retries.
-    """
+    shared = True
 
     def __init__(
-        self, client: aioredis.Redis, url: str, lease_ttl: float, monotonic: Callable[[], float]
+        self,
+        client: aioredis.Redis,
+        url: str,
+        lease_ttl: float,
+        monotonic: Callable[[], float],
+        origins: OriginLimits,
     ) -> None:
         self.url = url
+        self.origins = origins
         self.lease_ttl = lease_ttl
         self._client = client
         self._monotonic = monotonic
         self._acquire = client.register_script(_ACQUIRE)
         self._fenced = client.register_script(_FENCED)
         self._release = client.register_script(_RELEASE)
-        self._bandwidth = client.register_script(_BANDWIDTH)
-        self._connection = client.register_script(_CONNECTION)
 
-    @classmethod
-    def connect(
-        cls, redis_url: str, password: str | None, url: str, lease_ttl: float, monotonic: Callable[[], float]
-    ) -> Replication:
-        client = aioredis.Redis.from_url(
+    @staticmethod
+    def client(redis_url: str, password: str | None) -> aioredis.Redis:
+        return aioredis.Redis.from_url(
             redis_url,
             password=password,
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
             health_check_interval=10,
         )
-        return cls(client, url, lease_ttl, monotonic)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -281,7 +205,7 @@ class Replication:
         async with self._client.pipeline(transaction=False) as pipe:
             for task_id, (lease, batch) in writes.items():
                 await self._fenced(
-                    keys=task_keys(task_id), args=[lease.token, ttl_ms, *batch.args()], client=pipe
+                    keys=task_keys(task_id), args=[lease.token, ttl_ms, *batch_args(batch)], client=pipe
                 )
             results = await self._call(pipe.execute())
         lost = set()
@@ -298,19 +222,12 @@ class Replication:
     # ----------------------------------------------------------------- records
 
     async def load(self, task_id: str) -> TaskRecord | None:
-        _, meta_key, sha_key, staged_key, log_key = task_keys(task_id)
+        _, meta_key, sha_key, staged_key, have_key, keys_key = task_keys(task_id)
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(meta_key).hgetall(sha_key).hgetall(staged_key).lrange(log_key, 0, -1)
-            meta, sha, staged, entries = await self._call(pipe.execute())
+            pipe.hgetall(meta_key).hgetall(sha_key).hgetall(staged_key).hgetall(have_key).smembers(keys_key)
+            meta, sha, staged, have, keys = await self._call(pipe.execute())
         if not meta:
             return None
-        holders: dict[str, set[int]] = {}
-        for entry in entries:
-            peer, _, pieces = entry.decode().partition(" ")
-            if pieces == "-":
-                holders.pop(peer, None)
-            else:
-                holders.setdefault(peer, set()).update(int(p) for p in pieces[1:].split(","))
         digest = meta.get(b"digest")
         return TaskRecord(
             int(meta[b"size"]),
@@ -318,7 +235,8 @@ class Replication:
             digest.decode() if digest else None,
             {int(p): s.decode() for p, s in sha.items()},
             {int(p): bytes(b) for p, b in staged.items()},
-            holders,
+            {p.decode(): h.decode() for p, h in have.items()},
+            sorted(k.decode() for k in keys),
         )
 
     # ---------------------------------------------------------- peers, inboxes
@@ -366,23 +284,8 @@ class Replication:
             results = await self._call(pipe.execute())
         return {t: [json.loads(e) for e in r] for t, r in zip(task_ids, results, strict=True) if r}
 
-    # ----------------------------------------------------------- origin limits
-
-    async def take_bandwidth(self, host: str, count: int, rate: int, burst: int) -> float:
-        """Take ``count`` bytes from the upstream's shared bucket; seconds to wait."""
-        key = f"sp:origin:{{{host}}}:bandwidth"
-        return await self._call(self._bandwidth(keys=[key], args=[count, rate, burst])) / 1000
-
-    async def take_connection(self, host: str, holder: str, cap: int, lease: float) -> bool:
-        """Take (or keep) one of the upstream's ``cap`` shared connections for ``lease`` s."""
-        key = f"sp:origin:{{{host}}}:connections"
-        return bool(await self._call(self._connection(keys=[key], args=[holder, cap, int(lease * 1000)])))
-
-    async def drop_connection(self, host: str, holder: str) -> None:
-        await self._call(self._client.zrem(f"sp:origin:{{{host}}}:connections", holder))
-
     async def _call(self, awaitable):  # type: ignore[no-untyped-def]
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
-            raise RedisUnavailable(f"redis unreachable: {exc or type(exc).__name__}") from None
+            raise ClusterUnavailable(f"redis unreachable: {exc or type(exc).__name__}") from None

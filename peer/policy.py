@@ -1,0 +1,434 @@
+"""A peer's decisions for one blob, sans-IO: which piece to fetch from which parent, when
+to give up on a transfer, when to ask the supernode for other parents.
+
+The peer daemon (``peer.download``) and the load-test simulator both drive this object,
+so the simulator runs the decisions production runs. Time arrives as ``now``; parents'
+piece maps are read through ``MapView`` objects the caller keeps current (the daemon
+from the maps parents send, the simulator from the parents' own state).
+
+- **Rarest first, among the parents.** A piece held by one parent goes before one held
+  by several (ties broken at random, so siblings spread over different pieces and have
+  something to trade). The seed is asked first for what no peer parent holds (the rarest
+  pieces of all), and otherwise only for what the peer parents leave of our link.
+- **As many transfers as the link needs.** Transfers are added while the rates they are
+  expected to bring (each parent's measured rate per transfer) fall short of the download
+  rate, within ``per_parent`` per parent and ``max_inflight`` in all: a few fast
+  transfers when parents are fast (each piece is ready to share sooner), more when they
+  are loaded, so our link stays busy either way.
+- **Deadlines.** A transfer may take ``slack`` times what the parent's measured rate (or,
+  before a measurement, our fair share of the download link) needs for the piece, at
+  least ``min_deadline``. A transfer over its deadline is abandoned and the piece goes
+  elsewhere; a parent that fails ``bad_after`` transfers (one, for a corrupt piece) is
+  dropped and named in the next report, which is how a slow or lying source stops being
+  handed out.
+- **Parents.** When no parent holds anything we lack for ``starve_after`` seconds, or a
+  parent was dropped, the peer asks the supernode for parents (naming the idle ones).
+- **Endgame.** Once every missing piece is in flight and at most ``endgame`` are missing,
+  a piece in flight longer than its expected time gets a second parent; the first copy
+  wins.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from swarmpull.core.bitfield import full, random_bit
+from swarmpull.core.failures import FailureReason
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Tuning of a peer's piece choices; times in seconds of the clock passed in."""
+
+    max_inflight: int = 8
+    """Most transfers of one blob under way at once (the node's download slots bound all
+    blobs)."""
+    per_parent: int = 3
+    """Most transfers from one parent at once."""
+    headroom: float = 1.25
+    """Transfers are added while the rates they are expected to bring (each parent's
+    measured rate per transfer) sum to less than this times the download rate: few, fast
+    transfers when parents are fast (a piece is ready to share sooner), more when they
+    are loaded."""
+    first_streams: int = 2
+    """Before a parent's rate is measured, a transfer is expected to bring the download
+    rate divided by this."""
+    endgame: int = 4
+    """With at most this many pieces missing, all in flight, slow ones get a second parent."""
+    starve_after: float = 0.5
+    """Seconds with room for a transfer and nothing to fetch before asking for parents."""
+    idle_after: float = 1.0
+    """Seconds a peer parent may hold nothing we lack before we let it go for another."""
+    min_deadline: float = 2.0
+    """A transfer always gets this long."""
+    slack: float = 4.0
+    """A transfer gets this many times the time its expected rate needs."""
+    bad_after: int = 2
+    """Failed transfers after which a parent is dropped (a corrupt piece: at once)."""
+    busy_backoff: float = 1.0
+    """Seconds a parent that refused (all upload slots busy) is not asked again."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_inflight", "per_parent", "endgame", "bad_after"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PolicyConfig.{name} must be at least 1")
+
+
+class MapView(Protocol):
+    """The pieces a parent holds, as far as we know."""
+
+    bits: int
+
+
+@dataclass(slots=True)
+class Report:
+    """What a parent did for us since the last report."""
+
+    bytes: int = 0
+    seconds: float = 0.0
+    failures: int = 0
+    reason: FailureReason | None = None
+
+
+@dataclass(slots=True)
+class ParentLink:
+    """One parent, as this blob's download sees it."""
+
+    id: str
+    seed: bool
+    view: MapView
+    inflight: int = 0
+    rate: float = 0.0  # bytes per second of one transfer from it (EWMA); 0: not measured
+    failures: int = 0
+    busy_until: float = 0.0
+    lacks: int = 0  # pieces its map shows but it answered it does not hold
+    leaving: bool = False  # dropped: no new transfers, gone once its last one ends
+    idle_since: float | None = None  # since when it holds nothing we lack
+    report: Report = field(default_factory=Report)
+
+    @property
+    def bits(self) -> int:
+        return self.view.bits & ~self.lacks
+
+
+class PiecePolicy:
+    """The choices of one blob's download. One writer: its download (or the simulator)."""
+
+    def __init__(
+        self,
+        count: int,
+        piece_size: int,
+        config: PolicyConfig,
+        rng: random.Random,
+        *,
+        have: int = 0,
+        download_rate: float | None = None,
+    ) -> None:
+        self.count = count
+        self.piece_size = piece_size
+        self.config = config
+        self._rng = rng
+        self._full = full(count)
+        self.have = have & self._full
+        self.inflight: dict[int, dict[str, float]] = {}  # piece -> parent -> started
+        self.inflight_bits = 0
+        self.parents: dict[str, ParentLink] = {}
+        self.dropped: dict[str, None] = {}  # idle parents to name in the next report
+        self.bad: dict[str, None] = {}  # failing parents to name in the next report
+        self._departed: dict[str, Report] = {}  # what parents that left did, for the report
+        self.download_rate = download_rate or 100e6
+        self._starving_since: float | None = None
+        self._want_parents = True
+
+    def __repr__(self) -> str:
+        return f"<PiecePolicy {self.have.bit_count()}/{self.count} inflight={len(self.inflight)}>"
+
+    @property
+    def done(self) -> bool:
+        return self.have == self._full
+
+    @property
+    def missing(self) -> int:
+        return self.count - self.have.bit_count()
+
+    @property
+    def unassigned(self) -> int:
+        """The pieces we lack that no transfer is fetching."""
+        return self._full & ~self.have & ~self.inflight_bits
+
+    # ---------------------------------------------------------------- parents
+
+    def set_parents(self, parents: list[tuple[str, bool, MapView]]) -> None:
+        """The supernode's answer: these are our parents now (``(id, seed, view)``)."""
+        keep = {}
+        for parent_id, seed, view in parents:
+            if parent_id in self.bad:
+                continue  # answered before it read our report: not again
+            link = self.parents.get(parent_id)
+            if link is None:
+                link = ParentLink(parent_id, seed, view)
+            link.leaving = False
+            keep[parent_id] = link
+        for parent_id, link in self.parents.items():
+            if parent_id in keep:
+                continue
+            if link.inflight:
+                link.leaving = True  # let what is under way finish
+                keep[parent_id] = link
+            elif link.report.bytes or link.report.failures:
+                self._departed[parent_id] = link.report
+        self.parents = keep
+        self._want_parents = False
+        self._starving_since = None
+
+    def needs_parents(self, now: float) -> bool:
+        """Whether to ask the supernode for (other) parents now."""
+        if self.done:
+            return False
+        if self._want_parents or not self.parents:
+            return True
+        since = self._starving_since
+        if since is not None and now - since >= self.config.starve_after:
+            return True
+        return any(self._idle(link, now) for link in self.parents.values())
+
+    def _idle(self, link: ParentLink, now: float) -> bool:
+        since = link.idle_since
+        return since is not None and not link.inflight and now - since >= self.config.idle_after
+
+    def take_report(self, now: float) -> tuple[dict[str, Report], list[str], list[str]]:
+        """What to tell the supernode: per parent, then idle and bad parents to drop."""
+        reports, self._departed = self._departed, {}
+        for link in self.parents.values():
+            if link.report.bytes or link.report.failures:
+                reports[link.id] = link.report
+                link.report = Report()
+            if self._idle(link, now):  # it has nothing for us: let another come
+                self.dropped[link.id] = None
+        dropped, bad = list(self.dropped), list(self.bad)
+        for parent_id in dropped:
+            self._leave(parent_id)
+        self.dropped.clear()
+        self.bad.clear()
+        return reports, dropped, bad
+
+    # ---------------------------------------------------------------- choices
+
+    def choose(self, now: float, room: int, known: int | None = None) -> list[tuple[int, str]]:
+        """Up to ``room`` transfers to start: ``(piece, parent)``. ``known``: the pieces
+        whose sha256 we can check (None: all)."""
+        room = min(room, self.config.max_inflight - self._transfers())
+        if room <= 0 or self.done:
+            return []
+        wanted = self._full & ~self.have & ~self.inflight_bits
+        if known is not None:
+            wanted &= known
+        usable = [p for p in self.parents.values() if not p.leaving and p.busy_until <= now]
+        peers = [p for p in usable if not p.seed]
+        seeds = [p for p in usable if p.seed]
+        ones = twos = 0
+        lacking = self._full & ~self.have
+        for link in peers:
+            if link.bits & lacking:
+                link.idle_since = None
+            elif link.idle_since is None:
+                link.idle_since = now
+            m = link.bits & wanted
+            twos |= ones & m
+            ones |= m
+        picks: list[tuple[int, str]] = []
+        target = self.config.headroom * self.download_rate - self._projected()
+        if seeds and wanted & ~ones:  # only the seed holds these: the rarest of all
+            target = self._from(seeds, wanted & ~ones, wanted & ~ones, room, target, now, picks)
+            wanted &= ~self.inflight_bits
+        if ones and target > 0:
+            target = self._from(peers, wanted, ones & ~twos, room, target, now, picks)
+            wanted &= ~self.inflight_bits
+        if seeds and target > 0:  # the seed's spare room: anything
+            self._from(seeds, wanted, wanted, room, target, now, picks)
+        if picks:
+            self._starving_since = None
+        elif self._endgame_ready():
+            picks.extend(self._endgame(now, room))
+        elif self._starving_since is None:
+            self._starving_since = now  # room, pieces to get, and nobody to get them from
+        return picks
+
+    def _from(
+        self,
+        links: list[ParentLink],
+        wanted: int,
+        rare: int,
+        room: int,
+        target: float,
+        now: float,
+        picks: list[tuple[int, str]],
+    ) -> float:
+        """Round-robin over ``links`` (fastest first), one piece per turn, rarest first,
+        until the expected rates reach ``target``; returns what is left of it."""
+        cap = self.config.per_parent
+        links = sorted(links, key=lambda link: (-self._rate(link) / (link.inflight + 1), self._rng.random()))
+        while len(picks) < room and wanted and target > 0:
+            progress = False
+            for link in links:
+                if len(picks) >= room or target <= 0:
+                    return target
+                if link.inflight >= cap:
+                    continue
+                mine = link.bits & wanted
+                if not mine:
+                    continue
+                pool = mine & rare or mine
+                piece = random_bit(pool, self._rng)
+                self._start(piece, link, now)
+                picks.append((piece, link.id))
+                target -= self._rate(link)
+                wanted &= ~(1 << piece)
+                rare &= ~(1 << piece)
+                progress = True
+            if not progress:
+                return target
+        return target
+
+    def _endgame_ready(self) -> bool:
+        missing = self._full & ~self.have
+        return bool(missing) and missing & ~self.inflight_bits == 0 and self.missing <= self.config.endgame
+
+    def _endgame(self, now: float, room: int) -> list[tuple[int, str]]:
+        if not self._endgame_ready():
+            return []
+        picks: list[tuple[int, str]] = []
+        for piece, copies in list(self.inflight.items()):
+            if len(picks) >= room or len(copies) > 1:
+                continue
+            ((parent_id, started),) = copies.items()
+            link = self.parents.get(parent_id)
+            if link is not None and now - started < self._expected(link):
+                continue
+            for other in self.parents.values():
+                if other.id == parent_id or other.inflight >= self.config.per_parent:
+                    continue
+                if other.bits >> piece & 1:
+                    self._start(piece, other, now)
+                    picks.append((piece, other.id))
+                    break
+        return picks
+
+    # ---------------------------------------------------------------- outcomes
+
+    def finished(self, piece: int, parent_id: str, size: int, seconds: float, now: float) -> list[str]:
+        """A verified copy of ``piece`` came from ``parent_id``; returns the parents of its
+        other copies in flight, to cancel."""
+        copies = self._stop(piece)
+        self.have |= 1 << piece
+        link = self.parents.get(parent_id)
+        if link is not None:
+            rate = size / max(seconds, 1e-6)
+            link.rate = rate if link.rate == 0 else 0.7 * link.rate + 0.3 * rate
+            link.failures = 0
+            link.report.bytes += size
+            link.report.seconds += seconds
+        self._starving_since = None
+        return [p for p in copies if p != parent_id]
+
+    def failed(self, piece: int, parent_id: str, reason: FailureReason, now: float) -> None:
+        """A transfer of ``piece`` from ``parent_id`` failed; the piece can go elsewhere."""
+        copies = self.inflight.get(piece)
+        if copies is not None and copies.pop(parent_id, None) is not None:
+            self._release(parent_id)
+            if not copies:
+                del self.inflight[piece]
+                self.inflight_bits &= ~(1 << piece)
+        link = self.parents.get(parent_id)
+        if link is None:
+            return
+        if reason is FailureReason.BUSY:
+            link.busy_until = now + self.config.busy_backoff
+            return
+        if reason is FailureReason.MISSING:
+            link.lacks |= 1 << piece  # until its next map
+            return
+        self._fault(link, reason)
+
+    def parent_failed(self, parent_id: str, reason: FailureReason, now: float) -> None:
+        """The parent failed us outside a transfer (its map did not come, or came forged)."""
+        link = self.parents.get(parent_id)
+        if link is not None:
+            self._fault(link, reason)
+
+    def _fault(self, link: ParentLink, reason: FailureReason) -> None:
+        link.failures += 1
+        link.report.failures += 1
+        link.report.reason = reason
+        if reason is FailureReason.CORRUPT or link.failures >= self.config.bad_after:
+            self.bad[link.id] = None
+            self._want_parents = True
+            self._leave(link.id)
+
+    def map_changed(self, parent_id: str) -> None:
+        """A fresh map of this parent arrived: what it said it lacks, it may hold now."""
+        link = self.parents.get(parent_id)
+        if link is not None:
+            link.lacks = 0
+
+    def deadline(self, parent_id: str, size: int) -> float:
+        """Seconds a transfer of ``size`` bytes from this parent may take."""
+        link = self.parents.get(parent_id)
+        rate = self._rate(link) if link is not None else self.download_rate / self.config.max_inflight
+        return max(self.config.min_deadline, self.config.slack * size / max(rate, 1.0))
+
+    # ---------------------------------------------------------------- internals
+
+    def _transfers(self) -> int:
+        return sum(len(c) for c in self.inflight.values())
+
+    def _rate(self, link: ParentLink) -> float:
+        """What one more transfer from this parent is expected to bring."""
+        if link.rate > 0:
+            return link.rate
+        return self.download_rate / self.config.first_streams
+
+    def _projected(self) -> float:
+        total = 0.0
+        for copies in self.inflight.values():
+            for parent_id in copies:
+                link = self.parents.get(parent_id)
+                total += self._rate(link) if link is not None else 0.0
+        return total
+
+    def _expected(self, link: ParentLink) -> float:
+        return self.piece_size / max(self._rate(link), 1.0)
+
+    def _start(self, piece: int, link: ParentLink, now: float) -> None:
+        self.inflight.setdefault(piece, {})[link.id] = now
+        self.inflight_bits |= 1 << piece
+        link.inflight += 1
+
+    def _stop(self, piece: int) -> list[str]:
+        copies = self.inflight.pop(piece, {})
+        self.inflight_bits &= ~(1 << piece)
+        for parent_id in copies:
+            self._release(parent_id)
+        return list(copies)
+
+    def _release(self, parent_id: str) -> None:
+        link = self.parents.get(parent_id)
+        if link is not None:
+            link.inflight -= 1
+            if link.leaving and not link.inflight:
+                self._forget(link)
+
+    def _leave(self, parent_id: str) -> None:
+        link = self.parents.get(parent_id)
+        if link is None:
+            return
+        link.leaving = True
+        if not link.inflight:
+            self._forget(link)
+
+    def _forget(self, link: ParentLink) -> None:
+        del self.parents[link.id]
+        if link.report.bytes or link.report.failures:
+            self._departed[link.id] = link.report

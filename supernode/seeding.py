@@ -1,0 +1,317 @@
+"""The seed: the supernode's blobs, each read from upstream once and signed piece by piece.
+
+``Seeding`` owns every ``SeedTask``: it starts the back-to-source read when a task is
+created, records each piece the read reports with a statement signed by this supernode
+(peers check pieces against it and relay it), tells the scheduler what the seed holds,
+and fails a task at once when the upstream says no or its bytes do not match the digest.
+With replicas it also stages what a successor needs (``ClusterState``): each piece's
+sha256 as it is verified, and its bytes until a peer holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+
+import aiohttp
+
+from supernode.cluster import ClusterState, Lease, TaskRecord
+from supernode.config import SupernodeConfig
+from supernode.metrics import SupernodeMetrics
+from supernode.scheduler import Scheduler
+from supernode.seed_task import SeedTask, Source, TaskState
+from swarmpull.core.clock import Clock
+from swarmpull.core.digest import Digest
+from swarmpull.core.geometry import choose_piece_size
+from swarmpull.core.signing import Signer, keys_to_json
+from swarmpull.core.tasks import redact_url
+from swarmpull.edges.origin import UpstreamError, UpstreamFetch
+from swarmpull.edges.store import BlobMeta, PieceStore, StoredBlob, StoreError, StoreFull
+
+log = logging.getLogger(__name__)
+
+
+class Seeding:
+    """The one writer of the seed's tasks (on the supernode's event loop)."""
+
+    def __init__(
+        self,
+        config: SupernodeConfig,
+        store: PieceStore,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+        scheduler: Scheduler,
+        signer: Signer,
+        cluster: ClusterState,
+        metrics: SupernodeMetrics,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.tasks: dict[str, SeedTask] = {}
+        self._session = session
+        self._clock = clock
+        self._scheduler = scheduler
+        self._signer = signer
+        self._cluster = cluster
+        self._metrics = metrics
+        self.on_changed: Callable[[], None] = lambda: None  # staged bytes: write through soon
+        self._staged_bytes = 0
+
+    def restore(self, lease: Lease) -> None:
+        """Know the blobs the seed cache kept from an earlier run, before anyone asks, so
+        returning peers can announce theirs (a single supernode: replicas claim first)."""
+        for blob in self.store.blobs():
+            if blob.all_verified and not blob.complete:
+                self.store.remove(blob.task_id)  # crashed between last piece and completion
+                continue
+            digest = Digest.parse(blob.meta.digest) if blob.meta.digest else None
+            expected = digest if blob.task_id.startswith("sha256-") else None
+            task = SeedTask(blob.task_id, Source(""), expected)
+            task.lease = lease
+            task.used_at = self._clock.monotonic()
+            self.tasks[blob.task_id] = task
+            self._adopt(task, blob)
+            # A partial blob resumes when a peer opens the task again (with its URL).
+            task.state = TaskState.SEEDED if blob.complete else TaskState.PARTIAL
+            task.digest = digest
+
+    async def stop(self) -> None:
+        fetches = [t.fetch for t in self.tasks.values() if t.fetch is not None]
+        for fetch in fetches:
+            fetch.cancel()
+        await asyncio.gather(*fetches, return_exceptions=True)
+
+    # ------------------------------------------------------------------- tasks
+
+    def create(self, task_id: str, source: Source, expected: Digest | None, lease: Lease) -> SeedTask:
+        """A task nobody owns: from the seed cache if it holds the blob, else from upstream."""
+        task = SeedTask(task_id, source, expected)
+        task.lease = lease
+        task.used_at = self._clock.monotonic()
+        self.tasks[task_id] = task
+        blob = self.store.get(task_id)
+        if blob is not None and blob.complete and (expected is None or blob.meta.digest == str(expected)):
+            self._adopt(task, blob)
+            task.state = TaskState.SEEDED
+            task.digest = Digest.parse(blob.meta.digest) if blob.meta.digest else expected
+            return task
+        self.start_fetch(task)
+        return task
+
+    def start_fetch(self, task: SeedTask, elsewhere: frozenset[int] = frozenset()) -> None:
+        if task.fetch is not None and not task.fetch.done():
+            return
+        events = _FetchEvents(self, task)
+        fetch = UpstreamFetch(
+            self._session,
+            lambda: (task.url, task.sources[0].headers),
+            task.expected,
+            events,
+            self.config.upstream,
+            on_bytes=self._metrics.upstream_bytes.inc,
+            throttle=self._cluster.origins.for_url(task.url),
+        )
+        task.state = TaskState.RUNNING if task.blob is not None else TaskState.PENDING
+        task.fetch = asyncio.create_task(fetch.run(task.blob, elsewhere), name=f"origin-{task.id[:20]}")
+        task.fetch.add_done_callback(lambda done: self._fetch_done(task, fetch, done))
+
+    def fail(self, task: SeedTask, message: str, status: int | None, bad_data: bool = False) -> None:
+        log.warning("task %s failed: %s", task.id, message)
+        task.state = TaskState.FAILED
+        task.error, task.error_status = message, status
+        task.failed_at = self._clock.monotonic()
+        self._metrics.tasks.labels("failed").inc()
+        if not task.ready.done():
+            task.ready.set_result(None)
+        self._scheduler.remove_task(task.id)
+        self._forget_staged(task)
+        if bad_data and task.blob is not None:
+            self.store.remove(task.id)  # a lying upstream's bytes are not kept
+            task.batch.reset = True  # nor passed on to another replica
+        task.blob = None
+
+    def drop(self, task: SeedTask, why: str) -> None:
+        """Another replica may own the task now (or nobody wants it): stop acting for it."""
+        log.info("task %s: let go (%s)", task.id, why)
+        task.lease = None
+        if task.fetch is not None:
+            task.fetch.cancel()
+        if self.tasks.get(task.id) is task:
+            del self.tasks[task.id]
+        self._scheduler.remove_task(task.id)
+        self._forget_staged(task)
+
+    def take_over(
+        self, task_id: str, source: Source, expected: Digest | None, lease: Lease, record: TaskRecord,
+        holders: dict[str, int],
+    ) -> SeedTask:  # fmt: skip
+        """Continue a task an earlier owner left: its staged pieces into our store (checked
+        against their sha256), then read from upstream only what nobody holds."""
+        task = SeedTask(task_id, source, expected)
+        task.lease = lease
+        task.used_at = self._clock.monotonic()
+        self.tasks[task_id] = task
+        task.shas = record.sha
+        task.keys = record.keys
+        task.digest = Digest.parse(record.digest) if record.digest else expected
+        blob = self.store.get(task_id)
+        if blob is None or (blob.meta.size, blob.meta.piece_size) != (record.size, record.piece_size):
+            if blob is not None:
+                self.store.remove(task_id)
+            meta = BlobMeta(task_id, record.size, record.piece_size, record.digest, redact_url(source.url))
+            blob = self.store.create(meta)
+        for piece, data in record.staged.items():  # read from upstream before, held by no peer
+            sha = record.sha.get(piece)
+            if not blob.is_verified(piece) and sha and hashlib.sha256(data).hexdigest() == sha:
+                writer = blob.writer(piece)
+                writer.write(data)
+                writer.commit(sha, statement=self._signer.piece(task_id, piece, sha))
+        task.staged = set(record.staged) & set(blob.verified_pieces())
+        self._adopt(task, blob)
+        held = blob.have
+        for have in holders.values():
+            held |= have
+        missing = blob.geometry.count - held.bit_count()
+        if missing:
+            seeded = blob.have
+            self.start_fetch(
+                task, frozenset(p for p in range(blob.geometry.count) if (held & ~seeded) >> p & 1)
+            )
+        else:
+            task.state = TaskState.SEEDED
+        log.info(
+            "task %s taken over: %d pieces on %d peers, %d staged, %d to read from upstream",
+            task_id,
+            (held & ~blob.have).bit_count(),
+            len(holders),
+            len(task.staged),
+            missing,
+        )
+        return task
+
+    # ---------------------------------------------------------------- replicas
+
+    def holds(self, task: SeedTask, peer_id: str, have_text: str, have: int) -> None:
+        """A peer holds these pieces now: a successor should know, and the cluster need
+        not keep their bytes any more."""
+        if not self._cluster.shared:
+            return
+        task.batch.holders[peer_id] = have_text
+        for piece in [p for p in task.staged if have >> p & 1]:
+            task.staged.discard(piece)
+            task.batch.unstaged.add(piece)
+            task.batch.staged.pop(piece, None)
+            if task.blob is not None:
+                self._staged_bytes -= task.blob.geometry.length(piece)
+
+    def left(self, task: SeedTask, peer_id: str) -> None:
+        if self._cluster.shared:
+            task.batch.holders[peer_id] = None
+
+    # --------------------------------------------------------------- internals
+
+    def _adopt(self, task: SeedTask, blob: StoredBlob) -> None:
+        """The task's geometry is known: schedule it, with the pieces the seed holds."""
+        task.blob = blob
+        task.state = TaskState.RUNNING
+        self._scheduler.add_task(task.id, blob.geometry.count, self.config.seed_id)
+        for piece in blob.verified_pieces():
+            self._scheduler.piece_seeded(task.id, piece)
+        if not task.ready.done():
+            task.ready.set_result(None)
+
+    def _geometry(self, task: SeedTask, size: int) -> StoredBlob:
+        piece_size = self.config.piece_size or choose_piece_size(size)
+        meta = BlobMeta(
+            task.id,
+            size,
+            piece_size,
+            digest=str(task.expected) if task.expected else None,
+            url=redact_url(task.url),
+        )
+        blob = self.store.create(meta)
+        task.batch.meta.update(size=str(size), piece_size=str(piece_size))
+        task.batch.keys.add(keys_to_json([self._signer.public_key])[0])
+        self._adopt(task, blob)
+        return blob
+
+    def _piece(self, task: SeedTask, index: int, sha: str) -> None:
+        blob = task.blob
+        if blob is None:
+            return
+        blob.record(index, sha, self._signer.piece(task.id, index, sha))
+        self._scheduler.piece_seeded(task.id, index)
+        if self._cluster.shared:
+            self._stage(task, blob, index, sha)
+
+    def _stage(self, task: SeedTask, blob: StoredBlob, piece: int, sha: str) -> None:
+        """A piece read from upstream: keep its sha256, and its bytes until a peer holds
+        it, where a successor replica finds them (within the staging budget). Written
+        through at once, not at the next tick: a replica killed mid-read loses little."""
+        task.batch.sha[piece] = sha
+        length = blob.geometry.length(piece)
+        if self._staged_bytes + length <= self.config.stage_limit:
+            task.batch.staged[piece] = blob.read_piece(piece)
+            task.staged.add(piece)
+            self._staged_bytes += length
+        self.on_changed()
+
+    def _forget_staged(self, task: SeedTask) -> None:
+        """The task is no longer ours to serve: its staged pieces (left in the cluster for a
+        successor) no longer count against this replica's budget."""
+        if task.blob is not None:
+            self._staged_bytes -= sum(task.blob.geometry.length(p) for p in task.staged)
+        task.staged.clear()
+
+    def _fetch_done(self, task: SeedTask, fetch: UpstreamFetch, done: asyncio.Task[None]) -> None:
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if exc is None:
+            blob = task.blob
+            if blob is not None and blob.all_verified:  # after a takeover, peers may hold what we do not
+                try:
+                    blob.mark_complete(str(task.digest))
+                except StoreError as error:
+                    self.fail(task, f"seed store: {error}", None)
+                    return
+            task.state = TaskState.SEEDED
+            self._metrics.tasks.labels("seeded").inc()
+            log.info("task %s seeded (%d bytes)", task.id, blob.meta.size if blob else 0)
+            return
+        if isinstance(exc, UpstreamError | StoreFull | StoreError):
+            message, status = str(exc), getattr(exc, "status", None)
+        else:
+            log.error("task %s: back-to-source crashed", task.id, exc_info=exc)
+            message, status = f"internal error: {type(exc).__name__}", None
+        bad_data = isinstance(exc, UpstreamError) and exc.bad_data
+        if bad_data:
+            log.warning("task %s: %s sent bytes that do not match the digest", task.id, redact_url(fetch.url))
+            others = [s for s in task.sources if s.url != fetch.url]
+            if others:  # that URL is never the task's source again; another requester's may be
+                task.sources = others
+                self.fail(task, message, status, bad_data=True)
+                return
+        definitive = isinstance(exc, UpstreamError) and exc.definitive
+        task.retryable = isinstance(exc, UpstreamError | StoreError) and not definitive
+        self.fail(task, message, status, bad_data=bad_data)
+
+
+class _FetchEvents:
+    """Connects one task's ``UpstreamFetch`` to the seeding."""
+
+    def __init__(self, seeding: Seeding, task: SeedTask) -> None:
+        self._seeding = seeding
+        self._task = task
+
+    def geometry(self, size: int) -> StoredBlob:
+        return self._seeding._geometry(self._task, size)
+
+    def digest(self, digest: Digest) -> None:
+        self._task.digest = digest
+        self._task.batch.meta["digest"] = str(digest)
+
+    def piece(self, index: int, sha: str) -> None:
+        self._seeding._piece(self._task, index, sha)

@@ -1,0 +1,152 @@
+"""The peer's piece choices fed events directly: parents' maps in, transfers out."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peer.policy import PiecePolicy, PolicyConfig
+from swarmpull.core.bitfield import bits, full, of
+from swarmpull.core.failures import FailureReason
+
+PIECE = 4 << 20
+NOW = 100.0
+
+
+class View:
+    def __init__(self, pieces=()) -> None:
+        self.bits = of(list(pieces))
+
+
+def policy(count=8, rate=100e6, **config) -> PiecePolicy:
+    return PiecePolicy(count, PIECE, PolicyConfig(**config), random.Random(5), download_rate=rate)
+
+
+def test_rarest_among_the_parents_first():
+    p = policy(count=4, max_inflight=1, per_parent=1)
+    p.set_parents([("a", False, View([0, 1, 2])), ("b", False, View([0, 1])), ("c", False, View([0]))])
+    assert p.choose(NOW, 1) == [(2, "a")]  # piece 2 is held by one parent only
+
+
+def test_the_seed_first_for_what_only_it_holds_then_last():
+    p = policy(count=4, per_parent=1, headroom=10.0)
+    p.set_parents([("a", False, View([0, 1])), ("seed", True, View([0, 1, 2, 3]))])
+    picks = p.choose(NOW, 8)
+    assert picks[0][1] == "seed" and picks[0][0] in (2, 3)  # only the seed holds 2 and 3
+    peer_picks = [piece for piece, parent in picks if parent == "a"]
+    assert len(peer_picks) == 1 and peer_picks[0] in (0, 1)
+
+
+def test_only_pieces_whose_sha256_is_known_are_chosen():
+    p = policy(count=4, per_parent=4, headroom=10.0)
+    p.set_parents([("a", False, View([0, 1, 2, 3]))])
+    assert sorted(piece for piece, _ in p.choose(NOW, 8, known=of([1, 3]))) == [1, 3]
+
+
+def test_transfers_are_added_while_the_expected_rates_fall_short():
+    """A fast parent gets a few transfers; a slow one, measured, gets more company."""
+    p = policy(count=32, per_parent=8, max_inflight=8, headroom=1.0, first_streams=2)
+    p.set_parents([("a", False, View(range(32)))])
+    assert len(p.choose(NOW, 8)) == 2  # unmeasured: each expected to bring half the link
+    for piece in list(p.inflight):
+        p.finished(piece, "a", PIECE, PIECE / 10e6, NOW)  # measured: 10 MB/s per transfer
+    assert len(p.choose(NOW, 8)) == 8  # 100 MB/s wanted: as many as the caps allow
+
+
+def test_a_failing_parent_is_dropped_and_reported():
+    p = policy(count=8, bad_after=2, per_parent=1)
+    p.set_parents([("a", False, View(range(8))), ("b", False, View(range(8)))])
+    (piece, _), *_ = [x for x in p.choose(NOW, 8) if x[1] == "a"]
+    p.failed(piece, "a", FailureReason.TIMEOUT, NOW)
+    assert piece not in p.inflight and not p.needs_parents(NOW)
+    again = [x for x in p.choose(NOW, 8) if x[1] == "a"]
+    p.failed(again[0][0], "a", FailureReason.TIMEOUT, NOW)
+    assert p.needs_parents(NOW)
+    reports, _, bad = p.take_report(NOW)
+    assert bad == ["a"] and reports["a"].failures == 2 and reports["a"].reason is FailureReason.TIMEOUT
+    assert all(parent != "a" for _, parent in p.choose(NOW, 8))
+    p.set_parents([("a", False, View(range(8)))])  # an answer that crossed our report
+    assert "a" not in p.parents or p.parents["a"].leaving is False
+
+
+def test_one_corrupt_piece_is_enough():
+    p = policy(count=4)
+    p.set_parents([("liar", False, View(range(4)))])
+    piece, _ = p.choose(NOW, 1)[0]
+    p.failed(piece, "liar", FailureReason.CORRUPT, NOW)
+    _, _, bad = p.take_report(NOW)
+    assert bad == ["liar"] and "liar" not in p.parents
+
+
+def test_busy_backs_off_and_missing_waits_for_the_next_map():
+    p = policy(count=2, per_parent=2, busy_backoff=1.0)
+    view = View([0, 1])
+    p.set_parents([("a", False, view)])
+    picks = p.choose(NOW, 2)
+    for piece, _ in picks:
+        p.failed(piece, "a", FailureReason.BUSY, NOW)
+    assert p.choose(NOW + 0.5, 2) == []
+    picks = p.choose(NOW + 1.5, 2)
+    assert len(picks) == 2
+    p.failed(picks[0][0], "a", FailureReason.MISSING, NOW + 1.5)
+    assert all(piece != picks[0][0] for piece, _ in p.choose(NOW + 1.5, 2))
+    p.map_changed("a")
+    assert p.choose(NOW + 1.5, 2) == [(picks[0][0], "a")]
+
+
+def test_endgame_asks_a_second_parent_and_the_first_copy_wins():
+    p = policy(count=2, endgame=2, per_parent=2, rate=10e6, first_streams=1)
+    p.set_parents([("slow", False, View([0, 1])), ("fast", False, View([0, 1]))])
+    first = p.choose(NOW, 2)
+    assert {piece for piece, _ in first} == {0, 1}
+    assert p.choose(NOW + 0.01, 2) == []  # in flight for less than expected
+    later = p.choose(NOW + 5.0, 2)  # far longer than 4 MiB at 10 MB/s
+    assert {piece for piece, _ in later} == {0, 1}
+    twin = later[0]
+    cancelled = p.finished(twin[0], twin[1], PIECE, 0.1, NOW + 5.1)
+    assert len(cancelled) == 1 and cancelled[0] != twin[1]
+
+
+def test_starving_asks_for_parents_and_lets_idle_ones_go():
+    p = policy(count=4, starve_after=0.5, idle_after=1.0)
+    p.set_parents([("empty", False, View([])), ("seed", True, View([]))])
+    assert p.choose(NOW, 4) == [] and not p.needs_parents(NOW)
+    assert p.choose(NOW + 0.6, 4) == [] and p.needs_parents(NOW + 0.6)
+    _, dropped, _ = p.take_report(NOW + 1.1)
+    assert dropped == ["empty"]  # the seed is never dropped as idle
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(0, (1 << 10) - 1), min_size=1, max_size=5),
+    st.lists(st.tuples(st.sampled_from(["done", "fail", "choose", "map"]), st.integers(0, 50)), max_size=60),
+)
+def test_choices_stay_within_what_parents_hold_and_the_caps(maps, steps):
+    config = PolicyConfig(max_inflight=6, per_parent=2, headroom=10.0)
+    p = PiecePolicy(10, PIECE, config, random.Random(1), download_rate=100e6)
+    views = {f"p{i}": View(bits(m)) for i, m in enumerate(maps)}
+    p.set_parents([(name, i == 0, view) for i, (name, view) in enumerate(views.items())])
+    now = NOW
+    for kind, value in steps:
+        now += 0.1
+        if kind == "choose":
+            for piece, parent in p.choose(now, 6):
+                assert views[parent].bits >> piece & 1  # it holds it
+                assert not p.have >> piece & 1  # we do not
+        elif kind == "map":
+            name = list(views)[value % len(views)]
+            views[name].bits |= 1 << (value % 10)
+            p.map_changed(name)
+        elif p.inflight:
+            piece = list(p.inflight)[value % len(p.inflight)]
+            parent = next(iter(p.inflight[piece]))
+            if kind == "done":
+                p.finished(piece, parent, PIECE, 0.05, now)
+            else:
+                p.failed(piece, parent, FailureReason.TIMEOUT, now)
+        assert sum(len(c) for c in p.inflight.values()) <= config.max_inflight
+        for link in p.parents.values():
+            assert link.inflight <= config.per_parent
+        assert p.have | full(10) == full(10)
