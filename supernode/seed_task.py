@@ -68,6 +68,7 @@ class SeedTask:
         self.staged: set[int] = set()
         self.shas: dict[int, str] = {}
         self.keys: list[str] = []  # earlier owners' signing keys (base64)
+        self.key_list: list[str] | None = None  # ours and theirs, as answers carry them
 
     def __repr__(self) -> str:
         return f"<SeedTask {self.id[:20]} {self.state.name}>"

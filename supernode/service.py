@@ -65,6 +65,7 @@ class SupernodeService:
         self._addresses: dict[str, str | None] = {}
         self._claims: dict[str, asyncio.Future[None]] = {}
         self._heard: set[str] = set()  # peers heard since the last flush to the cluster
+        self._channels: dict[str, int] = {}  # peers with a control channel open
         self._ticker: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._flush_wanted = asyncio.Event()
@@ -153,11 +154,12 @@ class SupernodeService:
         now = self._clock.monotonic()
         self.scheduler.peer_seen(peer_id, now)
         self._heard.add(peer_id)
-        await self.cluster.post(
-            [(t, {"peer": peer_id, "dropped": True}) for t in report.dropped_tasks if not self._owned(t)]
-        )
-        for task_id in report.dropped_tasks:
-            self._member_left(task_id, peer_id)
+        if report.dropped_tasks:
+            await self.cluster.post(
+                [(t, {"peer": peer_id, "dropped": True}) for t in report.dropped_tasks if not self._owned(t)]
+            )
+            for task_id in report.dropped_tasks:
+                self._member_left(task_id, peer_id)
         answers: dict[str, ReportAnswer | Exception] = {}
         for task_report in report.tasks:
             try:
@@ -182,6 +184,15 @@ class SupernodeService:
         if not self.scheduler.knows_peer(peer_id):
             self._join(parse_peer_registration(record))
 
+    def connected(self, peer_id: str, delta: int) -> None:
+        """A control channel of the peer opened (+1) or closed (-1): while one is open,
+        the peer is alive and needs no heartbeat calls."""
+        count = self._channels.get(peer_id, 0) + delta
+        if count > 0:
+            self._channels[peer_id] = count
+        else:
+            self._channels.pop(peer_id, None)
+
     def leave(self, peer_id: str) -> None:
         self._addresses.pop(peer_id, None)
         self._log_events(self.scheduler.peer_left(peer_id, self._clock.monotonic()))
@@ -193,6 +204,11 @@ class SupernodeService:
         if self._stopping:
             raise ShuttingDown()
         await self._ensure_peer(peer_id)
+        if len(requests) == 1:  # the usual case: no task to spawn
+            try:
+                return [await self._open(requests[0])]
+            except Exception as exc:
+                return [exc]
         results = await asyncio.gather(*(self._open(r) for r in requests), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
@@ -262,7 +278,7 @@ class SupernodeService:
     ) -> dict[str, int]:
         """The holders an earlier owner recorded that still heartbeat, made known here."""
         seen = await self.cluster.last_seen(list(holders))
-        fresh = time.time() - self.scheduler.config.peer_timeout
+        fresh = time.time() - self.scheduler.peer_timeout
         live = [p for p, t in seen.items() if t >= fresh]
         for peer_id, raw in (await self.cluster.get_peers(live)).items():
             if not self.scheduler.knows_peer(peer_id):
@@ -310,9 +326,9 @@ class SupernodeService:
         self.metrics.reports.inc()
         self.seeding.holds(task, peer_id, report.have, have)
         state = "seeded" if task.state is TaskState.SEEDED else "running"
-        return ReportAnswer(
-            self._wire(parents), state, self._report_interval(task), task.digest, None, self._keys(task)
-        )
+        # The keys came with the open; only a takeover adds any (an earlier owner's).
+        keys = self._keys(task) if task.keys else []
+        return ReportAnswer(self._wire(parents), state, self._report_interval(task), task.digest, None, keys)
 
     def status(self, task_id: str) -> dict[str, object]:
         task = self.tasks.get(task_id)
@@ -355,7 +371,9 @@ class SupernodeService:
         return have & known
 
     def _keys(self, task: SeedTask) -> list[str]:
-        return sorted({*keys_to_json([self._signer.public_key]), *task.keys})
+        if task.key_list is None:
+            task.key_list = sorted({*keys_to_json([self._signer.public_key]), *task.keys})
+        return task.key_list
 
     def _wire(self, parents: list[Parent]) -> list[ParentInfo]:
         out = []
@@ -378,6 +396,8 @@ class SupernodeService:
         return round(interval * (0.75 + 0.5 * self._rng.random()), 2)
 
     def _log_events(self, events: Events) -> None:
+        if not (events.dropped or events.quarantined or events.degraded):
+            return
         for peer_id in events.dropped:
             self._addresses.pop(peer_id, None)
             log.info("peer %s dropped", peer_id)
@@ -385,7 +405,13 @@ class SupernodeService:
             log.warning("peer %s quarantined: it served corrupt pieces", peer_id)
         for peer_id in events.degraded:
             log.warning("peer %s degraded: it fails or is far slower than its peers", peer_id)
-        self.metrics.peers.set(len(self._addresses))
+
+    def heartbeat_interval(self) -> float:
+        """How often peers heartbeat: often enough to notice one gone within three
+        intervals, rarely enough that all of them together stay within heartbeat_rate."""
+        config = self.config
+        interval = self.scheduler.peer_count() / config.heartbeat_rate
+        return round(min(config.heartbeat_max, max(config.heartbeat_interval, interval)), 1)
 
     def changed(self) -> None:
         """Something a successor needs was staged: write it through soon."""
@@ -440,7 +466,7 @@ class SupernodeService:
             await self.cluster.seen(heard)
             peers = self.scheduler.peers()
             last = await self.cluster.last_seen(peers)
-            fresh, now = time.time() - 2 * self.config.heartbeat_interval, self._clock.monotonic()
+            fresh, now = time.time() - 2 * self.heartbeat_interval(), self._clock.monotonic()
             for peer_id, seen in last.items():
                 if seen >= fresh and self.scheduler.knows_peer(peer_id):
                     self.scheduler.peer_seen(peer_id, now)  # heartbeats at another replica
@@ -473,7 +499,13 @@ class SupernodeService:
     def tick(self) -> None:
         """Time advanced: expire silent peers, old failures and idle tasks."""
         now = self._clock.monotonic()
+        self.scheduler.peer_timeout = max(self.scheduler.config.peer_timeout, 3 * self.heartbeat_interval())
+        for peer_id in self._channels:  # connected: alive, whether it said anything or not
+            if self.scheduler.knows_peer(peer_id):
+                self.scheduler.peer_seen(peer_id, now)
+                self._heard.add(peer_id)
         self._log_events(self.scheduler.expire(now))
+        self.metrics.peers.set(len(self._addresses))
         for task in list(self.tasks.values()):
             if task.state is TaskState.FAILED and now - task.failed_at > self.config.failed_task_ttl:
                 self.seeding.drop(task, "its failure expired")

@@ -141,8 +141,7 @@ class _Peer:
         if self.info is None:
             return
         self.started = started
-        self.control.watch(self.info.task_id, Reporter(self._report, self._answer))
-        self.control.report_at(self.info.task_id, started + self.info.report_in)
+        self.control.watch(self.info.task_id, Reporter(self._report, self._answer), self.info.report_in)
         runner = asyncio.create_task(self.control.run())
         try:
             await asyncio.sleep(self.spec.duration)
