@@ -243,3 +243,13 @@ async def test_rotation_trusts_old_and_new_until_the_old_is_dropped(cluster, tmp
     async with Server(ClusterTls.load(tmp_path / "sn1", now=NOW)) as server:
         with pytest.raises(aiohttp.ClientError):
             await get(f"{server.url}/whoami", **peer_1.to_supernode())
+
+
+async def test_the_tls_benchmark_runs():
+    """``swarmpull benchmarks tls`` in miniature: it runs and reports every figure."""
+    from loadtest.bench.tls import run_tls
+
+    report = await run_tls(runs=1, pieces=2, json_seconds=0.2, connections=5)
+    assert "TLSv1.3" in report
+    assert report.count("TLS/plain") == 2
+    assert "mTLS Ed25519" in report

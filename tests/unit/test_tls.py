@@ -241,3 +241,13 @@ def test_identity_from_a_peer_certificate():
 def test_a_peer_certificate_without_a_valid_identity_is_refused(cert, message):
     with pytest.raises(IdentityError, match=message):
         identity_from_peercert(cert)
+
+
+def test_ed25519_keys_work_the_same_way(tmp_path):
+    from swarmpull.edges.tls.authority import KeyType
+
+    ca = CertificateAuthority.generate(now=NOW, key_type=KeyType.ED25519)
+    ca.save(tmp_path / "ca")
+    loaded = CertificateAuthority.load(tmp_path / "ca")
+    d = issue_dir(tmp_path / "n", loaded, "sn1", Role.SUPERNODE)
+    assert load_tls_dir(d, now=NOW, role=Role.SUPERNODE).identity == Identity("sn1", Role.SUPERNODE)

@@ -11,6 +11,7 @@ is the one every TLS stack, HSM and KMS speaks.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 import secrets
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from swarmpull.core.identity import (
@@ -33,17 +34,35 @@ from swarmpull.core.identity import (
     check_host,
     check_name,
 )
-from swarmpull.edges.tls.files import CA_FILE, CERT_FILE, KEY_FILE, TlsError, read_certificates
+from swarmpull.edges.tls.files import CA_FILE, CERT_FILE, KEY_FILE, TlsError, read_certificates, spki
 
 CA_KEY_FILE = "ca-key.pem"
 SKEW = timedelta(minutes=5)  # certificates start a little in the past: clocks differ
 
 
-def new_key() -> ec.EllipticCurvePrivateKey:
+PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+
+class KeyType(enum.Enum):
+    """ECDSA P-256, the default; Ed25519 exists so that ``swarmpull benchmarks tls`` can
+    measure the choice."""
+
+    P256 = "p256"
+    ED25519 = "ed25519"
+
+
+def new_key(kind: KeyType = KeyType.P256) -> PrivateKey:
+    if kind is KeyType.ED25519:
+        return ed25519.Ed25519PrivateKey.generate()
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _hash_for(key: PrivateKey) -> hashes.SHA256 | None:
+    """The digest a signature with ``key`` uses (Ed25519 names none: it hashes itself)."""
+    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+
+
+def key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -68,13 +87,13 @@ class IssuedCertificate:
 
     identity: Identity
     certificate: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: PrivateKey
 
 
 class CertificateAuthority:
     """A CA certificate and its key; ``issue`` signs node and supernode certificates."""
 
-    def __init__(self, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    def __init__(self, certificate: x509.Certificate, key: PrivateKey) -> None:
         self.certificate = certificate
         self.key = key
 
@@ -82,10 +101,13 @@ class CertificateAuthority:
         return f"<CertificateAuthority {self.certificate.subject.rfc4514_string()}>"
 
     @classmethod
-    def generate(cls, *, now: datetime, days: int = CA_DAYS) -> CertificateAuthority:
-        """A new CA. Its name carries a random tag, so that during a rotation the old and
-        the new CA, trusted side by side, have different names."""
-        key = new_key()
+    def generate(
+        cls, *, now: datetime, days: int = CA_DAYS, key_type: KeyType = KeyType.P256
+    ) -> CertificateAuthority:
+        """A new CA (and the key type of the certificates it issues). Its name carries a
+        random tag, so that during a rotation the old and the new CA, trusted side by
+        side, have different names."""
+        key = new_key(key_type)
         subject = x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
@@ -117,7 +139,7 @@ class CertificateAuthority:
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .sign(key, hashes.SHA256())
+            .sign(key, _hash_for(key))
         )
         return cls(certificate, key)
 
@@ -134,7 +156,7 @@ class CertificateAuthority:
             raise TlsError(f"{key_path}: no CA key here (made by 'swarmpull ca init')") from None
         except (ValueError, TypeError) as exc:
             raise TlsError(f"{key_path}: not an unencrypted PEM private key ({exc})") from None
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != certs[0].public_key():
+        if not isinstance(key, PrivateKey) or spki(key.public_key()) != spki(certs[0].public_key()):
             raise TlsError(f"{key_path} is not the key of {directory / CA_FILE}")
         return cls(certs[0], key)
 
@@ -171,7 +193,7 @@ class CertificateAuthority:
                 f"a certificate for {days} days would outlive the CA "
                 f"(it expires {self.certificate.not_valid_after_utc:%Y-%m-%d})"
             )
-        key = new_key()
+        key = new_key(KeyType.ED25519 if isinstance(self.key, ed25519.Ed25519PrivateKey) else KeyType.P256)
         subject = x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
@@ -214,7 +236,7 @@ class CertificateAuthority:
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
             )
-            .sign(self.key, hashes.SHA256())
+            .sign(self.key, _hash_for(self.key))
         )
         return IssuedCertificate(identity, certificate, key)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from swarmpull.core.identity import Identity, IdentityError, Role, identity_from_fields
 
@@ -134,7 +135,7 @@ def load_tls_dir(directory: Path, *, now: datetime, role: Role | None = None) ->
         raise TlsError(f"{key_path}: no such file") from None
     except (ValueError, TypeError) as exc:
         raise TlsError(f"{key_path}: not an unencrypted PEM private key ({exc})") from None
-    if _spki(key.public_key()) != _spki(cert.public_key()):
+    if spki(key.public_key()) != spki(cert.public_key()):
         raise TlsError(f"{key_path} is not the key of {cert_path}")
     if key_path.stat().st_mode & 0o077:
         log.warning("%s can be read by others than its owner: chmod 600 it", key_path)
@@ -158,7 +159,7 @@ def load_tls_dir(directory: Path, *, now: datetime, role: Role | None = None) ->
     return TlsFiles(directory, identity, cert, issuer, trusted)
 
 
-def _spki(public_key: object) -> bytes:
-    return public_key.public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def spki(public_key: PublicKeyTypes) -> bytes:
+    """A public key as DER bytes: two keys are the same key when these are equal."""
+    der, info = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return public_key.public_bytes(der, info)
