@@ -30,6 +30,7 @@ from swarmpull.core.protocol import PEER_ID_RE
 TLS_DOMAIN = "swarmpull.invalid"
 SUPERNODE_TLS_NAME = f"supernode.{TLS_DOMAIN}"
 ORGANIZATION = "swarmpull"
+MAX_NAME = 64  # ub-common-name: peer ids may be longer (128), certified names may not
 CA_DAYS = 3650  # how long a CA is valid, by default
 NODE_DAYS = 365  # how long a node or supernode certificate is valid, by default
 # A name that is one lowercase DNS label is used as it is; any other is base32-encoded.
@@ -58,10 +59,12 @@ class Role(enum.Enum):
 
 
 def check_name(name: str) -> str:
-    """``name`` if it is a valid node name (the same rule as peer ids), else IdentityError."""
-    if not isinstance(name, str) or not PEER_ID_RE.fullmatch(name):  # match() takes "x\n"
+    """``name`` if it is a valid node name, else IdentityError: a peer id (the same rule)
+    of at most 64 characters, the most a certificate's common name holds (RFC 5280)."""
+    if not isinstance(name, str) or not PEER_ID_RE.fullmatch(name) or len(name) > MAX_NAME:
+        # fullmatch: PEER_ID_RE.match() takes "x\n"
         raise IdentityError(
-            f"invalid name {name!r}: letters, digits and . _ : - (at most 128, starting "
+            f"invalid name {name!r}: letters, digits and . _ : - (at most {MAX_NAME}, starting "
             "with a letter or digit), like a peer id"
         )
     return name

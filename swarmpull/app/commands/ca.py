@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=_name_arg,
         required=True,
         metavar="NAME",
-        help="the node's name: its peer id (letters, digits and . _ : -, at most 128)",
+        help="the node's name: its peer id (letters, digits and . _ : -, at most 64)",
     )
     issue.add_argument(
         "--role",
