@@ -12,7 +12,8 @@ each run three times, plain and TLS alternating:
 - json: POSTs of 1 kB of JSON answered with 1 kB, from 16 kept-alive connections at once:
   requests per second, and the server's CPU per request.
 - handshakes: one small GET per new connection: the server's and the client's CPU per
-  connection, with P-256 and with Ed25519 keys. The difference between TLS and plain is
+  connection, with P-256 and with Ed25519 keys, and with P-256 keys and session tickets
+  (which the production context does not send). The difference between TLS and plain is
   the handshake.
 
 The server's CPU time is read from ``/proc``; the client's is this process's.
@@ -25,6 +26,7 @@ import contextlib
 import multiprocessing
 import os
 import shutil
+import ssl
 import statistics
 import tempfile
 import time
@@ -51,6 +53,7 @@ JSON_SIZE = 1000
 SERVER, CLIENT = "bench-server", "bench-client"
 GiB = 1 << 30
 KEYS = {"P-256": KeyType.P256, "Ed25519": KeyType.ED25519}
+TICKETS = "P-256 +tickets"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +98,17 @@ async def _serve(spec: ServerSpec, conn: Connection) -> None:
     runner, _ = await start_site(_app(False), sock)
     runners.append(runner)
     urls["plain"] = f"http://127.0.0.1:{bound.port}"
+    contexts = {}
     for label, directory in spec.tls_dirs.items():
-        tls = ClusterTls.load(Path(directory), now=now, role=Role.NODE)
+        contexts[label] = ClusterTls.load(Path(directory), now=now, role=Role.NODE).server
+    # The production context sends no session tickets (asyncio clients cannot resume a
+    # session); this one sends OpenSSL's default two, to measure what that saves.
+    tickets = contexts[TICKETS] = ClusterTls.load(Path(spec.tls_dirs["P-256"]), now=now).server
+    tickets.num_tickets = 2
+    tickets.options &= ~ssl.OP_NO_TICKET
+    for label, context in contexts.items():
         sock, bound = bind(HostPort("127.0.0.1", 0))
-        runner, _ = await start_site(_app(True), sock, ssl_context=tls.server)
+        runner, _ = await start_site(_app(True), sock, ssl_context=context)
         runners.append(runner)
         urls[label] = f"https://127.0.0.1:{bound.port}"
     conn.send(urls)
@@ -240,6 +250,7 @@ async def run_tls(runs: int = 3, pieces: int = 64, json_seconds: float = 3.0, co
         tls = {
             label: Target(f"mTLS {label}", urls[label], client_tls[label].to_node(SERVER)) for label in KEYS
         }
+        tls[TICKETS] = Target(f"mTLS {TICKETS}", urls[TICKETS], client_tls["P-256"].to_node(SERVER))
         default = tls["P-256"]
         negotiated = await _negotiated(default)
         piece = await _runs([plain, default], lambda t: _pieces(t, pid, pieces), runs)
@@ -312,7 +323,7 @@ def _render(
             client = med(r["client"]) - med(base["client"])
             extra = f"   handshake (minus plain): server {server * 1e6:.0f} us, client {client * 1e6:.0f} us"
         lines.append(
-            f"    {label:<14}server CPU {_spread(r['server'], 1e6, '5.0f')} us per connection, "
+            f"    {label:<20}server CPU {_spread(r['server'], 1e6, '5.0f')} us per connection, "
             f"client {med(r['client']) * 1e6:.0f} us{extra}"
         )
     return "\n".join(lines)
