@@ -31,7 +31,7 @@ import aiohttp
 import uvloop
 
 from loadtest.origin_server import BlobServer
-from loadtest.services import free_port, until_ready
+from loadtest.services import cpu_seconds, free_port, until_ready
 from peer.control import Control, Reporter
 from peer.link import LinkError, SupernodeLink
 from swarmpull.core.bitfield import full, to_text
@@ -157,11 +157,6 @@ class _Peer:
         await self.control.leave()
 
 
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def run_supernode(peers: int, pieces: int, duration: float, workers: int | None = None) -> str:
     root = Path(tempfile.mkdtemp(prefix="swarmpull-bench-supernode-"))
     upstream = BlobServer()
@@ -207,17 +202,17 @@ async def run_supernode(peers: int, pieces: int, duration: float, workers: int |
                 raise RuntimeError(f"a benchmark worker failed: {answers}")
             return answers
 
-        cpu0 = _cpu(process.pid)
+        cpu0 = cpu_seconds(process.pid)
         await phase("registered")
-        cpu1 = _cpu(process.pid)
+        cpu1 = cpu_seconds(process.pid)
         for _, conn in pipes:
             conn.send(("go",))
         await phase("opened")
-        cpu2 = _cpu(process.pid)
+        cpu2 = cpu_seconds(process.pid)
         for _, conn in pipes:
             conn.send(("go",))
         done = await phase("done")
-        cpu3 = _cpu(process.pid)
+        cpu3 = cpu_seconds(process.pid)
         for _, conn in pipes:
             conn.send(("stop",))
         calls: dict[str, int] = {}
