@@ -74,13 +74,14 @@ class SupernodeApi:
         self._calls = {k: service.metrics.calls.labels(k) for k in ("register", "report", "open")}
 
     def routes(self) -> list[web.RouteDef]:
+        channel = ControlChannel(self, self._service.config.channel_ping)
         return [
             web.post(f"{API}/peers", self.register),
             web.post(f"{API}/peers/{{peer}}/report", self.report),
             web.delete(f"{API}/peers/{{peer}}", self.leave),
             web.post(f"{API}/tasks", self.open_tasks),
             web.get(f"{API}/tasks/{{task}}", self.status),
-            web.get(f"{API}/peers/{{peer}}/channel", ControlChannel(self).handle),
+            web.get(f"{API}/peers/{{peer}}/channel", channel.handle),
             web.get("/healthz", self.health),
         ]
 
@@ -91,9 +92,6 @@ class SupernodeApi:
 
     def connected(self, peer_id: str, delta: int) -> None:
         self._service.connected(peer_id, delta)
-
-    def heartbeat_interval(self) -> float:
-        return self._service.heartbeat_interval()
 
     async def op_register(self, body: Any, peer_id: str | None = None) -> dict[str, Any]:
         reg = parse_peer_registration(body)

@@ -5,8 +5,10 @@ same functions and answered with the same bodies, as JSON messages on a connecti
 peer keeps open: ``{"id": N, "op": "report", "body": {...}}`` is answered by
 ``{"id": N, "body": {...}}`` or ``{"id": N, "error": {"code", "message"}}``. A message
 costs the supernode about a third of an HTTP request (no request to parse and route, no
-response to build around it), and an open connection (kept alive by WebSocket pings) is
-the peer's heartbeat: a connected peer needs no heartbeat calls. Opens wait for their
+response to build around it), and an open connection is the peer's heartbeat: a
+connected peer needs no heartbeat calls. The connection is pinged every
+``channel_ping`` seconds (a peer that answers no ping within half that is disconnected,
+and heartbeats again): rarely, as a ping costs the supernode as much as a call. Opens wait for their
 upstream's answer, so they are answered out of order; everything else in order.
 """
 
@@ -37,17 +39,17 @@ class Operations(Protocol):
     def op_open(self, body: Any, peer_id: str | None = None) -> Awaitable[dict[str, Any]]: ...
     def op_leave(self, peer_id: str) -> None: ...
     def connected(self, peer_id: str, delta: int) -> None: ...
-    def heartbeat_interval(self) -> float: ...
 
 
 class ControlChannel:
-    def __init__(self, ops: Operations) -> None:
+    def __init__(self, ops: Operations, ping_interval: float) -> None:
         self._ops = ops
+        self._ping = ping_interval
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         peer_id = parse_peer_id(request.match_info["peer"])
         ops = self._ops
-        ws = web.WebSocketResponse(heartbeat=ops.heartbeat_interval(), max_msg_size=MAX_JSON_BODY)
+        ws = web.WebSocketResponse(heartbeat=self._ping, max_msg_size=MAX_JSON_BODY)
         await ws.prepare(request)
         opens: set[asyncio.Task[None]] = set()
         ops.connected(peer_id, +1)

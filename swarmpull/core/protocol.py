@@ -281,7 +281,9 @@ class ParentInfo:
     seed: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "address": self.address, "seed": self.seed}
+        if self.seed:
+            return {"id": self.id, "address": self.address, "seed": True}
+        return {"id": self.id, "address": self.address}
 
 
 def _parents(raw: Any) -> list[ParentInfo]:
@@ -408,14 +410,19 @@ class ReportAnswer:
     keys: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """Sent several times a second to every member: what is unset is left out."""
+        body: dict[str, Any] = {
             "parents": [p.to_json() for p in self.parents],
             "state": self.state,
             "report_in": self.report_in,
-            "digest": str(self.digest) if self.digest else None,
-            "error": self.error,
-            "keys": self.keys,
         }
+        if self.digest:
+            body["digest"] = str(self.digest)
+        if self.error:
+            body["error"] = self.error
+        if self.keys:
+            body["keys"] = self.keys
+        return body
 
 
 def parse_report_answer(raw: Any) -> ReportAnswer:
