@@ -2,7 +2,13 @@
 
     POST /api/v1/fetch   {"url", "digest"?, "headers"?, "priority"?}  ->  the blob, streamed
     GET  /api/v1/tasks                                  ->  downloads under way
-    GET  /healthz, /metrics
+    GET  /api/v1/tasks/{task}        ->  its latest download: bytes by source, bypass, error
+    GET  /healthz                    ->  200 while the daemon runs (liveness)
+    GET  /readyz                     ->  200 once registered with a supernode, else 503
+    GET  /metrics
+
+A client that hangs up is a client gone: when the last one reading a download leaves
+before it ends, the download is cancelled (``PeerDaemon.requested``).
 
 An error found before the first byte answers JSON (400 bad input, 502 upstream failure
 with ``X-Upstream-Status``, 507 cache full); one found later cuts the connection before
@@ -11,8 +17,9 @@ the blob's last byte, so a client can never take a partial or wrong blob for a w
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -46,9 +53,14 @@ class Downloads(Protocol):
 
     peer_id: str
 
-    def ensure(self, request: BlobRequest) -> TaskDownload: ...
+    def requested(self, request: BlobRequest) -> contextlib.AbstractContextManager[TaskDownload]: ...
 
     def downloads(self) -> list[TaskDownload]: ...
+
+    def summary(self, task_id: str) -> dict[str, Any] | None: ...
+
+    @property
+    def ready(self) -> bool: ...
 
     @property
     def registry(self) -> CollectorRegistry: ...
@@ -64,7 +76,9 @@ class LocalApi:
             [
                 web.post(f"{API}/fetch", self.fetch),
                 web.get(f"{API}/tasks", self.tasks),
+                web.get(f"{API}/tasks/{{task}}", self.task),
                 web.get("/healthz", self.health),
+                web.get("/readyz", self.readiness),
                 metrics_route(self._daemon.registry),
             ]
         )
@@ -75,7 +89,10 @@ class LocalApi:
             blob_request = parse_blob_request(await read_json(request))
         except ProtocolError as exc:
             return json_error(exc.status, "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE", str(exc))
-        download = self._daemon.ensure(blob_request)
+        with self._daemon.requested(blob_request) as download:
+            return await self._stream(request, download)
+
+    async def _stream(self, request: web.Request, download: TaskDownload) -> web.StreamResponse:
         try:
             blob = await download.wait_ready()
         except DownloadFailed as exc:
@@ -111,8 +128,19 @@ class LocalApi:
             ]
         )
 
+    async def task(self, request: web.Request) -> web.Response:
+        summary = self._daemon.summary(request.match_info["task"])
+        if summary is None:
+            return json_error(404, "NOT_FOUND", "no recent download of this task")
+        return web.json_response(summary)
+
     async def health(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "peer_id": self._daemon.peer_id})
+
+    async def readiness(self, _: web.Request) -> web.Response:
+        ready = self._daemon.ready
+        body = {"status": "ready" if ready else "not registered with a supernode yet"}
+        return web.json_response(body, status=200 if ready else 503)
 
 
 def download_error(exc: DownloadFailed) -> web.Response:

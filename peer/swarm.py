@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -112,6 +113,7 @@ class SwarmFetch:
         self._unreachable_since: float | None = None
         self._last_progress = clock.monotonic()
         self.digest: str | None = None
+        self.received: Counter[str] = Counter()  # verified bytes by kind of source (peer, seed)
         self._report_in = info.report_in
         self._set_parents(info.parents)
 
@@ -215,6 +217,7 @@ class SwarmFetch:
         self._last_progress = now
         self._metrics.pieces.labels("verified").inc()
         self._metrics.download_bytes.labels(kind).inc(writer.length)
+        self.received[kind] += writer.length
         self._metrics.transfers.download_wire_bytes.labels(kind).inc(fetched.wire)
         if fetched.saved:
             self._metrics.transfers.saved.labels("download").inc(fetched.saved)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 
 import aiohttp
 from aiohttp import web
@@ -49,7 +50,8 @@ class RegistryProxy:
     def __repr__(self) -> str:
         return f"<RegistryProxy {self.url or 'stopped'}>"
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Serve at ``config.listen``, or on ``sock`` when the caller bound it already."""
         connector = aiohttp.TCPConnector(limit=64, ssl=tls_context(self.config.registry_ca))
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         auth = Authenticator(self._session, self._credentials, self._clock)
@@ -60,9 +62,9 @@ class RegistryProxy:
         app.router.add_route("GET", "/v2{tail:.*}", self.handle)
         app.router.add_route("HEAD", "/v2{tail:.*}", self.handle)
         app.router.add_route("*", "/{tail:.*}", self.refuse)
-        self._runner, bound = await start_site(app, self.config.listen)
+        self._runner, bound = await start_site(app, sock if sock is not None else self.config.listen)
         self.url = bound.url()
-        log.info(
+        log.debug(
             "registry proxy listening on %s (default upstream %s)", self.url, self.config.default_registry
         )
 

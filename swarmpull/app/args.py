@@ -7,14 +7,20 @@ configuration of the role it runs; a bad value is a usage error naming the flag.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from swarmpull.core.digest import Digest
 from swarmpull.core.units import parse_rate, parse_size
-from swarmpull.edges.http import HostPort
+from swarmpull.edges.http import BindError, HostPort
 
 
 class CommandError(Exception):
     """A failure to report as ``swarmpull: error: <message>`` with exit status 1."""
+
+
+class UsageError(CommandError):
+    """A command line that cannot work (a flag's value, a file it names, flags that clash),
+    found before the command starts: exit status 2, as argparse's own usage errors."""
 
 
 # ------------------------------------------------------------- argument types
@@ -36,7 +42,7 @@ rate_arg = _typed(parse_rate, "rate")
 
 
 def limit_arg(text: str) -> int | None:
-    """A rate, or ``none``/``0`` for no limit."""
+    """A rate, or ``0``/``none``/``unlimited`` for no limit."""
     if text.strip().lower() in ("none", "0", "unlimited"):
         return None
     return rate_arg(text)
@@ -71,3 +77,24 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+# ------------------------------------------------------------- listening
+
+
+def serve_listening(serve: Callable[[], None], flags: dict[str, HostPort | None]) -> None:
+    """Run a daemon that listens on the addresses ``flags`` gave (``--listen`` and the
+    like); an address it cannot have is an error naming its flag. Two flags with the
+    same address are a usage error, found before anything starts."""
+    seen: dict[HostPort, str] = {}
+    for flag, where in flags.items():
+        if where is None or where.port == 0:
+            continue
+        if where in seen:
+            raise UsageError(f"{seen[where]} and {flag} are both {where}: give them different ports")
+        seen[where] = flag
+    try:
+        serve()
+    except BindError as exc:
+        flag = next((f for f, where in flags.items() if where == exc.where), "an address")
+        raise CommandError(f"{flag}: {exc.strerror}") from None

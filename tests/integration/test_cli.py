@@ -84,16 +84,15 @@ async def test_get_failures_are_one_line_and_leave_no_file(swarm, upstream, tmp_
 
 
 async def test_daemon_flags_are_checked_before_anything_starts(tmp_path):
-    code, _, err = await swarmpull("peer", "--listen", "nowhere", "--data-dir", str(tmp_path))
+    sn = ["--supernode", "http://127.0.0.1:1", "--data-dir", str(tmp_path)]
+    code, _, err = await swarmpull("peer", *sn, "--listen", "nowhere")
     assert code == 2 and "HOST:PORT" in err
-    code, _, err = await swarmpull("peer", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
-                                   "--cache-size", "lots")  # fmt: skip
+    code, _, err = await swarmpull("peer", *sn, "--listen", "127.0.0.1:0", "--cache-size", "lots")
     assert code == 2 and "not a size" in err
-    code, _, err = await swarmpull("peer", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
-                                   "--labels", "zone=a,floor=3")  # fmt: skip
-    assert code == 1 and "unknown labels floor" in err
+    code, _, err = await swarmpull("peer", *sn, "--listen", "127.0.0.1:0", "--labels", "zone=a,floor=3")
+    assert code == 2 and "unknown labels floor" in err
     code, _, err = await swarmpull("supernode", "--redis", "localhost:6379")
-    assert code == 1 and "--redis needs a redis://" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--redis needs a redis://" in err and len(err.strip().splitlines()) == 1
     code, _, err = await swarmpull("supernode", "--redis", "redis://127.0.0.1:1/0",
                                    "--redis-password-file", str(tmp_path / "missing"))  # fmt: skip
     assert code == 1 and "cannot read" in err

@@ -62,21 +62,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--workers", type=positive_int, metavar="W", help="worker processes (default: by nodes and cores)"
     )
-    p.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the image and the simulation")
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
-    p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the report as a PNG")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        metavar="S",
+        help="seed of the image and the simulation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the report as JSON (default: no file)"
+    )
+    p.add_argument(
+        "--plot", type=Path, metavar="FILE", help="also draw the report as a PNG (default: no file)"
+    )
     sim = p.add_argument_group("simulation (with --simulate)")
     sim.add_argument("--simulate", action="store_true", help="a discrete-event simulation instead of sockets")
-    sim.add_argument("--slow-fraction", type=float, default=0.0, metavar="F", help="share of slow nodes")
     sim.add_argument(
-        "--slow-factor", type=float, default=0.25, metavar="X", help="their links, times the others'"
+        "--slow-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of slow nodes, 0 to 1 (default: %(default)s)",
     )
     sim.add_argument(
-        "--join-window", type=float, default=0.0, metavar="SECONDS", help="nodes join over this time"
+        "--slow-factor",
+        type=float,
+        default=0.25,
+        metavar="X",
+        help="their links, times the others' (default: %(default)s)",
     )
-    sim.add_argument("--fail-fraction", type=float, default=0.0, metavar="F", help="share of nodes that fail")
     sim.add_argument(
-        "--fail-window", type=float, default=10.0, metavar="SECONDS", help="they fail within this time"
+        "--join-window",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="nodes join over this time; 0: all at once (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--fail-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of nodes that fail, 0 to 1 (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--fail-window",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="they fail within this time (default: %(default)s)",
     )
     p.set_defaults(func=run, default_log_level="warning")
 
@@ -86,7 +120,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Run the benchmarks (all of them by default) and print their figures.",
     )
     b.add_argument("names", nargs="*", metavar="NAME", help="limits, zstd, supernode, tls (default: all)")
-    b.add_argument("--seconds", type=float, default=6.0, help="length of each rate measurement (default: 6)")
+    b.add_argument(
+        "--seconds",
+        type=float,
+        default=6.0,
+        metavar="SECONDS",
+        help="length of each rate measurement (default: %(default)s)",
+    )
     b.add_argument(
         "--peers",
         type=positive_int,

@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from swarmpull.app.args import CommandError, hostport_arg, size_arg, url_arg
-from swarmpull.app.commands.peer import add_peer_arguments, peer_config
+from swarmpull.app.args import CommandError, UsageError, hostport_arg, serve_listening, size_arg, url_arg
+from swarmpull.app.commands.peer import add_peer_arguments, add_supernode_argument, peer_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,16 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="HOST:PORT",
         help="where containerd reaches the proxy (default: %(default)s)",
     )
+    add_supernode_argument(s)
     s.add_argument(
-        "--supernode",
-        dest="supernodes",
-        action="append",
-        type=url_arg,
-        default=[],
-        metavar="URL",
-        help="supernode URL (repeat for replicas)",
+        "--data-dir",
+        type=Path,
+        default=Path("/var/lib/swarmpull/proxy"),
+        metavar="DIR",
+        help="piece store (default: %(default)s)",
     )
-    s.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help="piece store")
     s.add_argument(
         "--cache-size",
         type=size_arg,
@@ -80,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         action="append",
         default=[],
         metavar="REGISTRY",
-        help="docker.io, ghcr.io, host:port (HTTPS) or http://host:port; repeatable",
+        help="docker.io, ghcr.io, host:port (HTTPS) or http://host:port; repeatable (default: none)",
     )
     c.add_argument("--all", action="store_true", help="also every registry not listed (_default)")
     c.add_argument(
@@ -104,7 +102,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "docker-config",
         help="print the docker daemon.json registry-mirrors snippet for the proxy",
     )
-    d.add_argument("--mirror", type=url_arg, default="http://127.0.0.1:65001", metavar="URL")
+    d.add_argument(
+        "--mirror",
+        type=url_arg,
+        default="http://127.0.0.1:65001",
+        metavar="URL",
+        help="the proxy's URL (default: %(default)s)",
+    )
     d.set_defaults(func=run_docker_config)
 
 
@@ -121,10 +125,13 @@ def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="HOST[:PORT]",
-        help="speak plain HTTP to this registry (opt-in; repeatable)",
+        help="speak plain HTTP to this registry (opt-in; repeatable; default: none)",
     )
     p.add_argument(
-        "--registry-ca", type=Path, metavar="FILE", help="extra CA certificates (PEM) to trust for registries"
+        "--registry-ca",
+        type=Path,
+        metavar="FILE",
+        help="extra CA certificates (PEM) to trust for registries (default: the system's only)",
     )
     p.add_argument(
         "--registry-auth",
@@ -143,7 +150,7 @@ def _proxy_config(args: argparse.Namespace, listen):  # type: ignore[no-untyped-
         default = check_host(args.default_registry)
         insecure = frozenset(check_host(h) for h in args.insecure)
     except OciError as exc:
-        raise CommandError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     for path in (args.registry_ca, args.registry_auth):
         if path is not None and not path.is_file():
             raise CommandError(f"{path}: no such file")
@@ -164,8 +171,20 @@ def run_node(args: argparse.Namespace) -> int:
 
     config = dataclasses.replace(peer_config(args), registry_ca=args.registry_ca)
     proxy = _proxy_config(args, args.proxy_listen) if args.proxy_listen else None
-    run_daemon(lambda: NodeDaemon(config, proxy))
+    flags = {
+        "--listen": config.listen,
+        "--api-listen": config.api_listen,
+        "--proxy-listen": args.proxy_listen,
+    }
+    serve_listening(lambda: run_daemon(lambda: NodeDaemon(config, proxy), on_started=_serving), flags)
     return 0
+
+
+def _serving(node) -> None:  # type: ignore[no-untyped-def]
+    """Said once every address is bound and everything runs, never before."""
+    import logging
+
+    logging.getLogger("swarmpull").info("%s", node.serving())
 
 
 def run_proxy(args: argparse.Namespace) -> int:
@@ -184,8 +203,10 @@ def run_proxy(args: argparse.Namespace) -> int:
             registry_ca=args.registry_ca,
         )
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    run_daemon(lambda: NodeDaemon(config, proxy))
+        raise UsageError(str(exc)) from None
+    serve_listening(
+        lambda: run_daemon(lambda: NodeDaemon(config, proxy), on_started=_serving), {"--listen": args.listen}
+    )
     return 0
 
 
@@ -195,11 +216,11 @@ def run_containerd_config(args: argparse.Namespace) -> int:
     try:
         entries = [hosts.RegistryEntry.parse(r) for r in args.registries]
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if args.all:
         entries.append(hosts.RegistryEntry.parse("_default"))
     if not entries:
-        raise CommandError("name at least one --registry, or --all")
+        raise UsageError("name at least one --registry, or --all")
     for entry in entries:
         if args.remove:
             print(hosts.remove(args.config_path, entry))

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from swarmpull.app.args import hostport_arg, limit_arg, positive_int, size_arg
+from swarmpull.app.args import hostport_arg, limit_arg, positive_int, serve_listening, size_arg
 
 
 def origin_limit_arg(text: str):  # type: ignore[no-untyped-def]
@@ -27,12 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--listen",
         type=hostport_arg,
-        default="127.0.0.1:65003",
+        default="0.0.0.0:65003",
         metavar="HOST:PORT",
-        help="API and seed piece server address (default: %(default)s)",
+        help="API and seed piece server address (default: %(default)s, every interface)",
     )
     p.add_argument(
-        "--advertise", metavar="URL", help="URL peers use to reach this supernode (default: from --listen)"
+        "--advertise",
+        metavar="URL",
+        help="URL or HOST:PORT peers use to reach this supernode (default: from --listen)",
     )
     p.add_argument(
         "--data-dir",
@@ -64,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=limit_arg,
         default="none",
         metavar="RATE",
-        help="upload rate of the seed, e.g. 500MB/s (default: %(default)s)",
+        help="upload rate of the seed, e.g. 500MB/s; 0 or none: no limit (default: %(default)s)",
     )
     p.add_argument(
         "--origin-limit",
@@ -73,14 +75,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=[],
         type=origin_limit_arg,
         metavar="HOST=RATE,Nconn",
-        help="cap reads from one upstream, e.g. registry.example.com=200MB/s,8conn (repeatable)",
+        help="cap reads from one upstream, e.g. registry.example.com=200MB/s,8conn; repeatable "
+        "(default: no cap)",
     )
     p.add_argument(
         "--origin-limits",
         dest="origin_limits_file",
         type=Path,
         metavar="FILE",
-        help='the same caps in a TOML file: [origins."HOST"] rate = "200MB/s", connections = 8',
+        help='the same caps in a TOML file: [origins."HOST"] rate = "200MB/s", connections = 8 '
+        "(default: none)",
     )
     p.add_argument(
         "--direct-per-task",
@@ -93,7 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--registry-ca",
         type=Path,
         metavar="FILE",
-        help="extra CA certificates (PEM) trusted for upstream registries, besides the system's",
+        help="extra CA certificates (PEM) trusted for upstream registries, besides the system's "
+        "(default: none)",
     )
     p.add_argument(
         "--redis",
@@ -105,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--redis-password-file",
         type=Path,
         metavar="FILE",
-        help="read the Redis password from FILE (or set SWARMPULL_REDIS_PASSWORD)",
+        help="read the Redis password from FILE (default: $SWARMPULL_REDIS_PASSWORD, else none)",
     )
     p.add_argument(
         "--lease-ttl",
@@ -121,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from supernode.config import SupernodeConfig
     from supernode.origin_limits import load_origin_limits
     from supernode.server import Supernode
-    from swarmpull.app.args import CommandError
+    from swarmpull.app.args import CommandError, UsageError
     from swarmpull.edges.daemon import run_daemon
 
     origins = list(args.origin_limits)
@@ -131,9 +136,12 @@ def run(args: argparse.Namespace) -> int:
             password = args.redis_password_file.read_text().strip()
         except OSError as exc:
             raise CommandError(f"cannot read {args.redis_password_file}: {exc.strerror}") from None
-    try:
-        if args.origin_limits_file is not None:
+    if args.origin_limits_file is not None:
+        try:
             origins += load_origin_limits(args.origin_limits_file)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+    try:
         config = SupernodeConfig(
             listen=args.listen,
             advertise=args.advertise,
@@ -150,6 +158,6 @@ def run(args: argparse.Namespace) -> int:
             lease_ttl=args.lease_ttl,
         )
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    run_daemon(lambda: Supernode(config))
+        raise UsageError(str(exc)) from None
+    serve_listening(lambda: run_daemon(lambda: Supernode(config)), {"--listen": args.listen})
     return 0
