@@ -222,3 +222,25 @@ async def test_ca_mistakes_are_one_line(small_ca, tmp_path, case, status, messag
     assert len(lines) == 1 and message in lines[0], err
     assert lines[0].startswith(("swarmpull: error:", "swarmpull ca issue: error:"))
     assert not (tmp_path / "node2").exists()
+
+
+async def test_containerd_config_hold_undoes_its_files_when_stopped(tmp_path):
+    certs = tmp_path / "certs.d"
+    (certs / "ghcr.io").mkdir(parents=True)
+    (certs / "ghcr.io" / "hosts.toml").write_text('server = "https://ghcr.io"\n')  # the operator's own
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarmpull", "containerd-config", "--hold", "--all",
+        "--registry", "ghcr.io", "--config-path", str(certs),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        while b"holding" not in await proc.stdout.readline():
+            assert proc.returncode is None
+    assert "127.0.0.1:65001" in (certs / "ghcr.io" / "hosts.toml").read_text()
+    assert (certs / "_default" / "hosts.toml").is_file()
+    proc.terminate()
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert (certs / "ghcr.io" / "hosts.toml").read_text() == 'server = "https://ghcr.io"\n'
+    assert not (certs / "_default").exists()

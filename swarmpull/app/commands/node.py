@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -95,7 +96,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="FILE",
         help="checked for config_path (default: %(default)s)",
     )
-    c.add_argument("--remove", action="store_true", help="remove what was written, restore backups")
+    mode = c.add_mutually_exclusive_group()
+    mode.add_argument("--remove", action="store_true", help="remove what was written, restore backups")
+    mode.add_argument(
+        "--hold",
+        action="store_true",
+        help="write, keep running, and remove what was written when stopped (SIGTERM or "
+        "SIGINT): a Kubernetes sidecar or a service whose stop undoes the mirror",
+    )
     c.set_defaults(func=run_containerd_config)
 
     d = subparsers.add_parser(
@@ -221,15 +229,24 @@ def run_containerd_config(args: argparse.Namespace) -> int:
         entries.append(hosts.RegistryEntry.parse("_default"))
     if not entries:
         raise UsageError("name at least one --registry, or --all")
-    for entry in entries:
-        if args.remove:
+    if args.remove:
+        for entry in entries:
             print(hosts.remove(args.config_path, entry))
-        else:
-            print(f"{hosts.write(args.config_path, entry, args.mirror)}: mirror {args.mirror}")
-    if not args.remove:
-        hint = hosts.containerd_hint(args.config_path, args.containerd_config)
-        if hint:
-            print(hint)
+        return 0
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    if args.hold:
+        # Blocked before the first write, so a stop that comes while writing still undoes it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    for entry in entries:
+        print(f"{hosts.write(args.config_path, entry, args.mirror)}: mirror {args.mirror}")
+    hint = hosts.containerd_hint(args.config_path, args.containerd_config)
+    if hint:
+        print(hint)
+    if args.hold:
+        print("holding: the files are removed when this command is stopped", flush=True)
+        signal.sigwait(stop_signals)
+        for entry in entries:
+            print(hosts.remove(args.config_path, entry))
     return 0
 
 
