@@ -220,14 +220,14 @@ def test_supernodes_advertise_the_names_nodes_call_them_by():
     supernode = statefulset["spec"]["template"]["spec"]["containers"][0]
     service = statefulset["spec"]["serviceName"]
     assert BY_NAME[("Service", service)]["spec"]["clusterIP"] == "None"  # per-pod DNS names
-    advertised = [
-        _expand(_flag(supernode, "--advertise"), supernode).replace("-0.", f"-{i}.")
-        for i in range(statefulset["spec"]["replicas"])
-    ]
+    advertise = _flag(supernode, "--advertise")
+    assert f"$(POD_NAME).{service}:" in advertise
+    # a StatefulSet's pods are NAME-0, NAME-1, ...
+    pods = [f"{statefulset['metadata']['name']}-{i}" for i in range(statefulset["spec"]["replicas"])]
     node = BY_NAME[("DaemonSet", "swarmpull-node")]["spec"]["template"]["spec"]["containers"][0]
     called = [arg.partition("=")[2] for arg in node["args"] if arg.startswith("--supernode=")]
-    assert called == advertised
-    assert f"{service}:" in advertised[0] and _flag(supernode, "--listen").endswith(advertised[0][-5:])
+    assert called == [advertise.replace("$(POD_NAME)", pod) for pod in pods]
+    assert advertise.rpartition(":")[2] == _flag(supernode, "--listen").rpartition(":")[2]
 
 
 def test_the_supernodes_reach_redis_through_its_service():

@@ -114,6 +114,7 @@ def test_peer_defaults_match_its_siblings():
         (["get", "http://h/f"], "-o/--output"),
         (["containerd-config"], "name at least one --registry"),
         (["containerd-config", "--registry", "a/b"], "a registry is HOST[:PORT]"),
+        (["containerd-config", "--all", "--hold", "--remove"], "not allowed with argument --hold"),
         (["benchmarks", "--seconds", "x"], "invalid float"),
         (["ca", "issue", "--ca", "x", "--name", "peer 1", "--out", "y"], "invalid name"),
     ],
