@@ -5,6 +5,7 @@ and names that meet."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -246,3 +247,26 @@ def test_the_node_mirror_is_the_proxy_it_serves():
     assert "--hold" in hosts["args"]
     assert _flag(hosts, "--mirror") == "http://" + _flag(spec["containers"][0], "--proxy-listen")
     assert spec["hostNetwork"] is True  # containerd reaches the proxy on the host's loopback
+
+
+def test_a_supernode_gets_its_own_certificate_from_the_secret(tmp_path):
+    spec = BY_NAME[("StatefulSet", "swarmpull-supernode")]["spec"]["template"]["spec"]
+    init = next(c for c in spec["initContainers"] if c["name"] == "tls")
+    mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+    secret, tls = tmp_path / "secret", tmp_path / "tls"
+    secret.mkdir()
+    tls.mkdir()
+    (secret / "ca.pem").write_text("ca")
+    for pod in ("swarmpull-supernode-0", "swarmpull-supernode-1"):
+        (secret / f"{pod}.cert.pem").write_text(f"cert of {pod}")
+        (secret / f"{pod}.key.pem").write_text(f"key of {pod}")
+    script = init["command"][-1].replace(mounts["tls-secret"], str(secret)).replace(mounts["tls"], str(tls))
+    subprocess.run(
+        [*init["command"][:-1], script],
+        env={"PATH": os.environ["PATH"], "POD_NAME": "swarmpull-supernode-1"},
+        check=True,
+    )
+    assert sorted(p.name for p in tls.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
+    assert (tls / "cert.pem").read_text() == "cert of swarmpull-supernode-1"
+    assert (tls / "key.pem").read_text() == "key of swarmpull-supernode-1"
+    assert (tls / "key.pem").stat().st_mode & 0o777 == 0o600
