@@ -270,3 +270,23 @@ def test_a_supernode_gets_its_own_certificate_from_the_secret(tmp_path):
     assert (tls / "cert.pem").read_text() == "cert of swarmpull-supernode-1"
     assert (tls / "key.pem").read_text() == "key of swarmpull-supernode-1"
     assert (tls / "key.pem").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the node's preparation changes owners: needs root")
+def test_a_node_hands_its_store_and_tls_directory_to_the_daemons_user(tmp_path):
+    spec = BY_NAME[("DaemonSet", "swarmpull-node")]["spec"]["template"]["spec"]
+    prepare = next(c for c in spec["initContainers"] if c["name"] == "prepare")
+    daemon = next(c for c in spec["containers"] if c["name"] == "node")["securityContext"]["runAsUser"]
+    script = prepare["command"][-1]
+    for mount in prepare["volumeMounts"]:
+        (tmp_path / mount["name"]).mkdir()
+        script = script.replace(mount["mountPath"], str(tmp_path / mount["name"]))
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / "host-tls" / name).write_text(name)
+    (tmp_path / "host-tls" / "key.pem").chmod(0o600)
+    subprocess.run([*prepare["command"][:-1], script], env={"PATH": os.environ["PATH"]}, check=True)
+    assert (tmp_path / "data").stat().st_uid == daemon
+    for name, mode in (("ca.pem", 0o644), ("cert.pem", 0o644), ("key.pem", 0o600)):
+        copied = (tmp_path / "tls" / name).stat()
+        assert (copied.st_uid, copied.st_mode & 0o777) == (daemon, mode), name
+        assert (tmp_path / "tls" / name).read_text() == name
