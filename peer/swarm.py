@@ -180,6 +180,7 @@ class SwarmFetch:
             fetched = await self._client.fetch(
                 parent.info.address, self.task_id, piece, writer, self._priority, deadline
             )
+            writer.seal()  # this copy owns the piece's region from here on
             digest = await asyncio.to_thread(writer.digest)
             writer.commit(statement.sha_hex, statement=statement, digest=digest)
         except PieceFetchError as exc:
