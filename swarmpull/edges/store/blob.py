@@ -163,14 +163,19 @@ class StoredBlob:
         """The sha256 of the whole file as it is on disk."""
         return hash_region(self.fd, 0, self.meta.size)
 
-    def mark_complete(self, digest: str | None) -> None:
-        """Record that the whole blob is verified: flush the data first, then say so."""
+    def mark_complete(self, digest: str | None, *, flush: bool = True) -> None:
+        """Record that the whole blob is verified: flush the data first (unless ``flush``
+        is False), then say so. Without the flush a crash can leave a blob recorded
+        complete over bytes that never reached the disk; that is caught all the same,
+        since every piece of a complete blob is re-hashed after a restart before it is
+        read or served, but the blob is then fetched again."""
         if not self.all_verified:
             raise StoreError(f"{self.task_id} has unverified pieces")
-        try:
-            os.fdatasync(self.fd)
-        except OSError as exc:
-            raise StoreWriteError(f"flushing {self.task_id}: {exc.strerror or exc}") from exc
+        if flush:
+            try:
+                os.fdatasync(self.fd)
+            except OSError as exc:
+                raise StoreWriteError(f"flushing {self.task_id}: {exc.strerror or exc}") from exc
         self.meta = BlobMeta(**{**asdict(self.meta), "digest": digest, "complete": True})
         self._store.write_meta(self.meta)
 

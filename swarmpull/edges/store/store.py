@@ -209,8 +209,12 @@ class PieceStore:
             )
         raise StoreFull(f"disk full: {size} bytes would leave less than {self.min_free} free in {self.root}")
 
-    def _data(self, task_id: str) -> Path:
+    def data_path(self, task_id: str) -> Path:
+        """Where a blob's bytes are (a verified, complete blob's may be copied from there)."""
         return self.root / f"{task_id}.data"
+
+    def _data(self, task_id: str) -> Path:
+        return self.data_path(task_id)
 
     def write_meta(self, meta: BlobMeta) -> None:
         path = self.root / f"{meta.task_id}.json"
