@@ -3,6 +3,7 @@
 - ``limits``: upload and download limits over real loopback transfers.
 - ``zstd``: wire bytes and completion with and without zstd.
 - ``supernode``: the supernode's CPU through a whole surge of synthetic peers over HTTP.
+- ``dataplane``: one node receiving 1 GiB from one source, beside libtorrent.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from loadtest.bench.dataplane import run_dataplane
 from loadtest.bench.limits import run_limits
 from loadtest.bench.supernode import run_supernode
 from loadtest.bench.zstd import run_zstd
@@ -20,6 +22,7 @@ BENCHMARKS: dict[str, Callable[[Any], Awaitable[str]]] = {
     "limits": lambda args: run_limits(args.seconds),
     "zstd": lambda args: run_zstd(),
     "supernode": lambda args: run_supernode(args.peers, args.pieces, args.duration),
+    "dataplane": lambda args: run_dataplane(args.runs),
 }
 
 
