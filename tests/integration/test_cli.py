@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 
+import aiohttp
 import pytest
 
 from loadtest.services import free_port
@@ -122,3 +123,47 @@ async def test_supernode_runs_as_a_module_and_stops_cleanly_on_sigterm(tmp_path)
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert (tmp_path / "seed").is_dir()
+
+
+async def test_get_through_the_daemon_copies_the_verified_file_or_leaves_none(swarm, upstream, tmp_path):
+    """Through the daemon, ``get`` copies the store's verified file (``/api/v1/file``):
+    the output is the blob when get exits 0, and there is no file when the whole digest
+    is wrong. The summary line gives the CPU per GB here and in the daemon."""
+    data = os.urandom(3 * MiB)
+    url = upstream.add("file.bin", data)
+    supernode = await swarm.start_supernode()
+    daemon = PeerProcess(tmp_path / "node", supernode.url)
+    await daemon.start()
+    try:
+        out = tmp_path / "good.bin"
+        code, _, err = await swarmpull("get", url, "-o", str(out), "--peer", daemon.api_url,
+                                       "--digest", str(Digest.of(data)))  # fmt: skip
+        assert code == 0, err
+        assert out.read_bytes() == data
+        assert "s/GB here" in err and "s/GB in the daemon" in err
+        bad = tmp_path / "bad.bin"
+        other = upstream.add("other.bin", os.urandom(MiB))
+        code, _, err = await swarmpull("get", other, "-o", str(bad), "--peer", daemon.api_url,
+                                       "--digest", str(Digest.of(b"not this")))  # fmt: skip
+        assert code != 0 and "digest" in err
+        assert not list(tmp_path.glob("*bad.bin*"))
+    finally:
+        await daemon.stop()
+
+
+async def test_the_local_api_refuses_what_a_web_page_can_send(swarm, upstream, tmp_path):
+    supernode = await swarm.start_supernode()
+    daemon = PeerProcess(tmp_path / "node", supernode.url)
+    await daemon.start()
+    body = {"url": upstream.add("x", b"x")}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for kwargs, status in (
+                ({"json": body, "headers": {"Origin": "https://evil.example"}}, 403),
+                ({"json": body, "headers": {"Host": "rebound.evil.example"}}, 403),
+                ({"data": '{"url": "http://x/"}', "headers": {"Content-Type": "text/plain"}}, 415),
+            ):
+                async with session.post(f"{daemon.api_url}/api/v1/file", **kwargs) as resp:
+                    assert resp.status == status
+    finally:
+        await daemon.stop()

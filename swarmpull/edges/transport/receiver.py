@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
+import os
+import socket
 from collections.abc import Callable
 from typing import cast
 
@@ -68,6 +70,23 @@ class PieceConnection(asyncio.BufferedProtocol):
     def reusable(self) -> bool:
         head = self.head
         return self.phase is Phase.IDLE and self.error is None and (head is None or head.keep_alive)
+
+    def quiet(self) -> bool:
+        """Whether the idle connection is still open with nothing unread: a source that
+        sent bytes past its last body, or closed, must not carry the next transfer."""
+        transport = self._transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return False
+        # uvloop's socket object cannot recv: peek through a duplicate of its descriptor.
+        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+            try:
+                peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return True  # nothing to read: open and quiet
+            except OSError:
+                return False
+        return False  # bytes past the last body, or the source closed
 
     def send(self, request: bytes) -> None:
         if self._transport is None or self.phase is not Phase.IDLE:
@@ -268,7 +287,7 @@ class ConnectionPool:
         idle = self._idle.get((host, port), [])
         while idle and not fresh:
             conn = idle.pop()
-            if conn.reusable:
+            if conn.reusable and conn.quiet():
                 conn.reused = True
                 return conn
             conn.close()
