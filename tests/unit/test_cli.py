@@ -127,11 +127,11 @@ def test_every_usage_error_exits_2_with_one_line(capsys, argv, message):
 
 
 def test_get_summary_names_size_time_and_sources():
-    fetched = Fetched(3 << 20, {"peer": 2 << 20, "seed": 1 << 20, "local": 0})
+    fetched = Fetched(3 << 20, {"peer": 2 << 20, "seed": 1 << 20, "local": 0}, cpu_here=0.05, cpu_daemon=0.1)
     line = get_summary(fetched, Path("big.bin"), 2.0)
     assert line == (
         "swarmpull: got 3.0 MiB into big.bin in 2.0 s (1.5 MiB/s): 2.0 MiB from peers, "
-        "1.0 MiB from the seed, 0 B from the upstream"
+        "1.0 MiB from the seed, 0 B from the upstream; CPU 15.89 s/GB here, 31.79 s/GB in the daemon"
     )
     held = get_summary(Fetched(1 << 20, {"local": 1 << 20}), None, 0.1)
-    assert "into stdout" in held and held.endswith("1.0 MiB already on this node")
+    assert "into stdout" in held and held.endswith("1.0 MiB already on this node; CPU 0.00 s/GB here")

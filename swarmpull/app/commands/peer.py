@@ -268,7 +268,12 @@ def get_summary(fetched, output: Path | None, seconds: float) -> str:  # type: i
     ]
     if sources.get("local"):
         parts.append(f"{format_size(sources['local'])} already on this node")
+    gigabytes = max(fetched.size / 1e9, 1e-9)
+    cpu = f"CPU {fetched.cpu_here / gigabytes:.2f} s/GB here"
+    if fetched.cpu_daemon is not None:
+        cpu += f", {fetched.cpu_daemon / gigabytes:.2f} s/GB in the daemon"
     return (
         f"swarmpull: got {format_size(fetched.size)} into {where} in {seconds:.1f} s ({rate}/s): "
         + ", ".join(parts)
+        + f"; {cpu}"
     )
