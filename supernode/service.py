@@ -16,12 +16,14 @@ import time
 
 from supernode.cluster import Batch, ClusterState, ClusterUnavailable, NotOwner
 from supernode.config import SupernodeConfig
+from supernode.dashboard.traffic import Traffic
 from supernode.metrics import SupernodeMetrics
 from supernode.scheduler import Events, Parent, ParentReport, Scheduler, UnknownPeer, UnknownTask
 from supernode.seed_task import SeedTask, ShuttingDown, Source, TaskFailed, TaskState
 from supernode.seeding import Seeding
 from swarmpull.core.bitfield import BitfieldError, from_text, to_text
 from swarmpull.core.clock import Clock
+from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.core.protocol import (
     Holding,
     OpenTask,
@@ -53,9 +55,12 @@ class SupernodeService:
         clock: Clock,
         seed_address: str,
         metrics: SupernodeMetrics,
+        events: EventSink = NO_EVENTS,
     ) -> None:
         self.config = config
         self.seeding = seeding
+        self.events = events
+        self.traffic = Traffic(config.seed_id)  # what reports say moved, for the dashboard
         self.scheduler = scheduler
         self.cluster = cluster
         self.metrics = metrics
@@ -112,6 +117,7 @@ class SupernodeService:
             [(h.task_id, {"peer": reg.peer_id, "holding": h.to_json()}) for h in elsewhere]
         )
         self._join(reg)
+        self.events.emit("peer_joined", peer=reg.peer_id, address=reg.address, zone=reg.zone, rack=reg.rack)
         for holding in reg.holdings:
             self._announce_holding(reg.peer_id, holding)
         log.info("peer %s joined from %s (%d holdings)", reg.peer_id, reg.address, len(reg.holdings))
@@ -126,7 +132,7 @@ class SupernodeService:
             capacity=reg.upload_rate,
         )
         self._addresses[reg.peer_id] = reg.address
-        self._log_events(events)
+        self._log_events(events, why="rejoined")
 
     def _announce_holding(self, peer_id: str, holding: Holding) -> None:
         """A peer holds pieces of a task we own (it restarted, or registered elsewhere)."""
@@ -195,7 +201,7 @@ class SupernodeService:
 
     def leave(self, peer_id: str) -> None:
         self._addresses.pop(peer_id, None)
-        self._log_events(self.scheduler.peer_left(peer_id, self._clock.monotonic()))
+        self._log_events(self.scheduler.peer_left(peer_id, self._clock.monotonic()), why="left")
 
     # ------------------------------------------------------------------- tasks
 
@@ -235,6 +241,7 @@ class SupernodeService:
             have = 0  # held in another geometry: it starts afresh
         have &= self._vouched(task, have)
         parents = self.scheduler.join(task_id, req.peer_id, have, self._clock.monotonic())
+        self.events.emit("parents_assigned", task=task_id, peer=req.peer_id, parents=[p.id for p in parents])
         self.seeding.holds(task, req.peer_id, to_text(have, blob.geometry.count), have)
         return TaskInfo(
             task_id,
@@ -266,6 +273,8 @@ class SupernodeService:
             try:
                 lease = await self.cluster.claim(task_id)
                 record = await self.cluster.load(task_id)
+                url, digest = redact_url(req.url), str(req.digest) if req.digest else None
+                self.events.emit("task_opened", task=task_id, url=url, digest=digest, takeover=bool(record))
                 if record is None:
                     return self.seeding.create(task_id, source, req.digest, lease)
                 holders = await self._live_holders(task_id, record.holders, record.piece_size, record.size)
@@ -313,6 +322,8 @@ class SupernodeService:
         for stat in report.parents:
             if stat.failures and stat.reason is not None:
                 self.metrics.failures.labels(stat.reason.value).inc()
+        self.traffic.reported(task.id, peer_id, report.parents)
+        before = self.scheduler.parents_of(task.id, peer_id) if self.events.enabled else None
         parents, events = self.scheduler.report(
             task.id,
             peer_id,
@@ -323,6 +334,8 @@ class SupernodeService:
             bad=report.bad,
         )
         self._log_events(events)
+        if before is not None and before != parents:
+            self.events.emit("parents_assigned", task=task.id, peer=peer_id, parents=[p.id for p in parents])
         self.metrics.reports.inc()
         self.seeding.holds(task, peer_id, report.have, have)
         state = "seeded" if task.state is TaskState.SEEDED else "running"
@@ -395,15 +408,19 @@ class SupernodeService:
         interval = min(config.report_max, max(config.report_min, members / config.report_rate))
         return round(interval * (0.75 + 0.5 * self._rng.random()), 2)
 
-    def _log_events(self, events: Events) -> None:
+    def _log_events(self, events: Events, why: str = "dropped") -> None:
+        """Log what the scheduler did besides answering (``why`` peers left)."""
         if not (events.dropped or events.quarantined or events.degraded):
             return
         for peer_id in events.dropped:
             self._addresses.pop(peer_id, None)
-            log.info("peer %s dropped", peer_id)
+            self.events.emit("peer_left", peer=peer_id, why=why)
+            log.info("peer %s %s", peer_id, why)
         for peer_id in events.quarantined:
+            self.events.emit("quarantined", peer=peer_id)
             log.warning("peer %s quarantined: it served corrupt pieces", peer_id)
         for peer_id in events.degraded:
+            self.events.emit("degraded", peer=peer_id)
             log.warning("peer %s degraded: it fails or is far slower than its peers", peer_id)
 
     def heartbeat_interval(self) -> float:
