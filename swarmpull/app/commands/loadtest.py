@@ -112,22 +112,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from loadtest.report import dump_json, render
     from swarmpull.app.args import CommandError
-    from swarmpull.core.units import format_size
     from swarmpull.edges.daemon import run_coroutine
 
     settings = {
         "nodes": args.nodes,
-        "image": f"{format_size(args.image_size)} in {args.layers} layers",
-        "pieces": format_size(args.piece_size),
-        "node links": f"{args.node_bandwidth / 1e3:g} kB/s each way",
-        "registry egress": f"{args.registry_bandwidth / 1e6:g} MB/s",
+        "image_bytes": args.image_size,
+        "layers": args.layers,
+        "piece_bytes": args.piece_size,
+        "node_link_bytes_per_second": args.node_bandwidth,
+        "registry_egress_bytes_per_second": args.registry_bandwidth,
     }
     try:
         if args.simulate:
             results = _simulate(args)
-            settings["image"] = f"{format_size(args.image_size)} (one blob)"
+            settings["layers"] = 1
             settings["run"] = "discrete-event simulation, the production scheduler"
         else:
             from loadtest.harness import SurgeConfig, run_surge
@@ -147,26 +146,38 @@ def run(args: argparse.Namespace) -> int:
             results = run_coroutine(lambda: _surge(config, run_surge))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    write_report(results, settings, args.json, args.plot)
+    return 0 if all(r.failed == 0 for r in results) else 1
+
+
+def write_report(results, settings, json_path: Path | None, plot_path: Path | None) -> None:  # type: ignore[no-untyped-def]
+    """The table on stdout; the JSON and the PNG where asked, each path said on stderr."""
+    from loadtest.report import dump_json, render
+    from swarmpull.app.args import CommandError
+
     print(render(results, settings))
-    if args.json:
-        args.json.write_text(dump_json(results, settings))
-    if args.plot:
+    if json_path is not None:
+        json_path.write_text(dump_json(results, settings))
+        print(f"report written to {json_path.resolve()}", file=sys.stderr)
+    if plot_path is not None:
         from loadtest.plot import plot
 
         try:
-            plot(results, args.plot, settings)
+            plot(results, plot_path, settings)
         except ImportError:
             raise CommandError("--plot needs matplotlib: pip install 'swarmpull[loadtest]'") from None
-    return 0 if all(r.failed == 0 for r in results) else 1
+        print(f"plot written to {plot_path.resolve()}", file=sys.stderr)
 
 
 async def _surge(config, run_surge):  # type: ignore[no-untyped-def]
     last = [-math.inf]
 
+    from swarmpull.core.units import format_size
+
     def progress(state) -> None:  # type: ignore[no-untyped-def]
         line = (
             f"  {state.mode}: {state.done}/{state.total} nodes done, {state.failed} failed, "
-            f"{state.elapsed:5.1f}s, registry sent {state.egress / 1e6:.1f} MB "
+            f"{state.elapsed:5.1f}s, registry sent {format_size(state.egress)} "
         )
         if sys.stderr.isatty():
             print("\r" + line, end="", file=sys.stderr, flush=True)
