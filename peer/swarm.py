@@ -116,6 +116,7 @@ class SwarmFetch:
         self._last_progress = clock.monotonic()
         self.digest: str | None = None
         self._report_in = info.report_in
+        self._told_complete = False  # the last report built said we hold every piece
         self._set_parents(info.parents)
 
     async def run(self) -> None:
@@ -328,6 +329,7 @@ class SwarmFetch:
         now = self._clock.monotonic()
         reports, dropped, bad = self.policy.take_report(now)
         stats = [ParentStats(p, r.bytes, r.seconds, r.failures, r.reason) for p, r in reports.items()]
+        self._told_complete = self.blob.all_verified
         return TaskReport(self.task_id, to_text(self.blob.have, self._count), stats, dropped, bad)
 
     def _answered(self, answer: ReportAnswer | LinkError) -> None:
@@ -342,8 +344,10 @@ class SwarmFetch:
             self._wake.set()
             return
         self._unreachable_since = None
-        if self.blob.all_verified:
+        if self._told_complete:
             self._control.unwatch(self.task_id)  # the report that says we are complete is in
+        elif self.blob.all_verified:  # completed while this report was on its way: say so
+            self._control.report_soon(self.task_id)
         if answer.state == "failed":
             self._failed = DownloadFailed(answer.error or "the supernode failed this task")
         else:
