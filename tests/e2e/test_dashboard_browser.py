@@ -20,7 +20,8 @@ LAYERS = 2
 
 ALL_DONE = """(nodes) => {
   const rows = [...document.querySelectorAll('#tasks tbody tr')];
-  return rows.length === 3 && rows.every((r) => r.querySelector('td.done').textContent === `${nodes}/${nodes}`);
+  const done = (r) => r.querySelector('td.done').textContent === `${nodes}/${nodes}`;
+  return rows.length === 3 && rows.every(done);
 }"""
 
 
@@ -93,9 +94,8 @@ async def test_an_operator_watches_a_surge_on_the_dashboard(tmp_path):
                 )
                 seen["saved"] = await page.text_content("#c-saved-note")
                 seen["nodes"] = await page.text_content("#c-nodes")
-                async with aiohttp.ClientSession() as session:  # the data needs the token
-                    async with session.get(f"{url}/ui/api/state") as resp:
-                        seen["anonymous"] = resp.status
+                async with aiohttp.ClientSession() as session, session.get(f"{url}/ui/api/state") as resp:
+                    seen["anonymous"] = resp.status  # the data needs the token
 
             (result,) = await run_surge(config, progress, before_stop)
         finally:
