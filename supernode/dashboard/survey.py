@@ -40,8 +40,8 @@ class Survey:
         self._upstream = upstream_bytes
         self._last_at: float | None = None
         self._last_totals: dict[str, float] = {}
-        self._last_tasks: dict[str, int] = {}
-        self._last_nodes: tuple[dict[str, int], dict[str, int]] | None = None
+        self._last_tasks: dict[str, int] = {}  # task -> bytes, at the last survey
+        self._last_nodes: dict[str, tuple[int, int]] = {}  # node -> (down, up), at the last detailed one
         self._forgot_at = 0.0
 
     def take(self, at: float, monotonic: float, detail: bool) -> dict[str, Any]:
@@ -64,8 +64,8 @@ class Survey:
             "nodes": self._node_rows(elapsed) if detail else None,
         }
         self._last_at, self._last_totals = monotonic, totals
-        self._last_tasks = dict(traffic.by_task)
-        self._last_nodes = (dict(traffic.down), dict(traffic.up)) if detail else None
+        self._last_tasks = {row["id"]: row["bytes"] for row in view["tasks"]}
+        self._last_nodes = {row["id"]: (row["down"], row["up"]) for row in view["nodes"] or ()}
         if monotonic - self._forgot_at >= FORGET_EVERY:
             self._forgot_at = monotonic
             traffic.forget(set(self._scheduler.peers()), set(self._tasks()))
@@ -82,7 +82,7 @@ class Survey:
         for task in self._tasks().values():
             blob = task.blob
             moved = by_task.get(task.id, 0)
-            rate = self._rate(moved - self._last_tasks.get(task.id, moved), elapsed)
+            rate = self._rate(moved - self._last_tasks.get(task.id, moved), elapsed)  # new: 0
             row: dict[str, Any] = {
                 "id": task.id,
                 "url": redact_url(task.url) if task.url else None,
@@ -127,20 +127,19 @@ class Survey:
                 for parent in parents:
                     if parent not in known and len(known) < MAX_PARENTS:
                         known.append(parent)
-        last_down, last_up = self._last_nodes or ({}, {})
         for peer_id, entry in nodes.items():
             labels = scheduler.peer_view(peer_id)
             zone, rack, state = labels if labels is not None else (None, None, SourceState.ACTIVE)
             down, up = traffic.down.get(peer_id, 0), traffic.up.get(peer_id, 0)
-            fresh = self._last_nodes is not None
+            last = self._last_nodes.get(peer_id)  # None: not in the last detailed survey
             entry.update(
                 zone=zone,
                 rack=rack,
                 state=state.value,
                 down=down,
                 up=up,
-                down_rate=self._rate(down - last_down.get(peer_id, down), elapsed) if fresh else None,
-                up_rate=self._rate(up - last_up.get(peer_id, up), elapsed) if fresh else None,
+                down_rate=self._rate(down - last[0], elapsed) if last else None,
+                up_rate=self._rate(up - last[1], elapsed) if last else None,
             )
         rows = sorted(
             nodes.values(),
