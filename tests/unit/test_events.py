@@ -150,3 +150,37 @@ def test_a_node_that_failed_a_blob_then_got_it_completed():
     result = replay.result()
     assert (result.completed, result.failed, result.completion_times) == (1, 0, [3.0])
     assert result.egress_ratio == 0.0  # nothing read from a registry
+
+
+def test_events_summarize_prints_the_report_and_fails_when_a_node_did(tmp_path, capsys):
+    from swarmpull.app.cli import main
+
+    path = tmp_path / "peers.jsonl"
+    events = [
+        peer_event(10.0, "task_opened", "n1"),
+        peer_event(10.5, "piece_finished", "n1", piece=0, source="seed", seed=True, bytes=10),
+        peer_event(11.0, "task_finished", "n1", ok=True, size=10),
+        peer_event(10.0, "task_opened", "n2"),
+        peer_event(12.0, "task_finished", "n2", ok=False, error="upstream 503"),
+    ]
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    report = tmp_path / "report.json"
+    assert main(["events", "summarize", str(path), "--json", str(report)]) == 1  # n2 failed
+    out, err = capsys.readouterr()
+    assert "events" in out and str(report.resolve()) in err
+    (result,) = json.loads(report.read_text())["results"]
+    assert (result["nodes"], result["completed"], result["failed"]) == (2, 1, 1)
+    assert result["bytes_by_source"]["seed"] == 10
+
+    path.write_text("".join(json.dumps(e) + "\n" for e in events[:3]))
+    assert main(["events", "summarize", str(path)]) == 0
+    assert main(["events", "summarize", str(tmp_path / "missing.jsonl")]) == 1
+    assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_a_load_test_does_not_mix_its_events_with_an_earlier_run(tmp_path, capsys):
+    from swarmpull.app.cli import main
+
+    (tmp_path / "supernode.jsonl").write_text("")
+    assert main(["loadtest", "--nodes", "2", "--events-dir", str(tmp_path)]) == 1
+    assert "earlier run" in capsys.readouterr().err

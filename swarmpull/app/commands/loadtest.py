@@ -65,6 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the image and the simulation")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the report as a PNG")
+    p.add_argument(
+        "--events-dir",
+        type=Path,
+        metavar="DIR",
+        help="real sockets, p2p: keep the daemons' swarm events in DIR (supernode.jsonl, "
+        "worker-N.jsonl; read them with `swarmpull events summarize`; default: none)",
+    )
     sim = p.add_argument_group("simulation (with --simulate)")
     sim.add_argument("--simulate", action="store_true", help="a discrete-event simulation instead of sockets")
     sim.add_argument("--slow-fraction", type=float, default=0.0, metavar="F", help="share of slow nodes")
@@ -141,13 +148,31 @@ def run(args: argparse.Namespace) -> int:
                 mode=args.mode,
                 workers=args.workers,
                 seed=args.seed,
+                events_dir=_events_dir(args.events_dir),
             )
             settings["run"] = f"real sockets, {config.worker_count()} worker processes"
             results = run_coroutine(lambda: _surge(config, run_surge))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     write_report(results, settings, args.json, args.plot)
+    if args.events_dir is not None and any(args.events_dir.glob("*.jsonl")):
+        print(f"events written to {args.events_dir.resolve()}", file=sys.stderr)
     return 0 if all(r.failed == 0 for r in results) else 1
+
+
+def _events_dir(path: Path | None) -> Path | None:
+    """``path``, made if missing, and without events of an earlier run (they would mix)."""
+    from swarmpull.app.args import CommandError
+
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if any(path.glob("*.jsonl")):
+            raise CommandError(f"--events-dir {path}: holds events of an earlier run: give an empty one")
+    except OSError as exc:
+        raise CommandError(f"--events-dir {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def write_report(results, settings, json_path: Path | None, plot_path: Path | None) -> None:  # type: ignore[no-untyped-def]
