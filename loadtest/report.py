@@ -132,6 +132,8 @@ def describe(settings: dict[str, Any]) -> dict[str, str]:
             out["image"] = format_size(value) + (f" in {layers} layer{'s' * (layers != 1)}" if layers else "")
         elif key == "layers":
             continue
+        elif key == "piece_bytes" and not value:
+            out["pieces"] = "the supernode's rule"
         elif key == "piece_bytes":
             out["pieces"] = format_size(value) + (f" ({math.ceil(size / value)} per image)" if size else "")
         elif key.endswith("_bytes_per_second"):
