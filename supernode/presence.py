@@ -87,6 +87,10 @@ class Presence:
     def address(self, peer_id: str) -> str | None:
         return self._addresses.get(peer_id)
 
+    def has_channel(self, peer_id: str) -> bool:
+        """Whether the peer has a control channel open here (status pages)."""
+        return peer_id in self._channels
+
     def heartbeat_interval(self) -> float:
         return heartbeat_interval(self._scheduler.peer_count(), self._config)
 

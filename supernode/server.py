@@ -107,6 +107,7 @@ class Supernode:
                 lambda: service.tasks,
                 service.traffic,
                 lambda: sample(upstream, "swarmpull_supernode_upstream_bytes_total"),
+                service.presence.has_channel,
             )
             self._feed = DashboardFeed(survey, cluster, self._clock, config.ui_interval)
         app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)

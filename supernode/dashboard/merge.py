@@ -62,13 +62,15 @@ def _merge_nodes(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             entry = nodes.get(row["id"])
             if entry is None:
-                nodes[row["id"]] = {**row, "parents": list(row.get("parents") or [])[:8]}
+                parents = list(row.get("parents") or [])[:8]
+                nodes[row["id"]] = {**row, "parents": parents, "channel": row.get("channel") is True}
                 continue
             for key in _SUMMED_NODE_FIELDS:
                 if row.get(key) is not None or entry.get(key) is not None:
                     entry[key] = _number(entry.get(key)) + _number(row.get(key))
             for key in ("zone", "rack"):
                 entry[key] = entry.get(key) or row.get(key)
+            entry["channel"] = entry["channel"] or row.get("channel") is True  # open at either
             states = [s for s in (entry.get("state"), row.get("state")) if s in _STATES]
             entry["state"] = min(states, key=_STATES.index) if states else "active"
             for parent in row.get("parents") or []:

@@ -1,7 +1,8 @@
 """One replica's part of the dashboard: its tasks, its view of the nodes, its totals.
 
 Taken once a tick, whatever the swarm does, from state the supernode keeps anyway (the
-scheduler's members, the seed's tasks, ``Traffic``, the upstream byte counter): the cost
+scheduler's members, the seed's tasks, ``Presence``'s control channels, ``Traffic``, the
+upstream byte counter), each read from its one writer and never written: the cost
 grows with tasks, and with members only while someone watches (``detail``), never with
 pieces. The result is plain JSON data, so replicas can share it through the cluster
 state and any of them can merge everyone's (``merge``).
@@ -32,12 +33,14 @@ class Survey:
         tasks: Callable[[], Mapping[str, SeedTask]],
         traffic: Traffic,
         upstream_bytes: Callable[[], float],
+        has_channel: Callable[[str], bool],
     ) -> None:
         self.replica = replica
         self._scheduler = scheduler
         self._tasks = tasks
         self._traffic = traffic
         self._upstream = upstream_bytes
+        self._has_channel = has_channel
         self._last_at: float | None = None
         self._last_totals: dict[str, float] = {}
         self._last_tasks: dict[str, int] = {}  # task -> bytes, at the last survey
@@ -136,6 +139,7 @@ class Survey:
                 zone=zone,
                 rack=rack,
                 state=state.value,
+                channel=self._has_channel(peer_id),  # its heartbeat here; else it calls
                 down=down,
                 up=up,
                 down_rate=self._rate(down - last[0], elapsed) if last else None,

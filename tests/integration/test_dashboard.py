@@ -107,6 +107,7 @@ async def test_an_operator_sees_the_swarm_and_the_events_tell_the_same_story(swa
             by_id = {n["id"]: n for n in nodes}
             assert set(by_id) == {p.peer_id for p in peers}
             assert all(n["down"] == len(data) and n["tasks_done"] == n["tasks"] == 1 for n in nodes)
+            assert all(n["channel"] for n in nodes)  # each peer's control channel is open
             assert sum(n["up"] for n in nodes) == view["totals"]["from_peers"]
             async with session.post(f"{supernode.url}/ui/logout") as resp:
                 assert resp.status == 204

@@ -60,7 +60,7 @@ def test_a_survey_counts_members_and_moves_only_with_reports():
     sched, tasks = swarm()
     traffic = Traffic("seed")
     upstream = [4096.0]
-    survey = Survey("http://sn1", sched, lambda: tasks, traffic, lambda: upstream[0])
+    survey = Survey("http://sn1", sched, lambda: tasks, traffic, lambda: upstream[0], {"a"}.__contains__)
     first = survey.take(at=1000.0, monotonic=10.0, detail=False)
     assert first["nodes"] is None  # nobody watches: no node rows
     (row,) = first["tasks"]
@@ -81,6 +81,7 @@ def test_a_survey_counts_members_and_moves_only_with_reports():
     assert nodes["b"]["down_rate"] is None  # no detailed survey before this one to compare with
     assert (nodes["a"]["tasks"], nodes["a"]["tasks_done"], nodes["a"]["parents"]) == (1, 1, [])
     assert nodes["c"]["parents"] and nodes["c"]["rack"] == "r2" and nodes["c"]["state"] == "active"
+    assert (nodes["a"]["channel"], nodes["c"]["channel"]) == (True, False)  # a's channel is open here
 
     traffic.reported("t1", "b", [ParentStats("a", 1024)])
     third = survey.take(at=1003.0, monotonic=13.0, detail=True)
@@ -102,14 +103,15 @@ def test_replicas_views_merge_into_one_cluster():
         "http://sn1",
         [{"id": "t1", "members": 2, "done": 1}],
         [{"id": "a", "zone": "z", "rack": None, "state": "active", "tasks": 1, "tasks_done": 1,
-          "down": 100, "up": 0, "down_rate": 1.0, "up_rate": None, "parents": ["seed"]}],
+          "down": 100, "up": 0, "down_rate": 1.0, "up_rate": None, "parents": ["seed"], "channel": "yes"}],
         from_peers=100, registry=1000,
     )  # fmt: skip
     two = view(
         "http://sn2",
         [{"id": "t2", "members": 2, "done": 0}, {"id": "t1", "members": 1, "done": 0}],
         [{"id": "a", "zone": None, "rack": "r1", "state": "quarantined", "tasks": 1, "tasks_done": 0,
-          "down": 50, "up": 10, "down_rate": 2.0, "up_rate": 3.0, "parents": ["b", "seed"]}],
+          "down": 50, "up": 10, "down_rate": 2.0, "up_rate": 3.0, "parents": ["b", "seed"],
+          "channel": True}],
         from_seed=2000,
     )  # fmt: skip
     cluster = merge([one, two, "garbage", {"tasks": "no"}, {"tasks": [{"no id": 1}], "nodes": [7]}])
@@ -121,6 +123,7 @@ def test_replicas_views_merge_into_one_cluster():
     assert (node["down"], node["up"], node["tasks"], node["tasks_done"]) == (150, 10, 2, 1)
     assert (node["zone"], node["rack"], node["state"]) == ("z", "r1", "quarantined")
     assert node["parents"] == ["seed", "b"]
+    assert node["channel"] is True  # open at sn2 (sn1's "yes" is no answer)
     assert cluster["peers"] == 1
     history = History(size=2)
     for _ in range(3):

@@ -123,6 +123,7 @@ function drawNodes(nodes, peers) {
     badge.className = `badge ${["active", "degraded", "quarantined"].includes(n.state) ? n.state : ""}`;
     badge.textContent = n.state;
     state.appendChild(badge);
+    cell(row, n.channel ? "open" : "-", "channel");
     cell(row, `${n.tasks_done}/${n.tasks}`, "num");
     cell(row, bytes(n.down), "num");
     cell(row, bytes(n.up), "num");
