@@ -314,4 +314,5 @@ def _result(config, mode, size, egress, run, wall, supernode_stats, registry, ti
         extra=extra,
         egress_timeline=timeline,
         sources={k.removeprefix("bytes from "): v for k, v in run.totals.items()},
+        registry_requests=dict(registry.requests),
     )

@@ -61,8 +61,7 @@ class ModeResult:
     sources: dict[str, float] = field(default_factory=dict)
     """Bytes the nodes received, by kind of source (peer, seed, upstream)."""
     registry_requests: dict[str, int] = field(default_factory=dict)
-    """Requests the registry answered, by kind ("GET manifests", "HEAD blobs"...): the
-    registry's counters, for the harness to fill (left for the registry work)."""
+    """Requests the registry answered, by kind ("GET manifests", "HEAD blobs"...)."""
 
     @property
     def egress_ratio(self) -> float:
@@ -177,7 +176,6 @@ def render(results: list[ModeResult], settings: dict[str, Any]) -> str:
                 f"from {source}, x image/node",
                 [f"{r.per_node(source):.2f}x" if source in r.sources else "-" for r in results],
             )
-    # Registry requests by kind: filled by the harness from the registry's counters.
     for kind in sorted({k for r in results for k in r.registry_requests}):
         row(f"registry {kind}", [str(r.registry_requests.get(kind, 0)) for r in results])
     for key in sorted({k for r in results for k in r.extra}):

@@ -370,6 +370,7 @@ class SupernodeService:
         """Time advanced: expire silent peers, old failures and idle tasks."""
         self.presence.tick()
         now = self._clock.monotonic()
+        self.traffic.tidy(now, self.scheduler.peers, lambda: self.tasks)
         for task in list(self.tasks.values()):
             if task.state is TaskState.FAILED and now - task.failed_at > self.config.failed_task_ttl:
                 self.seeding.drop(task, "its failure expired")

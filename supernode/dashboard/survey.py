@@ -20,7 +20,6 @@ from swarmpull.core.tasks import redact_url
 
 MAX_NODES = 2000  # node rows one replica publishes: the most interesting first
 MAX_PARENTS = 8  # parents listed per node
-FORGET_EVERY = 60.0  # seconds between dropping the traffic rows of departed nodes
 
 _STATE_ORDER = {SourceState.QUARANTINED: 0, SourceState.DEGRADED: 1, SourceState.ACTIVE: 2}
 
@@ -45,7 +44,6 @@ class Survey:
         self._last_totals: dict[str, float] = {}
         self._last_tasks: dict[str, int] = {}  # task -> bytes, at the last survey
         self._last_nodes: dict[str, tuple[int, int]] = {}  # node -> (down, up), at the last detailed one
-        self._forgot_at = 0.0
 
     def take(self, at: float, monotonic: float, detail: bool) -> dict[str, Any]:
         """This replica's view at wall-clock ``at``; node rows only with ``detail``."""
@@ -69,9 +67,6 @@ class Survey:
         self._last_at, self._last_totals = monotonic, totals
         self._last_tasks = {row["id"]: row["bytes"] for row in view["tasks"]}
         self._last_nodes = {row["id"]: (row["down"], row["up"]) for row in view["nodes"] or ()}
-        if monotonic - self._forgot_at >= FORGET_EVERY:
-            self._forgot_at = monotonic
-            traffic.forget(set(self._scheduler.peers()), set(self._tasks()))
         return view
 
     @staticmethod

@@ -13,8 +13,10 @@ them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
+
+FORGET_EVERY = 60.0  # seconds between dropping the rows of departed nodes and ended tasks
 
 
 class ParentBytes(Protocol):
@@ -32,6 +34,7 @@ class Traffic:
         self.by_task: dict[str, int] = {}  # task -> bytes its members received
         self.from_peers = 0
         self.from_seed = 0
+        self._tidied_at = 0.0
 
     def __repr__(self) -> str:
         return f"<Traffic peers={self.from_peers} seed={self.from_seed} nodes={len(self.down)}>"
@@ -51,6 +54,14 @@ class Traffic:
         if received:
             self.down[node] = self.down.get(node, 0) + received
             self.by_task[task_id] = self.by_task.get(task_id, 0) + received
+
+    def tidy(
+        self, now: float, nodes: Callable[[], Iterable[str]], tasks: Callable[[], Iterable[str]]
+    ) -> None:
+        """Now and then (the service's tick), keep only the rows of ``nodes()`` and ``tasks()``."""
+        if now - self._tidied_at >= FORGET_EVERY:
+            self._tidied_at = now
+            self.forget(set(nodes()), set(tasks()))
 
     def forget(self, keep_nodes: set[str], keep_tasks: set[str]) -> None:
         """Drop the rows of nodes and tasks that are gone (the totals keep their bytes)."""

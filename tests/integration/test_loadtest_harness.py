@@ -53,5 +53,6 @@ async def test_twenty_nodes_pull_through_the_swarm_and_straight_from_the_registr
     assert (direct.completed, direct.failed) == (20, 0)
     assert direct.registry_egress == 20 * size  # what an operator has without swarmpull
     assert direct.sources == {"upstream": 20 * size}
+    assert direct.registry_requests["GET blobs"] == 20 * len(image.blobs())  # each node, each blob
     assert direct.egress_timeline[-1][1] == 20 * size
     assert p2p.bound < direct.bound

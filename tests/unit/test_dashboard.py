@@ -31,6 +31,12 @@ def test_reports_add_up_to_bytes_down_up_and_by_source():
     traffic.forget(keep_nodes={"a"}, keep_tasks={"t2"})
     assert (traffic.down, traffic.up, traffic.by_task) == ({"a": 170}, {"a": 30}, {"t2": 20})
     assert traffic.from_peers == 100  # totals keep what departed nodes moved
+    traffic.reported("t3", "z", [ParentStats("a", 5)])
+    traffic.tidy(100.0, lambda: ["a", "z"], lambda: ["t2", "t3"])
+    traffic.tidy(130.0, lambda: ["a"], lambda: ["t2"])  # within a minute of the last: not yet
+    assert "z" in traffic.down and "t3" in traffic.by_task
+    traffic.tidy(161.0, lambda: ["a"], lambda: ["t2"])
+    assert (set(traffic.down), set(traffic.by_task)) == ({"a"}, {"t2"})
 
 
 def swarm() -> tuple[Scheduler, dict]:
