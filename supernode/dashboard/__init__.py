@@ -10,6 +10,6 @@ from supernode.dashboard.auth import UiAuth, read_token
 from supernode.dashboard.feed import DashboardFeed
 from supernode.dashboard.survey import Survey
 from supernode.dashboard.traffic import Traffic
-from supernode.dashboard.web import Dashboard
+from supernode.dashboard.web import PATHS, Dashboard
 
-__all__ = ["Dashboard", "DashboardFeed", "Survey", "Traffic", "UiAuth", "read_token"]
+__all__ = ["PATHS", "Dashboard", "DashboardFeed", "Survey", "Traffic", "UiAuth", "read_token"]

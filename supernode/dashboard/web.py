@@ -10,6 +10,11 @@
 
 Data routes answer 401 without the token or a session (``auth``). Without
 ``--ui-token-file`` the dashboard is off and every route answers 404 saying so.
+
+Browsers hold no cluster certificate: with mutual TLS on the supernode's port, ``PATHS``
+are the ones to leave open to clients without one (``identity_middleware(open_paths=)``,
+a server context that asks for client certificates without requiring them); the token
+guards them instead.
 """
 
 from __future__ import annotations
@@ -42,6 +47,17 @@ _HEADERS = {
 }
 
 
+PATHS = (
+    "/ui",
+    "/ui/",
+    *(f"/ui/{name}" for name in _FILES if name != "index.html"),
+    "/ui/login",
+    "/ui/logout",
+    "/ui/api/state",
+    "/ui/api/stream",
+)
+
+
 class Dashboard:
     def __init__(self, feed: DashboardFeed | None, auth: UiAuth | None) -> None:
         self._feed = feed
@@ -52,7 +68,7 @@ class Dashboard:
         return [
             web.get("/ui", self.to_page),
             web.get("/ui/", self.page),
-            web.get("/ui/{name:app\\.(?:js|css)}", self.static),
+            *(web.get(f"/ui/{name}", self.static) for name in _FILES if name != "index.html"),
             web.post("/ui/login", self.login),
             web.post("/ui/logout", self.logout),
             web.get("/ui/api/state", self.state),
@@ -66,7 +82,7 @@ class Dashboard:
         return self._file("index.html")
 
     async def static(self, request: web.Request) -> web.StreamResponse:
-        return self._file(request.match_info["name"])
+        return self._file(request.path.removeprefix("/ui/"))
 
     def _file(self, name: str) -> web.StreamResponse:
         self._on()
@@ -155,7 +171,10 @@ def _token_of(body: bytes, content_type: str) -> str | None:
             return None
         token = value.get("token") if isinstance(value, dict) else None
         return token if isinstance(token, str) else None
-    values = parse_qs(text, max_num_fields=4).get("token")
+    try:
+        values = parse_qs(text, max_num_fields=4).get("token")
+    except ValueError:  # more fields than a login form has
+        return None
     return values[0] if values else None
 
 

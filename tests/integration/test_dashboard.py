@@ -82,6 +82,10 @@ async def test_an_operator_sees_the_swarm_and_the_events_tell_the_same_story(swa
             # A browser logs in once and gets a session cookie, then streams.
             async with session.post(f"{supernode.url}/ui/login", data={"token": "wrong" * 5}) as resp:
                 assert resp.status == 401
+            many = "&".join(f"f{i}=x" for i in range(10))  # not a login form: no 500
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            async with session.post(f"{supernode.url}/ui/login", data=many, headers=headers) as resp:
+                assert resp.status == 401
             headers = {"Origin": "http://evil.example"}
             async with session.post(
                 f"{supernode.url}/ui/login", json={"token": TOKEN}, headers=headers

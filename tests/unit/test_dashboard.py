@@ -12,6 +12,7 @@ from supernode.dashboard.auth import UiAuth, read_token
 from supernode.dashboard.merge import History, merge
 from supernode.dashboard.survey import Survey
 from supernode.dashboard.traffic import Traffic
+from supernode.dashboard.web import PATHS, Dashboard
 from supernode.scheduler import Scheduler, SchedulerConfig
 from swarmpull.core.bitfield import full
 from swarmpull.core.protocol import ParentStats
@@ -174,3 +175,7 @@ def test_a_token_must_be_long_enough_and_is_read_from_its_file(tmp_path, caplog)
     assert "chmod 600" in caplog.text
     with pytest.raises(ValueError, match="cannot read the dashboard token"):
         read_token(tmp_path / "missing")
+
+
+def test_the_paths_left_open_to_browsers_under_mutual_tls_are_the_dashboards():
+    assert {route.path for route in Dashboard(None, None).routes()} == set(PATHS)
