@@ -28,6 +28,7 @@ from peer.link import LinkError, SupernodeUnavailable
 from peer.metrics import PeerMetrics
 from peer.slots import DownloadSlots
 from peer.swarm import SupernodeGone, SwarmFetch, TaskForgotten
+from peer.torrents import TorrentTransport, TorrentUnavailable
 from swarmpull.core.bitfield import to_text
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.clock import Clock
@@ -63,6 +64,7 @@ class DownloadContext:
     clock: Clock
     slots: DownloadSlots
     direct_slots: asyncio.Semaphore
+    torrents: TorrentTransport | None = None
 
 
 class TaskDownload:
@@ -125,6 +127,8 @@ class TaskDownload:
             blob = ctx.store.get(self.task_id)
             if blob is not None:
                 self._adopt(blob)
+            if blob is None:
+                blob = await self._by_torrent()
             if blob is None or not blob.complete:
                 await self._fetch()
                 await self._finish()
@@ -154,6 +158,20 @@ class TaskDownload:
         if exc.cache_full and blob is not None and not blob.complete:
             self._ctx.store.remove(self.task_id)  # its space back at once
         log.warning("download of %s failed: %s", redact_url(self.request.url), exc)
+
+    async def _by_torrent(self) -> StoredBlob | None:
+        """The whole blob over BitTorrent, when this node pulls that way and the seed offers
+        a torrent for it; None: the HTTP swarm it is."""
+        ctx = self._ctx
+        if ctx.torrents is None or ctx.config.blob_transport != "bittorrent" or self.request.digest is None:
+            return None
+        try:
+            blob = await asyncio.shield(ctx.torrents.fetch(self.task_id, self.request.priority))
+        except TorrentUnavailable as exc:
+            log.info("no torrent for %s, pulling over HTTP: %s", self.task_id, exc)
+            return None
+        self._adopt(blob)
+        return blob
 
     async def _fetch(self) -> None:
         ctx = self._ctx

@@ -9,6 +9,7 @@ from supernode.origin_limits import OriginLimit
 from supernode.scheduler import SchedulerConfig
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.origin import UpstreamConfig
+from swarmpull.edges.torrent import TorrentConfig, Transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,8 @@ class SupernodeConfig:
     """Seconds between scheduler time events (timeouts, expiries)."""
     seed_id: str = "seed"
     """This supernode's id as a piece source."""
+    torrent: TorrentConfig = field(default_factory=lambda: TorrentConfig(transport=Transport.BOTH))
+    """The seed's libtorrent session (its listen host defaults to the API's)."""
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

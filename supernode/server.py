@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import ipaddress
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -21,13 +26,17 @@ from supernode.origin_limits import OriginLimits
 from supernode.scheduler import Scheduler
 from supernode.seeding import Seeding
 from supernode.service import SupernodeService
+from supernode.torrent_api import TorrentApi
+from supernode.torrents import SeedTorrents
 from swarmpull.core.clock import Clock, SystemClock
 from swarmpull.core.signing import Signer
 from swarmpull.core.tasks import redact_url
-from swarmpull.edges.http import MAX_JSON_BODY, advertised_url, bind, start_site, tls_context
+from swarmpull.core.tracker import Endpoint, Tracker
+from swarmpull.edges.http import MAX_JSON_BODY, HostPort, advertised_url, bind, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import PieceStore
+from swarmpull.edges.torrent import TorrentSession
 from swarmpull.edges.transport import PieceServer
 
 log = logging.getLogger(__name__)
@@ -48,6 +57,7 @@ class Supernode:
         self._temp_dir: Path | None = None
         self._cluster: ClusterState | None = None
         self._pieces: PieceServer | None = None
+        self.torrents: TorrentSession | None = None
 
     def __repr__(self) -> str:
         return f"<Supernode {self.url or 'stopped'}>"
@@ -89,9 +99,14 @@ class Supernode:
         service = self.service = SupernodeService(
             config, seeding, scheduler, cluster, signer, self._clock, self.url, self.metrics
         )
+        seed_torrents = await self._start_torrents(store)
+        torrent_api = TorrentApi(seed_torrents, seed_torrents.tracker, scheduler.knows_peer, self._clock)
         app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
         app.add_routes(
-            SupernodeApi(service).routes() + pieces.routes() + [metrics_route(self.metrics.registry)]
+            SupernodeApi(service).routes()
+            + pieces.routes()
+            + torrent_api.routes()
+            + [metrics_route(self.metrics.registry)]
         )
         self._runner, _ = await start_site(app, sock, handler_cancellation=True)
         if cluster.shared and not await cluster.ping():
@@ -101,6 +116,21 @@ class Supernode:
             )
         await service.start()
         log.info("supernode listening on %s (seed cache %s)", self.url, data_dir)
+
+    async def _start_torrents(self, store: PieceStore) -> SeedTorrents:
+        """The seed's libtorrent session, on the API's host unless told otherwise."""
+        config = self.config.torrent
+        if config.listen is None:
+            config = dataclasses.replace(config, listen=HostPort(self.config.listen.host, 0))
+        session = self.torrents = TorrentSession(config, "seed-torrents")
+        await session.start()
+        assert session.listen is not None
+        seed = Endpoint(
+            await _address_of(urlsplit(self.url).hostname or session.listen.host), session.listen.port
+        )
+        torrents = SeedTorrents(store, session, Tracker(os.urandom(32)), seed, self.url)
+        store.on_evict = torrents.evicted
+        return torrents
 
     def _connect_cluster(self) -> ClusterState:
         config = self.config
@@ -119,6 +149,9 @@ class Supernode:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.torrents is not None:
+            await self.torrents.stop()
+            self.torrents = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -131,6 +164,15 @@ class Supernode:
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+async def _address_of(host: str) -> str:
+    """The IP address of ``host`` (a tracker hands out addresses, not names)."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        return str(infos[0][4][0])
 
 
 def _signing_key(path: Path) -> Signer:
