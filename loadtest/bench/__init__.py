@@ -4,6 +4,8 @@
 - ``zstd``: wire bytes and completion with and without zstd.
 - ``supernode``: the supernode's CPU through a whole surge of synthetic peers over HTTP.
 - ``tls``: mutual TLS against plain HTTP: piece throughput, JSON requests, handshakes.
+- ``background``: a preheat over uTP and over TCP beside business traffic on a shaped
+  link (network namespaces and tc: root only).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from loadtest.bench.background import run_background
 from loadtest.bench.limits import run_limits
 from loadtest.bench.supernode import run_supernode
 from loadtest.bench.tls import run_tls
@@ -23,6 +26,7 @@ BENCHMARKS: dict[str, Callable[[Any], Awaitable[str]]] = {
     "zstd": lambda args: run_zstd(),
     "supernode": lambda args: run_supernode(args.peers, args.pieces, args.duration),
     "tls": lambda args: run_tls(),
+    "background": lambda args: run_background(),
 }
 
 
