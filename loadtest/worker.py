@@ -31,6 +31,7 @@ from swarmpull.app.node import NodeDaemon
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.metrics import sample
 from swarmpull.edges.ratelimit import RateLimiter
+from swarmpull.edges.registry import RegistryOptions
 
 LOOPBACK = HostPort("127.0.0.1", 0)
 REPOSITORY, TAG = "surge/app", "v1"
@@ -77,7 +78,10 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
             for i in range(spec.first, spec.first + spec.count):
                 node = NodeDaemon(
                     _peer_config(spec, i),
-                    ProxyConfig(listen=LOOPBACK, insecure_registries=frozenset({spec.registry})),
+                    ProxyConfig(
+                        listen=LOOPBACK,
+                        registry=RegistryOptions(insecure_registries=frozenset({spec.registry})),
+                    ),
                 )
                 await node.start()
                 nodes.append(node)

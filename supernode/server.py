@@ -80,7 +80,7 @@ class Supernode:
         store.keep_free(config.min_free)
         signer = _signing_key(data_dir / "signing-key.pem")
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, ssl=tls_context(config.registry_ca)),
+            connector=aiohttp.TCPConnector(limit=256, ssl=tls_context(config.registry.ca)),
             auto_decompress=False,
         )
         limiter = RateLimiter(
