@@ -24,6 +24,7 @@ from peer.control import Control
 from peer.download import DownloadContext, DownloadState, TaskDownload
 from peer.link import SupernodeLink
 from peer.metrics import PeerMetrics
+from peer.preheat import Preheater
 from peer.reader import read_blob
 from peer.rest import SupernodeRest
 from peer.scrub import scrub
@@ -154,6 +155,9 @@ class PeerDaemon:
             control=self.control,
         )
         await self.torrents.start()
+        if config.preheat:
+            preheater = Preheater(rest, self.torrents, store, self.control, self.clock)
+            self._background.append(asyncio.create_task(preheater.run(), name="preheat"))
 
     async def _start_servers(self, store: PieceStore) -> None:
         config = self.config

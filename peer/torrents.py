@@ -135,6 +135,12 @@ class TorrentTransport:
             self._apply_caps()
         return running
 
+    def withdraw(self, task_id: str) -> None:
+        """Stop a background fetch that nobody waits for any more (its preheat ended)."""
+        fetch = self._fetches.get(task_id)
+        if fetch is not None and task_id in self._background:
+            fetch.cancel()
+
     def progress(self, task_id: str) -> int | None:
         """Bytes of the blob verified by libtorrent so far; None when not fetching it."""
         torrent = self._active.get(task_id)

@@ -23,6 +23,8 @@ from supernode.cluster.redis import RedisCluster
 from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
 from supernode.origin_limits import OriginLimits
+from supernode.preheat.api import PreheatApi
+from supernode.preheat.service import Preheats
 from supernode.scheduler import Scheduler
 from supernode.seeding import Seeding
 from supernode.service import SupernodeService
@@ -35,6 +37,7 @@ from swarmpull.core.tracker import Endpoint, Tracker
 from swarmpull.edges.http import MAX_JSON_BODY, HostPort, advertised_url, bind, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route
 from swarmpull.edges.ratelimit import RateLimiter
+from swarmpull.edges.registry import RegistryAccess
 from swarmpull.edges.store import PieceStore
 from swarmpull.edges.torrent import TorrentSession
 from swarmpull.edges.transport import PieceServer
@@ -58,6 +61,7 @@ class Supernode:
         self._cluster: ClusterState | None = None
         self._pieces: PieceServer | None = None
         self.torrents: TorrentSession | None = None
+        self.preheats: Preheats | None = None
 
     def __repr__(self) -> str:
         return f"<Supernode {self.url or 'stopped'}>"
@@ -101,11 +105,14 @@ class Supernode:
         )
         seed_torrents = await self._start_torrents(store)
         torrent_api = TorrentApi(seed_torrents, seed_torrents.tracker, scheduler.knows_peer, self._clock)
+        access = RegistryAccess(self._session, config.registry, self._clock)
+        preheats = self.preheats = Preheats(service, access, seed_torrents, self._clock, config.tick_interval)
         app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
         app.add_routes(
             SupernodeApi(service).routes()
             + pieces.routes()
             + torrent_api.routes()
+            + PreheatApi(preheats, config.registry.default_registry).routes()
             + [metrics_route(self.metrics.registry)]
         )
         self._runner, _ = await start_site(app, sock, handler_cancellation=True)
@@ -115,6 +122,7 @@ class Supernode:
                 redact_url(config.redis_url or ""),
             )
         await service.start()
+        await preheats.start()
         log.info("supernode listening on %s (seed cache %s)", self.url, data_dir)
 
     async def _start_torrents(self, store: PieceStore) -> SeedTorrents:
@@ -122,6 +130,8 @@ class Supernode:
         config = self.config.torrent
         if config.listen is None:
             config = dataclasses.replace(config, listen=HostPort(self.config.listen.host, 0))
+        if config.upload_limit is None:  # the seed's cap holds for both of its transports
+            config = dataclasses.replace(config, upload_limit=self.config.seed_upload_limit)
         session = self.torrents = TorrentSession(config, "seed-torrents")
         await session.start()
         assert session.listen is not None
@@ -141,6 +151,9 @@ class Supernode:
         return RedisCluster(client, self.url, config.lease_ttl, self._clock.monotonic, origins)
 
     async def stop(self) -> None:
+        if self.preheats is not None:
+            await self.preheats.stop()
+            self.preheats = None
         if self.service is not None:
             await self.service.stop()
             self.service = None

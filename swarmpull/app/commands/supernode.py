@@ -130,6 +130,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="SECONDS",
         help="with --redis: how long a task's lease outlives a dead owner (default: %(default)s)",
     )
+    p.add_argument(
+        "--torrent-listen",
+        type=hostport_arg,
+        metavar="HOST:PORT",
+        help="where the seed's libtorrent accepts peers, TCP and uTP (default: --listen's host, any port)",
+    )
     p.set_defaults(func=run, default_log_level="info")
 
 
@@ -139,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from supernode.server import Supernode
     from swarmpull.app.args import CommandError, registry_options
     from swarmpull.edges.daemon import run_daemon
+    from swarmpull.edges.torrent import TorrentConfig, Transport
 
     origins = list(args.origin_limits)
     password = os.environ.get("SWARMPULL_REDIS_PASSWORD") or None
@@ -167,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             redis_url=args.redis,
             redis_password=password,
             lease_ttl=args.lease_ttl,
+            torrent=TorrentConfig(listen=args.torrent_listen, transport=Transport.BOTH),
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
