@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import Gauge
 
 from supernode.api import SupernodeApi, errors_as_json
 from supernode.cluster import ClusterState
@@ -140,6 +141,11 @@ class Supernode:
         )
         torrents = SeedTorrents(store, session, Tracker(os.urandom(32)), seed, self.url)
         store.on_evict = torrents.evicted
+        Gauge(
+            "swarmpull_supernode_torrent_upload_bytes",
+            "Payload bytes the seed sent over BitTorrent since its torrents were added",
+            registry=self.metrics.registry,
+        ).set_function(torrents.uploaded)
         return torrents
 
     def _connect_cluster(self) -> ClusterState:

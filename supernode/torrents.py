@@ -72,6 +72,10 @@ class SeedTorrents:
             making.add_done_callback(lambda _: self._making.pop(blob.task_id, None))
         return await asyncio.shield(making)
 
+    def uploaded(self) -> int:
+        """Payload bytes sent over BitTorrent by the torrents seeded now."""
+        return sum(torrent.uploaded() for _, torrent in self._made.values())
+
     def evicted(self, task_id: str) -> None:
         """The blob left the seed cache: stop seeding and tracking it."""
         made = self._made.pop(task_id, None)

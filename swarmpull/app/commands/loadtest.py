@@ -60,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="through the swarm, straight from the registry, or both (default: %(default)s)",
     )
     p.add_argument(
+        "--transport",
+        choices=["http", "bittorrent", "both"],
+        default="http",
+        help="p2p over the scheduled HTTP swarm, over libtorrent (the seed warm first), or both "
+        "(both warm) (default: %(default)s)",
+    )
+    p.add_argument(
         "--workers", type=positive_int, metavar="W", help="worker processes (default: by nodes and cores)"
     )
     p.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the image and the simulation")
@@ -140,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 node_bandwidth=args.node_bandwidth,
                 registry_bandwidth=args.registry_bandwidth,
                 mode=args.mode,
+                transport=args.transport,
                 workers=args.workers,
                 seed=args.seed,
             )
