@@ -110,7 +110,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="measure limits, zstd, the supernode and TLS; print figures for docs/BENCHMARKS.md",
         description="Run the benchmarks (all of them by default) and print their figures.",
     )
-    b.add_argument("names", nargs="*", metavar="NAME", help="limits, zstd, supernode, tls (default: all)")
+    b.add_argument(
+        "names", nargs="*", metavar="NAME", help="limits, zstd, supernode, tls, background (default: all)"
+    )
     b.add_argument("--seconds", type=float, default=6.0, help="length of each rate measurement (default: 6)")
     b.add_argument(
         "--peers",
