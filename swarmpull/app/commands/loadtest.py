@@ -164,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
     settings = {
         "nodes": args.nodes,
         "image": f"{format_size(args.image_size)} in {args.layers} layers",
-        "pieces": format_size(args.piece_size) if args.piece_size else "the supernode's rule",
+        "pieces": format_size(args.piece_size or 64 * 1024)
+        if args.piece_size or not args.simulate
+        else "the supernode's rule",
         "node links": f"{args.node_bandwidth / 1e3:g} kB/s each way",
         "registry egress": f"{args.registry_bandwidth / 1e6:g} MB/s",
     }
