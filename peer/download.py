@@ -32,10 +32,12 @@ from peer.link import LinkError, SupernodeUnavailable
 from peer.metrics import PeerMetrics
 from peer.slots import DownloadSlots
 from peer.swarm import SupernodeGone, SwarmFetch, TaskForgotten
+from peer.torrents import TorrentTransport, TorrentUnavailable
 from swarmpull.core.bitfield import to_text
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.clock import Clock
 from swarmpull.core.digest import Digest
+from swarmpull.core.events import EventSink
 from swarmpull.core.protocol import OpenTask, TaskInfo
 from swarmpull.core.tasks import redact_url
 from swarmpull.edges.origin import UpstreamError
@@ -75,6 +77,8 @@ class DownloadContext:
     clock: Clock
     slots: DownloadSlots
     direct_slots: asyncio.Semaphore
+    events: EventSink
+    torrents: TorrentTransport | None = None
 
 
 class TaskDownload:
@@ -87,7 +91,8 @@ class TaskDownload:
         self.blob: StoredBlob | None = None
         self.direct = False  # fetched from upstream directly
         self.bypassed: str | None = None  # why the swarm was bypassed, when it was
-        self.sources: Counter[str] = Counter()  # verified bytes by source: local, peer, seed, upstream
+        # verified bytes by source: local, bittorrent, peer, seed, upstream
+        self.sources: Counter[str] = Counter()
         self.requesters = 0  # clients reading it who may leave (``PeerDaemon.requested``)
         self.kept = False  # asked for by someone who stays (``PeerDaemon.ensure``): never abandoned
         self.stopping_because = "the daemon is stopping"  # said when the run is cancelled
@@ -158,9 +163,17 @@ class TaskDownload:
             if blob is not None:
                 self._adopt(blob)
                 self.sources["local"] = _held_bytes(blob)
+            if blob is None:
+                blob = await self._by_torrent()
             if blob is None or not blob.complete:
+                started = ctx.clock.monotonic()
+                url = redact_url(self.request.url)
+                ctx.events.emit("task_opened", task=self.task_id, url=url, digest=_text(self.request.digest))
                 await self._fetch()
                 await self._finish()
+                size = self.blob.meta.size if self.blob else None
+                seconds = round(ctx.clock.monotonic() - started, 4)
+                ctx.events.emit("task_finished", task=self.task_id, ok=True, size=size, seconds=seconds)
             self.state = DownloadState.COMPLETE
             ctx.metrics.blobs.labels("complete").inc()
         except DownloadFailed as exc:
@@ -184,10 +197,26 @@ class TaskDownload:
         self.state = DownloadState.FAILED
         self.error = exc
         self._ctx.metrics.blobs.labels("failed").inc()
+        self._ctx.events.emit("task_finished", task=self.task_id, ok=False, error=str(exc))
         blob = self.blob
         if exc.cache_full and blob is not None and not blob.complete:
             self._ctx.store.remove(self.task_id)  # its space back at once
         log.warning("download of %s failed: %s", redact_url(self.request.url), exc)
+
+    async def _by_torrent(self) -> StoredBlob | None:
+        """The whole blob over BitTorrent, when this node pulls that way and the seed offers
+        a torrent for it; None: the HTTP swarm it is."""
+        ctx = self._ctx
+        if ctx.torrents is None or ctx.config.blob_transport != "bittorrent" or self.request.digest is None:
+            return None
+        try:
+            blob = await asyncio.shield(ctx.torrents.fetch(self.task_id, self.request.priority))
+        except TorrentUnavailable as exc:
+            log.info("no torrent for %s, pulling over HTTP: %s", self.task_id, exc)
+            return None
+        self._adopt(blob)
+        self.sources["bittorrent"] = _held_bytes(blob)
+        return blob
 
     async def _fetch(self) -> None:
         ctx = self._ctx
@@ -216,6 +245,7 @@ class TaskDownload:
                 ctx.config.download_limit,
                 self._notify,
                 ctx.config.fallback_grace,
+                ctx.events,
             )
             try:
                 await swarm.run()
@@ -319,7 +349,9 @@ class TaskDownload:
             self.bypassed = why
             held = _held_bytes(self.blob) if self.blob is not None else 0
             ctx.metrics.fallbacks.inc()
+            ctx.events.emit("fallback", task=self.task_id, reason=why)
             log.warning("fetching %s directly from upstream: %s", redact_url(self.request.url), why)
+            read = [0]
             try:
                 blob = await read_direct(
                     ctx.session,
@@ -330,11 +362,14 @@ class TaskDownload:
                     self.blob,
                     self._create,
                     self._expect,
+                    read,
                 )
             except UpstreamError as exc:
                 if exc.definitive and self.blob is not None:  # what we hold does not fit upstream
                     ctx.store.remove(self.task_id)
                 raise DownloadFailed(str(exc), exc.status) from None
+            finally:
+                ctx.events.emit("upstream_read", task=self.task_id, bytes=read[0])
             if self.blob is None:
                 self._adopt(blob)
             self.sources["upstream"] += _held_bytes(blob) - held
@@ -399,3 +434,7 @@ class TaskDownload:
 def _held_bytes(blob: StoredBlob) -> int:
     geometry = blob.geometry
     return sum(geometry.length(piece) for piece in blob.verified_pieces())
+
+
+def _text(digest: Digest | None) -> str | None:
+    return str(digest) if digest is not None else None

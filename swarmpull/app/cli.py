@@ -29,7 +29,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from swarmpull.app.commands import ca, loadtest, node, peer, supernode
+    from swarmpull.app.commands import ca, events, loadtest, node, peer, preheat, supernode
 
     parser = Parser(
         prog="swarmpull",
@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.register(subparsers)
     peer.register(subparsers)
     loadtest.register(subparsers)
+    preheat.register(subparsers)
     ca.register(subparsers)
+    events.register(subparsers)
     for command in _commands(parser):
         # Accepted after the subcommand too; SUPPRESS keeps a value given before it.
         _add_log_level(command, default=argparse.SUPPRESS)

@@ -9,8 +9,17 @@ import signal
 import sys
 from pathlib import Path
 
-from swarmpull.app.args import CommandError, UsageError, hostport_arg, serve_listening, size_arg, url_arg
+from swarmpull.app.args import (
+    UsageError,
+    add_registry_arguments,
+    hostport_arg,
+    registry_options,
+    serve_listening,
+    size_arg,
+    url_arg,
+)
 from swarmpull.app.commands.peer import add_peer_arguments, add_supernode_argument, peer_config
+from swarmpull.app.events import add_events_argument, with_events
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="HOST:PORT",
         help="serve the registry proxy here, e.g. 127.0.0.1:65001 (default: no proxy)",
     )
-    _add_registry_arguments(p)
+    add_registry_arguments(p)
+    add_events_argument(p)
     p.set_defaults(func=run_node, default_log_level="info")
 
     s = subparsers.add_parser(
@@ -57,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="SIZE",
         help="most bytes the piece store holds (default: %(default)s)",
     )
-    _add_registry_arguments(s)
+    add_registry_arguments(s)
+    add_events_argument(s)
     s.set_defaults(func=run_proxy, default_log_level="info")
 
     c = subparsers.add_parser(
@@ -120,55 +131,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     d.set_defaults(func=run_docker_config)
 
 
-def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--default-registry",
-        default="docker.io",
-        metavar="HOST",
-        help="upstream for requests without ?ns= (default: %(default)s)",
-    )
-    p.add_argument(
-        "--insecure-registry",
-        dest="insecure",
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]",
-        help="speak plain HTTP to this registry (opt-in; repeatable; default: none)",
-    )
-    p.add_argument(
-        "--registry-ca",
-        type=Path,
-        metavar="FILE",
-        help="extra CA certificates (PEM) to trust for registries (default: the system's only)",
-    )
-    p.add_argument(
-        "--registry-auth",
-        type=Path,
-        metavar="FILE",
-        help="docker config.json with registry credentials (default: none)",
-    )
-
-
 def _proxy_config(args: argparse.Namespace, listen):  # type: ignore[no-untyped-def]
     from registry_proxy.config import ProxyConfig
-    from registry_proxy.errors import OciError
-    from registry_proxy.registries import check_host
 
-    try:
-        default = check_host(args.default_registry)
-        insecure = frozenset(check_host(h) for h in args.insecure)
-    except OciError as exc:
-        raise UsageError(str(exc)) from None
-    for path in (args.registry_ca, args.registry_auth):
-        if path is not None and not path.is_file():
-            raise CommandError(f"{path}: no such file")
-    return ProxyConfig(
-        listen=listen,
-        default_registry=default,
-        insecure_registries=insecure,
-        registry_ca=args.registry_ca,
-        credentials=args.registry_auth,
-    )
+    return ProxyConfig(listen=listen, registry=registry_options(args))
 
 
 def run_node(args: argparse.Namespace) -> int:
@@ -183,8 +149,10 @@ def run_node(args: argparse.Namespace) -> int:
         "--listen": config.listen,
         "--api-listen": config.api_listen,
         "--proxy-listen": args.proxy_listen,
+        "--torrent-listen": args.torrent_listen,
     }
-    serve_listening(lambda: run_daemon(lambda: NodeDaemon(config, proxy), on_started=_serving), flags)
+    node = with_events(args.events, lambda events: NodeDaemon(config, proxy, events=events))
+    serve_listening(lambda: run_daemon(node, on_started=_serving), flags)
     return 0
 
 
@@ -192,6 +160,10 @@ def _serving(node) -> None:  # type: ignore[no-untyped-def]
     """Said once every address is bound and everything runs, never before."""
     import logging
 
+    from swarmpull.edges.daemon import DaemonGroup
+
+    if isinstance(node, DaemonGroup):  # with --events: the events log, then the node
+        node = node.daemons[-1]
     logging.getLogger("swarmpull").info("%s", node.serving())
 
 
@@ -212,9 +184,8 @@ def run_proxy(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    serve_listening(
-        lambda: run_daemon(lambda: NodeDaemon(config, proxy), on_started=_serving), {"--listen": args.listen}
-    )
+    node = with_events(args.events, lambda events: NodeDaemon(config, proxy, events=events))
+    serve_listening(lambda: run_daemon(node, on_started=_serving), {"--listen": args.listen})
     return 0
 
 
