@@ -52,6 +52,8 @@ class ModeResult:
     """(seconds since the start, registry bytes sent so far)."""
     sources: dict[str, float] = field(default_factory=dict)
     """Bytes the nodes received, by kind of source (peer, seed, upstream)."""
+    faults: Any = None
+    """A fault run's figures (``loadtest.fault_report.FaultResult``), and its fault-free twin's."""
 
     @property
     def egress_ratio(self) -> float:

@@ -6,8 +6,12 @@ registry proxy on loopback, links shaped to the node bandwidth both ways) and sa
 the image through its own proxy, exactly as containerd would, and the worker reports
 each node as it finishes; then totals; then it stops everything on ``stop``.
 
-Messages on the pipe are tuples: ``("ready", n)``, ``("done", index, seconds, error)``,
-``("totals", {...})``, ``("stopped",)``.
+Messages on the pipe are tuples: ``("ready", n)``, ``("done", index, seconds, error,
+{audit})``, ``("lies", {...})`` (fault runs), ``("totals", {...})``, ``("stopped",)``.
+
+In a fault run (``faults``) some nodes lie through a front (``loadtest.byzantine``), and
+each runtime audits every byte against the image and retries a failed pull as kubelet
+does (``loadtest.client.pull_until``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from pathlib import Path
 import aiohttp
 import uvloop
 
-from loadtest.client import PullFailed, pull_image
+from loadtest.byzantine import Fronts, byzantine_config
+from loadtest.client import Audit, PullFailed, pull_image, pull_until
+from loadtest.faults import NodeFaults
+from loadtest.image import build_image
 from peer.config import PeerConfig
 from registry_proxy.config import ProxyConfig
 from swarmpull.app.node import NodeDaemon
@@ -46,6 +53,9 @@ class WorkerSpec:
     supernode: str | None
     node_bandwidth: float | None  # bytes per second, each way
     log_level: str = "error"
+    replicas: tuple[str, ...] = ()  # further supernode replicas (each node starts at another)
+    faults: NodeFaults | None = None
+    alone: bool = False  # a node in a process of its own, to be killed (fault runs)
 
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
@@ -70,6 +80,7 @@ async def _recv(conn: Connection) -> tuple:
 
 async def _run(spec: WorkerSpec, conn: Connection) -> None:
     nodes: list[NodeDaemon] = []
+    fronts = Fronts(spec.faults.mode if spec.faults else "wrong")
     try:
         if spec.mode == "p2p":
             if spec.supernode is None:
@@ -81,6 +92,8 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
                 )
                 await node.start()
                 nodes.append(node)
+                if spec.faults and i in spec.faults.byzantine:
+                    await fronts.start(node)
         conn.send(("ready", spec.count))
         message = await _recv(conn)
         if message[0] != "go":
@@ -89,14 +102,20 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
         connector = aiohttp.TCPConnector(limit=0, force_close=spec.mode == "direct")
+        truth = _truth(spec.faults)
         async with aiohttp.ClientSession(
             timeout=timeout, connector=connector, auto_decompress=False
         ) as session:
-            await asyncio.gather(*(_pull(spec, session, nodes, i, start_at, conn) for i in range(spec.count)))
+            await asyncio.gather(
+                *(_pull(spec, session, nodes, i, start_at, conn, truth) for i in range(spec.count))
+            )
+        if spec.faults:
+            conn.send(("lies", dict(fronts.lies())))
         conn.send(("totals", _totals(nodes)))
         while (await _recv(conn))[0] != "stop":
             pass
     finally:
+        await fronts.stop()
         for node in nodes:
             with contextlib.suppress(Exception):
                 await node.stop()
@@ -105,9 +124,11 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
 
 def _peer_config(spec: WorkerSpec, index: int) -> PeerConfig:
     bandwidth = int(spec.node_bandwidth) if spec.node_bandwidth else None
-    return PeerConfig(
+    supernodes = (spec.supernode, *spec.replicas) if spec.supernode else ()
+    turn = index % len(supernodes) if supernodes else 0
+    config = PeerConfig(
         data_dir=Path(spec.root) / f"node{index}",
-        supernodes=(spec.supernode,) if spec.supernode else (),
+        supernodes=supernodes[turn:] + supernodes[:turn],
         listen=LOOPBACK,
         api_listen=None,
         cache_size=None,
@@ -115,6 +136,17 @@ def _peer_config(spec: WorkerSpec, index: int) -> PeerConfig:
         download_limit=bandwidth,
         peer_id=f"node{index}",
     )
+    if spec.faults and index in spec.faults.byzantine:
+        return byzantine_config(config)
+    return config
+
+
+def _truth(faults: NodeFaults | None) -> dict[str, bytes] | None:
+    """The image's blobs by digest, for the runtimes' audit (fault runs)."""
+    if faults is None:
+        return None
+    image = build_image(list(faults.layer_sizes), seed=faults.image_seed)
+    return {digest: blob.data for digest, blob in image.blobs().items()}
 
 
 async def _pull(
@@ -124,21 +156,33 @@ async def _pull(
     local: int,
     start_at: float,
     conn: Connection,
+    truth: dict[str, bytes] | None,
 ) -> None:
     index = spec.first + local
     error = None
+    audit = Audit(truth) if truth is not None else None
+    failures = 0
     try:
         if spec.mode == "p2p":
             proxy = nodes[local].proxy
             if proxy is None:
                 raise RuntimeError("a surge node runs without its registry proxy")
-            await pull_image(session, proxy.url, REPOSITORY, TAG, ns=spec.registry)
+            if spec.faults is not None:
+                deadline = start_at + spec.faults.timeout
+                failures = await pull_until(
+                    session, proxy.url, REPOSITORY, TAG, deadline, ns=spec.registry, audit=audit
+                )
+            else:
+                await pull_image(session, proxy.url, REPOSITORY, TAG, ns=spec.registry)
         else:
             limiter = RateLimiter(spec.node_bandwidth)  # the node's own download link
             await pull_image(session, f"http://{spec.registry}", REPOSITORY, TAG, limiter=limiter)
     except PullFailed as exc:
         error = str(exc)
-    conn.send(("done", index, time.time() - start_at, error))
+    seen = {"failed_pulls": failures}
+    if audit is not None:
+        seen.update(wrong_bytes=audit.wrong_bytes, refused_blobs=audit.refused_blobs)
+    conn.send(("done", index, time.time() - start_at, error, seen))
 
 
 def _totals(nodes: list[NodeDaemon]) -> dict[str, float]:

@@ -65,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the image and the simulation")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the report as a PNG")
+    _fault_options(p)
     sim = p.add_argument_group("simulation (with --simulate)")
     sim.add_argument("--simulate", action="store_true", help="a discrete-event simulation instead of sockets")
     sim.add_argument("--slow-fraction", type=float, default=0.0, metavar="F", help="share of slow nodes")
@@ -136,6 +137,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     b.set_defaults(func=run_benchmarks, default_log_level="warning")
 
 
+def _fault_options(p: argparse.ArgumentParser) -> None:
+    f = p.add_argument_group(
+        "faults (real sockets, p2p; the same surge runs first without them, for comparison)"
+    )
+    f.add_argument(
+        "--kill-fraction", type=float, default=0.0, metavar="F",
+        help="share of nodes killed (SIGKILL) mid-surge, half of them restarted on their data dir",
+    )  # fmt: skip
+    f.add_argument(
+        "--byzantine-fraction", type=float, default=0.0, metavar="F",
+        help="share of nodes whose piece server lies (see --byzantine-mode)",
+    )  # fmt: skip
+    f.add_argument(
+        "--byzantine-mode", choices=["wrong", "truncate", "slow", "liar"], default="wrong",
+        help="wrong bytes, truncated pieces, pieces at a crawl, or maps claiming every piece "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    f.add_argument(
+        "--flaky-upstream", type=float, default=0.0, metavar="P",
+        help="the registry answers 503 or resets the connection with probability P",
+    )  # fmt: skip
+    f.add_argument(
+        "--kill-supernode", action="store_true",
+        help="two supernode replicas on a real redis-server; the layers' owner is killed mid-surge",
+    )  # fmt: skip
+    f.add_argument(
+        "--restart-redis", action="store_true",
+        help="two supernode replicas on a real redis-server, which is killed and restarted mid-surge",
+    )  # fmt: skip
+
+
+def _faults(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The fault options as a FaultConfig; None when no fault is asked for."""
+    from loadtest.faults import FaultConfig
+
+    config = FaultConfig(
+        kill_fraction=args.kill_fraction,
+        byzantine_fraction=args.byzantine_fraction,
+        byzantine_mode=args.byzantine_mode,
+        flaky_upstream=args.flaky_upstream,
+        kill_supernode=args.kill_supernode,
+        restart_redis=args.restart_redis,
+    )
+    return config if config != FaultConfig(byzantine_mode=args.byzantine_mode) else None
+
+
 def run(args: argparse.Namespace) -> int:
     from loadtest.report import dump_json, render
     from swarmpull.app.args import CommandError
@@ -150,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
         "registry egress": f"{args.registry_bandwidth / 1e6:g} MB/s",
     }
     try:
+        faults = _faults(args)
+        if faults is not None and (args.simulate or args.mode != "p2p"):
+            raise ValueError("fault options apply to real p2p surges (no --simulate, --mode p2p)")
         if args.simulate:
             results = _simulate(args)
             settings["run"] = (
@@ -169,12 +219,19 @@ def run(args: argparse.Namespace) -> int:
                 mode=args.mode,
                 workers=args.workers,
                 seed=args.seed,
+                faults=faults,
             )
             settings["run"] = f"real sockets, {config.worker_count()} worker processes"
+            if faults is not None:
+                settings["faults"] = faults.describe()
             results = run_coroutine(lambda: _surge(config, run_surge))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     print(render(results, settings))
+    if faults is not None:
+        from loadtest.fault_report import render_faults
+
+        print(render_faults(results))
     if args.json:
         args.json.write_text(dump_json(results, settings))
     if args.plot:
@@ -184,6 +241,8 @@ def run(args: argparse.Namespace) -> int:
             plot(results, args.plot, settings)
         except ImportError:
             raise CommandError("--plot needs matplotlib: pip install 'swarmpull[loadtest]'") from None
+    if faults is not None:  # killed and byzantine nodes may fail; the goals may not
+        return 0 if all(ok for _, ok in results[-1].faults.goals) else 1
     return 0 if all(r.failed == 0 for r in results) else 1
 
 
