@@ -115,26 +115,29 @@ class ControlPlane:
 
     # ---------------------------------------------------------------- faults
 
-    async def kill_owner(self, task_ids: list[str]) -> str:
-        """SIGKILL the replica that owns most of ``task_ids`` now (their leases in Redis);
-        returns what it did."""
+    async def kill_owner(self, task_ids: list[str], wait: float = 10.0) -> str:
+        """SIGKILL the replica that owns most of ``task_ids`` (their leases in Redis), as
+        soon as one is owned (within ``wait`` seconds); returns what it did."""
         if self._redis is None or len(self._replicas) < 2:
             raise RuntimeError("killing the owner needs replicas on Redis")
         owners: Counter[str] = Counter()
         client = aioredis.Redis.from_url(self._redis.url)
         try:
-            for task_id in task_ids:
-                with contextlib.suppress(RedisError):
-                    lease = await client.get(f"sp:{{{task_id}}}:lease")
-                    if lease:
-                        owners[lease.decode().split(" ", 1)[-1]] += 1
+            for _ in range(max(1, int(wait / 0.05))):
+                for task_id in task_ids:
+                    with contextlib.suppress(RedisError):
+                        lease = await client.get(f"sp:{{{task_id}}}:lease")
+                        if lease:
+                            owners[lease.decode().split(" ", 1)[-1]] += 1
+                if owners:
+                    break
+                await asyncio.sleep(0.05)
         finally:
             await client.aclose()
-        alive = [r for r in self._replicas if not r.killed]
         if not owners:
-            return "no task had an owner yet: no replica killed"
+            return "no task had an owner: no replica killed"
         url, owned = owners.most_common(1)[0]
-        replica = next((r for r in alive if r.url == url), None)
+        replica = next((r for r in self._replicas if r.url == url and not r.killed), None)
         if replica is None:
             return f"the owner {url} is not one of ours: no replica killed"
         with contextlib.suppress(OSError, ValueError, IndexError):

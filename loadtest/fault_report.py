@@ -26,8 +26,9 @@ class FaultResult:
     """Nodes up at the end that are not byzantine: those that must complete."""
     completed: int
     """Of those, the ones whose runtime pulled the whole image, verified."""
+    p50: float
+    """Their completion median (seconds since the start; nan if none completed)."""
     p99: float
-    """Their completion p99 (seconds since the start; nan if none completed)."""
     wrong_bytes: int = 0
     """Bytes any runtime received that differ from the image (must be 0)."""
     refused_blobs: int = 0
@@ -73,6 +74,7 @@ def summarize(
         description=config.describe(),
         survivors=len(must),
         completed=len(times),
+        p50=percentile(times, 0.5),
         p99=percentile(times, 0.99),
         wrong_bytes=sum(a.get("wrong_bytes", 0) for a in seen),
         refused_blobs=sum(a.get("refused_blobs", 0) for a in seen),
@@ -88,8 +90,9 @@ def summarize(
     )
 
 
-def judge(config: FaultConfig, base: FaultResult, run: FaultResult) -> list[tuple[str, bool]]:
-    """The goals of issue 11 that apply to this run, and whether each was met."""
+def judge(config: FaultConfig, base: FaultResult | None, run: FaultResult) -> list[tuple[str, bool]]:
+    """The goals of issue 11 that apply to this run, and whether each was met (the ones on
+    time only beside a fault-free ``base``)."""
     goals = [
         ("every honest survivor completes", run.completed == run.survivors),
         ("0 corrupt bytes at runtimes", run.wrong_bytes == 0 and run.refused_blobs == 0),
@@ -100,7 +103,8 @@ def judge(config: FaultConfig, base: FaultResult, run: FaultResult) -> list[tupl
         goals.append(("registry egress <= 1.10x", run.egress_ratio <= 1.10))
     if config.byzantine_fraction:
         goals.append(("every byzantine node excluded", len(run.excluded) == len(run.byzantine)))
-        goals.append(("p99 <= 1.5x fault-free", run.p99 <= 1.5 * base.p99))
+        if base is not None:
+            goals.append(("p99 <= 1.5x fault-free", run.p99 <= 1.5 * base.p99))
     return goals
 
 
@@ -127,6 +131,7 @@ def render_faults(results: list[ModeResult]) -> str:
     row("blobs refused by digest", [str(f.refused_blobs) for _, f in runs])
     row("failed pulls (retried)", [str(f.failed_pulls) for _, f in runs])
     row("registry blob egress", [f"{f.egress_ratio:.3f}x" for _, f in runs])
+    row("p50 (honest survivors)", [_ratio(f.p50, base.p50) for _, f in runs])
     row("p99 (honest survivors)", [_ratio(f.p99, base.p99) for _, f in runs])
     if any(f.byzantine for _, f in runs):
         row("byzantine excluded", [_excluded(f) for _, f in runs])
