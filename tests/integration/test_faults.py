@@ -40,7 +40,9 @@ def assert_unharmed(figures: FaultResult, max_egress: float) -> None:
 
 
 async def test_killed_nodes_lying_nodes_and_a_flaky_registry_hand_no_runtime_a_wrong_byte():
-    faults = FaultConfig(kill_fraction=0.2, byzantine_fraction=0.2, byzantine_mode="wrong", flaky_upstream=0.1)
+    faults = FaultConfig(
+        kill_fraction=0.2, byzantine_fraction=0.2, byzantine_mode="wrong", flaky_upstream=0.1
+    )
     base, run = await run_surge(surge(10, faults))
 
     assert (base.mode, run.mode) == ("no faults", "faults")
