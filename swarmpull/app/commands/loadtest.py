@@ -101,10 +101,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     b = subparsers.add_parser(
         "benchmarks",
-        help="measure limits, zstd, the supernode and TLS; print figures for docs/BENCHMARKS.md",
+        help="measure limits, zstd, the supernode, TLS and faults; print figures for the docs",
         description="Run the benchmarks (all of them by default) and print their figures.",
     )
-    b.add_argument("names", nargs="*", metavar="NAME", help="limits, zstd, supernode, tls (default: all)")
+    b.add_argument(
+        "names", nargs="*", metavar="NAME", help="limits, zstd, supernode, tls, faults (default: all)"
+    )
     b.add_argument("--seconds", type=float, default=6.0, help="length of each rate measurement (default: 6)")
     b.add_argument(
         "--peers",
@@ -134,6 +136,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="SECONDS",
         help="supernode: how long the surge lasts (default: 8.6, the bound of 1 GiB at 1 Gbit/s)",
     )
+    b.add_argument(
+        "--surge-nodes", type=positive_int, default=20, metavar="N",
+        help="faults: real nodes in each surge (default: %(default)s)",
+    )  # fmt: skip
     b.set_defaults(func=run_benchmarks, default_log_level="warning")
 
 
