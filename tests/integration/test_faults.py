@@ -6,7 +6,9 @@ faults``)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import sys
 
 import pytest
 
@@ -83,3 +85,22 @@ async def test_the_owner_replica_killed_and_redis_restarted_mid_surge():
     assert figures.survivors == 8
     # the surviving replica takes the dead owner's tasks over; some reads start again
     assert_unharmed(figures, max_egress=2.0)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--kill-fraction", "0.1", "--simulate"], "real p2p surges"),
+        (["--flaky-upstream", "0.1", "--mode", "both"], "real p2p surges"),
+        (["--kill-fraction", "1"], "--kill-fraction is a share"),
+        (["--byzantine-fraction", "0.6", "--kill-fraction", "0.5"], "honest survivors"),
+    ],
+)
+async def test_fault_options_that_cannot_run_are_one_line(args, message):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarmpull", "loadtest", "--nodes", "4", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 1 and not out
+    assert message in err.decode() and len(err.decode().strip().splitlines()) == 1
