@@ -180,7 +180,7 @@ class Fronts:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
-        self._fronts: list[ByzantineFront] = []
+        self._fronts: dict[str, ByzantineFront] = {}  # by the node's peer id
 
     async def start(self, node: NodeDaemon) -> None:
         config = node.peer.config
@@ -195,15 +195,20 @@ class Fronts:
             return blob.geometry if blob is not None else None
 
         front = ByzantineFront(self.mode, config.listen.url(), geometry)
-        self._fronts.append(front)
+        self._fronts[config.peer_id or config.advertise] = front
         await front.start(sock)
 
     async def stop(self) -> None:
-        for front in self._fronts:
+        for front in self._fronts.values():
             await front.stop()
 
     def lies(self) -> Counter[str]:
         total: Counter[str] = Counter()
-        for front in self._fronts:
+        for front in self._fronts.values():
             total.update(front.lies)
         return total
+
+    def liars(self) -> list[str]:
+        """Nodes whose front twisted a piece (a lying map alone is never caught: nobody
+        may have asked for a piece it does not hold)."""
+        return [node for node, front in self._fronts.items() if set(front.lies) - {"map"}]

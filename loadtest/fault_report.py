@@ -37,6 +37,8 @@ class FaultResult:
     """Pulls that failed and were tried again, as kubelet does."""
     egress_ratio: float = math.nan
     byzantine: list[str] = field(default_factory=list)
+    lied: list[str] = field(default_factory=list)
+    """Byzantine nodes that twisted at least one piece (the others went unasked)."""
     excluded: dict[str, list[str]] = field(default_factory=dict)
     """Byzantine peers the supernode quarantined or degraded (and what it did)."""
     honest_flagged: dict[str, list[str]] = field(default_factory=dict)
@@ -61,6 +63,7 @@ def summarize(
     decisions: dict[str, set[str]],
     reported: dict[str, int],
     lies: dict[str, int],
+    liars: set[str],
     registry_faults: dict[str, int],
     timeline: list[tuple[float, str]],
 ) -> FaultResult:
@@ -68,7 +71,7 @@ def summarize(
     must = set(range(result.nodes)) - gone - byzantine
     times = [outcomes[n][0] for n in must if n in outcomes and not outcomes[n][1]]
     seen = [audit for _, _, audit in outcomes.values()]
-    liars = {f"node{n}" for n in byzantine}
+    byzantine_ids = {f"node{n}" for n in byzantine}
     flagged = {p: sorted(d & set(EXCLUDED)) for p, d in decisions.items() if d & set(EXCLUDED)}
     return FaultResult(
         description=config.describe(),
@@ -80,9 +83,10 @@ def summarize(
         refused_blobs=sum(a.get("refused_blobs", 0) for a in seen),
         failed_pulls=sum(a.get("failed_pulls", 0) for a in seen),
         egress_ratio=result.egress_ratio,
-        byzantine=sorted(liars),
-        excluded={p: s for p, s in flagged.items() if p in liars},
-        honest_flagged={p: s for p, s in flagged.items() if p not in liars},
+        byzantine=sorted(byzantine_ids),
+        lied=sorted(liars),
+        excluded={p: s for p, s in flagged.items() if p in byzantine_ids},
+        honest_flagged={p: s for p, s in flagged.items() if p not in byzantine_ids},
         reported=reported,
         lies=lies,
         registry_faults=registry_faults,
@@ -102,7 +106,7 @@ def judge(config: FaultConfig, base: FaultResult | None, run: FaultResult) -> li
     if config.flaky_upstream:
         goals.append(("registry egress <= 1.10x", run.egress_ratio <= 1.10))
     if config.byzantine_fraction:
-        goals.append(("every byzantine node excluded", len(run.excluded) == len(run.byzantine)))
+        goals.append(("every byzantine node that lied excluded", set(run.lied) <= set(run.excluded)))
         if base is not None:
             goals.append(("p99 <= 1.5x fault-free", run.p99 <= 1.5 * base.p99))
     return goals
@@ -157,7 +161,7 @@ def _ratio(p99: float, base: float) -> str:
 def _excluded(f: FaultResult) -> str:
     if not f.byzantine:
         return "-"
-    return f"{len(f.excluded)}/{len(f.byzantine)}"
+    return f"{len(f.excluded)}/{len(f.byzantine)} ({len(f.lied)} lied)"
 
 
 def _counts(counts: dict[str, Any]) -> str:

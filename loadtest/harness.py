@@ -105,6 +105,7 @@ class _Run:
     totals: dict[str, float] = field(default_factory=dict)
     outcomes: dict[int, tuple[float, str | None, dict[str, int]]] = field(default_factory=dict)
     lies: dict[str, int] = field(default_factory=dict)
+    liars: set[str] = field(default_factory=set)
 
 
 async def run_surge(
@@ -187,7 +188,8 @@ async def _run_mode(  # type: ignore[no-untyped-def]
             result.faults = summarize(
                 faults, result, run.outcomes,
                 byzantine=plan.byzantine, gone=injector.gone if injector else set(),
-                decisions=control.decisions(), reported=await control.failures(), lies=run.lies,
+                decisions=control.decisions(), reported=await control.failures(),
+                lies=run.lies, liars=run.liars,
                 registry_faults=dict(getattr(registry, "injected", {})),
                 timeline=injector.timeline if injector else [],
             )  # fmt: skip
@@ -296,6 +298,7 @@ async def _collect(config, mode, workers, registry, start_at, progress, run, inj
             elif message[0] == "lies":
                 for key, value in message[1].items():
                     run.lies[key] = run.lies.get(key, 0) + value
+                run.liars.update(message[2])
             elif message[0] == "totals":
                 for key, value in message[1].items():
                     run.totals[key] = run.totals.get(key, 0.0) + value

@@ -7,7 +7,7 @@ the image through its own proxy, exactly as containerd would, and the worker rep
 each node as it finishes; then totals; then it stops everything on ``stop``.
 
 Messages on the pipe are tuples: ``("ready", n)``, ``("done", index, seconds, error,
-{audit})``, ``("lies", {...})`` (fault runs), ``("totals", {...})``, ``("stopped",)``.
+{audit})``, ``("lies", {...}, [nodes])`` (fault runs), ``("totals", {...})``, ``("stopped",)``.
 
 In a fault run (``faults``) some nodes lie through a front (``loadtest.byzantine``), and
 each runtime audits every byte against the image and retries a failed pull as kubelet
@@ -110,7 +110,7 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
                 *(_pull(spec, session, nodes, i, start_at, conn, truth) for i in range(spec.count))
             )
         if spec.faults:
-            conn.send(("lies", dict(fronts.lies())))
+            conn.send(("lies", dict(fronts.lies()), fronts.liars()))
         conn.send(("totals", _totals(nodes)))
         while (await _recv(conn))[0] != "stop":
             pass

@@ -61,14 +61,14 @@ def figures(**overrides) -> FaultResult:
 def test_goals_follow_the_faults():
     config = FaultConfig(byzantine_fraction=0.1)
     base = figures()
-    run = figures(byzantine=["node1"], excluded={"node1": ["quarantined"]}, p99=2.9)
+    run = figures(byzantine=["node1", "node2"], lied=["node1"], excluded={"node1": ["quarantined"]}, p99=2.9)
     assert dict(judge(config, base, run)) == {
         "every honest survivor completes": True,
         "0 corrupt bytes at runtimes": True,
-        "every byzantine node excluded": True,
+        "every byzantine node that lied excluded": True,
         "p99 <= 1.5x fault-free": True,
     }
-    slow = figures(byzantine=["node1"], p99=3.1, completed=9, wrong_bytes=1)
+    slow = figures(byzantine=["node1"], lied=["node1"], p99=3.1, completed=9, wrong_bytes=1)
     assert not any(ok for _, ok in judge(config, base, slow))
     # without a twin, no goal on time
     assert "p99 <= 1.5x fault-free" not in dict(judge(config, None, run))
