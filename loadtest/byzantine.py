@@ -130,6 +130,12 @@ class ByzantineFront:
             if geometry is not None:
                 headers[MAP_HEADER] = to_text(full(geometry.count), geometry.count)
             return web.Response(headers=headers, body=body)
+        try:
+            return await self._twist(request, headers, body)
+        except ConnectionResetError:  # the requester gave up first (its deadline): no error
+            return web.Response(status=499)
+
+    async def _twist(self, request: web.Request, headers: dict[str, str], body: bytes) -> web.StreamResponse:
         resp = web.StreamResponse(headers=headers)
         resp.content_length = len(body)
         await resp.prepare(request)
