@@ -101,11 +101,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     b = subparsers.add_parser(
         "benchmarks",
-        help="measure limits, zstd, the supernode, TLS and faults; print figures for the docs",
+        help="measure limits, zstd, the supernode, TLS, the data plane, faults; figures for the docs",
         description="Run the benchmarks (all of them by default) and print their figures.",
     )
     b.add_argument(
-        "names", nargs="*", metavar="NAME", help="limits, zstd, supernode, tls, faults (default: all)"
+        "names", nargs="*", metavar="NAME",
+        help="limits, zstd, supernode, tls, dataplane, faults (default: all)",
+    )  # fmt: skip
+    b.add_argument(
+        "--runs", type=positive_int, default=3, metavar="N", help="dataplane: runs of each (default: 3)"
     )
     b.add_argument("--seconds", type=float, default=6.0, help="length of each rate measurement (default: 6)")
     b.add_argument(
