@@ -7,6 +7,7 @@ min / median / max. The figures in docs/RELIABILITY.md come from here."""
 from __future__ import annotations
 
 import statistics
+import sys
 
 from loadtest.fault_report import FaultResult
 from loadtest.faults import FaultConfig
@@ -59,6 +60,7 @@ async def run_faults(nodes: int) -> str:
             f"{_spread([f.p50 / b.p50 for b, f in rows]):>18}"
             f"{_spread([f.p99 / b.p99 for b, f in rows]):>18}"
         )
+        print(lines[-1], file=sys.stderr, flush=True)  # progress: a scenario takes minutes
     return "\n".join(lines)
 
 
