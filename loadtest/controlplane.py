@@ -64,11 +64,22 @@ class ControlPlane:
                 extra = ["--redis", self._redis.url, "--lease-ttl", f"{self.lease_ttl:g}"]
             count = max(1, self.replicas)
             self._replicas = await asyncio.gather(
-                *(self._start_one(self.root / f"supernode{i}", extra) for i in range(count))
+                *(self._start_on_a_free_port(self.root / f"supernode{i}", extra) for i in range(count))
             )
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_on_a_free_port(self, data_dir: Path, extra: list[str]) -> _Replica:
+        """A free port may be taken by another process before the supernode binds it (the
+        machine is shared): then try another."""
+        for _ in range(2):
+            try:
+                return await self._start_one(data_dir, extra)
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc):
+                    raise
+        return await self._start_one(data_dir, extra)
 
     async def _start_one(self, data_dir: Path, extra: list[str]) -> _Replica:
         port = free_port()
