@@ -2,8 +2,9 @@
 sharing a real ``redis-server``; each a child process (``python -m swarmpull supernode``)
 that a fault run can kill like a crash.
 
-Besides starting and stopping them, it answers what the report asks: CPU seconds and
-calls answered (summed over replicas; a killed replica's CPU is read just before it dies),
+Besides starting and stopping them, it answers what the report asks: CPU seconds, calls
+answered and what the seed sent (summed over replicas; a killed replica's CPU is read just
+before it dies, what it answered and sent dies with it),
 piece failures peers reported by reason, and which peers each replica quarantined,
 degraded or dropped (from its log: the supernode logs each such decision).
 """
@@ -48,6 +49,8 @@ class ControlPlane:
     """0: one supernode, state in memory; N: N replicas on a real redis-server."""
     lease_ttl: float = 3.0
     """With replicas: how long a dead owner's lease outlives it."""
+    events: Path | None = None
+    """A directory for the replicas' swarm events (``supernode.jsonl``, ``supernode-1.jsonl``...)."""
     _replicas: list[_Replica] = field(default_factory=list)
     _redis: RedisServer | None = None
 
@@ -64,11 +67,20 @@ class ControlPlane:
                 extra = ["--redis", self._redis.url, "--lease-ttl", f"{self.lease_ttl:g}"]
             count = max(1, self.replicas)
             self._replicas = await asyncio.gather(
-                *(self._start_on_a_free_port(self.root / f"supernode{i}", extra) for i in range(count))
+                *(
+                    self._start_on_a_free_port(self.root / f"supernode{i}", [*extra, *self._events_args(i)])
+                    for i in range(count)
+                )
             )
         except BaseException:
             await self.stop()
             raise
+
+    def _events_args(self, replica: int) -> list[str]:
+        if self.events is None:
+            return []
+        name = "supernode.jsonl" if replica == 0 else f"supernode-{replica}.jsonl"
+        return ["--events", str(self.events / name)]
 
     async def _start_on_a_free_port(self, data_dir: Path, extra: list[str]) -> _Replica:
         """A free port may be taken by another process before the supernode binds it (the
@@ -172,8 +184,9 @@ class ControlPlane:
     # ---------------------------------------------------------------- figures
 
     async def stats(self) -> dict[str, float]:
-        """CPU seconds and calls answered, summed over replicas."""
-        cpu, calls = 0.0, 0
+        """CPU seconds, calls answered and the seed's egress (pieces over HTTP and over
+        BitTorrent), summed over replicas."""
+        cpu, calls, seed = 0.0, 0, 0.0
         async with aiohttp.ClientSession() as session:
             for replica in self._replicas:
                 if replica.killed:
@@ -185,7 +198,9 @@ class ControlPlane:
                     async with session.get(f"{replica.url}/metrics") as resp:
                         text = await resp.text()
                     calls += int(_metric_sum(text, "swarmpull_supernode_calls_total"))
-        return {"supernode CPU s": cpu, "supernode calls": calls}
+                    seed += _metric_sum(text, "swarmpull_supernode_seed_upload_bytes_total")
+                    seed += _metric_sum(text, "swarmpull_supernode_torrent_upload_bytes")
+        return {"supernode CPU s": cpu, "supernode calls": calls, "seed egress bytes": seed}
 
     async def failures(self) -> dict[str, int]:
         """Piece failures peers reported, by reason (live replicas)."""
@@ -214,4 +229,7 @@ class ControlPlane:
 
 
 def _metric_sum(text: str, name: str) -> float:
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
+    """The sum of ``name``'s samples, with labels or without."""
+    return sum(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + "{", name + " "))
+    )

@@ -25,10 +25,12 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+import aiohttp
 
 from loadtest.controlplane import ControlPlane
 from loadtest.fault_report import judge, summarize
@@ -58,6 +60,9 @@ class SurgeConfig:
     """The registry's egress, bytes per second (the seed is held to it too)."""
     mode: str = "p2p"
     """p2p, direct, or both."""
+    transport: str = "http"
+    """How p2p nodes fetch: http (the scheduled swarm), bittorrent (libtorrent, the seed
+    warm: every blob read whole into the supernode before the surge), or both."""
     workers: int | None = None
     """Worker processes; None: enough for the nodes, at least one per core."""
     seed: int = 1
@@ -65,14 +70,23 @@ class SurgeConfig:
     """Seconds a run may take; nodes not done by then count as failed."""
     faults: FaultConfig | None = None
     """Faults to inject (p2p only); the same surge runs first without them."""
+    events_dir: Path | None = None
+    """Write swarm events there (in a fault run, the surge with the faults only):
+    ``supernode.jsonl`` (``supernode-N.jsonl`` for further replicas) and one ``worker-N.jsonl`` per worker
+    (``swarmpull events summarize DIR/*.jsonl`` makes the report again from them)."""
+    supernode_args: tuple[str, ...] = ()
+    """More flags for the supernode (e.g. ``--ui-token-file``)."""
 
     def __post_init__(self) -> None:
-        if self.faults is not None and self.mode != "p2p":
-            raise ValueError("faults apply to the p2p mode only")
+        if self.faults is not None and (self.mode != "p2p" or self.transport != "http"):
+            # The byzantine fronts and the runtimes' audit speak only the HTTP piece protocol.
+            raise ValueError("faults apply to the p2p mode over the HTTP swarm only")
         if self.nodes < 1 or self.layers < 1 or self.image_size < self.layers * 1024:
             raise ValueError("need at least one node, one layer and 1 KiB per layer")
         if self.mode not in ("p2p", "direct", "both"):
             raise ValueError("mode is p2p, direct or both")
+        if self.transport not in ("http", "bittorrent", "both"):
+            raise ValueError("transport is http, bittorrent or both")
         for name in ("node_bandwidth", "registry_bandwidth"):
             value = getattr(self, name)
             if value is not None and value < 1024:
@@ -96,6 +110,7 @@ class Progress:
     total: int = 0
     elapsed: float = 0.0
     egress: int = 0
+    supernode: str | None = None  # its URL, in p2p mode
 
 
 @dataclass(slots=True)
@@ -109,13 +124,21 @@ class _Run:
 
 
 async def run_surge(
-    config: SurgeConfig, progress: Callable[[Progress], None] | None = None, twin: bool = True
+    config: SurgeConfig,
+    progress: Callable[[Progress], None] | None = None,
+    before_stop: Callable[[Progress], Awaitable[None]] | None = None,
+    twin: bool = True,
 ) -> list[ModeResult]:
-    """Run the configured modes one after the other; one result per mode. A fault run is
-    preceded by its fault-free twin unless ``twin`` is false (tests that judge no time)."""
+    """Run the configured modes one after the other; one result per mode. ``before_stop``
+    is awaited once every node of a mode is done, while every daemon still runs. A fault
+    run is preceded by its fault-free twin unless ``twin`` is false (tests that judge no time)."""
     raise_fd_limit()
     image = build_image(config.layer_sizes(), seed=config.seed)
     modes = ["p2p", "direct"] if config.mode == "both" else [config.mode]
+    if "p2p" in modes and config.transport != "http":
+        swarms = {"http": ["p2p"], "bittorrent": ["bittorrent"], "both": ["p2p", "bittorrent"]}
+        index = modes.index("p2p")
+        modes[index : index + 1] = swarms[config.transport]
     runs: list[tuple[str, FaultConfig | None]] = [(mode, None) for mode in modes]
     if config.faults is not None:  # the same surge without faults first: what they cost
         runs = [("p2p", config.faults)]
@@ -125,7 +148,7 @@ async def run_surge(
     for mode, faults in runs:
         root = Path(tempfile.mkdtemp(prefix=f"swarmpull-surge-{mode}-"))
         try:
-            results.append(await _run_mode(config, mode, image, root, progress, faults))
+            results.append(await _run_mode(config, mode, image, root, progress, before_stop, faults))
         finally:
             shutil.rmtree(root, ignore_errors=True)
     if config.faults is not None:
@@ -139,10 +162,12 @@ async def run_surge(
 
 
 async def _run_mode(  # type: ignore[no-untyped-def]
-    config: SurgeConfig, mode: str, image, root: Path, progress, faults: FaultConfig | None = None
+    config: SurgeConfig, mode: str, image, root: Path, progress, before_stop, faults: FaultConfig | None
 ) -> ModeResult:
     size = image.size + image.config.size
     plan = FaultPlan.draw(faults, config.nodes, _bound(config, mode, size), config.seed) if faults else None
+    # Events of the surge with the faults only: the fault-free twin's would mix with them.
+    events = config.events_dir if faults is config.faults and mode != "direct" else None
     registry: MiniRegistry = MiniRegistry(rate=config.registry_bandwidth)
     if faults is not None and faults.flaky_upstream:
         rng = random.Random(config.seed)
@@ -154,18 +179,23 @@ async def _run_mode(  # type: ignore[no-untyped-def]
     try:
         await registry.start()
         urls: list[str] = []
-        if mode == "p2p":
+        if mode != "direct":
             replicas = faults.supernode_replicas if faults else 0
-            control = ControlPlane(root, _supernode_args(config), replicas)
+            control = ControlPlane(root, _supernode_args(config, registry.host), replicas, events=events)
             await control.start()
             urls = control.urls
-        specs = _worker_specs(config, mode, root, registry.host, urls, faults, plan)
+        if mode == "bittorrent" or (mode == "p2p" and config.transport == "both"):
+            # The same warm seed for both swarms.
+            await _warm_seed(urls[0], f"{registry.host}/{REPOSITORY}:{TAG}")
+        specs = _worker_specs(config, mode, root, registry.host, urls, faults, plan, events)
         workers = [_spawn(spec) for spec in specs]
         for _, conn in workers:  # every node up before anyone pulls
             message = await asyncio.to_thread(conn.recv)
             if message[0] != "ready":
                 raise RuntimeError(f"a worker failed to start: {message}")
-        start_at = time.time() + 1.0
+        # The start, on the wall clock (workers in other processes share it) and on the
+        # registry's clock (its egress samples), taken at the same moment.
+        start_at, started = time.time() + 1.0, registry.clock.monotonic() + 1.0
         for _, conn in workers:
             conn.send(("go", start_at))
         run = _Run()
@@ -178,12 +208,15 @@ async def _run_mode(  # type: ignore[no-untyped-def]
                 lambda node: node in run.outcomes, control, [_task_id(d) for d in image.blobs()],
             )  # fmt: skip
             injection = asyncio.create_task(injector.run(start_at))
-        await _collect(config, mode, workers, registry, start_at, progress, run, injection, injector)
+        state = Progress(mode, total=config.nodes, supernode=urls[0] if urls else None)
+        await _collect(config, workers, registry, start_at, state, progress, run, injection, injector)
+        if before_stop is not None:
+            await before_stop(state)
         egress = registry.blob_bytes_sent
         supernode_stats = await control.stats() if control else {}
-        result = _result(
-            config, mode, size, egress, run, time.time() - start_at, supernode_stats, registry, start_at
-        )
+        timeline = registry.egress_since(started)
+        wall = time.time() - start_at
+        result = _result(config, mode, size, egress, run, wall, supernode_stats, registry, timeline)
         if faults is not None and plan is not None and control is not None:
             result.faults = summarize(
                 faults, result, run.outcomes,
@@ -203,15 +236,15 @@ async def _run_mode(  # type: ignore[no-untyped-def]
 def _bound(config: SurgeConfig, mode: str, size: int) -> float:
     up = config.node_bandwidth or math.inf
     origin = config.registry_bandwidth or math.inf
-    return kumar_ross_bound(size, config.nodes, origin, up if mode == "p2p" else 0.0, up)
+    return kumar_ross_bound(size, config.nodes, origin, 0.0 if mode == "direct" else up, up)
 
 
 def _task_id(digest: str) -> str:
     return "sha256-" + digest.removeprefix("sha256:")
 
 
-def _supernode_args(config: SurgeConfig) -> list[str]:
-    args = []
+def _supernode_args(config: SurgeConfig, registry: str) -> list[str]:
+    args = [*config.supernode_args, "--insecure-registry", registry]
     if config.piece_size:
         args += ["--piece-size", str(config.piece_size)]
     if config.registry_bandwidth:
@@ -219,10 +252,34 @@ def _supernode_args(config: SurgeConfig) -> list[str]:
     return args
 
 
+async def _warm_seed(supernode: str, image: str, timeout: float = 600.0) -> None:
+    """Every blob of the image read whole into the seed before the surge (a preheat whose
+    selection matches no node only warms the seed)."""
+    body = {"image": image, "select": {"nodes": ["warm-the-seed-only"]}, "deadline": timeout}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{supernode}/api/v1/preheat", json=body) as resp:
+            job = await resp.json()
+            if resp.status != 201:
+                raise RuntimeError(f"warming the seed failed: {job}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            async with session.get(f"{supernode}/api/v1/preheat/{job['id']}") as resp:
+                status = await resp.json()
+            layers = status.get("layers") or []
+            errors = [status.get("error")] + [layer.get("error") for layer in layers]
+            if any(errors):
+                raise RuntimeError(f"warming the seed failed: {next(e for e in errors if e)}")
+            if layers and all(layer.get("seeded") for layer in layers):
+                return
+            await asyncio.sleep(0.2)
+    raise RuntimeError("warming the seed took too long")
+
+
 def _worker_specs(  # type: ignore[no-untyped-def]
-    config: SurgeConfig, mode: str, root: Path, registry: str, urls: list[str], faults, plan
+    config: SurgeConfig, mode: str, root: Path, registry: str, urls: list[str], faults, plan, events
 ) -> list[WorkerSpec]:
-    """Nodes spread over workers; in a fault run each node to be killed has one alone."""
+    """Nodes spread over workers; in a fault run each node to be killed has one alone.
+    With ``events`` (a directory) each worker writes its nodes' events to a file there."""
     alone = plan.alone if plan is not None else []
     shared = config.nodes - len(alone)
     count = min(config.worker_count(), max(1, shared))
@@ -238,15 +295,20 @@ def _worker_specs(  # type: ignore[no-untyped-def]
         if n:
             specs.append(
                 WorkerSpec(first, n, str(root), mode, registry, supernode, config.node_bandwidth,
-                           replicas=replicas, faults=node_faults)
+                           events=_events_file(events, len(specs)), replicas=replicas, faults=node_faults)
             )  # fmt: skip
         first += n
     for node in alone:
         specs.append(
             WorkerSpec(node, 1, str(root), mode, registry, supernode, config.node_bandwidth,
-                       replicas=replicas, faults=node_faults, alone=True)
+                       events=_events_file(events, len(specs)), replicas=replicas, faults=node_faults,
+                       alone=True)
         )  # fmt: skip
     return specs
+
+
+def _events_file(events: Path | None, worker: int) -> str | None:
+    return str(events / f"worker-{worker}.jsonl") if events is not None else None
 
 
 def _spawn(spec: WorkerSpec) -> tuple[multiprocessing.process.BaseProcess, Connection]:
@@ -271,8 +333,7 @@ def _respawn(spec: WorkerSpec, start_at: float) -> tuple[multiprocessing.process
     return process, conn
 
 
-async def _collect(config, mode, workers, registry, start_at, progress, run, injection, injector) -> None:  # type: ignore[no-untyped-def]
-    state = Progress(mode, total=config.nodes)
+async def _collect(config, workers, registry, start_at, state, progress, run, injection, injector) -> None:  # type: ignore[no-untyped-def]
     pending: dict[int, Connection] = {}
     listeners: dict[int, asyncio.Task[None]] = {}
     dead = injector.dead if injector is not None else set()
@@ -322,12 +383,12 @@ async def _collect(config, mode, workers, registry, start_at, progress, run, inj
                 raise RuntimeError(f"a worker failed: {failed}")
             if not pending and (injection is None or injection.done()):
                 break
-            state.elapsed, state.egress = max(0.0, time.time() - start_at), registry.bytes_sent
+            state.elapsed, state.egress = max(0.0, time.time() - start_at), registry.blob_bytes_sent
             if progress is not None:
                 progress(state)
             await asyncio.sleep(0.25)
         if progress is not None:
-            state.elapsed, state.egress = time.time() - start_at, registry.bytes_sent
+            state.elapsed, state.egress = time.time() - start_at, registry.blob_bytes_sent
             progress(state)
     finally:
         for task in listeners.values():
@@ -351,15 +412,15 @@ async def _stop(workers, control) -> None:  # type: ignore[no-untyped-def]
         await control.stop()
 
 
-def _result(config, mode, size, egress, run, wall, supernode_stats, registry, start_at) -> ModeResult:  # type: ignore[no-untyped-def]
+def _result(config, mode, size, egress, run, wall, supernode_stats, registry, timeline) -> ModeResult:  # type: ignore[no-untyped-def]
     bound = _bound(config, mode, size)
-    extra: dict[str, object] = {"manifest bytes": registry.bytes_sent - registry.blob_bytes_sent}
+    extra: dict[str, object] = {"registry manifest bytes": registry.bytes_sent - registry.blob_bytes_sent}
+    seed = supernode_stats.pop("seed egress bytes", None)
     extra.update(supernode_stats)
-    for key, value in sorted(run.totals.items()):
-        extra[key] = f"{value / (size * max(1, len(run.times))):.2f}x image/node"
+    if seed is not None:
+        extra["seed egress"] = f"{seed / size:.2f}x image"
     if run.errors:
         extra["first error"] = run.errors[0][:60]
-    timeline = [(t - start_at, b) for t, b in registry.egress if t >= start_at - 1]
     return ModeResult(
         mode=mode,
         nodes=config.nodes,
@@ -373,4 +434,5 @@ def _result(config, mode, size, egress, run, wall, supernode_stats, registry, st
         extra=extra,
         egress_timeline=timeline,
         sources={k.removeprefix("bytes from "): v for k, v in run.totals.items()},
+        registry_requests=dict(registry.requests),
     )

@@ -92,6 +92,8 @@ async def test_the_owner_replica_killed_and_redis_restarted_mid_surge():
     [
         (["--kill-fraction", "0.1", "--simulate"], "real p2p surges"),
         (["--flaky-upstream", "0.1", "--mode", "both"], "real p2p surges"),
+        (["--byzantine-fraction", "0.1", "--transport", "bittorrent"], "the HTTP swarm only"),
+        (["--kill-fraction", "0.1", "--transport", "both"], "the HTTP swarm only"),
         (["--kill-fraction", "1"], "--kill-fraction is a share"),
         (["--byzantine-fraction", "0.6", "--kill-fraction", "0.5"], "honest survivors"),
     ],
