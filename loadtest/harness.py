@@ -8,6 +8,10 @@ nodes. Every node pulls through its own registry proxy, as containerd does, and 
 every blob against its digest. ``direct`` mode is the same pull straight from the
 registry, each node's download shaped the same way. Every process and temporary file
 is cleaned up, also on Ctrl-C.
+
+With ``faults`` (``loadtest.faults``) the surge runs twice: without faults, then with
+them (nodes killed, byzantine nodes, a flaky registry, the supernode owner killed, Redis
+restarted), and each result carries its fault figures (``loadtest.fault_report``).
 """
 
 from __future__ import annotations
@@ -17,10 +21,8 @@ import contextlib
 import math
 import multiprocessing
 import os
+import random
 import shutil
-import signal
-import socket
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +32,10 @@ from pathlib import Path
 
 import aiohttp
 
+from loadtest.controlplane import ControlPlane
+from loadtest.fault_report import judge, summarize
+from loadtest.faults import FaultConfig, FaultInjector, FaultPlan, NodeFaults, stop_task
+from loadtest.flaky import FlakyRegistry
 from loadtest.image import build_image
 from loadtest.registry import MiniRegistry
 from loadtest.report import ModeResult, kumar_ross_bound
@@ -62,13 +68,19 @@ class SurgeConfig:
     seed: int = 1
     timeout: float = 900.0
     """Seconds a run may take; nodes not done by then count as failed."""
+    faults: FaultConfig | None = None
+    """Faults to inject (p2p only); the same surge runs first without them."""
     events_dir: Path | None = None
-    """Write swarm events there: ``supernode.jsonl`` and one ``worker-N.jsonl`` per worker
+    """Write swarm events there (in a fault run, the surge with the faults only):
+    ``supernode.jsonl`` (``supernode-N.jsonl`` for further replicas) and one ``worker-N.jsonl`` per worker
     (``swarmpull events summarize DIR/*.jsonl`` makes the report again from them)."""
     supernode_args: tuple[str, ...] = ()
     """More flags for the supernode (e.g. ``--ui-token-file``)."""
 
     def __post_init__(self) -> None:
+        if self.faults is not None and (self.mode != "p2p" or self.transport != "http"):
+            # The byzantine fronts and the runtimes' audit speak only the HTTP piece protocol.
+            raise ValueError("faults apply to the p2p mode over the HTTP swarm only")
         if self.nodes < 1 or self.layers < 1 or self.image_size < self.layers * 1024:
             raise ValueError("need at least one node, one layer and 1 KiB per layer")
         if self.mode not in ("p2p", "direct", "both"):
@@ -106,15 +118,20 @@ class _Run:
     times: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     totals: dict[str, float] = field(default_factory=dict)
+    outcomes: dict[int, tuple[float, str | None, dict[str, int]]] = field(default_factory=dict)
+    lies: dict[str, int] = field(default_factory=dict)
+    liars: set[str] = field(default_factory=set)
 
 
 async def run_surge(
     config: SurgeConfig,
     progress: Callable[[Progress], None] | None = None,
     before_stop: Callable[[Progress], Awaitable[None]] | None = None,
+    twin: bool = True,
 ) -> list[ModeResult]:
     """Run the configured modes one after the other; one result per mode. ``before_stop``
-    is awaited once every node of a mode is done, while every daemon still runs."""
+    is awaited once every node of a mode is done, while every daemon still runs. A fault
+    run is preceded by its fault-free twin unless ``twin`` is false (tests that judge no time)."""
     raise_fd_limit()
     image = build_image(config.layer_sizes(), seed=config.seed)
     modes = ["p2p", "direct"] if config.mode == "both" else [config.mode]
@@ -122,30 +139,56 @@ async def run_surge(
         swarms = {"http": ["p2p"], "bittorrent": ["bittorrent"], "both": ["p2p", "bittorrent"]}
         index = modes.index("p2p")
         modes[index : index + 1] = swarms[config.transport]
+    runs: list[tuple[str, FaultConfig | None]] = [(mode, None) for mode in modes]
+    if config.faults is not None:  # the same surge without faults first: what they cost
+        runs = [("p2p", config.faults)]
+        if twin:
+            runs.insert(0, ("p2p", config.faults.fault_free()))
     results = []
-    for mode in modes:
+    for mode, faults in runs:
         root = Path(tempfile.mkdtemp(prefix=f"swarmpull-surge-{mode}-"))
         try:
-            results.append(await _run_mode(config, mode, image, root, progress, before_stop))
+            results.append(await _run_mode(config, mode, image, root, progress, before_stop, faults))
         finally:
             shutil.rmtree(root, ignore_errors=True)
+    if config.faults is not None:
+        run = results[-1]
+        run.mode = "faults"
+        base = results[0] if twin else None
+        if base is not None:
+            base.mode = "no faults"
+        run.faults.goals = judge(config.faults, base.faults if base else None, run.faults)
     return results
 
 
-async def _run_mode(config: SurgeConfig, mode: str, image, root: Path, progress, before_stop) -> ModeResult:  # type: ignore[no-untyped-def]
-    registry = MiniRegistry(rate=config.registry_bandwidth)
+async def _run_mode(  # type: ignore[no-untyped-def]
+    config: SurgeConfig, mode: str, image, root: Path, progress, before_stop, faults: FaultConfig | None
+) -> ModeResult:
+    size = image.size + image.config.size
+    plan = FaultPlan.draw(faults, config.nodes, _bound(config, mode, size), config.seed) if faults else None
+    # Events of the surge with the faults only: the fault-free twin's would mix with them.
+    events = config.events_dir if faults is config.faults and mode != "direct" else None
+    registry: MiniRegistry = MiniRegistry(rate=config.registry_bandwidth)
+    if faults is not None and faults.flaky_upstream:
+        rng = random.Random(config.seed)
+        registry = FlakyRegistry(faults.flaky_upstream, rng, rate=config.registry_bandwidth)
     registry.add(REPOSITORY, TAG, image)
-    supernode: asyncio.subprocess.Process | None = None
+    control: ControlPlane | None = None
     workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+    injection: asyncio.Task[None] | None = None
     try:
         await registry.start()
-        supernode_url = None
+        urls: list[str] = []
         if mode != "direct":
-            supernode, supernode_url = await _start_supernode(config, root, registry.host)
+            replicas = faults.supernode_replicas if faults else 0
+            control = ControlPlane(root, _supernode_args(config, registry.host), replicas, events=events)
+            await control.start()
+            urls = control.urls
         if mode == "bittorrent" or (mode == "p2p" and config.transport == "both"):
-            assert supernode_url is not None  # the same warm seed for both swarms
-            await _warm_seed(supernode_url, f"{registry.host}/{REPOSITORY}:{TAG}")
-        workers = _start_workers(config, mode, root, registry.host, supernode_url)
+            # The same warm seed for both swarms.
+            await _warm_seed(urls[0], f"{registry.host}/{REPOSITORY}:{TAG}")
+        specs = _worker_specs(config, mode, root, registry.host, urls, faults, plan, events)
+        workers = [_spawn(spec) for spec in specs]
         for _, conn in workers:  # every node up before anyone pulls
             message = await asyncio.to_thread(conn.recv)
             if message[0] != "ready":
@@ -155,54 +198,58 @@ async def _run_mode(config: SurgeConfig, mode: str, image, root: Path, progress,
         start_at, started = time.time() + 1.0, registry.clock.monotonic() + 1.0
         for _, conn in workers:
             conn.send(("go", start_at))
-        state = Progress(mode, total=config.nodes, supernode=supernode_url)
-        run = await _collect(config, workers, registry, start_at, state, progress)
+        run = _Run()
+        injector = None
+        if plan is not None:
+            alone = {spec.first: worker for spec, worker in zip(specs, workers, strict=True) if spec.alone}
+            alone_specs = {spec.first: spec for spec in specs if spec.alone}
+            injector = FaultInjector(
+                plan, workers, alone, lambda node, at: _respawn(alone_specs[node], at),
+                lambda node: node in run.outcomes, control, [_task_id(d) for d in image.blobs()],
+            )  # fmt: skip
+            injection = asyncio.create_task(injector.run(start_at))
+        state = Progress(mode, total=config.nodes, supernode=urls[0] if urls else None)
+        await _collect(config, workers, registry, start_at, state, progress, run, injection, injector)
         if before_stop is not None:
             await before_stop(state)
         egress = registry.blob_bytes_sent
-        supernode_stats = await _supernode_stats(supernode, supernode_url) if supernode else {}
-        size = image.size + image.config.size
+        supernode_stats = await control.stats() if control else {}
         timeline = registry.egress_since(started)
         wall = time.time() - start_at
-        return _result(config, mode, size, egress, run, wall, supernode_stats, registry, timeline)
+        result = _result(config, mode, size, egress, run, wall, supernode_stats, registry, timeline)
+        if faults is not None and plan is not None and control is not None:
+            result.faults = summarize(
+                faults, result, run.outcomes,
+                byzantine=plan.byzantine, gone=injector.gone if injector else set(),
+                decisions=control.decisions(), reported=await control.failures(),
+                lies=run.lies, liars=run.liars,
+                registry_faults=dict(getattr(registry, "injected", {})),
+                timeline=injector.timeline if injector else [],
+            )  # fmt: skip
+        return result
     finally:
-        await _stop(workers, supernode)
+        await stop_task(injection)
+        await _stop(workers, control)
         await registry.stop()
 
 
-async def _start_supernode(
-    config: SurgeConfig, root: Path, registry: str
-) -> tuple[asyncio.subprocess.Process, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(root / "supernode"), *config.supernode_args]
-    args += ["--insecure-registry", registry]
-    if config.events_dir is not None:
-        args += ["--events", str(config.events_dir / "supernode.jsonl")]
+def _bound(config: SurgeConfig, mode: str, size: int) -> float:
+    up = config.node_bandwidth or math.inf
+    origin = config.registry_bandwidth or math.inf
+    return kumar_ross_bound(size, config.nodes, origin, 0.0 if mode == "direct" else up, up)
+
+
+def _task_id(digest: str) -> str:
+    return "sha256-" + digest.removeprefix("sha256:")
+
+
+def _supernode_args(config: SurgeConfig, registry: str) -> list[str]:
+    args = [*config.supernode_args, "--insecure-registry", registry]
     if config.piece_size:
         args += ["--piece-size", str(config.piece_size)]
     if config.registry_bandwidth:
         args += ["--seed-upload-limit", f"{int(config.registry_bandwidth)}B/s"]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarmpull", "supernode", *args,
-        stdout=asyncio.subprocess.DEVNULL, stderr=open(root / "supernode.log", "wb"),  # noqa: SIM115
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{url}/healthz") as resp:
-                    if resp.status == 200:
-                        return process, url
-            if process.returncode is not None:
-                break
-            await asyncio.sleep(0.05)
-    log = (root / "supernode.log").read_text(errors="replace").strip().splitlines()
-    if process.returncode is None:
-        process.kill()
-        await process.wait()
-    raise RuntimeError(f"the supernode did not start: {log[-1] if log else 'no output'}")
+    return args
 
 
 async def _warm_seed(supernode: str, image: str, timeout: float = 600.0) -> None:
@@ -228,58 +275,114 @@ async def _warm_seed(supernode: str, image: str, timeout: float = 600.0) -> None
     raise RuntimeError("warming the seed took too long")
 
 
-def _start_workers(
-    config: SurgeConfig, mode: str, root: Path, registry: str, supernode: str | None
-) -> list[tuple[multiprocessing.process.BaseProcess, Connection]]:
-    context = multiprocessing.get_context("spawn")
-    count = config.worker_count()
-    per, extra = divmod(config.nodes, count)
-    workers = []
-    first = 0
+def _worker_specs(  # type: ignore[no-untyped-def]
+    config: SurgeConfig, mode: str, root: Path, registry: str, urls: list[str], faults, plan, events
+) -> list[WorkerSpec]:
+    """Nodes spread over workers; in a fault run each node to be killed has one alone.
+    With ``events`` (a directory) each worker writes its nodes' events to a file there."""
+    alone = plan.alone if plan is not None else []
+    shared = config.nodes - len(alone)
+    count = min(config.worker_count(), max(1, shared))
+    per, extra = divmod(shared, count)
+    node_faults = None
+    if faults is not None and plan is not None:
+        sizes = tuple(config.layer_sizes())
+        node_faults = NodeFaults(plan.byzantine, faults.byzantine_mode, sizes, config.seed, config.timeout)
+    supernode, replicas = (urls[0], tuple(urls[1:])) if urls else (None, ())
+    specs, first = [], 0
     for w in range(count):
         n = per + (w < extra)
-        events = str(config.events_dir / f"worker-{w}.jsonl") if config.events_dir and supernode else None
-        spec = WorkerSpec(
-            first, n, str(root), mode, registry, supernode, config.node_bandwidth, events=events
-        )
-        parent, child = context.Pipe()
-        process = context.Process(
-            target=worker_main, args=(spec, child), name=f"surge-worker-{w}", daemon=True
-        )
-        process.start()
-        child.close()
-        workers.append((process, parent))
+        if n:
+            specs.append(
+                WorkerSpec(first, n, str(root), mode, registry, supernode, config.node_bandwidth,
+                           events=_events_file(events, len(specs)), replicas=replicas, faults=node_faults)
+            )  # fmt: skip
         first += n
-    return workers
+    for node in alone:
+        specs.append(
+            WorkerSpec(node, 1, str(root), mode, registry, supernode, config.node_bandwidth,
+                       events=_events_file(events, len(specs)), replicas=replicas, faults=node_faults,
+                       alone=True)
+        )  # fmt: skip
+    return specs
 
 
-async def _collect(config, workers, registry, start_at, state, progress) -> _Run:  # type: ignore[no-untyped-def]
-    run = _Run()
-    pending = {id(conn): conn for _, conn in workers}
+def _events_file(events: Path | None, worker: int) -> str | None:
+    return str(events / f"worker-{worker}.jsonl") if events is not None else None
+
+
+def _spawn(spec: WorkerSpec) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(
+        target=worker_main, args=(spec, child), name=f"surge-worker-{spec.first}", daemon=True
+    )
+    process.start()
+    child.close()
+    return process, parent
+
+
+def _respawn(spec: WorkerSpec, start_at: float) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    """A killed node's worker again, on the same data dir; it pulls at once, its time
+    counted from the surge's start (blocking: run it in a thread)."""
+    process, conn = _spawn(spec)
+    message = conn.recv()
+    if message[0] != "ready":
+        raise RuntimeError(f"a restarted worker failed to start: {message}")
+    conn.send(("go", start_at))
+    return process, conn
+
+
+async def _collect(config, workers, registry, start_at, state, progress, run, injection, injector) -> None:  # type: ignore[no-untyped-def]
+    pending: dict[int, Connection] = {}
+    listeners: dict[int, asyncio.Task[None]] = {}
+    dead = injector.dead if injector is not None else set()
 
     async def listen(conn: Connection) -> None:
         while True:
-            message = await asyncio.to_thread(conn.recv)
+            try:
+                message = await asyncio.to_thread(conn.recv)
+            except (EOFError, OSError):
+                if id(conn) in dead:  # killed on purpose
+                    pending.pop(id(conn), None)
+                    return
+                raise
             if message[0] == "done":
-                _, _, seconds, error = message
+                _, index, seconds, error, *more = message
+                run.outcomes[index] = (seconds, error, more[0] if more else {})
                 if error:
                     run.errors.append(error)
                     state.failed += 1
                 else:
                     run.times.append(seconds)
                     state.done += 1
+            elif message[0] == "lies":
+                for key, value in message[1].items():
+                    run.lies[key] = run.lies.get(key, 0) + value
+                run.liars.update(message[2])
             elif message[0] == "totals":
                 for key, value in message[1].items():
                     run.totals[key] = run.totals.get(key, 0.0) + value
                 pending.pop(id(conn), None)
                 return
 
-    listeners = [asyncio.create_task(listen(conn)) for _, conn in workers]
+    def follow() -> None:  # workers started since (restarted nodes) are heard too
+        for _, conn in workers:
+            if id(conn) not in listeners:
+                pending[id(conn)] = conn
+                listeners[id(conn)] = asyncio.create_task(listen(conn))
+
     try:
         deadline = start_at + config.timeout
-        while pending and time.time() < deadline:
-            if any(t.done() and t.exception() for t in listeners):
-                raise RuntimeError(f"a worker failed: {[t.exception() for t in listeners if t.done()]}")
+        while time.time() < deadline:
+            follow()  # before the test below: a node restarted last is still to be heard
+            if injection is not None and injection.done() and injection.exception():
+                raise RuntimeError(f"fault injection failed: {injection.exception()!r}")
+            if any(t.done() and t.exception() for t in listeners.values()):
+                failed = [t.exception() for t in listeners.values() if t.done()]
+                raise RuntimeError(f"a worker failed: {failed}")
+            if not pending and (injection is None or injection.done()):
+                break
             state.elapsed, state.egress = max(0.0, time.time() - start_at), registry.blob_bytes_sent
             if progress is not None:
                 progress(state)
@@ -288,40 +391,12 @@ async def _collect(config, workers, registry, start_at, state, progress) -> _Run
             state.elapsed, state.egress = time.time() - start_at, registry.blob_bytes_sent
             progress(state)
     finally:
-        for task in listeners:
+        for task in listeners.values():
             task.cancel()
-        await asyncio.gather(*listeners, return_exceptions=True)
-    return run
+        await asyncio.gather(*listeners.values(), return_exceptions=True)
 
 
-async def _supernode_stats(process: asyncio.subprocess.Process, url: str | None) -> dict[str, float]:
-    stats: dict[str, float] = {}
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        stats["supernode CPU s"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    if url:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
-                text = await resp.text()
-            calls = [
-                line for line in text.splitlines() if line.startswith("swarmpull_supernode_calls_total{")
-            ]
-            stats["supernode calls"] = sum(int(float(line.split()[-1])) for line in calls)
-            seed = [  # what the seed sent: pieces over HTTP, and over BitTorrent
-                float(line.split()[-1])
-                for line in text.splitlines()
-                if line.startswith(
-                    (
-                        "swarmpull_supernode_seed_upload_bytes_total ",
-                        "swarmpull_supernode_torrent_upload_bytes ",
-                    )
-                )
-            ]
-            stats["seed egress bytes"] = sum(seed)
-    return stats
-
-
-async def _stop(workers, supernode) -> None:  # type: ignore[no-untyped-def]
+async def _stop(workers, control) -> None:  # type: ignore[no-untyped-def]
     for _, conn in workers:
         with contextlib.suppress(OSError, ValueError):
             conn.send(("stop",))
@@ -333,19 +408,12 @@ async def _stop(workers, supernode) -> None:  # type: ignore[no-untyped-def]
         if process.is_alive():
             process.kill()
             process.join()
-    if supernode is not None and supernode.returncode is None:
-        supernode.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(supernode.wait(), 10)
-        except TimeoutError:
-            supernode.kill()
-            await supernode.wait()
+    if control is not None:
+        await control.stop()
 
 
 def _result(config, mode, size, egress, run, wall, supernode_stats, registry, timeline) -> ModeResult:  # type: ignore[no-untyped-def]
-    up = config.node_bandwidth or math.inf
-    origin = config.registry_bandwidth or math.inf
-    bound = kumar_ross_bound(size, config.nodes, origin, 0.0 if mode == "direct" else up, up)
+    bound = _bound(config, mode, size)
     extra: dict[str, object] = {"registry manifest bytes": registry.bytes_sent - registry.blob_bytes_sent}
     seed = supernode_stats.pop("seed egress bytes", None)
     extra.update(supernode_stats)

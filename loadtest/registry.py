@@ -210,14 +210,16 @@ class MiniRegistry:
         headers: dict[str, str],
         body: bytes | memoryview,
         blob: bool = False,
+        cut: int | None = None,
     ) -> web.StreamResponse:
-        """Write ``body`` (none for HEAD) chunk by chunk through the limiter, counting it."""
+        """Write ``body`` (none for HEAD) chunk by chunk through the limiter, counting it;
+        with ``cut``, only that many bytes, then the connection is reset (fault injection)."""
         resp = web.StreamResponse(status=status, headers={**API_VERSION, **headers})
         resp.content_length = len(body)
         await resp.prepare(request)
         if request.method == "HEAD":
             return resp
-        view = memoryview(body)
+        view = memoryview(body)[:cut]
         for pos in range(0, len(view), CHUNK):
             chunk = view[pos : pos + CHUNK]
             await self._limiter.acquire(len(chunk))
@@ -226,6 +228,9 @@ class MiniRegistry:
             if blob:
                 self.blob_bytes_sent += len(chunk)
             self._sample()
+        if cut is not None and request.transport is not None:
+            request.transport.abort()
+            return resp
         await resp.write_eof()
         return resp
 

@@ -62,6 +62,8 @@ class ModeResult:
     """Bytes the nodes received, by kind of source (peer, seed, upstream)."""
     registry_requests: dict[str, int] = field(default_factory=dict)
     """Requests the registry answered, by kind ("GET manifests", "HEAD blobs"...)."""
+    faults: Any = None
+    """A fault run's figures (``loadtest.fault_report.FaultResult``), and its fault-free twin's."""
 
     @property
     def egress_ratio(self) -> float:

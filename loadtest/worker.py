@@ -6,8 +6,12 @@ registry proxy on loopback, links shaped to the node bandwidth both ways) and sa
 the image through its own proxy, exactly as containerd would, and the worker reports
 each node as it finishes; then totals; then it stops everything on ``stop``.
 
-Messages on the pipe are tuples: ``("ready", n)``, ``("done", index, seconds, error)``,
-``("totals", {...})``, ``("stopped",)``.
+Messages on the pipe are tuples: ``("ready", n)``, ``("done", index, seconds, error,
+{audit})``, ``("lies", {...}, [nodes])`` (fault runs), ``("totals", {...})``, ``("stopped",)``.
+
+In a fault run (``faults``) some nodes lie through a front (``loadtest.byzantine``), and
+each runtime audits every byte against the image and retries a failed pull as kubelet
+does (``loadtest.client.pull_until``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from pathlib import Path
 import aiohttp
 import uvloop
 
-from loadtest.client import PullFailed, pull_image
+from loadtest.byzantine import Fronts, byzantine_config
+from loadtest.client import Audit, PullFailed, pull_image, pull_until
+from loadtest.faults import NodeFaults
+from loadtest.image import build_image
 from peer.config import PeerConfig
 from registry_proxy.config import ProxyConfig
 from swarmpull.app.node import NodeDaemon
@@ -63,6 +70,9 @@ class WorkerSpec:
     node_bandwidth: float | None  # bytes per second, each way
     log_level: str = "error"
     events: str | None = None  # the file this worker's nodes write their events to
+    replicas: tuple[str, ...] = ()  # further supernode replicas (each node starts at another)
+    faults: NodeFaults | None = None
+    alone: bool = False  # a node in a process of its own, to be killed (fault runs)
 
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
@@ -87,6 +97,7 @@ async def _recv(conn: Connection) -> tuple:
 
 async def _run(spec: WorkerSpec, conn: Connection) -> None:
     nodes: list[NodeDaemon] = []
+    fronts = Fronts(spec.faults.mode if spec.faults else "wrong")
     log = EventLog(Path(spec.events)) if spec.events else None  # one writer for all our nodes
     events: EventSink = log or NO_EVENTS
     try:
@@ -106,6 +117,8 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
                 )
                 await node.start()
                 nodes.append(node)
+                if spec.faults and i in spec.faults.byzantine:
+                    await fronts.start(node)
         conn.send(("ready", spec.count))
         message = await _recv(conn)
         if message[0] != "go":
@@ -114,12 +127,15 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
         connector = aiohttp.TCPConnector(limit=0, force_close=spec.mode == "direct")
+        truth = _truth(spec.faults)
         async with aiohttp.ClientSession(
             timeout=timeout, connector=connector, auto_decompress=False
         ) as session:
             pulled = await asyncio.gather(
-                *(_pull(spec, session, nodes, i, start_at, conn) for i in range(spec.count))
+                *(_pull(spec, session, nodes, i, start_at, conn, truth) for i in range(spec.count))
             )
+        if spec.faults:
+            conn.send(("lies", dict(fronts.lies()), fronts.liars()))
         # Through the swarm the peers count what came from where; straight from the
         # registry, every byte came from upstream.
         totals = _totals(nodes) if spec.mode != "direct" else {"bytes from upstream": float(sum(pulled))}
@@ -127,6 +143,7 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
         while (await _recv(conn))[0] != "stop":
             pass
     finally:
+        await fronts.stop()
         for node in nodes:
             with contextlib.suppress(Exception):
                 await node.stop()
@@ -137,9 +154,11 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
 
 def _peer_config(spec: WorkerSpec, index: int) -> PeerConfig:
     bandwidth = int(spec.node_bandwidth) if spec.node_bandwidth else None
-    return PeerConfig(
+    supernodes = (spec.supernode, *spec.replicas) if spec.supernode else ()
+    turn = index % len(supernodes) if supernodes else 0
+    config = PeerConfig(
         data_dir=Path(spec.root) / f"node{index}",
-        supernodes=(spec.supernode,) if spec.supernode else (),
+        supernodes=supernodes[turn:] + supernodes[:turn],
         listen=LOOPBACK,
         api_listen=None,
         cache_size=None,
@@ -150,6 +169,17 @@ def _peer_config(spec: WorkerSpec, index: int) -> PeerConfig:
         blob_transport="bittorrent" if spec.mode == "bittorrent" else "http",
         torrent=SURGE_TORRENT if spec.mode == "bittorrent" else None,
     )
+    if spec.faults and index in spec.faults.byzantine:
+        return byzantine_config(config)
+    return config
+
+
+def _truth(faults: NodeFaults | None) -> dict[str, bytes] | None:
+    """The image's blobs by digest, for the runtimes' audit (fault runs)."""
+    if faults is None:
+        return None
+    image = build_image(list(faults.layer_sizes), seed=faults.image_seed)
+    return {digest: blob.data for digest, blob in image.blobs().items()}
 
 
 async def _pull(
@@ -159,24 +189,36 @@ async def _pull(
     local: int,
     start_at: float,
     conn: Connection,
+    truth: dict[str, bytes] | None,
 ) -> int:
-    """One node's pull; the blob bytes it received."""
+    """One node's pull; the blob bytes it received (0 in a fault run, which does not count them)."""
     index = spec.first + local
     error = None
     received = 0
+    audit = Audit(truth) if truth is not None else None
+    failures = 0
     try:
         if spec.mode != "direct":
             proxy = nodes[local].proxy
             if proxy is None:
                 raise RuntimeError("a surge node runs without its registry proxy")
-            received = (await pull_image(session, proxy.url, REPOSITORY, TAG, ns=spec.registry)).bytes
+            if spec.faults is not None:
+                deadline = start_at + spec.faults.timeout
+                failures = await pull_until(
+                    session, proxy.url, REPOSITORY, TAG, deadline, ns=spec.registry, audit=audit
+                )
+            else:
+                received = (await pull_image(session, proxy.url, REPOSITORY, TAG, ns=spec.registry)).bytes
         else:
             limiter = RateLimiter(spec.node_bandwidth)  # the node's own download link
             pulled = await pull_image(session, f"http://{spec.registry}", REPOSITORY, TAG, limiter=limiter)
             received = pulled.bytes
     except PullFailed as exc:
         error = str(exc)
-    conn.send(("done", index, time.time() - start_at, error))
+    seen = {"failed_pulls": failures}
+    if audit is not None:
+        seen.update(wrong_bytes=audit.wrong_bytes, refused_blobs=audit.refused_blobs)
+    conn.send(("done", index, time.time() - start_at, error, seen))
     return received
 
 

@@ -7,6 +7,7 @@
 - ``dataplane``: one node receiving 1 GiB from one source, beside libtorrent.
 - ``background``: a preheat over uTP and over TCP beside business traffic on a shaped
   link (network namespaces and tc: root only).
+- ``faults``: what each fault of the load test costs a real surge (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from loadtest.bench.background import run_background
 from loadtest.bench.dataplane import run_dataplane
+from loadtest.bench.faults import run_faults
 from loadtest.bench.limits import run_limits
 from loadtest.bench.supernode import run_supernode
 from loadtest.bench.tls import run_tls
@@ -30,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[Any], Awaitable[str]]] = {
     "tls": lambda args: run_tls(),
     "dataplane": lambda args: run_dataplane(args.runs),
     "background": lambda args: run_background(runs=args.runs),
+    "faults": lambda args: run_faults(args.surge_nodes),
 }
 
 

@@ -89,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="real sockets, p2p: keep the daemons' swarm events in DIR (supernode.jsonl, "
         "worker-N.jsonl; read them with `swarmpull events summarize`; default: none)",
     )
+    _fault_options(p)
     sim = p.add_argument_group("simulation (with --simulate)")
     sim.add_argument("--simulate", action="store_true", help="a discrete-event simulation instead of sockets")
     sim.add_argument(
@@ -148,14 +149,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     b = subparsers.add_parser(
         "benchmarks",
-        help="measure limits, zstd, the supernode, TLS, the data plane; figures for docs/BENCHMARKS.md",
+        help="measure limits, zstd, the supernode, TLS, the data plane, faults; figures for the docs",
         description="Run the benchmarks (all of them by default) and print their figures.",
     )
     b.add_argument(
         "names",
         nargs="*",
         metavar="NAME",
-        help="limits, zstd, supernode, tls, dataplane, background (default: all)",
+        help="limits, zstd, supernode, tls, dataplane, background, faults (default: all)",
     )
     b.add_argument(
         "--runs",
@@ -199,7 +200,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="SECONDS",
         help="supernode: how long the surge lasts (default: 8.6, the bound of 1 GiB at 1 Gbit/s)",
     )
+    b.add_argument(
+        "--surge-nodes", type=positive_int, default=20, metavar="N",
+        help="faults: real nodes in each surge (default: %(default)s)",
+    )  # fmt: skip
     b.set_defaults(func=run_benchmarks, default_log_level="warning")
+
+
+def _fault_options(p: argparse.ArgumentParser) -> None:
+    f = p.add_argument_group(
+        "faults (real sockets, p2p; the same surge runs first without them, for comparison)"
+    )
+    f.add_argument(
+        "--kill-fraction", type=float, default=0.0, metavar="F",
+        help="share of nodes killed (SIGKILL) mid-surge, half of them restarted on their data dir",
+    )  # fmt: skip
+    f.add_argument(
+        "--byzantine-fraction", type=float, default=0.0, metavar="F",
+        help="share of nodes whose piece server lies (see --byzantine-mode)",
+    )  # fmt: skip
+    f.add_argument(
+        "--byzantine-mode", choices=["wrong", "truncate", "slow", "liar"], default="wrong",
+        help="wrong bytes, truncated pieces, pieces at a crawl, or maps claiming every piece "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    f.add_argument(
+        "--flaky-upstream", type=float, default=0.0, metavar="P",
+        help="the registry answers 503 or resets the connection with probability P",
+    )  # fmt: skip
+    f.add_argument(
+        "--kill-supernode", action="store_true",
+        help="two supernode replicas on a real redis-server; the layers' owner is killed mid-surge",
+    )  # fmt: skip
+    f.add_argument(
+        "--restart-redis", action="store_true",
+        help="two supernode replicas on a real redis-server, which is killed and restarted mid-surge",
+    )  # fmt: skip
+
+
+def _faults(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The fault options as a FaultConfig; None when no fault is asked for."""
+    from loadtest.faults import FaultConfig
+
+    config = FaultConfig(
+        kill_fraction=args.kill_fraction,
+        byzantine_fraction=args.byzantine_fraction,
+        byzantine_mode=args.byzantine_mode,
+        flaky_upstream=args.flaky_upstream,
+        kill_supernode=args.kill_supernode,
+        restart_redis=args.restart_redis,
+    )
+    return config if config != FaultConfig(byzantine_mode=args.byzantine_mode) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -215,6 +266,12 @@ def run(args: argparse.Namespace) -> int:
         "registry_egress_bytes_per_second": args.registry_bandwidth,
     }
     try:
+        faults = _faults(args)
+        if faults is not None and (args.simulate or args.mode != "p2p"):
+            raise ValueError("fault options apply to real p2p surges (no --simulate, --mode p2p)")
+        if faults is not None and args.transport != "http":
+            # The byzantine fronts and the audit speak only the HTTP swarm's piece protocol.
+            raise ValueError("fault options apply to the HTTP swarm only (--transport http)")
         if args.simulate:
             results = _simulate(args)
             settings["run"] = (
@@ -235,16 +292,25 @@ def run(args: argparse.Namespace) -> int:
                 transport=args.transport,
                 workers=args.workers,
                 seed=args.seed,
+                faults=faults,
                 events_dir=_events_dir(args.events_dir),
             )
             settings["piece_bytes"] = config.piece_size
             settings["run"] = f"real sockets, {config.worker_count()} worker processes"
+            if faults is not None:
+                settings["faults"] = faults.describe()
             results = run_coroutine(lambda: _surge(config, run_surge))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     write_report(results, settings, args.json, args.plot)
+    if faults is not None:
+        from loadtest.fault_report import render_faults
+
+        print(render_faults(results))
     if args.events_dir is not None and any(args.events_dir.glob("*.jsonl")):
         print(f"events written to {args.events_dir.resolve()}", file=sys.stderr)
+    if faults is not None:  # killed and byzantine nodes may fail; the goals may not
+        return 0 if all(ok for _, ok in results[-1].faults.goals) else 1
     return 0 if all(r.failed == 0 for r in results) else 1
 
 
