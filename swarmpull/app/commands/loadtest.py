@@ -213,11 +213,13 @@ def _fault_options(p: argparse.ArgumentParser) -> None:
     )
     f.add_argument(
         "--kill-fraction", type=float, default=0.0, metavar="F",
-        help="share of nodes killed (SIGKILL) mid-surge, half of them restarted on their data dir",
+        help="share of nodes killed (SIGKILL) mid-surge, half of them restarted on their data dir "
+        "(default: %(default)s)",
     )  # fmt: skip
     f.add_argument(
         "--byzantine-fraction", type=float, default=0.0, metavar="F",
-        help="share of nodes whose piece server lies (see --byzantine-mode)",
+        help="share of nodes whose piece server lies (see --byzantine-mode) "
+        "(default: %(default)s)",
     )  # fmt: skip
     f.add_argument(
         "--byzantine-mode", choices=["wrong", "truncate", "slow", "liar"], default="wrong",
@@ -226,7 +228,8 @@ def _fault_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     f.add_argument(
         "--flaky-upstream", type=float, default=0.0, metavar="P",
-        help="the registry answers 503 or resets the connection with probability P",
+        help="the registry answers 503 or resets the connection with probability P "
+        "(default: %(default)s)",
     )  # fmt: skip
     f.add_argument(
         "--kill-supernode", action="store_true",
