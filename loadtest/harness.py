@@ -123,7 +123,7 @@ async def _run_mode(config: SurgeConfig, mode: str, image, root: Path, progress)
         await registry.start()
         supernode_url = None
         if mode == "p2p":
-            supernode, supernode_url = await _start_supernode(config, root)
+            supernode, supernode_url = await _start_supernode(config, root, registry.host)
         workers = _start_workers(config, mode, root, registry.host, supernode_url)
         for _, conn in workers:  # every node up before anyone pulls
             message = await asyncio.to_thread(conn.recv)
@@ -144,11 +144,14 @@ async def _run_mode(config: SurgeConfig, mode: str, image, root: Path, progress)
         await registry.stop()
 
 
-async def _start_supernode(config: SurgeConfig, root: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def _start_supernode(
+    config: SurgeConfig, root: Path, registry: str
+) -> tuple[asyncio.subprocess.Process, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(root / "supernode")]
+    args += ["--insecure-registry", registry]
     if config.piece_size:
         args += ["--piece-size", str(config.piece_size)]
     if config.registry_bandwidth:

@@ -24,11 +24,14 @@ from peer.download import DownloadContext, DownloadState, TaskDownload
 from peer.link import SupernodeLink
 from peer.metrics import PeerMetrics
 from peer.reader import read_blob
+from peer.registry import RegistryQuestions
 from peer.scrub import scrub
 from peer.slots import DownloadSlots
 from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.clock import Clock, SystemClock
+from swarmpull.core.oci import Descriptor
 from swarmpull.core.protocol import PEER_ID_RE, PeerRegistration
+from swarmpull.core.registry_questions import BlobQuestion, ManifestAnswer, ManifestQuestion
 from swarmpull.edges.daemon import gather_cancel
 from swarmpull.edges.http import advertised_url, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route
@@ -58,6 +61,7 @@ class PeerDaemon:
         self._runs: set[asyncio.Task[None]] = set()
         self._runners: list[web.AppRunner] = []
         self._background: list[asyncio.Task[None]] = []
+        self._questions = RegistryQuestions(None, config.open_timeout)
 
     def __repr__(self) -> str:
         return f"<PeerDaemon {self.peer_id or 'stopped'} {self.address}>"
@@ -95,6 +99,7 @@ class PeerDaemon:
                 upload_rate=config.upload_limit,
             )
             self.control = Control(link, store, registration, self.clock)
+            self._questions = RegistryQuestions(link, config.open_timeout)
             self._background.append(asyncio.create_task(self.control.run(), name="control"))
         counters = self.metrics.transfers
         download_limiter = RateLimiter(
@@ -188,6 +193,15 @@ class PeerDaemon:
         proxy's ``BlobSource``); raises DownloadFailed."""
         async for chunk in read_blob(self.ensure(request), start, end):
             yield chunk
+
+    async def manifest(self, question: ManifestQuestion) -> ManifestAnswer:
+        """A manifest from what the cluster holds (the registry proxy's ``ClusterRegistry``);
+        raises RegistryRefused or NotAnswered."""
+        return await self._questions.manifest(question)
+
+    async def blob_descriptor(self, question: BlobQuestion) -> Descriptor:
+        """A blob's size and media type from what the cluster knows; likewise."""
+        return await self._questions.blob_descriptor(question)
 
     @property
     def registry(self) -> CollectorRegistry:

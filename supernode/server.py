@@ -18,6 +18,8 @@ from supernode.cluster.redis import RedisCluster
 from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
 from supernode.origin_limits import OriginLimits
+from supernode.registry_books import BooksConfig, RegistryBooks
+from supernode.registry_mirror import RegistryMirror
 from supernode.scheduler import Scheduler
 from supernode.seeding import Seeding
 from supernode.service import SupernodeService
@@ -27,6 +29,7 @@ from swarmpull.core.tasks import redact_url
 from swarmpull.edges.http import MAX_JSON_BODY, advertised_url, bind, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route
 from swarmpull.edges.ratelimit import RateLimiter
+from swarmpull.edges.registry import RegistryAccess
 from swarmpull.edges.store import PieceStore
 from swarmpull.edges.transport import PieceServer
 
@@ -48,6 +51,7 @@ class Supernode:
         self._temp_dir: Path | None = None
         self._cluster: ClusterState | None = None
         self._pieces: PieceServer | None = None
+        self._mirror: RegistryMirror | None = None
 
     def __repr__(self) -> str:
         return f"<Supernode {self.url or 'stopped'}>"
@@ -86,12 +90,18 @@ class Supernode:
         scheduler = Scheduler(config.scheduler)
         scheduler.add_seed(config.seed_id, config.seed_upload_limit)
         seeding = Seeding(config, store, self._session, self._clock, scheduler, signer, cluster, self.metrics)
+        access = RegistryAccess(self._session, config.registry, self._clock)
+        seeding.authorize = access.anonymous_authorization
+        books = RegistryBooks(
+            BooksConfig(config.tag_ttl, config.tag_stale, config.auth_cache_ttl, config.manifest_cache)
+        )
+        mirror = self._mirror = RegistryMirror(access, books, self._clock)
         service = self.service = SupernodeService(
             config, seeding, scheduler, cluster, signer, self._clock, self.url, self.metrics
         )
         app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
         app.add_routes(
-            SupernodeApi(service).routes() + pieces.routes() + [metrics_route(self.metrics.registry)]
+            SupernodeApi(service, mirror).routes() + pieces.routes() + [metrics_route(self.metrics.registry)]
         )
         self._runner, _ = await start_site(app, sock, handler_cancellation=True)
         if cluster.shared and not await cluster.ping():
@@ -111,6 +121,9 @@ class Supernode:
         return RedisCluster(client, self.url, config.lease_ttl, self._clock.monotonic, origins)
 
     async def stop(self) -> None:
+        if self._mirror is not None:
+            await self._mirror.stop()
+            self._mirror = None
         if self.service is not None:
             await self.service.stop()
             self.service = None

@@ -14,7 +14,7 @@ class NodeDaemon:
 
     def __init__(self, peer: PeerConfig, proxy: ProxyConfig | None, clock: Clock | None = None) -> None:
         self.peer = PeerDaemon(peer, clock)
-        self.proxy = RegistryProxy(proxy, self.peer, clock) if proxy is not None else None
+        self.proxy = RegistryProxy(proxy, self.peer, clock, self.peer) if proxy is not None else None
 
     def __repr__(self) -> str:
         return f"<NodeDaemon {self.peer!r} {self.proxy!r}>"

@@ -11,14 +11,19 @@ from supernode.config import SupernodeConfig
 from supernode.scheduler import SchedulerConfig
 from supernode.server import Supernode
 from swarmpull.edges.http import HostPort
+from swarmpull.edges.registry import RegistryOptions
 from tests.kit.processes import DaemonProcess
 
 __all__ = ["RedisServer", "SupernodeProcess", "start_supernode"]
 
 
-async def start_supernode(*, scheduler: dict[str, Any] | None = None, **overrides: Any) -> Supernode:
-    """A started supernode on 127.0.0.1 (any free port); ``overrides`` set config fields."""
-    config = SupernodeConfig(listen=HostPort("127.0.0.1", 0), tick_interval=0.2)
+async def start_supernode(
+    *, scheduler: dict[str, Any] | None = None, insecure: tuple[str, ...] = (), **overrides: Any
+) -> Supernode:
+    """A started supernode on 127.0.0.1 (any free port), speaking plain HTTP to the
+    registries ``insecure`` names; ``overrides`` set config fields."""
+    registry = RegistryOptions(insecure_registries=frozenset(insecure))
+    config = SupernodeConfig(listen=HostPort("127.0.0.1", 0), tick_interval=0.2, registry=registry)
     if scheduler:
         overrides["scheduler"] = dataclasses.replace(SchedulerConfig(), **scheduler)
     config = dataclasses.replace(config, **overrides)
