@@ -302,4 +302,5 @@ def _result(config, mode, size, egress, run, wall, supernode_stats, registry, st
         extra=extra,
         egress_timeline=timeline,
         sources={k.removeprefix("bytes from "): v for k, v in run.totals.items()},
+        registry_requests=dict(registry.requests),
     )

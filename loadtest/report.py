@@ -52,6 +52,8 @@ class ModeResult:
     """(seconds since the start, registry bytes sent so far)."""
     sources: dict[str, float] = field(default_factory=dict)
     """Bytes the nodes received, by kind of source (peer, seed, upstream)."""
+    registry_requests: dict[str, int] = field(default_factory=dict)
+    """Requests the registry answered, by kind (``"GET manifests"``, ``"HEAD blobs"``...)."""
 
     @property
     def egress_ratio(self) -> float:
@@ -74,6 +76,14 @@ class ModeResult:
         return data
 
 
+REQUEST_KINDS = (
+    ("registry manifest GET", "GET manifests"),
+    ("registry manifest HEAD", "HEAD manifests"),
+    ("registry blob GET", "GET blobs"),
+    ("registry blob HEAD", "HEAD blobs"),
+)
+
+
 def render(results: list[ModeResult], settings: dict[str, Any]) -> str:
     """The terminal table."""
     lines = ["", "swarmpull surge report", ""]
@@ -89,6 +99,8 @@ def render(results: list[ModeResult], settings: dict[str, Any]) -> str:
     row("nodes failed", [str(r.failed) for r in results])
     row("registry blob egress", [f"{format_size(r.registry_egress)}" for r in results])
     row("  x image size", [f"{r.egress_ratio:.2f}x" for r in results])
+    for label, kind in REQUEST_KINDS:
+        row(label, [str(r.registry_requests.get(kind, 0)) if r.registry_requests else "-" for r in results])
     row("bound T_min", [f"{r.bound:.2f}s" if r.bound else "- (unshaped)" for r in results])
     for key in ("p50", "p90", "p99", "max"):
         row(f"completion {key}", [_time(r.times()[key], r.bound) for r in results])

@@ -30,7 +30,14 @@ async def test_twenty_nodes_pull_through_the_swarm_and_straight_from_the_registr
     assert p2p.sources["upstream"] == 0
     assert p2p.sources["peer"] > p2p.sources["seed"]
     assert p2p.extra["supernode calls"] > 0
+    blobs = len(image.blobs())  # O(layers) requests, not O(nodes): counted by kind
+    assert p2p.registry_requests["GET manifests"] == 1 and p2p.registry_requests["GET blobs"] == blobs
+    assert p2p.registry_requests["HEAD manifests"] <= 2 and "HEAD blobs" not in p2p.registry_requests
 
     assert (direct.completed, direct.failed) == (20, 0)
     assert direct.registry_egress == 20 * size  # what an operator has without swarmpull
+    assert (
+        direct.registry_requests["GET manifests"] == 20
+        and direct.registry_requests["GET blobs"] == 20 * blobs
+    )
     assert p2p.bound < direct.bound

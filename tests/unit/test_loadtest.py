@@ -41,6 +41,20 @@ def test_report_ratios_and_json():
     table = render([result], {"nodes": 4})
     assert "3/4" in table and "2.00s (1.00x)" in table and "4.00s (2.00x)" in table
     assert '"ratios_to_bound"' in dump_json([result], {})
+    assert "registry manifest GET" in table and "-" in table.split("registry manifest GET")[1].split("\n")[0]
+
+
+def test_report_counts_registry_requests_by_kind():
+    p2p = ModeResult(
+        "p2p", 9, 9, 0, 10, 10, [1.0], 1.0, 1.0, registry_requests={"GET manifests": 1, "GET blobs": 5}
+    )
+    direct = ModeResult("direct", 9, 9, 0, 10, 90, [1.0], 1.0, 1.0, registry_requests={"HEAD manifests": 9})
+    lines = render([p2p, direct], {}).splitlines()
+    row = {line.split("  ")[1]: line.split()[-2:] for line in lines if "registry" in line and "  " in line}
+    assert row["registry manifest GET"] == ["1", "0"]
+    assert row["registry manifest HEAD"] == ["0", "9"]
+    assert row["registry blob GET"] == ["5", "0"] and row["registry blob HEAD"] == ["0", "0"]
+    assert dump_json([p2p], {}).count('"GET blobs": 5') == 1
 
 
 def tiny(**overrides) -> SimConfig:
