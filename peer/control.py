@@ -6,7 +6,7 @@ one per node and layer:
 
 - ``open()`` waits a few milliseconds for other opens and sends them as one call.
 - Each download registers a ``Reporter``; the channel reports on every download whose
-  report is due (the supernode says when) in one call, at once for a download that asks
+  report is due (the supernode says when), or nearly due, in one call, at once for a download that asks
   (it needs parents, or it completed), and sends an empty report (a heartbeat) when no
   report is due for a heartbeat interval. Blobs that left the store ride along.
 
@@ -49,6 +49,7 @@ class Reporter:
     build: Callable[[], TaskReport]
     answer: Callable[[ReportAnswer | LinkError], None]
     due: float = 0.0
+    every: float = 0.0  # the interval the supernode last asked for
 
 
 class Control:
@@ -155,6 +156,7 @@ class Control:
         """Report on this download from now on, first in ``first_in`` seconds (the open's
         answer gave its parents and said when to report)."""
         reporter.due = self._clock.monotonic() + first_in
+        reporter.every = first_in
         self._reporters[task_id] = reporter
         self._wake.set()
 
@@ -174,7 +176,7 @@ class Control:
         last_sent = self._clock.monotonic()
         while True:
             now = self._clock.monotonic()
-            due = [t for t, r in self._reporters.items() if r.due <= now]
+            due = self._due(now)
             # An open control channel is a heartbeat in itself.
             connected = self._link.connected()
             heartbeat = now - last_sent >= self.interval and not connected
@@ -208,6 +210,15 @@ class Control:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
+    def _due(self, now: float) -> list[str]:
+        """The downloads to report on now: those due, and with them those that would be
+        due within half their interval (a call goes anyway: the node's layers report
+        together, one call per node, not one per layer)."""
+        reporters = self._reporters.items()
+        if not any(r.due <= now for _, r in reporters):
+            return []
+        return [t for t, r in reporters if r.due - r.every / 2 <= now]
+
     async def _send(self, due: list[str]) -> None:
         reports = []
         for task_id in due:
@@ -234,6 +245,7 @@ class Control:
             if reporter is None:
                 continue
             if not isinstance(answer, LinkError):
+                reporter.every = answer.report_in
                 reporter.due = self._clock.monotonic() + answer.report_in
             reporter.answer(answer)
 

@@ -36,7 +36,7 @@ from swarmpull.edges.registry.client import RegistryClient
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
 
 class BlobSource(Protocol):

@@ -85,10 +85,10 @@ class SupernodeApi:
     # The operations: the REST routes and the control channel (``channel``) both call them.
 
     def op_leave(self, peer_id: str) -> None:
-        self._service.leave(peer_id)
+        self._service.presence.leave(peer_id)
 
     def connected(self, peer_id: str, delta: int) -> None:
-        self._service.connected(peer_id, delta)
+        self._service.presence.connected(peer_id, delta)
 
     async def op_register(self, body: Any, peer_id: str | None = None) -> dict[str, Any]:
         reg = parse_peer_registration(body)
@@ -96,7 +96,7 @@ class SupernodeApi:
             raise ProtocolError(f"this channel is peer {peer_id}'s, not {reg.peer_id}'s")
         await self._service.register_peer(reg)
         self._calls["register"].inc()
-        return {"heartbeat_interval": self._service.heartbeat_interval()}
+        return {"heartbeat_interval": self._service.presence.heartbeat_interval()}
 
     async def op_report(self, peer_id: str, body: Any) -> dict[str, Any]:
         answers = await self._service.report(peer_id, parse_peer_report(body))
@@ -104,7 +104,7 @@ class SupernodeApi:
         out = {}
         for task_id, answer in answers.items():
             out[task_id] = error_of(answer)[1] if isinstance(answer, Exception) else answer.to_json()
-        return {"tasks": out, "heartbeat_interval": self._service.heartbeat_interval()}
+        return {"tasks": out, "heartbeat_interval": self._service.presence.heartbeat_interval()}
 
     async def op_open(self, body: Any, peer_id: str | None = None) -> dict[str, Any]:
         batch = parse_open_tasks(body)
@@ -131,7 +131,7 @@ class SupernodeApi:
         return web.json_response(await self.op_report(peer_id, body))
 
     async def leave(self, request: web.Request) -> web.Response:
-        self._service.leave(parse_peer_id(request.match_info["peer"]))
+        self._service.presence.leave(parse_peer_id(request.match_info["peer"]))
         return web.Response(status=204)
 
     async def open_tasks(self, request: web.Request) -> web.Response:

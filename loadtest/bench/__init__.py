@@ -21,7 +21,7 @@ from loadtest.bench.zstd import run_zstd
 BENCHMARKS: dict[str, Callable[[Any], Awaitable[str]]] = {
     "limits": lambda args: run_limits(args.seconds),
     "zstd": lambda args: run_zstd(),
-    "supernode": lambda args: run_supernode(args.peers, args.pieces, args.duration),
+    "supernode": lambda args: run_supernode(args.peers, args.pieces, args.duration, args.tasks),
     "tls": lambda args: run_tls(),
 }
 

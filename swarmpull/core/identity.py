@@ -34,9 +34,9 @@ MAX_NAME = 64  # ub-common-name: peer ids may be longer (128), certified names m
 CA_DAYS = 3650  # how long a CA is valid, by default
 NODE_DAYS = 365  # how long a node or supernode certificate is valid, by default
 # A name that is one lowercase DNS label is used as it is; any other is base32-encoded.
-_PLAIN_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_PLAIN_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _ENCODED_LABEL = "x"
-_DNS_LABEL_RE = re.compile(r"^(?:\*|[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)$")
+_DNS_LABEL_RE = re.compile(r"^(?:\*|[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)\Z")
 
 
 class IdentityError(ValueError):

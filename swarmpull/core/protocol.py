@@ -18,9 +18,9 @@ from swarmpull.core.failures import FailureReason
 from swarmpull.core.tasks import check_upstream_url, validate_task_id
 
 API = "/api/v1"
-PEER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
-_B64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+PEER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}\Z")
+_B64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}\Z")
 MAX_PIECES = 1 << 20
 MAX_HEADERS = 32
 MAX_HEADER_VALUE = 16 * 1024
@@ -373,28 +373,34 @@ class ParentStats:
         return body
 
 
+_REASONS = {r.value: r for r in FailureReason}
+_MAX_SECONDS = 86400.0 * 30
+
+
 def _parent_stats(raw: Any) -> list[ParentStats]:
+    """Every report carries these, so they are checked in one pass, without helpers."""
     if not isinstance(raw, list) or len(raw) > MAX_PARENTS:
         raise ProtocolError(f"'parents' must be a list of at most {MAX_PARENTS}")
     out = []
-    for item in raw:
-        entry = _obj(item, "a 'parents' entry")
-        reason = None
-        if entry.get("reason") is not None:
-            try:
-                reason = FailureReason(entry.get("reason"))
-            except ValueError:
-                choices = ", ".join(r.value for r in FailureReason)
-                raise ProtocolError(f"'reason' must be one of {choices}") from None
-        out.append(
-            ParentStats(
-                _peer_id(entry, "id"),
-                _int(entry, "bytes", 0, 1 << 50, default=0),
-                _float(entry, "seconds", 0.0, 86400.0 * 30, default=0.0),
-                _int(entry, "failures", 0, 1 << 20, default=0),
-                reason,
-            )
-        )
+    for entry in raw:
+        if not isinstance(entry, dict):
+            raise ProtocolError("a 'parents' entry must be a JSON object")
+        parent, size = entry.get("id"), entry.get("bytes", 0)
+        seconds, failures = entry.get("seconds", 0.0), entry.get("failures", 0)
+        reason = entry.get("reason")
+        if not isinstance(parent, str) or not PEER_ID_RE.match(parent):
+            raise ProtocolError("'id' may hold letters, digits and . _ : - (at most 128)")
+        if type(size) is not int or not 0 <= size <= 1 << 50:
+            raise ProtocolError(f"'bytes' must be an integer from 0 to {1 << 50}")
+        if type(seconds) not in (int, float) or not 0.0 <= seconds <= _MAX_SECONDS:
+            raise ProtocolError(f"'seconds' must be a number from 0 to {_MAX_SECONDS}")
+        if type(failures) is not int or not 0 <= failures <= 1 << 20:
+            raise ProtocolError(f"'failures' must be an integer from 0 to {1 << 20}")
+        if reason is not None:
+            reason = _REASONS.get(reason) if isinstance(reason, str) else None
+            if reason is None:
+                raise ProtocolError(f"'reason' must be one of {', '.join(_REASONS)}")
+        out.append(ParentStats(parent, size, float(seconds), failures, reason))
     return out
 
 
@@ -527,9 +533,9 @@ def parse_peer_report(raw: Any) -> PeerReport:
                 task_id=_task_id(entry.get("task_id"), "task_id"),
                 have=_bitfield(entry, "have"),
                 parents=_parent_stats(entry.get("parents") or []),
-                drop=_peer_ids(entry, "drop"),
-                bad=_peer_ids(entry, "bad"),
+                drop=_peer_ids(entry, "drop") if entry.get("drop") else [],
+                bad=_peer_ids(entry, "bad") if entry.get("bad") else [],
             )
         )
-    dropped = parse_heartbeat({"dropped_tasks": body.get("dropped_tasks") or []}).dropped_tasks
-    return PeerReport(tasks, dropped)
+    dropped = body.get("dropped_tasks")
+    return PeerReport(tasks, parse_heartbeat({"dropped_tasks": dropped}).dropped_tasks if dropped else [])

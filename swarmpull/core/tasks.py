@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from swarmpull.core.digest import Digest
 
-TASK_ID_RE = re.compile(r"^(sha256|url)-[a-f0-9]{64}$")
+TASK_ID_RE = re.compile(r"^(sha256|url)-[a-f0-9]{64}\Z")
 
 
 def task_id_for(url: str, digest: Digest | None) -> str:
