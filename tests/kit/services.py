@@ -32,7 +32,7 @@ SNAPSHOTTER = "overlayfs"
 
 # One Apache combined line per request; a mirror's requests keep their ``?ns=`` query.
 _ACCESS = re.compile(
-    r'"(?P<method>[A-Z]+) /v2/(?P<name>\S+)/(?P<kind>manifests|blobs)/(?P<reference>[^?\s]+)(?:\?\S*)?'
+    r'"(?P<method>[A-Z]+) /v2/(?P<name>\S+)/(?P<kind>manifests|blobs)/(?P<reference>[^/?\s]+)(?:\?\S*)?'
     r' HTTP/[\d.]+" (?P<status>\d{3}) '
 )
 
@@ -165,17 +165,13 @@ class DockerRegistry:
 
     def accesses(self) -> list[Access]:
         """Every manifest and blob request answered so far, in order, whatever its status
-        (any query string, ``?ns=`` included)."""
+        (any query string, ``?ns=`` included; uploads apart)."""
         if not self.access_log.exists():
             return []
         return [
             Access(m["method"], m["kind"], m["name"], m["reference"], int(m["status"]))
             for m in _ACCESS.finditer(self.access_log.read_text(errors="replace"))
         ]
-
-    def requests(self) -> Counter[str]:
-        """Requests by kind so far: "GET manifests", "HEAD blobs", ... (any status)."""
-        return Counter(f"{a.method} {a.kind}" for a in self.accesses())
 
     def blob_gets(self) -> Counter[str]:
         """Digest -> blob GETs answered 200 so far."""
