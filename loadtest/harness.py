@@ -23,7 +23,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -59,6 +59,11 @@ class SurgeConfig:
     seed: int = 1
     timeout: float = 900.0
     """Seconds a run may take; nodes not done by then count as failed."""
+    events_dir: Path | None = None
+    """Write swarm events there: ``supernode.jsonl`` and one ``worker-N.jsonl`` per worker
+    (``swarmpull events summarize DIR/*.jsonl`` makes the report again from them)."""
+    supernode_args: tuple[str, ...] = ()
+    """More flags for the supernode (e.g. ``--ui-token-file``)."""
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.layers < 1 or self.image_size < self.layers * 1024:
@@ -88,6 +93,7 @@ class Progress:
     total: int = 0
     elapsed: float = 0.0
     egress: int = 0
+    supernode: str | None = None  # its URL, in p2p mode
 
 
 @dataclass(slots=True)
@@ -98,9 +104,12 @@ class _Run:
 
 
 async def run_surge(
-    config: SurgeConfig, progress: Callable[[Progress], None] | None = None
+    config: SurgeConfig,
+    progress: Callable[[Progress], None] | None = None,
+    before_stop: Callable[[Progress], Awaitable[None]] | None = None,
 ) -> list[ModeResult]:
-    """Run the configured modes one after the other; one result per mode."""
+    """Run the configured modes one after the other; one result per mode. ``before_stop``
+    is awaited once every node of a mode is done, while every daemon still runs."""
     raise_fd_limit()
     image = build_image(config.layer_sizes(), seed=config.seed)
     modes = ["p2p", "direct"] if config.mode == "both" else [config.mode]
@@ -108,13 +117,13 @@ async def run_surge(
     for mode in modes:
         root = Path(tempfile.mkdtemp(prefix=f"swarmpull-surge-{mode}-"))
         try:
-            results.append(await _run_mode(config, mode, image, root, progress))
+            results.append(await _run_mode(config, mode, image, root, progress, before_stop))
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return results
 
 
-async def _run_mode(config: SurgeConfig, mode: str, image, root: Path, progress) -> ModeResult:  # type: ignore[no-untyped-def]
+async def _run_mode(config: SurgeConfig, mode: str, image, root: Path, progress, before_stop) -> ModeResult:  # type: ignore[no-untyped-def]
     registry = MiniRegistry(rate=config.registry_bandwidth)
     registry.add(REPOSITORY, TAG, image)
     supernode: asyncio.subprocess.Process | None = None
@@ -129,16 +138,21 @@ async def _run_mode(config: SurgeConfig, mode: str, image, root: Path, progress)
             message = await asyncio.to_thread(conn.recv)
             if message[0] != "ready":
                 raise RuntimeError(f"a worker failed to start: {message}")
-        start_at = time.time() + 1.0
+        # The start, on the wall clock (workers in other processes share it) and on the
+        # registry's clock (its egress samples), taken at the same moment.
+        start_at, started = time.time() + 1.0, registry.clock.monotonic() + 1.0
         for _, conn in workers:
             conn.send(("go", start_at))
-        run = await _collect(config, mode, workers, registry, start_at, progress)
+        state = Progress(mode, total=config.nodes, supernode=supernode_url)
+        run = await _collect(config, workers, registry, start_at, state, progress)
+        if before_stop is not None:
+            await before_stop(state)
         egress = registry.blob_bytes_sent
         supernode_stats = await _supernode_stats(supernode, supernode_url) if supernode else {}
         size = image.size + image.config.size
-        return _result(
-            config, mode, size, egress, run, time.time() - start_at, supernode_stats, registry, start_at
-        )
+        timeline = registry.egress_since(started)
+        wall = time.time() - start_at
+        return _result(config, mode, size, egress, run, wall, supernode_stats, registry, timeline)
     finally:
         await _stop(workers, supernode)
         await registry.stop()
@@ -150,7 +164,9 @@ async def _start_supernode(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(root / "supernode")]
+    args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(root / "supernode"), *config.supernode_args]
+    if config.events_dir is not None:
+        args += ["--events", str(config.events_dir / "supernode.jsonl")]
     args += ["--insecure-registry", registry]
     if config.piece_size:
         args += ["--piece-size", str(config.piece_size)]
@@ -187,7 +203,10 @@ def _start_workers(
     first = 0
     for w in range(count):
         n = per + (w < extra)
-        spec = WorkerSpec(first, n, str(root), mode, registry, supernode, config.node_bandwidth)
+        events = str(config.events_dir / f"worker-{w}.jsonl") if config.events_dir and supernode else None
+        spec = WorkerSpec(
+            first, n, str(root), mode, registry, supernode, config.node_bandwidth, events=events
+        )
         parent, child = context.Pipe()
         process = context.Process(
             target=worker_main, args=(spec, child), name=f"surge-worker-{w}", daemon=True
@@ -199,9 +218,8 @@ def _start_workers(
     return workers
 
 
-async def _collect(config, mode, workers, registry, start_at, progress) -> _Run:  # type: ignore[no-untyped-def]
+async def _collect(config, workers, registry, start_at, state, progress) -> _Run:  # type: ignore[no-untyped-def]
     run = _Run()
-    state = Progress(mode, total=config.nodes)
     pending = {id(conn): conn for _, conn in workers}
 
     async def listen(conn: Connection) -> None:
@@ -227,12 +245,12 @@ async def _collect(config, mode, workers, registry, start_at, progress) -> _Run:
         while pending and time.time() < deadline:
             if any(t.done() and t.exception() for t in listeners):
                 raise RuntimeError(f"a worker failed: {[t.exception() for t in listeners if t.done()]}")
-            state.elapsed, state.egress = max(0.0, time.time() - start_at), registry.bytes_sent
+            state.elapsed, state.egress = max(0.0, time.time() - start_at), registry.blob_bytes_sent
             if progress is not None:
                 progress(state)
             await asyncio.sleep(0.25)
         if progress is not None:
-            state.elapsed, state.egress = time.time() - start_at, registry.bytes_sent
+            state.elapsed, state.egress = time.time() - start_at, registry.blob_bytes_sent
             progress(state)
     finally:
         for task in listeners:
@@ -278,17 +296,14 @@ async def _stop(workers, supernode) -> None:  # type: ignore[no-untyped-def]
             await supernode.wait()
 
 
-def _result(config, mode, size, egress, run, wall, supernode_stats, registry, start_at) -> ModeResult:  # type: ignore[no-untyped-def]
+def _result(config, mode, size, egress, run, wall, supernode_stats, registry, timeline) -> ModeResult:  # type: ignore[no-untyped-def]
     up = config.node_bandwidth or math.inf
     origin = config.registry_bandwidth or math.inf
     bound = kumar_ross_bound(size, config.nodes, origin, up if mode == "p2p" else 0.0, up)
-    extra: dict[str, object] = {"manifest bytes": registry.bytes_sent - registry.blob_bytes_sent}
+    extra: dict[str, object] = {"registry manifest bytes": registry.bytes_sent - registry.blob_bytes_sent}
     extra.update(supernode_stats)
-    for key, value in sorted(run.totals.items()):
-        extra[key] = f"{value / (size * max(1, len(run.times))):.2f}x image/node"
     if run.errors:
         extra["first error"] = run.errors[0][:60]
-    timeline = [(t - start_at, b) for t, b in registry.egress if t >= start_at - 1]
     return ModeResult(
         mode=mode,
         nodes=config.nodes,

@@ -47,9 +47,9 @@ class MiniRegistry:
         self, listen: HostPort | None = None, rate: float | None = None, clock: Clock | None = None
     ) -> None:
         self._listen = listen or HostPort("127.0.0.1", 0)
-        self._clock = clock or SystemClock()
+        self.clock = clock or SystemClock()
         self.rate = rate  # bytes per second shared by all responses; None: unshaped
-        self._limiter = RateLimiter(rate, self._clock)
+        self._limiter = RateLimiter(rate, self.clock)
         self._repositories: dict[str, _Repository] = {}
         self._runner: web.AppRunner | None = None
         self._bound: HostPort | None = None
@@ -63,7 +63,7 @@ class MiniRegistry:
         self.blob_bytes_sent = 0
         self.blob_gets: Counter[str] = Counter()  # digest -> GETs that sent a body
         self.requests: Counter[str] = Counter()  # "GET manifests", "HEAD blobs", ...
-        self.egress: list[tuple[float, int]] = []  # (monotonic time, bytes_sent so far)
+        self.egress: list[tuple[float, int]] = []  # (time on self.clock, blob_bytes_sent so far)
 
     def __repr__(self) -> str:
         where = self._bound or "stopped"
@@ -230,9 +230,17 @@ class MiniRegistry:
         return resp
 
     def _sample(self) -> None:
-        now = self._clock.monotonic()
+        now = self.clock.monotonic()
         if not self.egress or now - self.egress[-1][0] >= SAMPLE_INTERVAL:
-            self.egress.append((now, self.bytes_sent))
+            self.egress.append((now, self.blob_bytes_sent))
+
+    def egress_since(self, start: float) -> list[tuple[float, int]]:
+        """Blob egress over time: (seconds since ``start``, bytes sent so far), from a
+        second before ``start`` to now. ``start`` is a time on ``self.clock``: the
+        samples' own clock, so the series cannot be shifted by a wall-clock step."""
+        points = [(t - start, sent) for t, sent in self.egress if t >= start - 1.0]
+        points.append((self.clock.monotonic() - start, self.blob_bytes_sent))
+        return points
 
 
 def _parse(tail: str) -> tuple[str, str, str]:

@@ -28,6 +28,8 @@ from loadtest.client import PullFailed, pull_image
 from peer.config import PeerConfig
 from registry_proxy.config import ProxyConfig
 from swarmpull.app.node import NodeDaemon
+from swarmpull.core.events import NO_EVENTS, EventSink
+from swarmpull.edges.events import EventLog
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.metrics import sample
 from swarmpull.edges.ratelimit import RateLimiter
@@ -47,6 +49,7 @@ class WorkerSpec:
     supernode: str | None
     node_bandwidth: float | None  # bytes per second, each way
     log_level: str = "error"
+    events: str | None = None  # the file this worker's nodes write their events to
 
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
@@ -71,7 +74,11 @@ async def _recv(conn: Connection) -> tuple:
 
 async def _run(spec: WorkerSpec, conn: Connection) -> None:
     nodes: list[NodeDaemon] = []
+    log = EventLog(Path(spec.events)) if spec.events else None  # one writer for all our nodes
+    events: EventSink = log or NO_EVENTS
     try:
+        if log is not None:
+            await log.start()
         if spec.mode == "p2p":
             if spec.supernode is None:
                 raise ValueError("a p2p worker needs the supernode's URL")
@@ -82,6 +89,7 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
                         listen=LOOPBACK,
                         registry=RegistryOptions(insecure_registries=frozenset({spec.registry})),
                     ),
+                    events=events,
                 )
                 await node.start()
                 nodes.append(node)
@@ -96,14 +104,21 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
         async with aiohttp.ClientSession(
             timeout=timeout, connector=connector, auto_decompress=False
         ) as session:
-            await asyncio.gather(*(_pull(spec, session, nodes, i, start_at, conn) for i in range(spec.count)))
-        conn.send(("totals", _totals(nodes)))
+            pulled = await asyncio.gather(
+                *(_pull(spec, session, nodes, i, start_at, conn) for i in range(spec.count))
+            )
+        # Through the swarm the peers count what came from where; straight from the
+        # registry, every byte came from upstream.
+        totals = _totals(nodes) if spec.mode == "p2p" else {"bytes from upstream": float(sum(pulled))}
+        conn.send(("totals", totals))
         while (await _recv(conn))[0] != "stop":
             pass
     finally:
         for node in nodes:
             with contextlib.suppress(Exception):
                 await node.stop()
+        if log is not None:
+            await log.stop()
         conn.send(("stopped",))
 
 
@@ -128,21 +143,25 @@ async def _pull(
     local: int,
     start_at: float,
     conn: Connection,
-) -> None:
+) -> int:
+    """One node's pull; the blob bytes it received."""
     index = spec.first + local
     error = None
+    received = 0
     try:
         if spec.mode == "p2p":
             proxy = nodes[local].proxy
             if proxy is None:
                 raise RuntimeError("a surge node runs without its registry proxy")
-            await pull_image(session, proxy.url, REPOSITORY, TAG, ns=spec.registry)
+            received = (await pull_image(session, proxy.url, REPOSITORY, TAG, ns=spec.registry)).bytes
         else:
             limiter = RateLimiter(spec.node_bandwidth)  # the node's own download link
-            await pull_image(session, f"http://{spec.registry}", REPOSITORY, TAG, limiter=limiter)
+            pulled = await pull_image(session, f"http://{spec.registry}", REPOSITORY, TAG, limiter=limiter)
+            received = pulled.bytes
     except PullFailed as exc:
         error = str(exc)
     conn.send(("done", index, time.time() - start_at, error))
+    return received
 
 
 def _totals(nodes: list[NodeDaemon]) -> dict[str, float]:

@@ -29,6 +29,7 @@ from peer.scrub import scrub
 from peer.slots import DownloadSlots
 from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.clock import Clock, SystemClock
+from swarmpull.core.events import NO_EVENTS, EventSink, Tagged
 from swarmpull.core.oci import Descriptor
 from swarmpull.core.protocol import PEER_ID_RE, PeerRegistration
 from swarmpull.core.registry_questions import BlobQuestion, ManifestAnswer, ManifestQuestion
@@ -45,9 +46,10 @@ log = logging.getLogger(__name__)
 class PeerDaemon:
     """Construct, ``await start()``, ``ensure()`` blobs; ``await stop()`` (safe twice)."""
 
-    def __init__(self, config: PeerConfig, clock: Clock | None = None) -> None:
+    def __init__(self, config: PeerConfig, clock: Clock | None = None, events: EventSink = NO_EVENTS) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        self._events = events
         self.metrics = PeerMetrics()
         self.peer_id = ""
         self.address: str | None = None  # where other peers fetch our pieces
@@ -123,6 +125,7 @@ class PeerDaemon:
             self.clock,
             DownloadSlots(config.download_slots),
             asyncio.Semaphore(config.max_direct),
+            Tagged(self._events, "peer", self.peer_id),
         )
         if config.scrub_rate is not None and any(b.unchecked for b in store.blobs()):
             self._background.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supernode.dashboard.auth import check_token
 from supernode.origin_limits import OriginLimit
 from supernode.scheduler import SchedulerConfig
 from swarmpull.edges.http import HostPort
@@ -81,6 +82,11 @@ class SupernodeConfig:
     """Seconds between scheduler time events (timeouts, expiries)."""
     seed_id: str = "seed"
     """This supernode's id as a piece source."""
+    ui_token: str | None = field(default=None, repr=False)
+    """The operators' token for the dashboard at /ui/ (every replica the same); None: no
+    dashboard."""
+    ui_interval: float = 1.0
+    """Seconds between two dashboard updates (each costs the same whoever watches)."""
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -101,6 +107,10 @@ class SupernodeConfig:
             raise ValueError("peer_timeout must exceed two heartbeat intervals")
         if not 0 < self.tag_ttl <= self.tag_stale or self.auth_cache_ttl <= 0:
             raise ValueError("tag_ttl and auth_cache_ttl must be positive, tag_stale at least tag_ttl")
+        if self.ui_token is not None:
+            check_token(self.ui_token)
+        if self.ui_interval <= 0:
+            raise ValueError("ui_interval must be positive")
         if self.channel_ping <= 0:
             raise ValueError("channel_ping must be positive")
         if self.heartbeat_rate <= 0 or self.heartbeat_max < self.heartbeat_interval:

@@ -16,6 +16,7 @@ from supernode.cluster import ClusterState
 from supernode.cluster.memory import LocalCluster
 from supernode.cluster.redis import RedisCluster
 from supernode.config import SupernodeConfig
+from supernode.dashboard import Dashboard, DashboardFeed, Survey, UiAuth
 from supernode.metrics import SupernodeMetrics
 from supernode.origin_limits import OriginLimits
 from supernode.registry_books import BooksConfig, RegistryBooks
@@ -24,10 +25,11 @@ from supernode.scheduler import Scheduler
 from supernode.seeding import Seeding
 from supernode.service import SupernodeService
 from swarmpull.core.clock import Clock, SystemClock
+from swarmpull.core.events import NO_EVENTS, EventSink, Tagged
 from swarmpull.core.signing import Signer
 from swarmpull.core.tasks import redact_url
 from swarmpull.edges.http import MAX_JSON_BODY, advertised_url, bind, start_site, tls_context
-from swarmpull.edges.metrics import metrics_route
+from swarmpull.edges.metrics import metrics_route, sample
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.registry import RegistryAccess
 from swarmpull.edges.store import PieceStore
@@ -39,9 +41,12 @@ log = logging.getLogger(__name__)
 class Supernode:
     """Construct, ``await start()``, use ``url``; ``await stop()`` (safe twice)."""
 
-    def __init__(self, config: SupernodeConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: SupernodeConfig, clock: Clock | None = None, events: EventSink = NO_EVENTS
+    ) -> None:
         self.config = config
         self._clock = clock or SystemClock()
+        self._events = events
         self.metrics = SupernodeMetrics()
         self.url = ""
         self.service: SupernodeService | None = None
@@ -52,6 +57,7 @@ class Supernode:
         self._cluster: ClusterState | None = None
         self._pieces: PieceServer | None = None
         self._mirror: RegistryMirror | None = None
+        self._feed: DashboardFeed | None = None
 
     def __repr__(self) -> str:
         return f"<Supernode {self.url or 'stopped'}>"
@@ -89,7 +95,10 @@ class Supernode:
         cluster = self._cluster = self._connect_cluster()
         scheduler = Scheduler(config.scheduler)
         scheduler.add_seed(config.seed_id, config.seed_upload_limit)
-        seeding = Seeding(config, store, self._session, self._clock, scheduler, signer, cluster, self.metrics)
+        events = Tagged(self._events, "supernode", self.url)
+        seeding = Seeding(
+            config, store, self._session, self._clock, scheduler, signer, cluster, self.metrics, events
+        )
         access = RegistryAccess(self._session, config.registry, self._clock)
         seeding.authorize = access.anonymous_authorization
         books = RegistryBooks(
@@ -97,11 +106,26 @@ class Supernode:
         )
         mirror = self._mirror = RegistryMirror(access, books, self._clock)
         service = self.service = SupernodeService(
-            config, seeding, scheduler, cluster, signer, self._clock, self.url, self.metrics
+            config, seeding, scheduler, cluster, signer, self._clock, self.url, self.metrics, events
         )
+        auth = UiAuth(config.ui_token) if config.ui_token is not None else None
+        if auth is not None:
+            upstream = self.metrics.registry
+            survey = Survey(
+                self.url,
+                scheduler,
+                lambda: service.tasks,
+                service.traffic,
+                lambda: sample(upstream, "swarmpull_supernode_upstream_bytes_total"),
+                service.presence.has_channel,
+            )
+            self._feed = DashboardFeed(survey, cluster, self._clock, config.ui_interval)
         app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
         app.add_routes(
-            SupernodeApi(service, mirror).routes() + pieces.routes() + [metrics_route(self.metrics.registry)]
+            SupernodeApi(service, mirror).routes()
+            + pieces.routes()
+            + [metrics_route(self.metrics.registry)]
+            + Dashboard(self._feed, auth).routes()
         )
         self._runner, _ = await start_site(app, sock, handler_cancellation=True)
         if cluster.shared and not await cluster.ping():
@@ -110,6 +134,8 @@ class Supernode:
                 redact_url(config.redis_url or ""),
             )
         await service.start()
+        if self._feed is not None:
+            await self._feed.start()
         log.info("supernode listening on %s (seed cache %s)", self.url, data_dir)
 
     def _connect_cluster(self) -> ClusterState:
@@ -121,6 +147,9 @@ class Supernode:
         return RedisCluster(client, self.url, config.lease_ttl, self._clock.monotonic, origins)
 
     async def stop(self) -> None:
+        if self._feed is not None:  # open pages end their streams first
+            await self._feed.stop()
+            self._feed = None
         if self._mirror is not None:
             await self._mirror.stop()
             self._mirror = None

@@ -16,6 +16,7 @@ import time
 
 from supernode.cluster import ClusterState, ClusterUnavailable, NotOwner
 from supernode.config import SupernodeConfig
+from supernode.dashboard.traffic import Traffic
 from supernode.metrics import SupernodeMetrics
 from supernode.pacing import report_interval
 from supernode.presence import Presence
@@ -25,6 +26,7 @@ from supernode.seeding import Seeding
 from supernode.sync import ClusterSync
 from swarmpull.core.bitfield import BitfieldError, from_text, to_text
 from swarmpull.core.clock import Clock
+from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.core.protocol import (
     Holding,
     OpenTask,
@@ -55,9 +57,12 @@ class SupernodeService:
         clock: Clock,
         seed_address: str,
         metrics: SupernodeMetrics,
+        events: EventSink = NO_EVENTS,
     ) -> None:
         self.config = config
         self.seeding = seeding
+        self.events = events
+        self.traffic = Traffic(config.seed_id)  # what reports say moved, for the dashboard
         self.scheduler = scheduler
         self.cluster = cluster
         self.metrics = metrics
@@ -68,7 +73,7 @@ class SupernodeService:
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = False
         self._rng = random.Random()
-        self.presence = Presence(config, scheduler, cluster, clock.monotonic, metrics)
+        self.presence = Presence(config, scheduler, cluster, clock.monotonic, metrics, events)
         self.sync = ClusterSync(
             cluster, seeding, scheduler, self, self.presence, clock.monotonic, config.tick_interval
         )
@@ -104,6 +109,7 @@ class SupernodeService:
             [(h.task_id, {"peer": reg.peer_id, "holding": h.to_json()}) for h in elsewhere]
         )
         self.presence.join(reg)
+        self.events.emit("peer_joined", peer=reg.peer_id, address=reg.address, zone=reg.zone, rack=reg.rack)
         for holding in reg.holdings:
             self.announce_holding(reg.peer_id, holding)
         log.info("peer %s joined from %s (%d holdings)", reg.peer_id, reg.address, len(reg.holdings))
@@ -190,6 +196,7 @@ class SupernodeService:
             have = 0  # held in another geometry: it starts afresh
         have &= self._vouched(task, have)
         parents = self.scheduler.join(task_id, req.peer_id, have, self._clock.monotonic())
+        self.events.emit("parents_assigned", task=task_id, peer=req.peer_id, parents=[p.id for p in parents])
         self.seeding.holds(task, req.peer_id, to_text(have, blob.geometry.count), have)
         return TaskInfo(
             task_id,
@@ -221,6 +228,8 @@ class SupernodeService:
             try:
                 lease = await self.cluster.claim(task_id)
                 record = await self.cluster.load(task_id)
+                url, digest = redact_url(req.url), str(req.digest) if req.digest else None
+                self.events.emit("task_opened", task=task_id, url=url, digest=digest, takeover=bool(record))
                 if record is None:
                     return self.seeding.create(task_id, source, req.digest, lease)
                 holders = await self._live_holders(task_id, record.holders, record.piece_size, record.size)
@@ -268,6 +277,8 @@ class SupernodeService:
         for stat in report.parents:
             if stat.failures and stat.reason is not None:
                 self.metrics.failures.labels(stat.reason.value).inc()
+        self.traffic.reported(task.id, peer_id, report.parents)
+        before = self.scheduler.parents_of(task.id, peer_id) if self.events.enabled else None
         parents, events = self.scheduler.report(
             task.id,
             peer_id,
@@ -278,6 +289,8 @@ class SupernodeService:
             bad=report.bad,
         )
         self.presence.log_events(events)
+        if before is not None and before != parents:
+            self.events.emit("parents_assigned", task=task.id, peer=peer_id, parents=[p.id for p in parents])
         self.metrics.reports.inc()
         self.seeding.holds(task, peer_id, report.have, have)
         state = "seeded" if task.state is TaskState.SEEDED else "running"
@@ -357,6 +370,7 @@ class SupernodeService:
         """Time advanced: expire silent peers, old failures and idle tasks."""
         self.presence.tick()
         now = self._clock.monotonic()
+        self.traffic.tidy(now, self.scheduler.peers, lambda: self.tasks)
         for task in list(self.tasks.values()):
             if task.state is TaskState.FAILED and now - task.failed_at > self.config.failed_task_ttl:
                 self.seeding.drop(task, "its failure expired")

@@ -28,7 +28,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from swarmpull.app.commands import ca, loadtest, node, peer, supernode
+    from swarmpull.app.commands import ca, events, loadtest, node, peer, supernode
 
     parser = Parser(
         prog="swarmpull",
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     peer.register(subparsers)
     loadtest.register(subparsers)
     ca.register(subparsers)
+    events.register(subparsers)
     return parser
 
 

@@ -10,6 +10,7 @@ from loadtest.services import RedisServer, free_port
 from supernode.config import SupernodeConfig
 from supernode.scheduler import SchedulerConfig
 from supernode.server import Supernode
+from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.registry import RegistryOptions
 from tests.kit.processes import DaemonProcess
@@ -18,7 +19,11 @@ __all__ = ["RedisServer", "SupernodeProcess", "start_supernode"]
 
 
 async def start_supernode(
-    *, scheduler: dict[str, Any] | None = None, insecure: tuple[str, ...] = (), **overrides: Any
+    *,
+    scheduler: dict[str, Any] | None = None,
+    insecure: tuple[str, ...] = (),
+    events: EventSink = NO_EVENTS,
+    **overrides: Any,
 ) -> Supernode:
     """A started supernode on 127.0.0.1 (any free port), speaking plain HTTP to the
     registries ``insecure`` names; ``overrides`` set config fields."""
@@ -27,7 +32,7 @@ async def start_supernode(
     if scheduler:
         overrides["scheduler"] = dataclasses.replace(SchedulerConfig(), **scheduler)
     config = dataclasses.replace(config, **overrides)
-    node = Supernode(config)
+    node = Supernode(config, events=events)
     await node.start()
     return node
 

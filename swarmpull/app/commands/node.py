@@ -17,6 +17,7 @@ from swarmpull.app.args import (
     url_arg,
 )
 from swarmpull.app.commands.peer import add_peer_arguments, peer_config
+from swarmpull.app.events import add_events_argument, with_events
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="serve the registry proxy here, e.g. 127.0.0.1:65001 (default: no proxy)",
     )
     add_registry_arguments(p)
+    add_events_argument(p)
     p.set_defaults(func=run_node, default_log_level="info")
 
     s = subparsers.add_parser(
@@ -66,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="most bytes the piece store holds (default: %(default)s)",
     )
     add_registry_arguments(s)
+    add_events_argument(s)
     s.set_defaults(func=run_proxy, default_log_level="info")
 
     c = subparsers.add_parser(
@@ -129,7 +132,7 @@ def run_node(args: argparse.Namespace) -> int:
 
     config = dataclasses.replace(peer_config(args), registry_ca=args.registry_ca)
     proxy = _proxy_config(args, args.proxy_listen) if args.proxy_listen else None
-    run_daemon(lambda: NodeDaemon(config, proxy))
+    run_daemon(with_events(args.events, lambda events: NodeDaemon(config, proxy, events=events)))
     return 0
 
 
@@ -150,7 +153,7 @@ def run_proxy(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    run_daemon(lambda: NodeDaemon(config, proxy))
+    run_daemon(with_events(args.events, lambda events: NodeDaemon(config, proxy, events=events)))
     return 0
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from swarmpull.app.args import add_registry_arguments, hostport_arg, limit_arg, positive_int, size_arg
+from swarmpull.app.events import add_events_argument, with_events
 
 
 def origin_limit_arg(text: str):  # type: ignore[no-untyped-def]
@@ -130,11 +131,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="SECONDS",
         help="with --redis: how long a task's lease outlives a dead owner (default: %(default)s)",
     )
+    p.add_argument(
+        "--ui-token-file",
+        type=Path,
+        metavar="FILE",
+        help="serve the live dashboard at /ui/ to whoever presents the token in FILE "
+        "(make one with: openssl rand -hex 32 > FILE; default: no dashboard)",
+    )
+    add_events_argument(p)
     p.set_defaults(func=run, default_log_level="info")
 
 
 def run(args: argparse.Namespace) -> int:
     from supernode.config import SupernodeConfig
+    from supernode.dashboard import read_token
     from supernode.origin_limits import load_origin_limits
     from supernode.server import Supernode
     from swarmpull.app.args import CommandError, registry_options
@@ -148,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CommandError(f"cannot read {args.redis_password_file}: {exc.strerror}") from None
     try:
+        ui_token = read_token(args.ui_token_file) if args.ui_token_file is not None else None
         if args.origin_limits_file is not None:
             origins += load_origin_limits(args.origin_limits_file)
         config = SupernodeConfig(
@@ -167,8 +178,9 @@ def run(args: argparse.Namespace) -> int:
             redis_url=args.redis,
             redis_password=password,
             lease_ttl=args.lease_ttl,
+            ui_token=ui_token,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    run_daemon(lambda: Supernode(config))
+    run_daemon(with_events(args.events, lambda events: Supernode(config, events=events)))
     return 0
