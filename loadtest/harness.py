@@ -54,6 +54,9 @@ class SurgeConfig:
     """The registry's egress, bytes per second (the seed is held to it too)."""
     mode: str = "p2p"
     """p2p, direct, or both."""
+    transport: str = "http"
+    """How p2p nodes fetch: http (the scheduled swarm), bittorrent (libtorrent, the seed
+    warm: every blob read whole into the supernode before the surge), or both."""
     workers: int | None = None
     """Worker processes; None: enough for the nodes, at least one per core."""
     seed: int = 1
@@ -70,6 +73,8 @@ class SurgeConfig:
             raise ValueError("need at least one node, one layer and 1 KiB per layer")
         if self.mode not in ("p2p", "direct", "both"):
             raise ValueError("mode is p2p, direct or both")
+        if self.transport not in ("http", "bittorrent", "both"):
+            raise ValueError("transport is http, bittorrent or both")
         for name in ("node_bandwidth", "registry_bandwidth"):
             value = getattr(self, name)
             if value is not None and value < 1024:
@@ -113,6 +118,10 @@ async def run_surge(
     raise_fd_limit()
     image = build_image(config.layer_sizes(), seed=config.seed)
     modes = ["p2p", "direct"] if config.mode == "both" else [config.mode]
+    if "p2p" in modes and config.transport != "http":
+        swarms = {"http": ["p2p"], "bittorrent": ["bittorrent"], "both": ["p2p", "bittorrent"]}
+        index = modes.index("p2p")
+        modes[index : index + 1] = swarms[config.transport]
     results = []
     for mode in modes:
         root = Path(tempfile.mkdtemp(prefix=f"swarmpull-surge-{mode}-"))
@@ -131,8 +140,11 @@ async def _run_mode(config: SurgeConfig, mode: str, image, root: Path, progress,
     try:
         await registry.start()
         supernode_url = None
-        if mode == "p2p":
+        if mode != "direct":
             supernode, supernode_url = await _start_supernode(config, root, registry.host)
+        if mode == "bittorrent" or (mode == "p2p" and config.transport == "both"):
+            assert supernode_url is not None  # the same warm seed for both swarms
+            await _warm_seed(supernode_url, f"{registry.host}/{REPOSITORY}:{TAG}")
         workers = _start_workers(config, mode, root, registry.host, supernode_url)
         for _, conn in workers:  # every node up before anyone pulls
             message = await asyncio.to_thread(conn.recv)
@@ -165,6 +177,7 @@ async def _start_supernode(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(root / "supernode"), *config.supernode_args]
+    args += ["--insecure-registry", registry]
     if config.events_dir is not None:
         args += ["--events", str(config.events_dir / "supernode.jsonl")]
     args += ["--insecure-registry", registry]
@@ -191,6 +204,29 @@ async def _start_supernode(
         process.kill()
         await process.wait()
     raise RuntimeError(f"the supernode did not start: {log[-1] if log else 'no output'}")
+
+
+async def _warm_seed(supernode: str, image: str, timeout: float = 600.0) -> None:
+    """Every blob of the image read whole into the seed before the surge (a preheat whose
+    selection matches no node only warms the seed)."""
+    body = {"image": image, "select": {"nodes": ["warm-the-seed-only"]}, "deadline": timeout}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{supernode}/api/v1/preheat", json=body) as resp:
+            job = await resp.json()
+            if resp.status != 201:
+                raise RuntimeError(f"warming the seed failed: {job}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            async with session.get(f"{supernode}/api/v1/preheat/{job['id']}") as resp:
+                status = await resp.json()
+            layers = status.get("layers") or []
+            errors = [status.get("error")] + [layer.get("error") for layer in layers]
+            if any(errors):
+                raise RuntimeError(f"warming the seed failed: {next(e for e in errors if e)}")
+            if layers and all(layer.get("seeded") for layer in layers):
+                return
+            await asyncio.sleep(0.2)
+    raise RuntimeError("warming the seed took too long")
 
 
 def _start_workers(
@@ -272,6 +308,17 @@ async def _supernode_stats(process: asyncio.subprocess.Process, url: str | None)
                 line for line in text.splitlines() if line.startswith("swarmpull_supernode_calls_total{")
             ]
             stats["supernode calls"] = sum(int(float(line.split()[-1])) for line in calls)
+            seed = [  # what the seed sent: pieces over HTTP, and over BitTorrent
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith(
+                    (
+                        "swarmpull_supernode_seed_upload_bytes_total ",
+                        "swarmpull_supernode_torrent_upload_bytes ",
+                    )
+                )
+            ]
+            stats["seed egress bytes"] = sum(seed)
     return stats
 
 
@@ -299,9 +346,12 @@ async def _stop(workers, supernode) -> None:  # type: ignore[no-untyped-def]
 def _result(config, mode, size, egress, run, wall, supernode_stats, registry, timeline) -> ModeResult:  # type: ignore[no-untyped-def]
     up = config.node_bandwidth or math.inf
     origin = config.registry_bandwidth or math.inf
-    bound = kumar_ross_bound(size, config.nodes, origin, up if mode == "p2p" else 0.0, up)
+    bound = kumar_ross_bound(size, config.nodes, origin, 0.0 if mode == "direct" else up, up)
     extra: dict[str, object] = {"registry manifest bytes": registry.bytes_sent - registry.blob_bytes_sent}
+    seed = supernode_stats.pop("seed egress bytes", None)
     extra.update(supernode_stats)
+    if seed is not None:
+        extra["seed egress"] = f"{seed / size:.2f}x image"
     if run.errors:
         extra["first error"] = run.errors[0][:60]
     return ModeResult(

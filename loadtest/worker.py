@@ -34,8 +34,21 @@ from swarmpull.edges.http import HostPort
 from swarmpull.edges.metrics import sample
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.registry import RegistryOptions
+from swarmpull.edges.torrent import TorrentConfig, Transport
 
 LOOPBACK = HostPort("127.0.0.1", 0)
+# Hundreds of libtorrent sessions share a worker process and one address: one disk and
+# one hashing thread each, the system's socket buffers, more than one connection per
+# address, TCP (uTP is for background traffic; the surge is what a client waits for).
+SURGE_TORRENT = TorrentConfig(
+    listen=LOOPBACK,
+    transport=Transport.TCP,
+    shared_address=True,
+    disk_threads=1,
+    hash_threads=1,
+    socket_buffer=0,
+    connections=50,
+)
 REPOSITORY, TAG = "surge/app", "v1"
 
 
@@ -44,7 +57,7 @@ class WorkerSpec:
     first: int  # index of this worker's first node
     count: int
     root: str  # where the nodes keep their data
-    mode: str  # "p2p" or "direct"
+    mode: str  # "p2p" (the HTTP swarm), "bittorrent" or "direct"
     registry: str  # host:port of the upstream registry
     supernode: str | None
     node_bandwidth: float | None  # bytes per second, each way
@@ -79,7 +92,7 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
     try:
         if log is not None:
             await log.start()
-        if spec.mode == "p2p":
+        if spec.mode != "direct":
             if spec.supernode is None:
                 raise ValueError("a p2p worker needs the supernode's URL")
             for i in range(spec.first, spec.first + spec.count):
@@ -109,7 +122,7 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
             )
         # Through the swarm the peers count what came from where; straight from the
         # registry, every byte came from upstream.
-        totals = _totals(nodes) if spec.mode == "p2p" else {"bytes from upstream": float(sum(pulled))}
+        totals = _totals(nodes) if spec.mode != "direct" else {"bytes from upstream": float(sum(pulled))}
         conn.send(("totals", totals))
         while (await _recv(conn))[0] != "stop":
             pass
@@ -133,6 +146,9 @@ def _peer_config(spec: WorkerSpec, index: int) -> PeerConfig:
         upload_limit=bandwidth,
         download_limit=bandwidth,
         peer_id=f"node{index}",
+        preheat=False,
+        blob_transport="bittorrent" if spec.mode == "bittorrent" else "http",
+        torrent=SURGE_TORRENT if spec.mode == "bittorrent" else None,
     )
 
 
@@ -149,7 +165,7 @@ async def _pull(
     error = None
     received = 0
     try:
-        if spec.mode == "p2p":
+        if spec.mode != "direct":
             proxy = nodes[local].proxy
             if proxy is None:
                 raise RuntimeError("a surge node runs without its registry proxy")
@@ -169,7 +185,7 @@ def _totals(nodes: list[NodeDaemon]) -> dict[str, float]:
     totals: dict[str, float] = {}
     for node in nodes:
         registry = node.peer.metrics.registry
-        for source in ("peer", "seed", "upstream"):
+        for source in ("peer", "seed", "upstream", "bittorrent"):
             key = f"bytes from {source}"
             totals[key] = totals.get(key, 0.0) + sample(
                 registry, "swarmpull_peer_download_bytes_total", source=source

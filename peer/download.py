@@ -30,6 +30,7 @@ from peer.link import LinkError, SupernodeUnavailable
 from peer.metrics import PeerMetrics
 from peer.slots import DownloadSlots
 from peer.swarm import SupernodeGone, SwarmFetch, TaskForgotten
+from peer.torrents import TorrentTransport, TorrentUnavailable
 from swarmpull.core.bitfield import to_text
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.clock import Clock
@@ -75,6 +76,7 @@ class DownloadContext:
     slots: DownloadSlots
     direct_slots: asyncio.Semaphore
     events: EventSink
+    torrents: TorrentTransport | None = None
 
 
 class TaskDownload:
@@ -141,6 +143,8 @@ class TaskDownload:
             blob = ctx.store.get(self.task_id)
             if blob is not None:
                 self._adopt(blob)
+            if blob is None:
+                blob = await self._by_torrent()
             if blob is None or not blob.complete:
                 started = ctx.clock.monotonic()
                 url = redact_url(self.request.url)
@@ -178,6 +182,20 @@ class TaskDownload:
         if exc.cache_full and blob is not None and not blob.complete:
             self._ctx.store.remove(self.task_id)  # its space back at once
         log.warning("download of %s failed: %s", redact_url(self.request.url), exc)
+
+    async def _by_torrent(self) -> StoredBlob | None:
+        """The whole blob over BitTorrent, when this node pulls that way and the seed offers
+        a torrent for it; None: the HTTP swarm it is."""
+        ctx = self._ctx
+        if ctx.torrents is None or ctx.config.blob_transport != "bittorrent" or self.request.digest is None:
+            return None
+        try:
+            blob = await asyncio.shield(ctx.torrents.fetch(self.task_id, self.request.priority))
+        except TorrentUnavailable as exc:
+            log.info("no torrent for %s, pulling over HTTP: %s", self.task_id, exc)
+            return None
+        self._adopt(blob)
+        return blob
 
     async def _fetch(self) -> None:
         ctx = self._ctx

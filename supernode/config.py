@@ -11,6 +11,7 @@ from supernode.scheduler import SchedulerConfig
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.origin import UpstreamConfig
 from swarmpull.edges.registry import RegistryOptions
+from swarmpull.edges.torrent import TorrentConfig, Transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,8 @@ class SupernodeConfig:
     dashboard."""
     ui_interval: float = 1.0
     """Seconds between two dashboard updates (each costs the same whoever watches)."""
+    torrent: TorrentConfig = field(default_factory=lambda: TorrentConfig(transport=Transport.BOTH))
+    """The seed's libtorrent session (its listen host defaults to the API's)."""
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -105,12 +108,12 @@ class SupernodeConfig:
             raise ValueError("lease_ttl must be at least three tick intervals")
         if self.heartbeat_interval * 2 >= self.scheduler.peer_timeout:
             raise ValueError("peer_timeout must exceed two heartbeat intervals")
-        if not 0 < self.tag_ttl <= self.tag_stale or self.auth_cache_ttl <= 0:
-            raise ValueError("tag_ttl and auth_cache_ttl must be positive, tag_stale at least tag_ttl")
         if self.ui_token is not None:
             check_token(self.ui_token)
         if self.ui_interval <= 0:
             raise ValueError("ui_interval must be positive")
+        if not 0 < self.tag_ttl <= self.tag_stale or self.auth_cache_ttl <= 0:
+            raise ValueError("tag_ttl and auth_cache_ttl must be positive, tag_stale at least tag_ttl")
         if self.channel_ping <= 0:
             raise ValueError("channel_ping must be positive")
         if self.heartbeat_rate <= 0 or self.heartbeat_max < self.heartbeat_interval:

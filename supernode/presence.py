@@ -1,9 +1,9 @@
 """Which peers are here: registrations, control channels, liveness, departures.
 
-The one writer of the peers' addresses and of who has a control channel open. A peer is
-alive while its channel is open, or while it calls (a report counts as a heartbeat);
-one silent for ``peer_timeout`` is dropped from the scheduler, and with it from every
-task's parents. A peer registered at another replica is made known here from the
+The one writer of the peers' addresses and labels (zone, rack) and of who has a control
+channel open. A peer is alive while its channel is open, or while it calls (a report
+counts as a heartbeat); one silent for ``peer_timeout`` is dropped from the scheduler,
+and with it from every task's parents. A peer registered at another replica is made known here from the
 cluster on its first call.
 """
 
@@ -40,6 +40,7 @@ class Presence:
         self._metrics = metrics
         self._events = events
         self._addresses: dict[str, str | None] = {}
+        self._labels: dict[str, tuple[str | None, str | None]] = {}  # peer -> (zone, rack)
         self._channels: dict[str, int] = {}  # peers with a control channel open
         self.heard: set[str] = set()  # peers heard since the cluster was last told
 
@@ -54,6 +55,7 @@ class Presence:
             capacity=reg.upload_rate,
         )
         self._addresses[reg.peer_id] = reg.address
+        self._labels[reg.peer_id] = (reg.zone, reg.rack)
         self.log_events(events, why="rejoined")
 
     async def ensure(self, peer_id: str) -> None:
@@ -81,7 +83,7 @@ class Presence:
             self._channels.pop(peer_id, None)
 
     def leave(self, peer_id: str) -> None:
-        self._addresses.pop(peer_id, None)
+        self._forget(peer_id)
         self.log_events(self._scheduler.peer_left(peer_id, self._monotonic()), why="left")
 
     def address(self, peer_id: str) -> str | None:
@@ -90,6 +92,14 @@ class Presence:
     def has_channel(self, peer_id: str) -> bool:
         """Whether the peer has a control channel open here (status pages)."""
         return peer_id in self._channels
+
+    def labels(self, peer_id: str) -> tuple[str | None, str | None]:
+        """A peer's (zone, rack), as it registered."""
+        return self._labels.get(peer_id, (None, None))
+
+    def _forget(self, peer_id: str) -> None:
+        self._addresses.pop(peer_id, None)
+        self._labels.pop(peer_id, None)
 
     def heartbeat_interval(self) -> float:
         return heartbeat_interval(self._scheduler.peer_count(), self._config)
@@ -112,7 +122,7 @@ class Presence:
         if not (events.dropped or events.quarantined or events.degraded):
             return
         for peer_id in events.dropped:
-            self._addresses.pop(peer_id, None)
+            self._forget(peer_id)
             self._events.emit("peer_left", peer=peer_id, why=why)
             log.info("peer %s %s", peer_id, why)
         for peer_id in events.quarantined:

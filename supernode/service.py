@@ -20,12 +20,13 @@ from supernode.dashboard.traffic import Traffic
 from supernode.metrics import SupernodeMetrics
 from supernode.pacing import report_interval
 from supernode.presence import Presence
-from supernode.scheduler import Parent, ParentReport, Scheduler, UnknownTask
+from supernode.scheduler import Parent, ParentReport, Scheduler, UnknownPeer, UnknownTask
 from supernode.seed_task import SeedTask, ShuttingDown, Source, TaskFailed, TaskState
 from supernode.seeding import Seeding
 from supernode.sync import ClusterSync
 from swarmpull.core.bitfield import BitfieldError, from_text, to_text
 from swarmpull.core.clock import Clock
+from swarmpull.core.digest import Digest
 from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.core.protocol import (
     Holding,
@@ -297,6 +298,52 @@ class SupernodeService:
         # The keys came with the open; only a takeover adds any (an earlier owner's).
         keys = self._keys(task) if task.keys else []
         return ReportAnswer(self._wire(parents), state, self._report_interval(task), task.digest, None, keys)
+
+    # ----------------------------------------------------------------- preheat
+
+    def live_peers(self) -> dict[str, tuple[str | None, str | None]]:
+        """Registered peers that still heartbeat, with their (zone, rack)."""
+        return {p: self.presence.labels(p) for p in self.scheduler.peers()}
+
+    def peer_labels(self, peer_id: str) -> tuple[str | None, str | None]:
+        """A registered peer's (zone, rack); UnknownPeer if it is not registered."""
+        if not self.scheduler.knows_peer(peer_id):
+            raise UnknownPeer(peer_id)
+        return self.presence.labels(peer_id)
+
+    async def seed_blob(self, url: str, digest: Digest, headers: dict[str, str]) -> SeedTask:
+        """A blob read whole into the seed, as a first pull would read it (preheat):
+        the task once SEEDED with its blob complete; TaskFailed otherwise."""
+        if self._stopping:
+            raise ShuttingDown()
+        task_id = task_id_for(url, digest)
+        source = Source(url, dict(headers))
+        task = await self._claim(task_id, source, OpenTask("preheat", url, digest))
+        task.used_at = self._clock.monotonic()
+        if task.state is TaskState.PARTIAL:
+            task.sources = [source]
+            self.seeding.start_fetch(task)
+        while task.state in (TaskState.PENDING, TaskState.RUNNING):
+            if task.fetch is not None and not task.fetch.done():
+                await asyncio.wait([task.fetch])
+            else:
+                await asyncio.sleep(self.config.tick_interval)
+        if task.state is not TaskState.SEEDED or task.blob is None or not task.blob.complete:
+            raise TaskFailed(task.error or f"the seed could not read {task_id} whole", task.error_status)
+        return task
+
+    def holds_blob(self, peer_id: str, task_id: str) -> None:
+        """A peer holds a whole blob it fetched another way (BitTorrent): a source for
+        the HTTP swarm from now on."""
+        task = self._owned(task_id)
+        blob = task.blob if task else None
+        if blob is None or not self.scheduler.knows_peer(peer_id):
+            return
+        count = blob.geometry.count
+        have = (1 << count) - 1
+        self.announce_holding(
+            peer_id, Holding(task_id, blob.meta.size, blob.meta.piece_size, to_text(have, count))
+        )
 
     def status(self, task_id: str) -> dict[str, object]:
         task = self.tasks.get(task_id)

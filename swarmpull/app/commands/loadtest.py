@@ -60,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="through the swarm, straight from the registry, or both (default: %(default)s)",
     )
     p.add_argument(
+        "--transport",
+        choices=["http", "bittorrent", "both"],
+        default="http",
+        help="p2p over the scheduled HTTP swarm, over libtorrent (the seed warm first), or both "
+        "(both warm) (default: %(default)s)",
+    )
+    p.add_argument(
         "--workers", type=positive_int, metavar="W", help="worker processes (default: by nodes and cores)"
     )
     p.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the image and the simulation")
@@ -111,10 +118,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Run the benchmarks (all of them by default) and print their figures.",
     )
     b.add_argument(
-        "names", nargs="*", metavar="NAME", help="limits, zstd, supernode, tls, dataplane (default: all)"
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="limits, zstd, supernode, tls, dataplane, background (default: all)",
     )
     b.add_argument(
-        "--runs", type=positive_int, default=3, metavar="N", help="dataplane: runs of each (default: 3)"
+        "--runs",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="dataplane, background: runs of each (default: 3)",
     )
     b.add_argument("--seconds", type=float, default=6.0, help="length of each rate measurement (default: 6)")
     b.add_argument(
@@ -178,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
                 node_bandwidth=args.node_bandwidth,
                 registry_bandwidth=args.registry_bandwidth,
                 mode=args.mode,
+                transport=args.transport,
                 workers=args.workers,
                 seed=args.seed,
                 events_dir=_events_dir(args.events_dir),

@@ -138,6 +138,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="serve the live dashboard at /ui/ to whoever presents the token in FILE "
         "(make one with: openssl rand -hex 32 > FILE; default: no dashboard)",
     )
+    p.add_argument(
+        "--torrent-listen",
+        type=hostport_arg,
+        metavar="HOST:PORT",
+        help="where the seed's libtorrent accepts peers, TCP and uTP (default: --listen's host, any port)",
+    )
     add_events_argument(p)
     p.set_defaults(func=run, default_log_level="info")
 
@@ -149,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     from supernode.server import Supernode
     from swarmpull.app.args import CommandError, registry_options
     from swarmpull.edges.daemon import run_daemon
+    from swarmpull.edges.torrent import TorrentConfig, Transport
 
     origins = list(args.origin_limits)
     password = os.environ.get("SWARMPULL_REDIS_PASSWORD") or None
@@ -179,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             redis_password=password,
             lease_ttl=args.lease_ttl,
             ui_token=ui_token,
+            torrent=TorrentConfig(listen=args.torrent_listen, transport=Transport.BOTH),
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

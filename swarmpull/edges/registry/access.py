@@ -169,6 +169,11 @@ class RegistryAccess:
             raise RegistryError(404, "MANIFEST_UNKNOWN", f"{reference}: {exc}") from None
         return [top, *[await self.manifest(upstream, name, d.digest, ACCEPT_ALL, credential) for d in chosen]]
 
+    def authorization(self, upstream: Upstream, name: str) -> str | None:
+        """The header this daemon's own login last got for the repository (preheat hands
+        it to the seed, which reads the blobs with it); None when none was needed."""
+        return self._own.authorization(upstream, name)
+
     async def anonymous_authorization(self, url: str, challenge: str) -> str | None:
         """An anonymous token for a blob URL whose registry challenged a request that
         carried no credentials (the seed reading a public image); None for a challenge
