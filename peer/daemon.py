@@ -26,6 +26,7 @@ from peer.link import SupernodeLink
 from peer.metrics import PeerMetrics
 from peer.preheat import Preheater
 from peer.reader import read_blob
+from peer.registry import RegistryQuestions
 from peer.rest import SupernodeRest
 from peer.scrub import scrub
 from peer.slots import DownloadSlots
@@ -33,8 +34,10 @@ from peer.torrents import RateCaps, TorrentTransport
 from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.clock import Clock, SystemClock
 from swarmpull.core.events import NO_EVENTS, EventSink, Tagged
+from swarmpull.core.oci import Descriptor
 from swarmpull.core.protocol import PEER_ID_RE, PeerRegistration
 from swarmpull.core.rates import Priority
+from swarmpull.core.registry_questions import BlobQuestion, ManifestAnswer, ManifestQuestion
 from swarmpull.edges.daemon import gather_cancel
 from swarmpull.edges.http import HostPort, advertised_url, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route
@@ -68,6 +71,7 @@ class PeerDaemon:
         self._runs: set[asyncio.Task[None]] = set()
         self._runners: list[web.AppRunner] = []
         self._background: list[asyncio.Task[None]] = []
+        self._questions = RegistryQuestions(None, config.open_timeout)
 
     def __repr__(self) -> str:
         return f"<PeerDaemon {self.peer_id or 'stopped'} {self.address}>"
@@ -105,6 +109,7 @@ class PeerDaemon:
                 upload_rate=config.upload_limit,
             )
             self.control = Control(link, store, registration, self.clock)
+            self._questions = RegistryQuestions(link, config.open_timeout)
             self._background.append(asyncio.create_task(self.control.run(), name="control"))
             await self._start_torrents(store)
         counters = self.metrics.transfers
@@ -241,6 +246,15 @@ class PeerDaemon:
         proxy's ``BlobSource``); raises DownloadFailed."""
         async for chunk in read_blob(self.ensure(request), start, end):
             yield chunk
+
+    async def manifest(self, question: ManifestQuestion) -> ManifestAnswer:
+        """A manifest from what the cluster holds (the registry proxy's ``ClusterRegistry``);
+        raises RegistryRefused or NotAnswered."""
+        return await self._questions.manifest(question)
+
+    async def blob_descriptor(self, question: BlobQuestion) -> Descriptor:
+        """A blob's size and media type from what the cluster knows; likewise."""
+        return await self._questions.blob_descriptor(question)
 
     @property
     def registry(self) -> CollectorRegistry:
