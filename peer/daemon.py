@@ -29,6 +29,7 @@ from peer.link import SupernodeLink
 from peer.metrics import PeerMetrics
 from peer.preheat import Preheater
 from peer.reader import read_blob
+from peer.registry import RegistryQuestions
 from peer.rest import SupernodeRest
 from peer.scrub import scrub
 from peer.slots import DownloadSlots
@@ -36,8 +37,10 @@ from peer.torrents import RateCaps, TorrentTransport
 from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.clock import Clock, SystemClock
 from swarmpull.core.events import NO_EVENTS, EventSink, Tagged
+from swarmpull.core.oci import Descriptor
 from swarmpull.core.protocol import PEER_ID_RE, PeerRegistration
 from swarmpull.core.rates import Priority
+from swarmpull.core.registry_questions import BlobQuestion, ManifestAnswer, ManifestQuestion
 from swarmpull.edges.daemon import gather_cancel
 from swarmpull.edges.http import HostPort, advertised_url, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route
@@ -74,6 +77,7 @@ class PeerDaemon:
         self._ended_summaries: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._runners: list[web.AppRunner] = []
         self._background: list[asyncio.Task[None]] = []
+        self._questions = RegistryQuestions(None, config.open_timeout)
 
     def __repr__(self) -> str:
         return f"<PeerDaemon {self.peer_id or 'stopped'} {self.address}>"
@@ -111,6 +115,7 @@ class PeerDaemon:
                 upload_rate=config.upload_limit,
             )
             self.control = Control(link, store, registration, self.clock)
+            self._questions = RegistryQuestions(link, config.open_timeout)
             self._background.append(asyncio.create_task(self.control.run(), name="control"))
             await self._start_torrents(store)
         counters = self.metrics.transfers
@@ -289,6 +294,15 @@ class PeerDaemon:
     def ready(self) -> bool:
         """Able to serve: registered with a supernode (or configured without one)."""
         return self._context is not None and (self.control is None or self.control.registered)
+
+    async def manifest(self, question: ManifestQuestion) -> ManifestAnswer:
+        """A manifest from what the cluster holds (the registry proxy's ``ClusterRegistry``);
+        raises RegistryRefused or NotAnswered."""
+        return await self._questions.manifest(question)
+
+    async def blob_descriptor(self, question: BlobQuestion) -> Descriptor:
+        """A blob's size and media type from what the cluster knows; likewise."""
+        return await self._questions.blob_descriptor(question)
 
     @property
     def registry(self) -> CollectorRegistry:

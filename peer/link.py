@@ -47,12 +47,14 @@ class LinkError(Exception):
         message: str,
         upstream_status: int | None = None,
         direct: bool = False,
+        detail: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.upstream_status = upstream_status
         self.direct = direct  # the supernode lets this peer read the upstream itself
+        self.detail = detail or {}  # the error's other fields, as the supernode sent them
 
     @classmethod
     def of(cls, status: int, payload: Any) -> LinkError:
@@ -65,6 +67,7 @@ class LinkError(Exception):
             error_message(payload, f"supernode answered {status}"),
             upstream if isinstance(upstream, int) else None,
             error.get("direct") is True,
+            error,
         )
 
 
@@ -76,6 +79,8 @@ _ITEM_STATUS = {
     "NOT_OWNER": 421,
     "INTERNAL": 500,
     "UPSTREAM_ERROR": 502,
+    "REGISTRY_REFUSED": 502,
+    "NOT_ANSWERED": 503,
     "CLUSTER_UNAVAILABLE": 503,
     "SHUTTING_DOWN": 503,
 }
@@ -245,6 +250,11 @@ class SupernodeLink:
                 self._redirected(item.task_id, answer)
                 out[item.task_id] = result
         return out, interval
+
+    async def ask(self, op: str, body: Any, timeout: float) -> Any:
+        """A question off the report path (``manifest``, ``blob``): to the current supernode,
+        then the others (one of them may hold the answer)."""
+        return await self._call(op, body, timeout)
 
     def forget(self, task_id: str) -> None:
         self._owners.pop(task_id, None)

@@ -1,7 +1,9 @@
 """Serving a blob to containerd: from the swarm, verified, with the upstream as fallback.
 
-1. A ``HEAD`` upstream first: the blob exists, the credentials work (the token is then
-   cached for the swarm's supernode to use), and its size is known for ``Range``.
+1. Its size (for ``Range`` and ``Content-Length``) and this node's right to pull it come
+   from the cluster (``cluster``: the supernode knows each blob a verified manifest of the
+   repository references, and checks the node's credential once per repository); when
+   the cluster cannot answer, from a ``HEAD`` upstream.
 2. The bytes come from the local peer as its pieces land (in order, each verified).
    If the swarm cannot serve, before or in the middle of the transfer, the rest comes
    from the upstream directly (a ``Range`` request from where the swarm stopped): the
@@ -22,10 +24,12 @@ from typing import Protocol
 
 from aiohttp import web
 
+from registry_proxy.cluster import ClusterRegistry, ask_cluster
 from registry_proxy.errors import OciError
 from registry_proxy.paths import DistributionPath
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.rates import Priority
+from swarmpull.core.registry_questions import BlobQuestion
 from swarmpull.edges.registry import RegistryError, Upstream
 from swarmpull.edges.registry.client import RegistryClient
 
@@ -50,9 +54,11 @@ class BlobQuery:
     client_auth: str | None
 
 
-async def head_blob(client: RegistryClient, query: BlobQuery) -> web.Response:
-    """A blob's metadata, straight from upstream."""
-    size = await _upstream_size(client, query)
+async def head_blob(
+    client: RegistryClient, query: BlobQuery, cluster: ClusterRegistry | None
+) -> web.Response:
+    """A blob's metadata."""
+    size = await _size(client, query, cluster)
     return web.Response(
         headers={
             "Docker-Content-Digest": query.path.reference,
@@ -64,9 +70,13 @@ async def head_blob(client: RegistryClient, query: BlobQuery) -> web.Response:
 
 
 async def get_blob(
-    request: web.Request, client: RegistryClient, query: BlobQuery, source: BlobSource | None
+    request: web.Request,
+    client: RegistryClient,
+    query: BlobQuery,
+    source: BlobSource | None,
+    cluster: ClusterRegistry | None,
 ) -> web.StreamResponse:
-    size = await _upstream_size(client, query)
+    size = await _size(client, query, cluster)
     start, end = _byte_range(request.headers.get("Range"), size)
     whole = (start, end) == (0, size)
     resp = web.StreamResponse(
@@ -180,6 +190,19 @@ async def _from_upstream(
             raise OciError(502, "UNKNOWN", f"upstream closed {path.reference} {remaining} bytes short")
     finally:
         resp.release()
+
+
+async def _size(client: RegistryClient, query: BlobQuery, cluster: ClusterRegistry | None) -> int:
+    """The blob's size, from the cluster if it can answer, else from a HEAD upstream."""
+    path = query.path
+    if cluster is not None and path.digest is not None:
+        question = BlobQuestion(query.upstream.host, path.name, path.digest)
+        descriptor = await ask_cluster(
+            cluster.blob_descriptor, question, client, query.upstream, query.client_auth
+        )
+        if descriptor is not None:
+            return descriptor.size
+    return await _upstream_size(client, query)
 
 
 async def _upstream_size(client: RegistryClient, query: BlobQuery) -> int:

@@ -1,15 +1,13 @@
 """The registry proxy: the OCI distribution pull API on each node, for containerd.
 
-Every request is parsed into a ``DistributionPath`` first. Manifests and tags pass
-straight through to the upstream (small and mutable; media types and
-``Docker-Content-Digest`` kept exactly, a manifest asked for by digest checked against
-it); blobs go through the swarm (``blobs``). A request marked as coming from another
+Every request is parsed into a ``DistributionPath`` first. Manifests come from what the
+cluster holds, or straight from the upstream when it cannot answer (``manifests``);
+blobs go through the swarm (``blobs``). A request marked as coming from another
 swarmpull node is refused, so proxies can never mirror each other in a loop.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import socket
 
@@ -17,11 +15,12 @@ import aiohttp
 from aiohttp import web
 
 from registry_proxy.blobs import BlobQuery, BlobSource, get_blob, head_blob
+from registry_proxy.cluster import ClusterRegistry
 from registry_proxy.config import ProxyConfig
 from registry_proxy.errors import OciError, unsupported
-from registry_proxy.paths import DistributionPath, Kind, parse_path
+from registry_proxy.manifests import serve_manifest
+from registry_proxy.paths import Kind, parse_path
 from swarmpull.core.clock import Clock, SystemClock
-from swarmpull.core.oci import MAX_MANIFEST
 from swarmpull.edges.http import PEER_HEADER, start_site, tls_context
 from swarmpull.edges.registry import Registries, RegistryError, Upstream
 from swarmpull.edges.registry.auth import Authenticator, Credentials
@@ -30,15 +29,21 @@ from swarmpull.edges.registry.client import RegistryClient
 log = logging.getLogger(__name__)
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
-_MANIFEST_HEADERS = ("Content-Type", "Docker-Content-Digest", "ETag", "Last-Modified")
 
 
 class RegistryProxy:
     """Construct with the peer daemon to pull blobs through; ``start()``, ``stop()``."""
 
-    def __init__(self, config: ProxyConfig, source: BlobSource | None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        source: BlobSource | None,
+        clock: Clock | None = None,
+        cluster: ClusterRegistry | None = None,
+    ) -> None:
         self.config = config
         self._source = source
+        self._cluster = cluster
         self._clock = clock or SystemClock()
         options = config.registry
         self._registries = Registries(options.default_registry, options.insecure_registries)
@@ -98,11 +103,11 @@ class RegistryProxy:
                 return web.json_response({}, headers=API_VERSION)
             upstream = self._upstream(request.query.get("ns"))
             if path.kind is Kind.MANIFEST:
-                return await self._manifest(request, path, upstream)
+                return await serve_manifest(request, path, upstream, self.client, self._cluster)
             query = BlobQuery(path, upstream, request.headers.get("Authorization"))
             if request.method == "HEAD":
-                return await head_blob(self.client, query)
-            return await get_blob(request, self.client, query, self._source)
+                return await head_blob(self.client, query, self._cluster)
+            return await get_blob(request, self.client, query, self._source, self._cluster)
         except OciError as exc:
             return exc.response()
         except RegistryError as exc:
@@ -113,38 +118,3 @@ class RegistryProxy:
             return self._registries.resolve(ns)
         except ValueError as exc:
             raise OciError(400, "NAME_INVALID", str(exc)) from None
-
-    async def _manifest(
-        self, request: web.Request, path: DistributionPath, upstream: Upstream
-    ) -> web.Response:
-        accept = ", ".join(request.headers.getall("Accept", [])) or "*/*"
-        resp = await self.client.send(
-            request.method,
-            upstream,
-            path.name,
-            "manifests",
-            path.reference,
-            headers={"Accept": accept},
-            client_auth=request.headers.get("Authorization"),
-        )
-        try:
-            body = b"" if request.method == "HEAD" else await resp.content.read(MAX_MANIFEST + 1)
-            if len(body) > MAX_MANIFEST:
-                raise OciError(502, "MANIFEST_INVALID", f"upstream manifest larger than {MAX_MANIFEST} bytes")
-            headers = {k: resp.headers[k] for k in _MANIFEST_HEADERS if k in resp.headers}
-            if resp.status == 401 and "WWW-Authenticate" in resp.headers:
-                headers["WWW-Authenticate"] = resp.headers["WWW-Authenticate"]
-            if resp.status == 200 and path.digest is not None and request.method == "GET":
-                actual = hashlib.sha256(body).hexdigest()
-                if actual != path.digest.hex:
-                    raise OciError(
-                        502,
-                        "MANIFEST_INVALID",
-                        f"upstream manifest hashes to sha256:{actual}, not {path.reference}",
-                    )
-            if request.method == "HEAD" and resp.content_length is not None:
-                headers["Content-Length"] = str(resp.content_length)
-                return web.Response(status=resp.status, headers=headers)
-            return web.Response(status=resp.status, body=body, headers=headers)
-        finally:
-            resp.release()

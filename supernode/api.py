@@ -7,6 +7,9 @@
     POST   /api/v1/tasks                     open tasks (waits for each upstream's answer)
     GET    /api/v1/peers/{peer}/channel      the same calls over one WebSocket (``channel``):
                                              what peers use, a third of the cost per call
+    POST   /api/v1/registry/manifest         a manifest by tag or digest, from what the
+                                             cluster holds (``registry_mirror``)
+    POST   /api/v1/registry/blob             a blob's descriptor, likewise
     GET    /api/v1/tasks/{task}              task status
     GET    /pieces/{task}/map, /pieces/{task}/{piece}   the seed's piece server
     GET    /healthz                          200 while the process serves (liveness); the
@@ -29,10 +32,8 @@ from typing import Any
 from aiohttp import web
 
 from supernode.channel import ControlChannel
-from supernode.cluster import ClusterUnavailable, NotOwner
-from supernode.errors import error_of
-from supernode.scheduler import UnknownPeer, UnknownTask
-from supernode.seed_task import ShuttingDown, TaskFailed
+from supernode.errors import KNOWN, error_of
+from supernode.registry_mirror import RegistryMirror
 from supernode.service import SupernodeService
 from swarmpull.core.protocol import (
     API,
@@ -42,6 +43,7 @@ from swarmpull.core.protocol import (
     parse_peer_registration,
     parse_peer_report,
 )
+from swarmpull.core.registry_questions import descriptor_json, parse_blob_question, parse_manifest_question
 from swarmpull.core.tasks import validate_task_id
 from swarmpull.edges.http import json_error, read_json
 
@@ -55,15 +57,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     """Every failure answers JSON with a code a client can act on."""
     try:
         return await handler(request)
-    except (
-        ProtocolError,
-        UnknownPeer,
-        UnknownTask,
-        NotOwner,
-        ClusterUnavailable,
-        ShuttingDown,
-        TaskFailed,
-    ) as exc:
+    except KNOWN as exc:
         status, body, headers = error_of(exc)
         return web.json_response(body, status=status, headers=headers)
     except web.HTTPException as exc:
@@ -73,8 +67,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 class SupernodeApi:
-    def __init__(self, service: SupernodeService) -> None:
+    def __init__(self, service: SupernodeService, mirror: RegistryMirror) -> None:
         self._service = service
+        self._mirror = mirror
         self._calls = {k: service.metrics.calls.labels(k) for k in ("register", "report", "open")}
 
     def routes(self) -> list[web.RouteDef]:
@@ -84,6 +79,8 @@ class SupernodeApi:
             web.post(f"{API}/peers/{{peer}}/report", self.report),
             web.delete(f"{API}/peers/{{peer}}", self.leave),
             web.post(f"{API}/tasks", self.open_tasks),
+            web.post(f"{API}/registry/manifest", self.manifest),
+            web.post(f"{API}/registry/blob", self.blob),
             web.get(f"{API}/tasks/{{task}}", self.status),
             web.get(f"{API}/peers/{{peer}}/channel", channel.handle),
             web.get("/healthz", self.health),
@@ -122,6 +119,12 @@ class SupernodeApi:
         self._calls["open"].inc()
         return {"tasks": [error_of(r)[1] if isinstance(r, Exception) else r.to_json() for r in results]}
 
+    async def op_manifest(self, body: Any) -> dict[str, Any]:
+        return (await self._mirror.manifest(parse_manifest_question(body))).to_json()
+
+    async def op_blob(self, body: Any) -> dict[str, Any]:
+        return descriptor_json(await self._mirror.blob(parse_blob_question(body)))
+
     # The REST routes.
 
     async def register(self, request: web.Request) -> web.Response:
@@ -138,6 +141,12 @@ class SupernodeApi:
 
     async def open_tasks(self, request: web.Request) -> web.Response:
         return web.json_response(await self.op_open(await read_json(request)))
+
+    async def manifest(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.op_manifest(await read_json(request)))
+
+    async def blob(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.op_blob(await read_json(request)))
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self._service.status(_task_id(request)))

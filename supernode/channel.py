@@ -8,8 +8,9 @@ costs the supernode about a third of an HTTP request (no request to parse and ro
 response to build around it), and an open connection is the peer's heartbeat: a
 connected peer needs no heartbeat calls. The connection is pinged every
 ``channel_ping`` seconds (a peer that answers no ping within half that is disconnected,
-and heartbeats again): rarely, as a ping costs the supernode as much as a call. Opens wait for their
-upstream's answer, so they are answered out of order; everything else in order.
+and heartbeats again): rarely, as a ping costs the supernode as much as a call. Opens and the
+registry questions (``manifest``, ``blob``) may wait for an upstream's answer, so they are
+answered out of order; everything else in order.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from swarmpull.edges.http import MAX_JSON_BODY, parse_json
 
 log = logging.getLogger(__name__)
 
-MAX_OPENS = 64  # opens a channel may have waiting at once
+MAX_OPENS = 64  # opens and registry questions a channel may have waiting at once
+WAITING_OPS = ("open", "manifest", "blob")  # answered out of order: they may wait on an upstream
 
 
 class Operations(Protocol):
@@ -37,6 +39,8 @@ class Operations(Protocol):
     def op_register(self, body: Any, peer_id: str | None = None) -> Awaitable[dict[str, Any]]: ...
     def op_report(self, peer_id: str, body: Any) -> Awaitable[dict[str, Any]]: ...
     def op_open(self, body: Any, peer_id: str | None = None) -> Awaitable[dict[str, Any]]: ...
+    def op_manifest(self, body: Any) -> Awaitable[dict[str, Any]]: ...
+    def op_blob(self, body: Any) -> Awaitable[dict[str, Any]]: ...
     def op_leave(self, peer_id: str) -> None: ...
     def connected(self, peer_id: str, delta: int) -> None: ...
 
@@ -64,10 +68,10 @@ class ControlChannel:
                     if not isinstance(message, dict) or not isinstance(message.get("id"), int):
                         raise ProtocolError('a message is {"id": N, "op": ..., "body": ...}')
                     ident, op, body = message["id"], message.get("op"), message.get("body")
-                    if op == "open":
+                    if op in WAITING_OPS:
                         if len(opens) >= MAX_OPENS:
                             raise ProtocolError(f"at most {MAX_OPENS} opens may wait at once")
-                        task = asyncio.create_task(self._answer(ws, ident, ops.op_open(body, peer_id)))
+                        task = asyncio.create_task(self._answer(ws, ident, _waiting(ops, op, body, peer_id)))
                         opens.add(task)
                         task.add_done_callback(opens.discard)
                         continue
@@ -79,7 +83,9 @@ class ControlChannel:
                         ops.op_leave(peer_id)
                         answer = {}
                     else:
-                        raise ProtocolError(f"unknown op {op!r}: register, open, report or leave")
+                        raise ProtocolError(
+                            f"unknown op {op!r}: register, open, report, leave, manifest or blob"
+                        )
                     await ws.send_json({"id": ident, "body": answer})
                 except KNOWN as exc:
                     await ws.send_json({"id": ident, **error_of(exc)[1]})
@@ -99,7 +105,16 @@ class ControlChannel:
         except KNOWN as exc:
             reply = {"id": ident, **error_of(exc)[1]}
         except Exception:
-            log.exception("channel: an open failed")
+            log.exception("channel: a call failed")
             reply = {"id": ident, **error_body("INTERNAL", "the call failed")}
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_json(reply)
+
+
+def _waiting(ops: Operations, op: str, body: Any, peer_id: str) -> Awaitable[dict[str, Any]]:
+    """The call for an op of ``WAITING_OPS``."""
+    if op == "manifest":
+        return ops.op_manifest(body)
+    if op == "blob":
+        return ops.op_blob(body)
+    return ops.op_open(body, peer_id)

@@ -8,8 +8,19 @@ from supernode.cluster import ClusterUnavailable, NotOwner
 from supernode.scheduler import UnknownPeer, UnknownTask
 from supernode.seed_task import ShuttingDown, TaskFailed
 from swarmpull.core.protocol import ProtocolError, error_body
+from swarmpull.core.registry_questions import NotAnswered, RegistryRefused
 
-KNOWN = (ProtocolError, UnknownPeer, UnknownTask, NotOwner, ClusterUnavailable, ShuttingDown, TaskFailed)
+KNOWN = (
+    ProtocolError,
+    UnknownPeer,
+    UnknownTask,
+    NotOwner,
+    ClusterUnavailable,
+    ShuttingDown,
+    TaskFailed,
+    RegistryRefused,
+    NotAnswered,
+)
 
 
 def error_of(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -31,4 +42,11 @@ def error_of(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         headers = {"X-Upstream-Status": str(exc.status)} if exc.status else {}
         body = error_body("UPSTREAM_ERROR", str(exc), direct=exc.direct, upstream_status=exc.status)
         return 502, body, headers
+    if isinstance(exc, RegistryRefused):  # the registry's answer for this node's credential
+        body = error_body(
+            "REGISTRY_REFUSED", str(exc), status=exc.status, oci_code=exc.code, challenge=exc.challenge
+        )
+        return 502, body, {}
+    if isinstance(exc, NotAnswered):  # the node asks the registry itself
+        return 503, error_body("NOT_ANSWERED", str(exc)), {}
     raise exc

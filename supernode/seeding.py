@@ -28,7 +28,7 @@ from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.core.geometry import choose_piece_size
 from swarmpull.core.signing import Signer, keys_to_json
 from swarmpull.core.tasks import redact_url
-from swarmpull.edges.origin import UpstreamError, UpstreamFetch
+from swarmpull.edges.origin import Authorize, UpstreamError, UpstreamFetch
 from swarmpull.edges.store import BlobMeta, PieceStore, StoredBlob, StoreError, StoreFull
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class Seeding:
         self._cluster = cluster
         self._metrics = metrics
         self.on_changed: Callable[[], None] = lambda: None  # staged bytes: write through soon
+        self.authorize: Authorize | None = None  # an anonymous token for reads without credentials
         self._staged_bytes = 0
 
     def restore(self, lease: Lease) -> None:
@@ -115,6 +116,7 @@ class Seeding:
             self.config.upstream,
             on_bytes=self._metrics.upstream_bytes.inc,
             throttle=self._cluster.origins.for_url(task.url),
+            authorize=self.authorize,
         )
         task.state = TaskState.RUNNING if task.blob is not None else TaskState.PENDING
         task.fetch = asyncio.create_task(fetch.run(task.blob, elsewhere), name=f"origin-{task.id[:20]}")

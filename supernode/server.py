@@ -27,6 +27,8 @@ from supernode.metrics import SupernodeMetrics
 from supernode.origin_limits import OriginLimits
 from supernode.preheat.api import PreheatApi
 from supernode.preheat.service import Preheats
+from supernode.registry_books import BooksConfig, RegistryBooks
+from supernode.registry_mirror import RegistryMirror
 from supernode.scheduler import Scheduler
 from supernode.seeding import Seeding
 from supernode.service import SupernodeService
@@ -66,6 +68,7 @@ class Supernode:
         self._temp_dir: Path | None = None
         self._cluster: ClusterState | None = None
         self._pieces: PieceServer | None = None
+        self._mirror: RegistryMirror | None = None
         self._feed: DashboardFeed | None = None
         self.torrents: TorrentSession | None = None
         self.preheats: Preheats | None = None
@@ -110,6 +113,12 @@ class Supernode:
         seeding = Seeding(
             config, store, self._session, self._clock, scheduler, signer, cluster, self.metrics, events
         )
+        access = RegistryAccess(self._session, config.registry, self._clock)
+        seeding.authorize = access.anonymous_authorization
+        books = RegistryBooks(
+            BooksConfig(config.tag_ttl, config.tag_stale, config.auth_cache_ttl, config.manifest_cache)
+        )
+        mirror = self._mirror = RegistryMirror(access, books, self._clock)
         service = self.service = SupernodeService(
             config, seeding, scheduler, cluster, signer, self._clock, self.url, self.metrics, events
         )
@@ -127,11 +136,10 @@ class Supernode:
             self._feed = DashboardFeed(survey, cluster, self._clock, config.ui_interval)
         seed_torrents = await self._start_torrents(store)
         torrent_api = TorrentApi(seed_torrents, seed_torrents.tracker, scheduler.knows_peer, self._clock)
-        access = RegistryAccess(self._session, config.registry, self._clock)
         preheats = self.preheats = Preheats(service, access, seed_torrents, self._clock, config.tick_interval)
         app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
         app.add_routes(
-            SupernodeApi(service).routes()
+            SupernodeApi(service, mirror).routes()
             + pieces.routes()
             + torrent_api.routes()
             + PreheatApi(preheats, config.registry.default_registry).routes()
@@ -184,6 +192,9 @@ class Supernode:
         if self._feed is not None:  # open pages end their streams first
             await self._feed.stop()
             self._feed = None
+        if self._mirror is not None:
+            await self._mirror.stop()
+            self._mirror = None
         if self.preheats is not None:
             await self.preheats.stop()
             self.preheats = None

@@ -22,7 +22,7 @@ class NodeDaemon:
         events: EventSink = NO_EVENTS,
     ) -> None:
         self.peer = PeerDaemon(peer, clock, events)
-        self.proxy = RegistryProxy(proxy, self.peer, clock) if proxy is not None else None
+        self.proxy = RegistryProxy(proxy, self.peer, clock, self.peer) if proxy is not None else None
 
     def __repr__(self) -> str:
         return f"<NodeDaemon {self.peer!r} {self.proxy!r}>"

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
@@ -67,12 +67,18 @@ class UpstreamError(Exception):
     ``bad_data``: the upstream sent bytes that do not match the digest."""
 
     def __init__(
-        self, message: str, status: int | None = None, definitive: bool = False, bad_data: bool = False
+        self,
+        message: str,
+        status: int | None = None,
+        definitive: bool = False,
+        bad_data: bool = False,
+        challenge: str | None = None,
     ):
         super().__init__(message)
         self.status = status
         self.definitive = definitive
         self.bad_data = bad_data
+        self.challenge = challenge  # the upstream's WWW-Authenticate on a 401
 
 
 class Throttle(Protocol):
@@ -97,6 +103,9 @@ class UpstreamEvents(Protocol):
 
 
 Source = Callable[[], tuple[str, dict[str, str]]]
+Authorize = Callable[[str, str], Awaitable[str | None]]
+"""``(url, challenge)`` -> an ``Authorization`` for a read that carried none (an anonymous
+registry token), or None."""
 
 
 class UpstreamFetch:
@@ -111,6 +120,7 @@ class UpstreamFetch:
         config: UpstreamConfig,
         on_bytes: Callable[[int], None] | None = None,
         throttle: Throttle | None = None,
+        authorize: Authorize | None = None,
     ) -> None:
         self._session = session
         self._source = source
@@ -124,6 +134,8 @@ class UpstreamFetch:
         self._blob: StoredBlob | None = None
         self._elsewhere: frozenset[int] = frozenset()
         self._throttle = throttle
+        self._authorize = authorize
+        self._anonymous: str | None = None  # what ``authorize`` gave, for reads without credentials
         self.url = ""  # the URL of the current (or last) attempt
 
     def __repr__(self) -> str:
@@ -142,12 +154,24 @@ class UpstreamFetch:
             try:
                 return await self._read_once()
             except UpstreamError as exc:
+                if await self._authorized(exc):
+                    continue  # challenged for a token anyone may have: asked again with it
                 if exc.definitive or attempt >= self._config.attempts:
                     raise
                 delay = self._config.retry_delay * 2 ** (attempt - 1)
                 log.warning("origin: %s (attempt %d, retrying in %.1fs)", exc, attempt, delay)
             attempt += 1
             await asyncio.sleep(delay)
+
+    async def _authorized(self, exc: UpstreamError) -> bool:
+        """A read without credentials was challenged: take the token ``authorize`` gives."""
+        if exc.status != 401 or not exc.challenge or self._authorize is None or self._anonymous is not None:
+            return False
+        url, extra = self._source()
+        if "Authorization" in extra:
+            return False  # the requester's own credentials: never replaced
+        self._anonymous = await self._authorize(url, exc.challenge)
+        return self._anonymous is not None
 
     async def _read_once(self) -> StoredBlob:
         blob = self._blob
@@ -156,6 +180,8 @@ class UpstreamFetch:
         url, extra = self._source()
         self.url = url
         headers = {PEER_HEADER: "swarmpull", **extra}
+        if self._anonymous is not None and "Authorization" not in extra:
+            headers["Authorization"] = self._anonymous
         if offset:
             headers["Range"] = f"bytes={offset}-"
         where = redact_url(url)
@@ -195,6 +221,7 @@ class UpstreamFetch:
                 f"upstream answered {resp.status} {resp.reason or ''} for {where}".replace("  ", " "),
                 status=resp.status,
                 definitive=not retryable,
+                challenge=resp.headers.get("WWW-Authenticate") if resp.status == 401 else None,
             )
         if resp.status == 206:
             match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))

@@ -31,6 +31,18 @@ async def docker_registry(tmp_path) -> AsyncIterator[DockerRegistry]:
 
 
 @pytest.fixture
+async def private_registry(tmp_path) -> AsyncIterator[DockerRegistry]:
+    """A started ``docker-registry`` that lets in only ``alice`` (``registry.users``)."""
+    require("docker-registry")
+    registry = DockerRegistry(tmp_path / "private-registry", users={"alice": "alice-secret"})
+    try:
+        await registry.start()
+        yield registry
+    finally:
+        await registry.stop()
+
+
+@pytest.fixture
 async def containerd_factory() -> AsyncIterator[Callable[[], Awaitable[Containerd]]]:
     """``await containerd_factory()`` starts one more independent containerd; all of them
     are stopped (and their directories removed) at teardown."""

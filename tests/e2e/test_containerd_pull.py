@@ -34,7 +34,7 @@ async def test_three_containerds_pull_through_the_swarm(docker_registry, contain
     image = build_image([3 * MiB, 2 * MiB, 1 * MiB], seed=21)
     async with aiohttp.ClientSession() as session:
         await push_image(session, docker_registry.url, "team/app", "v1", image)
-    supernode = await start_supernode(piece_size=256 * 1024)
+    supernode = await start_supernode(piece_size=256 * 1024, insecure=(docker_registry.host,))
     nodes = []
     try:
         for i in range(3):

@@ -36,6 +36,10 @@ async def test_twenty_nodes_pull_through_the_swarm_and_straight_from_the_registr
     # seed sent up to 60%), so the test asserts only that the swarm carried real weight.
     assert p2p.sources["peer"] >= 2 * size
     assert p2p.extra["supernode calls"] > 0
+    blobs = len(image.blobs())  # O(layers) requests, not O(nodes): counted by kind
+    assert p2p.registry_requests["GET manifests"] == 1 and p2p.registry_requests["GET blobs"] == blobs
+    assert p2p.registry_requests["HEAD manifests"] <= 2 and "HEAD blobs" not in p2p.registry_requests
+
     # The egress series runs on the registry's clock, from the start to the end.
     assert p2p.egress_timeline[0][0] < 0.5 and p2p.egress_timeline[-1][1] == size
     assert all(a <= b for (_, a), (_, b) in zip(p2p.egress_timeline, p2p.egress_timeline[1:], strict=False))

@@ -25,9 +25,14 @@ MANIFEST_TYPES = ", ".join(
 
 
 async def start_node(
-    data_dir: Path, supernodes: tuple[str, ...], insecure: tuple[str, ...] = (), **peer: Any
+    data_dir: Path,
+    supernodes: tuple[str, ...],
+    insecure: tuple[str, ...] = (),
+    credentials: Path | None = None,
+    **peer: Any,
 ) -> NodeDaemon:
-    """A started node: a peer on loopback and its proxy (plain HTTP to ``insecure``)."""
+    """A started node: a peer on loopback and its proxy (plain HTTP to ``insecure``, the
+    registry logins of the docker ``config.json`` ``credentials``)."""
     config = PeerConfig(
         data_dir=data_dir,
         supernodes=supernodes,
@@ -37,7 +42,8 @@ async def start_node(
         upload_limit=None,
         download_limit=None,
     )
-    proxy = ProxyConfig(listen=LOOPBACK, registry=RegistryOptions(insecure_registries=frozenset(insecure)))
+    registry = RegistryOptions(insecure_registries=frozenset(insecure), credentials=credentials)
+    proxy = ProxyConfig(listen=LOOPBACK, registry=registry)
     node = NodeDaemon(dataclasses.replace(config, **peer), proxy)
     await node.start()
     return node

@@ -1,5 +1,6 @@
-"""Real services for end-to-end tests: a distribution registry (``docker-registry``) and
-isolated containerd instances, each started as a child process and stopped with it.
+"""Real services for end-to-end tests: a distribution registry (``docker-registry``, public
+or behind htpasswd logins) and isolated containerd instances, each started as a child
+process and stopped with it.
 
 Both run as asyncio subprocesses, so the test's event loop keeps serving whatever the
 test runs in process (a MiniRegistry, a swarm) while they pull.
@@ -8,6 +9,7 @@ test runs in process (a MiniRegistry, a swarm) while they pull.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -17,9 +19,10 @@ import signal
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import aiohttp
+import bcrypt
 
 from loadtest.services import free_port
 
@@ -28,7 +31,10 @@ STOP_TIMEOUT = 10.0  # seconds after SIGTERM before SIGKILL
 SNAPSHOTTER = "overlayfs"
 
 # One Apache combined line per request; a mirror's requests keep their ``?ns=`` query.
-_BLOB_GET = re.compile(r'"GET /v2/\S+/blobs/(sha256:[0-9a-f]{64})(?:\?\S*)? HTTP/[\d.]+" 200 ')
+_ACCESS = re.compile(
+    r'"(?P<method>[A-Z]+) /v2/(?P<name>\S+)/(?P<kind>manifests|blobs)/(?P<reference>[^/?\s]+)(?:\?\S*)?'
+    r' HTTP/[\d.]+" (?P<status>\d{3}) '
+)
 
 # Plugins an isolated, image-only containerd does not need; "opt" must stay off: it
 # creates /opt/containerd.
@@ -59,13 +65,27 @@ def write_hosts_dir(directory: Path, host: str, server: str | None = None, mirro
     return directory
 
 
+class Access(NamedTuple):
+    """One manifest or blob request in the registry's access log."""
+
+    method: str  # GET, HEAD
+    kind: str  # manifests, blobs
+    name: str
+    reference: str  # a tag or a digest
+    status: int
+
+
 class DockerRegistry:
     """``docker-registry serve`` (distribution 2.8) on a free loopback port, storing under
-    ``root``; its access log tells which blobs were read."""
+    ``root``; with ``users`` (name -> password) every request needs one of those logins
+    (htpasswd, HTTP basic). Its access log tells which requests it answered."""
 
-    def __init__(self, root: Path, binary: str = "docker-registry") -> None:
+    def __init__(
+        self, root: Path, binary: str = "docker-registry", users: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.binary = binary
+        self.users = dict(users or {})
         self.port = 0
         self._process: asyncio.subprocess.Process | None = None
         self._logs: list[IO[bytes]] = []
@@ -95,7 +115,7 @@ class DockerRegistry:
             "log:\n  level: error\n  accesslog:\n    disabled: false\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
             "  maintenance:\n    uploadpurging:\n      enabled: false\n"
-            f"http:\n  addr: {self.host}\n  secret: swarmpull-e2e-only\n"
+            f"http:\n  addr: {self.host}\n  secret: swarmpull-e2e-only\n" + self._auth_config()
         )
         stdout, stderr = open(self.access_log, "wb"), open(self.root / "registry.log", "wb")  # noqa: SIM115
         self._logs = [stdout, stderr]
@@ -121,17 +141,43 @@ class DockerRegistry:
                     )
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(f"{self.url}/v2/") as resp:
-                        if resp.status == 200:
+                        if resp.status in (200, 401):  # 401: it wants a login (``users``)
                             return
                 if loop.time() > deadline:
                     raise RuntimeError(f"docker-registry did not answer on {self.host}")
                 await asyncio.sleep(0.02)
 
-    def blob_gets(self) -> Counter[str]:
-        """Digest -> blob GETs answered 200 so far (any query string, ``?ns=`` included)."""
+    def _auth_config(self) -> str:
+        if not self.users:
+            return ""
+        htpasswd = self.root / "htpasswd"
+        htpasswd.write_text(
+            "".join(
+                f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+                for user, password in self.users.items()
+            )
+        )
+        return f"auth:\n  htpasswd:\n    realm: swarmpull-e2e\n    path: {htpasswd}\n"
+
+    def authorization(self, user: str) -> str:
+        """The ``Authorization`` header of ``user``'s login, for pushing in a test."""
+        return "Basic " + base64.b64encode(f"{user}:{self.users[user]}".encode()).decode()
+
+    def accesses(self) -> list[Access]:
+        """Every manifest and blob request answered so far, in order, whatever its status
+        (any query string, ``?ns=`` included; uploads apart)."""
         if not self.access_log.exists():
-            return Counter()
-        return Counter(_BLOB_GET.findall(self.access_log.read_text(errors="replace")))
+            return []
+        return [
+            Access(m["method"], m["kind"], m["name"], m["reference"], int(m["status"]))
+            for m in _ACCESS.finditer(self.access_log.read_text(errors="replace"))
+        ]
+
+    def blob_gets(self) -> Counter[str]:
+        """Digest -> blob GETs answered 200 so far."""
+        return Counter(
+            a.reference for a in self.accesses() if (a.method, a.kind, a.status) == ("GET", "blobs", 200)
+        )
 
     async def stop(self) -> None:
         process, self._process = self._process, None

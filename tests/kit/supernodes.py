@@ -12,16 +12,23 @@ from supernode.scheduler import SchedulerConfig
 from supernode.server import Supernode
 from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.edges.http import HostPort
+from swarmpull.edges.registry import RegistryOptions
 from tests.kit.processes import DaemonProcess
 
 __all__ = ["RedisServer", "SupernodeProcess", "start_supernode"]
 
 
 async def start_supernode(
-    *, scheduler: dict[str, Any] | None = None, events: EventSink = NO_EVENTS, **overrides: Any
+    *,
+    scheduler: dict[str, Any] | None = None,
+    insecure: tuple[str, ...] = (),
+    events: EventSink = NO_EVENTS,
+    **overrides: Any,
 ) -> Supernode:
-    """A started supernode on 127.0.0.1 (any free port); ``overrides`` set config fields."""
-    config = SupernodeConfig(listen=HostPort("127.0.0.1", 0), tick_interval=0.2)
+    """A started supernode on 127.0.0.1 (any free port), speaking plain HTTP to the
+    registries ``insecure`` names; ``overrides`` set config fields."""
+    registry = RegistryOptions(insecure_registries=frozenset(insecure))
+    config = SupernodeConfig(listen=HostPort("127.0.0.1", 0), tick_interval=0.2, registry=registry)
     if scheduler:
         overrides["scheduler"] = dataclasses.replace(SchedulerConfig(), **scheduler)
     config = dataclasses.replace(config, **overrides)
