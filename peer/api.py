@@ -4,7 +4,13 @@
     POST /api/v1/file    (the same)  ->  {"path", "size", "digest", "cpu_seconds"} of the
                          verified blob in the store, once complete, pinned for a while
     GET  /api/v1/tasks                                  ->  downloads under way
-    GET  /healthz, /metrics
+    GET  /api/v1/tasks/{task}        ->  its latest download: bytes by source, bypass, error
+    GET  /healthz                    ->  200 while the daemon runs (liveness)
+    GET  /readyz                     ->  200 once registered with a supernode, else 503
+    GET  /metrics
+
+A client that hangs up is a client gone: when the last one reading a download leaves
+before it ends, the download is cancelled (``PeerDaemon.requested``).
 
 ``/file`` is for ``swarmpull get`` on the same host: it copies the verified file from the
 store with ``copy_file_range`` instead of streaming it through this API again. The daemon
@@ -24,10 +30,11 @@ the blob's last byte, so a client can never take a partial or wrong blob for a w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -93,9 +100,14 @@ class Downloads(Protocol):
 
     peer_id: str
 
-    def ensure(self, request: BlobRequest) -> TaskDownload: ...
+    def requested(self, request: BlobRequest) -> contextlib.AbstractContextManager[TaskDownload]: ...
 
     def downloads(self) -> list[TaskDownload]: ...
+
+    def summary(self, task_id: str) -> dict[str, Any] | None: ...
+
+    @property
+    def ready(self) -> bool: ...
 
     @property
     def registry(self) -> CollectorRegistry: ...
@@ -112,7 +124,9 @@ class LocalApi:
                 web.post(f"{API}/fetch", self.fetch),
                 web.post(f"{API}/file", self.file),
                 web.get(f"{API}/tasks", self.tasks),
+                web.get(f"{API}/tasks/{{task}}", self.task),
                 web.get("/healthz", self.health),
+                web.get("/readyz", self.readiness),
                 metrics_route(self._daemon.registry),
             ]
         )
@@ -123,7 +137,10 @@ class LocalApi:
             blob_request = parse_blob_request(await read_json(request))
         except ProtocolError as exc:
             return json_error(exc.status, "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE", str(exc))
-        download = self._daemon.ensure(blob_request)
+        with self._daemon.requested(blob_request) as download:
+            return await self._stream(request, download)
+
+    async def _stream(self, request: web.Request, download: TaskDownload) -> web.StreamResponse:
         try:
             blob = await download.wait_ready()
         except DownloadFailed as exc:
@@ -151,11 +168,13 @@ class LocalApi:
             blob_request = parse_blob_request(await read_json(request))
         except ProtocolError as exc:
             return json_error(exc.status, "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE", str(exc))
-        download = self._daemon.ensure(blob_request)
-        try:
-            blob = await download.wait_complete()
-        except DownloadFailed as exc:
-            return download_error(exc)
+        with self._daemon.requested(blob_request) as download:
+            try:
+                blob = await _complete_unless_gone(request, download)
+            except DownloadFailed as exc:
+                return download_error(exc)
+        if blob is None:  # an answer for nobody: the client has left
+            return json_error(503, "CLIENT_GONE", "the client left before the blob was complete")
         store = download.store
         if blob.removed or not blob.complete:
             return json_error(502, "UPSTREAM_ERROR", "the blob left the store before it could be handed out")
@@ -187,8 +206,19 @@ class LocalApi:
             ]
         )
 
+    async def task(self, request: web.Request) -> web.Response:
+        summary = self._daemon.summary(request.match_info["task"])
+        if summary is None:
+            return json_error(404, "NOT_FOUND", "no recent download of this task")
+        return web.json_response(summary)
+
     async def health(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "peer_id": self._daemon.peer_id})
+
+    async def readiness(self, _: web.Request) -> web.Response:
+        ready = self._daemon.ready
+        body = {"status": "ready" if ready else "not registered with a supernode yet"}
+        return web.json_response(body, status=200 if ready else 503)
 
 
 def download_error(exc: DownloadFailed) -> web.Response:
@@ -196,6 +226,23 @@ def download_error(exc: DownloadFailed) -> web.Response:
     if exc.cache_full:
         return json_error(507, "CACHE_FULL", str(exc))
     return json_error(502, "UPSTREAM_ERROR", str(exc), headers)
+
+
+async def _complete_unless_gone(request: web.Request, download: TaskDownload) -> StoredBlob | None:
+    """The download's blob once complete; None as soon as the client has hung up (then
+    ``requested`` cancels a download nobody else wants). aiohttp does not cancel a handler
+    whose client left, and this one writes nothing until the end: the connection is
+    looked at twice a second."""
+    waiting = asyncio.ensure_future(download.wait_complete())
+    try:
+        while not waiting.done():
+            await asyncio.wait({waiting}, timeout=0.5)
+            transport = request.transport
+            if not waiting.done() and (transport is None or transport.is_closing()):
+                return None
+        return waiting.result()
+    finally:
+        waiting.cancel()
 
 
 def _unpin(blob: StoredBlob) -> None:

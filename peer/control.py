@@ -70,6 +70,10 @@ class Control:
 
     # ------------------------------------------------------------ registration
 
+    @property
+    def registered(self) -> bool:
+        return self._registered
+
     def lost(self) -> None:
         self._registered = False
 

@@ -8,11 +8,14 @@ globals, one metrics registry per daemon, nothing started by the constructor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -47,6 +50,8 @@ from swarmpull.edges.transport import PieceClient, PieceServer
 
 log = logging.getLogger(__name__)
 
+RECENT_SUMMARIES = 256  # ended downloads whose summary the local API still answers
+
 
 class PeerDaemon:
     """Construct, ``await start()``, ``ensure()`` blobs; ``await stop()`` (safe twice)."""
@@ -68,7 +73,8 @@ class PeerDaemon:
         self._client: PieceClient | None = None
         self._context: DownloadContext | None = None
         self._downloads: dict[str, TaskDownload] = {}
-        self._runs: set[asyncio.Task[None]] = set()
+        self._runs: dict[TaskDownload, asyncio.Task[None]] = {}
+        self._ended_summaries: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._runners: list[web.AppRunner] = []
         self._background: list[asyncio.Task[None]] = []
         self._questions = RegistryQuestions(None, config.open_timeout)
@@ -140,7 +146,8 @@ class PeerDaemon:
             self._background.append(
                 asyncio.create_task(scrub(store, config.scrub_rate, self.metrics), name="scrub")
             )
-        log.info("peer %s serving pieces at %s, API at %s", self.peer_id, self.address, self.api_url)
+        # Debug only: the command that runs the daemon says "serving" once all of it runs.
+        log.debug("peer %s serving pieces at %s, API at %s", self.peer_id, self.address, self.api_url)
 
     async def _start_torrents(self, store: PieceStore) -> None:
         """The node's libtorrent session, on the host of its piece server unless told."""
@@ -186,12 +193,15 @@ class PeerDaemon:
             self._runners.append(runner)
             self.address = advertised_url(bound, config.advertise)
         if config.api_listen is not None:
-            runner, bound = await start_site(LocalApi(self).app(), config.api_listen)
+            # A client that hangs up is gone at once: its download may be abandoned.
+            runner, bound = await start_site(
+                LocalApi(self).app(), config.api_listen, handler_cancellation=True
+            )
             self._runners.append(runner)
             self.api_url = bound.url()
 
     async def stop(self) -> None:
-        await gather_cancel(*self._runs)
+        await gather_cancel(*self._runs.values())
         self._runs.clear()
         self._downloads.clear()
         await gather_cancel(*self._background)
@@ -218,7 +228,31 @@ class PeerDaemon:
             self.store = None
 
     def ensure(self, request: BlobRequest) -> TaskDownload:
-        """The download of a blob: a running one is shared, a held blob is ready at once."""
+        """The download of a blob, run to its end whoever comes and goes: a running one is
+        shared, a held blob is ready at once."""
+        download = self._download(request)
+        download.kept = True
+        return download
+
+    @contextlib.contextmanager
+    def requested(self, request: BlobRequest) -> Iterator[TaskDownload]:
+        """The download of a blob for a client that may leave before it ends (``swarmpull
+        get`` over the local API, containerd through the proxy). When the last such client
+        has left and nobody ``ensure``d it, the download is cancelled; the pieces verified
+        so far stay in the store for the next request."""
+        download = self._download(request)
+        download.requesters += 1
+        try:
+            yield download
+        finally:
+            download.requesters -= 1
+            run = self._runs.get(download)
+            unfinished = download.state not in (DownloadState.COMPLETE, DownloadState.FAILED)
+            if download.requesters == 0 and not download.kept and run is not None and unfinished:
+                download.stopping_because = "every client that asked for it has left"
+                run.cancel()
+
+    def _download(self, request: BlobRequest) -> TaskDownload:
         if self._context is None:
             raise RuntimeError("the peer daemon is not started")
         current = self._downloads.get(request.task_id)
@@ -227,8 +261,8 @@ class PeerDaemon:
         download = TaskDownload(self._context, request)
         self._downloads[request.task_id] = download
         run = asyncio.create_task(download.run(), name=f"download-{request.task_id[:20]}")
-        self._runs.add(run)
-        run.add_done_callback(lambda done: self._ended(download, done))
+        self._runs[download] = run
+        run.add_done_callback(lambda done: self._ended(download))
         if request.priority is Priority.FOREGROUND:
             self._foreground_changed(+1)
         return download
@@ -244,8 +278,22 @@ class PeerDaemon:
     ) -> AsyncIterator[memoryview]:
         """Bytes ``[start, end)`` of a blob as its verified pieces land (the registry
         proxy's ``BlobSource``); raises DownloadFailed."""
-        async for chunk in read_blob(self.ensure(request), start, end):
-            yield chunk
+        with self.requested(request) as download:
+            async for chunk in read_blob(download, start, end):
+                yield chunk
+
+    def summary(self, task_id: str) -> dict[str, Any] | None:
+        """The latest download of a task, under way or recently ended: what it fetched from
+        where, or why it failed."""
+        current = self._downloads.get(task_id)
+        if current is not None:
+            return current.summary()
+        return self._ended_summaries.get(task_id)
+
+    @property
+    def ready(self) -> bool:
+        """Able to serve: registered with a supernode (or configured without one)."""
+        return self._context is not None and (self.control is None or self.control.registered)
 
     async def manifest(self, question: ManifestQuestion) -> ManifestAnswer:
         """A manifest from what the cluster holds (the registry proxy's ``ClusterRegistry``);
@@ -264,10 +312,14 @@ class PeerDaemon:
     def downloads(self) -> list[TaskDownload]:
         return list(self._downloads.values())
 
-    def _ended(self, download: TaskDownload, run: asyncio.Task[None]) -> None:
-        self._runs.discard(run)
+    def _ended(self, download: TaskDownload) -> None:
+        self._runs.pop(download, None)
         if download.request.priority is Priority.FOREGROUND:
             self._foreground_changed(-1)
+        self._ended_summaries[download.task_id] = download.summary()
+        self._ended_summaries.move_to_end(download.task_id)
+        while len(self._ended_summaries) > RECENT_SUMMARIES:
+            self._ended_summaries.popitem(last=False)
         if self._downloads.get(download.task_id) is download and download.state is DownloadState.COMPLETE:
             del self._downloads[download.task_id]  # the store answers for it from now on
 

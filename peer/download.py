@@ -19,7 +19,9 @@ import contextlib
 import enum
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -88,6 +90,12 @@ class TaskDownload:
         self.error: DownloadFailed | None = None
         self.blob: StoredBlob | None = None
         self.direct = False  # fetched from upstream directly
+        self.bypassed: str | None = None  # why the swarm was bypassed, when it was
+        # verified bytes by source: local, bittorrent, peer, seed, upstream
+        self.sources: Counter[str] = Counter()
+        self.requesters = 0  # clients reading it who may leave (``PeerDaemon.requested``)
+        self.kept = False  # asked for by someone who stays (``PeerDaemon.ensure``): never abandoned
+        self.stopping_because = "the daemon is stopping"  # said when the run is cancelled
         self._expected = request.digest
         self._changed = asyncio.Event()
         self._pins = contextlib.ExitStack()
@@ -135,6 +143,17 @@ class TaskDownload:
         self._changed = asyncio.Event()
         self._landed.set()
 
+    def summary(self) -> dict[str, Any]:
+        """What it fetched from where, for ``swarmpull get``'s closing line."""
+        return {
+            "task_id": self.task_id,
+            "state": self.state.value,
+            "size": self.blob.meta.size if self.blob is not None else None,
+            "sources": dict(self.sources),
+            "bypassed": self.bypassed,
+            "error": str(self.error) if self.error is not None else None,
+        }
+
     # -------------------------------------------------------------------- run
 
     async def run(self) -> None:
@@ -143,6 +162,7 @@ class TaskDownload:
             blob = ctx.store.get(self.task_id)
             if blob is not None:
                 self._adopt(blob)
+                self.sources["local"] = _held_bytes(blob)
             if blob is None:
                 blob = await self._by_torrent()
             if blob is None or not blob.complete:
@@ -163,7 +183,7 @@ class TaskDownload:
         except StoreWriteError as exc:
             self._failed(DownloadFailed(f"the disk refused the blob: {exc}", cache_full=True))
         except asyncio.CancelledError:
-            self._failed(DownloadFailed("download cancelled (the daemon is stopping)"))
+            self._failed(DownloadFailed(f"download cancelled: {self.stopping_because}"))
             raise
         except Exception as exc:
             log.exception("download of %s crashed", self.task_id)
@@ -195,6 +215,7 @@ class TaskDownload:
             log.info("no torrent for %s, pulling over HTTP: %s", self.task_id, exc)
             return None
         self._adopt(blob)
+        self.sources["bittorrent"] = _held_bytes(blob)
         return blob
 
     async def _fetch(self) -> None:
@@ -233,6 +254,8 @@ class TaskDownload:
             except SupernodeGone as exc:
                 await self._direct(str(exc))
                 return
+            finally:
+                self.sources.update(swarm.received)
             if swarm.digest is not None:
                 self._expect(Digest.parse(swarm.digest))
             return
@@ -289,6 +312,7 @@ class TaskDownload:
             self._pins = contextlib.ExitStack()
             self._ctx.store.remove(self.task_id)
             self.blob = blob = None
+            self.sources.clear()
         if blob is None:
             self._create(info.size, info.piece_size)
 
@@ -322,6 +346,8 @@ class TaskDownload:
         ctx = self._ctx
         async with ctx.direct_slots:
             self.direct = True
+            self.bypassed = why
+            held = _held_bytes(self.blob) if self.blob is not None else 0
             ctx.metrics.fallbacks.inc()
             ctx.events.emit("fallback", task=self.task_id, reason=why)
             log.warning("fetching %s directly from upstream: %s", redact_url(self.request.url), why)
@@ -346,6 +372,7 @@ class TaskDownload:
                 ctx.events.emit("upstream_read", task=self.task_id, bytes=read[0])
             if self.blob is None:
                 self._adopt(blob)
+            self.sources["upstream"] += _held_bytes(blob) - held
         self._notify()
 
     # ------------------------------------------------------------- finish
@@ -402,6 +429,11 @@ class TaskDownload:
             await asyncio.to_thread(blob.mark_complete, str(actual), flush=False)
         except StoreError as exc:
             raise DownloadFailed(f"could not record the blob as complete: {exc}", cache_full=True) from None
+
+
+def _held_bytes(blob: StoredBlob) -> int:
+    geometry = blob.geometry
+    return sum(geometry.length(piece) for piece in blob.verified_pieces())
 
 
 def _text(digest: Digest | None) -> str | None:

@@ -3,14 +3,19 @@
 Through the local peer daemon's API (``--peer``), or as a one-shot peer of its own that
 joins the swarm for this file only (``--supernode``). Bytes go to a hidden temporary file
 next to the output; it is renamed into place only when every byte arrived and the digest
-(when given) matched, and removed on any failure.
+(when given) matched, and removed on any failure. To stdout (``-o -``) bytes flow as they
+arrive: the daemon holds back a blob's last bytes until its digest matched, so a reader
+of a failed transfer sees it cut short (and a non-zero exit).
 
 Through the daemon, the daemon verifies the whole blob (its digest is computed once, as
 the pieces land) and answers with the verified file's path in its store (``/api/v1/file``);
 ``get`` copies it in the kernel (``copy_file_range``), without hashing or streaming it a
 second time. A daemon whose files this user cannot open, or an older one, streams it
-instead (``/api/v1/fetch``), hashed on the way. The summary line on stderr gives the CPU
-seconds per GB spent here and, through a daemon, by the daemon for this request.
+instead (``/api/v1/fetch``), hashed on the way; so does ``-o -``. Either way a client
+that hangs up (Ctrl-C) cancels the daemon's download unless another client still wants
+it; the pieces verified so far stay in the daemon's store. The daemon's account of the
+download (bytes by source, a bypass) and the CPU seconds spent here and in the daemon
+end up in ``Fetched``, for the summary line.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +37,12 @@ import aiohttp
 
 from peer.config import PeerConfig
 from peer.daemon import PeerDaemon
+from peer.download import TaskDownload
 from peer.reader import read_blob
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.digest import Digest
 from swarmpull.core.protocol import API
 from swarmpull.core.rates import Priority
-from swarmpull.core.units import format_size
 from swarmpull.edges.http import error_message
 from swarmpull.edges.progress import ProgressBar
 
@@ -46,45 +51,73 @@ class GetError(Exception):
     """Why a ``get`` failed, in one line for the user."""
 
 
+@dataclass(slots=True)
+class Fetched:
+    """What a ``get`` delivered: its size, the bytes by source (``local``: already on the
+    node; ``peer``, ``seed``, ``upstream``), why the swarm was bypassed, if it was, and the
+    CPU seconds spent in this process and (through a daemon that says) in the daemon."""
+
+    size: int = 0
+    sources: dict[str, int] = field(default_factory=dict)
+    bypassed: str | None = None
+    cpu_here: float = 0.0
+    cpu_daemon: float | None = None
+
+    def take(self, summary: dict[str, Any]) -> None:
+        """Fill in from a download's summary (``TaskDownload.summary``)."""
+        sources = summary.get("sources")
+        if isinstance(sources, dict):
+            self.sources = {str(k): int(v) for k, v in sources.items() if isinstance(v, int)}
+        bypassed = summary.get("bypassed")
+        self.bypassed = bypassed if isinstance(bypassed, str) else None
+
+
 async def get_file(
     url: str,
-    output: Path,
+    output: Path | None,
     *,
     digest: Digest | None = None,
     peer_api: str | None = None,
     supernodes: tuple[str, ...] = (),
     headers: dict[str, str] | None = None,
     priority: Priority = Priority.FOREGROUND,
-) -> int:
-    """Download ``url`` to ``output``; returns the size. Raises GetError."""
-    started, cpu = time.monotonic(), _cpu_seconds()
-    progress = ProgressBar(output.name)
-    daemon_cpu: float | None = None
+) -> Fetched:
+    """Download ``url`` to ``output`` (None: stdout). Raises GetError."""
+    cpu = _cpu_seconds()
+    progress = ProgressBar(output.name if output is not None else "-")
+    fetched = Fetched()
     if peer_api is not None:
+        api = peer_api.rstrip("/")
         body = _request_body(url, digest, headers or {}, priority)
-        placed = await _placed_by_daemon(peer_api, body)
-        size = None
-        if placed is not None:
-            daemon_cpu = float(placed.get("cpu_seconds") or 0.0)
-            size = await asyncio.to_thread(_copy_placed, placed, output, digest)
-        if size is None:
-            chunks = _through_daemon(peer_api, body, progress)
-            size = await _write(chunks, output, digest, progress)
-        _summary(output, size, started, cpu, daemon_cpu)
-        return size
+        # To a file: the daemon's verified file, copied. To stdout, from a daemon without
+        # /file, or when this user may not read the store: streamed.
+        placed = await _placed_by_daemon(api, body) if output is not None else None
+        copied = None
+        if placed is not None and output is not None:
+            copied = await asyncio.to_thread(_copy_placed, placed, output, digest)
+        if placed is not None and copied is not None:
+            fetched.size = copied
+            fetched.cpu_daemon = float(placed.get("cpu_seconds") or 0.0)
+            fetched.take(await _account(api, str(placed.get("task_id") or "")))
+        else:
+            chunks = _through_daemon(api, body, progress, fetched)
+            fetched.size = await _deliver(chunks, output, digest, progress)
+        fetched.cpu_here = _cpu_seconds() - cpu
+        return fetched
     data_dir = Path(tempfile.mkdtemp(prefix="swarmpull-get-"))
     daemon = PeerDaemon(
         PeerConfig(data_dir=data_dir, supernodes=supernodes, api_listen=None, cache_size=None)
     )
     try:
         await daemon.start()
-        chunks = _one_shot(daemon, BlobRequest(url, digest, headers or {}, priority), progress)
-        size = await _write(chunks, output, digest, progress)
+        download = daemon.ensure(BlobRequest(url, digest, headers or {}, priority))
+        fetched.size = await _deliver(_one_shot(download, progress), output, digest, progress)
+        fetched.take(download.summary())
     finally:
         await daemon.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-    _summary(output, size, started, cpu, None)
-    return size
+    fetched.cpu_here = _cpu_seconds() - cpu
+    return fetched
 
 
 def _request_body(
@@ -94,18 +127,6 @@ def _request_body(
     if digest is not None:
         body["digest"] = str(digest)
     return body
-
-
-def _summary(output: Path, size: int, started: float, cpu: float, daemon_cpu: float | None) -> None:
-    seconds = max(time.monotonic() - started, 1e-6)
-    gigabytes = max(size / 1e9, 1e-9)
-    line = (
-        f"{output.name}: {format_size(size)} in {seconds:.2f} s ({size / seconds / 1e9:.2f} GB/s), "
-        f"CPU {(_cpu_seconds() - cpu) / gigabytes:.2f} s/GB here"
-    )
-    if daemon_cpu is not None:
-        line += f", {daemon_cpu / gigabytes:.2f} s/GB in the daemon"
-    print(line, file=sys.stderr, flush=True)
 
 
 def _cpu_seconds() -> float:
@@ -203,31 +224,52 @@ def _temporary(output: Path) -> Any:
             tmp.unlink()
 
 
-async def _through_daemon(api: str, body: dict[str, object], progress: ProgressBar) -> AsyncIterator[bytes]:
+async def _through_daemon(
+    api: str, body: dict[str, object], progress: ProgressBar, fetched: Fetched
+) -> AsyncIterator[bytes]:
+    """The blob's bytes from the daemon's local API; once they are all in, ``fetched``
+    gets the daemon's account of where they came from."""
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600)
     try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session,
-            session.post(f"{api.rstrip('/')}{API}/fetch", json=body) as resp,
-        ):
-            if resp.status != 200:
-                payload = await resp.json(content_type=None)
-                raise GetError(error_message(payload, f"the peer daemon answered {resp.status}"))
-            progress.total = resp.content_length
-            async for chunk in resp.content.iter_chunked(256 * 1024):
-                yield chunk
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+            async with session.post(f"{api}{API}/fetch", json=body) as resp:
+                if resp.status != 200:
+                    payload = await resp.json(content_type=None)
+                    raise GetError(error_message(payload, f"the peer daemon answered {resp.status}"))
+                task_id = resp.headers.get("X-Swarmpull-Task", "")
+                progress.total = resp.content_length
+                try:
+                    async for chunk in resp.content.iter_chunked(256 * 1024):
+                        yield chunk
+                except aiohttp.ClientPayloadError:
+                    # The daemon cut the transfer short; its account says why (the digests).
+                    why = (await _account(api, task_id, session)).get("error")
+                    raise GetError(why or "the peer daemon cut the transfer short") from None
+            fetched.take(await _account(api, task_id, session))
     except aiohttp.ClientConnectorError:
         raise GetError(
             f"no peer daemon answers at {api} (start `swarmpull peer`, or pass --supernode URL)"
         ) from None
-    except aiohttp.ClientPayloadError:
-        raise GetError("the peer daemon cut the transfer: the blob failed verification") from None
     except (aiohttp.ClientError, ValueError) as exc:
         raise GetError(f"talking to the peer daemon at {api}: {exc}") from None
 
 
-async def _one_shot(daemon: PeerDaemon, request: BlobRequest, progress: ProgressBar) -> AsyncIterator[bytes]:
-    download = daemon.ensure(request)
+async def _account(api: str, task_id: str, session: aiohttp.ClientSession | None = None) -> dict[str, Any]:
+    """The daemon's account of its latest download of ``task_id`` ({} if it has none)."""
+    if not task_id:
+        return {}
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if session is None:
+                session = await stack.enter_async_context(aiohttp.ClientSession())
+            async with session.get(f"{api}{API}/tasks/{task_id}") as resp:
+                summary = await resp.json(content_type=None) if resp.status == 200 else {}
+    except (aiohttp.ClientError, ValueError):
+        return {}  # an account is a courtesy: the blob itself was verified
+    return summary if isinstance(summary, dict) else {}
+
+
+async def _one_shot(download: TaskDownload, progress: ProgressBar) -> AsyncIterator[bytes]:
     try:
         blob = await download.wait_ready()
         progress.total = blob.meta.size
@@ -235,6 +277,36 @@ async def _one_shot(daemon: PeerDaemon, request: BlobRequest, progress: Progress
             yield bytes(chunk)
     except DownloadFailed as exc:
         raise GetError(str(exc)) from None
+
+
+async def _deliver(
+    chunks: AsyncIterator[bytes], output: Path | None, digest: Digest | None, progress: ProgressBar
+) -> int:
+    if output is None:
+        return await _write_stdout(chunks, digest, progress)
+    return await _write(chunks, output, digest, progress)
+
+
+async def _write_stdout(chunks: AsyncIterator[bytes], digest: Digest | None, progress: ProgressBar) -> int:
+    out = sys.stdout.buffer
+    hasher = hashlib.sha256()
+    size = 0
+    async for chunk in chunks:
+        out.write(chunk)
+        hasher.update(chunk)
+        size += len(chunk)
+        progress.advance(len(chunk))
+    out.flush()
+    _check(size, hasher.hexdigest(), digest, progress)
+    progress.finish()
+    return size
+
+
+def _check(size: int, sha256_hex: str, digest: Digest | None, progress: ProgressBar) -> None:
+    if progress.total is not None and size != progress.total:
+        raise GetError(f"transfer ended after {size} of {progress.total} bytes")
+    if digest is not None and sha256_hex != digest.hex:
+        raise GetError(f"downloaded content has digest sha256:{sha256_hex}, expected {digest}")
 
 
 async def _write(
@@ -255,10 +327,7 @@ async def _write(
                 hasher.update(chunk)
                 size += len(chunk)
                 progress.advance(len(chunk))
-        if progress.total is not None and size != progress.total:
-            raise GetError(f"transfer ended after {size} of {progress.total} bytes")
-        if digest is not None and hasher.hexdigest() != digest.hex:
-            raise GetError(f"downloaded content has digest sha256:{hasher.hexdigest()}, expected {digest}")
+        _check(size, hasher.hexdigest(), digest, progress)
         os.replace(tmp, output)
         progress.finish()
         return size

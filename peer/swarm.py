@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -120,6 +121,7 @@ class SwarmFetch:
         self._unreachable_since: float | None = None
         self._last_progress = clock.monotonic()
         self.digest: str | None = None
+        self.received: Counter[str] = Counter()  # verified bytes by kind of source (peer, seed)
         self._report_in = info.report_in
         self._told_complete = False  # the last report built said we hold every piece
         self._set_parents(info.parents)
@@ -236,6 +238,7 @@ class SwarmFetch:
         )
         self._metrics.pieces.labels("verified").inc()
         self._metrics.download_bytes.labels(kind).inc(writer.length)
+        self.received[kind] += writer.length
         self._metrics.transfers.download_wire_bytes.labels(kind).inc(fetched.wire)
         if fetched.saved:
             self._metrics.transfers.saved.labels("download").inc(fetched.saved)

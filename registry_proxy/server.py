@@ -9,6 +9,7 @@ swarmpull node is refused, so proxies can never mirror each other in a loop.
 from __future__ import annotations
 
 import logging
+import socket
 
 import aiohttp
 from aiohttp import web
@@ -55,7 +56,8 @@ class RegistryProxy:
     def __repr__(self) -> str:
         return f"<RegistryProxy {self.url or 'stopped'}>"
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Serve at ``config.listen``, or on ``sock`` when the caller bound it already."""
         options = self.config.registry
         connector = aiohttp.TCPConnector(limit=64, ssl=tls_context(options.ca))
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
@@ -65,9 +67,9 @@ class RegistryProxy:
         app.router.add_route("GET", "/v2{tail:.*}", self.handle)
         app.router.add_route("HEAD", "/v2{tail:.*}", self.handle)
         app.router.add_route("*", "/{tail:.*}", self.refuse)
-        self._runner, bound = await start_site(app, self.config.listen)
+        self._runner, bound = await start_site(app, sock if sock is not None else self.config.listen)
         self.url = bound.url()
-        log.info(
+        log.debug(
             "registry proxy listening on %s (default upstream %s)",
             self.url,
             self.config.registry.default_registry,

@@ -12,7 +12,11 @@
     POST   /api/v1/registry/blob             a blob's descriptor, likewise
     GET    /api/v1/tasks/{task}              task status
     GET    /pieces/{task}/map, /pieces/{task}/{piece}   the seed's piece server
-    GET    /healthz, /metrics
+    GET    /healthz                          200 while the process serves (liveness); the
+                                             body says whether Redis answers
+    GET    /readyz                           200 when calls can be served: started, not
+                                             stopping, Redis reachable (replicas); else 503
+    GET    /metrics
 
 Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx status for bad input and
 502 when the upstream failed. A batch answers each of its items on its own: an item's
@@ -80,6 +84,7 @@ class SupernodeApi:
             web.get(f"{API}/tasks/{{task}}", self.status),
             web.get(f"{API}/peers/{{peer}}/channel", channel.handle),
             web.get("/healthz", self.health),
+            web.get("/readyz", self.readiness),
         ]
 
     # The operations: the REST routes and the control channel (``channel``) both call them.
@@ -147,14 +152,23 @@ class SupernodeApi:
         return web.json_response(self._service.status(_task_id(request)))
 
     async def health(self, _: web.Request) -> web.Response:
-        """200 when this supernode can serve; 503 when its shared state (replicas) is down."""
+        """Liveness: 200 while the process answers, even with Redis down (restarting a
+        replica would not bring Redis back); the body says what is degraded."""
         body: dict[str, object] = {"status": "ok", "tasks": len(self._service.tasks)}
-        cluster = self._service.cluster
-        if cluster.shared:
-            up = await cluster.ping()
+        if self._service.cluster.shared:
+            up = await self._service.cluster.ping()
             body.update(status="ok" if up else "degraded", redis="ok" if up else "unreachable")
-            return web.json_response(body, status=200 if up else 503)
         return web.json_response(body)
+
+    async def readiness(self, _: web.Request) -> web.Response:
+        """Readiness: 200 when this replica can serve calls; 503 while it starts or stops
+        and while its shared state (Redis) is unreachable, so peers are sent elsewhere."""
+        service = self._service
+        if not service.accepting:
+            return web.json_response({"status": "starting or stopping"}, status=503)
+        if service.cluster.shared and not await service.cluster.ping():
+            return web.json_response({"status": "redis unreachable", "redis": "unreachable"}, status=503)
+        return web.json_response({"status": "ready"})
 
 
 def _task_id(request: web.Request) -> str:

@@ -87,6 +87,11 @@ class SupernodeService:
     def store(self) -> PieceStore:
         return self.seeding.store
 
+    @property
+    def accepting(self) -> bool:
+        """Started and not stopping: calls are served."""
+        return self._ticker is not None and not self._stopping
+
     async def start(self) -> None:
         if not self.cluster.shared:  # with replicas, a stored blob is reused when claimed
             self.seeding.restore(await self.cluster.claim(""))

@@ -7,15 +7,21 @@ configuration of the role it runs; a bad value is a usage error naming the flag.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from swarmpull.core.digest import Digest
 from swarmpull.core.units import parse_rate, parse_size
-from swarmpull.edges.http import HostPort
+from swarmpull.edges.http import BindError, HostPort
 
 
 class CommandError(Exception):
     """A failure to report as ``swarmpull: error: <message>`` with exit status 1."""
+
+
+class UsageError(CommandError):
+    """A command line that cannot work (a flag's value, a file it names, flags that clash),
+    found before the command starts: exit status 2, as argparse's own usage errors."""
 
 
 # ------------------------------------------------------------- argument types
@@ -37,7 +43,7 @@ rate_arg = _typed(parse_rate, "rate")
 
 
 def limit_arg(text: str) -> int | None:
-    """A rate, or ``none``/``0`` for no limit."""
+    """A rate, or ``0``/``none``/``unlimited`` for no limit."""
     if text.strip().lower() in ("none", "0", "unlimited"):
         return None
     return rate_arg(text)
@@ -74,6 +80,27 @@ def positive_int(text: str) -> int:
     return value
 
 
+# ------------------------------------------------------------- listening
+
+
+def serve_listening(serve: Callable[[], None], flags: dict[str, HostPort | None]) -> None:
+    """Run a daemon that listens on the addresses ``flags`` gave (``--listen`` and the
+    like); an address it cannot have is an error naming its flag. Two flags with the
+    same address are a usage error, found before anything starts."""
+    seen: dict[HostPort, str] = {}
+    for flag, where in flags.items():
+        if where is None or where.port == 0:
+            continue
+        if where in seen:
+            raise UsageError(f"{seen[where]} and {flag} are both {where}: give them different ports")
+        seen[where] = flag
+    try:
+        serve()
+    except BindError as exc:
+        flag = next((f for f, where in flags.items() if where == exc.where), "an address")
+        raise CommandError(f"{flag}: {exc.strerror}") from None
+
+
 # ------------------------------------------------------------- registry options
 
 
@@ -91,10 +118,13 @@ def add_registry_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="HOST[:PORT]",
-        help="speak plain HTTP to this registry (opt-in; repeatable)",
+        help="speak plain HTTP to this registry (opt-in; repeatable; default: none)",
     )
     p.add_argument(
-        "--registry-ca", type=Path, metavar="FILE", help="extra CA certificates (PEM) to trust for registries"
+        "--registry-ca",
+        type=Path,
+        metavar="FILE",
+        help="extra CA certificates (PEM) to trust for registries (default: the system's only)",
     )
     p.add_argument(
         "--registry-auth",
@@ -105,7 +135,8 @@ def add_registry_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def registry_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The ``RegistryOptions`` of ``add_registry_arguments``; CommandError for bad values."""
+    """The ``RegistryOptions`` of ``add_registry_arguments``: a UsageError for a bad value,
+    a CommandError for a file that is not there."""
     from swarmpull.edges.registry import RegistryOptions
 
     for path in (args.registry_ca, args.registry_auth):
@@ -119,4 +150,4 @@ def registry_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             credentials=args.registry_auth,
         )
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise UsageError(str(exc)) from None

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from swarmpull.app.args import CommandError
+from swarmpull import __version__
+from swarmpull.app.args import CommandError, UsageError
 from swarmpull.core.digest import DigestError
 
 # ---------------------------------------------------------------------- main
@@ -34,12 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="swarmpull",
         description="Peer-to-peer container image distribution.",
     )
-    parser.add_argument(
-        "--log-level",
-        default=None,
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity (default: info for daemons, warning for commands)",
-    )
+    parser.add_argument("--version", action="version", version=f"swarmpull {__version__}")
+    _add_log_level(parser, default=None)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     supernode.register(subparsers)
     node.register(subparsers)
@@ -48,7 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     preheat.register(subparsers)
     ca.register(subparsers)
     events.register(subparsers)
+    for command in _commands(parser):
+        # Accepted after the subcommand too; SUPPRESS keeps a value given before it.
+        _add_log_level(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default: info for daemons, error for get, warning for the others)",
+    )
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every subcommand's parser, nested ones (``ca issue``) included."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to one parser
+                found += [sub, *_commands(sub)]
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"swarmpull: error: {exc}", file=sys.stderr)
+        return 2
     except CommandError as exc:
         print(f"swarmpull: error: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ from registry_proxy.config import ProxyConfig
 from registry_proxy.server import RegistryProxy
 from swarmpull.core.clock import Clock
 from swarmpull.core.events import NO_EVENTS, EventSink
+from swarmpull.edges.http import bind
 
 
 class NodeDaemon:
@@ -27,13 +28,29 @@ class NodeDaemon:
         return f"<NodeDaemon {self.peer!r} {self.proxy!r}>"
 
     async def start(self) -> None:
-        await self.peer.start()
+        # The proxy's address is bound first: one that is taken stops the node before the
+        # peer registers anywhere (the peer binds its own before it does).
+        sock = bind(self.proxy.config.listen)[0] if self.proxy is not None else None
+        try:
+            await self.peer.start()
+            if self.proxy is not None:
+                await self.proxy.start(sock)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            await self.peer.stop()
+            raise
+
+    def serving(self) -> str:
+        """Where it serves, for the one line that says it is up."""
+        peer, parts = self.peer, []
+        if peer.address is not None:
+            parts.append(f"pieces at {peer.address}")
+        if peer.api_url is not None:
+            parts.append(f"local API at {peer.api_url}")
         if self.proxy is not None:
-            try:
-                await self.proxy.start()
-            except BaseException:
-                await self.peer.stop()
-                raise
+            parts.append(f"registry proxy at {self.proxy.url}")
+        return f"node {peer.peer_id} serving " + ", ".join(parts)
 
     async def stop(self) -> None:
         if self.proxy is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -116,19 +117,32 @@ def error_message(body: Any, fallback: str) -> str:
     return fallback
 
 
+class BindError(OSError):
+    """An address a server cannot listen on; ``where`` says which, so the command line can
+    name the flag that gave it."""
+
+    def __init__(self, where: HostPort, cause: OSError) -> None:
+        reason = os.strerror(cause.errno).lower() if cause.errno else str(cause)
+        super().__init__(cause.errno, f"cannot listen on {where}: {reason}")
+        self.where = where
+
+
 def bind(where: HostPort) -> tuple[socket.socket, HostPort]:
     """A listening socket at ``where`` (port 0: any free port), and the address it got:
-    bound before the app is built, so the app can know its own URL."""
+    bound before the app is built, so the app can know its own URL. BindError if not."""
     family = socket.AF_INET6 if ":" in where.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise BindError(where, exc) from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((where.host, where.port))
         sock.listen(1024)
         sock.setblocking(False)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise BindError(where, exc) from exc
     return sock, HostPort(where.host, sock.getsockname()[1])
 
 
@@ -140,7 +154,7 @@ async def start_site(
 ) -> tuple[web.AppRunner, HostPort]:
     """Serve ``app`` at ``where`` (an address, port 0: any free port; or a socket from
     ``bind``), over TLS with ``ssl_context`` (``swarmpull.edges.tls.server_context``);
-    returns the runner and the bound address."""
+    returns the runner and the bound address. BindError if the address cannot be had."""
     runner_args.setdefault("shutdown_timeout", 2.0)  # in-flight requests get this long
     runner = web.AppRunner(app, access_log=None, **runner_args)
     await runner.setup()
@@ -152,8 +166,10 @@ async def start_site(
         )
     try:
         await site.start()
-    except OSError:
+    except OSError as exc:
         await runner.cleanup()
-        raise
+        if isinstance(where, socket.socket):
+            raise
+        raise BindError(where, exc) from exc
     host = where.getsockname()[0] if isinstance(where, socket.socket) else where.host
     return runner, HostPort(host, runner.addresses[0][1])

@@ -85,16 +85,15 @@ async def test_get_failures_are_one_line_and_leave_no_file(swarm, upstream, tmp_
 
 
 async def test_daemon_flags_are_checked_before_anything_starts(tmp_path):
-    code, _, err = await swarmpull("peer", "--listen", "nowhere", "--data-dir", str(tmp_path))
+    sn = ["--supernode", "http://127.0.0.1:1", "--data-dir", str(tmp_path)]
+    code, _, err = await swarmpull("peer", *sn, "--listen", "nowhere")
     assert code == 2 and "HOST:PORT" in err
-    code, _, err = await swarmpull("peer", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
-                                   "--cache-size", "lots")  # fmt: skip
+    code, _, err = await swarmpull("peer", *sn, "--listen", "127.0.0.1:0", "--cache-size", "lots")
     assert code == 2 and "not a size" in err
-    code, _, err = await swarmpull("peer", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
-                                   "--labels", "zone=a,floor=3")  # fmt: skip
-    assert code == 1 and "unknown labels floor" in err
+    code, _, err = await swarmpull("peer", *sn, "--listen", "127.0.0.1:0", "--labels", "zone=a,floor=3")
+    assert code == 2 and "unknown labels floor" in err
     code, _, err = await swarmpull("supernode", "--redis", "localhost:6379")
-    assert code == 1 and "--redis needs a redis://" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--redis needs a redis://" in err and len(err.strip().splitlines()) == 1
     code, _, err = await swarmpull("supernode", "--redis", "redis://127.0.0.1:1/0",
                                    "--redis-password-file", str(tmp_path / "missing"))  # fmt: skip
     assert code == 1 and "cannot read" in err
@@ -227,6 +226,28 @@ async def test_ca_mistakes_are_one_line(small_ca, tmp_path, case, status, messag
     assert len(lines) == 1 and message in lines[0], err
     assert lines[0].startswith(("swarmpull: error:", "swarmpull ca issue: error:"))
     assert not (tmp_path / "node2").exists()
+
+
+async def test_containerd_config_hold_undoes_its_files_when_stopped(tmp_path):
+    certs = tmp_path / "certs.d"
+    (certs / "ghcr.io").mkdir(parents=True)
+    (certs / "ghcr.io" / "hosts.toml").write_text('server = "https://ghcr.io"\n')  # the operator's own
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarmpull", "containerd-config", "--hold", "--all",
+        "--registry", "ghcr.io", "--config-path", str(certs),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        while b"holding" not in await proc.stdout.readline():
+            assert proc.returncode is None
+    assert "127.0.0.1:65001" in (certs / "ghcr.io" / "hosts.toml").read_text()
+    assert (certs / "_default" / "hosts.toml").is_file()
+    proc.terminate()
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert (certs / "ghcr.io" / "hosts.toml").read_text() == 'server = "https://ghcr.io"\n'
+    assert not (certs / "_default").exists()
 
 
 async def test_get_through_the_daemon_copies_the_verified_file_or_leaves_none(swarm, upstream, tmp_path):

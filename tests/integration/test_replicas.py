@@ -141,11 +141,14 @@ async def test_a_redis_restart_mid_run_loses_nothing(tmp_path, upstream, redis_s
         await until(started)
         await redis_server.stop()
         async with aiohttp.ClientSession() as session:
+            async with session.get(f"{replicas[0].url}/readyz") as resp:
+                assert resp.status == 503  # not ready: a load balancer sends peers elsewhere
+                assert (await resp.json())["redis"] == "unreachable"
             async with session.get(f"{replicas[0].url}/healthz") as resp:
-                assert resp.status == 503  # says so on its health endpoint
+                assert resp.status == 200  # but alive: a restart would not bring Redis back
                 assert (await resp.json())["redis"] == "unreachable"
             await redis_server.start()
-            async with session.get(f"{replicas[0].url}/healthz") as resp:
+            async with session.get(f"{replicas[0].url}/readyz") as resp:
                 assert resp.status == 200
 
         await check_every_copy(daemons, downloads, data)

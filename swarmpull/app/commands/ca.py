@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="HOST",
         help="an extra IP address or DNS name in the certificate, for tools that check the "
         "host (curl, a metrics scraper); repeat for more. Components do not need it: they "
-        "check the node's name",
+        "check the node's name (default: none)",
     )
     issue.add_argument(
         "--days",
@@ -101,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=[],
         metavar="FILE",
         help="more CA certificates for the node to trust beside this CA (during a rotation: "
-        "the other CA's ca.pem); repeat for more",
+        "the other CA's ca.pem); repeat for more (default: none)",
     )
     issue.add_argument("--out", type=Path, required=True, metavar="DIR", help="the node's TLS directory")
     issue.add_argument("--force", action="store_true", help="replace the files already in DIR")
@@ -114,7 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "directory): who they name, who signed them, until when they are valid; and for a "
         "TLS directory, whether it is usable now.",
     )
-    show.add_argument("dir", type=Path, metavar="DIR")
+    show.add_argument("dir", type=Path, metavar="DIR", help="a CA directory or a node's TLS directory")
     show.set_defaults(func=run_show, default_log_level="warning")
 
 

@@ -22,8 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "opened to its last verified), bytes received by source, and registry egress over time.",
     )
     s.add_argument("files", nargs="+", type=Path, metavar="FILE", help="events files (JSON lines)")
-    s.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
-    s.add_argument("--plot", type=Path, metavar="FILE", help="also draw the report as a PNG")
+    s.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the report as JSON (default: no file)"
+    )
+    s.add_argument(
+        "--plot", type=Path, metavar="FILE", help="also draw the report as a PNG (default: no file)"
+    )
     s.set_defaults(func=run_summarize)
 
 

@@ -69,9 +69,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--workers", type=positive_int, metavar="W", help="worker processes (default: by nodes and cores)"
     )
-    p.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the image and the simulation")
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
-    p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the report as a PNG")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        metavar="S",
+        help="seed of the image and the simulation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the report as JSON (default: no file)"
+    )
+    p.add_argument(
+        "--plot", type=Path, metavar="FILE", help="also draw the report as a PNG (default: no file)"
+    )
     p.add_argument(
         "--events-dir",
         type=Path,
@@ -82,16 +92,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _fault_options(p)
     sim = p.add_argument_group("simulation (with --simulate)")
     sim.add_argument("--simulate", action="store_true", help="a discrete-event simulation instead of sockets")
-    sim.add_argument("--slow-fraction", type=float, default=0.0, metavar="F", help="share of slow nodes")
     sim.add_argument(
-        "--slow-factor", type=float, default=0.25, metavar="X", help="their links, times the others'"
+        "--slow-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of slow nodes, 0 to 1 (default: %(default)s)",
     )
     sim.add_argument(
-        "--join-window", type=float, default=0.0, metavar="SECONDS", help="nodes join over this time"
+        "--slow-factor",
+        type=float,
+        default=0.25,
+        metavar="X",
+        help="their links, times the others' (default: %(default)s)",
     )
-    sim.add_argument("--fail-fraction", type=float, default=0.0, metavar="F", help="share of nodes that fail")
     sim.add_argument(
-        "--fail-window", type=float, default=10.0, metavar="SECONDS", help="they fail within this time"
+        "--join-window",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="nodes join over this time; 0: all at once (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--fail-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of nodes that fail, 0 to 1 (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--fail-window",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="they fail within this time (default: %(default)s)",
     )
     sim.add_argument(
         "--rtt", type=float, default=0.0005, metavar="SECONDS",
@@ -131,7 +165,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="N",
         help="dataplane, background: runs of each (default: 3)",
     )
-    b.add_argument("--seconds", type=float, default=6.0, help="length of each rate measurement (default: 6)")
+    b.add_argument(
+        "--seconds",
+        type=float,
+        default=6.0,
+        metavar="SECONDS",
+        help="length of each rate measurement (default: %(default)s)",
+    )
     b.add_argument(
         "--peers",
         type=positive_int,
@@ -173,11 +213,13 @@ def _fault_options(p: argparse.ArgumentParser) -> None:
     )
     f.add_argument(
         "--kill-fraction", type=float, default=0.0, metavar="F",
-        help="share of nodes killed (SIGKILL) mid-surge, half of them restarted on their data dir",
+        help="share of nodes killed (SIGKILL) mid-surge, half of them restarted on their data dir "
+        "(default: %(default)s)",
     )  # fmt: skip
     f.add_argument(
         "--byzantine-fraction", type=float, default=0.0, metavar="F",
-        help="share of nodes whose piece server lies (see --byzantine-mode)",
+        help="share of nodes whose piece server lies (see --byzantine-mode) "
+        "(default: %(default)s)",
     )  # fmt: skip
     f.add_argument(
         "--byzantine-mode", choices=["wrong", "truncate", "slow", "liar"], default="wrong",
@@ -186,7 +228,8 @@ def _fault_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     f.add_argument(
         "--flaky-upstream", type=float, default=0.0, metavar="P",
-        help="the registry answers 503 or resets the connection with probability P",
+        help="the registry answers 503 or resets the connection with probability P "
+        "(default: %(default)s)",
     )  # fmt: skip
     f.add_argument(
         "--kill-supernode", action="store_true",

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
 from swarmpull.app.args import (
-    CommandError,
+    UsageError,
     add_registry_arguments,
     hostport_arg,
     registry_options,
+    serve_listening,
     size_arg,
     url_arg,
 )
-from swarmpull.app.commands.peer import add_peer_arguments, peer_config
+from swarmpull.app.commands.peer import add_peer_arguments, add_supernode_argument, peer_config
 from swarmpull.app.events import add_events_argument, with_events
 
 
@@ -50,16 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="HOST:PORT",
         help="where containerd reaches the proxy (default: %(default)s)",
     )
+    add_supernode_argument(s)
     s.add_argument(
-        "--supernode",
-        dest="supernodes",
-        action="append",
-        type=url_arg,
-        default=[],
-        metavar="URL",
-        help="supernode URL (repeat for replicas)",
+        "--data-dir",
+        type=Path,
+        default=Path("/var/lib/swarmpull/proxy"),
+        metavar="DIR",
+        help="piece store (default: %(default)s)",
     )
-    s.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help="piece store")
     s.add_argument(
         "--cache-size",
         type=size_arg,
@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         action="append",
         default=[],
         metavar="REGISTRY",
-        help="docker.io, ghcr.io, host:port (HTTPS) or http://host:port; repeatable",
+        help="docker.io, ghcr.io, host:port (HTTPS) or http://host:port; repeatable (default: none)",
     )
     c.add_argument("--all", action="store_true", help="also every registry not listed (_default)")
     c.add_argument(
@@ -107,14 +107,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="FILE",
         help="checked for config_path (default: %(default)s)",
     )
-    c.add_argument("--remove", action="store_true", help="remove what was written, restore backups")
+    mode = c.add_mutually_exclusive_group()
+    mode.add_argument("--remove", action="store_true", help="remove what was written, restore backups")
+    mode.add_argument(
+        "--hold",
+        action="store_true",
+        help="write, keep running, and remove what was written when stopped (SIGTERM or "
+        "SIGINT): a Kubernetes sidecar or a service whose stop undoes the mirror",
+    )
     c.set_defaults(func=run_containerd_config)
 
     d = subparsers.add_parser(
         "docker-config",
         help="print the docker daemon.json registry-mirrors snippet for the proxy",
     )
-    d.add_argument("--mirror", type=url_arg, default="http://127.0.0.1:65001", metavar="URL")
+    d.add_argument(
+        "--mirror",
+        type=url_arg,
+        default="http://127.0.0.1:65001",
+        metavar="URL",
+        help="the proxy's URL (default: %(default)s)",
+    )
     d.set_defaults(func=run_docker_config)
 
 
@@ -132,8 +145,26 @@ def run_node(args: argparse.Namespace) -> int:
 
     config = dataclasses.replace(peer_config(args), registry_ca=args.registry_ca)
     proxy = _proxy_config(args, args.proxy_listen) if args.proxy_listen else None
-    run_daemon(with_events(args.events, lambda events: NodeDaemon(config, proxy, events=events)))
+    flags = {
+        "--listen": config.listen,
+        "--api-listen": config.api_listen,
+        "--proxy-listen": args.proxy_listen,
+        "--torrent-listen": args.torrent_listen,
+    }
+    node = with_events(args.events, lambda events: NodeDaemon(config, proxy, events=events))
+    serve_listening(lambda: run_daemon(node, on_started=_serving), flags)
     return 0
+
+
+def _serving(node) -> None:  # type: ignore[no-untyped-def]
+    """Said once every address is bound and everything runs, never before."""
+    import logging
+
+    from swarmpull.edges.daemon import DaemonGroup
+
+    if isinstance(node, DaemonGroup):  # with --events: the events log, then the node
+        node = node.daemons[-1]
+    logging.getLogger("swarmpull").info("%s", node.serving())
 
 
 def run_proxy(args: argparse.Namespace) -> int:
@@ -152,8 +183,9 @@ def run_proxy(args: argparse.Namespace) -> int:
             registry_ca=args.registry_ca,
         )
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    run_daemon(with_events(args.events, lambda events: NodeDaemon(config, proxy, events=events)))
+        raise UsageError(str(exc)) from None
+    node = with_events(args.events, lambda events: NodeDaemon(config, proxy, events=events))
+    serve_listening(lambda: run_daemon(node, on_started=_serving), {"--listen": args.listen})
     return 0
 
 
@@ -163,20 +195,29 @@ def run_containerd_config(args: argparse.Namespace) -> int:
     try:
         entries = [hosts.RegistryEntry.parse(r) for r in args.registries]
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if args.all:
         entries.append(hosts.RegistryEntry.parse("_default"))
     if not entries:
-        raise CommandError("name at least one --registry, or --all")
-    for entry in entries:
-        if args.remove:
+        raise UsageError("name at least one --registry, or --all")
+    if args.remove:
+        for entry in entries:
             print(hosts.remove(args.config_path, entry))
-        else:
-            print(f"{hosts.write(args.config_path, entry, args.mirror)}: mirror {args.mirror}")
-    if not args.remove:
-        hint = hosts.containerd_hint(args.config_path, args.containerd_config)
-        if hint:
-            print(hint)
+        return 0
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    if args.hold:
+        # Blocked before the first write, so a stop that comes while writing still undoes it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    for entry in entries:
+        print(f"{hosts.write(args.config_path, entry, args.mirror)}: mirror {args.mirror}")
+    hint = hosts.containerd_hint(args.config_path, args.containerd_config)
+    if hint:
+        print(hint)
+    if args.hold:
+        print("holding: the files are removed when this command is stopped", flush=True)
+        signal.sigwait(stop_signals)
+        for entry in entries:
+            print(hosts.remove(args.config_path, entry))
     return 0
 
 

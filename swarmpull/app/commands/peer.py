@@ -16,44 +16,57 @@ from swarmpull.app.args import (
     url_arg,
 )
 
+DEFAULT_PEER_DATA_DIR = Path("/var/lib/swarmpull/peer")
 
-def add_peer_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of the peer daemon."""
+
+def add_supernode_argument(p: argparse.ArgumentParser) -> None:
+    """``--supernode``, required: a node daemon without one could share nothing."""
     p.add_argument(
         "--supernode",
         dest="supernodes",
         action="append",
         type=url_arg,
-        default=[],
+        required=True,
         metavar="URL",
-        help="supernode URL (repeat for replicas)",
+        help="supernode URL; repeat for replicas (required)",
     )
+
+
+def add_peer_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of the peer daemon."""
+    add_supernode_argument(p)
     p.add_argument(
         "--listen",
         type=hostport_arg,
-        required=True,
+        default="0.0.0.0:65002",
         metavar="HOST:PORT",
-        help="where other peers fetch pieces from this node",
+        help="where other peers fetch pieces from this node (default: %(default)s, every interface)",
     )
     p.add_argument(
-        "--data-dir", type=Path, required=True, metavar="DIR", help="piece store and peer identity"
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_PEER_DATA_DIR,
+        metavar="DIR",
+        help="piece store and peer identity (default: %(default)s)",
     )
     p.add_argument(
-        "--advertise", metavar="URL", help="URL other peers use to reach this node (default: from --listen)"
+        "--advertise",
+        metavar="URL",
+        help="URL or HOST:PORT other peers use to reach this node (default: from --listen)",
     )
     p.add_argument(
         "--api-listen",
         type=hostport_arg,
         default="127.0.0.1:65000",
         metavar="HOST:PORT",
-        help="local API for `swarmpull get --peer` (default: %(default)s)",
+        help="local API for `swarmpull get --peer`; keep it on loopback (default: %(default)s)",
     )
     p.add_argument(
         "--labels",
         type=labels_arg,
         default={},
         metavar="zone=Z,rack=R",
-        help="topology labels: sources in the same rack, then zone, are preferred",
+        help="topology labels: sources in the same rack, then zone, are preferred (default: none)",
     )
     p.add_argument(
         "--cache-size",
@@ -74,14 +87,15 @@ def add_peer_arguments(p: argparse.ArgumentParser) -> None:
         type=limit_arg,
         default="100MB/s",
         metavar="RATE",
-        help="upload rate to other peers, e.g. 50MB/s or 400Mbit/s; none: no limit (default: %(default)s)",
+        help="upload rate to other peers, e.g. 50MB/s or 400Mbit/s; 0 or none: no limit "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--download-limit",
         type=limit_arg,
         default="200MB/s",
         metavar="RATE",
-        help="download rate from peers and seeds; none: no limit (default: %(default)s)",
+        help="download rate from peers and seeds; 0 or none: no limit (default: %(default)s)",
     )
     p.add_argument(
         "--max-direct",
@@ -100,7 +114,7 @@ def add_peer_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="concurrent piece downloads, all blobs together (default: %(default)s)",
     )
-    p.add_argument("--peer-id", metavar="ID", help="identity (default: generated, kept in --data-dir)")
+    p.add_argument("--peer-id", metavar="ID", help="identity (default: generated once, kept in --data-dir)")
     bt = p.add_argument_group("BitTorrent (preheat, warm blobs)")
     bt.add_argument(
         "--preheat-transport",
@@ -131,16 +145,21 @@ def add_peer_arguments(p: argparse.ArgumentParser) -> None:
     bt.add_argument("--no-preheat", action="store_true", help="take no part in preheats")
 
 
+def output_arg(text: str) -> Path | None:
+    """``-o FILE``; ``-`` (stdout) is None."""
+    return None if text == "-" else Path(text)
+
+
 def peer_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The PeerConfig the flags of ``add_peer_arguments`` describe."""
     from peer.config import PeerConfig
-    from swarmpull.app.args import CommandError
+    from swarmpull.app.args import UsageError
     from swarmpull.edges.torrent import TorrentConfig, Transport
     from swarmpull.edges.transport import TransportConfig
 
     unknown = set(args.labels) - {"zone", "rack"}
     if unknown:
-        raise CommandError(f"unknown labels {', '.join(sorted(unknown))}: use zone= and rack=")
+        raise UsageError(f"unknown labels {', '.join(sorted(unknown))}: use zone= and rack=")
     try:
         return PeerConfig(
             data_dir=args.data_dir,
@@ -164,25 +183,25 @@ def peer_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             preheat=not args.no_preheat,
         )
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def preheat_limit(text: str, upload_limit: int | None) -> int | None:
     """``--preheat-limit``: a rate, ``none``, or a share of the upload limit (``25%``)."""
-    from swarmpull.app.args import CommandError
+    from swarmpull.app.args import UsageError
 
     if text.strip().endswith("%"):
         try:
             share = float(text.strip()[:-1]) / 100
         except ValueError:
-            raise CommandError(f"--preheat-limit: not a share: {text!r}") from None
+            raise UsageError(f"--preheat-limit: not a share: {text!r}") from None
         if not 0 < share <= 1:
-            raise CommandError("--preheat-limit: a share is from 1% to 100%")
+            raise UsageError("--preheat-limit: a share is from 1% to 100%")
         return None if upload_limit is None else max(1024, int(upload_limit * share))
     try:
         return limit_arg(text)
     except argparse.ArgumentTypeError as exc:
-        raise CommandError(f"--preheat-limit: {exc}") from None
+        raise UsageError(f"--preheat-limit: {exc}") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -193,13 +212,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "(--peer) or as a one-shot peer (--supernode). FILE appears only when complete "
         "and verified.",
     )
-    g.add_argument("url", type=url_arg, metavar="URL")
-    g.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    g.add_argument("url", type=url_arg, metavar="URL", help="the file's http(s) URL")
+    g.add_argument(
+        "-o",
+        "--output",
+        type=output_arg,
+        required=True,
+        metavar="FILE",
+        help="where to write it; - for stdout, where bytes flow as they are verified (required)",
+    )
     g.add_argument(
         "--digest",
         type=digest_arg,
         metavar="sha256:HEX",
-        help="expected digest: verified, and makes the blob shareable by content",
+        help="expected digest: verified, and makes the blob shareable by content (default: none)",
     )
     g.add_argument(
         "--header",
@@ -207,12 +233,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         action="append",
         default=[],
         metavar="'NAME: VALUE'",
-        help="header for the upstream request, e.g. an Authorization token",
+        help="header for the upstream request, e.g. an Authorization token; repeatable (default: none)",
     )
     g.add_argument(
         "--background",
         action="store_true",
         help="prefetch: yield download slots and bandwidth to pulls a client waits on",
+    )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", help="no summary line on success (warnings still show)"
     )
     where = g.add_mutually_exclusive_group()
     where.add_argument(
@@ -224,14 +253,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         action="append",
         type=url_arg,
         metavar="URL",
-        help="join the swarm as a one-shot peer instead",
+        help="join the swarm as a one-shot peer instead; repeat for replicas (default: through --peer)",
     )
     g.set_defaults(func=run_get, default_log_level="error")
 
 
 def run_get(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
     from peer.get import GetError, get_file
-    from swarmpull.app.args import CommandError
+    from swarmpull.app.args import CommandError, UsageError
     from swarmpull.core.rates import Priority
     from swarmpull.edges.daemon import run_coroutine
 
@@ -239,16 +271,17 @@ def run_get(args: argparse.Namespace) -> int:
     for item in args.headers:
         name, sep, value = item.partition(":")
         if not sep or not name.strip():
-            raise CommandError(f"a header looks like 'Name: value', not {item!r}")
+            raise UsageError(f"a header looks like 'Name: value', not {item!r}")
         headers[name.strip()] = value.strip()
-    if args.output.is_dir():
-        raise CommandError(f"{args.output} is a directory; give a file name")
-    if not args.output.absolute().parent.is_dir():
-        raise CommandError(f"directory {args.output.absolute().parent} does not exist")
+    if args.output is not None:
+        if args.output.is_dir():
+            raise CommandError(f"{args.output} is a directory; give a file name")
+        if not args.output.absolute().parent.is_dir():
+            raise CommandError(f"directory {args.output.absolute().parent} does not exist")
     peer = None if args.supernodes else (args.peer or "http://127.0.0.1:65000")
 
-    async def fetch() -> int:
-        await get_file(
+    async def fetch():  # type: ignore[no-untyped-def]
+        return await get_file(
             args.url,
             args.output,
             digest=args.digest,
@@ -257,9 +290,43 @@ def run_get(args: argparse.Namespace) -> int:
             headers=headers,
             priority=Priority.BACKGROUND if args.background else Priority.FOREGROUND,
         )
-        return 0
 
+    started = time.monotonic()
     try:
-        return run_coroutine(fetch)
+        fetched = run_coroutine(fetch)
     except GetError as exc:
         raise CommandError(str(exc)) from None
+    if fetched.bypassed:
+        why = fetched.bypassed
+        warning = f"swarmpull: warning: the swarm was bypassed, read straight from the upstream: {why}"
+        print(warning, file=sys.stderr)
+    if not args.quiet:
+        print(get_summary(fetched, args.output, time.monotonic() - started), file=sys.stderr)
+    return 0
+
+
+def get_summary(fetched, output: Path | None, seconds: float) -> str:  # type: ignore[no-untyped-def]
+    """``swarmpull get``'s closing line: what arrived, how fast, from where."""
+    from swarmpull.core.units import format_size
+
+    where = "stdout" if output is None else str(output)
+    rate = format_size(fetched.size / max(seconds, 1e-3))
+    sources = fetched.sources
+    parts = [
+        f"{format_size(sources.get('peer', 0))} from peers",
+        f"{format_size(sources.get('seed', 0))} from the seed",
+        f"{format_size(sources.get('upstream', 0))} from the upstream",
+    ]
+    if sources.get("bittorrent"):
+        parts.append(f"{format_size(sources['bittorrent'])} over BitTorrent")
+    if sources.get("local"):
+        parts.append(f"{format_size(sources['local'])} already on this node")
+    gigabytes = max(fetched.size / 1e9, 1e-9)
+    cpu = f"CPU {fetched.cpu_here / gigabytes:.2f} s/GB here"
+    if fetched.cpu_daemon is not None:
+        cpu += f", {fetched.cpu_daemon / gigabytes:.2f} s/GB in the daemon"
+    return (
+        f"swarmpull: got {format_size(fetched.size)} into {where} in {seconds:.1f} s ({rate}/s): "
+        + ", ".join(parts)
+        + f"; {cpu}"
+    )

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from swarmpull.app.args import CommandError, labels_arg, url_arg
+from swarmpull.app.args import CommandError, UsageError, labels_arg, url_arg
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def selection(labels: dict[str, str]) -> dict[str, Any]:
     unknown = set(labels) - {"zone", "rack", "node"}
     if unknown:
-        raise CommandError(f"--select knows zone=, rack= and node=, not {', '.join(sorted(unknown))}")
+        raise UsageError(f"--select knows zone=, rack= and node=, not {', '.join(sorted(unknown))}")
     out: dict[str, Any] = {k: labels[k] for k in ("zone", "rack") if k in labels}
     if "node" in labels:
         out["nodes"] = labels["node"].split("+")

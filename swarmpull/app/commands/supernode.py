@@ -6,7 +6,14 @@ import argparse
 import os
 from pathlib import Path
 
-from swarmpull.app.args import add_registry_arguments, hostport_arg, limit_arg, positive_int, size_arg
+from swarmpull.app.args import (
+    add_registry_arguments,
+    hostport_arg,
+    limit_arg,
+    positive_int,
+    serve_listening,
+    size_arg,
+)
 from swarmpull.app.events import add_events_argument, with_events
 
 
@@ -28,12 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--listen",
         type=hostport_arg,
-        default="127.0.0.1:65003",
+        default="0.0.0.0:65003",
         metavar="HOST:PORT",
-        help="API and seed piece server address (default: %(default)s)",
+        help="API and seed piece server address (default: %(default)s, every interface)",
     )
     p.add_argument(
-        "--advertise", metavar="URL", help="URL peers use to reach this supernode (default: from --listen)"
+        "--advertise",
+        metavar="URL",
+        help="URL or HOST:PORT peers use to reach this supernode (default: from --listen)",
     )
     p.add_argument(
         "--data-dir",
@@ -65,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=limit_arg,
         default="none",
         metavar="RATE",
-        help="upload rate of the seed, e.g. 500MB/s (default: %(default)s)",
+        help="upload rate of the seed, e.g. 500MB/s; 0 or none: no limit (default: %(default)s)",
     )
     p.add_argument(
         "--origin-limit",
@@ -74,14 +83,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=[],
         type=origin_limit_arg,
         metavar="HOST=RATE,Nconn",
-        help="cap reads from one upstream, e.g. registry.example.com=200MB/s,8conn (repeatable)",
+        help="cap reads from one upstream, e.g. registry.example.com=200MB/s,8conn; repeatable "
+        "(default: no cap)",
     )
     p.add_argument(
         "--origin-limits",
         dest="origin_limits_file",
         type=Path,
         metavar="FILE",
-        help='the same caps in a TOML file: [origins."HOST"] rate = "200MB/s", connections = 8',
+        help='the same caps in a TOML file: [origins."HOST"] rate = "200MB/s", connections = 8 '
+        "(default: none)",
     )
     p.add_argument(
         "--direct-per-task",
@@ -122,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--redis-password-file",
         type=Path,
         metavar="FILE",
-        help="read the Redis password from FILE (or set SWARMPULL_REDIS_PASSWORD)",
+        help="read the Redis password from FILE (default: $SWARMPULL_REDIS_PASSWORD, else none)",
     )
     p.add_argument(
         "--lease-ttl",
@@ -153,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     from supernode.dashboard import read_token
     from supernode.origin_limits import load_origin_limits
     from supernode.server import Supernode
-    from swarmpull.app.args import CommandError, registry_options
+    from swarmpull.app.args import CommandError, UsageError, registry_options
     from swarmpull.edges.daemon import run_daemon
     from swarmpull.edges.torrent import TorrentConfig, Transport
 
@@ -164,10 +175,13 @@ def run(args: argparse.Namespace) -> int:
             password = args.redis_password_file.read_text().strip()
         except OSError as exc:
             raise CommandError(f"cannot read {args.redis_password_file}: {exc.strerror}") from None
-    try:
+    try:  # what the files hold
         ui_token = read_token(args.ui_token_file) if args.ui_token_file is not None else None
         if args.origin_limits_file is not None:
             origins += load_origin_limits(args.origin_limits_file)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    try:
         config = SupernodeConfig(
             listen=args.listen,
             advertise=args.advertise,
@@ -189,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
             torrent=TorrentConfig(listen=args.torrent_listen, transport=Transport.BOTH),
         )
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    run_daemon(with_events(args.events, lambda events: Supernode(config, events=events)))
+        raise UsageError(str(exc)) from None
+    supernode = with_events(args.events, lambda events: Supernode(config, events=events))
+    flags = {"--listen": args.listen, "--torrent-listen": args.torrent_listen}
+    serve_listening(lambda: run_daemon(supernode), flags)
     return 0
