@@ -376,10 +376,17 @@ class PiecePolicy:
         if link is not None:
             link.lacks = 0
 
-    def deadline(self, parent_id: str, size: int) -> float:
-        """Seconds a transfer of ``size`` bytes from this parent may take."""
+    def deadline(self, parent_id: str, size: int, sharing: int = 1) -> float:
+        """Seconds a transfer of ``size`` bytes from this parent may take. ``sharing``: the
+        node's transfers under way (of every blob), which share its download link: a
+        transfer is not late because the node's own link is shared (timing it out would
+        only throw its bytes away and ask for them again)."""
         link = self.parents.get(parent_id)
-        rate = self._rate(link) if link is not None else self.download_rate / self.config.max_inflight
+        # Unmeasured, a parent is given the time of a share of the link as slow as any:
+        # its line of requests, not only its link, decides how long the first piece takes.
+        measured = link is not None and link.rate > 0
+        rate = link.rate if measured else self.download_rate / self.config.max_inflight
+        rate = min(rate, self.download_rate / max(1, sharing))
         return max(self.config.min_deadline, self.config.slack * size / max(rate, 1.0))
 
     # ---------------------------------------------------------------- internals

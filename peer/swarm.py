@@ -188,7 +188,7 @@ class SwarmFetch:
             return
         kind = "seed" if parent.info.seed else "peer"
         try:
-            deadline = policy.deadline(parent_id, writer.length)
+            deadline = policy.deadline(parent_id, writer.length, self._slots.used)
             fetched = await self._client.fetch(
                 parent.info.address, self.task_id, piece, writer, self._priority, deadline
             )

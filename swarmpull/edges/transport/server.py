@@ -58,7 +58,7 @@ class PieceServer:
         self._counters = counters
         self._limiter = limiter or RateLimiter(None)
         self._slots = slots
-        self._queue_cap = queue if queue is not None else (4 * slots if slots else 0)
+        self._queue_cap = queue if queue is not None else (slots or 0)
         self._line: deque[asyncio.Future[None]] = deque()
         self._compressor = PieceCompressor() if compression else None
         self._changed: dict[str, asyncio.Event] = {}
