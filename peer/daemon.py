@@ -215,7 +215,7 @@ def _load_peer_id(data_dir: Path) -> str:
     path = data_dir / "peer-id"
     if path.exists():
         text = path.read_text().strip()
-        if PEER_ID_RE.match(text):
+        if PEER_ID_RE.fullmatch(text):
             return text
     peer_id = uuid.uuid4().hex
     path.write_text(peer_id + "\n")
