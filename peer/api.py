@@ -3,6 +3,7 @@
     POST /api/v1/fetch   {"url", "digest"?, "headers"?, "priority"?}  ->  the blob, streamed
     GET  /api/v1/tasks                                  ->  downloads under way
     GET  /healthz, /metrics
+    GET  /api/v1/openapi.json                           ->  this API and the piece server's
 
 An error found before the first byte answers JSON (400 bad input, 502 upstream failure
 with ``X-Upstream-Status``, 507 cache full); one found later cuts the connection before
@@ -18,12 +19,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from peer.download import TaskDownload
+from peer.openapi import peer_openapi
 from peer.reader import read_blob
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.protocol import API, ProtocolError, parse_open_task
 from swarmpull.core.rates import Priority
 from swarmpull.edges.http import json_error, read_json
 from swarmpull.edges.metrics import metrics_route
+from swarmpull.edges.openapi import openapi_route
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ class LocalApi:
                 web.get(f"{API}/tasks", self.tasks),
                 web.get("/healthz", self.health),
                 metrics_route(self._daemon.registry),
+                openapi_route(peer_openapi()),
             ]
         )
         return app

@@ -62,6 +62,11 @@ class PeerDaemon:
     def __repr__(self) -> str:
         return f"<PeerDaemon {self.peer_id or 'stopped'} {self.address}>"
 
+    @property
+    def apps(self) -> list[web.Application]:
+        """The applications served (piece server, local API), while started."""
+        return [runner.app for runner in self._runners]
+
     async def start(self) -> None:
         try:
             await self._start()

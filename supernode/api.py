@@ -8,6 +8,7 @@
     GET    /api/v1/tasks/{task}              task status
     GET    /pieces/{task}/map, /pieces/{task}/{piece}   the seed's piece server
     GET    /healthz, /metrics
+    GET    /api/v1/openapi.json              these routes as an OpenAPI document
 
 Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx status for bad input and
 502 when the upstream failed. A batch answers each of its items on its own: an item's

@@ -17,6 +17,7 @@ from supernode.cluster.memory import LocalCluster
 from supernode.cluster.redis import RedisCluster
 from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
+from supernode.openapi import supernode_openapi
 from supernode.origin_limits import OriginLimits
 from supernode.scheduler import Scheduler
 from supernode.seeding import Seeding
@@ -26,6 +27,7 @@ from swarmpull.core.signing import Signer
 from swarmpull.core.tasks import redact_url
 from swarmpull.edges.http import MAX_JSON_BODY, advertised_url, bind, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route
+from swarmpull.edges.openapi import openapi_route
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import PieceStore
 from swarmpull.edges.transport import PieceServer
@@ -51,6 +53,12 @@ class Supernode:
 
     def __repr__(self) -> str:
         return f"<Supernode {self.url or 'stopped'}>"
+
+    @property
+    def app(self) -> web.Application | None:
+        """The application served, while started (its routes are checked against the
+        OpenAPI document)."""
+        return self._runner.app if self._runner is not None else None
 
     async def start(self) -> None:
         try:
@@ -91,7 +99,12 @@ class Supernode:
         )
         app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
         app.add_routes(
-            SupernodeApi(service).routes() + pieces.routes() + [metrics_route(self.metrics.registry)]
+            [
+                *SupernodeApi(service).routes(),
+                *pieces.routes(),
+                metrics_route(self.metrics.registry),
+                openapi_route(supernode_openapi()),
+            ]
         )
         self._runner, _ = await start_site(app, sock, handler_cancellation=True)
         if cluster.shared and not await cluster.ping():
