@@ -6,7 +6,7 @@ one per node and layer:
 
 - ``open()`` waits a few milliseconds for other opens and sends them as one call.
 - Each download registers a ``Reporter``; the channel reports on every download whose
-  report is due (the supernode says when) in one call, at once for a download that asks
+  report is due (the supernode says when), or nearly due, in one call, at once for a download that asks
   (it needs parents, or it completed), and sends an empty report (a heartbeat) when no
   report is due for a heartbeat interval. Blobs that left the store ride along.
 
@@ -49,6 +49,7 @@ class Reporter:
     build: Callable[[], TaskReport]
     answer: Callable[[ReportAnswer | LinkError], None]
     due: float = 0.0
+    every: float = 0.0  # the interval the supernode last asked for
 
 
 class Control:
@@ -151,9 +152,13 @@ class Control:
 
     # ----------------------------------------------------------------- reports
 
-    def watch(self, task_id: str, reporter: Reporter) -> None:
-        reporter.due = self._clock.monotonic()  # report at once: the parents come with the answer
+    def watch(self, task_id: str, reporter: Reporter, first_in: float) -> None:
+        """Report on this download from now on, first in ``first_in`` seconds (the open's
+        answer gave its parents and said when to report)."""
+        reporter.due = self._clock.monotonic() + first_in
+        reporter.every = first_in
         self._reporters[task_id] = reporter
+        self._wake.set()
 
     def unwatch(self, task_id: str) -> None:
         self._reporters.pop(task_id, None)
@@ -165,22 +170,21 @@ class Control:
             reporter.due = 0.0
             self._wake.set()
 
-    def report_at(self, task_id: str, when: float) -> None:
-        reporter = self._reporters.get(task_id)
-        if reporter is not None:
-            reporter.due = when
-
     async def run(self) -> None:
         """Report what is due, heartbeat when nothing is; re-register when forgotten."""
         backoff = 1.0
         last_sent = self._clock.monotonic()
         while True:
             now = self._clock.monotonic()
-            due = [t for t, r in self._reporters.items() if r.due <= now]
-            heartbeat = now - last_sent >= self.interval
-            if not due and not heartbeat and not self._dropped:
+            due = self._due(now)
+            # An open control channel is a heartbeat in itself.
+            connected = self._link.connected()
+            heartbeat = now - last_sent >= self.interval and not connected
+            if not due and not heartbeat and not self._dropped and self._registered:
                 next_due = min((r.due for r in self._reporters.values()), default=now + self.interval)
-                wait = max(0.0, min(next_due, last_sent + self.interval) - now)
+                if not connected:
+                    next_due = min(next_due, last_sent + self.interval)
+                wait = max(REPORT_BATCH_WINDOW, next_due - now)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
@@ -192,9 +196,12 @@ class Control:
                 await self._send(due)
                 last_sent = self._clock.monotonic()
                 backoff = 1.0
-            except SupernodeUnavailable as exc:
+            except (SupernodeUnavailable, Exception) as exc:
                 self._registered = False
-                log.warning("%s; retrying in %.0fs", exc, backoff)
+                if isinstance(exc, SupernodeUnavailable):
+                    log.warning("%s; retrying in %.0fs", exc, backoff)
+                else:  # a bug must not end the reports for good
+                    log.exception("reporting to the supernode failed")
                 for task_id in due:
                     reporter = self._reporters.get(task_id)
                     if reporter is not None:
@@ -202,6 +209,15 @@ class Control:
                         reporter.due = self._clock.monotonic() + backoff
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+
+    def _due(self, now: float) -> list[str]:
+        """The downloads to report on now: those due, and with them those that would be
+        due within half their interval (a call goes anyway: the node's layers report
+        together, one call per node, not one per layer)."""
+        reporters = self._reporters.items()
+        if not any(r.due <= now for _, r in reporters):
+            return []
+        return [t for t, r in reporters if r.due - r.every / 2 <= now]
 
     async def _send(self, due: list[str]) -> None:
         reports = []
@@ -229,6 +245,7 @@ class Control:
             if reporter is None:
                 continue
             if not isinstance(answer, LinkError):
+                reporter.every = answer.report_in
                 reporter.due = self._clock.monotonic() + answer.report_in
             reporter.answer(answer)
 
@@ -241,6 +258,7 @@ class Control:
             self._registered = False
             with contextlib.suppress(LinkError, SupernodeUnavailable):
                 await self._link.leave()
+        await self._link.close()
 
     def _holdings(self) -> list[Holding]:
         """What we can serve. Only blobs keyed by content digest: their pieces are the

@@ -1,8 +1,15 @@
 """The peer's client of the supernode API, with failover across supernode URLs and
-requests sent to the replica that owns each task."""
+requests sent to the replica that owns each task.
+
+Calls travel over a control channel per supernode (a WebSocket, ``supernode/channel.py``)
+that stays open: a call costs the supernode a third of an HTTP request, and the open
+channel is this node's heartbeat."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
 import logging
 from typing import Any
 
@@ -61,7 +68,95 @@ class LinkError(Exception):
         )
 
 
-_ITEM_STATUS = {"UNKNOWN_TASK": 404, "NOT_OWNER": 421, "UPSTREAM_ERROR": 502, "BAD_REQUEST": 400}
+_ITEM_STATUS = {
+    "BAD_REQUEST": 400,
+    "UNKNOWN_PEER": 404,
+    "UNKNOWN_TASK": 404,
+    "TOO_LARGE": 413,
+    "NOT_OWNER": 421,
+    "INTERNAL": 500,
+    "UPSTREAM_ERROR": 502,
+    "CLUSTER_UNAVAILABLE": 503,
+    "SHUTTING_DOWN": 503,
+}
+
+
+class _Channel:
+    """One open control channel to one supernode: calls go out as messages, answers come
+    back by id (opens out of order). A broken channel fails its calls under way with
+    SupernodeUnavailable; the next call opens a new one."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, peer_id: str) -> None:
+        self._session = session
+        self._url = f"{url}{API}/peers/{peer_id}/channel"
+        self._peer_id = peer_id
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._next = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    async def call(self, op: str, body: Any, timeout: float) -> Any:
+        ws = await self._connect(timeout)
+        ident = next(self._next)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[ident] = future
+        try:
+            await ws.send_json({"id": ident, "op": op, "body": body})
+            async with asyncio.timeout(timeout):
+                reply = await future
+        finally:
+            self._waiting.pop(ident, None)
+        if isinstance(reply, dict) and "error" in reply:
+            code = str(reply["error"].get("code", "ERROR")) if isinstance(reply["error"], dict) else "ERROR"
+            raise LinkError.of(_ITEM_STATUS.get(code, 500), reply)
+        return reply.get("body") if isinstance(reply, dict) else None
+
+    async def _connect(self, timeout: float) -> aiohttp.ClientWebSocketResponse:
+        async with self._lock:
+            if self.open and self._ws is not None:
+                return self._ws
+            self._ws = await self._session.ws_connect(
+                self._url,
+                headers={PEER_HEADER: self._peer_id},
+                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                receive_timeout=None,
+                autoping=True,
+                max_msg_size=16 << 20,
+                heartbeat=None,
+            )
+            self._reader = asyncio.create_task(self._read(self._ws), name="control-channel")
+            return self._ws
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    break
+                try:
+                    reply = json.loads(msg.data)
+                except ValueError:
+                    break
+                future = self._waiting.get(reply.get("id")) if isinstance(reply, dict) else None
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        finally:
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(SupernodeUnavailable(f"the channel to {self._url} closed"))
+
+    @property
+    def open(self) -> bool:
+        """Connected, as far as we can tell: its reader still reads."""
+        reader = self._reader
+        return self._ws is not None and not self._ws.closed and reader is not None and not reader.done()
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
 
 
 class SupernodeLink:
@@ -79,14 +174,24 @@ class SupernodeLink:
         self._peer_id = peer_id
         self._timeout = timeout
         self._owners: dict[str, str] = {}  # task -> the replica that owns it
+        self._channels: dict[str, _Channel] = {}
 
     async def register(self, reg: PeerRegistration) -> float:
-        body = await self._call("POST", f"{API}/peers", reg.to_json())
+        body = await self._call("register", reg.to_json())
         interval = body.get("heartbeat_interval") if isinstance(body, dict) else None
         return float(interval) if isinstance(interval, int | float) and interval > 0 else 5.0
 
     async def leave(self) -> None:
-        await self._call("DELETE", f"{API}/peers/{self._peer_id}", None, timeout=2.0)
+        await self._call("leave", {}, timeout=2.0)
+
+    def connected(self) -> bool:
+        """Whether a control channel is open: the supernode takes it as our heartbeat."""
+        return any(c.open for c in self._channels.values())
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
 
     async def open_tasks(self, requests: list[OpenTask], timeout: float) -> list[TaskInfo | LinkError]:
         """Open tasks in as few calls as their owners allow; an item's error in its place."""
@@ -99,7 +204,7 @@ class SupernodeLink:
             pending = []
             for owner, items in groups.items():
                 batch = OpenTasks(self._peer_id, [r for _, r in items])
-                body = await self._call("POST", f"{API}/tasks", batch.to_json(), timeout, owner)
+                body = await self._call("open", batch.to_json(), timeout, owner)
                 answers = body.get("tasks") if isinstance(body, dict) else None
                 if not isinstance(answers, list) or len(answers) != len(items):
                     raise SupernodeUnavailable("the supernode answered an open with the wrong shape")
@@ -127,9 +232,7 @@ class SupernodeLink:
         interval = 5.0
         for owner, items in groups.items():
             part = PeerReport(items, report.dropped_tasks if owner is None else [])
-            body = await self._call(
-                "POST", f"{API}/peers/{self._peer_id}/report", part.to_json(), None, owner
-            )
+            body = await self._call("report", part.to_json(), None, owner)
             answers = body.get("tasks") if isinstance(body, dict) else None
             if not isinstance(answers, dict):
                 raise SupernodeUnavailable("the supernode answered a report with the wrong shape")
@@ -168,34 +271,33 @@ class SupernodeLink:
         self._owners[task_id] = owner.rstrip("/")
         return True
 
-    async def _call(
-        self, method: str, path: str, body: Any, timeout: float | None = None, owner: str | None = None
-    ) -> Any:
+    async def _call(self, op: str, body: Any, timeout: float | None = None, owner: str | None = None) -> Any:
         """Call ``owner`` when given, else the current supernode, then the others."""
         urls = [self._urls[(self._current + i) % len(self._urls)] for i in range(len(self._urls))]
         if owner is not None:
             urls.insert(0, owner)
         failures = []
         for url in urls:
+            channel = self._channels.get(url)
+            if channel is None:
+                channel = self._channels[url] = _Channel(self._session, url, self._peer_id)
             try:
-                async with self._session.request(
-                    method,
-                    url + path,
-                    json=body,
-                    headers={PEER_HEADER: self._peer_id},
-                    timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
-                ) as resp:
-                    payload: Any = {} if resp.status == 204 else await resp.json(content_type=None)
-                    if resp.status >= 500 and resp.status != 502:
-                        failures.append(f"{url}: {resp.status} {error_message(payload, '')}")
-                        continue
-                    if url in self._urls:
-                        self._current = self._urls.index(url)
-                    if resp.status >= 400:
-                        raise LinkError.of(resp.status, payload)
-                    return payload
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                result = await channel.call(op, body, timeout or self._timeout)
+            except LinkError as exc:
+                if exc.status >= 500 and exc.status != 502:
+                    failures.append(f"{url}: {exc.status} {exc}")
+                    continue
+                if url in self._urls:
+                    self._current = self._urls.index(url)
+                raise
+            except (TimeoutError, aiohttp.ClientError, SupernodeUnavailable, ValueError) as exc:
                 failures.append(f"{url}: {exc or type(exc).__name__}")
+                await channel.close()
+                self._channels.pop(url, None)
                 if owner == url:
                     self._owners = {t: o for t, o in self._owners.items() if o != url}  # a dead owner
+                continue
+            if url in self._urls:
+                self._current = self._urls.index(url)
+            return result
         raise SupernodeUnavailable("no supernode answered (" + "; ".join(failures) + ")")

@@ -112,11 +112,12 @@ class SwarmFetch:
         self._unreachable_since: float | None = None
         self._last_progress = clock.monotonic()
         self.digest: str | None = None
+        self._report_in = info.report_in
         self._set_parents(info.parents)
 
     async def run(self) -> None:
         """Fetch until every piece is verified; DownloadFailed or SupernodeGone if not."""
-        self._control.watch(self.task_id, Reporter(self._report, self._answered))
+        self._control.watch(self.task_id, Reporter(self._report, self._answered), self._report_in)
         try:
             while not self.blob.all_verified:
                 if self._failed is not None:

@@ -32,7 +32,7 @@ from swarmpull.core.rates import Priority
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
 
 class BlobSource(Protocol):

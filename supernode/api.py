@@ -5,6 +5,8 @@
                                              a heartbeat); 404 UNKNOWN_PEER: register again
     DELETE /api/v1/peers/{peer}              leave
     POST   /api/v1/tasks                     open tasks (waits for each upstream's answer)
+    GET    /api/v1/peers/{peer}/channel      the same calls over one WebSocket (``channel``):
+                                             what peers use, a third of the cost per call
     GET    /api/v1/tasks/{task}              task status
     GET    /pieces/{task}/map, /pieces/{task}/{piece}   the seed's piece server
     GET    /healthz, /metrics
@@ -23,14 +25,15 @@ from typing import Any
 
 from aiohttp import web
 
+from supernode.channel import ControlChannel
 from supernode.cluster import ClusterUnavailable, NotOwner
+from supernode.errors import error_of
 from supernode.scheduler import UnknownPeer, UnknownTask
 from supernode.seed_task import ShuttingDown, TaskFailed
 from supernode.service import SupernodeService
 from swarmpull.core.protocol import (
     API,
     ProtocolError,
-    error_body,
     parse_open_tasks,
     parse_peer_id,
     parse_peer_registration,
@@ -42,28 +45,6 @@ from swarmpull.edges.http import json_error, read_json
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_of(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """``(status, body, headers)`` for an error the service raised."""
-    if isinstance(exc, ProtocolError):
-        code = "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE"
-        return exc.status, error_body(code, str(exc)), {}
-    if isinstance(exc, UnknownPeer):
-        return 404, error_body("UNKNOWN_PEER", f"peer {exc.args[0]} is not registered"), {}
-    if isinstance(exc, UnknownTask):
-        return 404, error_body("UNKNOWN_TASK", f"task {exc.args[0]} is not known here"), {}
-    if isinstance(exc, NotOwner):
-        return 421, error_body("NOT_OWNER", str(exc), owner=exc.owner), {}
-    if isinstance(exc, ClusterUnavailable):
-        return 503, error_body("CLUSTER_UNAVAILABLE", str(exc)), {"Retry-After": "1"}
-    if isinstance(exc, ShuttingDown):
-        return 503, error_body("SHUTTING_DOWN", "this supernode is stopping"), {"Retry-After": "1"}
-    if isinstance(exc, TaskFailed):
-        headers = {"X-Upstream-Status": str(exc.status)} if exc.status else {}
-        body = error_body("UPSTREAM_ERROR", str(exc), direct=exc.direct, upstream_status=exc.status)
-        return 502, body, headers
-    raise exc
 
 
 @web.middleware
@@ -91,46 +72,68 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 class SupernodeApi:
     def __init__(self, service: SupernodeService) -> None:
         self._service = service
+        self._calls = {k: service.metrics.calls.labels(k) for k in ("register", "report", "open")}
 
     def routes(self) -> list[web.RouteDef]:
+        channel = ControlChannel(self, self._service.config.channel_ping)
         return [
             web.post(f"{API}/peers", self.register),
             web.post(f"{API}/peers/{{peer}}/report", self.report),
             web.delete(f"{API}/peers/{{peer}}", self.leave),
             web.post(f"{API}/tasks", self.open_tasks),
             web.get(f"{API}/tasks/{{task}}", self.status),
+            web.get(f"{API}/peers/{{peer}}/channel", channel.handle),
             web.get("/healthz", self.health),
         ]
 
-    async def register(self, request: web.Request) -> web.Response:
-        reg = parse_peer_registration(await read_json(request))
+    # The operations: the REST routes and the control channel (``channel``) both call them.
+
+    def op_leave(self, peer_id: str) -> None:
+        self._service.presence.leave(peer_id)
+
+    def connected(self, peer_id: str, delta: int) -> None:
+        self._service.presence.connected(peer_id, delta)
+
+    async def op_register(self, body: Any, peer_id: str | None = None) -> dict[str, Any]:
+        reg = parse_peer_registration(body)
+        if peer_id is not None and reg.peer_id != peer_id:
+            raise ProtocolError(f"this channel is peer {peer_id}'s, not {reg.peer_id}'s")
         await self._service.register_peer(reg)
-        self._service.metrics.calls.labels("register").inc()
-        return web.json_response({"heartbeat_interval": self._service.config.heartbeat_interval})
+        self._calls["register"].inc()
+        return {"heartbeat_interval": self._service.presence.heartbeat_interval()}
+
+    async def op_report(self, peer_id: str, body: Any) -> dict[str, Any]:
+        answers = await self._service.report(peer_id, parse_peer_report(body))
+        self._calls["report"].inc()
+        out = {}
+        for task_id, answer in answers.items():
+            out[task_id] = error_of(answer)[1] if isinstance(answer, Exception) else answer.to_json()
+        return {"tasks": out, "heartbeat_interval": self._service.presence.heartbeat_interval()}
+
+    async def op_open(self, body: Any, peer_id: str | None = None) -> dict[str, Any]:
+        batch = parse_open_tasks(body)
+        if peer_id is not None and batch.peer_id != peer_id:
+            raise ProtocolError(f"this channel is peer {peer_id}'s, not {batch.peer_id}'s")
+        results = await self._service.open_tasks(batch.peer_id, batch.tasks)
+        self._calls["open"].inc()
+        return {"tasks": [error_of(r)[1] if isinstance(r, Exception) else r.to_json() for r in results]}
+
+    # The REST routes.
+
+    async def register(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.op_register(await read_json(request)))
 
     async def report(self, request: web.Request) -> web.Response:
         peer_id = parse_peer_id(request.match_info["peer"])
-        report = parse_peer_report(await read_json(request) if request.can_read_body else {})
-        answers = await self._service.report(peer_id, report)
-        self._service.metrics.calls.labels("report").inc()
-        body = {}
-        for task_id, answer in answers.items():
-            body[task_id] = error_of(answer)[1] if isinstance(answer, Exception) else answer.to_json()
-        return web.json_response(
-            {"tasks": body, "heartbeat_interval": self._service.config.heartbeat_interval}
-        )
+        body = await read_json(request) if request.can_read_body else {}
+        return web.json_response(await self.op_report(peer_id, body))
 
     async def leave(self, request: web.Request) -> web.Response:
-        self._service.leave(parse_peer_id(request.match_info["peer"]))
+        self._service.presence.leave(parse_peer_id(request.match_info["peer"]))
         return web.Response(status=204)
 
     async def open_tasks(self, request: web.Request) -> web.Response:
-        batch = parse_open_tasks(await read_json(request))
-        results = await self._service.open_tasks(batch.peer_id, batch.tasks)
-        self._service.metrics.calls.labels("open").inc()
-        return web.json_response(
-            {"tasks": [error_of(r)[1] if isinstance(r, Exception) else r.to_json() for r in results]}
-        )
+        return web.json_response(await self.op_open(await read_json(request)))
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self._service.status(_task_id(request)))

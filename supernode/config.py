@@ -45,7 +45,15 @@ class SupernodeConfig:
     """Bytes of upstream pieces held by no peer yet that a replica keeps in Redis, so a
     successor never reads them again."""
     heartbeat_interval: float = 5.0
-    """Seconds between peer heartbeats (told to peers when they register)."""
+    """Seconds between peer heartbeats, at least (told to peers in every answer)."""
+    heartbeat_rate: float = 300.0
+    """Heartbeats per second the supernode asks of all peers together: each heartbeats
+    every ``peers / heartbeat_rate`` seconds, from heartbeat_interval to heartbeat_max
+    (a report counts as a heartbeat). A peer silent for three intervals is dropped."""
+    heartbeat_max: float = 30.0
+    channel_ping: float = 30.0
+    """Seconds between WebSocket pings on a peer's control channel: an open channel is
+    the peer's heartbeat, and one that answers no ping within half of this is closed."""
     report_rate: float = 200.0
     """Reports per second the supernode asks of all members of a task together: each
     member reports every ``members / report_rate`` seconds, within report_min..report_max
@@ -79,3 +87,7 @@ class SupernodeConfig:
             raise ValueError("lease_ttl must be at least three tick intervals")
         if self.heartbeat_interval * 2 >= self.scheduler.peer_timeout:
             raise ValueError("peer_timeout must exceed two heartbeat intervals")
+        if self.channel_ping <= 0:
+            raise ValueError("channel_ping must be positive")
+        if self.heartbeat_rate <= 0 or self.heartbeat_max < self.heartbeat_interval:
+            raise ValueError("heartbeat_rate must be positive and heartbeat_max at least heartbeat_interval")

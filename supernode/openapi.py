@@ -59,6 +59,60 @@ HEALTH = s.obj(
     ("status", "tasks"),
 )
 HEARTBEAT_INTERVAL = {"type": "number", "minimum": 0, "description": "seconds between reports"}
+# The answers of the operations, the same on the REST routes and on the control channel.
+REGISTERED = s.obj({"heartbeat_interval": HEARTBEAT_INTERVAL}, ("heartbeat_interval",))
+REPORTED = s.obj(
+    {
+        "tasks": {"type": "object", "additionalProperties": _either("ReportAnswer")},
+        "heartbeat_interval": HEARTBEAT_INTERVAL,
+    },
+    ("tasks", "heartbeat_interval"),
+    description="an answer per task reported on, an item's error in its place",
+)
+OPENED = s.obj(
+    {"tasks": {"type": "array", "items": _either("TaskInfo")}},
+    ("tasks",),
+    description="an answer per task, in order; an item's error (UPSTREAM_ERROR...) in its place",
+)
+CHANNEL_ID = {"type": "integer", "description": "the caller's number for the call, echoed in its answer"}
+
+
+def _call(op: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    properties: dict[str, Any] = {"id": CHANNEL_ID, "op": {"const": op}}
+    if body is not None:
+        properties["body"] = body
+    return s.obj(properties, ("id", "op", "body") if op in ("register", "open") else ("id", "op"))
+
+
+CHANNEL_CALL = {
+    "oneOf": [
+        _call("register", _ref("PeerRegistration")),
+        _call("open", _ref("OpenTasks")),
+        _call("report", s.nullable(_ref("PeerReport"))),
+        _call("leave", None),
+    ],
+    "description": "a call on the control channel: a text frame of JSON",
+}
+CHANNEL_ANSWER = {
+    "oneOf": [
+        s.obj(
+            {
+                "id": CHANNEL_ID,
+                "body": {
+                    "anyOf": [*map(_ref, ("Registered", "Opened", "Reported")), s.obj({}, maxProperties=0)],
+                    "description": "the call's answer, as its REST route's (leave: {})",
+                },
+            },
+            ("id", "body"),
+        ),
+        s.obj(
+            {"id": s.nullable(CHANNEL_ID), "error": s.ERROR["properties"]["error"]},
+            ("id", "error"),
+            description="the call's error, as its REST route's; id null when the message had none",
+        ),
+    ],
+    "description": "an answer on the control channel: opens may be answered out of order",
+}
 
 
 def supernode_openapi() -> dict[str, Any]:
@@ -75,6 +129,11 @@ def supernode_openapi() -> dict[str, Any]:
             "OpenTasks": s.OPEN_TASKS,
             "TaskInfo": s.TASK_INFO,
             "ReportAnswer": s.REPORT_ANSWER,
+            "Registered": REGISTERED,
+            "Opened": OPENED,
+            "Reported": REPORTED,
+            "ChannelCall": CHANNEL_CALL,
+            "ChannelAnswer": CHANNEL_ANSWER,
         },
     )
 
@@ -87,10 +146,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "register (or re-register) a peer, with the pieces it holds",
                 "requestBody": json_body(_ref("PeerRegistration")),
                 "responses": {
-                    "200": answer(
-                        "registered",
-                        s.obj({"heartbeat_interval": HEARTBEAT_INTERVAL}, ("heartbeat_interval",)),
-                    ),
+                    "200": answer("registered", _ref("Registered")),
                     **BAD_BODY,
                     **UNAVAILABLE,
                 },
@@ -103,16 +159,7 @@ def _paths() -> dict[str, Any]:
                 "parameters": [PEER],
                 "requestBody": json_body(_ref("PeerReport"), required=False),
                 "responses": {
-                    "200": answer(
-                        "an answer per task, an item's error in its place",
-                        s.obj(
-                            {
-                                "tasks": {"type": "object", "additionalProperties": _either("ReportAnswer")},
-                                "heartbeat_interval": HEARTBEAT_INTERVAL,
-                            },
-                            ("tasks", "heartbeat_interval"),
-                        ),
-                    ),
+                    "200": answer("an answer per task, an item's error in its place", _ref("Reported")),
                     **BAD_BODY,
                     **errors(_404="UNKNOWN_PEER: register again"),
                     **UNAVAILABLE,
@@ -127,16 +174,31 @@ def _paths() -> dict[str, Any]:
                 "responses": {"204": answer("gone (or never known)"), **errors(_400="a bad peer id")},
             }
         },
+        f"{API}/peers/{{peer}}/channel": {
+            "get": {
+                "operationId": "channel",
+                "summary": "the control channel: register, open, report and leave over one WebSocket",
+                "description": (
+                    "What peers use: a call costs a third of an HTTP request, and an open channel "
+                    "is the peer's heartbeat. Each text frame is a ChannelCall, answered by a "
+                    "ChannelAnswer with its id (opens out of order, the rest in order); the bodies "
+                    "are the REST routes'. A binary frame closes the channel (1003), as does a "
+                    "frame larger than 4 MiB (1009)."
+                ),
+                "parameters": [PEER],
+                "responses": {
+                    "101": answer("the WebSocket: ChannelCall messages in, ChannelAnswer messages out"),
+                    **errors(_400="not a WebSocket handshake, or a bad peer id"),
+                },
+            }
+        },
         f"{API}/tasks": {
             "post": {
                 "operationId": "openTasks",
                 "summary": "create or join tasks; answers once each upstream's first answer gave the size",
                 "requestBody": json_body(_ref("OpenTasks")),
                 "responses": {
-                    "200": answer(
-                        "an answer per task, in order; an item's error (UPSTREAM_ERROR...) in its place",
-                        s.obj({"tasks": {"type": "array", "items": _either("TaskInfo")}}, ("tasks",)),
-                    ),
+                    "200": answer("an answer per task, in order", _ref("Opened")),
                     **BAD_BODY,
                     **errors(_404="UNKNOWN_PEER: register again"),
                     **UNAVAILABLE,

@@ -67,7 +67,9 @@ class SeedTask:
         self.batch = Batch()
         self.staged: set[int] = set()
         self.shas: dict[int, str] = {}
+        self.sha_mask = 0  # the pieces of ``shas``, as a bitfield
         self.keys: list[str] = []  # earlier owners' signing keys (base64)
+        self.key_list: list[str] | None = None  # ours and theirs, as answers carry them
 
     def __repr__(self) -> str:
         return f"<SeedTask {self.id[:20]} {self.state.name}>"

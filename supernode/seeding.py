@@ -154,6 +154,7 @@ class Seeding:
         task.used_at = self._clock.monotonic()
         self.tasks[task_id] = task
         task.shas = record.sha
+        task.sha_mask = sum(1 << piece for piece in record.sha)
         task.keys = record.keys
         task.digest = Digest.parse(record.digest) if record.digest else expected
         blob = self.store.get(task_id)

@@ -14,12 +14,15 @@ import logging
 import random
 import time
 
-from supernode.cluster import Batch, ClusterState, ClusterUnavailable, NotOwner
+from supernode.cluster import ClusterState, ClusterUnavailable, NotOwner
 from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
-from supernode.scheduler import Events, Parent, ParentReport, Scheduler, UnknownPeer, UnknownTask
+from supernode.pacing import report_interval
+from supernode.presence import Presence
+from supernode.scheduler import Parent, ParentReport, Scheduler, UnknownTask
 from supernode.seed_task import SeedTask, ShuttingDown, Source, TaskFailed, TaskState
 from supernode.seeding import Seeding
+from supernode.sync import ClusterSync
 from swarmpull.core.bitfield import BitfieldError, from_text, to_text
 from swarmpull.core.clock import Clock
 from swarmpull.core.protocol import (
@@ -32,7 +35,6 @@ from swarmpull.core.protocol import (
     ReportAnswer,
     TaskInfo,
     TaskReport,
-    parse_holding,
     parse_peer_registration,
 )
 from swarmpull.core.signing import Signer, keys_to_json
@@ -62,16 +64,14 @@ class SupernodeService:
         self._signer = signer
         self._clock = clock
         self._seed_address = seed_address
-        self._addresses: dict[str, str | None] = {}
         self._claims: dict[str, asyncio.Future[None]] = {}
-        self._heard: set[str] = set()  # peers heard since the last flush to the cluster
         self._ticker: asyncio.Task[None] | None = None
-        self._flusher: asyncio.Task[None] | None = None
-        self._flush_wanted = asyncio.Event()
         self._stopping = False
         self._rng = random.Random()
-        self.cluster_ok = True
-        seeding.on_changed = self.changed
+        self.presence = Presence(config, scheduler, cluster, clock.monotonic, metrics)
+        self.sync = ClusterSync(
+            cluster, seeding, scheduler, self, self.presence, clock.monotonic, config.tick_interval
+        )
 
     @property
     def tasks(self) -> dict[str, SeedTask]:
@@ -85,22 +85,15 @@ class SupernodeService:
         if not self.cluster.shared:  # with replicas, a stored blob is reused when claimed
             self.seeding.restore(await self.cluster.claim(""))
         self._ticker = asyncio.create_task(self._tick_loop(), name="supernode-tick")
-        self._flusher = asyncio.create_task(self._flush_loop(), name="supernode-flush")
+        self.sync.start()
 
     async def stop(self) -> None:
         self._stopping = True  # from now on every call is refused
-        for loop_task in (self._ticker, self._flusher):
-            if loop_task is not None:
-                loop_task.cancel()
-        await asyncio.gather(*(t for t in (self._ticker, self._flusher) if t), return_exceptions=True)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
         await self.seeding.stop()
-        try:  # hand the tasks over now, not at lease expiry
-            await self._write_through()
-            for task in list(self.tasks.values()):
-                if task.lease is not None:
-                    await self.cluster.release(task.id, task.lease)
-        except ClusterUnavailable as exc:
-            log.warning("could not release leases: %s", exc)
+        await self.sync.stop()
 
     # ------------------------------------------------------------------- peers
 
@@ -110,24 +103,12 @@ class SupernodeService:
         await self.cluster.post(
             [(h.task_id, {"peer": reg.peer_id, "holding": h.to_json()}) for h in elsewhere]
         )
-        self._join(reg)
+        self.presence.join(reg)
         for holding in reg.holdings:
-            self._announce_holding(reg.peer_id, holding)
+            self.announce_holding(reg.peer_id, holding)
         log.info("peer %s joined from %s (%d holdings)", reg.peer_id, reg.address, len(reg.holdings))
 
-    def _join(self, reg: PeerRegistration) -> None:
-        events = self.scheduler.peer_joined(
-            reg.peer_id,
-            self._clock.monotonic(),
-            serves=reg.address is not None and reg.upload_slots > 0,
-            zone=reg.zone,
-            rack=reg.rack,
-            capacity=reg.upload_rate,
-        )
-        self._addresses[reg.peer_id] = reg.address
-        self._log_events(events)
-
-    def _announce_holding(self, peer_id: str, holding: Holding) -> None:
+    def announce_holding(self, peer_id: str, holding: Holding) -> None:
         """A peer holds pieces of a task we own (it restarted, or registered elsewhere)."""
         task = self._owned(holding.task_id)
         blob = task.blob if task else None
@@ -149,15 +130,14 @@ class SupernodeService:
         """A peer's report on every task it downloads (an empty one is a heartbeat)."""
         if self._stopping:
             raise ShuttingDown()
-        await self._ensure_peer(peer_id)
-        now = self._clock.monotonic()
-        self.scheduler.peer_seen(peer_id, now)
-        self._heard.add(peer_id)
-        await self.cluster.post(
-            [(t, {"peer": peer_id, "dropped": True}) for t in report.dropped_tasks if not self._owned(t)]
-        )
-        for task_id in report.dropped_tasks:
-            self._member_left(task_id, peer_id)
+        await self.presence.ensure(peer_id)
+        self.presence.seen(peer_id)
+        if report.dropped_tasks:
+            await self.cluster.post(
+                [(t, {"peer": peer_id, "dropped": True}) for t in report.dropped_tasks if not self._owned(t)]
+            )
+            for task_id in report.dropped_tasks:
+                self.member_left(task_id, peer_id)
         answers: dict[str, ReportAnswer | Exception] = {}
         for task_report in report.tasks:
             try:
@@ -166,25 +146,11 @@ class SupernodeService:
                 answers[task_report.task_id] = exc
         return answers
 
-    def _member_left(self, task_id: str, peer_id: str) -> None:
+    def member_left(self, task_id: str, peer_id: str) -> None:
         task = self._owned(task_id)
         if task is not None:
             self.seeding.left(task, peer_id)
         self.scheduler.member_left(task_id, peer_id)
-
-    async def _ensure_peer(self, peer_id: str) -> None:
-        """A peer registered at another replica is known from the cluster."""
-        if self.scheduler.knows_peer(peer_id):
-            return
-        record = (await self.cluster.get_peers([peer_id])).get(peer_id)
-        if record is None:
-            raise UnknownPeer(peer_id)
-        if not self.scheduler.knows_peer(peer_id):
-            self._join(parse_peer_registration(record))
-
-    def leave(self, peer_id: str) -> None:
-        self._addresses.pop(peer_id, None)
-        self._log_events(self.scheduler.peer_left(peer_id, self._clock.monotonic()))
 
     # ------------------------------------------------------------------- tasks
 
@@ -192,7 +158,12 @@ class SupernodeService:
         """Create or join each task; waits until their geometry is known."""
         if self._stopping:
             raise ShuttingDown()
-        await self._ensure_peer(peer_id)
+        await self.presence.ensure(peer_id)
+        if len(requests) == 1:  # the usual case: no task to spawn
+            try:
+                return [await self._open(requests[0])]
+            except Exception as exc:
+                return [exc]
         results = await asyncio.gather(*(self._open(r) for r in requests), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
@@ -262,11 +233,11 @@ class SupernodeService:
     ) -> dict[str, int]:
         """The holders an earlier owner recorded that still heartbeat, made known here."""
         seen = await self.cluster.last_seen(list(holders))
-        fresh = time.time() - self.scheduler.config.peer_timeout
+        fresh = time.time() - self.scheduler.peer_timeout
         live = [p for p, t in seen.items() if t >= fresh]
         for peer_id, raw in (await self.cluster.get_peers(live)).items():
             if not self.scheduler.knows_peer(peer_id):
-                self._join(parse_peer_registration(raw))
+                self.presence.join(parse_peer_registration(raw))
         count = -(-size // piece_size)
         out = {}
         for peer_id in live:
@@ -306,13 +277,13 @@ class SupernodeService:
             drop=report.drop,
             bad=report.bad,
         )
-        self._log_events(events)
+        self.presence.log_events(events)
         self.metrics.reports.inc()
         self.seeding.holds(task, peer_id, report.have, have)
         state = "seeded" if task.state is TaskState.SEEDED else "running"
-        return ReportAnswer(
-            self._wire(parents), state, self._report_interval(task), task.digest, None, self._keys(task)
-        )
+        # The keys came with the open; only a takeover adds any (an earlier owner's).
+        keys = self._keys(task) if task.keys else []
+        return ReportAnswer(self._wire(parents), state, self._report_interval(task), task.digest, None, keys)
 
     def status(self, task_id: str) -> dict[str, object]:
         task = self.tasks.get(task_id)
@@ -349,13 +320,12 @@ class SupernodeService:
         blob = task.blob
         if blob is None:
             return 0
-        known = blob.have
-        for piece in task.shas:
-            known |= 1 << piece
-        return have & known
+        return have & (blob.have | task.sha_mask)
 
     def _keys(self, task: SeedTask) -> list[str]:
-        return sorted({*keys_to_json([self._signer.public_key]), *task.keys})
+        if task.key_list is None:
+            task.key_list = sorted({*keys_to_json([self._signer.public_key]), *task.keys})
+        return task.key_list
 
     def _wire(self, parents: list[Parent]) -> list[ParentInfo]:
         out = []
@@ -363,117 +333,30 @@ class SupernodeService:
             if parent.seed:
                 out.append(ParentInfo(parent.id, self._seed_address, True))
                 continue
-            address = self._addresses.get(parent.id)
+            address = self.presence.address(parent.id)
             if address is not None:
                 out.append(ParentInfo(parent.id, address))
         self.metrics.parents.inc(len(out))
         return out
 
     def _report_interval(self, task: SeedTask) -> float:
-        """How soon a member reports next: often enough that the supernode's picture is
-        fresh, rarely enough that all members together stay within ``report_rate``."""
-        members = self.scheduler.members(task.id)
-        config = self.config
-        interval = min(config.report_max, max(config.report_min, members / config.report_rate))
-        return round(interval * (0.75 + 0.5 * self._rng.random()), 2)
-
-    def _log_events(self, events: Events) -> None:
-        for peer_id in events.dropped:
-            self._addresses.pop(peer_id, None)
-            log.info("peer %s dropped", peer_id)
-        for peer_id in events.quarantined:
-            log.warning("peer %s quarantined: it served corrupt pieces", peer_id)
-        for peer_id in events.degraded:
-            log.warning("peer %s degraded: it fails or is far slower than its peers", peer_id)
-        self.metrics.peers.set(len(self._addresses))
-
-    def changed(self) -> None:
-        """Something a successor needs was staged: write it through soon."""
-        self._flush_wanted.set()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._flush_wanted.wait()
-            self._flush_wanted.clear()
-            try:
-                await self._write_through()
-            except ClusterUnavailable:
-                await asyncio.sleep(self.config.tick_interval)  # the batches wait; the tick retries
-            except Exception:
-                log.exception("write-through failed")
-
-    async def _write_through(self, renew: bool = False) -> None:
-        """Write the tasks' batches through (with ``renew``, every owned task's, which
-        renews its lease); a task whose lease is gone is dropped."""
-        writes = {}
-        for task in self.tasks.values():
-            if task.lease is not None and (renew or task.batch):
-                writes[task.id] = (task.lease, task.batch)
-                task.batch = Batch()
-        if not writes:
-            return
-        try:
-            lost = await self.cluster.write(writes)
-        except ClusterUnavailable:
-            for task_id, (_, batch) in writes.items():  # kept, in order, for the next flush
-                if task_id in self.tasks:
-                    batch.merge_into(self.tasks[task_id].batch)
-            raise
-        for task_id in lost:
-            if task_id in self.tasks:
-                self.seeding.drop(self.tasks[task_id], "its lease was taken")
+        return report_interval(self.scheduler.members(task.id), self.config, self._rng.random())
 
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_interval)
             try:
                 self.tick()
-                await self._cluster_tick()
+                await self.sync.tick()
+                for task_id in list(self.tasks):
+                    self._owned(task_id)  # drops the tasks whose lease lapsed
             except Exception:  # a bug here must not stop timeouts for good
                 log.exception("supernode tick failed")
 
-    async def _cluster_tick(self) -> None:
-        """Write through, renew leases, refresh liveness, read the inboxes."""
-        try:
-            await self._write_through(renew=True)
-            heard, self._heard = self._heard, set()
-            await self.cluster.seen(heard)
-            peers = self.scheduler.peers()
-            last = await self.cluster.last_seen(peers)
-            fresh, now = time.time() - 2 * self.config.heartbeat_interval, self._clock.monotonic()
-            for peer_id, seen in last.items():
-                if seen >= fresh and self.scheduler.knows_peer(peer_id):
-                    self.scheduler.peer_seen(peer_id, now)  # heartbeats at another replica
-            inbox = await self.cluster.take_inbox([t.id for t in self.tasks.values() if t.lease is not None])
-            for task_id, events in inbox.items():
-                await self._apply_inbox(task_id, events)
-            if not self.cluster_ok:
-                log.warning("cluster state reachable again")
-            self.cluster_ok = True
-        except ClusterUnavailable as exc:
-            if self.cluster_ok:
-                log.error("%s; tasks stay served until their leases lapse", exc)
-            self.cluster_ok = False
-        for task_id in list(self.tasks):
-            self._owned(task_id)  # drops the tasks whose lease lapsed
-
-    async def _apply_inbox(self, task_id: str, events: list[dict[str, object]]) -> None:
-        """Events other replicas received for a task we own."""
-        for event in events:
-            peer_id = str(event.get("peer"))
-            try:
-                if event.get("dropped"):
-                    self._member_left(task_id, peer_id)
-                elif event.get("holding") is not None:
-                    await self._ensure_peer(peer_id)
-                    self._announce_holding(peer_id, parse_holding(event["holding"]))
-            except (UnknownPeer, UnknownTask, ProtocolError):
-                continue  # gone since, or not ours any more
-
     def tick(self) -> None:
         """Time advanced: expire silent peers, old failures and idle tasks."""
+        self.presence.tick()
         now = self._clock.monotonic()
-        self._log_events(self.scheduler.expire(now))
         for task in list(self.tasks.values()):
             if task.state is TaskState.FAILED and now - task.failed_at > self.config.failed_task_ttl:
                 self.seeding.drop(task, "its failure expired")

@@ -3,6 +3,7 @@
 - ``limits``: upload and download limits over real loopback transfers.
 - ``zstd``: wire bytes and completion with and without zstd.
 - ``supernode``: the supernode's CPU through a whole surge of synthetic peers over HTTP.
+- ``tls``: mutual TLS against plain HTTP: piece throughput, JSON requests, handshakes.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from typing import Any
 
 from loadtest.bench.limits import run_limits
 from loadtest.bench.supernode import run_supernode
+from loadtest.bench.tls import run_tls
 from loadtest.bench.zstd import run_zstd
 
 BENCHMARKS: dict[str, Callable[[Any], Awaitable[str]]] = {
     "limits": lambda args: run_limits(args.seconds),
     "zstd": lambda args: run_zstd(),
-    "supernode": lambda args: run_supernode(args.peers, args.pieces, args.duration),
+    "supernode": lambda args: run_supernode(args.peers, args.pieces, args.duration, args.tasks),
+    "tls": lambda args: run_tls(),
 }
 
 

@@ -5,16 +5,21 @@ chooses every node's parents, exactly as in the supernode, and ``peer.policy.Pie
 chooses every piece, exactly as in the peer daemon. This module plays the parts around
 them:
 
-- **The supernode's service, charged.** Every call a node makes (open a task, report,
-  heartbeat) crosses the network (``rtt / 2`` each way) and waits its turn in one queue
-  per task owner (the supernode is one event loop): it is served for the time that kind
-  of call costs the real supernode (``service``, measured by ``swarmpull benchmarks
-  supernode``), and its effect on the scheduler happens when it is served.
+- **The supernode's service, charged.** Every call a node makes crosses the network
+  (``rtt / 2`` each way) and waits its turn in one queue per task owner (the supernode
+  is one event loop): it is served for what that kind of call costs the real supernode
+  (``service``: a call, plus each task beyond the first it carries; measured by
+  ``swarmpull benchmarks supernode``), and its effect on the scheduler happens when it
+  is served. A node calls as the daemon's control channel does (``peer.control``): its
+  layers open in one call, and its reports go together, those due and those nearly due,
+  one call at a time; its open channel is its heartbeat, so a node that fails is
+  forgotten ``peer_timeout`` after it fell silent (or sooner, on its children's word).
 - **The back-to-source read:** the registry streams each layer once, in order, the layers
   side by side at the registry's rate; a piece is the seed's when it has arrived.
 - **Every peer daemon:** opens each layer's task, fetches what its policy chooses (a
   transfer starts one ``rtt`` after it is chosen), reports when its policy asks for
-  parents, when a layer completes, and at the interval the supernode sets.
+  parents, when a layer completes, and at the interval the supernode sets
+  (``supernode.pacing``).
 - **The network:** each transfer is a flow; ``exact`` reprices the flows at both ends of
   every start and end (``flows.Network``); ``fast`` fixes a flow's rate when it starts.
 
@@ -36,15 +41,18 @@ from dataclasses import dataclass, field
 from loadtest.report import ModeResult, kumar_ross_bound
 from loadtest.simulate.flows import Flow, Link, Network
 from peer.policy import PiecePolicy, PolicyConfig
+from supernode.config import SupernodeConfig
+from supernode.pacing import report_interval
 from supernode.scheduler import ParentReport, Scheduler, SchedulerConfig
 from swarmpull.core.failures import FailureReason
 from swarmpull.core.geometry import PieceGeometry, choose_piece_size
 
 SEED = "seed"
 
-# Seconds of supernode CPU per call, by kind: `swarmpull benchmarks supernode` measures
-# them (docs/BENCHMARKS.md); these are its figures on the 2-core reference machine.
-DEFAULT_SERVICE = {"open": 0.0004, "report": 0.0003, "heartbeat": 0.0002}
+# Seconds of supernode CPU per call, by kind, and per task beyond a call's first: what
+# `swarmpull benchmarks supernode` measures (docs/BENCHMARKS.md) on the 2-core machine.
+DEFAULT_SERVICE = {"open": 0.0004, "report": 0.0003, "task": 0.0001}
+REPORT_BATCH_WINDOW = 0.02  # as peer.control: an urgent report waits this long for others
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +74,11 @@ class SimConfig:
     rtt: float = 0.0005
     """Network round trip, for every call and every transfer."""
     service: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SERVICE))
-    """Supernode CPU seconds per call, by kind (open, report, heartbeat)."""
+    """Supernode CPU seconds per call (open, report) and per task beyond a call's first."""
     owners: int = 1
     """Supernode replicas owning tasks (a task's calls queue at its owner)."""
-    report_rate: float = 500.0
-    """Periodic reports per second the supernode asks for, all nodes together (each node
-    reports every ``nodes / report_rate`` seconds, at least every ``report_min``)."""
-    report_min: float = 1.0
-    heartbeat_interval: float = 5.0
+    supernode: SupernodeConfig = field(default_factory=SupernodeConfig)
+    """How often the supernode asks for reports (``report_rate`` ...), as in production."""
     upload_slots: int = 8
     """Uploads a node serves at once; more wait in line (the daemon's piece server)."""
     seed_slots: int = 64
@@ -142,7 +147,7 @@ class _Bits:
 class _Download:
     """One node's download of one layer."""
 
-    __slots__ = ("done_at", "flows", "idle", "layer", "map", "policy", "report_due", "reporting")
+    __slots__ = ("done_at", "due", "every", "flows", "idle", "layer", "map", "policy")
 
     def __init__(self, layer: _Layer, policy: PiecePolicy) -> None:
         self.layer = layer
@@ -151,8 +156,8 @@ class _Download:
         self.flows: dict[tuple[int, str], Flow] = {}
         self.done_at: float | None = None
         self.idle = False  # room and nothing to fetch: woken by its parents' new pieces
-        self.reporting = False  # a call to the supernode is under way
-        self.report_due = 0  # version of the scheduled periodic report
+        self.due = math.inf  # when it reports next (0: as soon as it can)
+        self.every = 0.0  # the interval the supernode last asked for
 
 
 class _Uploads:
@@ -169,10 +174,15 @@ class _Uploads:
 
 
 class _Node:
-    __slots__ = ("done_at", "downloads", "failed", "id", "joined", "joined_at", "link", "uploads", "watchers")
+    __slots__ = (
+        "calling", "done_at", "downloads", "failed", "flush_at", "id", "joined", "joined_at", "link",
+        "uploads", "watchers",
+    )  # fmt: skip
 
     def __init__(self, node_id: str, link: Link, uploads: _Uploads) -> None:
         self.id = node_id
+        self.calling = 0  # calls to the supernode under way
+        self.flush_at = math.inf  # when its control channel looks at what is due next
         self.link = link
         self.uploads = uploads
         self.joined = False
@@ -192,6 +202,8 @@ class SwarmSimulation:
             for i, size in enumerate(config.layer_sizes())
         ]
         self.scheduler = Scheduler(config.scheduler, random.Random(config.seed + 1))
+        # A node's open channel is its heartbeat: it is forgotten only once it fails.
+        self.scheduler.peer_timeout = math.inf
         self.scheduler.add_seed(SEED, config.seed_rate)
         for layer in self.layers:
             self.scheduler.add_task(layer.id, layer.geometry.count, SEED)
@@ -201,7 +213,8 @@ class SwarmSimulation:
         self._seq = itertools.count()
         self.nodes: dict[str, _Node] = {}
         self._busy = [0.0] * config.owners  # when each owner's queue is free
-        self.calls: dict[str, int] = dict.fromkeys(DEFAULT_SERVICE, 0)
+        self.calls: dict[str, int] = {"open": 0, "report": 0}
+        self.tasks_carried = 0  # tasks the calls carried (a call carries one or more)
         self.supernode_busy = 0.0  # seconds of supernode time charged
         self._open = config.nodes  # nodes neither done nor failed
         self.sources = {"peer": 0.0, "seed": 0.0}  # bytes received, by kind of source
@@ -224,7 +237,6 @@ class SwarmSimulation:
                 self._at(self._rng.uniform(0, c.fail_window), "fail", node)
         self._seed_layers()
         self._at(1.0, "tick", None)
-        self._at(c.heartbeat_interval, "heartbeat", None)
 
     def _seed_layers(self) -> None:
         """The registry streams every layer once, side by side, at its rate."""
@@ -279,34 +291,41 @@ class SwarmSimulation:
 
     # ---------------------------------------------------------------- supernode
 
-    def _call(self, kind: str, task: str | None, then: str, data: object) -> None:
-        """A call to the supernode: it arrives after half a round trip, waits for the
-        owner's queue, is served for its cost; ``then`` runs at the owner when served,
-        and its answer reaches the node half a round trip later."""
+    def _call(self, kind: str, node: _Node, downloads: list[_Download], then: str) -> None:
+        """A call to the supernode carrying ``downloads`` (all of one owner): it arrives
+        after half a round trip, waits for the owner's queue, is served for its cost;
+        ``then`` runs at the owner when served."""
         c = self.config
-        owner = hash(task) % c.owners if task is not None else 0
+        owner = hash(downloads[0].layer.id) % c.owners
         arrival = self.now + c.rtt / 2
         start = max(arrival, self._busy[owner])
-        cost = c.service[kind]
+        cost = c.service[kind] + (len(downloads) - 1) * c.service["task"]
         self._busy[owner] = start + cost
         self.supernode_busy += cost
         self.calls[kind] += 1
-        self._at(start + cost, then, data)
+        self.tasks_carried += len(downloads)
+        node.calling += 1
+        if kind == "report":
+            payload = [(d, d.policy.have, *d.policy.take_report(self.now)) for d in downloads]
+            for download in downloads:
+                download.due = math.inf  # until the answer says when
+            self._at(start + cost, then, (node, payload))
+        else:
+            self._at(start + cost, then, (node, downloads))
+
+    def _by_owner(self, downloads: list[_Download]) -> list[list[_Download]]:
+        groups: dict[int, list[_Download]] = {}
+        for download in downloads:
+            groups.setdefault(hash(download.layer.id) % self.config.owners, []).append(download)
+        return list(groups.values())
 
     def _on_tick(self, _: object) -> None:
         self.scheduler.expire(self.now)
         self._at(self.now + 1.0, "tick", None)
 
-    def _on_heartbeat(self, _: object) -> None:
-        """Live nodes heartbeat (done ones too: they still serve); failed ones fall silent."""
-        for node in self.nodes.values():
-            if not node.failed:
-                self._call("heartbeat", None, "beat", node)
-        self._at(self.now + self.config.heartbeat_interval, "heartbeat", None)
-
-    def _on_beat(self, node: _Node) -> None:
-        if self.scheduler.knows_peer(node.id):
-            self.scheduler.peer_seen(node.id, self.now)
+    def _on_gone(self, node: _Node) -> None:
+        """A failed node's silence has lasted the supernode's peer timeout."""
+        self.scheduler.peer_left(node.id, self.now)
 
     def _on_seeded(self, data: tuple[_Layer, int, int]) -> None:
         layer, piece, sent = data
@@ -326,76 +345,93 @@ class SwarmSimulation:
                 g.count, g.piece_size, self.config.policy, random.Random(self._rng.random()),
                 download_rate=node.link.down,
             )  # fmt: skip
-            download = node.downloads[layer.id] = _Download(layer, policy)
-            download.reporting = True
-            self._call("open", layer.id, "opened", (node, download))
+            node.downloads[layer.id] = _Download(layer, policy)
+        for group in self._by_owner(list(node.downloads.values())):  # one call: the layers together
+            self._call("open", node, group, "opened")
 
-    def _on_opened(self, data: tuple[_Node, _Download]) -> None:
-        node, download = data
+    def _on_opened(self, data: tuple[_Node, list[_Download]]) -> None:
+        node, downloads = data
         if node.failed:
             return
-        parents = self.scheduler.join(download.layer.id, node.id, download.policy.have, self.now)
-        self._answer(node, download, parents)
+        answers = [(d, self.scheduler.join(d.layer.id, node.id, d.policy.have, self.now)) for d in downloads]
+        self._at(self.now + self.config.rtt / 2, "answer", (node, answers))
 
-    def _report(self, node: _Node, download: _Download) -> None:
-        if download.reporting or node.failed:
+    def _report_soon(self, node: _Node, download: _Download) -> None:
+        """The download needs to report now (it needs parents, or it completed)."""
+        download.due = 0.0
+        self._flush_in(node, REPORT_BATCH_WINDOW)
+
+    def _flush_in(self, node: _Node, delay: float) -> None:
+        when = self.now + delay
+        if node.calling or node.failed or when >= node.flush_at:
             return
-        download.reporting = True
-        reports, dropped, bad = download.policy.take_report(self.now)
-        payload = (node, download, download.policy.have, reports, dropped, bad)
-        self._call("report", download.layer.id, "reported", payload)
+        node.flush_at = when
+        self._at(when, "flush", node)
+
+    def _on_flush(self, node: _Node) -> None:
+        """The control channel sends what is due, and what is nearly due with it."""
+        if node.flush_at != self.now or node.calling or node.failed:
+            return  # a stale wake-up, or a call is under way (its answer looks again)
+        node.flush_at = math.inf
+        downloads = node.downloads.values()
+        if not any(d.due <= self.now for d in downloads):
+            self._flush_in(node, min((d.due for d in downloads), default=math.inf) - self.now)
+            return
+        due = [d for d in downloads if d.due - d.every / 2 <= self.now]
+        for group in self._by_owner(due):
+            self._call("report", node, group, "reported")
 
     def _on_reported(self, data: tuple) -> None:  # type: ignore[type-arg]
-        node, download, have, reports, dropped, bad = data
+        node, payload = data
         if node.failed:
             return
-        parents, _ = self.scheduler.report(
-            download.layer.id,
-            node.id,
-            self.now,
-            have=have,
-            parents=[ParentReport(p, r.bytes, r.seconds, r.failures, r.reason) for p, r in reports.items()],
-            drop=dropped,
-            bad=bad,
-        )
-        self._answer(node, download, parents)
-
-    def _answer(self, node: _Node, download: _Download, parents: list) -> None:  # type: ignore[type-arg]
-        """The supernode's answer reaches the node half a round trip later."""
-        self._at(self.now + self.config.rtt / 2, "answer", (node, download, parents))
+        answers = []
+        for download, have, reports, dropped, bad in payload:
+            parents, _ = self.scheduler.report(
+                download.layer.id,
+                node.id,
+                self.now,
+                have=have,
+                parents=[
+                    ParentReport(p, r.bytes, r.seconds, r.failures, r.reason) for p, r in reports.items()
+                ],
+                drop=dropped,
+                bad=bad,
+            )
+            answers.append((download, parents))
+        self._at(self.now + self.config.rtt / 2, "answer", (node, answers))
 
     def _on_answer(self, data: tuple) -> None:  # type: ignore[type-arg]
-        node, download, parents = data
-        download.reporting = False
+        node, answers = data
+        node.calling -= 1
         if node.failed:
             return
-        task = download.layer.id
-        for link in download.policy.parents.values():
-            self._watchers(link.id, task).discard(node)
-        views = []
-        for parent in parents:
-            if parent.seed:
-                views.append((parent.id, True, download.layer.seeded))
+        for download, parents in answers:
+            task = download.layer.id
+            for link in download.policy.parents.values():
+                self._watchers(link.id, task).discard(node)
+            views = []
+            for parent in parents:
+                if parent.seed:
+                    views.append((parent.id, True, download.layer.seeded))
+                else:
+                    other = self.nodes[parent.id]
+                    views.append(
+                        (parent.id, False, other.downloads[task].map if task in other.downloads else _Bits())
+                    )
+            download.policy.set_parents(views)
+            members = self.scheduler.members(task)
+            download.every = report_interval(members, self.config.supernode, self._rng.random())
+            if download.done_at is None:
+                if download.due != 0.0:  # not asked again while the call was under way
+                    download.due = self.now + download.every
             else:
-                other = self.nodes[parent.id]
-                views.append(
-                    (parent.id, False, other.downloads[task].map if task in other.downloads else _Bits())
-                )
-        download.policy.set_parents(views)
-        download.report_due += 1
-        interval = max(self.config.report_min, self.config.nodes / self.config.report_rate)
-        if download.done_at is None:
-            self._at(
-                self.now + interval * (0.5 + self._rng.random()),
-                "periodic",
-                (node, download, download.report_due),
-            )
-        self._fill(node, download)
-
-    def _on_periodic(self, data: tuple[_Node, _Download, int]) -> None:
-        node, download, version = data
-        if version == download.report_due and download.done_at is None:
-            self._report(node, download)
+                download.due = math.inf  # complete and said so: it reports no more
+        for download, _ in answers:
+            self._fill(node, download)
+        if not node.calling:
+            pending = min((d.due for d in node.downloads.values()), default=math.inf)
+            self._flush_in(node, max(REPORT_BATCH_WINDOW if pending <= self.now else 0.0, pending - self.now))
 
     def _watchers(self, parent_id: str, task: str) -> set[_Node]:
         if parent_id == SEED:
@@ -420,8 +456,8 @@ class SwarmSimulation:
                     watchers.add(node)
                 else:
                     watchers.discard(node)
-        if policy.needs_parents(self.now):
-            self._report(node, download)
+        if policy.needs_parents(self.now) and download.due != 0.0:
+            self._report_soon(node, download)
 
     def _wake(self, nodes: list[_Node] | set[_Node]) -> None:
         for child in list(nodes):
@@ -477,7 +513,7 @@ class SwarmSimulation:
         self._wake(node.watchers.get(download.layer.id, ()))
         if policy.done:
             download.done_at = now
-            self._report(node, download)  # a complete source now
+            self._report_soon(node, download)  # a complete source now
             if all(d.done_at is not None for d in node.downloads.values()):
                 node.done_at = now
                 self._open -= 1
@@ -489,6 +525,7 @@ class SwarmSimulation:
             return
         node.failed = True
         self._open -= 1
+        self._at(self.now + self.config.scheduler.peer_timeout, "gone", node)
         for download in node.downloads.values():
             for flow in download.flows.values():
                 self.network.cancel(flow)
@@ -528,6 +565,7 @@ class SwarmSimulation:
             wall_time=max(times) if times else math.nan,
             extra={
                 "supernode calls": calls,
+                "tasks per call": round(self.tasks_carried / calls, 2) if calls else None,
                 "supernode busy s": round(self.supernode_busy, 2),
                 "supernode busy / bound": round(self.supernode_busy / bound, 3) if bound else None,
                 "simulator CPU s": round(cpu, 1),

@@ -59,23 +59,31 @@ def choose_parents(
     if want <= 0:
         return []
     typical = task.typical_capacity(config.default_capacity)
+    per_capacity = config.children_per_parent * config.parents / typical if typical > 0 else 0.0
     needed = max(1, task.count - member.have_count)
+    lacking = ~member.have
+    zone, rack = requester.zone, requester.rack
+    parents, blacklist, members = member.parents, member.blacklist, task.members
+    active = SourceState.ACTIVE
     scored: list[tuple[float, str]] = []
-    for source_id in task.sources.sample(rng, config.candidates + len(member.parents) + 1):
-        if source_id == member.peer_id or source_id in member.parents:
+    for source_id in task.sources.sample(rng, config.candidates + len(parents) + 1):
+        if source_id == member.peer_id or source_id in parents:
             continue
         source = peers[source_id]
-        if source.state is not SourceState.ACTIVE or member.blacklisted(source_id, now):
+        if source.state is not active or (blacklist and member.blacklisted(source_id, now)):
             continue
-        holder = task.members[source_id]
-        cap = child_cap(source, typical, config)
-        if len(holder.children) >= cap:
+        holder = members[source_id]
+        cap = max(1, math.ceil(per_capacity * source.capacity)) if per_capacity else 1
+        children = len(holder.children)
+        if children >= cap:
             continue
-        useful = (holder.have & ~member.have).bit_count()
+        local = 0.0
+        if zone is not None and source.zone == zone:
+            local = 1.0 if rack is not None and source.rack == rack else 0.5
         score = (
-            _PROGRESS * min(1.0, useful / needed)
-            + _ROOM * (1.0 - len(holder.children) / cap)
-            + _LOCALITY * locality(requester, source)
+            _PROGRESS * min(1.0, (holder.have & lacking).bit_count() / needed)
+            + _ROOM * (1.0 - children / cap)
+            + _LOCALITY * local
             + 1e-6 * rng.random()  # ties: no source is always first
         )
         scored.append((score, source_id))

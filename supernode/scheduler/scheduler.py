@@ -45,6 +45,7 @@ class Scheduler:
         self._quarantine: dict[str, float] = {}  # peer -> until; survives re-registration
         self._degraded: dict[str, None] = {}
         self._speed = SpeedTracker()
+        self.peer_timeout = self.config.peer_timeout  # the service stretches it with the swarm
 
     # ------------------------------------------------------------------- peers
 
@@ -96,6 +97,9 @@ class Scheduler:
 
     def peers(self) -> list[str]:
         return [p for p, peer in self._peers.items() if not peer.is_seed]
+
+    def peer_count(self) -> int:
+        return len(self._seen)
 
     def state(self, peer_id: str) -> SourceState:
         return self._peer(peer_id).state
@@ -192,7 +196,7 @@ class Scheduler:
     def expire(self, now: float) -> Events:
         """Time advanced: drop silent peers, end degraded spells and quarantines."""
         events = Events()
-        timeout = self.config.peer_timeout
+        timeout = self.peer_timeout
         while self._seen:
             peer_id = next(iter(self._seen))
             if self._peers[peer_id].last_seen + timeout > now:

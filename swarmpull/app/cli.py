@@ -28,7 +28,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from swarmpull.app.commands import loadtest, node, peer, supernode
+    from swarmpull.app.commands import ca, loadtest, node, peer, supernode
 
     parser = Parser(
         prog="swarmpull",
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.register(subparsers)
     peer.register(subparsers)
     loadtest.register(subparsers)
+    ca.register(subparsers)
     return parser
 
 

@@ -6,9 +6,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-_SHA256 = re.compile(r"^sha256:([a-f0-9]{64})$")
+_SHA256 = re.compile(r"^sha256:([a-f0-9]{64})\Z")
 # The OCI grammar: algorithm ":" encoded; we accept it to give a precise error.
-_ANY_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_ANY_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
 
 
 class DigestError(ValueError):

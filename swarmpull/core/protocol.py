@@ -325,7 +325,9 @@ class ParentInfo:
     seed: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "address": self.address, "seed": self.seed}
+        if self.seed:
+            return {"id": self.id, "address": self.address, "seed": True}
+        return {"id": self.id, "address": self.address}
 
 
 def _parents(raw: Any) -> list[ParentInfo]:
@@ -415,28 +417,38 @@ class ParentStats:
         return body
 
 
+_REASONS = {r.value: r for r in FailureReason}
+_MAX_SECONDS = 86400.0 * 30
+
+
 def _parent_stats(raw: Any) -> list[ParentStats]:
+    """Every report carries these, so they are checked in one pass, without helpers."""
     if not isinstance(raw, list) or len(raw) > MAX_PARENTS:
         raise ProtocolError(f"'parents' must be a list of at most {MAX_PARENTS}")
     out = []
-    for item in raw:
-        entry = _obj(item, "a 'parents' entry")
-        reason = None
-        if entry.get("reason") is not None:
-            try:
-                reason = FailureReason(entry.get("reason"))
-            except ValueError:
-                choices = ", ".join(r.value for r in FailureReason)
-                raise ProtocolError(f"'reason' must be one of {choices}") from None
-        out.append(
-            ParentStats(
-                _peer_id(entry, "id"),
-                _int(entry, "bytes", 0, MAX_SIZE, default=0),
-                _float(entry, "seconds", 0.0, 86400.0 * 30, default=0.0),
-                _int(entry, "failures", 0, 1 << 20, default=0),
-                reason,
-            )
-        )
+    for entry in raw:
+        if not isinstance(entry, dict):
+            raise ProtocolError("a 'parents' entry must be a JSON object")
+        parent, size = entry.get("id"), entry.get("bytes", 0)
+        seconds, failures = entry.get("seconds", 0.0), entry.get("failures", 0)
+        reason = entry.get("reason")
+        if not isinstance(parent, str) or not PEER_ID_RE.fullmatch(parent):
+            raise ProtocolError("'id' may hold letters, digits and . _ : - (at most 128)")
+        if type(size) is float and size.is_integer():
+            size = int(size)  # JSON has one kind of number: 2.0 is the integer 2
+        if type(failures) is float and failures.is_integer():
+            failures = int(failures)
+        if type(size) is not int or not 0 <= size <= 1 << 50:
+            raise ProtocolError(f"'bytes' must be an integer from 0 to {1 << 50}")
+        if type(seconds) not in (int, float) or not 0.0 <= seconds <= _MAX_SECONDS:
+            raise ProtocolError(f"'seconds' must be a number from 0 to {_MAX_SECONDS}")
+        if type(failures) is not int or not 0 <= failures <= 1 << 20:
+            raise ProtocolError(f"'failures' must be an integer from 0 to {1 << 20}")
+        if reason is not None:
+            reason = _REASONS.get(reason) if isinstance(reason, str) else None
+            if reason is None:
+                raise ProtocolError(f"'reason' must be one of {', '.join(_REASONS)}")
+        out.append(ParentStats(parent, size, float(seconds), failures, reason))
     return out
 
 
@@ -452,14 +464,19 @@ class ReportAnswer:
     keys: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """Sent several times a second to every member: what is unset is left out."""
+        body: dict[str, Any] = {
             "parents": [p.to_json() for p in self.parents],
             "state": self.state,
             "report_in": self.report_in,
-            "digest": str(self.digest) if self.digest else None,
-            "error": self.error,
-            "keys": self.keys,
         }
+        if self.digest:
+            body["digest"] = str(self.digest)
+        if self.error:
+            body["error"] = self.error
+        if self.keys:
+            body["keys"] = self.keys
+        return body
 
 
 def parse_report_answer(raw: Any) -> ReportAnswer:
@@ -556,14 +573,18 @@ def parse_peer_report(raw: Any) -> PeerReport:
     tasks = []
     for item in _list(body, "tasks", MAX_BATCH, "task reports"):
         entry = _obj(item, "a task report")
+        # Most reports carry no parents, drops or bad peers: absent (or null) costs nothing.
+        parents, drop, bad = entry.get("parents"), entry.get("drop"), entry.get("bad")
         tasks.append(
             TaskReport(
                 task_id=_task_id(entry.get("task_id"), "task_id"),
                 have=_bitfield(entry, "have"),
-                parents=_parent_stats(_list(entry, "parents", MAX_PARENTS, "parents")),
-                drop=_peer_ids(entry, "drop"),
-                bad=_peer_ids(entry, "bad"),
+                parents=_parent_stats(parents) if parents is not None else [],
+                drop=_peer_ids(entry, "drop") if drop is not None else [],
+                bad=_peer_ids(entry, "bad") if bad is not None else [],
             )
         )
-    dropped = parse_heartbeat({"dropped_tasks": body.get("dropped_tasks")}).dropped_tasks
-    return PeerReport(tasks, dropped)
+    dropped = body.get("dropped_tasks")
+    if dropped is None:
+        return PeerReport(tasks, [])
+    return PeerReport(tasks, parse_heartbeat({"dropped_tasks": dropped}).dropped_tasks)

@@ -192,8 +192,8 @@ PEER_REPORT: Schema = obj(
 # ------------------------------------------------------------------ responses
 
 PARENT: Schema = obj(
-    {"id": PEER_ID, "address": ADDRESS, "seed": {"type": "boolean"}},
-    ("id", "address", "seed"),
+    {"id": PEER_ID, "address": ADDRESS, "seed": {"const": True, "description": "only when true"}},
+    ("id", "address"),
 )
 TASK_INFO: Schema = obj(
     {
@@ -212,9 +212,10 @@ REPORT_ANSWER: Schema = obj(
         "parents": array(PARENT, MAX_PARENTS),
         "state": {"enum": list(TASK_STATES)},
         "report_in": number(0.0, 3600.0),
-        "digest": nullable(DIGEST),
-        "error": nullable({"type": "string"}),
+        "digest": DIGEST,
+        "error": {"type": "string", "description": "why the task failed"},
         "keys": array(KEY, 64),
     },
-    ("parents", "state", "report_in", "digest", "error", "keys"),
+    ("parents", "state", "report_in"),
+    description="sent several times a second to every member: what is unset is left out",
 )

@@ -133,17 +133,23 @@ def bind(where: HostPort) -> tuple[socket.socket, HostPort]:
 
 
 async def start_site(
-    app: web.Application, where: HostPort | socket.socket, **runner_args: Any
+    app: web.Application,
+    where: HostPort | socket.socket,
+    ssl_context: ssl.SSLContext | None = None,
+    **runner_args: Any,
 ) -> tuple[web.AppRunner, HostPort]:
     """Serve ``app`` at ``where`` (an address, port 0: any free port; or a socket from
-    ``bind``); returns the runner and the bound address."""
+    ``bind``), over TLS with ``ssl_context`` (``swarmpull.edges.tls.server_context``);
+    returns the runner and the bound address."""
     runner_args.setdefault("shutdown_timeout", 2.0)  # in-flight requests get this long
     runner = web.AppRunner(app, access_log=None, **runner_args)
     await runner.setup()
     if isinstance(where, socket.socket):
-        site: web.BaseSite = web.SockSite(runner, where)
+        site: web.BaseSite = web.SockSite(runner, where, ssl_context=ssl_context)
     else:
-        site = web.TCPSite(runner, where.host, where.port, reuse_address=True, backlog=1024)
+        site = web.TCPSite(
+            runner, where.host, where.port, reuse_address=True, backlog=1024, ssl_context=ssl_context
+        )
     try:
         await site.start()
     except OSError:

@@ -39,7 +39,7 @@ from swarmpull.edges.store import PieceWriter, StoredBlob
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)\Z")
 
 
 @dataclass(frozen=True, slots=True)

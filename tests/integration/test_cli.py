@@ -122,3 +122,104 @@ async def test_supernode_runs_as_a_module_and_stops_cleanly_on_sigterm(tmp_path)
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert (tmp_path / "seed").is_dir()
+
+
+async def test_ca_init_issue_and_show(tmp_path):
+    from datetime import UTC, datetime
+
+    from swarmpull.core.identity import Identity, Role
+    from swarmpull.edges.tls import load_tls_dir
+
+    ca = tmp_path / "ca"
+    code, out, err = await swarmpull("ca", "init", "--out", str(ca))
+    assert code == 0, err
+    assert "keep it offline" in out.lower()
+    assert oct((ca / "ca-key.pem").stat().st_mode & 0o777) == oct(0o600)
+    code, out, err = await swarmpull("ca", "issue", "--ca", str(ca), "--name", "peer-1", "--out",
+                                     str(tmp_path / "peer-1"), "--host", "127.0.0.1")  # fmt: skip
+    assert code == 0, err
+    assert "peer-1.node.swarmpull.invalid" in out
+    code, _, err = await swarmpull("ca", "issue", "--ca", str(ca), "--name", "sn1", "--role", "supernode",
+                                   "--out", str(tmp_path / "sn1"))  # fmt: skip
+    assert code == 0, err
+    now = datetime.now(UTC)
+    peer = load_tls_dir(tmp_path / "peer-1", now=now, role=Role.NODE)
+    assert peer.identity == Identity("peer-1", Role.NODE)
+    assert load_tls_dir(tmp_path / "sn1", now=now, role=Role.SUPERNODE).identity.is_supernode
+    assert oct((tmp_path / "sn1" / "key.pem").stat().st_mode & 0o777) == oct(0o600)
+    code, out, err = await swarmpull("ca", "show", str(tmp_path / "sn1"))
+    assert code == 0, err
+    assert "usable now as supernode sn1" in out
+    code, out, _ = await swarmpull("ca", "init", "--help")
+    assert code == 0 and "default: 3650" in out and "offline" in out
+
+
+async def test_ca_rotation_bundles_both_cas(tmp_path):
+    from datetime import UTC, datetime
+
+    from swarmpull.edges.tls import load_tls_dir
+
+    for name in ("old", "new"):
+        code, _, err = await swarmpull("ca", "init", "--out", str(tmp_path / name))
+        assert code == 0, err
+    code, _, err = await swarmpull("ca", "issue", "--ca", str(tmp_path / "new"), "--name", "peer-1",
+                                   "--trust", str(tmp_path / "old" / "ca.pem"),
+                                   "--out", str(tmp_path / "peer-1"))  # fmt: skip
+    assert code == 0, err
+    files = load_tls_dir(tmp_path / "peer-1", now=datetime.now(UTC))
+    assert len(files.trusted) == 2
+    code, out, _ = await swarmpull("ca", "show", str(tmp_path / "peer-1"))
+    assert "trusting 2 CA(s)" in out
+
+
+@pytest.fixture(scope="module")
+def small_ca(tmp_path_factory):
+    """A CA valid 100 days (made in process: only the command under test is a child) and
+    node peer-1's TLS directory."""
+    from datetime import UTC, datetime
+
+    from swarmpull.edges.tls import CertificateAuthority, write_tls_dir
+
+    root = tmp_path_factory.mktemp("ca")
+    now = datetime.now(UTC)
+    ca = CertificateAuthority.generate(now=now, days=100)
+    ca.save(root / "ca")
+    write_tls_dir(root / "node", ca.issue("peer-1", now=now), [ca.certificate])
+    return root
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "message"),
+    [
+        ("overwrite", 1, "already exist (--force replaces them)"),
+        ("bad-name", 2, "invalid name 'peer 1'"),
+        ("bad-role", 2, "invalid choice: 'admin'"),
+        ("reserved-host", 2, "the domain of node identities"),
+        ("no-ca", 1, "ca.pem: no such file"),
+        ("too-long", 1, "would outlive the CA"),
+        ("trust-a-node", 1, "is not a CA certificate"),
+    ],
+)
+async def test_ca_mistakes_are_one_line(small_ca, tmp_path, case, status, message):
+    ca, node = str(small_ca / "ca"), str(small_ca / "node")
+    args = ["ca", "issue", "--ca", ca, "--name", "peer-2", "--out", str(tmp_path / "node2")]
+    if case == "overwrite":
+        args = ["ca", "issue", "--ca", ca, "--name", "peer-1", "--out", node]
+    elif case == "bad-name":
+        args[5] = "peer 1"
+    elif case == "bad-role":
+        args += ["--role", "admin"]
+    elif case == "reserved-host":
+        args += ["--host", "peer-9.node.swarmpull.invalid"]
+    elif case == "no-ca":
+        args[3] = str(tmp_path / "nothing")
+    elif case == "too-long":
+        args += ["--days", "365"]
+    else:
+        args += ["--trust", str(small_ca / "node" / "cert.pem")]
+    code, _, err = await swarmpull(*args)
+    assert code == status
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], err
+    assert lines[0].startswith(("swarmpull: error:", "swarmpull ca issue: error:"))
+    assert not (tmp_path / "node2").exists()

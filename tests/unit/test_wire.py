@@ -7,8 +7,12 @@ import random
 
 import pytest
 
+from registry_proxy.errors import OciError
+from registry_proxy.paths import parse_path
 from swarmpull.core import bitfield
+from swarmpull.core.digest import Digest
 from swarmpull.core.maps import MapError, PieceMap, decode_map
+from swarmpull.core.protocol import ProtocolError, parse_peer_id, parse_peer_report
 from swarmpull.core.signing import (
     PieceStatement,
     SignatureError,
@@ -17,6 +21,7 @@ from swarmpull.core.signing import (
     keys_from_json,
     keys_to_json,
 )
+from swarmpull.core.tasks import validate_task_id
 
 TASK = "sha256-" + "ab" * 32
 OTHER = "sha256-" + "cd" * 32
@@ -86,3 +91,21 @@ def test_piece_maps_round_trip_and_every_field_is_checked():
     beyond = signer.piece(TASK, 12, sha(b"x"))
     with pytest.raises(MapError, match="piece 12"):
         decode_map(PieceMap(10, 1, bitfield.of([1]), [beyond]).encode(), 10)
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        lambda s: parse_peer_id("peer-1" + s),
+        lambda s: validate_task_id("sha256-" + "a" * 64 + s),
+        lambda s: Digest.parse("sha256:" + "a" * 64 + s),
+        lambda s: parse_path("/v2/library/alpine/manifests/latest" + s),
+        lambda s: parse_peer_report({"tasks": [{"task_id": "sha256-" + "a" * 64, "have": "AA==" + s}]}),
+    ],
+)
+def test_an_identifier_with_a_trailing_newline_is_refused(check):
+    """`$` in a regex also matches before a final newline: every identifier is checked to
+    the end of the string, so "id\\n" never becomes a file name, a URL or a log line."""
+    check("")  # the same value without it is fine
+    with pytest.raises((ValueError, ProtocolError, OciError)):
+        check("\n")

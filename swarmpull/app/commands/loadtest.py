@@ -35,9 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--piece-size",
         type=size_arg,
-        default="64KiB",
         metavar="SIZE",
-        help="piece size (default: %(default)s)",
+        help="piece size (default: 64KiB on real sockets; simulated, the supernode's rule: "
+        "4MiB pieces for layers of 256MiB and more)",
     )
     p.add_argument(
         "--node-bandwidth",
@@ -78,14 +78,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sim.add_argument(
         "--fail-window", type=float, default=10.0, metavar="SECONDS", help="they fail within this time"
     )
+    sim.add_argument(
+        "--rtt", type=float, default=0.0005, metavar="SECONDS",
+        help="network round trip of every call and transfer (default: %(default)s)",
+    )  # fmt: skip
+    sim.add_argument(
+        "--service", type=_service, metavar="KIND=SECONDS,...",
+        help="supernode CPU seconds per call (open, report) and per extra task in a call (task), "
+        "as `swarmpull benchmarks supernode` prints them (default: its figures in docs/BENCHMARKS.md)",
+    )  # fmt: skip
+    sim.add_argument(
+        "--owners", type=positive_int, default=1, metavar="R",
+        help="supernode replicas owning the layers (default: %(default)s)",
+    )  # fmt: skip
+    sim.add_argument(
+        "--network", choices=["exact", "fast", "auto"], default="auto",
+        help="exact: every flow repriced whenever a flow at its ends starts or ends; fast: a flow keeps "
+        "the rate it started with; auto: exact up to 2000 nodes (default: %(default)s)",
+    )  # fmt: skip
     p.set_defaults(func=run, default_log_level="warning")
 
     b = subparsers.add_parser(
         "benchmarks",
-        help="measure limits, zstd and the supernode; print figures for docs/BENCHMARKS.md",
+        help="measure limits, zstd, the supernode and TLS; print figures for docs/BENCHMARKS.md",
         description="Run the benchmarks (all of them by default) and print their figures.",
     )
-    b.add_argument("names", nargs="*", metavar="NAME", help="limits, zstd, supernode (default: all)")
+    b.add_argument("names", nargs="*", metavar="NAME", help="limits, zstd, supernode, tls (default: all)")
     b.add_argument("--seconds", type=float, default=6.0, help="length of each rate measurement (default: 6)")
     b.add_argument(
         "--peers",
@@ -100,6 +118,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=256,
         metavar="P",
         help="supernode: pieces of the blob (default: 256)",
+    )
+    b.add_argument(
+        "--tasks",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="supernode: tasks (an image's layers), each peer opens them all in one call (default: 1)",
     )
     b.add_argument(
         "--duration",
@@ -120,15 +145,17 @@ def run(args: argparse.Namespace) -> int:
     settings = {
         "nodes": args.nodes,
         "image": f"{format_size(args.image_size)} in {args.layers} layers",
-        "pieces": format_size(args.piece_size),
+        "pieces": format_size(args.piece_size) if args.piece_size else "the supernode's rule",
         "node links": f"{args.node_bandwidth / 1e3:g} kB/s each way",
         "registry egress": f"{args.registry_bandwidth / 1e6:g} MB/s",
     }
     try:
         if args.simulate:
             results = _simulate(args)
-            settings["image"] = f"{format_size(args.image_size)} (one blob)"
-            settings["run"] = "discrete-event simulation, the production scheduler"
+            settings["run"] = (
+                f"discrete-event simulation, the production scheduler and piece policy, the supernode "
+                f"charged, rtt {args.rtt * 1000:g} ms"
+            )
         else:
             from loadtest.harness import SurgeConfig, run_surge
 
@@ -136,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                 nodes=args.nodes,
                 image_size=args.image_size,
                 layers=args.layers,
-                piece_size=args.piece_size,
+                piece_size=args.piece_size or 64 * 1024,
                 node_bandwidth=args.node_bandwidth,
                 registry_bandwidth=args.registry_bandwidth,
                 mode=args.mode,
@@ -184,10 +211,16 @@ async def _surge(config, run_surge):  # type: ignore[no-untyped-def]
 def _simulate(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from loadtest.simulate.swarm import SimConfig, SwarmSimulation, simulate_direct
 
+    network = args.network if args.network != "auto" else ("exact" if args.nodes <= 2000 else "fast")
     config = SimConfig(
         nodes=args.nodes,
         image_size=args.image_size,
+        layers=args.layers,
         piece_size=args.piece_size,
+        rtt=args.rtt,
+        owners=args.owners,
+        network=network,
+        **({"service": args.service} if args.service else {}),
         node_up=args.node_bandwidth,
         node_down=args.node_bandwidth,
         registry_rate=args.registry_bandwidth,
@@ -204,6 +237,26 @@ def _simulate(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if args.mode in ("direct", "both"):
         results.append(simulate_direct(config))
     return results
+
+
+def _service(text: str) -> dict[str, float]:
+    """``open=0.0004,report=0.0003,task=0.0001`` (seconds; ``ms`` suffixes allowed)."""
+    from loadtest.simulate.swarm import DEFAULT_SERVICE
+
+    out = dict(DEFAULT_SERVICE)
+    for item in text.split(","):
+        kind, _, value = item.partition("=")
+        kind = kind.strip()
+        if kind not in DEFAULT_SERVICE:
+            raise argparse.ArgumentTypeError(f"unknown kind {kind!r}: {', '.join(DEFAULT_SERVICE)}")
+        try:
+            seconds = float(value[:-2]) / 1000 if value.endswith("ms") else float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: KIND=SECONDS, e.g. open=0.4ms") from None
+        if not 0 <= seconds < 10:
+            raise argparse.ArgumentTypeError(f"{item!r}: seconds from 0 to 10")
+        out[kind] = seconds
+    return out
 
 
 def run_benchmarks(args: argparse.Namespace) -> int:

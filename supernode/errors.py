@@ -1,0 +1,34 @@
+"""Every error the service raises, as the status and JSON body an API client acts on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supernode.cluster import ClusterUnavailable, NotOwner
+from supernode.scheduler import UnknownPeer, UnknownTask
+from supernode.seed_task import ShuttingDown, TaskFailed
+from swarmpull.core.protocol import ProtocolError, error_body
+
+KNOWN = (ProtocolError, UnknownPeer, UnknownTask, NotOwner, ClusterUnavailable, ShuttingDown, TaskFailed)
+
+
+def error_of(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """``(status, body, headers)`` for an error the service raised."""
+    if isinstance(exc, ProtocolError):
+        code = "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE"
+        return exc.status, error_body(code, str(exc)), {}
+    if isinstance(exc, UnknownPeer):
+        return 404, error_body("UNKNOWN_PEER", f"peer {exc.args[0]} is not registered"), {}
+    if isinstance(exc, UnknownTask):
+        return 404, error_body("UNKNOWN_TASK", f"task {exc.args[0]} is not known here"), {}
+    if isinstance(exc, NotOwner):
+        return 421, error_body("NOT_OWNER", str(exc), owner=exc.owner), {}
+    if isinstance(exc, ClusterUnavailable):
+        return 503, error_body("CLUSTER_UNAVAILABLE", str(exc)), {"Retry-After": "1"}
+    if isinstance(exc, ShuttingDown):
+        return 503, error_body("SHUTTING_DOWN", "this supernode is stopping"), {"Retry-After": "1"}
+    if isinstance(exc, TaskFailed):
+        headers = {"X-Upstream-Status": str(exc.status)} if exc.status else {}
+        body = error_body("UPSTREAM_ERROR", str(exc), direct=exc.direct, upstream_status=exc.status)
+        return 502, body, headers
+    raise exc
