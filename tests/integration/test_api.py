@@ -200,3 +200,22 @@ async def test_a_header_with_control_characters_is_a_400_not_a_crash(swarm, upst
         status, body = await call("POST", f"{base}/tasks", json={"peer_id": "p", "tasks": [task]})
         assert status == 400 and "header" in body["error"]["message"], body
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_channel_call_whose_id_is_not_an_integer_is_refused(swarm):
+    """Found fuzzing the control channel: ``"id": true`` passed for an integer (a bool is
+    one in Python) and the call was served; the documents say an integer."""
+    supernode = await swarm.start_supernode()
+    base = supernode.url + "/api/v1"
+    assert (await call("POST", f"{base}/peers", json={"peer_id": "p", "address": None}))[0] == 200
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{base}/peers/p/channel") as ws,
+    ):
+        for ident in (True, 1.5, "1", None):
+            await ws.send_json({"id": ident, "op": "leave"})
+            answer = await ws.receive_json(timeout=10)
+            assert answer["id"] is None and answer["error"]["code"] == "BAD_REQUEST", answer
+        await ws.send_json({"id": 7, "op": "report"})  # still registered, and the channel open
+        answer = await ws.receive_json(timeout=10)
+        assert answer["id"] == 7 and "heartbeat_interval" in answer["body"], answer
