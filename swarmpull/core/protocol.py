@@ -438,8 +438,8 @@ def _parent_stats(raw: Any) -> list[ParentStats]:
             size = int(size)  # JSON has one kind of number: 2.0 is the integer 2
         if type(failures) is float and failures.is_integer():
             failures = int(failures)
-        if type(size) is not int or not 0 <= size <= 1 << 50:
-            raise ProtocolError(f"'bytes' must be an integer from 0 to {1 << 50}")
+        if type(size) is not int or not 0 <= size <= MAX_SIZE:
+            raise ProtocolError(f"'bytes' must be an integer from 0 to {MAX_SIZE}")
         if type(seconds) not in (int, float) or not 0.0 <= seconds <= _MAX_SECONDS:
             raise ProtocolError(f"'seconds' must be a number from 0 to {_MAX_SECONDS}")
         if type(failures) is not int or not 0 <= failures <= 1 << 20:

@@ -46,6 +46,9 @@ def test_a_registration_with_a_wrong_type_for_an_optional_field_is_refused(body,
         ({"dropped_tasks": 0}, "dropped_tasks"),
         ({"tasks": [{"task_id": TASK, "parents": False}]}, "parents"),
         ({"tasks": [{"task_id": TASK, "drop": ""}]}, "drop"),
+        ({"tasks": [{"task_id": TASK, "bad": False}]}, "bad"),
+        ({"dropped_tasks": False}, "dropped_tasks"),
+        ({"tasks": [{"task_id": TASK, "parents": [{"id": "p\n"}]}]}, "id"),
     ],
 )
 def test_a_report_with_a_wrong_type_is_refused(body, field):
@@ -68,6 +71,8 @@ def test_an_integer_written_as_a_whole_float_is_that_integer():
     assert parse_peer_registration({"peer_id": "p", "upload_slots": 8.0}).upload_slots == 8
     with pytest.raises(ProtocolError, match="upload_slots"):
         parse_peer_registration({"peer_id": "p", "upload_slots": 8.5})
+    (task,) = parse_peer_report({"tasks": [{"task_id": TASK, "parents": [{"id": "p", "bytes": 8.0}]}]}).tasks
+    assert task.parents[0].bytes == 8 and type(task.parents[0].bytes) is int
 
 
 @pytest.mark.parametrize("have", ["A", "AB", "ABC", "AAAA=", "A===", "AAAA\n"])
