@@ -7,7 +7,7 @@ Each operation gets ``SWARMPULL_FUZZ_EXAMPLES`` examples (default below; set it 
 fuzz longer) in three passes: valid requests, invalid ones, and valid ones aimed at what
 the daemons know (``Known``: a registered peer, a task held everywhere, its blob
 upstream), so the fuzzing gets past "unknown peer" into the scheduler and the stores.
-The examples are the same every run (``derandomize``).
+The examples are the same every run (``SWARMPULL_FUZZ_SEED`` picks others).
 
 The supernode's control channel gets the same bodies as calls (``Channel``: every body
 sent to register, open or report is sent on an open channel too), then frames of every
@@ -43,7 +43,7 @@ import jsonschema_rs
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.core import NOT_SET
@@ -60,6 +60,7 @@ from swarmpull.core.tasks import check_upstream_url
 from swarmpull.edges.http import MAX_JSON_BODY, HostPort
 
 EXAMPLES = int(os.environ.get("SWARMPULL_FUZZ_EXAMPLES", "8"))
+SEED = int(os.environ.get("SWARMPULL_FUZZ_SEED", "0"))  # the same examples every run, unless changed
 PIECE = 16 * 1024
 KNOWN_BLOB = os.urandom(3 * PIECE)
 PULLED_BLOB = os.urandom(20 * PIECE + 5)
@@ -274,10 +275,10 @@ def fuzz_pass(
         max_examples=EXAMPLES,
         deadline=None,
         database=None,
-        derandomize=True,  # the same requests every run: a failure here fails again
         phases=[Phase.explicit, Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
+    @seed(SEED)
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: schemathesis.Case) -> None:
         prepare(case)
@@ -403,7 +404,8 @@ class Channel:
         for text in HOSTILE_FRAMES:
             self.check(text, _json_or_none(text), invalid=True)
 
-        @settings(max_examples=EXAMPLES * 8, deadline=None, database=None, derandomize=True)
+        @settings(max_examples=EXAMPLES * 8, deadline=None, database=None)
+        @seed(SEED)
         @given(message=MESSAGES)
         def run(message: Any) -> None:
             self.check(json.dumps(message), message)
