@@ -4,6 +4,7 @@ other nodes fetch from (on its listen address, named as a server of those paths)
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from peer.download import DownloadState
@@ -51,55 +52,103 @@ DOWNLOAD = s.obj(
     ("task_id", "state", "direct", "pieces", "verified", "error"),
 )
 HEALTH = s.obj({"status": {"const": "ok"}, "peer_id": s.PEER_ID}, ("status", "peer_id"))
+STORED_FILE = s.obj(
+    {
+        "task_id": s.TASK_ID,
+        "path": {"type": "string", "description": "the verified blob in the store, pinned for a minute"},
+        "size": s.SIZE,
+        "digest": s.nullable(s.DIGEST),
+        "cpu_seconds": {"type": "number", "minimum": 0},
+    },
+    ("task_id", "path", "size", "digest", "cpu_seconds"),
+)
+# The local API answers loopback clients only, and nothing a web page can send it.
+NOT_LOCAL = errors(_403="FORBIDDEN: a Host that is not a loopback name, or an Origin (a web page)")
+NOT_JSON = errors(_415="UNSUPPORTED_MEDIA_TYPE: a POST must be application/json")
+CACHE_FULL = errors(_507="CACHE_FULL: no room for the blob in the piece store")
+UPSTREAM_ERROR = answer(
+    "UPSTREAM_ERROR: the blob cannot be had (the upstream refused it, its digest did not match...)",
+    {"$ref": "#/components/schemas/Error"},
+    headers={"X-Upstream-Status": {"type": "string", "pattern": "^[0-9]{3}$"}},
+)
+
+
+def _local(path: dict[str, Any]) -> dict[str, Any]:
+    """A path of the local API (a copy), with the answers of its guard (``peer.api.local_only``)."""
+    path = copy.deepcopy(path)
+    for method, operation in path.items():
+        if method in ("get", "post"):
+            operation["responses"].update(NOT_LOCAL, **(NOT_JSON if method == "post" else {}))
+    return path
 
 
 def peer_openapi() -> dict[str, Any]:
     """The document, a copy of its own."""
-    metrics = {**METRICS_PATH, "servers": [LOCAL_API, PIECE_SERVER]}
+    local = {f"{API}/{name}": item for name, item in _local_api().items()}
+    paths = {
+        **{path: _local(item) for path, item in local.items()},
+        "/healthz": _local(health_path(HEALTH, "200 while the daemon runs")),
+        OPENAPI_PATH: _local(OPENAPI_DOC_PATH),
+        # On both servers: the guard's answers are the local API's.
+        "/metrics": _local({**METRICS_PATH, "servers": [LOCAL_API, PIECE_SERVER]}),
+        **piece_server_paths(PIECE_SERVER),
+    }
     return document(
         "swarmpull peer",
         "The local API a client (the registry proxy, `swarmpull get`) asks for blobs, and the "
         "piece server other nodes fetch pieces from. Errors are "
         '{"error": {"code", "message"}}.',
-        {
-            f"{API}/fetch": {
-                "post": {
-                    "operationId": "fetch",
-                    "summary": "a blob, streamed in order as its verified pieces land",
-                    "description": (
-                        "An error found before the first byte answers JSON; one found later cuts "
-                        "the connection before the blob's last byte."
-                    ),
-                    "requestBody": json_body(BLOB_REQUEST),
-                    "responses": {
-                        "200": answer(
-                            "the blob",
-                            {"type": "string", "format": "binary"},
-                            media="application/octet-stream",
-                            headers={"X-Swarmpull-Task": s.TASK_ID},
-                        ),
-                        **BAD_BODY,
-                        "502": answer(
-                            "UPSTREAM_ERROR: the blob cannot be had (the upstream refused it, its digest "
-                            "did not match...)",
-                            {"$ref": "#/components/schemas/Error"},
-                            headers={"X-Upstream-Status": {"type": "string", "pattern": "^[0-9]{3}$"}},
-                        ),
-                        **errors(_507="CACHE_FULL: no room for the blob in the piece store"),
-                    },
-                }
-            },
-            f"{API}/tasks": {
-                "get": {
-                    "operationId": "downloads",
-                    "summary": "downloads under way (and failed ones)",
-                    "responses": {"200": answer("the downloads", {"type": "array", "items": DOWNLOAD})},
-                }
-            },
-            "/healthz": health_path(HEALTH, "200 while the daemon runs"),
-            "/metrics": metrics,
-            OPENAPI_PATH: OPENAPI_DOC_PATH,
-            **piece_server_paths(PIECE_SERVER),
-        },
+        paths,
         {},
     )
+
+
+def _local_api() -> dict[str, Any]:
+    return {
+        "fetch": {
+            "post": {
+                "operationId": "fetch",
+                "summary": "a blob, streamed in order as its verified pieces land",
+                "description": (
+                    "An error found before the first byte answers JSON; one found later cuts "
+                    "the connection before the blob's last byte."
+                ),
+                "requestBody": json_body(BLOB_REQUEST),
+                "responses": {
+                    "200": answer(
+                        "the blob",
+                        {"type": "string", "format": "binary"},
+                        media="application/octet-stream",
+                        headers={"X-Swarmpull-Task": s.TASK_ID},
+                    ),
+                    **BAD_BODY,
+                    "502": UPSTREAM_ERROR,
+                    **CACHE_FULL,
+                },
+            }
+        },
+        "file": {
+            "post": {
+                "operationId": "file",
+                "summary": "the verified blob's path in the store, once complete, for a client on this host",
+                "description": (
+                    "What `swarmpull get` copies the blob from; the daemon never writes anywhere "
+                    "a request names."
+                ),
+                "requestBody": json_body(BLOB_REQUEST),
+                "responses": {
+                    "200": answer("where the blob is", STORED_FILE),
+                    **BAD_BODY,
+                    "502": UPSTREAM_ERROR,
+                    **CACHE_FULL,
+                },
+            }
+        },
+        "tasks": {
+            "get": {
+                "operationId": "downloads",
+                "summary": "downloads under way (and failed ones)",
+                "responses": {"200": answer("the downloads", {"type": "array", "items": DOWNLOAD})},
+            }
+        },
+    }

@@ -73,7 +73,7 @@ def no_server_error(ctx: Any, response: schemathesis.Response, case: schemathesi
     """No 5xx, but the peer's 502 UPSTREAM_ERROR: the blob cannot be had (upstream said no)."""
     status = response.status_code
     if status >= 500:
-        upstream_error = status == 502 and case.operation.path == "/api/v1/fetch"
+        upstream_error = status == 502 and case.operation.path in ("/api/v1/fetch", "/api/v1/file")
         assert upstream_error and b"UPSTREAM_ERROR" in (response.content or b""), (
             f"{status}: {response.text[:500]}"
         )
