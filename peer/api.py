@@ -117,7 +117,7 @@ class LocalApi:
                 web.get(f"{API}/tasks", self.tasks),
                 web.get("/healthz", self.health),
                 metrics_route(self._daemon.registry),
-                openapi_route(peer_openapi()),
+                openapi_route(peer_openapi),
             ]
         )
         return app

@@ -1,5 +1,7 @@
 """The supernode's HTTP API as an OpenAPI document, served at ``/api/v1/openapi.json``:
-the control plane (``supernode.api``) and the seed's piece server, on one port."""
+the control plane (``supernode.api``), its control channel (``supernode.channel``: the
+route, and its messages as the schemas ChannelCall and ChannelAnswer, since OpenAPI has
+no words for WebSocket messages) and the seed's piece server, on one port."""
 
 from __future__ import annotations
 
@@ -119,8 +121,8 @@ def supernode_openapi() -> dict[str, Any]:
     """The document, built afresh (a caller may change its copy)."""
     return document(
         "swarmpull supernode",
-        "The control plane (peers register, open tasks and report; the supernode names each "
-        "requester's parents) and the seed's piece server. Errors are "
+        "The control plane (peers register, open tasks and report, over REST or their control "
+        "channel; the supernode names each requester's parents) and the seed's piece server. Errors are "
         '{"error": {"code", "message"}}.',
         _paths(),
         {

@@ -103,7 +103,7 @@ class Supernode:
                 *SupernodeApi(service).routes(),
                 *pieces.routes(),
                 metrics_route(self.metrics.registry),
-                openapi_route(supernode_openapi()),
+                openapi_route(supernode_openapi),
             ]
         )
         self._runner, _ = await start_site(app, sock, handler_cancellation=True)

@@ -9,7 +9,9 @@ serves is described and every described route is served.
 from __future__ import annotations
 
 import copy
+import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -187,11 +189,17 @@ def piece_server_paths(server: dict[str, Any] | None = None) -> dict[str, Any]:
     return paths
 
 
-def openapi_route(doc: dict[str, Any]) -> web.RouteDef:
-    """``GET /api/v1/openapi.json``: ``doc``, serialized once."""
-    body = json.dumps(doc, indent=1).encode()
+def openapi_route(build: Callable[[], dict[str, Any]]) -> web.RouteDef:
+    """``GET /api/v1/openapi.json``: the document ``build`` makes. Built and serialized on
+    the first request, once per process: building takes tens of milliseconds, which a
+    daemon that is never asked (and a load test's hundreds of nodes) should not pay at start."""
 
     async def handle(_: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=_serialized(build), content_type="application/json")
 
     return web.get(OPENAPI_PATH, handle)
+
+
+@functools.cache
+def _serialized(build: Callable[[], dict[str, Any]]) -> bytes:
+    return json.dumps(build(), indent=1).encode()
