@@ -8,6 +8,7 @@
     GET  /healthz                    ->  200 while the daemon runs (liveness)
     GET  /readyz                     ->  200 once registered with a supernode, else 503
     GET  /metrics
+    GET  /api/v1/openapi.json        ->  this API and the piece server's
 
 A client that hangs up is a client gone: when the last one reading a download leaves
 before it ends, the download is cancelled (``PeerDaemon.requested``).
@@ -40,12 +41,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from peer.download import TaskDownload
+from peer.openapi import peer_openapi
 from peer.reader import read_blob
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.protocol import API, ProtocolError, parse_open_task
 from swarmpull.core.rates import Priority
 from swarmpull.edges.http import json_error, read_json
 from swarmpull.edges.metrics import metrics_route
+from swarmpull.edges.openapi import openapi_route
 from swarmpull.edges.store import StoredBlob
 
 log = logging.getLogger(__name__)
@@ -128,6 +131,7 @@ class LocalApi:
                 web.get("/healthz", self.health),
                 web.get("/readyz", self.readiness),
                 metrics_route(self._daemon.registry),
+                openapi_route(peer_openapi),
             ]
         )
         return app

@@ -82,6 +82,11 @@ class PeerDaemon:
     def __repr__(self) -> str:
         return f"<PeerDaemon {self.peer_id or 'stopped'} {self.address}>"
 
+    @property
+    def apps(self) -> list[web.Application]:
+        """The applications served (piece server, local API), while started."""
+        return [runner.app for runner in self._runners]
+
     async def start(self) -> None:
         try:
             await self._start()
@@ -338,7 +343,7 @@ def _load_peer_id(data_dir: Path) -> str:
     path = data_dir / "peer-id"
     if path.exists():
         text = path.read_text().strip()
-        if PEER_ID_RE.match(text):
+        if PEER_ID_RE.fullmatch(text):
             return text
     peer_id = uuid.uuid4().hex
     path.write_text(peer_id + "\n")

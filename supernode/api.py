@@ -17,6 +17,7 @@
     GET    /readyz                           200 when calls can be served: started, not
                                              stopping, Redis reachable (replicas); else 503
     GET    /metrics
+    GET    /api/v1/openapi.json              these routes as an OpenAPI document
 
 Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx status for bad input and
 502 when the upstream failed. A batch answers each of its items on its own: an item's

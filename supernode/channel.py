@@ -65,7 +65,7 @@ class ControlChannel:
                 ident = None
                 try:
                     message = parse_json(msg.data.encode())
-                    if not isinstance(message, dict) or not isinstance(message.get("id"), int):
+                    if not isinstance(message, dict) or type(message.get("id")) is not int:  # not a bool
                         raise ProtocolError('a message is {"id": N, "op": ..., "body": ...}')
                     ident, op, body = message["id"], message.get("op"), message.get("body")
                     if op in WAITING_OPS:

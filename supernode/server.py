@@ -24,6 +24,7 @@ from supernode.cluster.redis import RedisCluster
 from supernode.config import SupernodeConfig
 from supernode.dashboard import Dashboard, DashboardFeed, Survey, UiAuth
 from supernode.metrics import SupernodeMetrics
+from supernode.openapi import supernode_openapi
 from supernode.origin_limits import OriginLimits
 from supernode.preheat.api import PreheatApi
 from supernode.preheat.service import Preheats
@@ -41,6 +42,7 @@ from swarmpull.core.tasks import redact_url
 from swarmpull.core.tracker import Endpoint, Tracker
 from swarmpull.edges.http import MAX_JSON_BODY, HostPort, advertised_url, bind, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route, sample
+from swarmpull.edges.openapi import openapi_route
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.registry import RegistryAccess
 from swarmpull.edges.store import PieceStore
@@ -75,6 +77,12 @@ class Supernode:
 
     def __repr__(self) -> str:
         return f"<Supernode {self.url or 'stopped'}>"
+
+    @property
+    def app(self) -> web.Application | None:
+        """The application served, while started (its routes are checked against the
+        OpenAPI document)."""
+        return self._runner.app if self._runner is not None else None
 
     async def start(self) -> None:
         try:
@@ -145,6 +153,7 @@ class Supernode:
             + PreheatApi(preheats, config.registry.default_registry).routes()
             + [metrics_route(self.metrics.registry)]
             + Dashboard(self._feed, auth).routes()
+            + [openapi_route(supernode_openapi)]
         )
         self._runner, _ = await start_site(app, sock, handler_cancellation=True)
         if cluster.shared and not await cluster.ping():

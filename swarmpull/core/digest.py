@@ -23,10 +23,10 @@ class Digest:
 
     @classmethod
     def parse(cls, text: str) -> Digest:
-        match = _SHA256.match(text)
+        match = _SHA256.fullmatch(text)
         if match:
             return cls(match.group(1))
-        if _ANY_DIGEST.match(text) and not text.startswith("sha256:"):
+        if _ANY_DIGEST.fullmatch(text) and not text.startswith("sha256:"):
             raise DigestError(f"unsupported digest {text!r}: only sha256 is supported")
         raise DigestError(f"invalid digest {text!r}: expected sha256:<64 lowercase hex>")
 

@@ -63,7 +63,7 @@ def parse_selection(raw: Any) -> Selection:
     if not isinstance(nodes, list) or len(nodes) > 10_000:
         raise ProtocolError("'select.nodes' must be a list of node ids")
     for node in nodes:
-        if not isinstance(node, str) or not PEER_ID_RE.match(node):
+        if not isinstance(node, str) or not PEER_ID_RE.fullmatch(node):
             raise ProtocolError("'select.nodes' must hold node ids")
     return Selection(values["zone"], values["rack"], frozenset(nodes))
 

@@ -15,17 +15,46 @@ from urllib.parse import urlsplit
 
 from swarmpull.core.digest import Digest, DigestError
 from swarmpull.core.failures import FailureReason
-from swarmpull.core.tasks import check_upstream_url, validate_task_id
+from swarmpull.core.tasks import check_upstream_url, is_host, validate_task_id
 
 API = "/api/v1"
-PEER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
-_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}\Z")
-_B64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}\Z")
+PEER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+HEADER_VALUE_RE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")  # no control characters but tab
+B64_RE = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
+# The patterns above are also the OpenAPI documents' (``schemas``); they are matched with
+# ``fullmatch``: Python's ``$`` also matches before a final newline.
 MAX_PIECES = 1 << 20
+MAX_BITFIELD_TEXT = (MAX_PIECES // 8) * 4 // 3 + 4
+MAX_SIZE = 1 << 50
 MAX_HEADERS = 32
 MAX_HEADER_VALUE = 16 * 1024
 MAX_PARENTS = 64
+MAX_LABELS = 16
+MAX_HOLDINGS = 100_000
+MAX_DROPPED = 100_000
 TASK_STATES = ("running", "seeded", "failed")
+# Headers a client may not pass for the upstream: the reader sets them itself (framing,
+# connection, ranges, encodings: a client's would garble what the seed reads for everyone),
+# or they mark swarmpull's own requests (``edges.http.PEER_HEADER``).
+RESERVED_HEADERS = frozenset(
+    {
+        "accept-encoding",
+        "connection",
+        "content-length",
+        "expect",
+        "host",
+        "if-range",
+        "keep-alive",
+        "proxy-connection",
+        "range",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "x-swarmpull-peer",
+    }
+)
 
 
 class ProtocolError(ValueError):
@@ -46,6 +75,21 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def _optional_obj(value: Any, what: str) -> dict[str, Any]:
+    """An object that may be absent (or null): then empty."""
+    return {} if value is None else _obj(value, what)
+
+
+def _list(body: dict[str, Any], key: str, most: int, what: str) -> list[Any]:
+    """A list of at most ``most`` items that may be absent (or null): then empty."""
+    value = body.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > most:
+        raise ProtocolError(f"{key!r} must be a list of at most {most} {what}")
+    return value
+
+
 def _str(body: dict[str, Any], key: str, *, optional: bool = False, limit: int = 8192) -> Any:
     value = body.get(key)
     if value is None and optional:
@@ -57,6 +101,8 @@ def _str(body: dict[str, Any], key: str, *, optional: bool = False, limit: int =
 
 def _int(body: dict[str, Any], key: str, lo: int, hi: int, default: int | None = None) -> int:
     value = body.get(key, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one kind of number: 2.0 is the integer 2
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ProtocolError(f"{key!r} must be an integer from {lo} to {hi}")
     return value
@@ -72,24 +118,22 @@ def _float(body: dict[str, Any], key: str, lo: float, hi: float, default: float)
 def _bitfield(body: dict[str, Any], key: str) -> str:
     """A bitfield in base64; its length is checked against the blob when it is decoded."""
     value = body.get(key, "")
-    if not isinstance(value, str) or len(value) > (MAX_PIECES // 8) * 4 // 3 + 4 or not _B64_RE.match(value):
+    if not isinstance(value, str) or len(value) > MAX_BITFIELD_TEXT or not B64_RE.fullmatch(value):
         raise ProtocolError(f"{key!r} must be a bitfield in base64")
     return value
 
 
 def _peer_id(body: dict[str, Any], key: str = "peer_id") -> str:
     value = _str(body, key, limit=128)
-    if not PEER_ID_RE.match(value):
+    if not PEER_ID_RE.fullmatch(value):
         raise ProtocolError(f"{key!r} may hold letters, digits and . _ : - (at most 128)")
     return value
 
 
 def _peer_ids(body: dict[str, Any], key: str) -> list[str]:
-    value = body.get(key) or []
-    if not isinstance(value, list) or len(value) > MAX_PARENTS:
-        raise ProtocolError(f"{key!r} must be a list of at most {MAX_PARENTS} peer ids")
+    value = _list(body, key, MAX_PARENTS, "peer ids")
     for item in value:
-        if not isinstance(item, str) or not PEER_ID_RE.match(item):
+        if not isinstance(item, str) or not PEER_ID_RE.fullmatch(item):
             raise ProtocolError(f"{key!r} must hold peer ids")
     return value
 
@@ -116,6 +160,7 @@ def parse_address(value: Any) -> str | None:
     if (
         parts.scheme not in ("http", "https")
         or not parts.hostname
+        or not is_host(parts.hostname)
         or port is None
         or parts.path
         or parts.query
@@ -127,7 +172,7 @@ def parse_address(value: Any) -> str | None:
 
 
 def parse_peer_id(text: str) -> str:
-    if not PEER_ID_RE.match(text):
+    if not PEER_ID_RE.fullmatch(text):
         raise ProtocolError(f"invalid peer id {text!r}")
     return text
 
@@ -176,7 +221,7 @@ def parse_holding(raw: Any) -> Holding:
     entry = _obj(raw, "a holding")
     return Holding(
         _task_id(entry.get("task_id"), "task_id"),
-        _int(entry, "size", 0, 1 << 50),
+        _int(entry, "size", 0, MAX_SIZE),
         _int(entry, "piece_size", 1, 1 << 31),
         _bitfield(entry, "have"),
     )
@@ -184,16 +229,13 @@ def parse_holding(raw: Any) -> Holding:
 
 def parse_peer_registration(raw: Any) -> PeerRegistration:
     body = _obj(raw, "body")
-    labels = _obj(body.get("labels") or {}, "'labels'")
-    if len(labels) > 16:
-        raise ProtocolError("'labels' may hold at most 16 entries")
+    labels = _optional_obj(body.get("labels"), "'labels'")
+    if len(labels) > MAX_LABELS:
+        raise ProtocolError(f"'labels' may hold at most {MAX_LABELS} entries")
     for key, value in labels.items():
         if not isinstance(value, str) or len(value) > 128:
             raise ProtocolError(f"label {key!r} must be a string of at most 128 characters")
-    items = body.get("holdings") or []
-    if not isinstance(items, list) or len(items) > 100_000:
-        raise ProtocolError("'holdings' must be a list")
-    holdings = [parse_holding(item) for item in items]
+    holdings = [parse_holding(item) for item in _list(body, "holdings", MAX_HOLDINGS, "holdings")]
     return PeerRegistration(
         peer_id=_peer_id(body),
         address=parse_address(body.get("address")),
@@ -201,7 +243,7 @@ def parse_peer_registration(raw: Any) -> PeerRegistration:
         zone=labels.get("zone") or None,
         rack=labels.get("rack") or None,
         holdings=holdings,
-        upload_rate=_int(body, "upload_rate", 1, 1 << 50) if body.get("upload_rate") is not None else None,
+        upload_rate=_int(body, "upload_rate", 1, MAX_SIZE) if body.get("upload_rate") is not None else None,
     )
 
 
@@ -214,10 +256,8 @@ class Heartbeat:
 
 
 def parse_heartbeat(raw: Any) -> Heartbeat:
-    body = _obj(raw or {}, "body")
-    dropped = body.get("dropped_tasks") or []
-    if not isinstance(dropped, list) or len(dropped) > 100_000:
-        raise ProtocolError("'dropped_tasks' must be a list of task ids")
+    body = _optional_obj(raw, "body")
+    dropped = _list(body, "dropped_tasks", MAX_DROPPED, "task ids")
     return Heartbeat([_task_id(t, "dropped_tasks") for t in dropped])
 
 
@@ -247,14 +287,18 @@ class OpenTask:
 
 
 def parse_headers(raw: Any) -> dict[str, str]:
-    headers = _obj(raw or {}, "'headers'")
+    headers = _optional_obj(raw, "'headers'")
     if len(headers) > MAX_HEADERS:
         raise ProtocolError(f"'headers' may hold at most {MAX_HEADERS} entries")
     for name, value in headers.items():
-        if not _HEADER_NAME_RE.match(name) or not isinstance(value, str):
+        if not HEADER_NAME_RE.fullmatch(name) or not isinstance(value, str):
             raise ProtocolError("'headers' must map header names to strings")
-        if len(value) > MAX_HEADER_VALUE or "\n" in value or "\r" in value:
-            raise ProtocolError(f"header {name!r} has an invalid value")
+        if name.lower() in RESERVED_HEADERS:
+            raise ProtocolError(f"header {name!r} is swarmpull's to set, not a client's")
+        if len(value) > MAX_HEADER_VALUE or not HEADER_VALUE_RE.fullmatch(value):
+            raise ProtocolError(
+                f"header {name!r} has control characters or over {MAX_HEADER_VALUE} characters"
+            )
     return dict(headers)
 
 
@@ -303,7 +347,7 @@ def _keys(raw: Any) -> list[str]:
     if not isinstance(raw, list) or len(raw) > 64:
         raise ProtocolError("'keys' must be a list of at most 64 keys")
     for item in raw:
-        if not isinstance(item, str) or len(item) != 44 or not _B64_RE.match(item):
+        if not isinstance(item, str) or len(item) != 44 or not B64_RE.fullmatch(item):
             raise ProtocolError("'keys' must hold Ed25519 public keys in base64")
     return list(raw)
 
@@ -343,7 +387,7 @@ def parse_task_info(raw: Any) -> TaskInfo:
         raise ProtocolError(f"'digest': {exc}") from None
     return TaskInfo(
         task_id=_task_id(body.get("task_id"), "task_id"),
-        size=_int(body, "size", 0, 1 << 50),
+        size=_int(body, "size", 0, MAX_SIZE),
         piece_size=_int(body, "piece_size", 1, 1 << 31),
         digest=parsed,
         keys=_keys(body.get("keys") or []),
@@ -388,10 +432,14 @@ def _parent_stats(raw: Any) -> list[ParentStats]:
         parent, size = entry.get("id"), entry.get("bytes", 0)
         seconds, failures = entry.get("seconds", 0.0), entry.get("failures", 0)
         reason = entry.get("reason")
-        if not isinstance(parent, str) or not PEER_ID_RE.match(parent):
+        if not isinstance(parent, str) or not PEER_ID_RE.fullmatch(parent):
             raise ProtocolError("'id' may hold letters, digits and . _ : - (at most 128)")
-        if type(size) is not int or not 0 <= size <= 1 << 50:
-            raise ProtocolError(f"'bytes' must be an integer from 0 to {1 << 50}")
+        if type(size) is float and size.is_integer():
+            size = int(size)  # JSON has one kind of number: 2.0 is the integer 2
+        if type(failures) is float and failures.is_integer():
+            failures = int(failures)
+        if type(size) is not int or not 0 <= size <= MAX_SIZE:
+            raise ProtocolError(f"'bytes' must be an integer from 0 to {MAX_SIZE}")
         if type(seconds) not in (int, float) or not 0.0 <= seconds <= _MAX_SECONDS:
             raise ProtocolError(f"'seconds' must be a number from 0 to {_MAX_SECONDS}")
         if type(failures) is not int or not 0 <= failures <= 1 << 20:
@@ -521,21 +569,22 @@ class PeerReport:
 
 
 def parse_peer_report(raw: Any) -> PeerReport:
-    body = _obj(raw or {}, "body")
-    items = body.get("tasks") or []
-    if not isinstance(items, list) or len(items) > MAX_BATCH:
-        raise ProtocolError(f"'tasks' must be a list of at most {MAX_BATCH} task reports")
+    body = _optional_obj(raw, "body")
     tasks = []
-    for item in items:
+    for item in _list(body, "tasks", MAX_BATCH, "task reports"):
         entry = _obj(item, "a task report")
+        # Most reports carry no parents, drops or bad peers: absent (or null) costs nothing.
+        parents, drop, bad = entry.get("parents"), entry.get("drop"), entry.get("bad")
         tasks.append(
             TaskReport(
                 task_id=_task_id(entry.get("task_id"), "task_id"),
                 have=_bitfield(entry, "have"),
-                parents=_parent_stats(entry.get("parents") or []),
-                drop=_peer_ids(entry, "drop") if entry.get("drop") else [],
-                bad=_peer_ids(entry, "bad") if entry.get("bad") else [],
+                parents=_parent_stats(parents) if parents is not None else [],
+                drop=_peer_ids(entry, "drop") if drop is not None else [],
+                bad=_peer_ids(entry, "bad") if bad is not None else [],
             )
         )
     dropped = body.get("dropped_tasks")
-    return PeerReport(tasks, parse_heartbeat({"dropped_tasks": dropped}).dropped_tasks if dropped else [])
+    if dropped is None:
+        return PeerReport(tasks, [])
+    return PeerReport(tasks, parse_heartbeat({"dropped_tasks": dropped}).dropped_tasks)

@@ -51,6 +51,8 @@ async def call(method: str, url: str, **kwargs) -> tuple[int, dict]:
         ("GET", f"/pieces/sha256-{HEX}/map?known=%%%", None, 404, "NOT_FOUND", "not held"),
         ("GET", "/pieces/not-a-task/1", None, 400, "BAD_REQUEST", "task id"),
         ("GET", f"/pieces/sha256-{HEX}/x1", None, 400, "BAD_REQUEST", "piece index"),
+        ("GET", f"/pieces/sha256-{HEX}/%C2%B2", None, 400, "BAD_REQUEST", "piece index"),  # was a 500
+        ("GET", f"/pieces/sha256-{HEX}/%D9%A1", None, 400, "BAD_REQUEST", "piece index"),
         ("GET", f"/pieces/sha256-{HEX}/1", None, 404, "NOT_FOUND", "not held"),
         ("GET", "/no/such/route", None, 404, "NOT_FOUND", ""),
     ],
@@ -167,3 +169,53 @@ async def test_hostile_json_is_a_400_not_a_500(swarm, body):
     assert status == 400, payload
     assert payload["error"]["code"] == "BAD_REQUEST"
     assert "not JSON" in payload["error"]["message"]
+
+
+async def test_an_upstream_url_no_client_can_use_is_a_400(swarm, caplog):
+    """Found reviewing what the fuzzing's confinement hides: "http://\u3002/x" passed the
+    URL check; the seed then tried it four times over 4 s (the HTTP client refuses it) and
+    sent the peer to read it itself."""
+    from swarmpull.edges.http import HostPort
+
+    supernode = await swarm.start_supernode()
+    (peer,) = await swarm.add_peers(1, api_listen=HostPort("127.0.0.1", 0))
+    base = supernode.url + "/api/v1"
+    assert (await call("POST", f"{base}/peers", json={"peer_id": "p", "address": None}))[0] == 200
+    url = "http://\u3002/blob"
+    status, body = await call("POST", f"{base}/tasks", json={"peer_id": "p", "tasks": [{"url": url}]})
+    assert status == 400 and "host" in body["error"]["message"], body
+    status, body = await call("POST", f"{peer.api_url}/api/v1/fetch", json={"url": url})
+    assert status == 400 and "host" in body["error"]["message"], body
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_header_with_control_characters_is_a_400_not_a_crash(swarm, upstream, caplog):
+    """Found fuzzing by hand: a NUL in a header value for the upstream passed, and the
+    seed's read of the upstream crashed (the HTTP client refuses such a header)."""
+    supernode = await swarm.start_supernode()
+    base = supernode.url + "/api/v1"
+    assert (await call("POST", f"{base}/peers", json={"peer_id": "p", "address": None}))[0] == 200
+    for headers in ({"X-Token": "a\x00b"}, {"X-Token": "\x7f"}, {"Range": "bytes=5-"}):
+        task = {"url": upstream.add("blob", b"x" * 100), "headers": headers}
+        status, body = await call("POST", f"{base}/tasks", json={"peer_id": "p", "tasks": [task]})
+        assert status == 400 and "header" in body["error"]["message"], body
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_channel_call_whose_id_is_not_an_integer_is_refused(swarm):
+    """Found fuzzing the control channel: ``"id": true`` passed for an integer (a bool is
+    one in Python) and the call was served; the documents say an integer."""
+    supernode = await swarm.start_supernode()
+    base = supernode.url + "/api/v1"
+    assert (await call("POST", f"{base}/peers", json={"peer_id": "p", "address": None}))[0] == 200
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{base}/peers/p/channel") as ws,
+    ):
+        for ident in (True, 1.5, "1", None):
+            await ws.send_json({"id": ident, "op": "leave"})
+            answer = await ws.receive_json(timeout=10)
+            assert answer["id"] is None and answer["error"]["code"] == "BAD_REQUEST", answer
+        await ws.send_json({"id": 7, "op": "report"})  # still registered, and the channel open
+        answer = await ws.receive_json(timeout=10)
+        assert answer["id"] == 7 and "heartbeat_interval" in answer["body"], answer

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 
 from aiohttp import web
@@ -40,6 +41,7 @@ from swarmpull.edges.transport.sendfile import can_sendfile, send_region
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+_PIECE_RE = re.compile(r"[0-9]{1,9}")
 MAP_HEADER = "X-Swarmpull-Map"
 MAX_MAP_WAIT = 30.0
 
@@ -92,7 +94,7 @@ class PieceServer:
 
     async def handle_map(self, request: web.Request) -> web.StreamResponse:
         task_id = request.match_info["task_id"]
-        if not TASK_ID_RE.match(task_id):
+        if not TASK_ID_RE.fullmatch(task_id):
             return json_error(400, "BAD_REQUEST", f"invalid task id {task_id!r}")
         blob = self._store.get(task_id)
         if blob is None:
@@ -127,9 +129,9 @@ class PieceServer:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         task_id = request.match_info["task_id"]
         piece_text = request.match_info["piece"]
-        if not TASK_ID_RE.match(task_id):
+        if not TASK_ID_RE.fullmatch(task_id):
             return json_error(400, "BAD_REQUEST", f"invalid task id {task_id!r}")
-        if not piece_text.isdigit() or len(piece_text) > 9:
+        if not _PIECE_RE.fullmatch(piece_text):  # not isdigit(): "²" is a digit int() refuses
             return json_error(400, "BAD_REQUEST", f"invalid piece index {piece_text!r}")
         piece = int(piece_text)
         blob = self._store.get(task_id)
