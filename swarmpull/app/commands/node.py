@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 
 from swarmpull.app.args import CommandError, hostport_arg, size_arg, url_arg
-from swarmpull.app.commands.peer import add_peer_arguments, peer_config
+from swarmpull.app.commands.peer import (
+    add_peer_arguments,
+    add_storage_arguments,
+    peer_config,
+    upstream_config,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -58,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="SIZE",
         help="most bytes the piece store holds (default: %(default)s)",
     )
+    add_storage_arguments(s)
     _add_registry_arguments(s)
     s.set_defaults(func=run_proxy, default_log_level="info")
 
@@ -181,6 +187,8 @@ def run_proxy(args: argparse.Namespace) -> int:
             listen=None,
             api_listen=None,
             cache_size=args.cache_size,
+            min_free=args.min_free,
+            upstream=upstream_config(args),
             registry_ca=args.registry_ca,
         )
     except ValueError as exc:

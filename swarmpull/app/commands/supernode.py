@@ -6,7 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from swarmpull.app.args import hostport_arg, limit_arg, positive_int, size_arg
+from swarmpull.app.args import hostport_arg, limit_arg, positive_int, seconds_arg, size_arg
+from swarmpull.app.commands.peer import add_storage_arguments, upstream_config
 
 
 def origin_limit_arg(text: str):  # type: ignore[no-untyped-def]
@@ -45,6 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=size_arg,
         metavar="SIZE",
         help="most bytes the seed cache holds, e.g. 100GB (default: no limit)",
+    )
+    add_storage_arguments(p)
+    p.add_argument(
+        "--task-ttl",
+        type=seconds_arg,
+        default=3600.0,
+        metavar="SECONDS",
+        help="forget a task nobody opened or reported on for this long; its blob stays in the "
+        "seed cache (default: %(default)s)",
     )
     p.add_argument(
         "--piece-size",
@@ -139,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
             advertise=args.advertise,
             data_dir=args.data_dir,
             cache_size=args.cache_size,
+            min_free=args.min_free,
+            upstream=upstream_config(args),
+            task_ttl=args.task_ttl,
             piece_size=args.piece_size,
             seed_upload_slots=args.seed_upload_slots,
             seed_upload_limit=args.seed_upload_limit,
