@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from swarmpull.core.digest import Digest
+from swarmpull.edges.http import HostPort, start_site
 from tests.kit.floods import FloodProcess
 from tests.kit.peers import PeerProcess
 from tests.kit.supernodes import SupernodeProcess
@@ -61,3 +64,65 @@ async def test_floods_of_idle_and_slow_sockets_do_not_stop_a_pull(tmp_path, upst
         await flood.stop()
         for daemon in (newcomer, holder, supernode):
             await daemon.stop()
+
+
+class Claimer:
+    """An upstream that declares 16 TiB, sends 4 MiB of them and breaks off."""
+
+    CLAIM = 16 << 40
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{path:.*}", self._answer)
+        self._runner, bound = await start_site(app, HostPort("127.0.0.1", 0))
+        self.url = bound.url()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Accept-Ranges": "bytes"})
+        resp.content_length = self.CLAIM
+        await resp.prepare(request)
+        for _ in range(64):
+            await resp.write(os.urandom(64 * KiB))
+            await asyncio.sleep(0.05)
+        request.transport.close()  # and then it breaks off
+        return resp
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * KiB
+    raise LookupError("no VmRSS")
+
+
+async def test_an_upstream_claiming_16_tib_is_refused_for_its_size_or_for_the_disk(tmp_path):
+    claimer = Claimer()
+    await claimer.start()
+    default = SupernodeProcess(tmp_path / "default")
+    raised = SupernodeProcess(tmp_path / "raised", "--max-blob-size", "32TiB")
+    try:
+        await default.start()
+        await raised.start()
+        code, err = await swarmpull_get(f"{claimer.url}/huge", tmp_path / "a", "--supernode", default.url)
+        assert code == 1 and "over the limit" in err, err
+
+        before = rss(raised.process.pid)
+        code, err = await swarmpull_get(f"{claimer.url}/huge", tmp_path / "b", "--supernode", raised.url)
+        assert code == 1, err  # the one-shot peer's own fallback keeps the default limit
+        assert "disk full: 17592186044416 bytes would leave less than" in raised.log  # refused cleanly
+        assert rss(raised.process.pid) - before < 64 * MiB  # not a structure per claimed piece
+        assert not list(tmp_path.glob("[ab]*"))  # no partial output
+        async with aiohttp.ClientSession() as session, session.get(f"{raised.url}/healthz") as resp:
+            assert resp.status == 200
+    finally:
+        for daemon in (default, raised):
+            await daemon.stop()
+        await claimer.stop()
