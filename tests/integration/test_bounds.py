@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from swarmpull.core.digest import Digest
@@ -126,3 +128,47 @@ async def test_an_upstream_claiming_16_tib_is_refused_for_its_size_or_for_the_di
         for daemon in (default, raised):
             await daemon.stop()
         await claimer.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs: a disk that fills up for real."""
+    where = tmp_path / "small"
+    where.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)], check=True,
+                       capture_output=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {exc}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def free(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+async def test_a_full_disk_fails_a_blob_cleanly_and_free_space_is_kept_by_evicting(
+    swarm, upstream, small_disk, tmp_path
+):
+    big, one, two = os.urandom(24 * MiB), os.urandom(10 * MiB), os.urandom(10 * MiB)
+    urls = {name: upstream.add(name, data) for name, data in (("big", big), ("one", one), ("two", two))}
+    supernode = await swarm.start_supernode()
+    daemon = PeerProcess(small_disk / "node", supernode.url)  # --min-free: 5 % of 16 MiB
+    await daemon.start()
+    try:
+        empty = free(small_disk)
+        code, err = await swarmpull_get(urls["big"], tmp_path / "big", "--peer", daemon.api_url)
+        assert code == 1 and "disk full" in err and len(err.splitlines()) == 1, err
+        assert free(small_disk) >= empty - MiB  # nothing of it left on the disk
+        assert not (tmp_path / "big").exists()
+
+        for name, data in (("one", one), ("two", two)):  # two cannot fit beside one
+            code, err = await swarmpull_get(urls[name], tmp_path / name, "--peer", daemon.api_url)
+            assert code == 0, err
+            assert (tmp_path / name).read_bytes() == data
+        assert free(small_disk) >= 16 * MiB * 0.05
+        assert len(list((small_disk / "node" / "blobs").glob("*.data"))) == 1  # one was evicted
+    finally:
+        await daemon.stop()
