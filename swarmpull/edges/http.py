@@ -146,8 +146,9 @@ async def start_site(
     (default: the process's, ``swarmpull.edges.listener``) and must send a request's
     header within ``HEADER_TIMEOUT``."""
     runner_args.setdefault("shutdown_timeout", 2.0)  # in-flight requests get this long
-    # aiohttp's keep-alive timer runs from the connection's start and from each response,
-    # and closes a connection still waiting for a complete request: a header-read timeout.
+    # aiohttp's keep-alive timer runs from each response and closes a connection still
+    # waiting for a complete request: the header-read timeout between requests (the
+    # budget keeps the one before the first).
     runner_args.setdefault("keepalive_timeout", HEADER_TIMEOUT)
     budget = budget or process_budget()
     app.middlewares.insert(0, budget.middleware())

@@ -16,10 +16,10 @@ store file, connecting to a parent. So:
   room. With nothing to shed, the listeners stop accepting: new connections wait in the
   kernel's backlog (a slow connect, never a reset) until a connection closes or an idle
   one ages into ``grace``.
-- A connection must complete a request's header within ``HEADER_TIMEOUT`` of opening (or
-  of its previous response). aiohttp's keep-alive timer does exactly this (it is armed at
-  connect and after each response, and closes a connection still waiting for a request),
-  so ``start_site`` sets it; a TLS handshake gets as long.
+- A connection must complete its first request's header within ``HEADER_TIMEOUT`` of
+  opening: the budget closes connections that never did (``sweep``), whatever the
+  aiohttp version. Between requests, aiohttp's keep-alive timer does the same, so
+  ``start_site`` sets it to ``HEADER_TIMEOUT`` too; a TLS handshake gets as long.
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ class ConnectionBudget:
     """The connections of every listener of one process (per event loop); the one writer
     of their states. ``limit`` None: from the process's descriptor limit."""
 
-    def __init__(self, limit: int | None = None, grace: float = GRACE) -> None:
+    def __init__(
+        self, limit: int | None = None, grace: float = GRACE, header_timeout: float = HEADER_TIMEOUT
+    ) -> None:
         if limit is None:
             limit = budget_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         if limit < 1:
@@ -98,6 +100,9 @@ class ConnectionBudget:
         self._by_handler: dict[object, _Conn] = {}
         self._paused: set[_Acceptor] = set()
         self._wake: asyncio.TimerHandle | None = None
+        self.header_timeout = header_timeout
+        self.timed_out = 0  # connections closed for sending no complete header in time, ever
+        self._sweeping: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<ConnectionBudget {self._count}/{self.limit} paused={len(self._paused)}>"
@@ -148,6 +153,35 @@ class ConnectionBudget:
         paused, self._paused = self._paused, set()
         for listener in paused:
             listener.start_reading()
+
+    # ------------------------------------------------------------ header timeout
+
+    def sweep(self, now: float) -> int:
+        """Close the connections that opened ``header_timeout`` ago or more and never
+        completed a request (slow-header or silent ones); how many."""
+        late = []
+        for conn in self._fresh:  # in the order they opened: the first young one ends it
+            if now - conn.since < self.header_timeout:
+                break
+            late.append(conn)
+        for conn in late:
+            self._forget(conn)
+            conn.close()
+        self.timed_out += len(late)
+        if late and self._paused:
+            self._resume()
+        return len(late)
+
+    def keep_sweeping(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Sweep a few times per ``header_timeout`` while connections are fresh."""
+        if self._sweeping is None:
+            self._sweeping = loop.call_later(self.header_timeout / 4, self._sweep_tick, loop)
+
+    def _sweep_tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweeping = None
+        self.sweep(loop.time())
+        if self._fresh:
+            self.keep_sweeping(loop)
 
     # ------------------------------------------------------------ connections
 
@@ -323,6 +357,7 @@ class _Acceptor:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = self._budget.opened(self, self._loop.time(), sock.close)
+        self._budget.keep_sweeping(self._loop)
         protocol = _Tracked(self._budget, conn, self._factory())
         if self._ssl is None:
             # uvloop makes the transport at once; connection_made comes on the next turn.

@@ -58,6 +58,17 @@ async def test_a_listener_without_room_stops_accepting_until_a_connection_closes
     assert listener.reading and budget.count == 0
 
 
+def test_a_connection_that_sends_no_complete_header_in_time_is_closed():
+    budget, listener, closed = ConnectionBudget(limit=10, header_timeout=20.0), Listener(), []
+    (a, _), (b, _) = open_conns(budget, listener, 0.0, 2, closed)
+    ((c, _),) = open_conns(budget, listener, 15.0, 1, closed)
+    budget.begin(b, 1.0)  # b's request arrived: it is served however long it takes
+    assert budget.sweep(19.0) == 0
+    assert budget.sweep(21.0) == 1 and closed == [a]
+    assert budget.sweep(36.0) == 1 and closed == [a, c]
+    assert budget.count == 1 and budget.timed_out == 2
+
+
 def test_the_budget_leaves_descriptors_for_files_and_outgoing_connections():
     assert budget_for(1024) == 768
     assert budget_for(1 << 20) == 3 << 18  # three quarters
