@@ -1,8 +1,20 @@
 """The peer's local API, on loopback: "get me this blob, in order, as it lands".
 
     POST /api/v1/fetch   {"url", "digest"?, "headers"?, "priority"?}  ->  the blob, streamed
+    POST /api/v1/file    (the same)  ->  {"path", "size", "digest", "cpu_seconds"} of the
+                         verified blob in the store, once complete, pinned for a while
     GET  /api/v1/tasks                                  ->  downloads under way
     GET  /healthz, /metrics
+
+``/file`` is for ``swarmpull get`` on the same host: it copies the verified file from the
+store with ``copy_file_range`` instead of streaming it through this API again. The daemon
+never writes anywhere a request names; the caller copies, with its own rights.
+
+The API fetches any URL it is given, so it answers loopback clients only, and nothing a
+browser page can send it: a request whose ``Host`` is not a loopback name (a DNS
+rebinding page reaching 127.0.0.1 under its own name), or that carries an ``Origin``
+(any page's request), is refused; a POST must be ``application/json``, which a page
+cannot send cross-origin without a preflight this API never answers.
 
 An error found before the first byte answers JSON (400 bad input, 502 upstream failure
 with ``X-Upstream-Status``, 507 cache full); one found later cuts the connection before
@@ -11,7 +23,10 @@ the blob's last byte, so a client can never take a partial or wrong blob for a w
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from aiohttp import web
@@ -24,8 +39,40 @@ from swarmpull.core.protocol import API, ProtocolError, parse_open_task
 from swarmpull.core.rates import Priority
 from swarmpull.edges.http import json_error, read_json
 from swarmpull.edges.metrics import metrics_route
+from swarmpull.edges.store import StoredBlob
 
 log = logging.getLogger(__name__)
+
+FILE_PIN = 60.0  # seconds a blob handed out by path stays pinned (the caller opens it at once)
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback (an IP in 127/8, ::1 or
+    localhost), with or without a port."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name in _LOOPBACK_NAMES:
+        return True
+    parts = name.split(".")
+    return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and int(p) < 256 for p in parts)
+
+
+@web.middleware
+async def local_only(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refuse what a web page could send (see the module docstring)."""
+    if not loopback_host(request.headers.get("Host", "")):
+        return json_error(403, "FORBIDDEN", "the local API answers loopback host names only")
+    if "Origin" in request.headers:
+        return json_error(403, "FORBIDDEN", "the local API does not answer web pages")
+    if request.method == "POST" and request.content_type != "application/json":
+        return json_error(415, "UNSUPPORTED_MEDIA_TYPE", "the local API takes application/json only")
+    return await handler(request)
 
 
 def parse_blob_request(raw: object) -> BlobRequest:
@@ -59,10 +106,11 @@ class LocalApi:
         self._daemon = daemon
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[local_only])
         app.add_routes(
             [
                 web.post(f"{API}/fetch", self.fetch),
+                web.post(f"{API}/file", self.file),
                 web.get(f"{API}/tasks", self.tasks),
                 web.get("/healthz", self.health),
                 metrics_route(self._daemon.registry),
@@ -96,6 +144,34 @@ class LocalApi:
         await resp.write_eof()
         return resp
 
+    async def file(self, request: web.Request) -> web.Response:
+        """The verified blob's path in the store, once it is complete."""
+        started = _cpu_seconds()
+        try:
+            blob_request = parse_blob_request(await read_json(request))
+        except ProtocolError as exc:
+            return json_error(exc.status, "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE", str(exc))
+        download = self._daemon.ensure(blob_request)
+        try:
+            blob = await download.wait_complete()
+        except DownloadFailed as exc:
+            return download_error(exc)
+        store = download.store
+        if blob.removed or not blob.complete:
+            return json_error(502, "UPSTREAM_ERROR", "the blob left the store before it could be handed out")
+        blob.pins += 1  # released after FILE_PIN: the caller has the file open by then
+        asyncio.get_running_loop().call_later(FILE_PIN, _unpin, blob)
+        blob.touch()
+        return web.json_response(
+            {
+                "task_id": blob.task_id,
+                "path": str(store.data_path(blob.task_id)),
+                "size": blob.meta.size,
+                "digest": blob.meta.digest,
+                "cpu_seconds": round(_cpu_seconds() - started, 3),
+            }
+        )
+
     async def tasks(self, _: web.Request) -> web.Response:
         return web.json_response(
             [
@@ -120,3 +196,12 @@ def download_error(exc: DownloadFailed) -> web.Response:
     if exc.cache_full:
         return json_error(507, "CACHE_FULL", str(exc))
     return json_error(502, "UPSTREAM_ERROR", str(exc), headers)
+
+
+def _unpin(blob: StoredBlob) -> None:
+    blob.pins -= 1
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system

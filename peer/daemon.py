@@ -53,6 +53,7 @@ class PeerDaemon:
         self.control: Control | None = None
         self.piece_server: PieceServer | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._client: PieceClient | None = None
         self._context: DownloadContext | None = None
         self._downloads: dict[str, TaskDownload] = {}
         self._runs: set[asyncio.Task[None]] = set()
@@ -100,7 +101,7 @@ class PeerDaemon:
         download_limiter = RateLimiter(
             config.download_limit, self.clock, on_wait=counters.limiter_wait.labels("download").inc
         )
-        client = PieceClient(
+        client = self._client = PieceClient(
             self._session,
             self.peer_id,
             config.transport,
@@ -160,6 +161,9 @@ class PeerDaemon:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self._session is not None:
             await self._session.close()
             self._session = None

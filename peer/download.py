@@ -2,8 +2,10 @@
 
 ``TaskDownload.run`` opens the task at the supernode (which answers with the blob's
 geometry, the keys its piece statements are signed with, and this peer's parents), then
-fetches through the swarm (``peer.swarm``). When every piece is in, the whole blob is
-hashed and compared to its digest before it is marked complete. If no supernode answers
+fetches through the swarm (``peer.swarm``). While pieces land, a hashing task feeds them
+in order to the whole blob's sha256 (``InOrderDigest``), off the event loop; when every
+piece is in, that digest is compared to the expected one before the blob is marked
+complete, so no byte is read twice for it. If no supernode answers
 (at the start, or for ``fallback_grace`` seconds with the swarm giving nothing), or the
 supernode could not read the upstream and allows it, the rest comes from upstream
 directly, with the same verification. Readers wait on ``wait_piece``; they never see a
@@ -35,7 +37,15 @@ from swarmpull.core.digest import Digest
 from swarmpull.core.protocol import OpenTask, TaskInfo
 from swarmpull.core.tasks import redact_url
 from swarmpull.edges.origin import UpstreamError
-from swarmpull.edges.store import BlobMeta, PieceStore, StoredBlob, StoreError, StoreFull, StoreWriteError
+from swarmpull.edges.store import (
+    BlobMeta,
+    InOrderDigest,
+    PieceStore,
+    StoredBlob,
+    StoreError,
+    StoreFull,
+    StoreWriteError,
+)
 from swarmpull.edges.transport import PieceClient
 
 log = logging.getLogger(__name__)
@@ -77,6 +87,9 @@ class TaskDownload:
         self._expected = request.digest
         self._changed = asyncio.Event()
         self._pins = contextlib.ExitStack()
+        self._landed = asyncio.Event()  # set at every change; the hashing task waits on it
+        self._whole: InOrderDigest | None = None
+        self._hashing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<TaskDownload {self.task_id[:20]} {self.state.name}>"
@@ -116,6 +129,7 @@ class TaskDownload:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        self._landed.set()
 
     # -------------------------------------------------------------------- run
 
@@ -143,6 +157,7 @@ class TaskDownload:
             log.exception("download of %s crashed", self.task_id)
             self._failed(DownloadFailed(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
+            await self._stop_hashing()
             self._pins.close()
             self._notify()
 
@@ -168,6 +183,7 @@ class TaskDownload:
             blob = self.blob
             if blob is None:
                 raise DownloadFailed("no blob to download into")
+            await self._hash_while_landing(blob)
             swarm = SwarmFetch(
                 blob,
                 info,
@@ -301,16 +317,55 @@ class TaskDownload:
 
     # ------------------------------------------------------------- finish
 
+    async def _hash_while_landing(self, blob: StoredBlob) -> None:
+        """Start the hashing task for ``blob`` (a new one if the blob was replaced)."""
+        if self._whole is not None and self._whole.blob is blob:
+            return
+        await self._stop_hashing()
+        self._whole = InOrderDigest(blob)
+        name = f"hash-{self.task_id[:20]}"
+        self._hashing = asyncio.create_task(self._hash_in_order(self._whole), name=name)
+
+    async def _hash_in_order(self, whole: InOrderDigest) -> None:
+        """The one owner of ``whole``: feeds it each run of verified pieces, in a thread."""
+        while not whole.done:
+            self._landed.clear()
+            if whole.ready:
+                await asyncio.to_thread(whole.advance)
+            else:
+                await self._landed.wait()
+
+    async def _stop_hashing(self) -> None:
+        task, self._hashing = self._hashing, None
+        if task is not None and not task.done():
+            task.cancel()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _whole_digest(self, blob: StoredBlob) -> Digest:
+        """The blob's sha256: from the hashing task when it followed this blob, else read
+        from the file (a blob fetched directly, or complete before we started)."""
+        whole, task = self._whole, self._hashing
+        if whole is not None and whole.blob is blob and task is not None:
+            self._landed.set()
+            try:
+                await asyncio.shield(task)
+            except StoreError as exc:
+                raise DownloadFailed(f"hashing the blob: {exc}") from None
+            return Digest(whole.hexdigest())
+        return Digest(await asyncio.to_thread(blob.sha256_of_data))
+
     async def _finish(self) -> None:
         blob = self.blob
         if blob is None:
             raise DownloadFailed("nothing was downloaded")
         self.state = DownloadState.VERIFYING
-        actual = Digest(await asyncio.to_thread(blob.sha256_of_data))
+        actual = await self._whole_digest(blob)
         if self._expected is not None and actual != self._expected:
             self._ctx.store.remove(self.task_id)
             raise DownloadFailed(f"blob has digest {actual}, expected {self._expected}")
         try:
-            await asyncio.to_thread(blob.mark_complete, str(actual))
+            # No flush: a restart re-hashes a complete blob's pieces before any is used.
+            await asyncio.to_thread(blob.mark_complete, str(actual), flush=False)
         except StoreError as exc:
             raise DownloadFailed(f"could not record the blob as complete: {exc}", cache_full=True) from None

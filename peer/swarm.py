@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 MAP_WAIT = 15.0  # seconds a map long poll may wait at a parent
 MAP_RETRY = 1.0  # seconds before asking a parent for its map again after a failure
+# An unlimited download link, as the policy sees it. The policy adds transfers while the
+# rates they are expected to bring fall short of the link; left to its default (100 MB/s)
+# one transfer from a fast source meets that, and the source idles between pieces (the
+# hash, the commit and the next request). Unlimited means: up to per_parent per source.
+UNLIMITED_LINK = 10e9
 
 
 class SupernodeGone(Exception):
@@ -100,7 +105,7 @@ class SwarmFetch:
             policy,
             random.Random(),
             have=blob.have,
-            download_rate=download_rate,
+            download_rate=download_rate if download_rate is not None else UNLIMITED_LINK,
         )
         self._statements: dict[int, PieceStatement] = dict(blob.statements)
         self._known = blob.have  # pieces whose sha256 we can check
@@ -181,6 +186,7 @@ class SwarmFetch:
             fetched = await self._client.fetch(
                 parent.info.address, self.task_id, piece, writer, self._priority, deadline
             )
+            writer.seal()  # this copy owns the piece's region from here on
             digest = await asyncio.to_thread(writer.digest)
             writer.commit(statement.sha_hex, statement=statement, digest=digest)
         except PieceFetchError as exc:

@@ -4,6 +4,7 @@
 - ``zstd``: wire bytes and completion with and without zstd.
 - ``supernode``: the supernode's CPU through a whole surge of synthetic peers over HTTP.
 - ``tls``: mutual TLS against plain HTTP: piece throughput, JSON requests, handshakes.
+- ``dataplane``: one node receiving 1 GiB from one source, beside libtorrent.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from loadtest.bench.dataplane import run_dataplane
 from loadtest.bench.limits import run_limits
 from loadtest.bench.supernode import run_supernode
 from loadtest.bench.tls import run_tls
@@ -23,6 +25,7 @@ BENCHMARKS: dict[str, Callable[[Any], Awaitable[str]]] = {
     "zstd": lambda args: run_zstd(),
     "supernode": lambda args: run_supernode(args.peers, args.pieces, args.duration, args.tasks),
     "tls": lambda args: run_tls(),
+    "dataplane": lambda args: run_dataplane(args.runs),
 }
 
 

@@ -143,6 +143,7 @@ async def bench_limit(direction: str, rate: int, transfers: int, seconds: float)
         for pull in pulls:
             pull.cancel()
         await asyncio.gather(*pulls, return_exceptions=True)
+        client.close()
         rates = probe.windows(2.0)
         (t0, b0), (t1, b1) = probe.samples[0], probe.samples[-1]
         return {"set": rate, "mean": (b1 - b0) / (t1 - t0), "min_2s": min(rates), "max_2s": max(rates)}

@@ -194,7 +194,7 @@ async def run_supernode(
                 async with session.get(f"{supernode_url}/healthz") as resp:
                     return resp.status == 200
 
-            await until_ready(healthy, 20.0, "the supernode did not come up", process)
+            await until_ready(healthy, 60.0, "the supernode did not come up", process)
         per, extra = divmod(peers, count)
         first = 0
         for w in range(count):

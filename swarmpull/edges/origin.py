@@ -222,11 +222,11 @@ class UpstreamFetch:
         geometry = blob.geometry
         whole = None if self._elsewhere else hashlib.sha256()
         hashing = _Hashing(whole)
+        writer: PieceWriter | None = None
         try:
             if whole is not None and start_piece:  # a resumed read: the digest covers what we hold
                 hashing.add(start_piece - 1, None, 0, start_piece * geometry.piece_size, blob.fd)
             pos = start_piece * geometry.piece_size
-            writer: PieceWriter | None = None
             async for chunk in resp.content.iter_chunked(CHUNK):
                 if self._throttle is not None:
                     await self._throttle.acquire(len(chunk))
@@ -252,11 +252,11 @@ class UpstreamFetch:
                         hashing.add(piece, writer, offset, length, blob.fd)
                         writer = None
                 self._report(blob, hashing.ready(), whole, where)
-            if writer is not None:
-                writer.abort()
             if pos < geometry.size:
                 raise UpstreamError(f"upstream {where} closed after {pos} of {geometry.size} bytes")
         finally:  # what was received in full is reported, even when the read broke
+            if writer is not None:  # a piece cut short: its region is free for the next read
+                writer.abort()
             self._report(blob, await hashing.drain(), whole, where)
         if geometry.count == 0 and whole is not None:
             self._events.digest(self._check_digest(whole, where))

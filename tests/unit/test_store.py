@@ -239,3 +239,77 @@ def test_low_free_space_evicts_like_a_full_quota(tmp_path, monkeypatch):
         store.create(meta("b", 2 * PIECE))
     store.create(meta("b", 2 * PIECE))
     assert evicted == [a.task_id] and store.get(a.task_id) is None
+
+
+def test_bytes_landed_through_the_mapping_are_hashed_from_the_file(tmp_path):
+    """The fast path: a socket receives into the piece's mapped pages; what is hashed is
+    still the file, so bytes changed after they landed (before the hash) are caught."""
+    store = PieceStore(tmp_path)
+    data = os.urandom(2 * PIECE)
+    blob = store.create(meta("a", len(data)))
+    assert blob.mapping is not None  # the file's blocks are reserved: mapped
+    for piece, tamper in ((0, True), (1, False)):
+        writer = blob.writer(piece)
+        landing = writer.landing()
+        landing[:PIECE] = data[piece * PIECE : (piece + 1) * PIECE]
+        writer.landed(PIECE)
+        if tamper:
+            os.pwrite(blob.fd, b"\xff\xfe", piece * PIECE + 7)  # between landing and hashing
+        writer.seal()
+        digest = writer.digest()
+        if tamper:
+            with pytest.raises(PieceCorrupt):
+                writer.commit(sha(data[:PIECE]), digest=digest)
+        else:
+            writer.commit(sha(data[PIECE:]), digest=digest)
+    assert not blob.is_verified(0) and blob.read_piece(1) == data[PIECE:]
+
+
+def test_a_second_copy_takes_the_region_before_it_writes_there(tmp_path):
+    """The endgame twin is written to the file only after ``seal`` cancelled the copy that
+    lands there, so the first copy can neither interleave with it nor commit over it."""
+    store = PieceStore(tmp_path)
+    good = os.urandom(PIECE)
+    blob = store.create(meta("a", PIECE))
+    first, second = blob.writer(0), blob.writer(0)
+    first.landing()[:100] = good[:100]
+    first.landed(100)
+    second.write(good)
+    second.seal()
+    with pytest.raises(WriteCancelled):
+        first.landing()  # the socket of the first copy is told at its next receive
+    second.commit(sha(good), digest=second.digest())
+    assert blob.read_piece(0) == good
+
+
+async def test_hashing_in_threads_never_reorders_or_loses_a_piece(tmp_path):
+    """Pieces verified in any order, each hashed in a thread, while the whole digest is fed
+    in order by another: the digest is the blob's, every piece once."""
+    import asyncio
+    import random
+
+    from swarmpull.edges.store import InOrderDigest
+
+    store = PieceStore(tmp_path)
+    data = os.urandom(64 * PIECE - 123)
+    blob = store.create(meta("a", len(data)))
+    whole = InOrderDigest(blob)
+    order = list(range(blob.geometry.count))
+    random.Random(7).shuffle(order)
+
+    async def one(piece: int) -> None:
+        chunk = data[piece * PIECE : (piece + 1) * PIECE]
+        writer = blob.writer(piece)
+        writer.write(chunk)
+        writer.seal()
+        writer.commit(sha(chunk), digest=await asyncio.to_thread(writer.digest))
+
+    async def feed() -> None:
+        while not whole.done:
+            await asyncio.to_thread(whole.advance)
+            await asyncio.sleep(0)
+
+    feeder = asyncio.create_task(feed())
+    await asyncio.gather(*(one(piece) for piece in order))
+    await feeder
+    assert whole.hexdigest() == sha(data)

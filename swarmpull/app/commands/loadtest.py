@@ -100,10 +100,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     b = subparsers.add_parser(
         "benchmarks",
-        help="measure limits, zstd, the supernode and TLS; print figures for docs/BENCHMARKS.md",
+        help="measure limits, zstd, the supernode, TLS, the data plane; figures for docs/BENCHMARKS.md",
         description="Run the benchmarks (all of them by default) and print their figures.",
     )
-    b.add_argument("names", nargs="*", metavar="NAME", help="limits, zstd, supernode, tls (default: all)")
+    b.add_argument(
+        "names", nargs="*", metavar="NAME", help="limits, zstd, supernode, tls, dataplane (default: all)"
+    )
+    b.add_argument(
+        "--runs", type=positive_int, default=3, metavar="N", help="dataplane: runs of each (default: 3)"
+    )
     b.add_argument("--seconds", type=float, default=6.0, help="length of each rate measurement (default: 6)")
     b.add_argument(
         "--peers",

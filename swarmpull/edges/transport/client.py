@@ -1,10 +1,15 @@
-"""Fetching pieces, and piece maps, from other nodes over HTTP."""
+"""Fetching pieces, and piece maps, from other nodes over HTTP.
+
+Pieces from an ``http://`` source come through ``receiver`` (the socket's bytes land in
+the piece's pages, no copy); maps, and sources over TLS, through aiohttp.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -14,8 +19,10 @@ from swarmpull.core.maps import MapError, PieceMap, decode_map
 from swarmpull.core.rates import Priority
 from swarmpull.edges.http import PEER_HEADER
 from swarmpull.edges.ratelimit import RateLimiter
-from swarmpull.edges.store import PieceWriter
+from swarmpull.edges.store import PieceCorrupt, PieceWriter
 from swarmpull.edges.transport.compression import CompressionError, decompress_piece
+from swarmpull.edges.transport.http1 import WireError, piece_request
+from swarmpull.edges.transport.receiver import UNLIMITED, BodyTooLong, ConnectionPool, PieceConnection
 from swarmpull.edges.transport.server import MAP_HEADER
 
 CHUNK = 256 * 1024
@@ -76,6 +83,12 @@ class PieceClient:
         )
         self._limiter = limiter or RateLimiter(None)
         self._on_wire = on_wire
+        self._stall = config.stall_timeout
+        self._pool = ConnectionPool(config.connect_timeout, on_wire)
+
+    def close(self) -> None:
+        """Close the connections kept open to sources."""
+        self._pool.close()
 
     async def fetch(
         self,
@@ -88,14 +101,105 @@ class PieceClient:
     ) -> Fetched:
         """Stream the piece from the node at ``address`` into ``writer``; the caller
         commits it. Raises PieceFetchError."""
-        url = f"{address}/pieces/{task_id}/{piece}"
+        path = f"/pieces/{task_id}/{piece}"
+        parts = urlsplit(address)
         try:
             async with asyncio.timeout(deadline):
-                return await self._fetch(url, address, piece, writer, priority)
+                if parts.scheme == "http" and parts.hostname:
+                    target = (parts.hostname, parts.port or 80, parts.netloc)
+                    return await self._receive(target, path, address, piece, writer, priority)
+                return await self._fetch(f"{address}{path}", address, piece, writer, priority)
         except TimeoutError:
             raise PieceFetchError(Reason.TIMEOUT, f"{address} too slow or stalled on piece {piece}") from None
+        except WireError as exc:
+            raise PieceFetchError(Reason.ERROR, f"{address} answered garbage: {exc}") from None
+        except BodyTooLong as exc:
+            raise PieceFetchError(Reason.CORRUPT, f"{address}: {exc}") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             raise PieceFetchError(Reason.UNREACHABLE, f"{address}: {exc or type(exc).__name__}") from None
+
+    async def _receive(
+        self,
+        target: tuple[str, int, str],
+        path: str,
+        address: str,
+        piece: int,
+        writer: PieceWriter,
+        priority: Priority,
+    ) -> Fetched:
+        host, port, netloc = target
+        request = piece_request(netloc, path, self._headers)
+        conn = await self._pool.connect(host, port)
+        try:
+            try:
+                conn.send(request)
+                await self._settle(conn, lambda: conn.head is not None)
+            except (ConnectionError, OSError):
+                if not conn.reused or conn.head is not None:
+                    raise
+                conn.close()  # the source closed a connection we kept: once more, on a new one
+                conn = await self._pool.connect(host, port, fresh=True)
+                conn.send(request)
+                await self._settle(conn, lambda: conn.head is not None)
+            fetched = await self._body(conn, address, piece, writer, priority)
+        except BaseException:
+            conn.close()
+            raise
+        self._pool.release(host, port, conn)
+        return fetched
+
+    async def _body(
+        self, conn: PieceConnection, address: str, piece: int, writer: PieceWriter, priority: Priority
+    ) -> Fetched:
+        head = conn.head
+        assert head is not None
+        _check_code(head.status, address, piece)
+        compressed = head.headers.get("content-encoding", "identity") == "zstd"
+        length = head.content_length
+        if length is None or length > writer.length or (not compressed and length != writer.length):
+            raise PieceFetchError(Reason.CORRUPT, f"{address}: piece {piece} has the wrong length")
+        limited = self._limiter.rate is not None
+        granted = 0
+        if limited:
+            await self._limiter.acquire(min(CHUNK, length), priority)
+            granted = min(CHUNK, length)
+        body = conn.accept_body(None if compressed else writer, length, granted if limited else UNLIMITED)
+        while conn.received < length:
+            if limited and conn.budget <= 0:
+                grant = min(CHUNK, length - granted)
+                await self._limiter.acquire(grant, priority)
+                granted += grant
+                conn.grant(grant)
+            await self._settle(conn, lambda: conn.received >= length or (limited and conn.budget <= 0))
+        if body is not None:
+            try:
+                writer.write(decompress_piece(bytes(body), writer.length))
+            except CompressionError as exc:
+                raise PieceFetchError(Reason.CORRUPT, f"{address}: {exc}") from None
+        if writer.received != writer.length:
+            raise PieceFetchError(
+                Reason.CORRUPT, f"{address}: piece {piece} ended after {writer.received} of {writer.length}"
+            )
+        saved = writer.length - length if compressed else 0
+        return Fetched(length, head.headers.get(MAP_HEADER.lower()), saved)
+
+    async def _settle(self, conn: PieceConnection, done: Callable[[], bool]) -> None:
+        """Wait until ``done()``; raises the connection's error, or TimeoutError after
+        ``stall_timeout`` seconds without a byte."""
+        while True:
+            if conn.error is not None:
+                error = conn.error
+                if isinstance(error, PieceCorrupt):
+                    raise PieceFetchError(Reason.CORRUPT, str(error))
+                raise error
+            if done():
+                return
+            before = (conn.received, conn.head)
+            try:
+                await conn.wait(self._stall)
+            except TimeoutError:
+                if (conn.received, conn.head) == before:
+                    raise
 
     async def _fetch(
         self, url: str, address: str, piece: int, writer: PieceWriter, priority: Priority
@@ -164,10 +268,14 @@ class PieceClient:
 
 
 def _check_status(resp: aiohttp.ClientResponse, address: str, piece: int) -> None:
-    if resp.status == 200:
+    _check_code(resp.status, address, piece)
+
+
+def _check_code(status: int, address: str, piece: int) -> None:
+    if status == 200:
         return
-    if resp.status == 404:
+    if status == 404:
         raise PieceFetchError(Reason.MISSING, f"{address} does not hold piece {piece}")
-    if resp.status in (429, 503):
-        raise PieceFetchError(Reason.BUSY, f"{address} is busy ({resp.status})")
-    raise PieceFetchError(Reason.ERROR, f"{address} answered {resp.status}")
+    if status in (429, 503):
+        raise PieceFetchError(Reason.BUSY, f"{address} is busy ({status})")
+    raise PieceFetchError(Reason.ERROR, f"{address} answered {status}")

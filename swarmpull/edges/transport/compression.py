@@ -11,6 +11,7 @@ blow up memory, and the sha256 is checked on the decompressed bytes as always.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import OrderedDict
 
 import zstandard
@@ -46,6 +47,20 @@ class PieceCompressor:
         self._remember(key, result)
         return result
 
+    async def compressed_region(
+        self, task_id: str, piece: int, fd: int, offset: int, length: int
+    ) -> bytes | None:
+        """Like ``compressed``, for a piece in a file: only the samples are read to decide,
+        so a piece that does not compress is never read into memory (it is sent with
+        ``sendfile``)."""
+        key = (task_id, piece)
+        if key in self._compressed:
+            self._compressed.move_to_end(key)
+            return self._compressed[key]
+        result = await asyncio.to_thread(_compress_region, fd, offset, length)
+        self._remember(key, result)
+        return result
+
     def _remember(self, key: tuple[str, int], value: bytes | None) -> None:
         self._compressed[key] = value
         self._cached += len(value) if value else 0
@@ -54,17 +69,35 @@ class PieceCompressor:
             self._cached -= len(old) if old else 0
 
 
+def sample_spans(length: int) -> list[tuple[int, int]]:
+    """``(start, size)`` of the samples of a piece: start, middle and end."""
+    if length < 4 * SAMPLE:
+        return [(0, length)]
+    return [(0, SAMPLE), (length // 2, SAMPLE), (length - SAMPLE, SAMPLE)]
+
+
 def worth_compressing(data: memoryview) -> bool:
     """Compress samples from the start, middle and end; True if they shrink enough."""
-    if len(data) < 4 * SAMPLE:
-        samples = [data]
-    else:
-        middle = len(data) // 2
-        samples = [data[:SAMPLE], data[middle : middle + SAMPLE], data[-SAMPLE:]]
+    return samples_shrink([data[start : start + size] for start, size in sample_spans(len(data))])
+
+
+def samples_shrink(samples: list[memoryview] | list[bytes]) -> bool:
+    """Whether the samples shrink by ``MIN_SAVING`` at a fast level."""
     compressor = zstandard.ZstdCompressor(level=1)
     raw = sum(len(s) for s in samples)
     packed = sum(len(compressor.compress(s)) for s in samples)
     return packed <= raw * (1 - MIN_SAVING)
+
+
+def _compress_region(fd: int, offset: int, length: int) -> bytes | None:
+    samples = [os.pread(fd, size, offset + start) for start, size in sample_spans(length)]
+    if not samples_shrink(samples):
+        return None
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        return None
+    result = _compress(memoryview(data))
+    return result if len(result) <= length * (1 - MIN_SAVING) else None
 
 
 def _compress(data: memoryview) -> bytes:

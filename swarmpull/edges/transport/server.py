@@ -13,7 +13,9 @@
 At most ``slots`` uploads run at once; up to ``queue`` more wait for a slot in arrival
 order (a requester that pipelines requests keeps our link busy between pieces), and one
 more is refused at once. Bytes pass the upload limiter chunk by chunk, so the node's
-upload rate holds whatever the number of requesters. Only checked bytes leave: a piece
+upload rate holds whatever the number of requesters. A piece that does not compress goes
+out with ``sendfile`` from the page cache (``sendfile``); only a piece that compresses is
+read into memory (and its compressed form cached). Only checked bytes leave: a piece
 of a blob not re-hashed since a restart is checked before it is sent.
 """
 
@@ -33,6 +35,7 @@ from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import PieceCorrupt, PieceStore, StoredBlob, StoreError
 from swarmpull.edges.transport.compression import PieceCompressor
 from swarmpull.edges.transport.counters import TransferCounters
+from swarmpull.edges.transport.sendfile import can_sendfile, send_region
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +152,11 @@ class PieceServer:
             with self._store.pinned(blob):
                 try:
                     offset, length = await asyncio.to_thread(blob.piece_region, piece)
-                    data = await asyncio.to_thread(blob.read, offset, length)
                 except PieceCorrupt:
                     return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
                 except StoreError as exc:
                     return json_error(404, "NOT_FOUND", str(exc))
-                if len(data) != length:
-                    return json_error(404, "NOT_FOUND", f"piece {piece} could not be read")
-                return await self._send(request, blob, piece, memoryview(data))
+                return await self._send(request, blob, piece, offset, length)
         finally:
             self._give_slot()
 
@@ -190,19 +190,28 @@ class PieceServer:
         self.active -= 1
 
     async def _send(
-        self, request: web.Request, blob: StoredBlob, piece: int, view: memoryview
+        self, request: web.Request, blob: StoredBlob, piece: int, offset: int, length: int
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         resp.headers[MAP_HEADER] = to_text(blob.have, blob.geometry.count)
-        body: memoryview | bytes = view
+        body: bytes | None = None
         if self._compressor is not None and "zstd" in request.headers.get("Accept-Encoding", ""):
-            compressed = await self._compressor.compressed(blob.task_id, piece, view)
-            if compressed is not None:
-                body = compressed
+            body = await self._compressor.compressed_region(blob.task_id, piece, blob.fd, offset, length)
+            if body is not None:
                 resp.headers["Content-Encoding"] = "zstd"
-                self._counters.saved.labels("upload").inc(len(view) - len(compressed))
-        resp.content_length = len(body)
+                self._counters.saved.labels("upload").inc(length - len(body))
         try:
+            if body is None and can_sendfile(request):
+                resp.content_length = length
+                await send_region(
+                    request, resp, blob.fd, offset, length, self._limiter, self._counters.upload_bytes.inc
+                )
+                return resp
+            if body is None:
+                body = await asyncio.to_thread(blob.read, offset, length)
+                if len(body) != length:
+                    return json_error(404, "NOT_FOUND", f"piece {piece} could not be read")
+            resp.content_length = len(body)
             await resp.prepare(request)
             data = memoryview(body)
             for start in range(0, len(data), CHUNK):
@@ -213,4 +222,8 @@ class PieceServer:
             await resp.write_eof()
         except ConnectionResetError:  # the requester hung up (an endgame twin lost)
             pass
+        except OSError as exc:  # the file went under us: the requester sees a cut body
+            log.warning("piece %d of %s: %s", piece, blob.task_id, exc)
+            if request.transport is not None:
+                request.transport.close()
         return resp
