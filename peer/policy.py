@@ -61,6 +61,9 @@ class PolicyConfig:
     """Seconds with room for a transfer and nothing to fetch before asking for parents."""
     idle_after: float = 1.0
     """Seconds a peer parent may hold nothing we lack before we let it go for another."""
+    wake_interval: float = 1.0
+    """Seconds between looks at the parents while a download waits on them (that is when
+    starving and idle parents are noticed)."""
     min_deadline: float = 2.0
     """A transfer always gets this long."""
     slack: float = 4.0

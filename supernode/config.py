@@ -54,7 +54,7 @@ class SupernodeConfig:
     channel_ping: float = 30.0
     """Seconds between WebSocket pings on a peer's control channel: an open channel is
     the peer's heartbeat, and one that answers no ping within half of this is closed."""
-    report_rate: float = 200.0
+    report_rate: float = 100.0
     """Reports per second the supernode asks of all members of a task together: each
     member reports every ``members / report_rate`` seconds, within report_min..report_max
     (it reports sooner when it needs parents or completes)."""

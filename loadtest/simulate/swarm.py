@@ -147,7 +147,7 @@ class _Bits:
 class _Download:
     """One node's download of one layer."""
 
-    __slots__ = ("done_at", "due", "every", "flows", "idle", "layer", "map", "policy")
+    __slots__ = ("done_at", "due", "every", "flows", "idle", "layer", "map", "policy", "recheck")
 
     def __init__(self, layer: _Layer, policy: PiecePolicy) -> None:
         self.layer = layer
@@ -158,6 +158,7 @@ class _Download:
         self.idle = False  # room and nothing to fetch: woken by its parents' new pieces
         self.due = math.inf  # when it reports next (0: as soon as it can)
         self.every = 0.0  # the interval the supernode last asked for
+        self.recheck = math.inf  # when an idle download looks at its parents again
 
 
 class _Uploads:
@@ -456,8 +457,20 @@ class SwarmSimulation:
                     watchers.add(node)
                 else:
                     watchers.discard(node)
-        if policy.needs_parents(self.now) and download.due != 0.0:
-            self._report_soon(node, download)
+        if policy.needs_parents(self.now):
+            if download.due != 0.0:
+                self._report_soon(node, download)
+        elif waiting and download.recheck == math.inf:
+            # The daemon looks again every ``wake_interval`` while it waits (``SwarmFetch``): a
+            # starving or idle parent set is noticed then, not at the next report.
+            download.recheck = self.now + self.config.policy.wake_interval
+            self._at(download.recheck, "recheck", (node, download))
+
+    def _on_recheck(self, data: tuple[_Node, _Download]) -> None:
+        node, download = data
+        download.recheck = math.inf
+        if download.idle:
+            self._fill(node, download)
 
     def _wake(self, nodes: list[_Node] | set[_Node]) -> None:
         for child in list(nodes):
