@@ -23,7 +23,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -54,17 +54,27 @@ class SurgeConfig:
     """The registry's egress, bytes per second (the seed is held to it too)."""
     mode: str = "p2p"
     """p2p, direct, or both."""
+    transport: str = "http"
+    """How p2p nodes fetch: http (the scheduled swarm), bittorrent (libtorrent, the seed
+    warm: every blob read whole into the supernode before the surge), or both."""
     workers: int | None = None
     """Worker processes; None: enough for the nodes, at least one per core."""
     seed: int = 1
     timeout: float = 900.0
     """Seconds a run may take; nodes not done by then count as failed."""
+    events_dir: Path | None = None
+    """Write swarm events there: ``supernode.jsonl`` and one ``worker-N.jsonl`` per worker
+    (``swarmpull events summarize DIR/*.jsonl`` makes the report again from them)."""
+    supernode_args: tuple[str, ...] = ()
+    """More flags for the supernode (e.g. ``--ui-token-file``)."""
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.layers < 1 or self.image_size < self.layers * 1024:
             raise ValueError("need at least one node, one layer and 1 KiB per layer")
         if self.mode not in ("p2p", "direct", "both"):
             raise ValueError("mode is p2p, direct or both")
+        if self.transport not in ("http", "bittorrent", "both"):
+            raise ValueError("transport is http, bittorrent or both")
         for name in ("node_bandwidth", "registry_bandwidth"):
             value = getattr(self, name)
             if value is not None and value < 1024:
@@ -88,6 +98,7 @@ class Progress:
     total: int = 0
     elapsed: float = 0.0
     egress: int = 0
+    supernode: str | None = None  # its URL, in p2p mode
 
 
 @dataclass(slots=True)
@@ -98,23 +109,30 @@ class _Run:
 
 
 async def run_surge(
-    config: SurgeConfig, progress: Callable[[Progress], None] | None = None
+    config: SurgeConfig,
+    progress: Callable[[Progress], None] | None = None,
+    before_stop: Callable[[Progress], Awaitable[None]] | None = None,
 ) -> list[ModeResult]:
-    """Run the configured modes one after the other; one result per mode."""
+    """Run the configured modes one after the other; one result per mode. ``before_stop``
+    is awaited once every node of a mode is done, while every daemon still runs."""
     raise_fd_limit()
     image = build_image(config.layer_sizes(), seed=config.seed)
     modes = ["p2p", "direct"] if config.mode == "both" else [config.mode]
+    if "p2p" in modes and config.transport != "http":
+        swarms = {"http": ["p2p"], "bittorrent": ["bittorrent"], "both": ["p2p", "bittorrent"]}
+        index = modes.index("p2p")
+        modes[index : index + 1] = swarms[config.transport]
     results = []
     for mode in modes:
         root = Path(tempfile.mkdtemp(prefix=f"swarmpull-surge-{mode}-"))
         try:
-            results.append(await _run_mode(config, mode, image, root, progress))
+            results.append(await _run_mode(config, mode, image, root, progress, before_stop))
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return results
 
 
-async def _run_mode(config: SurgeConfig, mode: str, image, root: Path, progress) -> ModeResult:  # type: ignore[no-untyped-def]
+async def _run_mode(config: SurgeConfig, mode: str, image, root: Path, progress, before_stop) -> ModeResult:  # type: ignore[no-untyped-def]
     registry = MiniRegistry(rate=config.registry_bandwidth)
     registry.add(REPOSITORY, TAG, image)
     supernode: asyncio.subprocess.Process | None = None
@@ -122,33 +140,46 @@ async def _run_mode(config: SurgeConfig, mode: str, image, root: Path, progress)
     try:
         await registry.start()
         supernode_url = None
-        if mode == "p2p":
-            supernode, supernode_url = await _start_supernode(config, root)
+        if mode != "direct":
+            supernode, supernode_url = await _start_supernode(config, root, registry.host)
+        if mode == "bittorrent" or (mode == "p2p" and config.transport == "both"):
+            assert supernode_url is not None  # the same warm seed for both swarms
+            await _warm_seed(supernode_url, f"{registry.host}/{REPOSITORY}:{TAG}")
         workers = _start_workers(config, mode, root, registry.host, supernode_url)
         for _, conn in workers:  # every node up before anyone pulls
             message = await asyncio.to_thread(conn.recv)
             if message[0] != "ready":
                 raise RuntimeError(f"a worker failed to start: {message}")
-        start_at = time.time() + 1.0
+        # The start, on the wall clock (workers in other processes share it) and on the
+        # registry's clock (its egress samples), taken at the same moment.
+        start_at, started = time.time() + 1.0, registry.clock.monotonic() + 1.0
         for _, conn in workers:
             conn.send(("go", start_at))
-        run = await _collect(config, mode, workers, registry, start_at, progress)
+        state = Progress(mode, total=config.nodes, supernode=supernode_url)
+        run = await _collect(config, workers, registry, start_at, state, progress)
+        if before_stop is not None:
+            await before_stop(state)
         egress = registry.blob_bytes_sent
         supernode_stats = await _supernode_stats(supernode, supernode_url) if supernode else {}
         size = image.size + image.config.size
-        return _result(
-            config, mode, size, egress, run, time.time() - start_at, supernode_stats, registry, start_at
-        )
+        timeline = registry.egress_since(started)
+        wall = time.time() - start_at
+        return _result(config, mode, size, egress, run, wall, supernode_stats, registry, timeline)
     finally:
         await _stop(workers, supernode)
         await registry.stop()
 
 
-async def _start_supernode(config: SurgeConfig, root: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def _start_supernode(
+    config: SurgeConfig, root: Path, registry: str
+) -> tuple[asyncio.subprocess.Process, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(root / "supernode")]
+    args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(root / "supernode"), *config.supernode_args]
+    args += ["--insecure-registry", registry]
+    if config.events_dir is not None:
+        args += ["--events", str(config.events_dir / "supernode.jsonl")]
     if config.piece_size:
         args += ["--piece-size", str(config.piece_size)]
     if config.registry_bandwidth:
@@ -174,6 +205,29 @@ async def _start_supernode(config: SurgeConfig, root: Path) -> tuple[asyncio.sub
     raise RuntimeError(f"the supernode did not start: {log[-1] if log else 'no output'}")
 
 
+async def _warm_seed(supernode: str, image: str, timeout: float = 600.0) -> None:
+    """Every blob of the image read whole into the seed before the surge (a preheat whose
+    selection matches no node only warms the seed)."""
+    body = {"image": image, "select": {"nodes": ["warm-the-seed-only"]}, "deadline": timeout}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{supernode}/api/v1/preheat", json=body) as resp:
+            job = await resp.json()
+            if resp.status != 201:
+                raise RuntimeError(f"warming the seed failed: {job}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            async with session.get(f"{supernode}/api/v1/preheat/{job['id']}") as resp:
+                status = await resp.json()
+            layers = status.get("layers") or []
+            errors = [status.get("error")] + [layer.get("error") for layer in layers]
+            if any(errors):
+                raise RuntimeError(f"warming the seed failed: {next(e for e in errors if e)}")
+            if layers and all(layer.get("seeded") for layer in layers):
+                return
+            await asyncio.sleep(0.2)
+    raise RuntimeError("warming the seed took too long")
+
+
 def _start_workers(
     config: SurgeConfig, mode: str, root: Path, registry: str, supernode: str | None
 ) -> list[tuple[multiprocessing.process.BaseProcess, Connection]]:
@@ -184,7 +238,10 @@ def _start_workers(
     first = 0
     for w in range(count):
         n = per + (w < extra)
-        spec = WorkerSpec(first, n, str(root), mode, registry, supernode, config.node_bandwidth)
+        events = str(config.events_dir / f"worker-{w}.jsonl") if config.events_dir and supernode else None
+        spec = WorkerSpec(
+            first, n, str(root), mode, registry, supernode, config.node_bandwidth, events=events
+        )
         parent, child = context.Pipe()
         process = context.Process(
             target=worker_main, args=(spec, child), name=f"surge-worker-{w}", daemon=True
@@ -196,9 +253,8 @@ def _start_workers(
     return workers
 
 
-async def _collect(config, mode, workers, registry, start_at, progress) -> _Run:  # type: ignore[no-untyped-def]
+async def _collect(config, workers, registry, start_at, state, progress) -> _Run:  # type: ignore[no-untyped-def]
     run = _Run()
-    state = Progress(mode, total=config.nodes)
     pending = {id(conn): conn for _, conn in workers}
 
     async def listen(conn: Connection) -> None:
@@ -224,12 +280,12 @@ async def _collect(config, mode, workers, registry, start_at, progress) -> _Run:
         while pending and time.time() < deadline:
             if any(t.done() and t.exception() for t in listeners):
                 raise RuntimeError(f"a worker failed: {[t.exception() for t in listeners if t.done()]}")
-            state.elapsed, state.egress = max(0.0, time.time() - start_at), registry.bytes_sent
+            state.elapsed, state.egress = max(0.0, time.time() - start_at), registry.blob_bytes_sent
             if progress is not None:
                 progress(state)
             await asyncio.sleep(0.25)
         if progress is not None:
-            state.elapsed, state.egress = time.time() - start_at, registry.bytes_sent
+            state.elapsed, state.egress = time.time() - start_at, registry.blob_bytes_sent
             progress(state)
     finally:
         for task in listeners:
@@ -251,6 +307,17 @@ async def _supernode_stats(process: asyncio.subprocess.Process, url: str | None)
                 line for line in text.splitlines() if line.startswith("swarmpull_supernode_calls_total{")
             ]
             stats["supernode calls"] = sum(int(float(line.split()[-1])) for line in calls)
+            seed = [  # what the seed sent: pieces over HTTP, and over BitTorrent
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith(
+                    (
+                        "swarmpull_supernode_seed_upload_bytes_total ",
+                        "swarmpull_supernode_torrent_upload_bytes ",
+                    )
+                )
+            ]
+            stats["seed egress bytes"] = sum(seed)
     return stats
 
 
@@ -275,17 +342,17 @@ async def _stop(workers, supernode) -> None:  # type: ignore[no-untyped-def]
             await supernode.wait()
 
 
-def _result(config, mode, size, egress, run, wall, supernode_stats, registry, start_at) -> ModeResult:  # type: ignore[no-untyped-def]
+def _result(config, mode, size, egress, run, wall, supernode_stats, registry, timeline) -> ModeResult:  # type: ignore[no-untyped-def]
     up = config.node_bandwidth or math.inf
     origin = config.registry_bandwidth or math.inf
-    bound = kumar_ross_bound(size, config.nodes, origin, up if mode == "p2p" else 0.0, up)
-    extra: dict[str, object] = {"manifest bytes": registry.bytes_sent - registry.blob_bytes_sent}
+    bound = kumar_ross_bound(size, config.nodes, origin, 0.0 if mode == "direct" else up, up)
+    extra: dict[str, object] = {"registry manifest bytes": registry.bytes_sent - registry.blob_bytes_sent}
+    seed = supernode_stats.pop("seed egress bytes", None)
     extra.update(supernode_stats)
-    for key, value in sorted(run.totals.items()):
-        extra[key] = f"{value / (size * max(1, len(run.times))):.2f}x image/node"
+    if seed is not None:
+        extra["seed egress"] = f"{seed / size:.2f}x image"
     if run.errors:
         extra["first error"] = run.errors[0][:60]
-    timeline = [(t - start_at, b) for t, b in registry.egress if t >= start_at - 1]
     return ModeResult(
         mode=mode,
         nodes=config.nodes,
@@ -299,4 +366,5 @@ def _result(config, mode, size, egress, run, wall, supernode_stats, registry, st
         extra=extra,
         egress_timeline=timeline,
         sources={k.removeprefix("bytes from "): v for k, v in run.totals.items()},
+        registry_requests=dict(registry.requests),
     )

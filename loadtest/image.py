@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -132,6 +133,16 @@ def build_image(layer_sizes: list[int], seed: int = 1, *, oci: bool = True, comp
         ),
     )
     return Image(manifest, config, tuple(layers), tuple(diff_ids))
+
+
+def build_index(images: dict[str, Image]) -> Blob:
+    """An OCI index of ``images`` by platform (``"linux/amd64"``, ``"linux/arm64/v8"``)."""
+    entries = []
+    for platform, image in images.items():
+        os_, arch, *variant = platform.split("/")
+        where = {"os": os_, "architecture": arch, **({"variant": variant[0]} if variant else {})}
+        entries.append({**image.manifest.descriptor(), "platform": where})
+    return Blob(OCI_INDEX, _canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}))
 
 
 def _canonical(document: dict[str, Any]) -> bytes:

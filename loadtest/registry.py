@@ -47,21 +47,23 @@ class MiniRegistry:
         self, listen: HostPort | None = None, rate: float | None = None, clock: Clock | None = None
     ) -> None:
         self._listen = listen or HostPort("127.0.0.1", 0)
-        self._clock = clock or SystemClock()
+        self.clock = clock or SystemClock()
         self.rate = rate  # bytes per second shared by all responses; None: unshaped
-        self._limiter = RateLimiter(rate, self._clock)
+        self._limiter = RateLimiter(rate, self.clock)
         self._repositories: dict[str, _Repository] = {}
         self._runner: web.AppRunner | None = None
         self._bound: HostPort | None = None
         self.fail_blobs: set[str] = set()  # digests answered with 500 (fault injection)
         self.corrupt_blobs: set[str] = set()  # digests answered with one byte flipped
+        self.fail_manifests: int | None = None  # a status every manifest request gets (outage)
+        self.manifest_get_quota: int | None = None  # manifest GETs served before 429s (Docker Hub)
         self.token: str | None = None  # when set, every request needs "Bearer <token>"
         self.login: tuple[str, str] | None = None  # when set, the token realm needs it
         self.bytes_sent = 0  # every body byte written, errors included
         self.blob_bytes_sent = 0
         self.blob_gets: Counter[str] = Counter()  # digest -> GETs that sent a body
         self.requests: Counter[str] = Counter()  # "GET manifests", "HEAD blobs", ...
-        self.egress: list[tuple[float, int]] = []  # (monotonic time, bytes_sent so far)
+        self.egress: list[tuple[float, int]] = []  # (time on self.clock, blob_bytes_sent so far)
 
     def __repr__(self) -> str:
         where = self._bound or "stopped"
@@ -69,14 +71,21 @@ class MiniRegistry:
 
     def add(self, repository: str, tag: str, image: Image) -> None:
         """Serve ``image`` as ``repository:tag`` (and by its manifest digest)."""
+        self.add_index(repository, tag, image.manifest, [image])
+
+    def add_index(self, repository: str, tag: str, top: Blob, images: list[Image]) -> None:
+        """Serve manifest ``top`` (an index of ``images``, or one image's manifest) as
+        ``repository:tag``, and every manifest and blob of ``images``."""
         if not _NAME.match(repository):
             raise ValueError(f"invalid repository name {repository!r}")
         if not _TAG.match(tag):
             raise ValueError(f"invalid tag {tag!r}")
         repo = self._repositories.setdefault(repository, _Repository())
-        repo.tags[tag] = image.manifest_digest
-        repo.manifests[image.manifest_digest] = image.manifest
-        repo.blobs.update(image.blobs())
+        repo.tags[tag] = top.digest
+        repo.manifests[top.digest] = top
+        for image in images:
+            repo.manifests[image.manifest_digest] = image.manifest
+            repo.blobs.update(image.blobs())
 
     @property
     def address(self) -> HostPort:
@@ -135,6 +144,14 @@ class MiniRegistry:
         return await self._blob(request, repo, reference)
 
     async def _manifest(self, request: web.Request, repo: _Repository, reference: str) -> web.StreamResponse:
+        if self.fail_manifests is not None:
+            return await self._error(request, self.fail_manifests, "UNAVAILABLE", "injected failure")
+        if request.method == "GET" and self.manifest_get_quota is not None:
+            if self.manifest_get_quota <= 0:
+                return await self._error(
+                    request, 429, "TOOMANYREQUESTS", "pull rate limit reached", {"Retry-After": "1"}
+                )
+            self.manifest_get_quota -= 1
         digest = reference if _DIGEST.match(reference) else repo.tags.get(reference)
         manifest = repo.manifests.get(digest) if digest else None
         if manifest is None:
@@ -213,9 +230,17 @@ class MiniRegistry:
         return resp
 
     def _sample(self) -> None:
-        now = self._clock.monotonic()
+        now = self.clock.monotonic()
         if not self.egress or now - self.egress[-1][0] >= SAMPLE_INTERVAL:
-            self.egress.append((now, self.bytes_sent))
+            self.egress.append((now, self.blob_bytes_sent))
+
+    def egress_since(self, start: float) -> list[tuple[float, int]]:
+        """Blob egress over time: (seconds since ``start``, bytes sent so far), from a
+        second before ``start`` to now. ``start`` is a time on ``self.clock``: the
+        samples' own clock, so the series cannot be shifted by a wall-clock step."""
+        points = [(t - start, sent) for t, sent in self.egress if t >= start - 1.0]
+        points.append((self.clock.monotonic() - start, self.blob_bytes_sent))
+        return points
 
 
 def _parse(tail: str) -> tuple[str, str, str]:

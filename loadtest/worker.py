@@ -27,12 +27,28 @@ from loadtest.client import PullFailed, pull_image
 from peer.config import PeerConfig
 from registry_proxy.config import ProxyConfig
 from swarmpull.app.node import NodeDaemon
+from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.edges.daemon import raise_fd_limit
+from swarmpull.edges.events import EventLog
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.metrics import sample
 from swarmpull.edges.ratelimit import RateLimiter
+from swarmpull.edges.registry import RegistryOptions
+from swarmpull.edges.torrent import TorrentConfig, Transport
 
 LOOPBACK = HostPort("127.0.0.1", 0)
+# Hundreds of libtorrent sessions share a worker process and one address: one disk and
+# one hashing thread each, the system's socket buffers, more than one connection per
+# address, TCP (uTP is for background traffic; the surge is what a client waits for).
+SURGE_TORRENT = TorrentConfig(
+    listen=LOOPBACK,
+    transport=Transport.TCP,
+    shared_address=True,
+    disk_threads=1,
+    hash_threads=1,
+    socket_buffer=0,
+    connections=50,
+)
 REPOSITORY, TAG = "surge/app", "v1"
 
 
@@ -41,11 +57,12 @@ class WorkerSpec:
     first: int  # index of this worker's first node
     count: int
     root: str  # where the nodes keep their data
-    mode: str  # "p2p" or "direct"
+    mode: str  # "p2p" (the HTTP swarm), "bittorrent" or "direct"
     registry: str  # host:port of the upstream registry
     supernode: str | None
     node_bandwidth: float | None  # bytes per second, each way
     log_level: str = "error"
+    events: str | None = None  # the file this worker's nodes write their events to
 
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
@@ -64,14 +81,22 @@ async def _recv(conn: Connection) -> tuple:
 
 async def _run(spec: WorkerSpec, conn: Connection) -> None:
     nodes: list[NodeDaemon] = []
+    log = EventLog(Path(spec.events)) if spec.events else None  # one writer for all our nodes
+    events: EventSink = log or NO_EVENTS
     try:
-        if spec.mode == "p2p":
+        if log is not None:
+            await log.start()
+        if spec.mode != "direct":
             if spec.supernode is None:
                 raise ValueError("a p2p worker needs the supernode's URL")
             for i in range(spec.first, spec.first + spec.count):
                 node = NodeDaemon(
                     _peer_config(spec, i),
-                    ProxyConfig(listen=LOOPBACK, insecure_registries=frozenset({spec.registry})),
+                    ProxyConfig(
+                        listen=LOOPBACK,
+                        registry=RegistryOptions(insecure_registries=frozenset({spec.registry})),
+                    ),
+                    events=events,
                 )
                 await node.start()
                 nodes.append(node)
@@ -86,14 +111,21 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
         async with aiohttp.ClientSession(
             timeout=timeout, connector=connector, auto_decompress=False
         ) as session:
-            await asyncio.gather(*(_pull(spec, session, nodes, i, start_at, conn) for i in range(spec.count)))
-        conn.send(("totals", _totals(nodes)))
+            pulled = await asyncio.gather(
+                *(_pull(spec, session, nodes, i, start_at, conn) for i in range(spec.count))
+            )
+        # Through the swarm the peers count what came from where; straight from the
+        # registry, every byte came from upstream.
+        totals = _totals(nodes) if spec.mode != "direct" else {"bytes from upstream": float(sum(pulled))}
+        conn.send(("totals", totals))
         while (await _recv(conn))[0] != "stop":
             pass
     finally:
         for node in nodes:
             with contextlib.suppress(Exception):
                 await node.stop()
+        if log is not None:
+            await log.stop()
         conn.send(("stopped",))
 
 
@@ -108,6 +140,9 @@ def _peer_config(spec: WorkerSpec, index: int) -> PeerConfig:
         upload_limit=bandwidth,
         download_limit=bandwidth,
         peer_id=f"node{index}",
+        preheat=False,
+        blob_transport="bittorrent" if spec.mode == "bittorrent" else "http",
+        torrent=SURGE_TORRENT if spec.mode == "bittorrent" else None,
     )
 
 
@@ -118,21 +153,25 @@ async def _pull(
     local: int,
     start_at: float,
     conn: Connection,
-) -> None:
+) -> int:
+    """One node's pull; the blob bytes it received."""
     index = spec.first + local
     error = None
+    received = 0
     try:
-        if spec.mode == "p2p":
+        if spec.mode != "direct":
             proxy = nodes[local].proxy
             if proxy is None:
                 raise RuntimeError("a surge node runs without its registry proxy")
-            await pull_image(session, proxy.url, REPOSITORY, TAG, ns=spec.registry)
+            received = (await pull_image(session, proxy.url, REPOSITORY, TAG, ns=spec.registry)).bytes
         else:
             limiter = RateLimiter(spec.node_bandwidth)  # the node's own download link
-            await pull_image(session, f"http://{spec.registry}", REPOSITORY, TAG, limiter=limiter)
+            pulled = await pull_image(session, f"http://{spec.registry}", REPOSITORY, TAG, limiter=limiter)
+            received = pulled.bytes
     except PullFailed as exc:
         error = str(exc)
     conn.send(("done", index, time.time() - start_at, error))
+    return received
 
 
 def _totals(nodes: list[NodeDaemon]) -> dict[str, float]:
@@ -140,7 +179,7 @@ def _totals(nodes: list[NodeDaemon]) -> dict[str, float]:
     totals: dict[str, float] = {}
     for node in nodes:
         registry = node.peer.metrics.registry
-        for source in ("peer", "seed", "upstream"):
+        for source in ("peer", "seed", "upstream", "bittorrent"):
             key = f"bytes from {source}"
             totals[key] = totals.get(key, 0.0) + sample(
                 registry, "swarmpull_peer_download_bytes_total", source=source

@@ -8,6 +8,7 @@ from pathlib import Path
 from peer.policy import PolicyConfig
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.origin import UpstreamConfig
+from swarmpull.edges.torrent import TorrentConfig
 from swarmpull.edges.transport import TransportConfig
 
 DEFAULT_API = HostPort("127.0.0.1", 65000)
@@ -62,6 +63,16 @@ class PeerConfig:
     """Identity in the swarm; default: generated once and kept in data_dir."""
     registry_ca: Path | None = None
     """Extra CA certificates (PEM) trusted for upstreams, when fetching directly."""
+    torrent: TorrentConfig | None = field(default_factory=TorrentConfig)
+    """The node's libtorrent session (preheat; warm blobs with ``blob_transport``);
+    None: no BitTorrent on this node."""
+    preheat_limit: int | None = DEFAULT_UPLOAD_LIMIT // 4
+    """Bytes per second preheat traffic uses at most, each way; None: no cap."""
+    blob_transport: str = "http"
+    """How pulls fetch a blob the seed holds whole: ``http`` (the scheduled swarm) or
+    ``bittorrent`` (libtorrent, and the HTTP swarm when no torrent is offered)."""
+    preheat: bool = True
+    """Take part in preheats (with a supernode and BitTorrent)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
@@ -77,5 +88,9 @@ class PeerConfig:
             raise ValueError("max_direct must be at least 1")
         if not 0.0 <= self.min_free < 1.0:
             raise ValueError("min_free is a share of the disk, from 0 to below 1")
+        if self.blob_transport not in ("http", "bittorrent"):
+            raise ValueError("blob_transport is http or bittorrent")
+        if self.preheat_limit is not None and self.preheat_limit < 1024:
+            raise ValueError("preheat_limit must be at least 1 KiB/s (or none)")
         if self.cache_size is not None and self.cache_size <= 0:
             raise ValueError("cache_size must be positive")

@@ -8,6 +8,7 @@ globals, one metrics registry per daemon, nothing started by the constructor.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -23,14 +24,19 @@ from peer.control import Control
 from peer.download import DownloadContext, DownloadState, TaskDownload
 from peer.link import SupernodeLink
 from peer.metrics import PeerMetrics
+from peer.preheat import Preheater
 from peer.reader import read_blob
+from peer.rest import SupernodeRest
 from peer.scrub import scrub
 from peer.slots import DownloadSlots
+from peer.torrents import RateCaps, TorrentTransport
 from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.clock import Clock, SystemClock
+from swarmpull.core.events import NO_EVENTS, EventSink, Tagged
 from swarmpull.core.protocol import PEER_ID_RE, PeerRegistration
+from swarmpull.core.rates import Priority
 from swarmpull.edges.daemon import gather_cancel
-from swarmpull.edges.http import advertised_url, start_site, tls_context
+from swarmpull.edges.http import HostPort, advertised_url, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import PieceStore, StoredBlob
@@ -42,9 +48,10 @@ log = logging.getLogger(__name__)
 class PeerDaemon:
     """Construct, ``await start()``, ``ensure()`` blobs; ``await stop()`` (safe twice)."""
 
-    def __init__(self, config: PeerConfig, clock: Clock | None = None) -> None:
+    def __init__(self, config: PeerConfig, clock: Clock | None = None, events: EventSink = NO_EVENTS) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        self._events = events
         self.metrics = PeerMetrics()
         self.peer_id = ""
         self.address: str | None = None  # where other peers fetch our pieces
@@ -52,6 +59,8 @@ class PeerDaemon:
         self.store: PieceStore | None = None
         self.control: Control | None = None
         self.piece_server: PieceServer | None = None
+        self.torrents: TorrentTransport | None = None
+        self._foreground = 0  # downloads a client waits for, under way
         self._session: aiohttp.ClientSession | None = None
         self._client: PieceClient | None = None
         self._context: DownloadContext | None = None
@@ -97,6 +106,7 @@ class PeerDaemon:
             )
             self.control = Control(link, store, registration, self.clock)
             self._background.append(asyncio.create_task(self.control.run(), name="control"))
+            await self._start_torrents(store)
         counters = self.metrics.transfers
         download_limiter = RateLimiter(
             config.download_limit, self.clock, on_wait=counters.limiter_wait.labels("download").inc
@@ -118,12 +128,40 @@ class PeerDaemon:
             self.clock,
             DownloadSlots(config.download_slots),
             asyncio.Semaphore(config.max_direct),
+            Tagged(self._events, "peer", self.peer_id),
+            self.torrents,
         )
         if config.scrub_rate is not None and any(b.unchecked for b in store.blobs()):
             self._background.append(
                 asyncio.create_task(scrub(store, config.scrub_rate, self.metrics), name="scrub")
             )
         log.info("peer %s serving pieces at %s, API at %s", self.peer_id, self.address, self.api_url)
+
+    async def _start_torrents(self, store: PieceStore) -> None:
+        """The node's libtorrent session, on the host of its piece server unless told."""
+        config = self.config
+        if config.torrent is None or not config.supernodes:
+            return
+        torrent = config.torrent
+        if torrent.listen is None:
+            host = config.listen.host if config.listen is not None else "127.0.0.1"
+            torrent = dataclasses.replace(torrent, listen=HostPort(host, 0))
+        assert self._session is not None and self.control is not None
+        rest = SupernodeRest(self._session, config.supernodes, self.peer_id, config.request_timeout)
+        self.torrents = TorrentTransport(
+            torrent,
+            store,
+            rest,
+            config.data_dir / "torrents",
+            self.metrics,
+            full=RateCaps(config.upload_limit, config.download_limit),
+            background=RateCaps(config.preheat_limit, config.preheat_limit),
+            control=self.control,
+        )
+        await self.torrents.start()
+        if config.preheat:
+            preheater = Preheater(rest, self.torrents, store, self.control, self.clock)
+            self._background.append(asyncio.create_task(preheater.run(), name="preheat"))
 
     async def _start_servers(self, store: PieceStore) -> None:
         config = self.config
@@ -153,6 +191,9 @@ class PeerDaemon:
         self._downloads.clear()
         await gather_cancel(*self._background)
         self._background.clear()
+        if self.torrents is not None:
+            await self.torrents.stop()
+            self.torrents = None
         if self.control is not None:
             await self.control.leave()
             self.control = None
@@ -183,7 +224,15 @@ class PeerDaemon:
         run = asyncio.create_task(download.run(), name=f"download-{request.task_id[:20]}")
         self._runs.add(run)
         run.add_done_callback(lambda done: self._ended(download, done))
+        if request.priority is Priority.FOREGROUND:
+            self._foreground_changed(+1)
         return download
+
+    def _foreground_changed(self, delta: int) -> None:
+        """A pull a client waits on started or ended: preheat waits while any runs."""
+        self._foreground += delta
+        if self.torrents is not None:
+            self.torrents.hold_background(self._foreground > 0)
 
     async def read(
         self, request: BlobRequest, start: int = 0, end: int | None = None
@@ -203,12 +252,16 @@ class PeerDaemon:
 
     def _ended(self, download: TaskDownload, run: asyncio.Task[None]) -> None:
         self._runs.discard(run)
+        if download.request.priority is Priority.FOREGROUND:
+            self._foreground_changed(-1)
         if self._downloads.get(download.task_id) is download and download.state is DownloadState.COMPLETE:
             del self._downloads[download.task_id]  # the store answers for it from now on
 
     def _evicted(self, task_id: str) -> None:
         if self.control is not None:
             self.control.dropped(task_id)
+        if self.torrents is not None:
+            self.torrents.evicted(task_id)
 
     def _corrupt(self, blob: StoredBlob, piece: int) -> None:
         self.metrics.blobs.labels("corrupt").inc()

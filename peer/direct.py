@@ -50,17 +50,26 @@ async def read_direct(
     blob: StoredBlob | None,
     create: Callable[[int, int], StoredBlob],
     expect: Callable[[Digest], None],
+    read: list[int] | None = None,
 ) -> StoredBlob:
     """Read what ``blob`` lacks (all of it when None) from the request's URL; record the
-    pieces once the whole digest matched. Raises UpstreamError."""
+    pieces once the whole digest matched. Raises UpstreamError. ``read[0]`` counts the
+    bytes read from upstream (for the events log), whether or not the read succeeds."""
     events = _DirectEvents(create, expect)
+    counter = metrics.download_bytes.labels("upstream")
+
+    def on_bytes(size: int) -> None:
+        counter.inc(size)
+        if read is not None:
+            read[0] += size
+
     fetch = UpstreamFetch(
         session,
         lambda: (request.url, request.headers),
         expected,
         events,
         config.upstream,
-        on_bytes=metrics.download_bytes.labels("upstream").inc,
+        on_bytes=on_bytes,
     )
     blob = await fetch.run(blob)
     for piece, sha in sorted(events.pieces.items()):

@@ -30,10 +30,12 @@ from peer.link import LinkError, SupernodeUnavailable
 from peer.metrics import PeerMetrics
 from peer.slots import DownloadSlots
 from peer.swarm import SupernodeGone, SwarmFetch, TaskForgotten
+from peer.torrents import TorrentTransport, TorrentUnavailable
 from swarmpull.core.bitfield import to_text
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.clock import Clock
 from swarmpull.core.digest import Digest
+from swarmpull.core.events import EventSink
 from swarmpull.core.protocol import OpenTask, TaskInfo
 from swarmpull.core.tasks import redact_url
 from swarmpull.edges.origin import UpstreamError
@@ -73,6 +75,8 @@ class DownloadContext:
     clock: Clock
     slots: DownloadSlots
     direct_slots: asyncio.Semaphore
+    events: EventSink
+    torrents: TorrentTransport | None = None
 
 
 class TaskDownload:
@@ -139,9 +143,17 @@ class TaskDownload:
             blob = ctx.store.get(self.task_id)
             if blob is not None:
                 self._adopt(blob)
+            if blob is None:
+                blob = await self._by_torrent()
             if blob is None or not blob.complete:
+                started = ctx.clock.monotonic()
+                url = redact_url(self.request.url)
+                ctx.events.emit("task_opened", task=self.task_id, url=url, digest=_text(self.request.digest))
                 await self._fetch()
                 await self._finish()
+                size = self.blob.meta.size if self.blob else None
+                seconds = round(ctx.clock.monotonic() - started, 4)
+                ctx.events.emit("task_finished", task=self.task_id, ok=True, size=size, seconds=seconds)
             self.state = DownloadState.COMPLETE
             ctx.metrics.blobs.labels("complete").inc()
         except DownloadFailed as exc:
@@ -165,10 +177,25 @@ class TaskDownload:
         self.state = DownloadState.FAILED
         self.error = exc
         self._ctx.metrics.blobs.labels("failed").inc()
+        self._ctx.events.emit("task_finished", task=self.task_id, ok=False, error=str(exc))
         blob = self.blob
         if exc.cache_full and blob is not None and not blob.complete:
             self._ctx.store.remove(self.task_id)  # its space back at once
         log.warning("download of %s failed: %s", redact_url(self.request.url), exc)
+
+    async def _by_torrent(self) -> StoredBlob | None:
+        """The whole blob over BitTorrent, when this node pulls that way and the seed offers
+        a torrent for it; None: the HTTP swarm it is."""
+        ctx = self._ctx
+        if ctx.torrents is None or ctx.config.blob_transport != "bittorrent" or self.request.digest is None:
+            return None
+        try:
+            blob = await asyncio.shield(ctx.torrents.fetch(self.task_id, self.request.priority))
+        except TorrentUnavailable as exc:
+            log.info("no torrent for %s, pulling over HTTP: %s", self.task_id, exc)
+            return None
+        self._adopt(blob)
+        return blob
 
     async def _fetch(self) -> None:
         ctx = self._ctx
@@ -197,6 +224,7 @@ class TaskDownload:
                 ctx.config.download_limit,
                 self._notify,
                 ctx.config.fallback_grace,
+                ctx.events,
             )
             try:
                 await swarm.run()
@@ -295,7 +323,9 @@ class TaskDownload:
         async with ctx.direct_slots:
             self.direct = True
             ctx.metrics.fallbacks.inc()
+            ctx.events.emit("fallback", task=self.task_id, reason=why)
             log.warning("fetching %s directly from upstream: %s", redact_url(self.request.url), why)
+            read = [0]
             try:
                 blob = await read_direct(
                     ctx.session,
@@ -306,11 +336,14 @@ class TaskDownload:
                     self.blob,
                     self._create,
                     self._expect,
+                    read,
                 )
             except UpstreamError as exc:
                 if exc.definitive and self.blob is not None:  # what we hold does not fit upstream
                     ctx.store.remove(self.task_id)
                 raise DownloadFailed(str(exc), exc.status) from None
+            finally:
+                ctx.events.emit("upstream_read", task=self.task_id, bytes=read[0])
             if self.blob is None:
                 self._adopt(blob)
         self._notify()
@@ -369,3 +402,7 @@ class TaskDownload:
             await asyncio.to_thread(blob.mark_complete, str(actual), flush=False)
         except StoreError as exc:
             raise DownloadFailed(f"could not record the blob as complete: {exc}", cache_full=True) from None
+
+
+def _text(digest: Digest | None) -> str | None:
+    return str(digest) if digest is not None else None

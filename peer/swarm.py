@@ -26,6 +26,7 @@ from peer.slots import DownloadSlots
 from swarmpull.core.bitfield import BitfieldError, from_text, to_text
 from swarmpull.core.blobs import DownloadFailed
 from swarmpull.core.clock import Clock
+from swarmpull.core.events import EventSink
 from swarmpull.core.failures import FailureReason
 from swarmpull.core.protocol import ParentInfo, ParentStats, ReportAnswer, TaskInfo, TaskReport
 from swarmpull.core.rates import Priority
@@ -85,8 +86,10 @@ class SwarmFetch:
         download_rate: float | None,
         on_progress: Callable[[], None],
         give_up_after: float,
+        events: EventSink,
     ) -> None:
         self.blob = blob
+        self._events = events
         self.task_id = blob.task_id
         self._control = control
         self._client = client
@@ -118,6 +121,7 @@ class SwarmFetch:
         self._last_progress = clock.monotonic()
         self.digest: str | None = None
         self._report_in = info.report_in
+        self._told_complete = False  # the last report built said we hold every piece
         self._set_parents(info.parents)
 
     async def run(self) -> None:
@@ -192,12 +196,14 @@ class SwarmFetch:
         except PieceFetchError as exc:
             writer.abort()
             self._metrics.pieces.labels("failed").inc()
+            self._failed_event(piece, parent_id, exc.reason)
             log.debug("piece %d from %s: %s", piece, parent_id, exc)
             policy.failed(piece, parent_id, exc.reason, self._clock.monotonic())
             return
         except PieceCorrupt as exc:
             writer.abort()
             self._metrics.pieces.labels("corrupt").inc()
+            self._failed_event(piece, parent_id, FailureReason.CORRUPT)
             log.warning("corrupt piece from %s (%s): %s", parent_id, parent.info.address, exc)
             policy.failed(piece, parent_id, FailureReason.CORRUPT, self._clock.monotonic())
             return
@@ -219,12 +225,26 @@ class SwarmFetch:
         if fetched.map is not None:
             self._update_view(parent, fetched.map)
         self._last_progress = now
+        self._events.emit(
+            "piece_finished",
+            task=self.task_id,
+            piece=piece,
+            source=parent_id,
+            seed=parent.info.seed,
+            bytes=writer.length,
+            seconds=round(now - started, 4),
+        )
         self._metrics.pieces.labels("verified").inc()
         self._metrics.download_bytes.labels(kind).inc(writer.length)
         self._metrics.transfers.download_wire_bytes.labels(kind).inc(fetched.wire)
         if fetched.saved:
             self._metrics.transfers.saved.labels("download").inc(fetched.saved)
         self._on_progress()
+
+    def _failed_event(self, piece: int, parent_id: str, reason: FailureReason) -> None:
+        self._events.emit(
+            "piece_failed", task=self.task_id, piece=piece, source=parent_id, reason=reason.value
+        )
 
     # --------------------------------------------------------------- parents
 
@@ -315,6 +335,7 @@ class SwarmFetch:
         now = self._clock.monotonic()
         reports, dropped, bad = self.policy.take_report(now)
         stats = [ParentStats(p, r.bytes, r.seconds, r.failures, r.reason) for p, r in reports.items()]
+        self._told_complete = self.blob.all_verified
         return TaskReport(self.task_id, to_text(self.blob.have, self._count), stats, dropped, bad)
 
     def _answered(self, answer: ReportAnswer | LinkError) -> None:
@@ -329,8 +350,10 @@ class SwarmFetch:
             self._wake.set()
             return
         self._unreachable_since = None
-        if self.blob.all_verified:
+        if self._told_complete:
             self._control.unwatch(self.task_id)  # the report that says we are complete is in
+        elif self.blob.all_verified:  # completed while this report was on its way: say so
+            self._control.report_soon(self.task_id)
         if answer.state == "failed":
             self._failed = DownloadFailed(answer.error or "the supernode failed this task")
         else:

@@ -24,10 +24,10 @@ from aiohttp import web
 
 from registry_proxy.errors import OciError
 from registry_proxy.paths import DistributionPath
-from registry_proxy.registries import Upstream
-from registry_proxy.registry_client import RegistryClient
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.rates import Priority
+from swarmpull.edges.registry import RegistryError, Upstream
+from swarmpull.edges.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ async def get_blob(
             held = chunk
         if hasher is not None and hasher.hexdigest() != digest.hex:
             raise _Mismatch(f"content of {digest} hashes to sha256:{hasher.hexdigest()}")
-    except OciError:
+    except (OciError, RegistryError):
         if not resp.prepared:
             raise
         _cut(request, f"{digest}: upstream failed mid-transfer")

@@ -6,6 +6,8 @@ import json
 
 from aiohttp import web
 
+from swarmpull.edges.registry import RegistryError
+
 
 class OciError(Exception):
     """An error to answer as ``{"errors": [{"code", "message", "detail"}]}``."""
@@ -15,6 +17,13 @@ class OciError(Exception):
         self.status = status
         self.code = code
         self.headers = headers or {}
+
+    @classmethod
+    def of(cls, exc: RegistryError) -> OciError:
+        """What the client hears when the registry failed us."""
+        return cls(
+            exc.status, exc.code, str(exc), {"WWW-Authenticate": exc.challenge} if exc.challenge else None
+        )
 
     def response(self) -> web.Response:
         body = {"errors": [{"code": self.code, "message": str(self), "detail": None}]}

@@ -13,16 +13,11 @@ anything else is a clean 4xx with an OCI error body.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 
 from registry_proxy.errors import OciError, digest_invalid, name_invalid, unsupported
 from swarmpull.core.digest import Digest, DigestError
-
-_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z")
-TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}\Z")
-MAX_NAME = 255
+from swarmpull.core.oci import MAX_NAME, NAME_RE, TAG_RE
 
 
 class Kind(enum.Enum):

@@ -15,21 +15,21 @@ import logging
 import aiohttp
 from aiohttp import web
 
-from registry_proxy.auth import Authenticator, Credentials
 from registry_proxy.blobs import BlobQuery, BlobSource, get_blob, head_blob
 from registry_proxy.config import ProxyConfig
 from registry_proxy.errors import OciError, unsupported
 from registry_proxy.paths import DistributionPath, Kind, parse_path
-from registry_proxy.registries import Registries, Upstream
-from registry_proxy.registry_client import RegistryClient
 from swarmpull.core.clock import Clock, SystemClock
+from swarmpull.core.oci import MAX_MANIFEST
 from swarmpull.edges.http import PEER_HEADER, start_site, tls_context
+from swarmpull.edges.registry import Registries, RegistryError, Upstream
+from swarmpull.edges.registry.auth import Authenticator, Credentials
+from swarmpull.edges.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 _MANIFEST_HEADERS = ("Content-Type", "Docker-Content-Digest", "ETag", "Last-Modified")
-MAX_MANIFEST = 4 << 20
 
 
 class RegistryProxy:
@@ -39,8 +39,9 @@ class RegistryProxy:
         self.config = config
         self._source = source
         self._clock = clock or SystemClock()
-        self._registries = Registries(config.default_registry, config.insecure_registries)
-        self._credentials = Credentials.load(config.credentials)
+        options = config.registry
+        self._registries = Registries(options.default_registry, options.insecure_registries)
+        self._credentials = Credentials.load(options.credentials)
         self._session: aiohttp.ClientSession | None = None
         self._client: RegistryClient | None = None
         self._runner: web.AppRunner | None = None
@@ -50,12 +51,11 @@ class RegistryProxy:
         return f"<RegistryProxy {self.url or 'stopped'}>"
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=64, ssl=tls_context(self.config.registry_ca))
+        options = self.config.registry
+        connector = aiohttp.TCPConnector(limit=64, ssl=tls_context(options.ca))
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         auth = Authenticator(self._session, self._credentials, self._clock)
-        self._client = RegistryClient(
-            self._session, auth, self.config.request_timeout, self.config.stall_timeout
-        )
+        self._client = RegistryClient(self._session, auth, options.request_timeout, self.config.stall_timeout)
         app = web.Application()
         app.router.add_route("GET", "/v2{tail:.*}", self.handle)
         app.router.add_route("HEAD", "/v2{tail:.*}", self.handle)
@@ -63,7 +63,9 @@ class RegistryProxy:
         self._runner, bound = await start_site(app, self.config.listen)
         self.url = bound.url()
         log.info(
-            "registry proxy listening on %s (default upstream %s)", self.url, self.config.default_registry
+            "registry proxy listening on %s (default upstream %s)",
+            self.url,
+            self.config.registry.default_registry,
         )
 
     async def stop(self) -> None:
@@ -92,7 +94,7 @@ class RegistryProxy:
             path = parse_path(request.path)
             if path.kind is Kind.BASE:
                 return web.json_response({}, headers=API_VERSION)
-            upstream = self._registries.resolve(request.query.get("ns"))
+            upstream = self._upstream(request.query.get("ns"))
             if path.kind is Kind.MANIFEST:
                 return await self._manifest(request, path, upstream)
             query = BlobQuery(path, upstream, request.headers.get("Authorization"))
@@ -101,6 +103,14 @@ class RegistryProxy:
             return await get_blob(request, self.client, query, self._source)
         except OciError as exc:
             return exc.response()
+        except RegistryError as exc:
+            return OciError.of(exc).response()
+
+    def _upstream(self, ns: str | None) -> Upstream:
+        try:
+            return self._registries.resolve(ns)
+        except ValueError as exc:
+            raise OciError(400, "NAME_INVALID", str(exc)) from None
 
     async def _manifest(
         self, request: web.Request, path: DistributionPath, upstream: Upstream

@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supernode.dashboard.auth import check_token
 from supernode.origin_limits import OriginLimit
 from supernode.scheduler import SchedulerConfig
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.origin import UpstreamConfig
+from swarmpull.edges.registry import RegistryOptions
+from swarmpull.edges.torrent import TorrentConfig, Transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +35,19 @@ class SupernodeConfig:
     """Bytes per second the seed serves to peers, all together; None: no limit."""
     origin_limits: tuple[OriginLimit, ...] = ()
     """Per-upstream caps on connections and bandwidth for back-to-source reads."""
-    registry_ca: Path | None = None
-    """Extra CA certificates (PEM) trusted for upstream registries."""
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+    """How upstream registries are reached (for the nodes' manifests, and preheat)."""
+    tag_ttl: float = 5.0
+    """Seconds a tag's resolution stands for the whole cluster before the registry is
+    asked again."""
+    tag_stale: float = 3600.0
+    """Seconds an older resolution still answers while the registry is unavailable
+    (unreachable, 429, 5xx), with a warning in the log."""
+    auth_cache_ttl: float = 60.0
+    """Seconds a node credential's pull rights on a repository stand once the registry
+    confirmed them (one HEAD per credential and repository)."""
+    manifest_cache: int = 64 << 20
+    """Bytes of verified manifests kept in memory (least recently used go first)."""
     direct_per_task: int = 4
     """Peers allowed to read a task's upstream directly after the supernode failed to."""
     redis_url: str | None = None
@@ -69,6 +83,13 @@ class SupernodeConfig:
     """Seconds between scheduler time events (timeouts, expiries)."""
     seed_id: str = "seed"
     """This supernode's id as a piece source."""
+    ui_token: str | None = field(default=None, repr=False)
+    """The operators' token for the dashboard at /ui/ (every replica the same); None: no
+    dashboard."""
+    ui_interval: float = 1.0
+    """Seconds between two dashboard updates (each costs the same whoever watches)."""
+    torrent: TorrentConfig = field(default_factory=lambda: TorrentConfig(transport=Transport.BOTH))
+    """The seed's libtorrent session (its listen host defaults to the API's)."""
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -87,6 +108,12 @@ class SupernodeConfig:
             raise ValueError("lease_ttl must be at least three tick intervals")
         if self.heartbeat_interval * 2 >= self.scheduler.peer_timeout:
             raise ValueError("peer_timeout must exceed two heartbeat intervals")
+        if self.ui_token is not None:
+            check_token(self.ui_token)
+        if self.ui_interval <= 0:
+            raise ValueError("ui_interval must be positive")
+        if not 0 < self.tag_ttl <= self.tag_stale or self.auth_cache_ttl <= 0:
+            raise ValueError("tag_ttl and auth_cache_ttl must be positive, tag_stale at least tag_ttl")
         if self.channel_ping <= 0:
             raise ValueError("channel_ping must be positive")
         if self.heartbeat_rate <= 0 or self.heartbeat_max < self.heartbeat_interval:

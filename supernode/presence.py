@@ -1,9 +1,9 @@
 """Which peers are here: registrations, control channels, liveness, departures.
 
-The one writer of the peers' addresses and of who has a control channel open. A peer is
-alive while its channel is open, or while it calls (a report counts as a heartbeat);
-one silent for ``peer_timeout`` is dropped from the scheduler, and with it from every
-task's parents. A peer registered at another replica is made known here from the
+The one writer of the peers' addresses and labels (zone, rack) and of who has a control
+channel open. A peer is alive while its channel is open, or while it calls (a report
+counts as a heartbeat); one silent for ``peer_timeout`` is dropped from the scheduler,
+and with it from every task's parents. A peer registered at another replica is made known here from the
 cluster on its first call.
 """
 
@@ -17,6 +17,7 @@ from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
 from supernode.pacing import heartbeat_interval
 from supernode.scheduler import Events, Scheduler, UnknownPeer
+from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.core.protocol import PeerRegistration, parse_peer_registration
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,16 @@ class Presence:
         cluster: ClusterState,
         monotonic: Callable[[], float],
         metrics: SupernodeMetrics,
+        events: EventSink = NO_EVENTS,
     ) -> None:
         self._config = config
         self._scheduler = scheduler
         self._cluster = cluster
         self._monotonic = monotonic
         self._metrics = metrics
+        self._events = events
         self._addresses: dict[str, str | None] = {}
+        self._labels: dict[str, tuple[str | None, str | None]] = {}  # peer -> (zone, rack)
         self._channels: dict[str, int] = {}  # peers with a control channel open
         self.heard: set[str] = set()  # peers heard since the cluster was last told
 
@@ -51,7 +55,8 @@ class Presence:
             capacity=reg.upload_rate,
         )
         self._addresses[reg.peer_id] = reg.address
-        self.log_events(events)
+        self._labels[reg.peer_id] = (reg.zone, reg.rack)
+        self.log_events(events, why="rejoined")
 
     async def ensure(self, peer_id: str) -> None:
         """Known here, or made known from the cluster; raises UnknownPeer otherwise (the
@@ -78,11 +83,23 @@ class Presence:
             self._channels.pop(peer_id, None)
 
     def leave(self, peer_id: str) -> None:
-        self._addresses.pop(peer_id, None)
-        self.log_events(self._scheduler.peer_left(peer_id, self._monotonic()))
+        self._forget(peer_id)
+        self.log_events(self._scheduler.peer_left(peer_id, self._monotonic()), why="left")
 
     def address(self, peer_id: str) -> str | None:
         return self._addresses.get(peer_id)
+
+    def has_channel(self, peer_id: str) -> bool:
+        """Whether the peer has a control channel open here (status pages)."""
+        return peer_id in self._channels
+
+    def labels(self, peer_id: str) -> tuple[str | None, str | None]:
+        """A peer's (zone, rack), as it registered."""
+        return self._labels.get(peer_id, (None, None))
+
+    def _forget(self, peer_id: str) -> None:
+        self._addresses.pop(peer_id, None)
+        self._labels.pop(peer_id, None)
 
     def heartbeat_interval(self) -> float:
         return heartbeat_interval(self._scheduler.peer_count(), self._config)
@@ -99,13 +116,18 @@ class Presence:
         self.log_events(scheduler.expire(now))
         self._metrics.peers.set(len(self._addresses))
 
-    def log_events(self, events: Events) -> None:
+    def log_events(self, events: Events, why: str = "dropped") -> None:
+        """Log what the scheduler did besides answering, and write it to the events log
+        (``why`` the peers it dropped left)."""
         if not (events.dropped or events.quarantined or events.degraded):
             return
         for peer_id in events.dropped:
-            self._addresses.pop(peer_id, None)
-            log.info("peer %s dropped", peer_id)
+            self._forget(peer_id)
+            self._events.emit("peer_left", peer=peer_id, why=why)
+            log.info("peer %s %s", peer_id, why)
         for peer_id in events.quarantined:
+            self._events.emit("quarantined", peer=peer_id)
             log.warning("peer %s quarantined: it served corrupt pieces", peer_id)
         for peer_id in events.degraded:
+            self._events.emit("degraded", peer=peer_id)
             log.warning("peer %s degraded: it fails or is far slower than its peers", peer_id)

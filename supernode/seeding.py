@@ -24,6 +24,7 @@ from supernode.scheduler import Scheduler
 from supernode.seed_task import SeedTask, Source, TaskState
 from swarmpull.core.clock import Clock
 from swarmpull.core.digest import Digest
+from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.core.geometry import choose_piece_size
 from swarmpull.core.signing import Signer, keys_to_json
 from swarmpull.core.tasks import redact_url
@@ -46,9 +47,11 @@ class Seeding:
         signer: Signer,
         cluster: ClusterState,
         metrics: SupernodeMetrics,
+        events: EventSink = NO_EVENTS,
     ) -> None:
         self.config = config
         self.store = store
+        self.events = events
         self.tasks: dict[str, SeedTask] = {}
         self._session = session
         self._clock = clock
@@ -123,6 +126,7 @@ class Seeding:
         task.error, task.error_status = message, status
         task.failed_at = self._clock.monotonic()
         self._metrics.tasks.labels("failed").inc()
+        self.events.emit("task_finished", task=task.id, ok=False, error=message)
         if not task.ready.done():
             task.ready.set_result(None)
         self._scheduler.remove_task(task.id)
@@ -244,6 +248,7 @@ class Seeding:
             return
         blob.record(index, sha, self._signer.piece(task.id, index, sha))
         self._scheduler.piece_seeded(task.id, index)
+        self.events.emit("upstream_read", task=task.id, piece=index, bytes=blob.geometry.length(index))
         if self._cluster.shared:
             self._stage(task, blob, index, sha)
 
@@ -280,6 +285,9 @@ class Seeding:
                     return
             task.state = TaskState.SEEDED
             self._metrics.tasks.labels("seeded").inc()
+            size = blob.meta.size if blob else None
+            digest = str(task.digest) if task.digest else None
+            self.events.emit("task_finished", task=task.id, ok=True, size=size, digest=digest)
             log.info("task %s seeded (%d bytes)", task.id, blob.meta.size if blob else 0)
             return
         if isinstance(exc, UpstreamError | StoreFull | StoreError):

@@ -2,32 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import ipaddress
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import Gauge
 
 from supernode.api import SupernodeApi, errors_as_json
 from supernode.cluster import ClusterState
 from supernode.cluster.memory import LocalCluster
 from supernode.cluster.redis import RedisCluster
 from supernode.config import SupernodeConfig
+from supernode.dashboard import Dashboard, DashboardFeed, Survey, UiAuth
 from supernode.metrics import SupernodeMetrics
 from supernode.origin_limits import OriginLimits
+from supernode.preheat.api import PreheatApi
+from supernode.preheat.service import Preheats
 from supernode.scheduler import Scheduler
 from supernode.seeding import Seeding
 from supernode.service import SupernodeService
+from supernode.torrent_api import TorrentApi
+from supernode.torrents import SeedTorrents
 from swarmpull.core.clock import Clock, SystemClock
+from swarmpull.core.events import NO_EVENTS, EventSink, Tagged
 from swarmpull.core.signing import Signer
 from swarmpull.core.tasks import redact_url
-from swarmpull.edges.http import MAX_JSON_BODY, advertised_url, bind, start_site, tls_context
-from swarmpull.edges.metrics import metrics_route
+from swarmpull.core.tracker import Endpoint, Tracker
+from swarmpull.edges.http import MAX_JSON_BODY, HostPort, advertised_url, bind, start_site, tls_context
+from swarmpull.edges.metrics import metrics_route, sample
 from swarmpull.edges.ratelimit import RateLimiter
+from swarmpull.edges.registry import RegistryAccess
 from swarmpull.edges.store import PieceStore
+from swarmpull.edges.torrent import TorrentSession
 from swarmpull.edges.transport import PieceServer
 
 log = logging.getLogger(__name__)
@@ -36,9 +51,12 @@ log = logging.getLogger(__name__)
 class Supernode:
     """Construct, ``await start()``, use ``url``; ``await stop()`` (safe twice)."""
 
-    def __init__(self, config: SupernodeConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: SupernodeConfig, clock: Clock | None = None, events: EventSink = NO_EVENTS
+    ) -> None:
         self.config = config
         self._clock = clock or SystemClock()
+        self._events = events
         self.metrics = SupernodeMetrics()
         self.url = ""
         self.service: SupernodeService | None = None
@@ -48,6 +66,9 @@ class Supernode:
         self._temp_dir: Path | None = None
         self._cluster: ClusterState | None = None
         self._pieces: PieceServer | None = None
+        self._feed: DashboardFeed | None = None
+        self.torrents: TorrentSession | None = None
+        self.preheats: Preheats | None = None
 
     def __repr__(self) -> str:
         return f"<Supernode {self.url or 'stopped'}>"
@@ -70,7 +91,7 @@ class Supernode:
         store.keep_free(config.min_free)
         signer = _signing_key(data_dir / "signing-key.pem")
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, ssl=tls_context(config.registry_ca)),
+            connector=aiohttp.TCPConnector(limit=256, ssl=tls_context(config.registry.ca)),
             auto_decompress=False,
         )
         limiter = RateLimiter(
@@ -85,13 +106,37 @@ class Supernode:
         cluster = self._cluster = self._connect_cluster()
         scheduler = Scheduler(config.scheduler)
         scheduler.add_seed(config.seed_id, config.seed_upload_limit)
-        seeding = Seeding(config, store, self._session, self._clock, scheduler, signer, cluster, self.metrics)
-        service = self.service = SupernodeService(
-            config, seeding, scheduler, cluster, signer, self._clock, self.url, self.metrics
+        events = Tagged(self._events, "supernode", self.url)
+        seeding = Seeding(
+            config, store, self._session, self._clock, scheduler, signer, cluster, self.metrics, events
         )
+        service = self.service = SupernodeService(
+            config, seeding, scheduler, cluster, signer, self._clock, self.url, self.metrics, events
+        )
+        auth = UiAuth(config.ui_token) if config.ui_token is not None else None
+        if auth is not None:
+            upstream = self.metrics.registry
+            survey = Survey(
+                self.url,
+                scheduler,
+                lambda: service.tasks,
+                service.traffic,
+                lambda: sample(upstream, "swarmpull_supernode_upstream_bytes_total"),
+                service.presence.has_channel,
+            )
+            self._feed = DashboardFeed(survey, cluster, self._clock, config.ui_interval)
+        seed_torrents = await self._start_torrents(store)
+        torrent_api = TorrentApi(seed_torrents, seed_torrents.tracker, scheduler.knows_peer, self._clock)
+        access = RegistryAccess(self._session, config.registry, self._clock)
+        preheats = self.preheats = Preheats(service, access, seed_torrents, self._clock, config.tick_interval)
         app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
         app.add_routes(
-            SupernodeApi(service).routes() + pieces.routes() + [metrics_route(self.metrics.registry)]
+            SupernodeApi(service).routes()
+            + pieces.routes()
+            + torrent_api.routes()
+            + PreheatApi(preheats, config.registry.default_registry).routes()
+            + [metrics_route(self.metrics.registry)]
+            + Dashboard(self._feed, auth).routes()
         )
         self._runner, _ = await start_site(app, sock, handler_cancellation=True)
         if cluster.shared and not await cluster.ping():
@@ -100,7 +145,32 @@ class Supernode:
                 redact_url(config.redis_url or ""),
             )
         await service.start()
+        await preheats.start()
+        if self._feed is not None:
+            await self._feed.start()
         log.info("supernode listening on %s (seed cache %s)", self.url, data_dir)
+
+    async def _start_torrents(self, store: PieceStore) -> SeedTorrents:
+        """The seed's libtorrent session, on the API's host unless told otherwise."""
+        config = self.config.torrent
+        if config.listen is None:
+            config = dataclasses.replace(config, listen=HostPort(self.config.listen.host, 0))
+        if config.upload_limit is None:  # the seed's cap holds for both of its transports
+            config = dataclasses.replace(config, upload_limit=self.config.seed_upload_limit)
+        session = self.torrents = TorrentSession(config, "seed-torrents")
+        await session.start()
+        assert session.listen is not None
+        seed = Endpoint(
+            await _address_of(urlsplit(self.url).hostname or session.listen.host), session.listen.port
+        )
+        torrents = SeedTorrents(store, session, Tracker(os.urandom(32)), seed, self.url)
+        store.on_evict = torrents.evicted
+        Gauge(
+            "swarmpull_supernode_torrent_upload_bytes",
+            "Payload bytes the seed sent over BitTorrent since its torrents were added",
+            registry=self.metrics.registry,
+        ).set_function(torrents.uploaded)
+        return torrents
 
     def _connect_cluster(self) -> ClusterState:
         config = self.config
@@ -111,6 +181,12 @@ class Supernode:
         return RedisCluster(client, self.url, config.lease_ttl, self._clock.monotonic, origins)
 
     async def stop(self) -> None:
+        if self._feed is not None:  # open pages end their streams first
+            await self._feed.stop()
+            self._feed = None
+        if self.preheats is not None:
+            await self.preheats.stop()
+            self.preheats = None
         if self.service is not None:
             await self.service.stop()
             self.service = None
@@ -119,6 +195,9 @@ class Supernode:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.torrents is not None:
+            await self.torrents.stop()
+            self.torrents = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -131,6 +210,15 @@ class Supernode:
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+async def _address_of(host: str) -> str:
+    """The IP address of ``host`` (a tracker hands out addresses, not names)."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        return str(infos[0][4][0])
 
 
 def _signing_key(path: Path) -> Signer:

@@ -16,15 +16,18 @@ import time
 
 from supernode.cluster import ClusterState, ClusterUnavailable, NotOwner
 from supernode.config import SupernodeConfig
+from supernode.dashboard.traffic import Traffic
 from supernode.metrics import SupernodeMetrics
 from supernode.pacing import report_interval
 from supernode.presence import Presence
-from supernode.scheduler import Parent, ParentReport, Scheduler, UnknownTask
+from supernode.scheduler import Parent, ParentReport, Scheduler, UnknownPeer, UnknownTask
 from supernode.seed_task import SeedTask, ShuttingDown, Source, TaskFailed, TaskState
 from supernode.seeding import Seeding
 from supernode.sync import ClusterSync
 from swarmpull.core.bitfield import BitfieldError, from_text, to_text
 from swarmpull.core.clock import Clock
+from swarmpull.core.digest import Digest
+from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.core.protocol import (
     Holding,
     OpenTask,
@@ -55,9 +58,12 @@ class SupernodeService:
         clock: Clock,
         seed_address: str,
         metrics: SupernodeMetrics,
+        events: EventSink = NO_EVENTS,
     ) -> None:
         self.config = config
         self.seeding = seeding
+        self.events = events
+        self.traffic = Traffic(config.seed_id)  # what reports say moved, for the dashboard
         self.scheduler = scheduler
         self.cluster = cluster
         self.metrics = metrics
@@ -68,7 +74,7 @@ class SupernodeService:
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = False
         self._rng = random.Random()
-        self.presence = Presence(config, scheduler, cluster, clock.monotonic, metrics)
+        self.presence = Presence(config, scheduler, cluster, clock.monotonic, metrics, events)
         self.sync = ClusterSync(
             cluster, seeding, scheduler, self, self.presence, clock.monotonic, config.tick_interval
         )
@@ -104,6 +110,7 @@ class SupernodeService:
             [(h.task_id, {"peer": reg.peer_id, "holding": h.to_json()}) for h in elsewhere]
         )
         self.presence.join(reg)
+        self.events.emit("peer_joined", peer=reg.peer_id, address=reg.address, zone=reg.zone, rack=reg.rack)
         for holding in reg.holdings:
             self.announce_holding(reg.peer_id, holding)
         log.info("peer %s joined from %s (%d holdings)", reg.peer_id, reg.address, len(reg.holdings))
@@ -190,6 +197,7 @@ class SupernodeService:
             have = 0  # held in another geometry: it starts afresh
         have &= self._vouched(task, have)
         parents = self.scheduler.join(task_id, req.peer_id, have, self._clock.monotonic())
+        self.events.emit("parents_assigned", task=task_id, peer=req.peer_id, parents=[p.id for p in parents])
         self.seeding.holds(task, req.peer_id, to_text(have, blob.geometry.count), have)
         return TaskInfo(
             task_id,
@@ -221,6 +229,8 @@ class SupernodeService:
             try:
                 lease = await self.cluster.claim(task_id)
                 record = await self.cluster.load(task_id)
+                url, digest = redact_url(req.url), str(req.digest) if req.digest else None
+                self.events.emit("task_opened", task=task_id, url=url, digest=digest, takeover=bool(record))
                 if record is None:
                     return self.seeding.create(task_id, source, req.digest, lease)
                 holders = await self._live_holders(task_id, record.holders, record.piece_size, record.size)
@@ -268,6 +278,8 @@ class SupernodeService:
         for stat in report.parents:
             if stat.failures and stat.reason is not None:
                 self.metrics.failures.labels(stat.reason.value).inc()
+        self.traffic.reported(task.id, peer_id, report.parents)
+        before = self.scheduler.parents_of(task.id, peer_id) if self.events.enabled else None
         parents, events = self.scheduler.report(
             task.id,
             peer_id,
@@ -278,12 +290,60 @@ class SupernodeService:
             bad=report.bad,
         )
         self.presence.log_events(events)
+        if before is not None and before != parents:
+            self.events.emit("parents_assigned", task=task.id, peer=peer_id, parents=[p.id for p in parents])
         self.metrics.reports.inc()
         self.seeding.holds(task, peer_id, report.have, have)
         state = "seeded" if task.state is TaskState.SEEDED else "running"
         # The keys came with the open; only a takeover adds any (an earlier owner's).
         keys = self._keys(task) if task.keys else []
         return ReportAnswer(self._wire(parents), state, self._report_interval(task), task.digest, None, keys)
+
+    # ----------------------------------------------------------------- preheat
+
+    def live_peers(self) -> dict[str, tuple[str | None, str | None]]:
+        """Registered peers that still heartbeat, with their (zone, rack)."""
+        return {p: self.presence.labels(p) for p in self.scheduler.peers()}
+
+    def peer_labels(self, peer_id: str) -> tuple[str | None, str | None]:
+        """A registered peer's (zone, rack); UnknownPeer if it is not registered."""
+        if not self.scheduler.knows_peer(peer_id):
+            raise UnknownPeer(peer_id)
+        return self.presence.labels(peer_id)
+
+    async def seed_blob(self, url: str, digest: Digest, headers: dict[str, str]) -> SeedTask:
+        """A blob read whole into the seed, as a first pull would read it (preheat):
+        the task once SEEDED with its blob complete; TaskFailed otherwise."""
+        if self._stopping:
+            raise ShuttingDown()
+        task_id = task_id_for(url, digest)
+        source = Source(url, dict(headers))
+        task = await self._claim(task_id, source, OpenTask("preheat", url, digest))
+        task.used_at = self._clock.monotonic()
+        if task.state is TaskState.PARTIAL:
+            task.sources = [source]
+            self.seeding.start_fetch(task)
+        while task.state in (TaskState.PENDING, TaskState.RUNNING):
+            if task.fetch is not None and not task.fetch.done():
+                await asyncio.wait([task.fetch])
+            else:
+                await asyncio.sleep(self.config.tick_interval)
+        if task.state is not TaskState.SEEDED or task.blob is None or not task.blob.complete:
+            raise TaskFailed(task.error or f"the seed could not read {task_id} whole", task.error_status)
+        return task
+
+    def holds_blob(self, peer_id: str, task_id: str) -> None:
+        """A peer holds a whole blob it fetched another way (BitTorrent): a source for
+        the HTTP swarm from now on."""
+        task = self._owned(task_id)
+        blob = task.blob if task else None
+        if blob is None or not self.scheduler.knows_peer(peer_id):
+            return
+        count = blob.geometry.count
+        have = (1 << count) - 1
+        self.announce_holding(
+            peer_id, Holding(task_id, blob.meta.size, blob.meta.piece_size, to_text(have, count))
+        )
 
     def status(self, task_id: str) -> dict[str, object]:
         task = self.tasks.get(task_id)
@@ -357,6 +417,7 @@ class SupernodeService:
         """Time advanced: expire silent peers, old failures and idle tasks."""
         self.presence.tick()
         now = self._clock.monotonic()
+        self.traffic.tidy(now, self.scheduler.peers, lambda: self.tasks)
         for task in list(self.tasks.values()):
             if task.state is TaskState.FAILED and now - task.failed_at > self.config.failed_task_ttl:
                 self.seeding.drop(task, "its failure expired")

@@ -5,7 +5,8 @@ owned task's batch through, which also renews the task's lease; it records which
 were heard here, takes as alive the peers heard at other replicas, and applies the events
 other replicas received for tasks owned here (a peer announcing what it holds, or
 dropping a blob). A task whose lease was taken or lapsed is dropped. With one supernode
-(``LocalCluster``) every one of these is a no-op that costs nothing.
+(``LocalCluster``) every one of these is a no-op that costs nothing. (The dashboard's
+views, ``sp:ui:*``, are not task state: ``supernode.dashboard.feed`` writes them.)
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
 - ``supernode``: the supernode's CPU through a whole surge of synthetic peers over HTTP.
 - ``tls``: mutual TLS against plain HTTP: piece throughput, JSON requests, handshakes.
 - ``dataplane``: one node receiving 1 GiB from one source, beside libtorrent.
+- ``background``: a preheat over uTP and over TCP beside business traffic on a shaped
+  link (network namespaces and tc: root only).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from loadtest.bench.background import run_background
 from loadtest.bench.dataplane import run_dataplane
 from loadtest.bench.limits import run_limits
 from loadtest.bench.supernode import run_supernode
@@ -26,6 +29,7 @@ BENCHMARKS: dict[str, Callable[[Any], Awaitable[str]]] = {
     "supernode": lambda args: run_supernode(args.peers, args.pieces, args.duration, args.tasks),
     "tls": lambda args: run_tls(),
     "dataplane": lambda args: run_dataplane(args.runs),
+    "background": lambda args: run_background(runs=args.runs),
 }
 
 

@@ -117,3 +117,8 @@ class ClusterState(Protocol):
         """Pass events (a peer's holdings, a dropped blob) to the owners of their tasks."""
 
     async def take_inbox(self, task_ids: list[str]) -> dict[str, list[dict[str, Any]]]: ...
+
+    async def exchange_views(self, view: bytes, watching: bool, ttl: float) -> tuple[list[bytes], bool]:
+        """The dashboard's: publish this replica's view (JSON, kept ``ttl`` seconds) and
+        read every live replica's, ours included; and whether a dashboard is open at any
+        replica (``watching`` says one is open here)."""

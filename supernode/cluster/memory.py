@@ -59,3 +59,6 @@ class LocalCluster:
 
     async def take_inbox(self, task_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         return {}
+
+    async def exchange_views(self, view: bytes, watching: bool, ttl: float) -> tuple[list[bytes], bool]:
+        return [view], watching

@@ -20,6 +20,9 @@ task's keys share a slot and each script touches one slot:
     sp:{T}:inbox   list: events other replicas pass to the owner (JSON)
     sp:peer:{P}    a peer's registration (JSON), readable by every replica
     sp:seen        sorted set: peer -> wall-clock time of its last heartbeat anywhere
+    sp:ui:view:{R} replica R's dashboard view (JSON), expires after a few ticks
+    sp:ui:replicas sorted set: replica -> wall-clock time of its last dashboard view
+    sp:ui:watching set while a dashboard page is open at some replica
 
 The origin limits shared by every replica live under sp:origin:{H} (``origin_limits``).
 
@@ -283,6 +286,22 @@ class RedisCluster:
                 pipe.lpop(_inbox(task_id), 10_000)
             results = await self._call(pipe.execute())
         return {t: [json.loads(e) for e in r] for t, r in zip(task_ids, results, strict=True) if r}
+
+    async def exchange_views(self, view: bytes, watching: bool, ttl: float) -> tuple[list[bytes], bool]:
+        """Two round trips a tick per replica, however many pages are open."""
+        now, ttl_ms = time.time(), int(ttl * 1000)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(f"sp:ui:view:{self.url}", view, px=ttl_ms)
+            pipe.zadd("sp:ui:replicas", {self.url: now})
+            pipe.zremrangebyscore("sp:ui:replicas", "-inf", now - ttl)
+            if watching:
+                pipe.set("sp:ui:watching", b"1", px=ttl_ms)
+            pipe.zrange("sp:ui:replicas", 0, -1)
+            pipe.exists("sp:ui:watching")
+            results = await self._call(pipe.execute())
+        replicas = [r.decode() for r in results[-2]]
+        views = await self._call(self._client.mget([f"sp:ui:view:{r}" for r in replicas]))
+        return [v for v in views if v], bool(results[-1])
 
     async def _call(self, awaitable):  # type: ignore[no-untyped-def]
         try:

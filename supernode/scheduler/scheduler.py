@@ -183,6 +183,25 @@ class Scheduler:
         """Each member's pieces, as last reported (status pages, replica takeover)."""
         return {p: m.have for p, m in self._task(task_id).members.items()}
 
+    # Read-only views for status pages (the dashboard): never on a hot path.
+
+    def done_count(self, task_id: str) -> int:
+        """Members of the task that hold every piece (O(1))."""
+        task = self._tasks.get(task_id)
+        return len(task.members) - task.incomplete if task is not None else 0
+
+    def member_views(self, task_id: str) -> list[tuple[str, int, bool, list[str]]]:
+        """Each member of the task: (peer, pieces held, done, parents). O(members)."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            return []
+        return [(p, m.have_count, m.done, list(m.parents)) for p, m in task.members.items()]
+
+    def peer_view(self, peer_id: str) -> tuple[str | None, str | None, SourceState] | None:
+        """A peer's (zone, rack, state), or None if it is not registered."""
+        peer = self._peers.get(peer_id)
+        return (peer.zone, peer.rack, peer.state) if peer is not None else None
+
     def confirm_corrupt(self, source_id: str, now: float) -> Events:
         """The supernode fetched a piece from ``source_id`` itself and it did not match."""
         events = Events()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from swarmpull.core.digest import Digest
 from swarmpull.core.units import parse_rate, parse_size
@@ -94,3 +95,51 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+# ------------------------------------------------------------- registry options
+
+
+def add_registry_arguments(p: argparse.ArgumentParser) -> None:
+    """How upstream registries are reached: the proxy, the supernode and preheat share these."""
+    p.add_argument(
+        "--default-registry",
+        default="docker.io",
+        metavar="HOST",
+        help="upstream for requests that name no registry (default: %(default)s)",
+    )
+    p.add_argument(
+        "--insecure-registry",
+        dest="insecure",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="speak plain HTTP to this registry (opt-in; repeatable)",
+    )
+    p.add_argument(
+        "--registry-ca", type=Path, metavar="FILE", help="extra CA certificates (PEM) to trust for registries"
+    )
+    p.add_argument(
+        "--registry-auth",
+        type=Path,
+        metavar="FILE",
+        help="docker config.json with registry credentials (default: none)",
+    )
+
+
+def registry_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The ``RegistryOptions`` of ``add_registry_arguments``; CommandError for bad values."""
+    from swarmpull.edges.registry import RegistryOptions
+
+    for path in (args.registry_ca, args.registry_auth):
+        if path is not None and not path.is_file():
+            raise CommandError(f"{path}: no such file")
+    try:
+        return RegistryOptions(
+            default_registry=args.default_registry,
+            insecure_registries=frozenset(args.insecure),
+            ca=args.registry_ca,
+            credentials=args.registry_auth,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None

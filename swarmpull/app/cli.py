@@ -29,7 +29,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from swarmpull.app.commands import ca, loadtest, node, peer, supernode
+    from swarmpull.app.commands import ca, events, loadtest, node, peer, preheat, supernode
 
     parser = Parser(
         prog="swarmpull",
@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.register(subparsers)
     peer.register(subparsers)
     loadtest.register(subparsers)
+    preheat.register(subparsers)
     ca.register(subparsers)
+    events.register(subparsers)
     return parser
 
 

@@ -7,13 +7,20 @@ from peer.daemon import PeerDaemon
 from registry_proxy.config import ProxyConfig
 from registry_proxy.server import RegistryProxy
 from swarmpull.core.clock import Clock
+from swarmpull.core.events import NO_EVENTS, EventSink
 
 
 class NodeDaemon:
     """``start()`` the peer, then the proxy pulling blobs through it; ``stop()`` both."""
 
-    def __init__(self, peer: PeerConfig, proxy: ProxyConfig | None, clock: Clock | None = None) -> None:
-        self.peer = PeerDaemon(peer, clock)
+    def __init__(
+        self,
+        peer: PeerConfig,
+        proxy: ProxyConfig | None,
+        clock: Clock | None = None,
+        events: EventSink = NO_EVENTS,
+    ) -> None:
+        self.peer = PeerDaemon(peer, clock, events)
         self.proxy = RegistryProxy(proxy, self.peer, clock) if proxy is not None else None
 
     def __repr__(self) -> str:

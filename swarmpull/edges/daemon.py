@@ -71,3 +71,25 @@ async def gather_cancel(*tasks: asyncio.Task[object] | None) -> None:
 def run_coroutine(main: Callable[[], Awaitable[int]]) -> int:
     """Run a one-shot command on uvloop; returns its exit status."""
     return uvloop.run(main())
+
+
+class DaemonGroup:
+    """Daemons started in order and stopped in reverse (a daemon after its events log)."""
+
+    def __init__(self, *daemons: Daemon) -> None:
+        self.daemons = daemons
+        self._started: list[Daemon] = []
+
+    async def start(self) -> None:
+        try:
+            for daemon in self.daemons:
+                await daemon.start()
+                self._started.append(daemon)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        while self._started:
+            with contextlib.suppress(Exception):
+                await self._started.pop().stop()

@@ -10,6 +10,7 @@ from peer.config import PeerConfig
 from registry_proxy.config import ProxyConfig
 from swarmpull.app.node import NodeDaemon
 from swarmpull.edges.http import HostPort
+from swarmpull.edges.registry import RegistryOptions
 
 LOOPBACK = HostPort("127.0.0.1", 0)
 MANIFEST_TYPES = ", ".join(
@@ -36,7 +37,7 @@ async def start_node(
         upload_limit=None,
         download_limit=None,
     )
-    proxy = ProxyConfig(listen=LOOPBACK, insecure_registries=frozenset(insecure))
+    proxy = ProxyConfig(listen=LOOPBACK, registry=RegistryOptions(insecure_registries=frozenset(insecure)))
     node = NodeDaemon(dataclasses.replace(config, **peer), proxy)
     await node.start()
     return node

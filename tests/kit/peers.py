@@ -11,13 +11,16 @@ import aiohttp
 from loadtest.services import free_port
 from peer.config import PeerConfig
 from peer.daemon import PeerDaemon
+from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.edges.http import HostPort
 from tests.kit.processes import DaemonProcess
 
 LOOPBACK = HostPort("127.0.0.1", 0)
 
 
-async def start_peer(data_dir: Path, supernodes: tuple[str, ...], **overrides: Any) -> PeerDaemon:
+async def start_peer(
+    data_dir: Path, supernodes: tuple[str, ...], events: EventSink = NO_EVENTS, **overrides: Any
+) -> PeerDaemon:
     """A started peer daemon on loopback with its piece server on a free port."""
     config = PeerConfig(
         data_dir=data_dir,
@@ -28,7 +31,7 @@ async def start_peer(data_dir: Path, supernodes: tuple[str, ...], **overrides: A
         upload_limit=None,
         download_limit=None,
     )
-    daemon = PeerDaemon(dataclasses.replace(config, **overrides))
+    daemon = PeerDaemon(dataclasses.replace(config, **overrides), events=events)
     await daemon.start()
     return daemon
 

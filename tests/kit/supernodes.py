@@ -10,19 +10,22 @@ from loadtest.services import RedisServer, free_port
 from supernode.config import SupernodeConfig
 from supernode.scheduler import SchedulerConfig
 from supernode.server import Supernode
+from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.edges.http import HostPort
 from tests.kit.processes import DaemonProcess
 
 __all__ = ["RedisServer", "SupernodeProcess", "start_supernode"]
 
 
-async def start_supernode(*, scheduler: dict[str, Any] | None = None, **overrides: Any) -> Supernode:
+async def start_supernode(
+    *, scheduler: dict[str, Any] | None = None, events: EventSink = NO_EVENTS, **overrides: Any
+) -> Supernode:
     """A started supernode on 127.0.0.1 (any free port); ``overrides`` set config fields."""
     config = SupernodeConfig(listen=HostPort("127.0.0.1", 0), tick_interval=0.2)
     if scheduler:
         overrides["scheduler"] = dataclasses.replace(SchedulerConfig(), **scheduler)
     config = dataclasses.replace(config, **overrides)
-    node = Supernode(config)
+    node = Supernode(config, events=events)
     await node.start()
     return node
 

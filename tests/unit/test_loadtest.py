@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
-from loadtest.report import ModeResult, dump_json, kumar_ross_bound, percentile, render
+from loadtest.report import ModeResult, compare, dump_json, json_key, kumar_ross_bound, percentile, render
 from loadtest.simulate.swarm import SimConfig, SwarmSimulation, simulate_direct
 
 MB = 1e6
@@ -40,7 +41,61 @@ def test_report_ratios_and_json():
     assert result.times() == {"p50": 2.0, "p90": 4.0, "p99": 4.0, "max": 4.0}
     table = render([result], {"nodes": 4})
     assert "3/4" in table and "2.00s (1.00x)" in table and "4.00s (2.00x)" in table
-    assert '"ratios_to_bound"' in dump_json([result], {})
+    data = json.loads(dump_json([result], {}))["results"][0]
+    assert data["completion_x_bound"] == {"p50": 1.0, "p90": 2.0, "p99": 2.0, "max": 2.0}
+
+
+def both_modes() -> list[ModeResult]:
+    size = 1 << 20
+    p2p = ModeResult(
+        "p2p", 10, 10, 0, size, size, [2.0] * 10, bound=1.0, wall_time=2.0,
+        extra={"supernode CPU s": 0.5, "registry manifest bytes": 900, "first error": None},
+        egress_timeline=[(0.0, 0), (1.5, size)],
+        sources={"peer": 8.0 * size, "seed": 2.0 * size, "upstream": 0.0},
+    )  # fmt: skip
+    direct = ModeResult(
+        "direct", 10, 10, 0, size, 10 * size, [10.0] * 10, bound=10.0, wall_time=10.0,
+        egress_timeline=[(0.0, 0), (10.0, 10 * size)], sources={"upstream": 10.0 * size},
+    )  # fmt: skip
+    return [p2p, direct]
+
+
+def test_p2p_is_compared_with_direct_when_both_ran():
+    results = both_modes()
+    assert compare(results) == {
+        "direct_time_over_p2p": {"p50": 5.0, "p90": 5.0, "p99": 5.0, "max": 5.0},
+        "p2p_egress_over_direct": 0.1,
+    }
+    assert compare(results[:1]) is None
+    settings = {"nodes": 10, "image_bytes": 1 << 20, "layers": 2, "node_link_bytes_per_second": 100_000}
+    table = render(results, settings)
+    assert "direct took longer by p50 5.0x, p99 5.0x, max 5.0x" in table
+    assert "0.100x direct's (10 times less)" in table
+    assert "1.0 MiB in 2 layers" in table  # sizes in binary units
+    assert "100 kB/s (97.7 KiB/s)" in table  # a rate as set, and in binary
+    assert "from upstream, x image/node" in table  # direct's sources too
+
+
+def test_the_json_report_holds_numbers_with_units_in_their_names():
+    body = json.loads(dump_json(both_modes(), {"nodes": 10, "image_bytes": 1 << 20}))
+
+    def strings(value, path=""):
+        if isinstance(value, str):
+            yield path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from strings(item, f"{path}.{key}")
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item, f"{path}[]")
+
+    assert set(strings(body)) == {".results[].mode"}  # every figure is a number
+    p2p = body["results"][0]
+    assert p2p["bytes_by_source_x_image_per_node"] == {"peer": 0.8, "seed": 0.2, "upstream": 0.0}
+    assert p2p["extra"] == {"supernode_cpu_seconds": 0.5, "registry_manifest_bytes": 900, "first_error": None}
+    assert p2p["registry_egress_timeline"][-1] == {"seconds": 1.5, "bytes": 1 << 20}
+    assert body["p2p_vs_direct"]["p2p_egress_over_direct"] == 0.1
+    assert json_key("supernode busy / bound") == "supernode_busy_x_bound"
 
 
 def tiny(**overrides) -> SimConfig:

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from registry_proxy import hosts
-from registry_proxy.auth import Credentials, parse_challenge
 from registry_proxy.errors import OciError
 from registry_proxy.paths import Kind, parse_path
-from registry_proxy.registries import Registries
+from swarmpull.edges.registry import Registries
+from swarmpull.edges.registry.auth import Credentials, parse_challenge
 
 HEX = "ab" * 32
 
@@ -67,7 +67,7 @@ def test_upstreams_follow_ns_docker_hub_naming_and_insecure_opt_in():
     assert ghcr.url("alpine", "blobs", "d") == "https://ghcr.io/v2/alpine/blobs/d"  # no library/ there
     assert registries.resolve("plain.local:5000").base == "http://plain.local:5000"
     assert registries.resolve("other.local:5000").base == "https://other.local:5000"
-    with pytest.raises(OciError, match="invalid registry host"):
+    with pytest.raises(ValueError, match="invalid registry host"):
         registries.resolve("evil.com/path?x")
 
 

@@ -60,11 +60,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="through the swarm, straight from the registry, or both (default: %(default)s)",
     )
     p.add_argument(
+        "--transport",
+        choices=["http", "bittorrent", "both"],
+        default="http",
+        help="p2p over the scheduled HTTP swarm, over libtorrent (the seed warm first), or both "
+        "(both warm) (default: %(default)s)",
+    )
+    p.add_argument(
         "--workers", type=positive_int, metavar="W", help="worker processes (default: by nodes and cores)"
     )
     p.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the image and the simulation")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--plot", type=Path, metavar="FILE", help="also draw the report as a PNG")
+    p.add_argument(
+        "--events-dir",
+        type=Path,
+        metavar="DIR",
+        help="real sockets, p2p: keep the daemons' swarm events in DIR (supernode.jsonl, "
+        "worker-N.jsonl; read them with `swarmpull events summarize`; default: none)",
+    )
     sim = p.add_argument_group("simulation (with --simulate)")
     sim.add_argument("--simulate", action="store_true", help="a discrete-event simulation instead of sockets")
     sim.add_argument("--slow-fraction", type=float, default=0.0, metavar="F", help="share of slow nodes")
@@ -104,10 +118,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Run the benchmarks (all of them by default) and print their figures.",
     )
     b.add_argument(
-        "names", nargs="*", metavar="NAME", help="limits, zstd, supernode, tls, dataplane (default: all)"
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="limits, zstd, supernode, tls, dataplane, background (default: all)",
     )
     b.add_argument(
-        "--runs", type=positive_int, default=3, metavar="N", help="dataplane: runs of each (default: 3)"
+        "--runs",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="dataplane, background: runs of each (default: 3)",
     )
     b.add_argument("--seconds", type=float, default=6.0, help="length of each rate measurement (default: 6)")
     b.add_argument(
@@ -142,17 +163,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from loadtest.report import dump_json, render
     from swarmpull.app.args import CommandError
-    from swarmpull.core.units import format_size
     from swarmpull.edges.daemon import run_coroutine
 
     settings = {
         "nodes": args.nodes,
-        "image": f"{format_size(args.image_size)} in {args.layers} layers",
-        "pieces": format_size(args.piece_size) if args.piece_size else "the supernode's rule",
-        "node links": f"{args.node_bandwidth / 1e3:g} kB/s each way",
-        "registry egress": f"{args.registry_bandwidth / 1e6:g} MB/s",
+        "image_bytes": args.image_size,
+        "layers": args.layers,
+        "piece_bytes": args.piece_size,
+        "node_link_bytes_per_second": args.node_bandwidth,
+        "registry_egress_bytes_per_second": args.registry_bandwidth,
     }
     try:
         if args.simulate:
@@ -172,33 +192,65 @@ def run(args: argparse.Namespace) -> int:
                 node_bandwidth=args.node_bandwidth,
                 registry_bandwidth=args.registry_bandwidth,
                 mode=args.mode,
+                transport=args.transport,
                 workers=args.workers,
                 seed=args.seed,
+                events_dir=_events_dir(args.events_dir),
             )
+            settings["piece_bytes"] = config.piece_size
             settings["run"] = f"real sockets, {config.worker_count()} worker processes"
             results = run_coroutine(lambda: _surge(config, run_surge))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    write_report(results, settings, args.json, args.plot)
+    if args.events_dir is not None and any(args.events_dir.glob("*.jsonl")):
+        print(f"events written to {args.events_dir.resolve()}", file=sys.stderr)
+    return 0 if all(r.failed == 0 for r in results) else 1
+
+
+def _events_dir(path: Path | None) -> Path | None:
+    """``path``, made if missing, and without events of an earlier run (they would mix)."""
+    from swarmpull.app.args import CommandError
+
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if any(path.glob("*.jsonl")):
+            raise CommandError(f"--events-dir {path}: holds events of an earlier run: give an empty one")
+    except OSError as exc:
+        raise CommandError(f"--events-dir {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def write_report(results, settings, json_path: Path | None, plot_path: Path | None) -> None:  # type: ignore[no-untyped-def]
+    """The table on stdout; the JSON and the PNG where asked, each path said on stderr."""
+    from loadtest.report import dump_json, render
+    from swarmpull.app.args import CommandError
+
     print(render(results, settings))
-    if args.json:
-        args.json.write_text(dump_json(results, settings))
-    if args.plot:
+    if json_path is not None:
+        json_path.write_text(dump_json(results, settings))
+        print(f"report written to {json_path.resolve()}", file=sys.stderr)
+    if plot_path is not None:
         from loadtest.plot import plot
 
         try:
-            plot(results, args.plot, settings)
+            plot(results, plot_path, settings)
         except ImportError:
             raise CommandError("--plot needs matplotlib: pip install 'swarmpull[loadtest]'") from None
-    return 0 if all(r.failed == 0 for r in results) else 1
+        print(f"plot written to {plot_path.resolve()}", file=sys.stderr)
 
 
 async def _surge(config, run_surge):  # type: ignore[no-untyped-def]
     last = [-math.inf]
 
+    from swarmpull.core.units import format_size
+
     def progress(state) -> None:  # type: ignore[no-untyped-def]
         line = (
             f"  {state.mode}: {state.done}/{state.total} nodes done, {state.failed} failed, "
-            f"{state.elapsed:5.1f}s, registry sent {state.egress / 1e6:.1f} MB "
+            f"{state.elapsed:5.1f}s, registry sent {format_size(state.egress)} "
         )
         if sys.stderr.isatty():
             print("\r" + line, end="", file=sys.stderr, flush=True)

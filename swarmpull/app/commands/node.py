@@ -8,13 +8,21 @@ import json
 import sys
 from pathlib import Path
 
-from swarmpull.app.args import CommandError, hostport_arg, size_arg, url_arg
+from swarmpull.app.args import (
+    CommandError,
+    add_registry_arguments,
+    hostport_arg,
+    registry_options,
+    size_arg,
+    url_arg,
+)
 from swarmpull.app.commands.peer import (
     add_peer_arguments,
     add_storage_arguments,
     peer_config,
     upstream_config,
 )
+from swarmpull.app.events import add_events_argument, with_events
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="HOST:PORT",
         help="serve the registry proxy here, e.g. 127.0.0.1:65001 (default: no proxy)",
     )
-    _add_registry_arguments(p)
+    add_registry_arguments(p)
+    add_events_argument(p)
     p.set_defaults(func=run_node, default_log_level="info")
 
     s = subparsers.add_parser(
@@ -64,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="most bytes the piece store holds (default: %(default)s)",
     )
     add_storage_arguments(s)
-    _add_registry_arguments(s)
+    add_registry_arguments(s)
+    add_events_argument(s)
     s.set_defaults(func=run_proxy, default_log_level="info")
 
     c = subparsers.add_parser(
@@ -114,52 +124,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     d.set_defaults(func=run_docker_config)
 
 
-def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--default-registry",
-        default="docker.io",
-        metavar="HOST",
-        help="upstream for requests without ?ns= (default: %(default)s)",
-    )
-    p.add_argument(
-        "--insecure-registry",
-        dest="insecure",
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]",
-        help="speak plain HTTP to this registry (opt-in; repeatable)",
-    )
-    p.add_argument(
-        "--registry-ca", type=Path, metavar="FILE", help="extra CA certificates (PEM) to trust for registries"
-    )
-    p.add_argument(
-        "--registry-auth",
-        type=Path,
-        metavar="FILE",
-        help="docker config.json with registry credentials (default: none)",
-    )
-
-
 def _proxy_config(args: argparse.Namespace, listen):  # type: ignore[no-untyped-def]
     from registry_proxy.config import ProxyConfig
-    from registry_proxy.errors import OciError
-    from registry_proxy.registries import check_host
 
-    try:
-        default = check_host(args.default_registry)
-        insecure = frozenset(check_host(h) for h in args.insecure)
-    except OciError as exc:
-        raise CommandError(str(exc)) from None
-    for path in (args.registry_ca, args.registry_auth):
-        if path is not None and not path.is_file():
-            raise CommandError(f"{path}: no such file")
-    return ProxyConfig(
-        listen=listen,
-        default_registry=default,
-        insecure_registries=insecure,
-        registry_ca=args.registry_ca,
-        credentials=args.registry_auth,
-    )
+    return ProxyConfig(listen=listen, registry=registry_options(args))
 
 
 def run_node(args: argparse.Namespace) -> int:
@@ -170,7 +138,7 @@ def run_node(args: argparse.Namespace) -> int:
 
     config = dataclasses.replace(peer_config(args), registry_ca=args.registry_ca)
     proxy = _proxy_config(args, args.proxy_listen) if args.proxy_listen else None
-    run_daemon(lambda: NodeDaemon(config, proxy))
+    run_daemon(with_events(args.events, lambda events: NodeDaemon(config, proxy, events=events)))
     return 0
 
 
@@ -193,7 +161,7 @@ def run_proxy(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    run_daemon(lambda: NodeDaemon(config, proxy))
+    run_daemon(with_events(args.events, lambda events: NodeDaemon(config, proxy, events=events)))
     return 0
 
 

@@ -111,6 +111,34 @@ def add_peer_arguments(p: argparse.ArgumentParser) -> None:
         help="concurrent piece downloads, all blobs together (default: %(default)s)",
     )
     p.add_argument("--peer-id", metavar="ID", help="identity (default: generated, kept in --data-dir)")
+    bt = p.add_argument_group("BitTorrent (preheat, warm blobs)")
+    bt.add_argument(
+        "--preheat-transport",
+        choices=["utp", "tcp"],
+        default="utp",
+        help="uTP (LEDBAT: yields to business traffic) or TCP (default: %(default)s)",
+    )
+    bt.add_argument(
+        "--preheat-limit",
+        default="25%",
+        metavar="RATE|N%",
+        help="cap on preheat traffic each way: a rate, a share of --upload-limit, or none "
+        "(default: %(default)s)",
+    )
+    bt.add_argument(
+        "--torrent-listen",
+        type=hostport_arg,
+        metavar="HOST:PORT",
+        help="where libtorrent accepts peers, TCP and uTP (default: --listen's host, any port)",
+    )
+    bt.add_argument(
+        "--blob-transport",
+        choices=["http", "bittorrent"],
+        default="http",
+        help="how pulls fetch a blob the seed holds whole: the scheduled HTTP swarm, or "
+        "libtorrent (HTTP when no torrent is offered) (default: %(default)s)",
+    )
+    bt.add_argument("--no-preheat", action="store_true", help="take no part in preheats")
 
 
 def add_storage_arguments(p: argparse.ArgumentParser) -> None:
@@ -143,6 +171,7 @@ def peer_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The PeerConfig the flags of ``add_peer_arguments`` describe."""
     from peer.config import PeerConfig
     from swarmpull.app.args import CommandError
+    from swarmpull.edges.torrent import TorrentConfig, Transport
     from swarmpull.edges.transport import TransportConfig
 
     unknown = set(args.labels) - {"zone", "rack"}
@@ -168,9 +197,31 @@ def peer_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             max_direct=args.max_direct,
             transport=TransportConfig(compression=not args.no_compression),
             peer_id=args.peer_id,
+            torrent=TorrentConfig(listen=args.torrent_listen, transport=Transport(args.preheat_transport)),
+            preheat_limit=preheat_limit(args.preheat_limit, args.upload_limit),
+            blob_transport=args.blob_transport,
+            preheat=not args.no_preheat,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+
+
+def preheat_limit(text: str, upload_limit: int | None) -> int | None:
+    """``--preheat-limit``: a rate, ``none``, or a share of the upload limit (``25%``)."""
+    from swarmpull.app.args import CommandError
+
+    if text.strip().endswith("%"):
+        try:
+            share = float(text.strip()[:-1]) / 100
+        except ValueError:
+            raise CommandError(f"--preheat-limit: not a share: {text!r}") from None
+        if not 0 < share <= 1:
+            raise CommandError("--preheat-limit: a share is from 1% to 100%")
+        return None if upload_limit is None else max(1024, int(upload_limit * share))
+    try:
+        return limit_arg(text)
+    except argparse.ArgumentTypeError as exc:
+        raise CommandError(f"--preheat-limit: {exc}") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

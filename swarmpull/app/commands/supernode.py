@@ -6,8 +6,16 @@ import argparse
 import os
 from pathlib import Path
 
-from swarmpull.app.args import hostport_arg, limit_arg, positive_int, seconds_arg, size_arg
+from swarmpull.app.args import (
+    add_registry_arguments,
+    hostport_arg,
+    limit_arg,
+    positive_int,
+    seconds_arg,
+    size_arg,
+)
 from swarmpull.app.commands.peer import add_storage_arguments, upstream_config
+from swarmpull.app.events import add_events_argument, with_events
 
 
 def origin_limit_arg(text: str):  # type: ignore[no-untyped-def]
@@ -99,11 +107,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="N",
         help="peers that may read an upstream directly once the supernode failed to (default: %(default)s)",
     )
+    add_registry_arguments(p)
     p.add_argument(
-        "--registry-ca",
-        type=Path,
-        metavar="FILE",
-        help="extra CA certificates (PEM) trusted for upstream registries, besides the system's",
+        "--tag-ttl",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a tag's resolution stands this long for the whole cluster (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tag-stale",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="while the registry is unavailable, older resolutions answer this long (default: %(default)s)",
+    )
+    p.add_argument(
+        "--auth-cache-ttl",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a credential's checked pull rights on a repository stand this long (default: %(default)s)",
     )
     p.add_argument(
         "--redis",
@@ -124,15 +148,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="SECONDS",
         help="with --redis: how long a task's lease outlives a dead owner (default: %(default)s)",
     )
+    p.add_argument(
+        "--ui-token-file",
+        type=Path,
+        metavar="FILE",
+        help="serve the live dashboard at /ui/ to whoever presents the token in FILE "
+        "(make one with: openssl rand -hex 32 > FILE; default: no dashboard)",
+    )
+    p.add_argument(
+        "--torrent-listen",
+        type=hostport_arg,
+        metavar="HOST:PORT",
+        help="where the seed's libtorrent accepts peers, TCP and uTP (default: --listen's host, any port)",
+    )
+    add_events_argument(p)
     p.set_defaults(func=run, default_log_level="info")
 
 
 def run(args: argparse.Namespace) -> int:
     from supernode.config import SupernodeConfig
+    from supernode.dashboard import read_token
     from supernode.origin_limits import load_origin_limits
     from supernode.server import Supernode
-    from swarmpull.app.args import CommandError
+    from swarmpull.app.args import CommandError, registry_options
     from swarmpull.edges.daemon import run_daemon
+    from swarmpull.edges.torrent import TorrentConfig, Transport
 
     origins = list(args.origin_limits)
     password = os.environ.get("SWARMPULL_REDIS_PASSWORD") or None
@@ -142,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CommandError(f"cannot read {args.redis_password_file}: {exc.strerror}") from None
     try:
+        ui_token = read_token(args.ui_token_file) if args.ui_token_file is not None else None
         if args.origin_limits_file is not None:
             origins += load_origin_limits(args.origin_limits_file)
         config = SupernodeConfig(
@@ -157,12 +198,17 @@ def run(args: argparse.Namespace) -> int:
             seed_upload_limit=args.seed_upload_limit,
             origin_limits=tuple(origins),
             direct_per_task=args.direct_per_task,
-            registry_ca=args.registry_ca,
+            registry=registry_options(args),
+            tag_ttl=args.tag_ttl,
+            tag_stale=args.tag_stale,
+            auth_cache_ttl=args.auth_cache_ttl,
             redis_url=args.redis,
             redis_password=password,
             lease_ttl=args.lease_ttl,
+            ui_token=ui_token,
+            torrent=TorrentConfig(listen=args.torrent_listen, transport=Transport.BOTH),
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    run_daemon(lambda: Supernode(config))
+    run_daemon(with_events(args.events, lambda events: Supernode(config, events=events)))
     return 0

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 from swarmpull.core.bitfield import bits as bit_list
@@ -28,6 +29,8 @@ class BlobOwner(Protocol):
     def corrupted(self, blob: StoredBlob, piece: int) -> None: ...
 
     def write_meta(self, meta: BlobMeta) -> None: ...
+
+    def data_path(self, task_id: str) -> Path: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,11 @@ class StoredBlob:
     @property
     def complete(self) -> bool:
         return self.meta.complete
+
+    @property
+    def path(self) -> Path:
+        """The data file (where libtorrent seeds the blob from)."""
+        return self._store.data_path(self.task_id)
 
     @property
     def all_verified(self) -> bool:

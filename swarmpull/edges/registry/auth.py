@@ -28,7 +28,11 @@ _DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io
 
 
 class AuthError(Exception):
-    """The realm refused or did not answer."""
+    """The realm refused (``outage`` False) or did not answer (``outage`` True)."""
+
+    def __init__(self, message: str, outage: bool = False) -> None:
+        super().__init__(message)
+        self.outage = outage
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,9 @@ class Authenticator:
         self._clock = clock
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}  # -> (header, expires)
 
+    def has_login(self, host: str, docker_hub: bool) -> bool:
+        return self._credentials.for_host(host, docker_hub) is not None
+
     def cached(self, host: str, scope: str) -> str | None:
         entry = self._cache.get((host, scope))
         if entry is None:
@@ -130,10 +137,11 @@ class Authenticator:
                 params["realm"], params=query, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
             ) as resp:
                 if resp.status != 200:
-                    raise AuthError(f"token service {params['realm']} answered {resp.status}")
+                    outage = resp.status == 429 or resp.status >= 500
+                    raise AuthError(f"token service {params['realm']} answered {resp.status}", outage)
                 body = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise AuthError(f"token service {params['realm']}: {exc or type(exc).__name__}") from None
+            raise AuthError(f"token service {params['realm']}: {exc or type(exc).__name__}", True) from None
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise AuthError(f"token service {params['realm']} sent no token")

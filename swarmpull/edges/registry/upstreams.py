@@ -8,18 +8,14 @@ speak HTTPS unless listed as insecure.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from registry_proxy.errors import OciError
+from swarmpull.core.oci import check_host
 
 DOCKER_HUB_NAMES = frozenset(
     {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 )
 DOCKER_HUB_API = "registry-1.docker.io"
-_HOST = re.compile(
-    r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*|\[[0-9a-f:.]+\])(?::\d{1,5})?$"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +40,15 @@ class Upstream:
 
 
 class Registries:
+    """Registry hosts to upstreams: the default for none, plain HTTP for the insecure."""
+
     def __init__(self, default: str, insecure: frozenset[str]) -> None:
         self._default = check_host(default)
         self._insecure = frozenset(h.lower() for h in insecure)
 
     def resolve(self, ns: str | None) -> Upstream:
+        """The upstream ``ns`` names (the default without one); ValueError for a bad host."""
         host = check_host(ns) if ns else self._default
         api = DOCKER_HUB_API if host in DOCKER_HUB_NAMES else host
         scheme = "http" if host in self._insecure or api in self._insecure else "https"
         return Upstream(host, f"{scheme}://{api}")
-
-
-def check_host(text: str) -> str:
-    host = text.strip().lower()
-    if not _HOST.match(host):
-        raise OciError(400, "NAME_INVALID", f"invalid registry host {text!r}")
-    return host

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import aiohttp
 
-from registry_proxy.auth import Authenticator, AuthError
-from registry_proxy.errors import OciError
-from registry_proxy.registries import Upstream
 from swarmpull.edges.http import PEER_HEADER
+from swarmpull.edges.registry.auth import Authenticator, AuthError
+from swarmpull.edges.registry.errors import RegistryError
+from swarmpull.edges.registry.upstreams import Upstream
 
 
 class RegistryClient:
@@ -32,7 +32,8 @@ class RegistryClient:
         stream: bool = False,
     ) -> aiohttp.ClientResponse:
         """The upstream's answer (release it). A client's own ``Authorization`` is passed
-        on as it is; otherwise a 401 challenge is answered once and the call retried."""
+        on as it is; otherwise a 401 challenge is answered once and the call retried.
+        RegistryError when the registry is unreachable or no credentials fit."""
         url = upstream.url(name, kind, reference)
         scope = self.scope(upstream, name)
         sent = {PEER_HEADER: "registry-proxy", **(headers or {})}
@@ -43,17 +44,30 @@ class RegistryClient:
         challenge = resp.headers.get("WWW-Authenticate")
         if resp.status == 401 and challenge and not client_auth:
             resp.release()
-            try:
-                answer = await self._auth.answer(upstream.host, upstream.is_docker_hub, challenge, scope)
-            except AuthError as exc:
-                raise OciError(401, "UNAUTHORIZED", str(exc), {"WWW-Authenticate": challenge}) from None
+            answer = await self.answer(upstream, name, challenge)
             if answer is None:
-                raise OciError(
-                    401, "UNAUTHORIZED", f"{upstream.host} needs credentials", {"WWW-Authenticate": challenge}
+                raise RegistryError(
+                    401, "UNAUTHORIZED", f"{upstream.host} needs credentials", challenge=challenge
                 )
             sent["Authorization"] = answer
             resp = await self._request(method, url, sent, stream)
         return resp
+
+    async def answer(self, upstream: Upstream, name: str, challenge: str) -> str | None:
+        """An ``Authorization`` header for the challenge (a token from its realm, with our
+        login for the registry if we have one), cached; None if we have nothing to offer."""
+        try:
+            return await self._auth.answer(
+                upstream.host, upstream.is_docker_hub, challenge, self.scope(upstream, name)
+            )
+        except AuthError as exc:
+            raise RegistryError(
+                401, "UNAUTHORIZED", str(exc), challenge=challenge, outage=exc.outage
+            ) from None
+
+    def has_login(self, upstream: Upstream) -> bool:
+        """Whether we hold a login for this registry (``--registry-auth``)."""
+        return self._auth.has_login(upstream.host, upstream.is_docker_hub)
 
     def authorization(self, upstream: Upstream, name: str) -> str | None:
         """The header that last worked for this repository: handed to the swarm, whose
@@ -72,6 +86,9 @@ class RegistryClient:
                 method, url, headers=headers, timeout=self._stream_timeout if stream else self._timeout
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise OciError(
-                502, "UNKNOWN", f"upstream {url.split('/v2/')[0]} unreachable: {exc or type(exc).__name__}"
+            raise RegistryError(
+                502,
+                "UNKNOWN",
+                f"upstream {url.split('/v2/')[0]} unreachable: {exc or type(exc).__name__}",
+                outage=True,
             ) from None

@@ -1,0 +1,55 @@
+"""Calls of the supernode API that do not ride the control channel: torrent offers and
+preheat polls. They are few (one per blob, one poll per half minute when idle), so
+plain HTTP requests, each supernode tried in turn, are enough."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from peer.link import LinkError, SupernodeUnavailable
+from swarmpull.core.protocol import API
+from swarmpull.edges.http import PEER_HEADER
+
+
+class SupernodeRest:
+    def __init__(self, session: aiohttp.ClientSession, urls: tuple[str, ...], peer_id: str, timeout: float):
+        if not urls:
+            raise ValueError("at least one supernode URL is needed")
+        self._session = session
+        self._urls = [u.rstrip("/") for u in urls]
+        self._current = 0
+        self.peer_id = peer_id
+        self._timeout = timeout
+
+    async def call(self, path: str, body: Any, timeout: float | None = None) -> Any:
+        """``POST {API}/peers/{me}/{path}``: the JSON answer; LinkError for an error a
+        supernode answered (4xx, 502); SupernodeUnavailable when none answered."""
+        failures = []
+        for i in range(len(self._urls)):
+            index = (self._current + i) % len(self._urls)
+            url = f"{self._urls[index]}{API}/peers/{self.peer_id}/{path}"
+            try:
+                async with self._session.post(
+                    url,
+                    json=body,
+                    headers={PEER_HEADER: self.peer_id},
+                    timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
+                ) as resp:
+                    data = await resp.read()
+                    try:
+                        payload = json.loads(data) if data else {}
+                    except ValueError:
+                        payload = {}
+                    if resp.status >= 500 and resp.status != 502:
+                        failures.append(f"{url}: {resp.status}")
+                        continue
+                    self._current = index
+                    if resp.status >= 400:
+                        raise LinkError.of(resp.status, payload)
+                    return payload
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                failures.append(f"{url}: {exc or type(exc).__name__}")
+        raise SupernodeUnavailable("no supernode answered (" + "; ".join(failures) + ")")

@@ -1,0 +1,215 @@
+"""Preheat on the supernode: resolve the image, read each blob into the seed once, make
+its torrent, and hand the blobs to every selected node, which fetches them over
+BitTorrent in the background and reports its progress.
+
+``Preheats`` is the one writer of the jobs, on the supernode's event loop. Each job runs
+one task that resolves the image (``RegistryAccess``, with the supernode's own registry
+login) and seeds its blobs concurrently (``SupernodeService.seed_blob``: the same task,
+the same single read from the registry, as a pull of that blob would use). Nodes poll
+(``poll``) with their progress; a poll with nothing new to say waits for a change (a
+job created or ended, a blob seeded), so idle nodes cost one call per half minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from supernode.preheat.jobs import JobState, Layer, LayerState, PreheatJob
+from supernode.seed_task import ShuttingDown, TaskFailed
+from supernode.service import SupernodeService
+from supernode.torrents import NotSeeded, SeedTorrents
+from swarmpull.core.clock import Clock
+from swarmpull.core.preheat import PreheatPoll, PreheatRequest, PreheatWork
+from swarmpull.edges.registry import OWN, RegistryAccess, RegistryError
+from swarmpull.edges.store import StoreError
+
+log = logging.getLogger(__name__)
+
+KEEP_ENDED = 3600.0  # seconds an ended job's status stays readable
+MAX_JOBS = 1000
+POLL_IN = 2.0  # seconds between polls of a node that has preheat work
+
+
+class UnknownJob(Exception):
+    """No preheat job has this id (or it ended long ago)."""
+
+
+class TooManyJobs(Exception):
+    """As many preheats run as this supernode keeps: one must end first."""
+
+
+class Preheats:
+    def __init__(
+        self,
+        service: SupernodeService,
+        access: RegistryAccess,
+        torrents: SeedTorrents,
+        clock: Clock,
+        tick_interval: float = 1.0,
+    ) -> None:
+        self._service = service
+        self._access = access
+        self._torrents = torrents
+        self._clock = clock
+        self._tick_interval = tick_interval
+        self._jobs: dict[str, PreheatJob] = {}
+        self._runs: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self.version = 0  # bumped by every change a node may need to hear of
+        self._changed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Preheats jobs={len(self._jobs)} version={self.version}>"
+
+    async def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick_loop(), name="preheat-tick")
+
+    async def stop(self) -> None:
+        tasks = [*self._runs, *([self._ticker] if self._ticker else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._runs.clear()
+        self._ticker = None
+        self._change()  # parked polls answer now
+
+    # -------------------------------------------------------------------- jobs
+
+    def create(self, request: PreheatRequest) -> PreheatJob:
+        now = self._clock.monotonic()
+        if len(self._jobs) >= MAX_JOBS:
+            raise TooManyJobs(f"{MAX_JOBS} preheats are kept already")
+        job = PreheatJob(
+            uuid.uuid4().hex[:16],
+            str(request.image),
+            str(request.platform) if request.platform else "all",
+            request.selection,
+            now,
+            now + request.deadline,
+        )
+        for peer_id, (zone, rack) in self._service.live_peers().items():
+            job.offer(peer_id, zone, rack)
+        self._jobs[job.id] = job
+        run = asyncio.create_task(self._run(job, request), name=f"preheat-{job.id}")
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
+        log.info("preheat %s: %s (%s) to %d nodes so far", job.id, job.image, job.platform, len(job.nodes))
+        self._change()
+        return job
+
+    def status(self, job_id: str) -> dict[str, object]:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        return job.status(self._clock.monotonic())
+
+    async def _run(self, job: PreheatJob, request: PreheatRequest) -> None:
+        try:
+            manifests = await self._access.image(request.image, request.platform, OWN)
+            upstream = self._access.upstream(request.image.host)
+            layers = []
+            for manifest in manifests:
+                parsed = manifest.parsed()
+                if not parsed.is_index:
+                    for blob in parsed.blobs:
+                        url = upstream.url(request.image.name, "blobs", str(blob.digest))
+                        layers.append(Layer(blob.digest, blob.size, url))
+        except (RegistryError, ValueError) as exc:
+            self._ended(job, f"cannot read {job.image}: {exc}")
+            return
+        job.resolved(layers)
+        self._change()
+        # The login that read the manifests reads the blobs (a bearer token is per repository).
+        header = self._access.authorization(upstream, request.image.name)
+        headers = {"Authorization": header} if header else {}
+        await asyncio.gather(*(self._seed(job, layer, headers) for layer in job.layers))
+
+    async def _seed(self, job: PreheatJob, layer: Layer, headers: dict[str, str]) -> None:
+        """One blob into the seed, and its torrent made, before nodes are sent for it."""
+        try:
+            task = await self._service.seed_blob(layer.url, layer.digest, headers)
+            assert task.blob is not None
+            await self._torrents.torrent(task.blob)
+        except (TaskFailed, NotSeeded, StoreError, ShuttingDown) as exc:
+            job.layer_failed(self._clock.monotonic(), layer.task_id, str(exc))
+            self._ended(job, None)
+            return
+        if job.active:
+            job.layer_ready(layer.task_id)
+            log.info("preheat %s: %s seeded (%d bytes)", job.id, layer.task_id, layer.size)
+            self._change()
+
+    def _ended(self, job: PreheatJob, error: str | None) -> None:
+        if error is not None:
+            job.failed(self._clock.monotonic(), error)
+        log.warning("preheat %s %s: %s", job.id, job.state.value, job.error or "")
+        self._change()
+
+    # ------------------------------------------------------------------- nodes
+
+    async def poll(self, node: str, poll: PreheatPoll) -> PreheatWork:
+        """A node's progress in, its work out; with ``poll.wait``, held until there is
+        news for it (or the wait is over)."""
+        zone, rack = self._service.peer_labels(node)
+        self._record(node, poll)
+        deadline = self._clock.monotonic() + poll.wait
+        while True:
+            work = self._work(node, zone, rack)
+            left = deadline - self._clock.monotonic()
+            if work.version != poll.after or left <= 0:
+                return work
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await changed.wait()
+
+    def _record(self, node: str, poll: PreheatPoll) -> None:
+        now = self._clock.monotonic()
+        for entry in poll.progress:
+            state = LayerState(entry.state)
+            for job in self._jobs.values():
+                job.progress(node, entry.task_id, state, entry.done, entry.error)
+            if state is LayerState.COMPLETE:
+                self._service.holds_blob(node, entry.task_id)
+        for job in self._jobs.values():
+            if job.tick(now):
+                self._log_end(job)
+                self._change()
+
+    def _work(self, node: str, zone: str | None, rack: str | None) -> PreheatWork:
+        layers: dict[str, int] = {}
+        for job in self._jobs.values():
+            if job.offer(node, zone, rack):  # a node that joined since matches too
+                for layer in job.assigned(node):
+                    layers[layer.task_id] = layer.size
+        return PreheatWork(self.version, sorted(layers.items()), POLL_IN)
+
+    # -------------------------------------------------------------------- time
+
+    def _change(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _log_end(self, job: PreheatJob) -> None:
+        unfinished = job.unfinished()
+        if job.state is JobState.COMPLETE:
+            log.info("preheat %s complete: %d nodes hold %s", job.id, len(job.nodes), job.image)
+        else:
+            log.warning(
+                "preheat %s %s; unfinished: %s", job.id, job.state.value, ", ".join(unfinished) or "-"
+            )
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_interval)
+            now = self._clock.monotonic()
+            for job in list(self._jobs.values()):
+                if job.tick(now):
+                    self._log_end(job)
+                    self._change()
+                if job.ended is not None and now - job.ended > KEEP_ENDED:
+                    del self._jobs[job.id]

@@ -1,0 +1,130 @@
+"""The BitTorrent transport over loopback: the supernode seeds a warm blob as a v2
+torrent and tracks it; peers fetch it with libtorrent and adopt it into their stores,
+from where the HTTP swarm serves it; a peer that serves corrupt data is caught."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from urllib.parse import quote_from_bytes
+
+import aiohttp
+
+from peer.torrents import TorrentUnavailable
+from swarmpull.core.blobs import BlobRequest
+from swarmpull.core.digest import Digest
+from swarmpull.core.rates import Priority
+from swarmpull.edges.http import HostPort
+from swarmpull.edges.metrics import sample
+from swarmpull.edges.torrent import TorrentConfig, TorrentSession, Transport, parse_torrent
+from tests.integration.conftest import file_sha256
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+def torrent_config(address: str, transport: Transport = Transport.TCP) -> TorrentConfig:
+    """A session on its own loopback address (a ban by address must stick), small."""
+    return TorrentConfig(
+        listen=HostPort(address, 0), transport=transport, disk_threads=1, hash_threads=1, socket_buffer=0
+    )
+
+
+async def warm(swarm, upstream, data: bytes) -> BlobRequest:
+    """A blob the seed holds whole: one peer pulled it over HTTP first."""
+    request = BlobRequest(upstream.add(f"blob-{len(data)}", data), Digest.of(data))
+    (first,) = await swarm.add_peers(1, torrent=None)
+    await first.ensure(request).wait_complete()
+    return request
+
+
+async def test_peers_fetch_a_warm_blob_over_bittorrent_and_serve_it(swarm, upstream):
+    data = os.urandom(3 * MiB + 5)
+    await swarm.start_supernode(piece_size=256 * KiB)
+    request = await warm(swarm, upstream, data)
+    peers = [
+        (await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config(f"127.0.1.{i}")))[0]
+        for i in range(1, 4)
+    ]
+    await asyncio.gather(*(p.ensure(request).wait_complete() for p in peers))
+
+    for peer in peers:
+        blob = peer.store.get(request.task_id)
+        assert blob is not None and blob.complete and blob.all_verified
+        assert file_sha256(blob.path) == str(request.digest)
+        assert sample(peer.registry, "swarmpull_peer_download_bytes_total", source="bittorrent") > 0
+        assert sample(peer.registry, "swarmpull_peer_download_bytes_total", source="seed") == 0
+        assert sample(peer.registry, "swarmpull_peer_download_bytes_total", source="peer") == 0
+        assert not list((peer.config.data_dir / "torrents").iterdir())  # nothing left staged
+    # The adopted blob is served over HTTP with its signed statements, as any other.
+    (late,) = await swarm.add_peers(1, torrent=None)
+    await late.ensure(request).wait_complete()
+    assert sample(late.registry, "swarmpull_peer_download_bytes_total", source="peer") > 0
+
+
+async def test_no_torrent_for_a_cold_blob_means_the_http_swarm(swarm, upstream):
+    data = os.urandom(MiB)
+    await swarm.start_supernode(piece_size=256 * KiB)
+    request = BlobRequest(upstream.add("cold", data), Digest.of(data))
+    (peer,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.1.9"))
+    try:
+        await peer.torrents.fetch(request.task_id, Priority.FOREGROUND)
+    except TorrentUnavailable as exc:
+        assert "NOT_SEEDED" in str(exc) or "completely" in str(exc)
+    else:
+        raise AssertionError("a torrent was offered for a blob the seed does not hold")
+    await peer.ensure(request).wait_complete()  # through the HTTP swarm
+    assert sample(peer.registry, "swarmpull_peer_download_bytes_total", source="seed") == len(data)
+
+
+async def test_a_peer_serving_corrupt_data_is_caught_by_the_hash_checks(swarm, upstream, tmp_path):
+    data = os.urandom(4 * MiB)
+    await swarm.start_supernode(piece_size=256 * KiB)
+    request = await warm(swarm, upstream, data)
+    # An evil member of the swarm: a registered node that got the torrent, serving a
+    # copy with flipped bytes from a session that does not check what it sends.
+    (evil_peer,) = await swarm.add_peers(1, torrent=torrent_config("127.0.2.1"))
+    offer = await evil_peer.torrents._offer(request.task_id)
+    meta = parse_torrent(offer.torrent, name=offer.name, size=offer.size)
+    bad = bytearray(data)
+    for offset in range(1000, len(bad), 300 * KiB):
+        bad[offset] ^= 0xFF
+    evil_dir = tmp_path / "evil"
+    evil_dir.mkdir()
+    (evil_dir / offer.name).write_bytes(bad)
+    evil = TorrentSession(dataclasses.replace(torrent_config("127.0.2.2"), connections=50), "evil")
+    await evil.start()
+    try:
+        evil._session.apply_settings({"disable_hash_checks": True})  # serves whatever is on disk
+        evil_torrent = await evil.add(meta, evil_dir, seed=True, trackers=[offer.announce])
+        (victim,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.2.3"))
+        fetch = victim.torrents.fetch(request.task_id, Priority.FOREGROUND)
+        await asyncio.sleep(0.5)
+        for torrent in victim.torrents._active.values():  # go to the evil one first
+            assert evil.listen is not None
+            torrent.connect("127.0.2.2", evil.listen.port)
+        blob = await asyncio.wait_for(asyncio.shield(fetch), 60)
+        assert file_sha256(blob.path) == str(request.digest)
+        assert sample(victim.registry, "swarmpull_peer_pieces_total", outcome="corrupt") >= 1
+        assert evil_torrent.uploaded() > 0
+    finally:
+        await evil.stop()
+
+
+async def test_the_tracker_answers_members_only(swarm, upstream):
+    data = os.urandom(MiB)
+    supernode = await swarm.start_supernode(piece_size=256 * KiB)
+    request = await warm(swarm, upstream, data)
+    (member,) = await swarm.add_peers(1, torrent=torrent_config("127.0.3.1"))
+    offer = await member.torrents._offer(request.task_id)
+    info_hash = parse_torrent(offer.torrent, name=offer.name, size=offer.size).announce_hash
+    query = f"info_hash={quote_from_bytes(info_hash)}&peer_id={'-SP0001-' + 'x' * 12}&port=6881&left=10"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{offer.announce}&{query}") as resp:
+            good = await resp.read()
+        forged = offer.announce.replace("token=", "token=00")
+        async with session.get(f"{forged}&{query}") as resp:
+            refused = await resp.read()
+    assert b"5:peers" in good and b"failure reason" not in good
+    assert b"failure reason" in refused
+    assert supernode.url in offer.announce
