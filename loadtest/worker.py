@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import resource
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -36,6 +35,7 @@ from peer.config import PeerConfig
 from registry_proxy.config import ProxyConfig
 from swarmpull.app.node import NodeDaemon
 from swarmpull.core.events import NO_EVENTS, EventSink
+from swarmpull.edges.daemon import raise_fd_limit
 from swarmpull.edges.events import EventLog
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.metrics import sample
@@ -80,15 +80,9 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     logging.basicConfig(
         level=spec.log_level.upper(), format=f"worker{spec.first}: %(levelname)s %(name)s: %(message)s"
     )
-    raise_fd_limit()
+    raise_fd_limit()  # hundreds of nodes hold thousands of sockets and files
     with contextlib.suppress(KeyboardInterrupt):  # the coordinator handles Ctrl-C
         uvloop.run(_run(spec, conn))
-
-
-def raise_fd_limit() -> None:
-    """Hundreds of nodes hold thousands of sockets and files: lift the soft limit to the hard."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _recv(conn: Connection) -> tuple:

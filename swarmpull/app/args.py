@@ -7,6 +7,7 @@ configuration of the role it runs; a bad value is a usage error naming the flag.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +52,28 @@ def limit_arg(text: str) -> int | None:
 
 hostport_arg = _typed(HostPort.parse, "HOST:PORT")
 digest_arg = _typed(Digest.parse, "digest")
+
+
+def share_arg(text: str) -> float:
+    """A share of a whole: ``5%`` or ``0.05``."""
+    body = text.strip()
+    try:
+        value = float(body[:-1]) / 100 if body.endswith("%") else float(body)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a share: {text!r} (examples: 5%, 0.05)") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"a share is from 0% to below 100%, not {text!r}")
+    return value
+
+
+def seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text!r}")
+    return value
 
 
 def labels_arg(text: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import NoReturn
 from swarmpull import __version__
 from swarmpull.app.args import CommandError, UsageError
 from swarmpull.core.digest import DigestError
+from swarmpull.edges.store import StoreError
 
 # ---------------------------------------------------------------------- main
 
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"swarmpull: error: {exc}", file=sys.stderr)
         return 1
-    except DigestError as exc:
+    except (DigestError, StoreError) as exc:  # StoreError: e.g. another daemon holds --data-dir
         print(f"swarmpull: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

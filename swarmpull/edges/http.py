@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from swarmpull.core.protocol import ProtocolError, error_body
+from swarmpull.edges.listener import HEADER_TIMEOUT, BoundedSite, ConnectionBudget, process_budget
 
 MAX_JSON_BODY = 4 << 20
 # Every request one node sends to another carries this header: a registry proxy never
@@ -150,26 +151,29 @@ async def start_site(
     app: web.Application,
     where: HostPort | socket.socket,
     ssl_context: ssl.SSLContext | None = None,
+    budget: ConnectionBudget | None = None,
     **runner_args: Any,
 ) -> tuple[web.AppRunner, HostPort]:
     """Serve ``app`` at ``where`` (an address, port 0: any free port; or a socket from
     ``bind``), over TLS with ``ssl_context`` (``swarmpull.edges.tls.server_context``);
-    returns the runner and the bound address. BindError if the address cannot be had."""
+    returns the runner and the bound address (BindError if the address cannot be had).
+    Connections are accepted within ``budget`` (default: the process's,
+    ``swarmpull.edges.listener``) and must send a request's header within
+    ``HEADER_TIMEOUT``."""
     runner_args.setdefault("shutdown_timeout", 2.0)  # in-flight requests get this long
+    # aiohttp's keep-alive timer runs from each response and closes a connection still
+    # waiting for a complete request: the header-read timeout between requests (the
+    # budget keeps the one before the first).
+    runner_args.setdefault("keepalive_timeout", HEADER_TIMEOUT)
+    budget = budget or process_budget()
+    app.middlewares.insert(0, budget.middleware())
+    sock = bind(where)[0] if isinstance(where, HostPort) else where
     runner = web.AppRunner(app, access_log=None, **runner_args)
     await runner.setup()
-    if isinstance(where, socket.socket):
-        site: web.BaseSite = web.SockSite(runner, where, ssl_context=ssl_context)
-    else:
-        site = web.TCPSite(
-            runner, where.host, where.port, reuse_address=True, backlog=1024, ssl_context=ssl_context
-        )
     try:
-        await site.start()
-    except OSError as exc:
+        await BoundedSite(runner, sock, budget, ssl_context).start()
+    except OSError:
         await runner.cleanup()
-        if isinstance(where, socket.socket):
-            raise
-        raise BindError(where, exc) from exc
-    host = where.getsockname()[0] if isinstance(where, socket.socket) else where.host
-    return runner, HostPort(host, runner.addresses[0][1])
+        raise
+    host = where.host if isinstance(where, HostPort) else sock.getsockname()[0]
+    return runner, HostPort(host, sock.getsockname()[1])

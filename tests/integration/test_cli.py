@@ -97,6 +97,38 @@ async def test_daemon_flags_are_checked_before_anything_starts(tmp_path):
     code, _, err = await swarmpull("supernode", "--redis", "redis://127.0.0.1:1/0",
                                    "--redis-password-file", str(tmp_path / "missing"))  # fmt: skip
     assert code == 1 and "cannot read" in err
+    code, _, err = await swarmpull("supernode", "--min-free", "120%")
+    assert code == 2 and "below 100%" in err
+    code, _, err = await swarmpull("supernode", "--task-ttl", "nan")
+    assert code == 2 and "more than 0 seconds" in err
+    code, _, err = await swarmpull("peer", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+                                   "--scrub-rate", "fast")  # fmt: skip
+    assert code == 2 and "--scrub-rate" in err
+
+
+async def test_a_second_daemon_on_one_data_dir_is_refused_and_the_first_keeps_serving(
+    swarm, upstream, tmp_path
+):
+    data = os.urandom(MiB)
+    url = upstream.add("file.bin", data)
+    supernode = await swarm.start_supernode()
+    daemon = PeerProcess(tmp_path / "node", supernode.url)
+    await daemon.start()
+    try:
+        second = ["--supernode", supernode.url, "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"]
+        code, _, err = await swarmpull("peer", *second, "--data-dir", str(daemon.data_dir))
+        assert code == 1
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("swarmpull: error: another swarmpull daemon is using")
+        assert str(daemon.data_dir) in last
+        assert len(supernode.service.scheduler.peers()) == 1  # the live one, not taken over nor dropped
+        out = tmp_path / "copy.bin"
+        code, _, err = await swarmpull("get", url, "-o", str(out), "--peer", daemon.api_url)
+        assert code == 0, err
+        assert out.read_bytes() == data
+    finally:
+        await daemon.stop()
 
 
 async def test_supernode_runs_as_a_module_and_stops_cleanly_on_sigterm(tmp_path):

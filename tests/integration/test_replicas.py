@@ -243,3 +243,38 @@ async def test_origin_limits_hold_across_replicas(redis_server):
     finally:
         for client in clients:
             await client.aclose()
+
+
+async def test_a_replica_killed_mid_read_hands_over_and_the_successor_resumes_with_a_range(
+    tmp_path, upstream, redis_server, redis_client
+):
+    data = os.urandom(1024 * KiB)  # 32 pieces of 32 KiB, read at 256 KiB/s: four seconds
+    upstream.add("layer", data)
+    upstream.rate = 256 * KiB
+    replicas = await start_replicas(tmp_path, redis_server, 2)
+    daemons = []
+    try:
+        daemons, downloads = await pull_everywhere(tmp_path, replicas, upstream, 4, data)
+        task_id = task_id_for(upstream.url_of("layer"), Digest.parse(upstream.digest_of(data)))
+        lease_key, _, sha_key, *_ = task_keys(task_id)
+
+        async def a_quarter_read() -> bool:  # staged as they are verified, not all at the end
+            return await redis_client.hlen(sha_key) >= 8
+
+        await until(a_quarter_read)
+        owner_url = (await redis_client.get(lease_key)).decode().partition(" ")[2]
+        owner = next(r for r in replicas if r.url == owner_url)
+        assert await redis_client.hlen(sha_key) < 32  # mid-read
+        await owner.kill()
+
+        await check_every_copy(daemons, downloads, data)
+        assert upstream.requests["/layer"] >= 2  # the successor read again...
+        # ...from where the owner stopped: lost are at most the bytes in flight when it died
+        # (the upstream's last write, 64 KiB, and the piece being filled); a read from the
+        # start would cost the 8 or more pieces already read.
+        assert upstream.bytes_sent <= len(data) + 64 * KiB + 32 * KiB
+    finally:
+        for daemon in daemons:
+            await daemon.stop()
+        for replica in replicas:
+            await replica.stop()

@@ -37,9 +37,9 @@ async def start_peer(
 
 
 class PeerProcess(DaemonProcess):
-    """``python -m peer`` in a child process, so a test can SIGKILL it like a crash."""
+    """``swarmpull peer`` in a child process, so a test can SIGKILL it like a crash."""
 
-    def __init__(self, data_dir: Path, supernode: str, *extra: str) -> None:
+    def __init__(self, data_dir: Path, supernode: str, *extra: str, fd_limit: int | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.api_port = free_port()
@@ -52,7 +52,8 @@ class PeerProcess(DaemonProcess):
             "--data-dir", str(data_dir),
             *extra,
         ]  # fmt: skip
-        super().__init__("peer", args, data_dir.parent / f"{data_dir.name}.log", f"{self.api_url}/healthz")
+        log = data_dir.parent / f"{data_dir.name}.log"
+        super().__init__("peer", args, log, f"{self.api_url}/healthz", fd_limit)
 
     async def metric(self, name: str, **labels: str) -> float:
         """One sample of the child's /metrics."""

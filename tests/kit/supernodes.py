@@ -41,10 +41,10 @@ class SupernodeProcess(DaemonProcess):
     """``python -m supernode`` in a child process, so a test can SIGKILL it (no lease
     released, no state flushed)."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, fd_limit: int | None = None) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), *extra]
-        super().__init__("supernode", args, data_dir / "supernode.log", f"{self.url}/healthz")
+        super().__init__("supernode", args, data_dir / "supernode.log", f"{self.url}/healthz", fd_limit)

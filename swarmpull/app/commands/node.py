@@ -18,7 +18,13 @@ from swarmpull.app.args import (
     size_arg,
     url_arg,
 )
-from swarmpull.app.commands.peer import add_peer_arguments, add_supernode_argument, peer_config
+from swarmpull.app.commands.peer import (
+    add_peer_arguments,
+    add_storage_arguments,
+    add_supernode_argument,
+    peer_config,
+    upstream_config,
+)
 from swarmpull.app.events import add_events_argument, with_events
 
 
@@ -67,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="SIZE",
         help="most bytes the piece store holds (default: %(default)s)",
     )
+    add_storage_arguments(s)
     add_registry_arguments(s)
     add_events_argument(s)
     s.set_defaults(func=run_proxy, default_log_level="info")
@@ -180,6 +187,8 @@ def run_proxy(args: argparse.Namespace) -> int:
             listen=None,
             api_listen=None,
             cache_size=args.cache_size,
+            min_free=args.min_free,
+            upstream=upstream_config(args),
             registry_ca=args.registry_ca,
         )
     except ValueError as exc:

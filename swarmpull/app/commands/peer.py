@@ -12,6 +12,7 @@ from swarmpull.app.args import (
     labels_arg,
     limit_arg,
     positive_int,
+    share_arg,
     size_arg,
     url_arg,
 )
@@ -74,6 +75,15 @@ def add_peer_arguments(p: argparse.ArgumentParser) -> None:
         default="20GB",
         metavar="SIZE",
         help="most bytes the piece store holds (default: %(default)s)",
+    )
+    add_storage_arguments(p)
+    p.add_argument(
+        "--scrub-rate",
+        type=limit_arg,
+        default="50MB/s",
+        metavar="RATE",
+        help="re-verify complete blobs after a restart at this rate; none: only as they are "
+        "read (default: %(default)s)",
     )
     p.add_argument(
         "--upload-slots",
@@ -150,6 +160,32 @@ def output_arg(text: str) -> Path | None:
     return None if text == "-" else Path(text)
 
 
+def add_storage_arguments(p: argparse.ArgumentParser) -> None:
+    """Bounds on the disk a daemon's store uses and on the blobs it reads from upstreams."""
+    p.add_argument(
+        "--min-free",
+        type=share_arg,
+        default="5%",
+        metavar="SHARE",
+        help="free space to leave on the store's file system: least recently used blobs are "
+        "evicted, and new ones refused, below it (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-blob-size",
+        type=size_arg,
+        default="64GiB",
+        metavar="SIZE",
+        help="refuse a blob an upstream declares larger than this (default: %(default)s)",
+    )
+
+
+def upstream_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The UpstreamConfig of ``add_storage_arguments``."""
+    from swarmpull.edges.origin import UpstreamConfig
+
+    return UpstreamConfig(max_blob_size=args.max_blob_size)
+
+
 def peer_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The PeerConfig the flags of ``add_peer_arguments`` describe."""
     from peer.config import PeerConfig
@@ -170,6 +206,9 @@ def peer_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             zone=args.labels.get("zone"),
             rack=args.labels.get("rack"),
             cache_size=args.cache_size,
+            min_free=args.min_free,
+            scrub_rate=args.scrub_rate,
+            upstream=upstream_config(args),
             upload_slots=args.upload_slots,
             download_slots=args.download_slots,
             upload_limit=args.upload_limit,

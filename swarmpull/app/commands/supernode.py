@@ -11,9 +11,11 @@ from swarmpull.app.args import (
     hostport_arg,
     limit_arg,
     positive_int,
+    seconds_arg,
     serve_listening,
     size_arg,
 )
+from swarmpull.app.commands.peer import add_storage_arguments, upstream_config
 from swarmpull.app.events import add_events_argument, with_events
 
 
@@ -55,6 +57,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=size_arg,
         metavar="SIZE",
         help="most bytes the seed cache holds, e.g. 100GB (default: no limit)",
+    )
+    add_storage_arguments(p)
+    p.add_argument(
+        "--task-ttl",
+        type=seconds_arg,
+        default=3600.0,
+        metavar="SECONDS",
+        help="forget a task nobody opened or reported on for this long; its blob stays in the "
+        "seed cache (default: %(default)s)",
     )
     p.add_argument(
         "--piece-size",
@@ -187,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
             advertise=args.advertise,
             data_dir=args.data_dir,
             cache_size=args.cache_size,
+            min_free=args.min_free,
+            upstream=upstream_config(args),
+            task_ttl=args.task_ttl,
             piece_size=args.piece_size,
             seed_upload_slots=args.seed_upload_slots,
             seed_upload_limit=args.seed_upload_limit,

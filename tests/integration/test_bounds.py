@@ -1,0 +1,179 @@
+"""Bounds under hostile load, on real processes: floods of idle and slow-header sockets,
+upstreams that claim absurd sizes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from swarmpull.core.digest import Digest
+from swarmpull.edges.http import HostPort, start_site
+from tests.kit.floods import FloodProcess
+from tests.kit.peers import PeerProcess
+from tests.kit.supernodes import SupernodeProcess
+
+KiB, MiB = 1024, 1024 * 1024
+SMALL_MACHINE = 1024  # open files, soft and hard: what many hosts give a service
+
+
+async def swarmpull_get(url: str, out, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarmpull", "get", url, "-o", str(out), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    return proc.returncode, err.decode()
+
+
+async def test_floods_of_idle_and_slow_sockets_do_not_stop_a_pull(tmp_path, upstream):
+    data = os.urandom(4 * MiB)
+    url = upstream.add("layer", data)
+    digest = str(Digest.of(data))
+    supernode = SupernodeProcess(tmp_path / "supernode", "--piece-size", "256KiB", fd_limit=SMALL_MACHINE)
+    holder = PeerProcess(tmp_path / "holder", supernode.url, fd_limit=SMALL_MACHINE)
+    newcomer = PeerProcess(tmp_path / "newcomer", supernode.url)
+    flood = FloodProcess(
+        [(port, 600, mode) for port in (supernode.port, holder.port) for mode in ("idle", "slowloris")]
+    )  # the supernode's API and seed; the holder's piece server
+    try:
+        await supernode.start()
+        await holder.start()
+        code, err = await swarmpull_get(url, tmp_path / "first", "--digest", digest, "--peer", holder.api_url)
+        assert code == 0, err
+        await flood.start()
+
+        await newcomer.start()
+        code, err = await swarmpull_get(
+            url, tmp_path / "copy", "--peer", newcomer.api_url, "--digest", digest
+        )
+        assert code == 0, err
+        assert (tmp_path / "copy").read_bytes() == data
+        assert upstream.bytes_sent == len(data)  # the swarm served it: nobody fell back upstream
+        from_peers = await newcomer.metric("swarmpull_peer_download_bytes_total", source="peer")
+        assert from_peers > 0  # from the holder, through its flooded piece server
+        async with aiohttp.ClientSession() as session, session.get(f"{supernode.url}/healthz") as resp:
+            assert resp.status == 200  # and still answers anyone who asks
+        assert await flood.stop() > 0  # idle ones made room
+        assert "open files: at most 1024" in supernode.log
+    finally:
+        await flood.stop()
+        for daemon in (newcomer, holder, supernode):
+            await daemon.stop()
+
+
+class Claimer:
+    """An upstream that declares 16 TiB, sends 4 MiB of them and breaks off."""
+
+    CLAIM = 16 << 40
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{path:.*}", self._answer)
+        self._runner, bound = await start_site(app, HostPort("127.0.0.1", 0))
+        self.url = bound.url()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Accept-Ranges": "bytes"})
+        resp.content_length = self.CLAIM
+        await resp.prepare(request)
+        for _ in range(64):
+            await resp.write(os.urandom(64 * KiB))
+            await asyncio.sleep(0.05)
+        request.transport.close()  # and then it breaks off
+        return resp
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * KiB
+    raise LookupError("no VmRSS")
+
+
+async def test_an_upstream_claiming_16_tib_is_refused_for_its_size_or_for_the_disk(tmp_path):
+    claimer = Claimer()
+    await claimer.start()
+    default = SupernodeProcess(tmp_path / "default")
+    raised = SupernodeProcess(tmp_path / "raised", "--max-blob-size", "32TiB")
+    try:
+        await default.start()
+        await raised.start()
+        code, err = await swarmpull_get(f"{claimer.url}/huge", tmp_path / "a", "--supernode", default.url)
+        assert code == 1 and "over the limit" in err, err
+
+        before = rss(raised.process.pid)
+        code, err = await swarmpull_get(f"{claimer.url}/huge", tmp_path / "b", "--supernode", raised.url)
+        assert code == 1, err  # the one-shot peer's own fallback keeps the default limit
+        assert "disk full: 17592186044416 bytes would leave less than" in raised.log  # refused cleanly
+        assert rss(raised.process.pid) - before < 64 * MiB  # not a structure per claimed piece
+        assert not list(tmp_path.glob("[ab]*"))  # no partial output
+        async with aiohttp.ClientSession() as session, session.get(f"{raised.url}/healthz") as resp:
+            assert resp.status == 200
+    finally:
+        for daemon in (default, raised):
+            await daemon.stop()
+        await claimer.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs: a disk that fills up for real."""
+    where = tmp_path / "small"
+    where.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)], check=True,
+                       capture_output=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {exc}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def free(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+async def test_a_full_disk_fails_a_blob_cleanly_and_free_space_is_kept_by_evicting(
+    swarm, upstream, small_disk, tmp_path
+):
+    big, one, two = os.urandom(24 * MiB), os.urandom(10 * MiB), os.urandom(10 * MiB)
+    urls = {name: upstream.add(name, data) for name, data in (("big", big), ("one", one), ("two", two))}
+    supernode = await swarm.start_supernode()
+    daemon = PeerProcess(small_disk / "node", supernode.url)  # --min-free: 5 % of 16 MiB
+    await daemon.start()
+    try:
+        empty = free(small_disk)
+        code, err = await swarmpull_get(urls["big"], tmp_path / "big", "--peer", daemon.api_url)
+        assert code == 1 and "disk full" in err and len(err.splitlines()) == 1, err
+        assert free(small_disk) >= empty - MiB  # nothing of it left on the disk
+        assert not (tmp_path / "big").exists()
+
+        code, err = await swarmpull_get(urls["one"], tmp_path / "one", "--peer", daemon.api_url)
+        assert code == 0, err
+        # A blob handed out by path stays pinned for a while (the caller copies it): a
+        # restart lets it go, and keeps it.
+        await daemon.stop()
+        await daemon.start()
+        code, err = await swarmpull_get(urls["two"], tmp_path / "two", "--peer", daemon.api_url)
+        assert code == 0, err  # two cannot fit beside one: one made room
+        assert (tmp_path / "one").read_bytes() == one and (tmp_path / "two").read_bytes() == two
+        assert free(small_disk) >= 16 * MiB * 0.05
+        assert len(list((small_disk / "node" / "blobs").glob("*.data"))) == 1  # one was evicted
+    finally:
+        await daemon.stop()

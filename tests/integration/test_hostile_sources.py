@@ -1,0 +1,111 @@
+"""Sources that lie about what they can serve, on real processes: a peer that holds every
+piece but sends at 1 byte/s, or hangs up mid-piece. Pulls through the swarm still finish,
+with every byte verified, and the liar stops being handed out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import aiohttp
+import pytest
+
+from loadtest.image import build_image
+from loadtest.registry import MiniRegistry
+from loadtest.services import free_port
+from swarmpull.core.digest import Digest
+from swarmpull.edges.http import HostPort
+from swarmpull.edges.metrics import sample
+from tests.kit.nodes import start_node
+from tests.kit.peers import PeerProcess
+from tests.kit.relays import HostileRelay
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+async def swarmpull_get(url: str, out, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarmpull", "get", url, "-o", str(out), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    return proc.returncode, err.decode()
+
+
+@pytest.mark.parametrize("mode", ["slow", "truncate"])
+async def test_a_lying_source_holding_every_piece_does_not_stall_a_pull(swarm, upstream, tmp_path, mode):
+    data = os.urandom(2 * MiB)
+    url = upstream.add("layer", data)
+    digest = str(Digest.of(data))
+    supernode = await swarm.start_supernode(piece_size=64 * KiB, seed_upload_slots=1)
+    relay = HostileRelay()  # what the others reach the liar's pieces through
+    await relay.start()
+    liar = PeerProcess(tmp_path / "liar", supernode.url, "--advertise", relay.url)
+    relay.target_port = liar.port
+    victim = PeerProcess(tmp_path / "victim", supernode.url)
+    try:
+        await liar.start()
+        code, err = await swarmpull_get(
+            url, tmp_path / "liar.bin", "--peer", liar.api_url, "--digest", digest
+        )
+        assert code == 0, err
+        relay.mode = mode  # from now on it holds every piece and lies about serving them
+        relay.paths.clear()
+
+        await victim.start()
+        async with asyncio.timeout(180):  # a stalled pull would hang here for ever
+            code, err = await swarmpull_get(
+                url, tmp_path / "copy", "--peer", victim.api_url, "--digest", digest
+            )
+        assert code == 0, err
+        assert (tmp_path / "copy").read_bytes() == data
+        assert upstream.bytes_sent == len(data)  # the swarm served it, not the registry
+        asked = [p for p in relay.paths if p.startswith("/pieces/") and "/map" not in p]
+        assert asked  # the liar was handed out, and asked for pieces
+        assert await victim.metric("swarmpull_peer_pieces_total", outcome="failed") >= 1  # given up on
+    finally:
+        for daemon in (victim, liar):
+            await daemon.stop()
+        await relay.stop()
+
+
+@pytest.mark.parametrize("mode", ["slow", "truncate"])
+async def test_a_lying_source_does_not_stall_a_pull_through_the_registry_proxy(swarm, tmp_path, mode):
+    registry = MiniRegistry()
+    await registry.start()
+    image = build_image([2 * MiB], seed=11)
+    registry.add("app", "v1", image)
+    layer = image.layers[0]
+    supernode = await swarm.start_supernode(piece_size=64 * KiB, seed_upload_slots=1)
+    relay = HostileRelay(free_port())
+    await relay.start()
+    nodes = []
+    try:
+        liar = await start_node(
+            tmp_path / "liar", (supernode.url,), (registry.host,),
+            listen=HostPort("127.0.0.1", relay.target_port), advertise=relay.url,
+        )  # fmt: skip
+        nodes.append(liar)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                f"{liar.proxy.url}/v2/app/blobs/{layer.digest}?ns={registry.host}"
+            ) as resp:
+                assert resp.status == 200 and await resp.read() == layer.data
+            relay.mode = mode
+            relay.paths.clear()
+
+            victim = await start_node(tmp_path / "victim", (supernode.url,), (registry.host,))
+            nodes.append(victim)
+            async with asyncio.timeout(180):  # containerd would be waiting here
+                url = f"{victim.proxy.url}/v2/app/blobs/{layer.digest}?ns={registry.host}"
+                async with session.get(url) as resp:
+                    assert resp.status == 200 and await resp.read() == layer.data
+        assert registry.blob_bytes_sent == len(layer.data)  # the swarm served it, not the registry
+        assert [p for p in relay.paths if p.startswith("/pieces/") and "/map" not in p]  # the liar was asked
+        assert sample(victim.peer.metrics.registry, "swarmpull_peer_pieces_total", outcome="failed") >= 1
+    finally:
+        for node in reversed(nodes):
+            await node.stop()
+        await relay.stop()
+        await registry.stop()
