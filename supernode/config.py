@@ -31,6 +31,9 @@ class SupernodeConfig:
     """Fixed piece size for new tasks; None: the documented rule (swarmpull.core.geometry)."""
     seed_upload_slots: int = 64
     """Concurrent piece uploads the seed serves; more requests wait in line for a slot."""
+    seed_copies: int = 2
+    """Times the seed sends a piece before it serves it only where fewer live peers hold
+    it (``supernode.ration``)."""
     seed_upload_limit: int | None = None
     """Bytes per second the seed serves to peers, all together; None: no limit."""
     origin_limits: tuple[OriginLimit, ...] = ()
@@ -98,6 +101,8 @@ class SupernodeConfig:
             raise ValueError("min_free is a share of the disk, from 0 to below 1")
         if self.report_rate <= 0 or not 0 < self.report_min <= self.report_max:
             raise ValueError("report_rate must be positive and 0 < report_min <= report_max")
+        if self.seed_copies < 1:
+            raise ValueError("seed_copies must be at least 1")
         if self.seed_upload_slots < 1:
             raise ValueError("seed_upload_slots must be at least 1")
         if self.piece_size is not None and self.piece_size < 4096:

@@ -28,6 +28,7 @@ from supernode.openapi import supernode_openapi
 from supernode.origin_limits import OriginLimits
 from supernode.preheat.api import PreheatApi
 from supernode.preheat.service import Preheats
+from supernode.ration import SeedRation
 from supernode.registry_books import BooksConfig, RegistryBooks
 from supernode.registry_mirror import RegistryMirror
 from supernode.scheduler import Scheduler
@@ -110,13 +111,16 @@ class Supernode:
             self._clock,
             on_wait=self.metrics.transfers.limiter_wait.labels("upload").inc,
         )
-        pieces = self._pieces = PieceServer(store, self.metrics.transfers, limiter, config.seed_upload_slots)
+        scheduler = Scheduler(config.scheduler)
+        scheduler.add_seed(config.seed_id, config.seed_upload_limit)
+        ration = SeedRation(config.seed_copies, scheduler.holders)
+        pieces = self._pieces = PieceServer(
+            store, self.metrics.transfers, limiter, config.seed_upload_slots, ration=ration.allow
+        )
         store.on_piece = pieces.notify
         sock, bound = bind(config.listen)
         self.url = advertised_url(bound, config.advertise)
         cluster = self._cluster = self._connect_cluster()
-        scheduler = Scheduler(config.scheduler)
-        scheduler.add_seed(config.seed_id, config.seed_upload_limit)
         events = Tagged(self._events, "supernode", self.url)
         seeding = Seeding(
             config, store, self._session, self._clock, scheduler, signer, cluster, self.metrics, events

@@ -129,6 +129,19 @@ class Scheduler:
         task = self._tasks.get(task_id)
         return len(task.members) if task is not None else 0
 
+    def holders(self, task_id: str, piece: int) -> int:
+        """Live members that hold ``piece`` (as last reported)."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            return 0
+        bit, peers, active = 1 << piece, self._peers, SourceState.ACTIVE
+        count = 0
+        for peer_id, member in task.members.items():
+            if member.have & bit:
+                peer = peers.get(peer_id)
+                count += peer is not None and peer.state is active
+        return count
+
     def piece_seeded(self, task_id: str, piece: int) -> None:
         """The seed now holds ``piece`` (verified)."""
         self._task(task_id).seeded |= 1 << piece

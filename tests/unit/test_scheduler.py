@@ -247,3 +247,16 @@ def test_invariants_hold_whatever_the_events(events):
                 assert not (usable and len(holder.children) < child_cap(source, typical, config)), (
                     f"{peer} got no parent while {source_id} had room"
                 )
+
+
+def test_holders_count_live_members_that_hold_a_piece():
+    sched = Scheduler(SchedulerConfig(), random.Random(1))
+    sched.add_seed(SEED, 100e6)
+    sched.add_task(T, 4, SEED)
+    for peer, have in (("a", 0b0011), ("b", 0b0001), ("c", 0b0000)):
+        sched.peer_joined(peer, NOW, serves=True)
+        sched.join(T, peer, have, NOW)
+    assert [sched.holders(T, piece) for piece in range(4)] == [2, 1, 0, 0]
+    sched.peer_left("a", NOW)
+    assert sched.holders(T, 0) == 1
+    assert sched.holders("no-such-task", 0) == 0

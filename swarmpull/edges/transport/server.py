@@ -25,6 +25,7 @@ import asyncio
 import logging
 import re
 from collections import deque
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -55,8 +56,10 @@ class PieceServer:
         slots: int | None = None,
         compression: bool = True,
         queue: int | None = None,
+        ration: Callable[[str, int], bool] | None = None,
     ) -> None:
         self._store = store
+        self._ration = ration  # the seed's: may this piece go out now? (supernode.ration)
         self._counters = counters
         self._limiter = limiter or RateLimiter(None)
         self._slots = slots
@@ -141,6 +144,8 @@ class PieceServer:
             return json_error(400, "BAD_REQUEST", f"piece {piece} out of range")
         if not blob.is_verified(piece):
             return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
+        if self._ration is not None and not self._ration(task_id, piece):
+            return json_error(404, "NOT_FOUND", f"piece {piece} is rationed here: peers hold it")
         try:
             slot = await self._take_slot()
         except ConnectionAbortedError:
