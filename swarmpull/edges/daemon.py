@@ -24,8 +24,14 @@ class Daemon(Protocol):
 def run_daemon(factory: Callable[[], Daemon], on_started: Callable[[Daemon], None] | None = None) -> None:
     """Build, start and serve a daemon on uvloop until SIGINT or SIGTERM, then stop it."""
     soft, limit = raise_fd_limit()
-    log.info("open files: at most %d (soft limit was %d)", limit, soft)
-    uvloop.run(_serve(factory, on_started))
+
+    def started(daemon: Daemon) -> None:
+        # Said once serving, not before: a daemon that cannot start says only why.
+        log.info("open files: at most %d (soft limit was %d)", limit, soft)
+        if on_started is not None:
+            on_started(daemon)
+
+    uvloop.run(_serve(factory, started))
 
 
 def raise_fd_limit() -> tuple[int, int]:
