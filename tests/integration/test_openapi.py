@@ -26,8 +26,10 @@ def served(apps: list[web.Application]) -> set[tuple[str, str]]:
 # preheat, the dashboard): not described yet, so not fuzzed either. Describing one means
 # taking it off this list (the test then fails until the document has it).
 NOT_YET_DESCRIBED = re.compile(
-    r"^(/announce|/ui(/.*)?|/api/v1/preheat.*|/api/v1/peers/\{peer\}/(torrents|preheat))$"
+    r"^(/announce|/ui(/.*)?|/api/v1/preheat.*|/api/v1/peers/\{peer\}/(torrents|preheat)"
+    r"|/readyz|/api/v1/registry/(manifest|blob))$"
 )
+PEER_NOT_YET_DESCRIBED = re.compile(r"^(/readyz|/api/v1/tasks/\{task\})$")
 
 
 def described(doc: dict) -> set[tuple[str, str]]:
@@ -63,6 +65,6 @@ async def test_the_peer_serves_its_document_and_describes_every_route(swarm):
         assert resp.status == 200 and resp.content_type == "application/json"
         doc = await resp.json()
     assert doc == peer_openapi()
-    assert served(peer.apps) == described(doc)
+    assert {(m, p) for m, p in served(peer.apps) if not PEER_NOT_YET_DESCRIBED.match(p)} == described(doc)
     piece_paths = {p for p, item in doc["paths"].items() if p.startswith("/pieces/")}
     assert piece_paths and all(doc["paths"][p]["servers"][0]["url"] == "{address}" for p in piece_paths)
