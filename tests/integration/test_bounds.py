@@ -36,7 +36,9 @@ async def test_floods_of_idle_and_slow_sockets_do_not_stop_a_pull(tmp_path, upst
     data = os.urandom(4 * MiB)
     url = upstream.add("layer", data)
     digest = str(Digest.of(data))
-    supernode = SupernodeProcess(tmp_path / "supernode", "--piece-size", "256KiB", fd_limit=SMALL_MACHINE)
+    supernode = SupernodeProcess(
+        tmp_path / "supernode", "--piece-size", "256KiB", "--seed-copies", "1", fd_limit=SMALL_MACHINE
+    )  # the seed sends each piece once (to the holder): the newcomer must get it from the holder
     holder = PeerProcess(tmp_path / "holder", supernode.url, fd_limit=SMALL_MACHINE)
     newcomer = PeerProcess(tmp_path / "newcomer", supernode.url)
     flood = FloodProcess(

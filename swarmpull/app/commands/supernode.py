@@ -81,6 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="concurrent piece uploads from the seed (default: %(default)s)",
     )
     p.add_argument(
+        "--seed-copies",
+        type=positive_int,
+        default=2,
+        metavar="N",
+        help="times the seed sends a piece before it sends it only where fewer than N live "
+        "peers hold it (default: %(default)s)",
+    )
+    p.add_argument(
         "--seed-upload-limit",
         type=limit_arg,
         default="none",
@@ -203,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
             task_ttl=args.task_ttl,
             piece_size=args.piece_size,
             seed_upload_slots=args.seed_upload_slots,
+            seed_copies=args.seed_copies,
             seed_upload_limit=args.seed_upload_limit,
             origin_limits=tuple(origins),
             direct_per_task=args.direct_per_task,
