@@ -32,3 +32,7 @@ class SeedRation:
             return False
         sent[piece] = count + 1
         return True
+
+    def forget(self, task_id: str) -> None:
+        """The seed dropped the blob: a copy it holds again is counted afresh."""
+        self._sent.pop(task_id, None)

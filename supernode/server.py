@@ -147,6 +147,12 @@ class Supernode:
             )
             self._feed = DashboardFeed(survey, cluster, self._clock, config.ui_interval)
         seed_torrents = await self._start_torrents(store)
+
+        def evicted(task_id: str) -> None:  # the seed no longer holds the blob
+            ration.forget(task_id)
+            seed_torrents.evicted(task_id)
+
+        store.on_evict = evicted
         torrent_api = TorrentApi(seed_torrents, seed_torrents.tracker, scheduler.knows_peer, self._clock)
         preheats = self.preheats = Preheats(service, access, seed_torrents, self._clock, config.tick_interval)
         app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
@@ -185,7 +191,6 @@ class Supernode:
             await _address_of(urlsplit(self.url).hostname or session.listen.host), session.listen.port
         )
         torrents = SeedTorrents(store, session, Tracker(os.urandom(32)), seed, self.url)
-        store.on_evict = torrents.evicted
         Gauge(
             "swarmpull_supernode_torrent_upload_bytes",
             "Payload bytes the seed sent over BitTorrent since its torrents were added",

@@ -21,3 +21,12 @@ def test_each_piece_goes_out_copies_times_then_only_while_few_peers_hold_it():
 def test_the_seed_sends_every_piece_at_least_once():
     with pytest.raises(ValueError):
         SeedRation(0, lambda task, piece: 0)
+
+
+def test_a_blob_the_seed_dropped_is_counted_afresh():
+    ration = SeedRation(1, lambda task, piece: 1)  # one peer holds every piece
+    assert ration.allow("t", 0)
+    assert not ration.allow("t", 0)
+    ration.forget("t")  # evicted from the seed's cache: whatever it holds next is a new copy
+    assert ration.allow("t", 0)
+    ration.forget("never-seen")  # nothing to forget is no error
