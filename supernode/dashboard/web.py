@@ -155,7 +155,8 @@ class Dashboard:
         if not auth.allows(request.headers.get("Authorization"), request.cookies.get(COOKIE)):
             challenge = {"WWW-Authenticate": "Bearer"}
             raise _error(401, "UNAUTHENTICATED", "log in with the dashboard token", challenge)
-        assert self._feed is not None
+        if self._feed is None:  # a token is set only together with a feed
+            raise RuntimeError("the dashboard has a token but no feed")
         return self._feed
 
 

@@ -131,7 +131,8 @@ class Preheats:
         """One blob into the seed, and its torrent made, before nodes are sent for it."""
         try:
             task = await self._service.seed_blob(layer.url, layer.digest, headers)
-            assert task.blob is not None
+            if task.blob is None:  # seed_blob returns a task whose blob it verified
+                raise RuntimeError(f"task {layer.task_id} was seeded without a blob")
             await self._torrents.torrent(task.blob)
         except (TaskFailed, NotSeeded, StoreError, ShuttingDown) as exc:
             job.layer_failed(self._clock.monotonic(), layer.task_id, str(exc))

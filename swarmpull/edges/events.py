@@ -102,7 +102,8 @@ class EventLog:
             self._wake.set()
 
     async def _run(self) -> None:
-        assert self._wake is not None
+        if self._wake is None:
+            raise RuntimeError("the event log runs only once started")
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.flush_interval):

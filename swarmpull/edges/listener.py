@@ -406,7 +406,8 @@ class BoundedSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         server = self._runner.server
-        assert server is not None
+        if server is None:  # aiohttp's runner makes its server in setup()
+            raise RuntimeError("the listener starts only after its runner is set up")
         acceptor = _Acceptor(self._sock, server, self._budget, self._ssl_context)
         self._server = acceptor  # type: ignore[assignment]
         acceptor.start_reading()

@@ -152,7 +152,8 @@ class PieceClient:
         self, conn: PieceConnection, address: str, piece: int, writer: PieceWriter, priority: Priority
     ) -> Fetched:
         head = conn.head
-        assert head is not None
+        if head is None:  # _body follows a head that was read
+            raise RuntimeError(f"piece {piece} from {address}: body before head")
         _check_code(head.status, address, piece)
         compressed = head.headers.get("content-encoding", "identity") == "zstd"
         length = head.content_length
