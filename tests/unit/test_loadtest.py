@@ -8,7 +8,9 @@ import math
 import pytest
 
 from loadtest.report import ModeResult, compare, dump_json, json_key, kumar_ross_bound, percentile, render
-from loadtest.simulate.swarm import SimConfig, SwarmSimulation, simulate_direct
+from loadtest.simulate.config import SimConfig
+from loadtest.simulate.direct import simulate_direct
+from loadtest.simulate.swarm import SwarmSimulation
 
 MB = 1e6
 

@@ -375,7 +375,9 @@ async def _surge(config, run_surge):  # type: ignore[no-untyped-def]
 
 
 def _simulate(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from loadtest.simulate.swarm import SimConfig, SwarmSimulation, simulate_direct
+    from loadtest.simulate.config import SimConfig
+    from loadtest.simulate.direct import simulate_direct
+    from loadtest.simulate.swarm import SwarmSimulation
 
     network = args.network if args.network != "auto" else ("exact" if args.nodes <= 2000 else "fast")
     config = SimConfig(
@@ -407,7 +409,7 @@ def _simulate(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _service(text: str) -> dict[str, float]:
     """``open=0.0004,report=0.0003,task=0.0001`` (seconds; ``ms`` suffixes allowed)."""
-    from loadtest.simulate.swarm import DEFAULT_SERVICE
+    from loadtest.simulate.config import DEFAULT_SERVICE
 
     out = dict(DEFAULT_SERVICE)
     for item in text.split(","):
