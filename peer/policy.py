@@ -12,7 +12,8 @@ from the maps parents send, the simulator from the parents' own state).
   pieces of all), and otherwise only for what the peer parents leave of our link.
 - **As many transfers as the link needs.** Transfers are added while the rates they are
   expected to bring (each parent's measured rate per transfer) fall short of the download
-  rate, within ``per_parent`` per parent and ``max_inflight`` in all: a few fast
+  rate, within ``max_inflight`` in all and one per parent (``per_parent`` while its pieces are
+  quick: pipelining hides the gaps between them): a few fast
   transfers when parents are fast (each piece is ready to share sooner), more when they
   are loaded, so our link stays busy either way.
 - **Deadlines.** A transfer may take ``slack`` times what the parent's measured rate (or,
@@ -46,7 +47,12 @@ class PolicyConfig:
     """Most transfers of one blob under way at once (the node's download slots bound all
     blobs)."""
     per_parent: int = 3
-    """Most transfers from one parent at once."""
+    """Most transfers from one parent at once, when its pieces are quick (below)."""
+    pipeline_below: float = 0.1
+    """Seconds: a parent gets more than one transfer at once only while a piece from it is
+    expected sooner than this. Pipelining hides the round trip and the hash between two
+    pieces, which matters only for quick ones; a slow piece shared by parallel transfers
+    from one parent arrives later, and is shared onward later, than one after another."""
     headroom: float = 1.25
     """Transfers are added while the rates they are expected to bring (each parent's
     measured rate per transfer) sum to less than this times the download rate: few, fast
@@ -271,14 +277,13 @@ class PiecePolicy:
     ) -> float:
         """Round-robin over ``links`` (fastest first), one piece per turn, rarest first,
         until the expected rates reach ``target``; returns what is left of it."""
-        cap = self.config.per_parent
         links = sorted(links, key=lambda link: (-self._rate(link) / (link.inflight + 1), self._rng.random()))
         while len(picks) < room and wanted and target > 0:
             progress = False
             for link in links:
                 if len(picks) >= room or target <= 0:
                     return target
-                if link.inflight >= cap:
+                if link.inflight >= self._cap(link):
                     continue
                 mine = link.bits & wanted
                 if not mine:
@@ -393,6 +398,11 @@ class PiecePolicy:
 
     def _transfers(self) -> int:
         return sum(len(c) for c in self.inflight.values())
+
+    def _cap(self, link: ParentLink) -> int:
+        """Transfers ``link`` may carry at once."""
+        quick = self.piece_size <= self.config.pipeline_below * self._rate(link)
+        return self.config.per_parent if quick else 1
 
     def _rate(self, link: ParentLink) -> float:
         """What one more transfer from this parent is expected to bring."""

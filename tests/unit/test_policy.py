@@ -47,12 +47,23 @@ def test_only_pieces_whose_sha256_is_known_are_chosen():
 
 def test_transfers_are_added_while_the_expected_rates_fall_short():
     """A fast parent gets a few transfers; a slow one, measured, gets more company."""
-    p = policy(count=32, per_parent=8, max_inflight=8, headroom=1.0, first_streams=2)
+    p = policy(count=32, per_parent=8, max_inflight=8, headroom=1.0, first_streams=2, pipeline_below=1.0)
     p.set_parents([("a", False, View(range(32)))])
     assert len(p.choose(NOW, 8)) == 2  # unmeasured: each expected to bring half the link
     for piece in list(p.inflight):
         p.finished(piece, "a", PIECE, PIECE / 10e6, NOW)  # measured: 10 MB/s per transfer
     assert len(p.choose(NOW, 8)) == 8  # 100 MB/s wanted: as many as the caps allow
+
+
+def test_a_parent_whose_pieces_are_slow_sends_them_one_after_another():
+    """Two slow pieces side by side from one parent both arrive late; one after the other,
+    the first is ready (and shared onward) twice as soon."""
+    p = policy(count=32, per_parent=4, max_inflight=8, headroom=10.0, pipeline_below=0.1)
+    p.set_parents([("slow", False, View(range(32))), ("quick", False, View(range(32)))])
+    p.parents["slow"].rate = 10e6  # 4 MiB in 0.42 s
+    p.parents["quick"].rate = 100e6  # in 0.04 s: pipelined, the gaps between pieces hidden
+    by_parent = [parent for _, parent in p.choose(NOW, 8)]
+    assert by_parent.count("slow") == 1 and by_parent.count("quick") == 4
 
 
 def test_a_failing_parent_is_dropped_and_reported():
