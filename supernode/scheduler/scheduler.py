@@ -352,6 +352,8 @@ class Scheduler:
         holder = task.members.get(report.parent)
         if source is None or holder is None:
             return
+        if report.bytes > 0:
+            source.served_at = now
         if report.bytes > 0 and report.seconds > 0:
             # A parent shares its upload among its children: per child, it looks slower
             # the more children it has. That is load, not sickness.
@@ -370,6 +372,11 @@ class Scheduler:
                 self._quarantine_peer(source, now, events)
         elif reason in (FailureReason.UNREACHABLE, FailureReason.TIMEOUT):
             window = now - self.config.blacklist_seconds
+            if reason is FailureReason.TIMEOUT and source.served_at > window:
+                # Transfers over their deadline at a source that still delivers to others
+                # are its load (or the reporter's link), not a stall: in a rate-limited
+                # surge most sources see a few, and degrading them all starves the swarm.
+                return
             source.failures = {r: t for r, t in source.failures.items() if t > window}
             source.failures[member.peer_id] = now
             if len(source.failures) < self.config.failure_witnesses:

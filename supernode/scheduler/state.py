@@ -23,6 +23,7 @@ class Peer:
         "is_seed",
         "last_seen",
         "rack",
+        "served_at",
         "serves",
         "state",
         "tasks",
@@ -41,6 +42,7 @@ class Peer:
         self.state = SourceState.ACTIVE
         self.degraded_until = 0.0
         self.last_seen = 0.0
+        self.served_at = -1e18  # when a requester last reported bytes from it
         self.tasks: set[str] = set()
         self.failures: dict[str, float] = {}  # requester -> when it reported us failing
         self.corrupt: set[str] = set()  # requesters that reported corrupt pieces from us

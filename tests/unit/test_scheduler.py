@@ -154,6 +154,24 @@ def test_two_requesters_finding_a_source_unreachable_drop_it():
     assert events.dropped == ["gone"] and not sched.knows_peer("gone")
 
 
+def test_timeouts_degrade_a_stalled_source_not_a_loaded_one():
+    """Two requesters' timeouts degrade a source that delivers to nobody; a source that
+    still delivers to a third requester is loaded, and stays in service."""
+    for serving in (False, True):
+        sched = make(parents=1, seed_children=1, children_per_parent=3.0)
+        join(sched, "src", "r1", "r2", "r3")
+        sched.join(T, "src", full(8), NOW)
+        for requester in ("r1", "r2", "r3"):
+            assert [p.id for p in sched.join(T, requester, 0, NOW) if not p.seed] == ["src"]
+        if serving:
+            sched.report(T, "r3", NOW + 1, have=1, parents=[ParentReport("src", 1 << 20, 2.0, 0, None)])
+        timeout = [ParentReport("src", 0, 0.0, 1, FailureReason.TIMEOUT)]
+        sched.report(T, "r1", NOW + 2, have=0, parents=timeout)
+        _, events = sched.report(T, "r2", NOW + 2, have=0, parents=timeout)
+        expected = SourceState.ACTIVE if serving else SourceState.DEGRADED
+        assert sched.state("src") is expected and (events.degraded == []) is serving
+
+
 def test_silent_peers_expire():
     sched = make(peer_timeout=30.0)
     join(sched, "quiet", "chatty")
