@@ -99,6 +99,7 @@ class ControlPlane:
         data_dir.mkdir(parents=True, exist_ok=True)
         log = data_dir / "supernode.log"
         args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *self.args, *extra]
+        args.append("--insecure-cluster")  # the control-plane surge measures plain HTTP
         with open(log, "wb") as out:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "swarmpull", "supernode", *args,
