@@ -177,6 +177,8 @@ class PeerDaemon:
         if torrent.listen is None:
             host = config.listen.host if config.listen is not None else "127.0.0.1"
             torrent = dataclasses.replace(torrent, listen=HostPort(host, 0))
+        if config.tls is not None:  # the tracker is the supernode's https API: see verify_tracker
+            torrent = dataclasses.replace(torrent, verify_tracker=False)
         assert self._cluster is not None and self.control is not None
         rest = SupernodeRest(
             self._cluster, config.supernodes, self.peer_id, config.request_timeout, self._supernode_tls()
