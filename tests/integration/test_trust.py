@@ -176,6 +176,13 @@ async def test_pieces_go_only_to_cluster_certificates(cluster, upstream, tmp_pat
                 with pytest.raises(aiohttp.ClientError):  # refused in the handshake: no byte
                     async with session.get(piece, **theirs) as resp:
                         await resp.read()
+            # A source that is not the one the supernode named: the requester hangs up.
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                async with session.get(f"{holder.url}/pieces/{task}/0", **member.to_node("node-c")) as resp:
+                    await resp.read()
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):  # nor is a node the seed
+                async with session.get(f"{holder.url}/pieces/{task}/0", **member.to_supernode()) as resp:
+                    await resp.read()
     finally:
         for daemon in (holder, supernode):
             await daemon.stop()
