@@ -30,7 +30,13 @@ from tests.kit.supernodes import SupernodeProcess
 
 MiB = 1024 * 1024
 NOW = datetime.now(UTC)
-MEMBERS = [("sn1", Role.SUPERNODE), ("node-a", Role.NODE), ("node-b", Role.NODE), ("node-c", Role.NODE)]
+MEMBERS = [
+    ("sn1", Role.SUPERNODE),
+    ("operator", Role.SUPERNODE),  # the operators' tool: starts preheats
+    ("node-a", Role.NODE),
+    ("node-b", Role.NODE),
+    ("node-c", Role.NODE),
+]
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +230,17 @@ async def test_a_node_certificate_cannot_serve_as_a_supernode(cluster, upstream,
         assert asked == []  # not one request reached the impostor
     finally:
         await runner.cleanup()
+
+
+async def test_only_a_supernode_certificate_starts_a_preheat(cluster, tmp_path):
+    supernode = SupernodeProcess(tmp_path / "sn", tls_dir=cluster["sn1"])
+    nowhere = "127.0.0.1:1/team/app:v1"  # a registry that is not there: the job fails once started
+    try:
+        await supernode.start()
+        preheat = ["preheat", nowhere, "--supernode", supernode.url, "--deadline", "30s"]
+        code, err = await swarmpull(*preheat, "--tls-dir", str(cluster["node-b"]))
+        assert code == 2 and "a supernode needs a supernode certificate" in err, err  # the API: 403, above
+        code, err = await swarmpull(*preheat, "--tls-dir", str(cluster["operator"]))
+        assert code == 1 and "failed" in err and "403" not in err, err  # started, then failed upstream
+    finally:
+        await supernode.stop()
