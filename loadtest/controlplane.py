@@ -51,6 +51,8 @@ class ControlPlane:
     """With replicas: how long a dead owner's lease outlives it."""
     events: Path | None = None
     """A directory for the replicas' swarm events (``supernode.jsonl``, ``supernode-1.jsonl``...)."""
+    tls_root: Path | None = None
+    """TLS directories ``sn<i>``, one per replica (mutual TLS); None: plain HTTP."""
     _replicas: list[_Replica] = field(default_factory=list)
     _redis: RedisServer | None = None
 
@@ -68,13 +70,20 @@ class ControlPlane:
             count = max(1, self.replicas)
             self._replicas = await asyncio.gather(
                 *(
-                    self._start_on_a_free_port(self.root / f"supernode{i}", [*extra, *self._events_args(i)])
+                    self._start_on_a_free_port(
+                        self.root / f"supernode{i}", [*extra, *self._events_args(i), *self._tls_args(i)]
+                    )
                     for i in range(count)
                 )
             )
         except BaseException:
             await self.stop()
             raise
+
+    def _tls_args(self, replica: int) -> list[str]:
+        if self.tls_root is None:
+            return ["--insecure-cluster"]
+        return ["--tls-dir", str(self.tls_root / f"sn{replica}")]
 
     def _events_args(self, replica: int) -> list[str]:
         if self.events is None:
@@ -95,9 +104,9 @@ class ControlPlane:
 
     async def _start_one(self, data_dir: Path, extra: list[str]) -> _Replica:
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
         data_dir.mkdir(parents=True, exist_ok=True)
         log = data_dir / "supernode.log"
+        url = f"{'https' if self.tls_root else 'http'}://127.0.0.1:{port}"
         args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *self.args, *extra]
         with open(log, "wb") as out:
             process = await asyncio.create_subprocess_exec(
@@ -108,7 +117,7 @@ class ControlPlane:
         async with aiohttp.ClientSession() as session:
 
             async def healthy() -> bool:
-                async with session.get(f"{url}/healthz") as resp:
+                async with session.get(f"{url}/healthz", ssl=False) as resp:  # open to anyone
                     return resp.status == 200
 
             try:
@@ -195,7 +204,7 @@ class ControlPlane:
                 with contextlib.suppress(OSError, ValueError, IndexError):
                     cpu += cpu_seconds(replica.process.pid)
                 with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{replica.url}/metrics") as resp:
+                    async with session.get(f"{replica.url}/metrics", ssl=False) as resp:
                         text = await resp.text()
                     calls += int(_metric_sum(text, "swarmpull_supernode_calls_total"))
                     seed += _metric_sum(text, "swarmpull_supernode_seed_upload_bytes_total")
@@ -210,7 +219,7 @@ class ControlPlane:
                 if replica.killed:
                     continue
                 with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{replica.url}/metrics") as resp:
+                    async with session.get(f"{replica.url}/metrics", ssl=False) as resp:
                         text = await resp.text()
                     for line in text.splitlines():
                         if line.startswith("swarmpull_supernode_piece_failures_total{"):

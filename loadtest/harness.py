@@ -27,8 +27,10 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -40,6 +42,8 @@ from loadtest.image import build_image
 from loadtest.registry import MiniRegistry
 from loadtest.report import ModeResult, kumar_ross_bound
 from loadtest.worker import REPOSITORY, TAG, WorkerSpec, raise_fd_limit, worker_main
+from swarmpull.core.identity import Role
+from swarmpull.edges.tls import ClusterTls, throwaway_cluster
 
 NODES_PER_WORKER = 300  # a worker's descriptors stay well under this machine's 20k limit
 
@@ -76,6 +80,11 @@ class SurgeConfig:
     (``swarmpull events summarize DIR/*.jsonl`` makes the report again from them)."""
     supernode_args: tuple[str, ...] = ()
     """More flags for the supernode (e.g. ``--ui-token-file``)."""
+    tls: bool = True
+    """Mutual TLS between the supernode and the nodes, as in production (a throwaway CA
+    in the run's temporary directory), so the figures include its cost; False: plain HTTP
+    (``--insecure-cluster``), to compare. A fault run is plain HTTP either way: its
+    byzantine fronts speak the piece protocol in the clear."""
 
     def __post_init__(self) -> None:
         if self.faults is not None and (self.mode != "p2p" or self.transport != "http"):
@@ -179,15 +188,19 @@ async def _run_mode(  # type: ignore[no-untyped-def]
     try:
         await registry.start()
         urls: list[str] = []
+        tls_root = None
         if mode != "direct":
             replicas = faults.supernode_replicas if faults else 0
-            control = ControlPlane(root, _supernode_args(config, registry.host), replicas, events=events)
+            if config.tls and faults is None:
+                tls_root = _throwaway_ca(root / "tls", max(1, replicas), config.nodes)
+            args = _supernode_args(config, registry.host)
+            control = ControlPlane(root, args, replicas, events=events, tls_root=tls_root)
             await control.start()
             urls = control.urls
         if mode == "bittorrent" or (mode == "p2p" and config.transport == "both"):
             # The same warm seed for both swarms.
-            await _warm_seed(urls[0], f"{registry.host}/{REPOSITORY}:{TAG}")
-        specs = _worker_specs(config, mode, root, registry.host, urls, faults, plan, events)
+            await _warm_seed(urls[0], f"{registry.host}/{REPOSITORY}:{TAG}", tls_root)
+        specs = _worker_specs(config, mode, root, registry.host, urls, faults, plan, events, tls_root)
         workers = [_spawn(spec) for spec in specs]
         for _, conn in workers:  # every node up before anyone pulls
             message = await asyncio.to_thread(conn.recv)
@@ -243,6 +256,18 @@ def _task_id(digest: str) -> str:
     return "sha256-" + digest.removeprefix("sha256:")
 
 
+OPERATOR = "surge-operator"  # the supernode certificate that starts preheats (warms the seed)
+
+
+def _throwaway_ca(root: Path, replicas: int, nodes: int) -> Path:
+    """A CA and the TLS directories of a surge under ``root``: ``sn<i>`` for each supernode
+    replica, ``node<i>`` for each node (its peer id), and the operator's."""
+    members = [(f"sn{i}", Role.SUPERNODE) for i in range(replicas)] + [(OPERATOR, Role.SUPERNODE)]
+    members += [(f"node{i}", Role.NODE) for i in range(nodes)]
+    throwaway_cluster(root, members, now=datetime.now(UTC), days=2)
+    return root
+
+
 def _supernode_args(config: SurgeConfig, registry: str) -> list[str]:
     args = [*config.supernode_args, "--insecure-registry", registry]
     if config.piece_size:
@@ -252,18 +277,21 @@ def _supernode_args(config: SurgeConfig, registry: str) -> list[str]:
     return args
 
 
-async def _warm_seed(supernode: str, image: str, timeout: float = 600.0) -> None:
+async def _warm_seed(supernode: str, image: str, tls_root: Path | None, timeout: float = 600.0) -> None:
     """Every blob of the image read whole into the seed before the surge (a preheat whose
     selection matches no node only warms the seed)."""
     body = {"image": image, "select": {"nodes": ["warm-the-seed-only"]}, "deadline": timeout}
+    tls: dict[str, Any] = {}
+    if tls_root is not None:  # starting a preheat takes a supernode certificate
+        tls = ClusterTls.load(tls_root / OPERATOR, now=datetime.now(UTC), role=Role.SUPERNODE).to_supernode()
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{supernode}/api/v1/preheat", json=body) as resp:
+        async with session.post(f"{supernode}/api/v1/preheat", json=body, **tls) as resp:
             job = await resp.json()
             if resp.status != 201:
                 raise RuntimeError(f"warming the seed failed: {job}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            async with session.get(f"{supernode}/api/v1/preheat/{job['id']}") as resp:
+            async with session.get(f"{supernode}/api/v1/preheat/{job['id']}", **tls) as resp:
                 status = await resp.json()
             layers = status.get("layers") or []
             errors = [status.get("error")] + [layer.get("error") for layer in layers]
@@ -276,10 +304,12 @@ async def _warm_seed(supernode: str, image: str, timeout: float = 600.0) -> None
 
 
 def _worker_specs(  # type: ignore[no-untyped-def]
-    config: SurgeConfig, mode: str, root: Path, registry: str, urls: list[str], faults, plan, events
+    config: SurgeConfig, mode: str, root: Path, registry: str, urls: list[str], faults, plan, events, tls_root
 ) -> list[WorkerSpec]:
     """Nodes spread over workers; in a fault run each node to be killed has one alone.
-    With ``events`` (a directory) each worker writes its nodes' events to a file there."""
+    With ``events`` (a directory) each worker writes its nodes' events to a file there;
+    with ``tls_root`` each node speaks mutual TLS with its certificate from there."""
+    tls = str(tls_root) if tls_root is not None else None
     alone = plan.alone if plan is not None else []
     shared = config.nodes - len(alone)
     count = min(config.worker_count(), max(1, shared))
@@ -295,14 +325,15 @@ def _worker_specs(  # type: ignore[no-untyped-def]
         if n:
             specs.append(
                 WorkerSpec(first, n, str(root), mode, registry, supernode, config.node_bandwidth,
-                           events=_events_file(events, len(specs)), replicas=replicas, faults=node_faults)
+                           events=_events_file(events, len(specs)), replicas=replicas, faults=node_faults,
+                           tls_root=tls)
             )  # fmt: skip
         first += n
     for node in alone:
         specs.append(
             WorkerSpec(node, 1, str(root), mode, registry, supernode, config.node_bandwidth,
                        events=_events_file(events, len(specs)), replicas=replicas, faults=node_faults,
-                       alone=True)
+                       alone=True, tls_root=tls)
         )  # fmt: skip
     return specs
 

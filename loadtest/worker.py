@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -35,12 +36,14 @@ from peer.config import PeerConfig
 from registry_proxy.config import ProxyConfig
 from swarmpull.app.node import NodeDaemon
 from swarmpull.core.events import NO_EVENTS, EventSink
+from swarmpull.core.identity import Role
 from swarmpull.edges.daemon import raise_fd_limit
 from swarmpull.edges.events import EventLog
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.metrics import sample
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.registry import RegistryOptions
+from swarmpull.edges.tls import ClusterTls
 from swarmpull.edges.torrent import TorrentConfig, Transport
 
 LOOPBACK = HostPort("127.0.0.1", 0)
@@ -73,6 +76,7 @@ class WorkerSpec:
     replicas: tuple[str, ...] = ()  # further supernode replicas (each node starts at another)
     faults: NodeFaults | None = None
     alone: bool = False  # a node in a process of its own, to be killed (fault runs)
+    tls_root: str | None = None  # the surge's TLS directories (node<i>); None: plain HTTP
 
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
@@ -162,10 +166,19 @@ def _peer_config(spec: WorkerSpec, index: int) -> PeerConfig:
         preheat=False,
         blob_transport="bittorrent" if spec.mode == "bittorrent" else "http",
         torrent=SURGE_TORRENT if spec.mode == "bittorrent" else None,
+        tls=_node_tls(spec, index),
     )
     if spec.faults and index in spec.faults.byzantine:
         return byzantine_config(config)
     return config
+
+
+def _node_tls(spec: WorkerSpec, index: int) -> ClusterTls | None:
+    """Node ``index``'s mutual TLS, from the directory the coordinator issued it."""
+    if spec.tls_root is None:
+        return None
+    directory = Path(spec.tls_root) / f"node{index}"
+    return ClusterTls.load(directory, now=datetime.now(UTC), role=Role.NODE, require_client_cert=False)
 
 
 def _truth(faults: NodeFaults | None) -> dict[str, bytes] | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from peer.policy import PolicyConfig
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.origin import UpstreamConfig
+from swarmpull.edges.tls import ClusterTls
 from swarmpull.edges.torrent import TorrentConfig
 from swarmpull.edges.transport import TransportConfig
 
@@ -73,6 +74,11 @@ class PeerConfig:
     ``bittorrent`` (libtorrent, and the HTTP swarm when no torrent is offered)."""
     preheat: bool = True
     """Take part in preheats (with a supernode and BitTorrent)."""
+    tls: ClusterTls | None = None
+    """Mutual TLS with the cluster (``--tls-dir``, a node certificate): the peer id is
+    the certificate's name, the supernodes and every source are ``https://`` and must
+    prove who they are, the piece server serves only cluster certificates. None: plain
+    HTTP (``--insecure-cluster``)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
@@ -94,3 +100,25 @@ class PeerConfig:
             raise ValueError("preheat_limit must be at least 1 KiB/s (or none)")
         if self.cache_size is not None and self.cache_size <= 0:
             raise ValueError("cache_size must be positive")
+        if self.tls is not None:
+            self._check_tls(self.tls)
+
+    def _check_tls(self, tls: ClusterTls) -> None:
+        name = tls.identity.name
+        if tls.identity.is_supernode:
+            raise ValueError(f"{tls.files.directory}: a node needs a node certificate, not a supernode's")
+        if self.peer_id is not None and self.peer_id != name:
+            raise ValueError(
+                f"--peer-id {self.peer_id} is not the name of the certificate in {tls.files.directory} "
+                f"({name}): with --tls-dir the peer id is the certificate's"
+            )
+        plain = [url for url in self.supernodes if not url.startswith("https://")]
+        if plain:
+            raise ValueError(f"with --tls-dir supernodes are https:// URLs, not {plain[0]}")
+        if self.advertise and self.advertise.startswith("http://"):
+            raise ValueError(f"with --tls-dir the advertised URL is https://, not {self.advertise!r}")
+
+    @property
+    def node_id(self) -> str | None:
+        """The peer id this config fixes: the certificate's name, or ``peer_id``."""
+        return self.tls.identity.name if self.tls is not None else self.peer_id

@@ -46,6 +46,7 @@ from swarmpull.edges.http import HostPort, advertised_url, start_site, tls_conte
 from swarmpull.edges.metrics import metrics_route
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import PieceStore, StoredBlob
+from swarmpull.edges.tls import identity_middleware
 from swarmpull.edges.transport import PieceClient, PieceServer
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ class PeerDaemon:
         self.piece_server: PieceServer | None = None
         self.torrents: TorrentTransport | None = None
         self._foreground = 0  # downloads a client waits for, under way
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # upstreams: the system's CAs
+        self._cluster: aiohttp.ClientSession | None = None  # supernodes and peers
         self._client: PieceClient | None = None
         self._context: DownloadContext | None = None
         self._downloads: dict[str, TaskDownload] = {}
@@ -102,15 +104,22 @@ class PeerDaemon:
         )
         store.load()  # takes the directory's lock first: one daemon per data dir
         store.keep_free(config.min_free)
-        self.peer_id = config.peer_id or _load_peer_id(config.data_dir)
+        self.peer_id = config.node_id or _load_peer_id(config.data_dir)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=32, ssl=tls_context(config.registry_ca)),
             auto_decompress=False,
         )
+        # The cluster's own session: with mutual TLS each request names the certificate it
+        # expects (the cluster CA only, never the system's; ``ClusterTls.to_node``).
+        self._cluster = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=32), auto_decompress=False
+        )
         await self._start_servers(store)
         link = None
         if config.supernodes:
-            link = SupernodeLink(self._session, config.supernodes, self.peer_id, config.request_timeout)
+            link = SupernodeLink(
+                self._cluster, config.supernodes, self.peer_id, config.request_timeout, self._supernode_tls()
+            )
             registration = PeerRegistration(
                 self.peer_id,
                 self.address,
@@ -128,10 +137,11 @@ class PeerDaemon:
             config.download_limit, self.clock, on_wait=counters.limiter_wait.labels("download").inc
         )
         client = self._client = PieceClient(
-            self._session,
+            self._cluster,
             self.peer_id,
             config.transport,
             download_limiter,
+            tls=config.tls,
         )
         self._context = DownloadContext(
             config,
@@ -154,6 +164,10 @@ class PeerDaemon:
         # Debug only: the command that runs the daemon says "serving" once all of it runs.
         log.debug("peer %s serving pieces at %s, API at %s", self.peer_id, self.address, self.api_url)
 
+    def _supernode_tls(self) -> dict[str, Any] | None:
+        """What a request to a supernode passes: with mutual TLS, any supernode's name."""
+        return self.config.tls.to_supernode() if self.config.tls is not None else None
+
     async def _start_torrents(self, store: PieceStore) -> None:
         """The node's libtorrent session, on the host of its piece server unless told."""
         config = self.config
@@ -163,8 +177,12 @@ class PeerDaemon:
         if torrent.listen is None:
             host = config.listen.host if config.listen is not None else "127.0.0.1"
             torrent = dataclasses.replace(torrent, listen=HostPort(host, 0))
-        assert self._session is not None and self.control is not None
-        rest = SupernodeRest(self._session, config.supernodes, self.peer_id, config.request_timeout)
+        if config.tls is not None:  # the tracker is the supernode's https API: see verify_tracker
+            torrent = dataclasses.replace(torrent, verify_tracker=False)
+        assert self._cluster is not None and self.control is not None
+        rest = SupernodeRest(
+            self._cluster, config.supernodes, self.peer_id, config.request_timeout, self._supernode_tls()
+        )
         self.torrents = TorrentTransport(
             torrent,
             store,
@@ -183,7 +201,11 @@ class PeerDaemon:
     async def _start_servers(self, store: PieceStore) -> None:
         config = self.config
         if config.listen is not None:
-            app = web.Application()
+            tls = config.tls
+            # With mutual TLS only a cluster certificate gets pieces; metrics stay open.
+            app = web.Application(
+                middlewares=[identity_middleware(open_paths=("/metrics",))] if tls is not None else []
+            )
             counters = self.metrics.transfers
             limiter = RateLimiter(
                 config.upload_limit, self.clock, on_wait=counters.limiter_wait.labels("upload").inc
@@ -194,9 +216,11 @@ class PeerDaemon:
             store.on_piece = server.notify
             app.add_routes([*server.routes(), metrics_route(self.metrics.registry)])
             # A requester that hangs up frees its slot (and its place in line) at once.
-            runner, bound = await start_site(app, config.listen, handler_cancellation=True)
+            runner, bound = await start_site(
+                app, config.listen, tls.server if tls is not None else None, handler_cancellation=True
+            )
             self._runners.append(runner)
-            self.address = advertised_url(bound, config.advertise)
+            self.address = advertised_url(bound, config.advertise, "https" if tls is not None else "http")
         if config.api_listen is not None:
             # A client that hangs up is gone at once: its download may be abandoned.
             runner, bound = await start_site(
@@ -225,9 +249,10 @@ class PeerDaemon:
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._cluster):
+            if session is not None:
+                await session.close()
+        self._session = self._cluster = None
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -45,6 +45,7 @@ from swarmpull.core.protocol import API
 from swarmpull.core.rates import Priority
 from swarmpull.edges.http import error_message
 from swarmpull.edges.progress import ProgressBar
+from swarmpull.edges.tls import ClusterTls
 
 
 class GetError(Exception):
@@ -81,8 +82,11 @@ async def get_file(
     supernodes: tuple[str, ...] = (),
     headers: dict[str, str] | None = None,
     priority: Priority = Priority.FOREGROUND,
+    tls: ClusterTls | None = None,
 ) -> Fetched:
-    """Download ``url`` to ``output`` (None: stdout). Raises GetError."""
+    """Download ``url`` to ``output`` (None: stdout), as a one-shot peer of ``supernodes``
+    (with mutual TLS when ``tls``) or through the local daemon's ``peer_api``. Raises
+    GetError."""
     cpu = _cpu_seconds()
     progress = ProgressBar(output.name if output is not None else "-")
     fetched = Fetched()
@@ -106,7 +110,7 @@ async def get_file(
         return fetched
     data_dir = Path(tempfile.mkdtemp(prefix="swarmpull-get-"))
     daemon = PeerDaemon(
-        PeerConfig(data_dir=data_dir, supernodes=supernodes, api_listen=None, cache_size=None)
+        PeerConfig(data_dir=data_dir, supernodes=supernodes, api_listen=None, cache_size=None, tls=tls)
     )
     try:
         await daemon.start()

@@ -73,6 +73,8 @@ class LinkError(Exception):
 
 _ITEM_STATUS = {
     "BAD_REQUEST": 400,
+    "UNAUTHENTICATED": 401,
+    "FORBIDDEN": 403,
     "UNKNOWN_PEER": 404,
     "UNKNOWN_TASK": 404,
     "TOO_LARGE": 413,
@@ -91,8 +93,11 @@ class _Channel:
     back by id (opens out of order). A broken channel fails its calls under way with
     SupernodeUnavailable; the next call opens a new one."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, peer_id: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, peer_id: str, tls_args: dict[str, Any] | None = None
+    ) -> None:
         self._session = session
+        self._tls_args = tls_args or {}
         self._url = f"{url}{API}/peers/{peer_id}/channel"
         self._peer_id = peer_id
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -129,6 +134,7 @@ class _Channel:
                 autoping=True,
                 max_msg_size=16 << 20,
                 heartbeat=None,
+                **self._tls_args,
             )
             self._reader = asyncio.create_task(self._read(self._ws), name="control-channel")
             return self._ws
@@ -166,14 +172,22 @@ class _Channel:
 
 class SupernodeLink:
     """Calls the supernode API; on a connection failure or 5xx tries the next URL. A task's
-    calls go to the replica that owns it once one said so (421 NOT_OWNER)."""
+    calls go to the replica that owns it once one said so (421 NOT_OWNER). ``tls_args``:
+    what every connection to a supernode passes with mutual TLS (``ClusterTls.to_supernode``:
+    a server without a supernode certificate is refused in the handshake)."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, urls: tuple[str, ...], peer_id: str, timeout: float
+        self,
+        session: aiohttp.ClientSession,
+        urls: tuple[str, ...],
+        peer_id: str,
+        timeout: float,
+        tls_args: dict[str, Any] | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one supernode URL is needed")
         self._session = session
+        self._tls_args = tls_args
         self._urls = [u.rstrip("/") for u in urls]
         self._current = 0
         self._peer_id = peer_id
@@ -290,7 +304,7 @@ class SupernodeLink:
         for url in urls:
             channel = self._channels.get(url)
             if channel is None:
-                channel = self._channels[url] = _Channel(self._session, url, self._peer_id)
+                channel = self._channels[url] = _Channel(self._session, url, self._peer_id, self._tls_args)
             try:
                 result = await channel.call(op, body, timeout or self._timeout)
             except LinkError as exc:

@@ -15,10 +15,18 @@ from swarmpull.edges.http import PEER_HEADER
 
 
 class SupernodeRest:
-    def __init__(self, session: aiohttp.ClientSession, urls: tuple[str, ...], peer_id: str, timeout: float):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        urls: tuple[str, ...],
+        peer_id: str,
+        timeout: float,
+        tls_args: dict[str, Any] | None = None,
+    ):
         if not urls:
             raise ValueError("at least one supernode URL is needed")
         self._session = session
+        self._tls_args = tls_args or {}  # mutual TLS: ClusterTls.to_supernode()
         self._urls = [u.rstrip("/") for u in urls]
         self._current = 0
         self.peer_id = peer_id
@@ -37,6 +45,7 @@ class SupernodeRest:
                     json=body,
                     headers={PEER_HEADER: self.peer_id},
                     timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
+                    **self._tls_args,
                 ) as resp:
                     data = await resp.read()
                     try:

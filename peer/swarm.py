@@ -190,7 +190,14 @@ class SwarmFetch:
         try:
             deadline = policy.deadline(parent_id, writer.length, self._slots.used)
             fetched = await self._client.fetch(
-                parent.info.address, self.task_id, piece, writer, self._priority, deadline
+                parent.info.address,
+                self.task_id,
+                piece,
+                writer,
+                self._priority,
+                deadline,
+                source=parent_id,
+                seed=parent.info.seed,
             )
             writer.seal()  # this copy owns the piece's region from here on
             digest = await asyncio.to_thread(writer.digest)
@@ -279,7 +286,14 @@ class SwarmFetch:
         while True:
             try:
                 piece_map = await self._client.fetch_map(
-                    parent.info.address, self.task_id, self._count, self._known, parent.view.version, MAP_WAIT
+                    parent.info.address,
+                    self.task_id,
+                    self._count,
+                    self._known,
+                    parent.view.version,
+                    MAP_WAIT,
+                    source=parent.info.id,
+                    seed=parent.info.seed,
                 )
             except PieceFetchError as exc:
                 failures += 1

@@ -19,6 +19,11 @@
     GET    /metrics
     GET    /api/v1/openapi.json              these routes as an OpenAPI document
 
+With mutual TLS (``--tls-dir``) every route but ``/healthz``, ``/readyz``, the tracker and
+the dashboard needs a cluster certificate (the server's ``identity_middleware``), and a
+call made in a peer's name (register, report, leave, open, the channel) only that
+peer's own certificate (``CallerGate.acting_for``): 403 otherwise.
+
 Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx status for bad input and
 502 when the upstream failed. A batch answers each of its items on its own: an item's
 error is in its place, the others are served.
@@ -47,6 +52,7 @@ from swarmpull.core.protocol import (
 from swarmpull.core.registry_questions import descriptor_json, parse_blob_question, parse_manifest_question
 from swarmpull.core.tasks import validate_task_id
 from swarmpull.edges.http import json_error, read_json
+from swarmpull.edges.tls import OPEN, CallerGate
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +74,14 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 class SupernodeApi:
-    def __init__(self, service: SupernodeService, mirror: RegistryMirror) -> None:
+    def __init__(self, service: SupernodeService, mirror: RegistryMirror, gate: CallerGate = OPEN) -> None:
         self._service = service
         self._mirror = mirror
+        self._gate = gate
         self._calls = {k: service.metrics.calls.labels(k) for k in ("register", "report", "open")}
 
     def routes(self) -> list[web.RouteDef]:
-        channel = ControlChannel(self, self._service.config.channel_ping)
+        channel = ControlChannel(self, self._service.config.channel_ping, self._gate)
         return [
             web.post(f"{API}/peers", self.register),
             web.post(f"{API}/peers/{{peer}}/report", self.report),
@@ -128,20 +135,35 @@ class SupernodeApi:
 
     # The REST routes.
 
+    def _acting(self, request: web.Request, body: Any) -> str | None:
+        """The peer a body acts for (its ``peer_id``), once the caller proved to be it;
+        None when nobody can prove anything (no mutual TLS)."""
+        if not self._gate.mutual:
+            return None
+        named = body.get("peer_id") if isinstance(body, dict) else None
+        peer_id = parse_peer_id(named if isinstance(named, str) else "")
+        self._gate.acting_for(request, peer_id)
+        return peer_id
+
     async def register(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.op_register(await read_json(request)))
+        body = await read_json(request)
+        return web.json_response(await self.op_register(body, self._acting(request, body)))
 
     async def report(self, request: web.Request) -> web.Response:
         peer_id = parse_peer_id(request.match_info["peer"])
+        self._gate.acting_for(request, peer_id)
         body = await read_json(request) if request.can_read_body else {}
         return web.json_response(await self.op_report(peer_id, body))
 
     async def leave(self, request: web.Request) -> web.Response:
-        self._service.presence.leave(parse_peer_id(request.match_info["peer"]))
+        peer_id = parse_peer_id(request.match_info["peer"])
+        self._gate.acting_for(request, peer_id)
+        self._service.presence.leave(peer_id)
         return web.Response(status=204)
 
     async def open_tasks(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.op_open(await read_json(request)))
+        body = await read_json(request)
+        return web.json_response(await self.op_open(body, self._acting(request, body)))
 
     async def manifest(self, request: web.Request) -> web.Response:
         return web.json_response(await self.op_manifest(await read_json(request)))

@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 from supernode.errors import KNOWN, error_of
 from swarmpull.core.protocol import ProtocolError, error_body, parse_peer_id
 from swarmpull.edges.http import MAX_JSON_BODY, parse_json
+from swarmpull.edges.tls import OPEN, CallerGate
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,16 @@ class Operations(Protocol):
 
 
 class ControlChannel:
-    def __init__(self, ops: Operations, ping_interval: float) -> None:
+    def __init__(self, ops: Operations, ping_interval: float, gate: CallerGate = OPEN) -> None:
         self._ops = ops
         self._ping = ping_interval
+        self._gate = gate
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         peer_id = parse_peer_id(request.match_info["peer"])
+        # The channel is the path's peer's: with mutual TLS, only its certificate opens it
+        # (a 403 before the upgrade), and every op on it is checked against that peer.
+        self._gate.acting_for(request, peer_id)
         ops = self._ops
         ws = web.WebSocketResponse(heartbeat=self._ping, max_msg_size=MAX_JSON_BODY)
         await ws.prepare(request)

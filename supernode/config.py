@@ -11,6 +11,7 @@ from supernode.scheduler import SchedulerConfig
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.origin import UpstreamConfig
 from swarmpull.edges.registry import RegistryOptions
+from swarmpull.edges.tls import ClusterTls
 from swarmpull.edges.torrent import TorrentConfig, Transport
 
 
@@ -93,6 +94,10 @@ class SupernodeConfig:
     """Seconds between two dashboard updates (each costs the same whoever watches)."""
     torrent: TorrentConfig = field(default_factory=lambda: TorrentConfig(transport=Transport.BOTH))
     """The seed's libtorrent session (its listen host defaults to the API's)."""
+    tls: ClusterTls | None = None
+    """Mutual TLS with the cluster (``--tls-dir``, a supernode certificate; its server
+    context must accept clients without a certificate, for health checks and the
+    dashboard); None: plain HTTP, anyone may act for any peer (``--insecure-cluster``)."""
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -119,6 +124,10 @@ class SupernodeConfig:
             raise ValueError("ui_interval must be positive")
         if not 0 < self.tag_ttl <= self.tag_stale or self.auth_cache_ttl <= 0:
             raise ValueError("tag_ttl and auth_cache_ttl must be positive, tag_stale at least tag_ttl")
+        if self.tls is not None and not self.tls.identity.is_supernode:
+            raise ValueError(f"{self.tls.files.directory}: a supernode needs a supernode certificate")
+        if self.tls is not None and self.advertise and self.advertise.startswith("http://"):
+            raise ValueError(f"with --tls-dir the advertised URL is https://, not {self.advertise!r}")
         if self.channel_ping <= 0:
             raise ValueError("channel_ping must be positive")
         if self.heartbeat_rate <= 0 or self.heartbeat_max < self.heartbeat_interval:

@@ -22,6 +22,7 @@ from supernode.cluster import ClusterState
 from supernode.cluster.memory import LocalCluster
 from supernode.cluster.redis import RedisCluster
 from supernode.config import SupernodeConfig
+from supernode.dashboard import PATHS as DASHBOARD_PATHS
 from supernode.dashboard import Dashboard, DashboardFeed, Survey, UiAuth
 from supernode.metrics import SupernodeMetrics
 from supernode.openapi import supernode_openapi
@@ -34,23 +35,29 @@ from supernode.registry_mirror import RegistryMirror
 from supernode.scheduler import Scheduler
 from supernode.seeding import Seeding
 from supernode.service import SupernodeService
-from supernode.torrent_api import TorrentApi
+from supernode.torrent_api import TorrentApi, peer_caller
 from supernode.torrents import SeedTorrents
 from swarmpull.core.clock import Clock, SystemClock
 from swarmpull.core.events import NO_EVENTS, EventSink, Tagged
 from swarmpull.core.signing import Signer
 from swarmpull.core.tasks import redact_url
-from swarmpull.core.tracker import Endpoint, Tracker
+from swarmpull.core.tracker import ANNOUNCE_PATH, Endpoint, Tracker
 from swarmpull.edges.http import MAX_JSON_BODY, HostPort, advertised_url, bind, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route, sample
 from swarmpull.edges.openapi import openapi_route
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.registry import RegistryAccess
 from swarmpull.edges.store import PieceStore
+from swarmpull.edges.tls import CallerGate, identity_middleware
 from swarmpull.edges.torrent import TorrentSession
 from swarmpull.edges.transport import PieceServer
 
 log = logging.getLogger(__name__)
+
+# Reachable without a client certificate under mutual TLS: probes (Kubernetes asks over
+# HTTPS with none), the tracker (libtorrent has none; its token authenticates it), the
+# dashboard (browsers have none; its token guards it) and the metrics (scrapers).
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", ANNOUNCE_PATH, *DASHBOARD_PATHS)
 
 
 class Supernode:
@@ -119,7 +126,7 @@ class Supernode:
         )
         store.on_piece = pieces.notify
         sock, bound = bind(config.listen)
-        self.url = advertised_url(bound, config.advertise)
+        self.url = advertised_url(bound, config.advertise, "https" if config.tls is not None else "http")
         cluster = self._cluster = self._connect_cluster()
         events = Tagged(self._events, "supernode", self.url)
         seeding = Seeding(
@@ -153,19 +160,26 @@ class Supernode:
             seed_torrents.evicted(task_id)
 
         store.on_evict = evicted
-        torrent_api = TorrentApi(seed_torrents, seed_torrents.tracker, scheduler.knows_peer, self._clock)
+        gate = CallerGate(mutual=config.tls is not None)
+        torrent_api = TorrentApi(
+            seed_torrents, seed_torrents.tracker, scheduler.knows_peer, self._clock, peer_caller(gate)
+        )
         preheats = self.preheats = Preheats(service, access, seed_torrents, self._clock, config.tick_interval)
-        app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
+        middlewares = [errors_as_json]
+        if config.tls is not None:  # any cluster certificate, on every path but the open ones
+            middlewares.append(identity_middleware(open_paths=OPEN_PATHS))
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_JSON_BODY)
         app.add_routes(
-            SupernodeApi(service, mirror).routes()
+            SupernodeApi(service, mirror, gate).routes()
             + pieces.routes()
             + torrent_api.routes()
-            + PreheatApi(preheats, config.registry.default_registry).routes()
+            + PreheatApi(preheats, config.registry.default_registry, peer_caller(gate), gate).routes()
             + [metrics_route(self.metrics.registry)]
             + Dashboard(self._feed, auth).routes()
             + [openapi_route(supernode_openapi)]
         )
-        self._runner, _ = await start_site(app, sock, handler_cancellation=True)
+        server_tls = config.tls.server if config.tls is not None else None
+        self._runner, _ = await start_site(app, sock, server_tls, handler_cancellation=True)
         if cluster.shared and not await cluster.ping():
             log.warning(
                 "redis at %s does not answer yet; retrying in the background",

@@ -6,12 +6,12 @@
     GET  /announce?...&node=..&token=..               the tracker (BEP 3, compact BEP 23):
                                         bencoded, members of the torrent only
 
-Authentication: an offer is asked for in a peer's name, like its reports; once the
-daemons speak mutual TLS the lead wires ``caller`` to ``require_name`` (the certificate
-must name that peer). An announce cannot carry a client certificate (libtorrent's
-tracker client has none), so it is authenticated by the token in its URL, which only the
-offer, over the authenticated API, hands out: ``/announce`` must stay reachable without
-a client certificate.
+Authentication: an offer is asked for in a peer's name, like its reports; with mutual
+TLS ``caller`` is ``peer_caller(gate)``: the certificate must name that peer. An
+announce cannot carry a client certificate (libtorrent's tracker client has none), so
+it is authenticated by the token in its URL, which only the offer, over the
+authenticated API, hands out: ``/announce`` stays reachable without a client
+certificate.
 """
 
 from __future__ import annotations
@@ -26,12 +26,24 @@ from swarmpull.core.clock import Clock
 from swarmpull.core.protocol import API, ProtocolError, _obj, _task_id, parse_peer_id
 from swarmpull.core.tracker import ANNOUNCE_PATH, AnnounceError, Tracker, failure, parse_announce
 from swarmpull.edges.http import json_error, read_json
+from swarmpull.edges.tls import CallerGate
 
 
 def named_peer(request: web.Request) -> str:
-    """The peer a request acts for: the ``{peer}`` of its path. The mutual-TLS hook: with
-    ``--tls-dir`` this must also be the name its certificate proves (``require_name``)."""
+    """The peer a request acts for: the ``{peer}`` of its path, unchecked (no mutual TLS)."""
     return parse_peer_id(request.match_info["peer"])
+
+
+def peer_caller(gate: CallerGate) -> Callable[[web.Request], str]:
+    """``named_peer``, once ``gate`` let the caller act for that peer (its certificate
+    names it, with mutual TLS): 403 otherwise."""
+
+    def caller(request: web.Request) -> str:
+        peer_id = named_peer(request)
+        gate.acting_for(request, peer_id)
+        return peer_id
+
+    return caller
 
 
 class TorrentApi:

@@ -4,9 +4,11 @@
     GET  /api/v1/preheat/{id}            its status: per blob, per node; 404 when unknown
     POST /api/v1/peers/{peer}/preheat    a node's progress in, its work out (a long poll)
 
-Authentication: starting a preheat is an operator's act; a poll is made in a peer's name
-(``named_peer``: the mutual-TLS hook, as for torrent offers). With ``--tls-dir`` the lead
-wires both to the certificate's identity.
+Authentication, with mutual TLS: starting a preheat is an operator's act, and operators
+hold no node certificate: it needs a certificate of the supernode role (``swarmpull
+preheat --tls-dir`` with one issued for the operator's tool, docs/SECURITY.md); a node's
+is refused (403). A poll is made in a peer's name (``caller``: ``peer_caller(gate)``, as
+for torrent offers).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from aiohttp import web
 
 from supernode.preheat.service import Preheats, TooManyJobs, UnknownJob
 from supernode.torrent_api import named_peer
+from swarmpull.core.identity import Role
 from swarmpull.core.preheat import parse_preheat_poll, parse_preheat_request
 from swarmpull.core.protocol import API
 from swarmpull.edges.http import json_error, read_json
+from swarmpull.edges.tls import OPEN, CallerGate
 
 _JOB_ID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -31,10 +35,12 @@ class PreheatApi:
         preheats: Preheats,
         default_registry: str,
         caller: Callable[[web.Request], str] = named_peer,
+        gate: CallerGate = OPEN,
     ) -> None:
         self._preheats = preheats
         self._default_registry = default_registry
         self._caller = caller
+        self._gate = gate
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -44,6 +50,7 @@ class PreheatApi:
         ]
 
     async def create(self, request: web.Request) -> web.Response:
+        self._gate.of_role(request, Role.SUPERNODE)
         body = parse_preheat_request(await read_json(request), self._default_registry)
         try:
             job = self._preheats.create(body)

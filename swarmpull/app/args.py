@@ -7,13 +7,20 @@ configuration of the role it runs; a bad value is a usage error naming the flag.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from swarmpull.core.digest import Digest
 from swarmpull.core.units import parse_rate, parse_size
 from swarmpull.edges.http import BindError, HostPort
+
+if TYPE_CHECKING:
+    from swarmpull.core.identity import Role
+    from swarmpull.edges.tls import ClusterTls
 
 
 class CommandError(Exception):
@@ -106,10 +113,13 @@ def positive_int(text: str) -> int:
 # ------------------------------------------------------------- listening
 
 
-def serve_listening(serve: Callable[[], None], flags: dict[str, HostPort | None]) -> None:
+def serve_listening(
+    serve: Callable[[], None], flags: dict[str, HostPort | None], warning: str | None = None
+) -> None:
     """Run a daemon that listens on the addresses ``flags`` gave (``--listen`` and the
     like); an address it cannot have is an error naming its flag. Two flags with the
-    same address are a usage error, found before anything starts."""
+    same address are a usage error, found before anything starts; ``warning`` is logged
+    once the command line is known good, as the daemon starts."""
     seen: dict[HostPort, str] = {}
     for flag, where in flags.items():
         if where is None or where.port == 0:
@@ -117,6 +127,8 @@ def serve_listening(serve: Callable[[], None], flags: dict[str, HostPort | None]
         if where in seen:
             raise UsageError(f"{seen[where]} and {flag} are both {where}: give them different ports")
         seen[where] = flag
+    if warning is not None:
+        logging.getLogger("swarmpull").warning("%s", warning)
     try:
         serve()
     except BindError as exc:
@@ -174,3 +186,56 @@ def registry_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+# ------------------------------------------------------------- the cluster's TLS
+
+TLS_NEEDED = "give --tls-dir DIR (mutual TLS with the cluster CA, see docs/SECURITY.md) or --insecure-cluster"
+INSECURE_WARNING = (
+    "--insecure-cluster: plain HTTP inside the cluster; any host that reaches it can act in "
+    "any node's name and read every piece (a test cluster only)"
+)
+
+
+def add_cluster_tls_arguments(p: argparse.ArgumentParser) -> None:
+    """``--tls-dir`` or ``--insecure-cluster``: how a command talks to the rest of the
+    cluster. One of them is needed (``cluster_tls``): plain HTTP is never a default."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--tls-dir",
+        type=Path,
+        metavar="DIR",
+        help="this component's TLS directory (ca.pem, cert.pem, key.pem, from `swarmpull ca issue`): "
+        "mutual TLS with the cluster CA, the identity is the certificate's (docs/SECURITY.md; "
+        "default: none, and then --insecure-cluster is required)",
+    )
+    group.add_argument(
+        "--insecure-cluster",
+        action="store_true",
+        help="plain HTTP inside the cluster, where anyone can act in any node's name: "
+        "for a test cluster on a trusted network only",
+    )
+
+
+def cluster_tls(args: argparse.Namespace, role: Role) -> ClusterTls | None:
+    """The ClusterTls of ``--tls-dir`` for a component of ``role`` (checked now: a
+    UsageError names the file that cannot serve), or None with ``--insecure-cluster``
+    (whose ``INSECURE_WARNING`` the command logs as it starts). Neither flag: a
+    UsageError."""
+    from swarmpull.edges.tls import ClusterTls, TlsError
+
+    if args.tls_dir is None:
+        if not args.insecure_cluster:
+            raise UsageError(TLS_NEEDED)
+        return None
+    try:
+        # Clients without a certificate may finish the handshake: health checks, metrics
+        # and the dashboard answer them; every other path refuses them (401).
+        return ClusterTls.load(args.tls_dir, now=datetime.now(UTC), role=role, require_client_cert=False)
+    except TlsError as exc:
+        raise UsageError(f"--tls-dir: {exc}") from None
+
+
+def insecure_warning(tls: ClusterTls | None) -> str | None:
+    """What a command says as it starts without mutual TLS."""
+    return INSECURE_WARNING if tls is None else None

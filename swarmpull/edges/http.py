@@ -40,24 +40,28 @@ class HostPort:
     def is_wildcard(self) -> bool:
         return self.host in ("0.0.0.0", "::")
 
-    def url(self) -> str:
+    def url(self, scheme: str = "http") -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{scheme}://{host}:{self.port}"
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def advertised_url(bound: HostPort, advertise: str | None) -> str:
+def advertised_url(bound: HostPort, advertise: str | None, scheme: str = "http") -> str:
     """The URL others use to reach a server bound at ``bound``: ``advertise`` when given,
-    else the bound address, else (bound to every interface) this host's name."""
+    else the bound address, else (bound to every interface) this host's name; ``scheme``
+    is ``https`` for a server speaking TLS: ValueError for an ``advertise`` URL of
+    another scheme, as others would knock at the wrong door."""
     if advertise:
         if "://" in advertise:
+            if scheme == "https" and not advertise.startswith("https://"):
+                raise ValueError(f"the advertised URL must be {scheme}://, not {advertise!r}")
             return advertise.rstrip("/")
-        return HostPort.parse(advertise).url()
+        return HostPort.parse(advertise).url(scheme)
     if bound.is_wildcard:
-        return HostPort(socket.getfqdn(), bound.port).url()
-    return bound.url()
+        return HostPort(socket.getfqdn(), bound.port).url(scheme)
+    return bound.url(scheme)
 
 
 def tls_context(extra_ca: Path | None) -> ssl.SSLContext:

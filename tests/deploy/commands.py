@@ -9,10 +9,9 @@ import io
 
 from swarmpull.app.cli import build_parser
 
-# Passed by deploy/ for mutual TLS, which is being wired into the daemons on main:
-# skipped only while the subcommand does not know them, so the check covers them by
-# itself once it does.
-AWAITED_FLAGS = ("--tls-dir",)
+# Flags deploy/ passes ahead of the code: skipped only while the subcommand does not know
+# them, so the check covers them by itself once it does. None now.
+AWAITED_FLAGS: tuple[str, ...] = ()
 
 
 def parse_command_line(argv: list[str]) -> argparse.Namespace:

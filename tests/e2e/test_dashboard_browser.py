@@ -50,6 +50,7 @@ async def test_an_operator_watches_a_surge_on_the_dashboard(tmp_path):
         registry_bandwidth=2e6,
         workers=2,
         supernode_args=("--ui-token-file", str(token_file)),
+        tls=False,  # the browser would not trust the throwaway cluster CA
     )
     found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 

@@ -78,7 +78,7 @@ async def test_preheat_reaches_every_node_and_containerd_pulls_from_the_node_alo
         ref = f"{docker_registry.host}/team/sale:v2"
         cli = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "swarmpull", "preheat", ref,
-            "--supernode", supernode.url, "--deadline", "3m",
+            "--supernode", supernode.url, "--deadline", "3m", "--insecure-cluster",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         child_id = (child.data_dir / "peer-id").read_text().strip()

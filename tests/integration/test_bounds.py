@@ -17,6 +17,7 @@ from swarmpull.core.digest import Digest
 from swarmpull.edges.http import HostPort, start_site
 from tests.kit.floods import FloodProcess
 from tests.kit.peers import PeerProcess
+from tests.kit.processes import insecure_cluster
 from tests.kit.supernodes import SupernodeProcess
 
 KiB, MiB = 1024, 1024 * 1024
@@ -25,7 +26,7 @@ SMALL_MACHINE = 1024  # open files, soft and hard: what many hosts give a servic
 
 async def swarmpull_get(url: str, out, *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarmpull", "get", url, "-o", str(out), *args,
+        sys.executable, "-m", "swarmpull", *insecure_cluster(["get", url, "-o", str(out), *args]),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, err = await proc.communicate()

@@ -12,13 +12,14 @@ import pytest
 from loadtest.services import free_port
 from swarmpull.core.digest import Digest
 from tests.kit.peers import PeerProcess
+from tests.kit.processes import insecure_cluster
 
 MiB = 1024 * 1024
 
 
 async def swarmpull(*args: str, cwd=None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarmpull", *args,
+        sys.executable, "-m", "swarmpull", *insecure_cluster(args),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd,
     )  # fmt: skip
     out, err = await proc.communicate()
@@ -137,7 +138,7 @@ async def test_supernode_runs_as_a_module_and_stops_cleanly_on_sigterm(tmp_path)
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "swarmpull", "supernode",
-        "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path),
+        "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path), "--insecure-cluster",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with aiohttp.ClientSession() as session:

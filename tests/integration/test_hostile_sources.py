@@ -19,6 +19,7 @@ from swarmpull.edges.http import HostPort
 from swarmpull.edges.metrics import sample
 from tests.kit.nodes import start_node
 from tests.kit.peers import PeerProcess
+from tests.kit.processes import insecure_cluster
 from tests.kit.relays import HostileRelay
 
 KiB, MiB = 1024, 1024 * 1024
@@ -26,7 +27,7 @@ KiB, MiB = 1024, 1024 * 1024
 
 async def swarmpull_get(url: str, out, *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "swarmpull", "get", url, "-o", str(out), *args,
+        sys.executable, "-m", "swarmpull", *insecure_cluster(["get", url, "-o", str(out), *args]),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, err = await proc.communicate()

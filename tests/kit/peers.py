@@ -39,11 +39,18 @@ async def start_peer(
 class PeerProcess(DaemonProcess):
     """``swarmpull peer`` in a child process, so a test can SIGKILL it like a crash."""
 
-    def __init__(self, data_dir: Path, supernode: str, *extra: str, fd_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        supernode: str,
+        *extra: str,
+        fd_limit: int | None = None,
+        tls_dir: Path | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.api_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls_dir else 'http'}://127.0.0.1:{self.port}"
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         args = [
             "--supernode", supernode,
@@ -52,12 +59,13 @@ class PeerProcess(DaemonProcess):
             "--data-dir", str(data_dir),
             *extra,
         ]  # fmt: skip
+        args += ["--tls-dir", str(tls_dir)] if tls_dir else ["--insecure-cluster"]
         log = data_dir.parent / f"{data_dir.name}.log"
         super().__init__("peer", args, log, f"{self.api_url}/healthz", fd_limit)
 
     async def metric(self, name: str, **labels: str) -> float:
         """One sample of the child's /metrics."""
-        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics") as resp:
+        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics", ssl=False) as resp:
             text = await resp.text()
         want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
         for line in text.splitlines():

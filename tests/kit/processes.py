@@ -13,6 +13,20 @@ import aiohttp
 
 from loadtest.services import until_ready
 
+CLUSTER_COMMANDS = ("supernode", "peer", "proxy", "preheat")
+
+
+def insecure_cluster(args: tuple[str, ...] | list[str]) -> list[str]:
+    """``swarmpull ARGS`` with ``--insecure-cluster`` added where the command talks to the
+    cluster and ARGS chose no ``--tls-dir``: tests run plain HTTP unless they test TLS."""
+    args = list(args)
+    words = [a for i, a in enumerate(args) if not a.startswith("-") and args[i - 1 : i] != ["--log-level"]]
+    command = words[0] if words else ""
+    talks = command in CLUSTER_COMMANDS or (command == "get" and "--supernode" in args)
+    if talks and "--tls-dir" not in args and "--insecure-cluster" not in args:
+        args.append("--insecure-cluster")
+    return args
+
 
 class DaemonProcess:
     """``python -m swarmpull COMMAND ARGS`` in a child process (its output in ``log``), so
@@ -38,7 +52,9 @@ class DaemonProcess:
         async with aiohttp.ClientSession() as session:
 
             async def healthy() -> bool:
-                async with session.get(self._health) as resp:
+                # Over TLS (a supernode with --tls-dir) the probe checks no certificate:
+                # it asks only whether the process answers, as Kubernetes does.
+                async with session.get(self._health, ssl=False) as resp:
                     return resp.status == 200
 
             await until_ready(healthy, timeout, f"swarmpull {self._command} did not come up", self.process)

@@ -41,10 +41,13 @@ class SupernodeProcess(DaemonProcess):
     """``python -m supernode`` in a child process, so a test can SIGKILL it (no lease
     released, no state flushed)."""
 
-    def __init__(self, data_dir: Path, *extra: str, fd_limit: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *extra: str, fd_limit: int | None = None, tls_dir: Path | None = None
+    ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls_dir else 'http'}://127.0.0.1:{self.port}"
         args = ["--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), *extra]
+        args += ["--tls-dir", str(tls_dir)] if tls_dir else ["--insecure-cluster"]
         super().__init__("supernode", args, data_dir / "supernode.log", f"{self.url}/healthz", fd_limit)

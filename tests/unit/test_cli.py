@@ -16,6 +16,7 @@ from swarmpull.app.commands.peer import get_summary
 from swarmpull.edges.http import HostPort
 
 SN = "http://127.0.0.1:1"
+PLAIN_PEER = ["peer", "--supernode", SN, "--insecure-cluster"]
 NOT_OPTIONS = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
 
 
@@ -102,13 +103,21 @@ def test_peer_defaults_match_its_siblings():
         (["peer", "--supernode", SN, "--listen", "nowhere"], "HOST:PORT"),
         (["peer", "--supernode", SN, "--cache-size", "lots"], "not a size"),
         (["peer", "--supernode", SN, "--labels", "zone=a,floor=3"], "unknown labels floor"),
-        (["peer", "--supernode", SN, "--upload-limit", "10B/s"], "at least 1 KiB/s"),
-        (["peer", "--supernode", SN, "--listen", "127.0.0.1:7000", "--api-listen", "127.0.0.1:7000"],
+        ([*PLAIN_PEER, "--upload-limit", "10B/s"], "at least 1 KiB/s"),
+        ([*PLAIN_PEER, "--listen", "127.0.0.1:7000", "--api-listen", "127.0.0.1:7000"],
          "--listen and --api-listen are both 127.0.0.1:7000"),
-        (["peer", "--supernode", SN, "--proxy-listen", "127.0.0.1:65000"],
+        ([*PLAIN_PEER, "--proxy-listen", "127.0.0.1:65000"],
          "--api-listen and --proxy-listen are both 127.0.0.1:65000"),
-        (["peer", "--supernode", SN, "--proxy-listen", "127.0.0.1:0", "--default-registry", "a b"], "a b"),
-        (["supernode", "--redis", "localhost:6379"], "--redis needs a redis://"),
+        ([*PLAIN_PEER, "--proxy-listen", "127.0.0.1:0", "--default-registry", "a b"], "a b"),
+        (["supernode", "--insecure-cluster", "--redis", "localhost:6379"], "--redis needs a redis://"),
+        (["supernode"], "give --tls-dir DIR (mutual TLS with the cluster CA, see docs/SECURITY.md) or "
+                        "--insecure-cluster"),
+        (["peer", "--supernode", SN], "give --tls-dir DIR"),
+        (["proxy", "--supernode", SN], "give --tls-dir DIR"),
+        (["get", "http://h/f", "-o", "f", "--supernode", SN], "give --tls-dir DIR"),
+        (["preheat", "img:v1"], "give --tls-dir DIR"),
+        ([*PLAIN_PEER, "--tls-dir", "x"], "--tls-dir: not allowed with argument --insecure-cluster"),
+        (["supernode", "--tls-dir", "/nonexistent"], "--tls-dir: /nonexistent/"),
         (["get", "http://h/f", "-o", "f", "--header", "no colon"], "a header looks like"),
         (["get", "ftp://h/f", "-o", "f"], "not an http(s) URL"),
         (["get", "http://h/f"], "-o/--output"),

@@ -89,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="real sockets, p2p: keep the daemons' swarm events in DIR (supernode.jsonl, "
         "worker-N.jsonl; read them with `swarmpull events summarize`; default: none)",
     )
+    p.add_argument(
+        "--insecure-cluster",
+        action="store_true",
+        help="real sockets: plain HTTP between the supernode and the nodes, to compare (default: "
+        "mutual TLS with a throwaway CA, as in production; a fault run is plain HTTP either way)",
+    )
     _fault_options(p)
     sim = p.add_argument_group("simulation (with --simulate)")
     sim.add_argument("--simulate", action="store_true", help="a discrete-event simulation instead of sockets")
@@ -297,9 +303,12 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 faults=faults,
                 events_dir=_events_dir(args.events_dir),
+                tls=not args.insecure_cluster,
             )
             settings["piece_bytes"] = config.piece_size
             settings["run"] = f"real sockets, {config.worker_count()} worker processes"
+            secure = config.tls and faults is None
+            settings["cluster"] = "mutual TLS (a throwaway CA)" if secure else "plain HTTP"
             if faults is not None:
                 settings["faults"] = faults.describe()
             results = run_coroutine(lambda: _surge(config, run_surge))

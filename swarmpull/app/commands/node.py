@@ -11,8 +11,11 @@ from pathlib import Path
 
 from swarmpull.app.args import (
     UsageError,
+    add_cluster_tls_arguments,
     add_registry_arguments,
+    cluster_tls,
     hostport_arg,
+    insecure_warning,
     registry_options,
     serve_listening,
     size_arg,
@@ -75,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     add_storage_arguments(s)
     add_registry_arguments(s)
+    add_cluster_tls_arguments(s)
     add_events_argument(s)
     s.set_defaults(func=run_proxy, default_log_level="info")
 
@@ -159,7 +163,7 @@ def run_node(args: argparse.Namespace) -> int:
         "--torrent-listen": args.torrent_listen,
     }
     node = with_events(args.events, lambda events: NodeDaemon(config, proxy, events=events))
-    serve_listening(lambda: run_daemon(node, on_started=_serving), flags)
+    serve_listening(lambda: run_daemon(node, on_started=_serving), flags, insecure_warning(config.tls))
     return 0
 
 
@@ -177,9 +181,11 @@ def _serving(node) -> None:  # type: ignore[no-untyped-def]
 def run_proxy(args: argparse.Namespace) -> int:
     from peer.config import PeerConfig
     from swarmpull.app.node import NodeDaemon
+    from swarmpull.core.identity import Role
     from swarmpull.edges.daemon import run_daemon
 
     proxy = _proxy_config(args, args.listen)
+    tls = cluster_tls(args, Role.NODE)
     try:
         config = PeerConfig(
             data_dir=args.data_dir,
@@ -190,11 +196,14 @@ def run_proxy(args: argparse.Namespace) -> int:
             min_free=args.min_free,
             upstream=upstream_config(args),
             registry_ca=args.registry_ca,
+            tls=tls,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     node = with_events(args.events, lambda events: NodeDaemon(config, proxy, events=events))
-    serve_listening(lambda: run_daemon(node, on_started=_serving), {"--listen": args.listen})
+    serve_listening(
+        lambda: run_daemon(node, on_started=_serving), {"--listen": args.listen}, insecure_warning(tls)
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from swarmpull.app.args import (
+    add_cluster_tls_arguments,
     digest_arg,
     hostport_arg,
     labels_arg,
@@ -153,6 +154,7 @@ def add_peer_arguments(p: argparse.ArgumentParser) -> None:
         "libtorrent (HTTP when no torrent is offered) (default: %(default)s)",
     )
     bt.add_argument("--no-preheat", action="store_true", help="take no part in preheats")
+    add_cluster_tls_arguments(p)
 
 
 def output_arg(text: str) -> Path | None:
@@ -189,13 +191,15 @@ def upstream_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def peer_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The PeerConfig the flags of ``add_peer_arguments`` describe."""
     from peer.config import PeerConfig
-    from swarmpull.app.args import UsageError
+    from swarmpull.app.args import UsageError, cluster_tls
+    from swarmpull.core.identity import Role
     from swarmpull.edges.torrent import TorrentConfig, Transport
     from swarmpull.edges.transport import TransportConfig
 
     unknown = set(args.labels) - {"zone", "rack"}
     if unknown:
         raise UsageError(f"unknown labels {', '.join(sorted(unknown))}: use zone= and rack=")
+    tls = cluster_tls(args, Role.NODE)
     try:
         return PeerConfig(
             data_dir=args.data_dir,
@@ -220,6 +224,7 @@ def peer_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             preheat_limit=preheat_limit(args.preheat_limit, args.upload_limit),
             blob_transport=args.blob_transport,
             preheat=not args.no_preheat,
+            tls=tls,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -294,15 +299,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="URL",
         help="join the swarm as a one-shot peer instead; repeat for replicas (default: through --peer)",
     )
+    add_cluster_tls_arguments(g)  # with --supernode: the one-shot peer talks to the cluster
     g.set_defaults(func=run_get, default_log_level="error")
 
 
 def run_get(args: argparse.Namespace) -> int:
+    import logging
     import sys
     import time
 
     from peer.get import GetError, get_file
-    from swarmpull.app.args import CommandError, UsageError
+    from swarmpull.app.args import INSECURE_WARNING, CommandError, UsageError, cluster_tls
+    from swarmpull.core.identity import Role
     from swarmpull.core.rates import Priority
     from swarmpull.edges.daemon import run_coroutine
 
@@ -318,6 +326,12 @@ def run_get(args: argparse.Namespace) -> int:
         if not args.output.absolute().parent.is_dir():
             raise CommandError(f"directory {args.output.absolute().parent} does not exist")
     peer = None if args.supernodes else (args.peer or "http://127.0.0.1:65000")
+    tls = cluster_tls(args, Role.NODE) if args.supernodes else None
+    plain = [url for url in args.supernodes or () if not url.startswith("https://")]
+    if tls is not None and plain:
+        raise UsageError(f"with --tls-dir supernodes are https:// URLs, not {plain[0]}")
+    if args.supernodes and tls is None:  # a log line: shown with --log-level warning
+        logging.getLogger("swarmpull").warning("%s", INSECURE_WARNING)
 
     async def fetch():  # type: ignore[no-untyped-def]
         return await get_file(
@@ -328,6 +342,7 @@ def run_get(args: argparse.Namespace) -> int:
             supernodes=tuple(args.supernodes or ()),
             headers=headers,
             priority=Priority.BACKGROUND if args.background else Priority.FOREGROUND,
+            tls=tls,
         )
 
     started = time.monotonic()

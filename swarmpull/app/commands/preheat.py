@@ -10,12 +10,21 @@ every blob verified; 1 with the nodes that did not finish when the deadline pass
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 import time
 from typing import Any
 
-from swarmpull.app.args import CommandError, UsageError, labels_arg, url_arg
+from swarmpull.app.args import (
+    INSECURE_WARNING,
+    CommandError,
+    UsageError,
+    add_cluster_tls_arguments,
+    cluster_tls,
+    labels_arg,
+    url_arg,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -65,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="URL",
         help="the supernode's API (default: %(default)s)",
     )
+    # With mutual TLS, starting a preheat needs a supernode certificate (an operator's
+    # act: docs/SECURITY.md, "Who may do what").
+    add_cluster_tls_arguments(p)
     p.set_defaults(func=run, default_log_level="warning")
 
 
@@ -87,15 +99,27 @@ def run(args: argparse.Namespace) -> int:
         "select": selection(args.select),
         "deadline": args.deadline,
     }
-    return run_coroutine(lambda: follow(args.supernode, body))
+    from swarmpull.core.identity import Role
+
+    tls = cluster_tls(args, Role.SUPERNODE)
+    if tls is not None and not args.supernode.startswith("https://"):
+        raise UsageError(f"with --tls-dir the supernode is an https:// URL, not {args.supernode}")
+    if tls is None:
+        logging.getLogger("swarmpull").warning("%s", INSECURE_WARNING)
+    tls_args = tls.to_supernode() if tls is not None else {}
+    return run_coroutine(lambda: follow(args.supernode, body, tls_args=tls_args))
 
 
-async def follow(supernode: str, body: dict[str, Any], interval: float = 1.0) -> int:
+async def follow(
+    supernode: str, body: dict[str, Any], interval: float = 1.0, tls_args: dict[str, Any] | None = None
+) -> int:
     import asyncio
 
     import aiohttp
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        session = _Session(session, tls_args or {})
         status = await _call(session, "POST", f"{supernode}/api/v1/preheat", body)
         job = status.get("id")
         if not isinstance(job, str):
@@ -124,6 +148,18 @@ async def follow(supernode: str, body: dict[str, Any], interval: float = 1.0) ->
     unfinished = status.get("unfinished") or []
     nodes = ", ".join(str(n) for n in unfinished) if unfinished else "no node matched the selection"
     raise CommandError(f"preheat {job} expired; not finished by the deadline: {nodes}")
+
+
+class _Session:
+    """A session whose every request passes ``tls_args`` (``ClusterTls.to_supernode``:
+    the cluster's ssl context, and the name the supernode's certificate must carry)."""
+
+    def __init__(self, session: Any, tls_args: dict[str, Any]) -> None:
+        self._session = session
+        self._tls_args = tls_args
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        return self._session.request(method, url, **kwargs, **self._tls_args)
 
 
 async def _call(session: Any, method: str, url: str, body: Any = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from swarmpull.app.args import (
+    add_cluster_tls_arguments,
     add_registry_arguments,
     hostport_arg,
     limit_arg,
@@ -174,6 +175,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="HOST:PORT",
         help="where the seed's libtorrent accepts peers, TCP and uTP (default: --listen's host, any port)",
     )
+    add_cluster_tls_arguments(p)
     add_events_argument(p)
     p.set_defaults(func=run, default_log_level="info")
 
@@ -183,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     from supernode.dashboard import read_token
     from supernode.origin_limits import load_origin_limits
     from supernode.server import Supernode
-    from swarmpull.app.args import CommandError, UsageError, registry_options
+    from swarmpull.app.args import CommandError, UsageError, cluster_tls, insecure_warning, registry_options
+    from swarmpull.core.identity import Role
     from swarmpull.edges.daemon import run_daemon
     from swarmpull.edges.torrent import TorrentConfig, Transport
 
@@ -200,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
             origins += load_origin_limits(args.origin_limits_file)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    tls = cluster_tls(args, Role.SUPERNODE)
     try:
         config = SupernodeConfig(
             listen=args.listen,
@@ -224,10 +228,11 @@ def run(args: argparse.Namespace) -> int:
             lease_ttl=args.lease_ttl,
             ui_token=ui_token,
             torrent=TorrentConfig(listen=args.torrent_listen, transport=Transport.BOTH),
+            tls=tls,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     supernode = with_events(args.events, lambda events: Supernode(config, events=events))
     flags = {"--listen": args.listen, "--torrent-listen": args.torrent_listen}
-    serve_listening(lambda: run_daemon(supernode), flags)
+    serve_listening(lambda: run_daemon(supernode), flags, insecure_warning(tls))
     return 0

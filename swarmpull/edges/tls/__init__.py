@@ -11,6 +11,7 @@ from swarmpull.edges.tls.authority import (
 )
 from swarmpull.edges.tls.contexts import ClusterTls, client_context, server_context
 from swarmpull.edges.tls.files import CA_FILE, CERT_FILE, KEY_FILE, TlsError, TlsFiles, load_tls_dir
+from swarmpull.edges.tls.gate import OPEN, CallerGate
 from swarmpull.edges.tls.web import (
     IdentifiedResponse,
     NoCertificate,
@@ -27,6 +28,8 @@ __all__ = [
     "CA_KEY_FILE",
     "CERT_FILE",
     "KEY_FILE",
+    "OPEN",
+    "CallerGate",
     "CertificateAuthority",
     "ClusterTls",
     "IdentifiedResponse",

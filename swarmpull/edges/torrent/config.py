@@ -53,6 +53,12 @@ class TorrentConfig:
     """SO_SNDBUF and SO_RCVBUF of peer sockets; 0: the system's default."""
     utp_target_delay: int = 5
     """Milliseconds of queueing delay uTP (LEDBAT) lets itself add before it backs off."""
+    verify_tracker: bool = True
+    """Check an https tracker's certificate (against the system's CAs, by host name).
+    libtorrent cannot check a cluster certificate (the cluster CA, names of identities),
+    so a node of a cluster with mutual TLS turns this off: its announce URL's token
+    authenticates it, and what it downloads is checked against the torrent's hashes and
+    the supernode's signed statements."""
 
     def __post_init__(self) -> None:
         for name in ("upload_limit", "download_limit"):
@@ -133,6 +139,7 @@ def session_settings(config: TorrentConfig) -> dict[str, Any]:
         "enable_outgoing_tcp": tcp,
         "enable_incoming_tcp": tcp,
         "mixed_mode_algorithm": 1,
+        "validate_https_trackers": config.verify_tracker,
     }
     # LEDBAT backs off once it sees more queueing delay than its target. libtorrent's
     # 100 ms suits home routers' deep buffers; a data-centre switch port holds a few

@@ -1,7 +1,9 @@
 """Fetching pieces, and piece maps, from other nodes over HTTP.
 
 Pieces from an ``http://`` source come through ``receiver`` (the socket's bytes land in
-the piece's pages, no copy); maps, and sources over TLS, through aiohttp.
+the piece's pages, no copy); maps, and sources over TLS, through aiohttp. With mutual TLS
+(``tls``) every source is ``https://`` and must prove, in the handshake, to be the one
+the supernode named: the node of that peer id, or for the seed any supernode.
 """
 
 from __future__ import annotations
@@ -9,17 +11,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from swarmpull.core.bitfield import to_text
 from swarmpull.core.failures import FailureReason as Reason
+from swarmpull.core.identity import IdentityError
 from swarmpull.core.maps import MapError, PieceMap, decode_map
 from swarmpull.core.rates import Priority
 from swarmpull.edges.http import PEER_HEADER
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import PieceCorrupt, PieceWriter
+from swarmpull.edges.tls import ClusterTls
 from swarmpull.edges.transport.compression import CompressionError, decompress_piece
 from swarmpull.edges.transport.http1 import WireError, piece_request
 from swarmpull.edges.transport.receiver import UNLIMITED, BodyTooLong, ConnectionPool, PieceConnection
@@ -71,8 +76,10 @@ class PieceClient:
         config: TransportConfig | None = None,
         limiter: RateLimiter | None = None,
         on_wire: Callable[[int], None] | None = None,
+        tls: ClusterTls | None = None,
     ) -> None:
         self._session = session
+        self._tls = tls
         config = config or TransportConfig()
         self._headers = {
             PEER_HEADER: peer_id,
@@ -98,17 +105,20 @@ class PieceClient:
         writer: PieceWriter,
         priority: Priority = Priority.FOREGROUND,
         deadline: float | None = None,
+        source: str = "",
+        seed: bool = False,
     ) -> Fetched:
-        """Stream the piece from the node at ``address`` into ``writer``; the caller
-        commits it. Raises PieceFetchError."""
+        """Stream the piece from the node at ``address`` (peer ``source``, or the seed)
+        into ``writer``; the caller commits it. Raises PieceFetchError."""
         path = f"/pieces/{task_id}/{piece}"
         parts = urlsplit(address)
+        tls_args = self._tls_args(address, source, seed)
         try:
             async with asyncio.timeout(deadline):
                 if parts.scheme == "http" and parts.hostname:
                     target = (parts.hostname, parts.port or 80, parts.netloc)
                     return await self._receive(target, path, address, piece, writer, priority)
-                return await self._fetch(f"{address}{path}", address, piece, writer, priority)
+                return await self._fetch(f"{address}{path}", address, piece, writer, priority, tls_args)
         except TimeoutError:
             raise PieceFetchError(Reason.TIMEOUT, f"{address} too slow or stalled on piece {piece}") from None
         except WireError as exc:
@@ -202,11 +212,29 @@ class PieceClient:
                 if (conn.received, conn.head) == before:
                     raise
 
+    def _tls_args(self, address: str, source: str, seed: bool) -> dict[str, Any]:
+        """What a request to this source passes for mutual TLS: the identity its
+        certificate must name. PieceFetchError for a source that cannot prove one."""
+        if self._tls is None:
+            return {}
+        if not address.startswith("https://"):
+            raise PieceFetchError(Reason.ERROR, f"{address}: not https:// on a cluster with mutual TLS")
+        try:
+            return self._tls.to_supernode() if seed else self._tls.to_node(source)
+        except IdentityError as exc:
+            raise PieceFetchError(Reason.ERROR, f"{address}: {exc}") from None
+
     async def _fetch(
-        self, url: str, address: str, piece: int, writer: PieceWriter, priority: Priority
+        self,
+        url: str,
+        address: str,
+        piece: int,
+        writer: PieceWriter,
+        priority: Priority,
+        tls_args: dict[str, Any],
     ) -> Fetched:
         wire = 0
-        async with self._session.get(url, headers=self._headers, timeout=self._timeout) as resp:
+        async with self._session.get(url, headers=self._headers, timeout=self._timeout, **tls_args) as resp:
             _check_status(resp, address, piece)
             compressed = resp.headers.get("Content-Encoding", "identity") == "zstd"
             if (resp.content_length or 0) > writer.length or (
@@ -240,17 +268,28 @@ class PieceClient:
             return Fetched(wire, resp.headers.get(MAP_HEADER), writer.length - wire if compressed else 0)
 
     async def fetch_map(
-        self, address: str, task_id: str, count: int, known: int, after: int, wait: float
+        self,
+        address: str,
+        task_id: str,
+        count: int,
+        known: int,
+        after: int,
+        wait: float,
+        source: str = "",
+        seed: bool = False,
     ) -> PieceMap:
         """The source's piece map (long-polling up to ``wait`` seconds for a version past
         ``after``); statements only for pieces outside ``known``. Raises PieceFetchError."""
         url = f"{address}/pieces/{task_id}/map"
+        tls_args = self._tls_args(address, source, seed)
         params = {"known": to_text(known, count), "after": str(after), "wait": f"{wait:.1f}"}
         timeout = aiohttp.ClientTimeout(
             total=wait + self._timeout.sock_read, sock_connect=self._timeout.sock_connect
         )
         try:
-            async with self._session.get(url, headers=self._headers, params=params, timeout=timeout) as resp:
+            async with self._session.get(
+                url, headers=self._headers, params=params, timeout=timeout, **tls_args
+            ) as resp:
                 if resp.status == 404:
                     raise PieceFetchError(Reason.MISSING, f"{address} does not hold {task_id}")
                 if resp.status != 200:

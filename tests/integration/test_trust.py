@@ -1,0 +1,246 @@
+"""Mutual TLS between real daemons: a supernode and nodes over a throwaway cluster CA.
+
+A pull over mTLS completes; nobody acts in another node's name (register, report,
+heartbeat, leave, the control channel, opens, offers, preheat polls: 403 and the victim
+keeps its tasks); pieces go only to cluster certificates; a node certificate cannot
+serve as a supernode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+from cryptography import x509
+
+from swarmpull.core.digest import Digest
+from swarmpull.core.identity import SUPERNODE_TLS_NAME, Role
+from swarmpull.core.protocol import API
+from swarmpull.core.tasks import task_id_for
+from swarmpull.edges.http import HostPort, start_site
+from swarmpull.edges.tls import CertificateAuthority, ClusterTls, throwaway_cluster, write_tls_dir
+from tests.kit.peers import PeerProcess
+from tests.kit.supernodes import SupernodeProcess
+
+MiB = 1024 * 1024
+NOW = datetime.now(UTC)
+MEMBERS = [
+    ("sn1", Role.SUPERNODE),
+    ("operator", Role.SUPERNODE),  # the operators' tool: starts preheats
+    ("node-a", Role.NODE),
+    ("node-b", Role.NODE),
+    ("node-c", Role.NODE),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> dict[str, Path]:
+    """TLS directories of the members, and ``foreign``: a node-a certificate from another
+    CA (trusting ours too, so that only its own certificate is refused)."""
+    root = tmp_path_factory.mktemp("trust")
+    dirs = throwaway_cluster(root, MEMBERS, now=NOW)
+    foreign = CertificateAuthority.generate(now=NOW)
+    ours = x509.load_pem_x509_certificates((dirs["sn1"] / "ca.pem").read_bytes())
+    dirs["foreign"] = root / "foreign"
+    write_tls_dir(dirs["foreign"], foreign.issue("node-a", Role.NODE, now=NOW), [foreign.certificate, *ours])
+    return dirs
+
+
+def tls(cluster: dict[str, Path], name: str) -> ClusterTls:
+    return ClusterTls.load(cluster[name], now=NOW, require_client_cert=False)
+
+
+def no_certificate(cluster: dict[str, Path]) -> ssl.SSLContext:
+    """A client that trusts the cluster CA but presents no certificate."""
+    context = ssl.create_default_context(cafile=str(cluster["sn1"] / "ca.pem"))
+    context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    return context
+
+
+async def swarmpull(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarmpull", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    return proc.returncode or 0, err.decode()
+
+
+async def pull(url: str, out: Path, digest: str, *where: str) -> None:
+    code, err = await swarmpull("get", url, "-o", str(out), "--digest", digest, *where)
+    assert code == 0, err
+
+
+async def test_a_pull_over_mutual_tls_completes(cluster, upstream, tmp_path):
+    data = os.urandom(3 * MiB)
+    url, digest = upstream.add("layer", data), str(Digest.of(data))
+    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", "256KiB", tls_dir=cluster["sn1"])
+    a = PeerProcess(tmp_path / "a", supernode.url, tls_dir=cluster["node-a"])
+    b = PeerProcess(tmp_path / "b", supernode.url, tls_dir=cluster["node-b"])
+    try:
+        assert supernode.url.startswith("https://") and a.url.startswith("https://")
+        for daemon in (supernode, a, b):
+            await daemon.start()
+        await pull(url, tmp_path / "a.bin", digest, "--peer", a.api_url)
+        await pull(url, tmp_path / "b.bin", digest, "--peer", b.api_url)
+        await pull(
+            url, tmp_path / "c.bin", digest, "--supernode", supernode.url, "--tls-dir", str(cluster["node-c"])
+        )
+        for name in ("a.bin", "b.bin", "c.bin"):
+            assert (tmp_path / name).read_bytes() == data
+        assert upstream.bytes_sent == len(data)  # read once, by the supernode: the rest went over mTLS
+        swarm = [await b.metric("swarmpull_peer_download_bytes_total", source=s) for s in ("peer", "seed")]
+        assert sum(swarm) == len(data)
+        assert (a.data_dir / "peer-id").exists() is False  # the certificate names it: no id made up
+    finally:
+        for daemon in (b, a, supernode):
+            await daemon.stop()
+
+
+async def test_nobody_acts_in_another_nodes_name(cluster, upstream, tmp_path):
+    data = os.urandom(2 * MiB)
+    url, digest = upstream.add("layer", data), str(Digest.of(data))
+    task = task_id_for(url, Digest.parse(digest))
+    # The seed sends each piece once: once the victim holds the blob, a newcomer gets it from
+    # the victim alone, unless the victim was dropped from the task.
+    supernode = SupernodeProcess(
+        tmp_path / "sn", "--piece-size", "256KiB", "--seed-copies", "1", tls_dir=cluster["sn1"]
+    )
+    victim = PeerProcess(tmp_path / "victim", supernode.url, tls_dir=cluster["node-a"])
+    newcomer = PeerProcess(tmp_path / "newcomer", supernode.url, tls_dir=cluster["node-c"])
+    attacker = tls(cluster, "node-b")
+    try:
+        await supernode.start()
+        await victim.start()
+        await pull(url, tmp_path / "victim.bin", digest, "--peer", victim.api_url)
+        api = f"{supernode.url}{API}"
+        spoofs = [
+            ("POST", f"{api}/peers", {"peer_id": "node-a", "address": "https://127.0.0.1:9", "slots": 8}),
+            ("POST", f"{api}/peers/node-a/report", {"tasks": [{"task_id": task, "finished": [0]}]}),
+            ("POST", f"{api}/peers/node-a/report", {"dropped_tasks": [task]}),  # a heartbeat
+            ("DELETE", f"{api}/peers/node-a", None),
+            ("POST", f"{api}/tasks", {"peer_id": "node-a", "tasks": [{"url": url, "digest": digest}]}),
+            ("POST", f"{api}/peers/node-a/torrents", {"task_id": task}),
+            ("POST", f"{api}/peers/node-a/preheat", {}),
+            ("POST", f"{api}/preheat", {"image": "registry.example/app:v1"}),  # a node's certificate
+        ]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            for method, where, body in spoofs:
+                async with session.request(method, where, json=body, **attacker.to_supernode()) as resp:
+                    answer = await resp.json()
+                    assert resp.status == 403, (method, where, answer)
+                    assert answer["error"]["code"] == "FORBIDDEN"
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(f"{api}/peers/node-a/channel", **attacker.to_supernode())
+            assert refused.value.status == 403
+            # Without a certificate: 401 on the API; health checks answer anyone.
+            anonymous = {"ssl": no_certificate(cluster), "server_hostname": SUPERNODE_TLS_NAME}
+            async with session.delete(f"{api}/peers/node-a", **anonymous) as resp:
+                assert resp.status == 401
+                assert (await resp.json())["error"]["code"] == "UNAUTHENTICATED"
+            async with session.get(f"{supernode.url}/healthz", **anonymous) as resp:
+                assert resp.status == 200
+
+        await newcomer.start()
+        await pull(url, tmp_path / "newcomer.bin", digest, "--peer", newcomer.api_url)
+        assert (tmp_path / "newcomer.bin").read_bytes() == data
+        # All of it from the victim, still a member of the task and holder of every piece.
+        assert await newcomer.metric("swarmpull_peer_download_bytes_total", source="peer") == len(data)
+    finally:
+        for daemon in (newcomer, victim, supernode):
+            await daemon.stop()
+
+
+async def test_pieces_go_only_to_cluster_certificates(cluster, upstream, tmp_path):
+    data = os.urandom(1 * MiB)
+    url, digest = upstream.add("layer", data), str(Digest.of(data))
+    task = task_id_for(url, Digest.parse(digest))
+    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", "256KiB", tls_dir=cluster["sn1"])
+    holder = PeerProcess(tmp_path / "holder", supernode.url, tls_dir=cluster["node-a"])
+    member, foreign = tls(cluster, "node-b"), tls(cluster, "foreign")
+    try:
+        await supernode.start()
+        await holder.start()
+        await pull(url, tmp_path / "holder.bin", digest, "--peer", holder.api_url)
+        sources = [(supernode.url, member.to_supernode(), foreign.to_supernode())]
+        sources.append((holder.url, member.to_node("node-a"), foreign.to_node("node-a")))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            for base, ours, theirs in sources:
+                piece = f"{base}/pieces/{task}/0"
+                async with session.get(piece, **ours) as resp:  # a member gets it
+                    assert resp.status == 200 and len(await resp.read()) > 0
+                anonymous = {**ours, "ssl": no_certificate(cluster)}
+                async with session.get(piece, **anonymous) as resp:
+                    assert resp.status == 401
+                    assert (await resp.json())["error"]["code"] == "UNAUTHENTICATED"
+                with pytest.raises(aiohttp.ClientError):  # refused in the handshake: no byte
+                    async with session.get(piece, **theirs) as resp:
+                        await resp.read()
+            # A source that is not the one the supernode named: the requester hangs up.
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                async with session.get(f"{holder.url}/pieces/{task}/0", **member.to_node("node-c")) as resp:
+                    await resp.read()
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):  # nor is a node the seed
+                async with session.get(f"{holder.url}/pieces/{task}/0", **member.to_supernode()) as resp:
+                    await resp.read()
+    finally:
+        for daemon in (holder, supernode):
+            await daemon.stop()
+
+
+async def test_a_node_certificate_cannot_serve_as_a_supernode(cluster, upstream, tmp_path):
+    code, err = await swarmpull(
+        "supernode",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(tmp_path / "sn"),
+        "--tls-dir",
+        str(cluster["node-b"]),
+    )
+    assert code == 2
+    assert "node certificate; a supernode needs a supernode certificate" in err, err
+
+    # A node's certificate behind a supernode's URL: the node refuses it in the handshake.
+    asked = []
+
+    async def anything(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        asked.append(request.path)
+        return aiohttp.web.json_response({}, status=500)
+
+    app = aiohttp.web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    impostor = tls(cluster, "node-b")
+    runner, bound = await start_site(app, HostPort("127.0.0.1", 0), impostor.server)
+    data = os.urandom(MiB)
+    url = upstream.add("layer", data)
+    try:
+        code, err = await swarmpull(
+            "get", url, "-o", str(tmp_path / "out"), "--supernode", bound.url("https"),
+            "--tls-dir", str(cluster["node-c"]),
+        )  # fmt: skip
+        assert code == 0, err  # from the upstream, as when no supernode answers
+        assert "the swarm was bypassed" in err
+        assert asked == []  # not one request reached the impostor
+    finally:
+        await runner.cleanup()
+
+
+async def test_only_a_supernode_certificate_starts_a_preheat(cluster, tmp_path):
+    supernode = SupernodeProcess(tmp_path / "sn", tls_dir=cluster["sn1"])
+    nowhere = "127.0.0.1:1/team/app:v1"  # a registry that is not there: the job fails once started
+    try:
+        await supernode.start()
+        preheat = ["preheat", nowhere, "--supernode", supernode.url, "--deadline", "30s"]
+        code, err = await swarmpull(*preheat, "--tls-dir", str(cluster["node-b"]))
+        assert code == 2 and "a supernode needs a supernode certificate" in err, err  # the API: 403, above
+        code, err = await swarmpull(*preheat, "--tls-dir", str(cluster["operator"]))
+        assert code == 1 and "failed" in err and "403" not in err, err  # started, then failed upstream
+    finally:
+        await supernode.stop()
