@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supernode.blame import BlameConfig
 from supernode.dashboard.auth import check_token
 from supernode.origin_limits import OriginLimit
 from supernode.scheduler import SchedulerConfig
@@ -79,6 +80,9 @@ class SupernodeConfig:
     report_max: float = 30.0
     failed_task_ttl: float = 30.0
     """Seconds a failed task answers with its error before a new attempt is made."""
+    blame: BlameConfig = field(default_factory=BlameConfig)
+    """How long a URL that sent bytes not matching a blob's digest stays refused as that
+    blob's source (longer than failed_task_ttl), and for how many blobs at most."""
     task_ttl: float = 3600.0
     """Seconds a task nobody opened or reported on is kept in memory (its blob stays in
     the seed cache)."""
@@ -113,6 +117,8 @@ class SupernodeConfig:
             raise ValueError("lease_ttl must be at least three tick intervals")
         if self.heartbeat_interval * 2 >= self.scheduler.peer_timeout:
             raise ValueError("peer_timeout must exceed two heartbeat intervals")
+        if self.blame.ttl <= self.failed_task_ttl:
+            raise ValueError("blame.ttl must outlast failed_task_ttl")
         if self.ui_token is not None:
             check_token(self.ui_token)
         if self.ui_interval <= 0:

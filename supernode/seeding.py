@@ -17,11 +17,12 @@ from collections.abc import Callable
 
 import aiohttp
 
+from supernode.blame import BlameBook
 from supernode.cluster import ClusterState, Lease, TaskRecord
 from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
 from supernode.scheduler import Scheduler
-from supernode.seed_task import SeedTask, Source, TaskState
+from supernode.seed_task import SeedTask, Source, TaskFailed, TaskState
 from swarmpull.core.clock import Clock
 from swarmpull.core.digest import Digest
 from swarmpull.core.events import NO_EVENTS, EventSink
@@ -62,6 +63,7 @@ class Seeding:
         self.on_changed: Callable[[], None] = lambda: None  # staged bytes: write through soon
         self.authorize: Authorize | None = None  # an anonymous token for reads without credentials
         self._staged_bytes = 0
+        self.blame = BlameBook(config.blame)  # the URLs that lied about a blob
 
     def restore(self, lease: Lease) -> None:
         """Know the blobs the seed cache kept from an earlier run, before anyone asks, so
@@ -88,6 +90,16 @@ class Seeding:
         await asyncio.gather(*fetches, return_exceptions=True)
 
     # ------------------------------------------------------------------- tasks
+
+    def check_source(self, task_id: str, source: Source) -> None:
+        """TaskFailed (refused) if ``source``'s URL sent bytes that did not match this
+        blob's digest before: it is never this blob's source again (while remembered)."""
+        if self.blame.refused(task_id, source.url, self._clock.monotonic()):
+            raise TaskFailed(
+                f"{redact_url(source.url)} sent content that does not match {task_id} before; "
+                "the supernode does not read this blob from it",
+                refused=True,
+            )
 
     def create(self, task_id: str, source: Source, expected: Digest | None, lease: Lease) -> SeedTask:
         """A task nobody owns: from the seed cache if it holds the blob, else from upstream."""
@@ -299,15 +311,29 @@ class Seeding:
             message, status = f"internal error: {type(exc).__name__}", None
         bad_data = isinstance(exc, UpstreamError) and exc.bad_data
         if bad_data:
-            log.warning("task %s: %s sent bytes that do not match the digest", task.id, redact_url(fetch.url))
-            others = [s for s in task.sources if s.url != fetch.url]
-            if others:  # that URL is never the task's source again; another requester's may be
-                task.sources = others
-                self.fail(task, message, status, bad_data=True)
-                return
+            self._blame(task, fetch)
         definitive = isinstance(exc, UpstreamError) and exc.definitive
         task.retryable = isinstance(exc, UpstreamError | StoreError) and not definitive
         self.fail(task, message, status, bad_data=bad_data)
+
+    def _blame(self, task: SeedTask, fetch: UpstreamFetch) -> None:
+        """The whole digest did not match: pin it on the URL that wrote the blob, which is
+        then refused as this blob's source (``blame``). When a resumed read mixed URLs (one
+        requester's cut short, the next requester's from there) nobody can tell which of
+        them lied, and blaming the last one would let a liar get an honest requester's URL
+        refused: then nobody is blamed, every suspect is logged, and the task fails as
+        any bad read does (the next read starts from nothing, so one URL writes it all)."""
+        culprit = fetch.sole_writer
+        if culprit is None:
+            suspects = ", ".join(redact_url(url) for url in fetch.writers) or "unknown"
+            log.warning("task %s: bytes that do not match the digest came from one of: %s", task.id, suspects)
+            return
+        log.warning(
+            "task %s: %s sent bytes that do not match the digest; refused as its source from now on",
+            task.id,
+            redact_url(culprit),
+        )
+        self.blame.blame(task.id, culprit, self._clock.monotonic())
 
 
 class _FetchEvents:

@@ -185,6 +185,7 @@ class SupernodeService:
     async def _open(self, req: OpenTask) -> TaskInfo:
         task_id = task_id_for(req.url, req.digest)
         source = Source(req.url, dict(req.headers))
+        self.seeding.check_source(task_id, source)
         task = await self._claim(task_id, source, req)
         task.used_at = self._clock.monotonic()
         if task.state is TaskState.PARTIAL:
@@ -194,7 +195,7 @@ class SupernodeService:
         if task.state is TaskState.FAILED or task.blob is None:
             direct = task.retryable and task.direct_granted < self.config.direct_per_task
             task.direct_granted += direct
-            raise TaskFailed(task.error or "task failed", task.error_status, direct)
+            raise TaskFailed(task.error or "task failed", task.error_status, direct, task.refused)
         blob = task.blob
         try:
             have = from_text(req.have, blob.geometry.count) if req.have else 0
@@ -323,6 +324,7 @@ class SupernodeService:
             raise ShuttingDown()
         task_id = task_id_for(url, digest)
         source = Source(url, dict(headers))
+        self.seeding.check_source(task_id, source)
         task = await self._claim(task_id, source, OpenTask("preheat", url, digest))
         task.used_at = self._clock.monotonic()
         if task.state is TaskState.PARTIAL:

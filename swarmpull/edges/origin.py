@@ -137,9 +137,23 @@ class UpstreamFetch:
         self._authorize = authorize
         self._anonymous: str | None = None  # what ``authorize`` gave, for reads without credentials
         self.url = ""  # the URL of the current (or last) attempt
+        # The URLs whose answers wrote pieces of this blob, in order, and whether the blob
+        # held pieces before this fetch began (read by someone else). A digest mismatch can
+        # only be pinned on a URL that wrote every piece (``sole_writer``).
+        self.writers: list[str] = []
+        self.inherited = False
 
     def __repr__(self) -> str:
         return f"<UpstreamFetch {redact_url(self.url)}>"
+
+    @property
+    def sole_writer(self) -> str | None:
+        """The one URL that wrote every byte of the blob, if one did: the URL to blame when
+        the whole digest does not match. None when a resumed read mixed URLs, or pieces came
+        from before this fetch: then nobody can tell which answer lied."""
+        if self.inherited or len(self.writers) != 1:
+            return None
+        return self.writers[0]
 
     async def run(self, blob: StoredBlob | None, elsewhere: frozenset[int] = frozenset()) -> StoredBlob:
         """Fetch until every piece is in; ``blob`` is what the store already holds.
@@ -149,6 +163,7 @@ class UpstreamFetch:
         then, and is left to the peers (each checks it before completing a blob)."""
         self._blob = blob
         self._elsewhere = elsewhere
+        self.inherited = bool(elsewhere) or (blob is not None and blob.verified_count > 0)
         attempt = 1
         while True:
             try:
@@ -272,6 +287,8 @@ class UpstreamFetch:
                     if not blob.is_verified(piece) and piece not in self._elsewhere:
                         if writer is None:
                             writer = blob.writer(piece)
+                            if self.url not in self.writers:
+                                self.writers.append(self.url)
                         writer.write(part)
                     pos += len(part)
                     if pos == end:
