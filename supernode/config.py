@@ -9,6 +9,7 @@ from supernode.blame import BlameConfig
 from supernode.dashboard.auth import check_token
 from supernode.origin_limits import OriginLimit
 from supernode.scheduler import SchedulerConfig
+from swarmpull.core.upstreams import PatternError, UpstreamAllow
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.origin import UpstreamConfig
 from swarmpull.edges.registry import RegistryOptions
@@ -37,6 +38,10 @@ class SupernodeConfig:
     it (``supernode.ration``)."""
     seed_upload_limit: int | None = None
     """Bytes per second the seed serves to peers, all together; None: no limit."""
+    upstream_allow: tuple[str, ...] = ()
+    """``--upstream-allow`` patterns (``swarmpull.core.upstreams``): the upstreams the
+    supernode may read. Empty: any public address, and no loopback, link-local, private,
+    shared, unspecified or multicast one."""
     origin_limits: tuple[OriginLimit, ...] = ()
     """Per-upstream caps on connections and bandwidth for back-to-source reads."""
     registry: RegistryOptions = field(default_factory=RegistryOptions)
@@ -117,6 +122,10 @@ class SupernodeConfig:
             raise ValueError("lease_ttl must be at least three tick intervals")
         if self.heartbeat_interval * 2 >= self.scheduler.peer_timeout:
             raise ValueError("peer_timeout must exceed two heartbeat intervals")
+        try:
+            UpstreamAllow(self.upstream_allow)
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
         if self.blame.ttl <= self.failed_task_ttl:
             raise ValueError("blame.ttl must outlast failed_task_ttl")
         if self.ui_token is not None:

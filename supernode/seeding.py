@@ -314,6 +314,7 @@ class Seeding:
             self._blame(task, fetch)
         definitive = isinstance(exc, UpstreamError) and exc.definitive
         task.retryable = isinstance(exc, UpstreamError | StoreError) and not definitive
+        task.refused = isinstance(exc, UpstreamError) and exc.refused  # --upstream-allow: a 4xx
         self.fail(task, message, status, bad_data=bad_data)
 
     def _blame(self, task: SeedTask, fetch: UpstreamFetch) -> None:

@@ -149,3 +149,32 @@ async def test_a_requesters_credentials_never_reach_another_requesters_url(swarm
             assert "Authorization" not in headers
     finally:
         await attacker_upstream.stop()
+
+
+async def test_a_read_resumed_from_another_requesters_url_blames_neither(swarm, upstream):
+    """The liar's answer breaks off; the read resumes from an honest requester's URL, and
+    the whole digest fails. Nobody can tell which answer lied: the honest URL must not be
+    refused for it (a liar could otherwise get any requester's URL banned)."""
+    data = os.urandom(2 * MiB)
+    digest = Digest.of(data)
+    liar = upstream.add("liar/layer", os.urandom(len(data)))
+    upstream.faults["/liar/layer"] = Fault(cut_after=MiB)
+    honest = upstream.add("honest/layer", data)
+    upstream.rate = 4 * MiB
+    supernode = await swarm.start_supernode(piece_size=64 * KiB, failed_task_ttl=0.5)
+    attacker, victim = await swarm.add_peers(2)
+    attack = attacker.ensure(BlobRequest(liar, digest))
+    await until(lambda: upstream.requests["/liar/layer"] == 1, "the liar was asked")
+    pull = victim.ensure(BlobRequest(honest, digest))  # its URL is the newest: the retry's
+    for download in (attack, pull):
+        with pytest.raises(DownloadFailed):
+            await download.wait_complete()
+    assert upstream.requests["/honest/layer"] == 1  # the read resumed from the honest URL
+    await until(lambda: digest_task(digest) not in supernode.service.tasks, "the failed task expired")
+    upstream.rate = None
+    blob = await victim.ensure(BlobRequest(honest, digest)).wait_complete()
+    assert (victim.config.data_dir / "blobs" / f"{blob.task_id}.data").read_bytes() == data
+
+
+def digest_task(digest: Digest) -> str:
+    return BlobRequest("http://x.invalid/", digest).task_id
