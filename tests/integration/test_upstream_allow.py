@@ -126,3 +126,43 @@ async def test_a_name_is_judged_by_the_address_it_resolves_to_when_connecting(up
         with pytest.raises(UpstreamRefused, match=r"rebind\.test \(127\.0\.0\.1\) is a loopback"):
             await session.get(f"http://rebind.test:{port}/layer")
     assert sum(upstream.requests.values()) == 0
+
+
+class Challenger:
+    """A registry whose 401 names a token realm elsewhere (another loopback service)."""
+
+    def __init__(self, realm: str) -> None:
+        self.realm = realm
+        self.url = ""
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("GET", "/{path:.*}", self._handle)
+        self._runner, bound = await start_site(app, HostPort("127.0.0.1", 0))
+        self.url, self.port = bound.url(), bound.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        challenge = f'Bearer realm="{self.realm}",service="registry",scope="repository:app:pull"'
+        return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+
+
+async def test_a_token_realm_is_checked_like_any_upstream(swarm, upstream):
+    """The realm comes from the registry's answer: it is no way around the rule."""
+    realm = upstream.url_of("token")  # a loopback service the operator did not allow
+    registry = Challenger(realm)
+    await registry.start()
+    try:
+        await swarm.start_supernode(upstream_allow=(f"127.0.0.1:{registry.port}",))
+        (peer,) = await swarm.add_peers(1)
+        digest = Digest.of(b"layer")
+        with pytest.raises(DownloadFailed, match="401"):
+            await peer.ensure(BlobRequest(f"{registry.url}/v2/app/blobs/{digest}", digest)).wait_complete()
+        assert upstream.requests["/token"] == 0  # the realm was never asked
+    finally:
+        await registry.stop()
