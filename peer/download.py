@@ -39,6 +39,7 @@ from swarmpull.core.clock import Clock
 from swarmpull.core.digest import Digest
 from swarmpull.core.events import EventSink
 from swarmpull.core.protocol import OpenTask, TaskInfo
+from swarmpull.core.signing import PieceStatement, SignatureError, TaskKeys, keys_from_json
 from swarmpull.core.tasks import redact_url
 from swarmpull.edges.origin import UpstreamError
 from swarmpull.edges.store import (
@@ -250,6 +251,7 @@ class TaskDownload:
             if info is None:
                 return  # read directly
             self._prepare(info)
+            await self._drop_unvouched(info)
             blob = self.blob
             if blob is None:
                 raise DownloadFailed("no blob to download into")
@@ -338,6 +340,33 @@ class TaskDownload:
             self.sources.clear()
         if blob is None:
             self._create(info.size, info.piece_size)
+
+    async def _drop_unvouched(self, info: TaskInfo) -> None:
+        """Pieces held from before this open whose statements no key of the task signed are
+        dropped, and the blob starts afresh: they came from a read the supernode no longer
+        vouches for (one that failed its digest: the read after it signs with a key of its
+        own), or from a supernode that forgot the task. Kept, they would fail this blob's
+        whole digest again, and their statements would be refused by every requester."""
+        blob = self.blob
+        if blob is None or blob.complete or not blob.statements:
+            return
+        keys = TaskKeys()
+        try:
+            for key in keys_from_json(info.keys):
+                keys.add(key)
+        except SignatureError:
+            return  # the swarm fetch says so, and trusts no piece
+        statements = list(blob.statements.values())
+        if await asyncio.to_thread(_all_signed, keys, self.task_id, statements):
+            return
+        log.warning("%s: no key of the task signed the pieces held; starting afresh", self.task_id)
+        await self._stop_hashing()  # it may be reading the file
+        self._pins.close()
+        self._pins = contextlib.ExitStack()
+        self._ctx.store.remove(self.task_id)
+        self.blob = None
+        self.sources.clear()
+        self._create(info.size, info.piece_size)
 
     def _create(self, size: int, piece_size: int) -> StoredBlob:
         meta = BlobMeta(
@@ -451,6 +480,15 @@ class TaskDownload:
             await asyncio.to_thread(blob.mark_complete, str(actual), flush=False)
         except StoreError as exc:
             raise DownloadFailed(f"could not record the blob as complete: {exc}", cache_full=True) from None
+
+
+def _all_signed(keys: TaskKeys, task_id: str, statements: list[PieceStatement]) -> bool:
+    try:
+        for statement in statements:
+            keys.check(task_id, statement)
+    except SignatureError:
+        return False
+    return True
 
 
 def _held_bytes(blob: StoredBlob) -> int:

@@ -1,4 +1,5 @@
-"""The URLs that sent bytes not matching a blob's digest, kept from serving that blob again.
+"""The URLs that sent bytes not matching a blob's digest, kept from serving that blob again,
+and the blobs whose read failed so (``poisoned``: their next read signs with a key of its own).
 
 Sans-IO: every call takes ``now``. A task whose whole digest did not match fails for
 ``failed_task_ttl`` and is then tried afresh with whoever opens it next; without a memory
@@ -40,6 +41,7 @@ class BlameBook:
     def __init__(self, config: BlameConfig) -> None:
         self.config = config
         self._tasks: OrderedDict[str, dict[str, float]] = OrderedDict()  # task -> url -> until
+        self._poisoned: OrderedDict[str, float] = OrderedDict()  # task -> until
 
     def __repr__(self) -> str:
         return f"<BlameBook {len(self._tasks)} tasks>"
@@ -67,6 +69,20 @@ class BlameBook:
                 del self._tasks[task_id]
             return False
         return True
+
+    def poison(self, task_id: str, now: float) -> None:
+        """The task's read did not match its digest (whoever is blamed for it)."""
+        self._poisoned.pop(task_id, None)
+        self._poisoned[task_id] = now + self.config.ttl
+        while len(self._poisoned) > self.config.limit:
+            self._poisoned.popitem(last=False)
+
+    def poisoned(self, task_id: str, now: float) -> bool:
+        until = self._poisoned.get(task_id)
+        if until is not None and until <= now:
+            del self._poisoned[task_id]
+            return False
+        return until is not None
 
     def __len__(self) -> int:
         return len(self._tasks)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from supernode.cluster import Batch, Lease
 from swarmpull.core.digest import Digest
+from swarmpull.core.signing import Signer
 from swarmpull.edges.store import StoredBlob
 
 
@@ -61,6 +62,9 @@ class SeedTask:
         self.error_status: int | None = None
         self.retryable = False  # the upstream may answer others (5xx, timeouts)
         self.refused = False  # the supernode refused to read the upstream (``TaskFailed.refused``)
+        # A read after one that failed its digest signs with a key of its own (``Seeding``):
+        # None, the supernode's key.
+        self.signer: Signer | None = None
         self.direct_granted = 0
         self.failed_at = 0.0
         self.used_at = 0.0  # last open or report: idle tasks expire

@@ -134,7 +134,7 @@ class SupernodeService:
             have = from_text(holding.have, blob.geometry.count)
         except BitfieldError:
             return
-        have &= self._vouched(task, have)
+        have &= self._vouched(task, have) if task.signer is None else 0  # held from a poisoned read
         self.scheduler.join(task.id, peer_id, have, self._clock.monotonic())
         self.seeding.holds(task, peer_id, to_text(have, blob.geometry.count), have)
 
@@ -201,7 +201,8 @@ class SupernodeService:
             have = from_text(req.have, blob.geometry.count) if req.have else 0
         except BitfieldError:
             have = 0  # held in another geometry: it starts afresh
-        have &= self._vouched(task, have)
+        # A read after a poisoned one: whatever the peer held before it came from that read.
+        have &= self._vouched(task, have) if task.signer is None else 0
         parents = self.scheduler.join(task_id, req.peer_id, have, self._clock.monotonic())
         self.events.emit("parents_assigned", task=task_id, peer=req.peer_id, parents=[p.id for p in parents])
         self.seeding.holds(task, req.peer_id, to_text(have, blob.geometry.count), have)
@@ -391,7 +392,7 @@ class SupernodeService:
 
     def _keys(self, task: SeedTask) -> list[str]:
         if task.key_list is None:
-            task.key_list = sorted({*keys_to_json([self._signer.public_key]), *task.keys})
+            task.key_list = sorted({*keys_to_json([self.seeding.signer(task).public_key]), *task.keys})
         return task.key_list
 
     def _wire(self, parents: list[Parent]) -> list[ParentInfo]:

@@ -178,3 +178,31 @@ async def test_a_read_resumed_from_another_requesters_url_blames_neither(swarm, 
 
 def digest_task(digest: Digest) -> str:
     return BlobRequest("http://x.invalid/", digest).task_id
+
+
+async def test_pieces_kept_by_a_peer_that_left_a_poisoned_read_are_not_reused(swarm, upstream):
+    """A peer that left before the read failed never heard of the failure and kept the
+    lie's pieces, with statements the supernode signed. The next read of the blob signs
+    with a key of its own: the peer drops what it held, and pulls the blob right."""
+    data = os.urandom(2 * MiB)
+    digest = Digest.of(data)
+    liar = upstream.add("liar/layer", os.urandom(len(data)))
+    honest = upstream.add("honest/layer", data)
+    upstream.rate = 2 * MiB
+    supernode = await swarm.start_supernode(piece_size=64 * KiB, failed_task_ttl=0.5)
+    attacker, victim = await swarm.add_peers(2)
+    attack = attacker.ensure(BlobRequest(liar, digest))
+    await until(lambda: upstream.requests["/liar/layer"] == 1, "the liar is being read")
+    with victim.requested(BlobRequest(honest, digest)) as left:  # a client that goes away
+        await until(lambda: left.blob is not None and left.blob.verified_count >= 4, "pieces taken")
+    kept = victim.store.get(left.task_id)
+    assert kept is not None and kept.verified_count >= 4  # the lie's pieces, kept to resume
+    with pytest.raises(DownloadFailed):
+        await attack.wait_complete()
+    await until(lambda: left.task_id not in supernode.service.tasks, "the failed task expired")
+
+    upstream.rate = None
+    download = victim.ensure(BlobRequest(honest, digest))
+    blob = await download.wait_complete()
+    assert (victim.config.data_dir / "blobs" / f"{blob.task_id}.data").read_bytes() == data
+    assert "local" not in download.sources or download.sources["local"] == 0

@@ -35,3 +35,14 @@ def test_the_book_stays_bounded():
 def test_blame_outlasts_a_failed_task():
     with pytest.raises(ValueError, match="blame"):
         SupernodeConfig(failed_task_ttl=60.0, blame=BlameConfig(ttl=30.0))
+
+
+def test_a_poisoned_read_is_remembered_for_the_ttl_within_the_limit():
+    book = BlameBook(BlameConfig(ttl=10.0, limit=2))
+    book.poison("sha256-a", now=0.0)
+    assert book.poisoned("sha256-a", now=5.0) and not book.poisoned("sha256-b", now=5.0)
+    assert not book.poisoned("sha256-a", now=10.0)
+    for task in ("sha256-a", "sha256-b", "sha256-c"):
+        book.poison(task, now=20.0)
+    assert not book.poisoned("sha256-a", now=21.0)  # past the limit: the oldest forgotten
+    assert book.poisoned("sha256-c", now=21.0)
