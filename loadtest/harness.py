@@ -269,7 +269,8 @@ def _throwaway_ca(root: Path, replicas: int, nodes: int) -> Path:
 
 
 def _supernode_args(config: SurgeConfig, registry: str) -> list[str]:
-    args = [*config.supernode_args, "--insecure-registry", registry]
+    # The registry is on loopback: the supernode reads no non-public host unless allowed.
+    args = [*config.supernode_args, "--insecure-registry", registry, "--upstream-allow", registry]
     if config.piece_size:
         args += ["--piece-size", str(config.piece_size)]
     if config.registry_bandwidth:

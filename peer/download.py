@@ -39,6 +39,7 @@ from swarmpull.core.clock import Clock
 from swarmpull.core.digest import Digest
 from swarmpull.core.events import EventSink
 from swarmpull.core.protocol import OpenTask, TaskInfo
+from swarmpull.core.signing import PieceStatement, SignatureError, TaskKeys, keys_from_json
 from swarmpull.core.tasks import redact_url
 from swarmpull.edges.origin import UpstreamError
 from swarmpull.edges.store import (
@@ -102,6 +103,7 @@ class TaskDownload:
         self._landed = asyncio.Event()  # set at every change; the hashing task waits on it
         self._whole: InOrderDigest | None = None
         self._hashing: asyncio.Task[None] | None = None
+        self._untrusted = False  # the pieces held are to be dropped when the run ends
 
     def __repr__(self) -> str:
         return f"<TaskDownload {self.task_id[:20]} {self.state.name}>"
@@ -190,6 +192,8 @@ class TaskDownload:
             self._failed(DownloadFailed(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
             await self._stop_hashing()
+            if self._untrusted:
+                self._discard()
             self._pins.close()
             self._notify()
 
@@ -199,9 +203,28 @@ class TaskDownload:
         self._ctx.metrics.blobs.labels("failed").inc()
         self._ctx.events.emit("task_finished", task=self.task_id, ok=False, error=str(exc))
         blob = self.blob
-        if exc.cache_full and blob is not None and not blob.complete:
+        if exc.untrusted and blob is not None and not blob.complete:
+            self._untrusted = True  # dropped once the hashing task stopped reading it
+        elif exc.cache_full and blob is not None and not blob.complete:
             self._ctx.store.remove(self.task_id)  # its space back at once
         log.warning("download of %s failed: %s", redact_url(self.request.url), exc)
+
+    def _discard(self) -> None:
+        """Drop every piece held of this blob, and tell the supernode we hold none.
+
+        The seed signs and serves each piece as it reads it (the pipelined start); only the
+        last piece waits for the whole digest. So when a task fails, or the blob's whole
+        digest does not match, the pieces we verified against their statements may still
+        be a liar's bytes. They are deleted, never reused: the next pull of the blob starts
+        from nothing, and a parent asked for them answers ``missing``. This is the one
+        place that decides it (rather than a fetch id in every statement): a failed task
+        is dropped by the supernode and opened afresh, so statements of the failed read
+        are never relayed by an honest peer again."""
+        self._pins.close()
+        self._pins = contextlib.ExitStack()
+        self._ctx.store.remove(self.task_id)
+        if self._ctx.control is not None:
+            self._ctx.control.dropped(self.task_id)
 
     async def _by_torrent(self) -> StoredBlob | None:
         """The whole blob over BitTorrent, when this node pulls that way and the seed offers
@@ -228,6 +251,7 @@ class TaskDownload:
             if info is None:
                 return  # read directly
             self._prepare(info)
+            await self._drop_unvouched(info)
             blob = self.blob
             if blob is None:
                 raise DownloadFailed("no blob to download into")
@@ -282,8 +306,9 @@ class TaskDownload:
                     await self._direct(f"the supernode could not read the upstream: {exc}")
                     return None
                 transient = exc.code in ("NOT_OWNER", "CLUSTER_UNAVAILABLE", "SHUTTING_DOWN")
-                if not transient:
-                    raise DownloadFailed(str(exc), exc.upstream_status) from None
+                if not transient:  # a failed or refused task: what we hold of it is suspect
+                    untrusted = exc.code in ("UPSTREAM_ERROR", "UPSTREAM_REFUSED")
+                    raise DownloadFailed(str(exc), exc.upstream_status, untrusted=untrusted) from None
                 if ctx.clock.monotonic() >= give_up:
                     await self._direct(f"the task has no reachable owner: {exc}")
                     return None
@@ -315,6 +340,33 @@ class TaskDownload:
             self.sources.clear()
         if blob is None:
             self._create(info.size, info.piece_size)
+
+    async def _drop_unvouched(self, info: TaskInfo) -> None:
+        """Pieces held from before this open whose statements no key of the task signed are
+        dropped, and the blob starts afresh: they came from a read the supernode no longer
+        vouches for (one that failed its digest: the read after it signs with a key of its
+        own), or from a supernode that forgot the task. Kept, they would fail this blob's
+        whole digest again, and their statements would be refused by every requester."""
+        blob = self.blob
+        if blob is None or blob.complete or not blob.statements:
+            return
+        keys = TaskKeys()
+        try:
+            for key in keys_from_json(info.keys):
+                keys.add(key)
+        except SignatureError:
+            return  # the swarm fetch says so, and trusts no piece
+        statements = list(blob.statements.values())
+        if await asyncio.to_thread(_all_signed, keys, self.task_id, statements):
+            return
+        log.warning("%s: no key of the task signed the pieces held; starting afresh", self.task_id)
+        await self._stop_hashing()  # it may be reading the file
+        self._pins.close()
+        self._pins = contextlib.ExitStack()
+        self._ctx.store.remove(self.task_id)
+        self.blob = None
+        self.sources.clear()
+        self._create(info.size, info.piece_size)
 
     def _create(self, size: int, piece_size: int) -> StoredBlob:
         meta = BlobMeta(
@@ -367,7 +419,7 @@ class TaskDownload:
             except UpstreamError as exc:
                 if exc.definitive and self.blob is not None:  # what we hold does not fit upstream
                     ctx.store.remove(self.task_id)
-                raise DownloadFailed(str(exc), exc.status) from None
+                raise DownloadFailed(str(exc), exc.status, untrusted=exc.bad_data) from None
             finally:
                 ctx.events.emit("upstream_read", task=self.task_id, bytes=read[0])
             if self.blob is None:
@@ -422,13 +474,21 @@ class TaskDownload:
         self.state = DownloadState.VERIFYING
         actual = await self._whole_digest(blob)
         if self._expected is not None and actual != self._expected:
-            self._ctx.store.remove(self.task_id)
-            raise DownloadFailed(f"blob has digest {actual}, expected {self._expected}")
+            raise DownloadFailed(f"blob has digest {actual}, expected {self._expected}", untrusted=True)
         try:
             # No flush: a restart re-hashes a complete blob's pieces before any is used.
             await asyncio.to_thread(blob.mark_complete, str(actual), flush=False)
         except StoreError as exc:
             raise DownloadFailed(f"could not record the blob as complete: {exc}", cache_full=True) from None
+
+
+def _all_signed(keys: TaskKeys, task_id: str, statements: list[PieceStatement]) -> bool:
+    try:
+        for statement in statements:
+            keys.check(task_id, statement)
+    except SignatureError:
+        return False
+    return True
 
 
 def _held_bytes(blob: StoredBlob) -> int:

@@ -6,6 +6,12 @@ re-hashed since a restart is checked as it is read). The very last chunk of the 
 held back until the whole blob's digest has been verified, so a reader that gets every
 byte got a blob that matches its digest; if it does not match, the reader gets
 ``DownloadFailed`` instead of the last bytes.
+
+A part of a blob (a ``Range`` request) is different: its reader never sees the last byte,
+so holding that back protects nothing, and each piece's statement was signed before the
+whole digest was checked (a lying upstream's pieces verify against them). A partial read
+therefore waits until the whole blob is verified, and gets ``DownloadFailed`` otherwise
+(the registry proxy then reads the range from upstream).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ async def read_blob(
     size = blob.meta.size
     end = size if end is None else end
     geometry = blob.geometry
+    if (start, end) != (0, size):
+        await download.wait_complete()
     with store.pinned(blob):
         for piece in geometry.covering(start, end):
             await download.wait_piece(piece)

@@ -372,7 +372,8 @@ class SwarmFetch:
         elif self.blob.all_verified:  # completed while this report was on its way: say so
             self._control.report_soon(self.task_id)
         if answer.state == "failed":
-            self._failed = DownloadFailed(answer.error or "the supernode failed this task")
+            # Its pieces were signed before the whole digest was checked: none is kept.
+            self._failed = DownloadFailed(answer.error or "the supernode failed this task", untrusted=True)
         else:
             self._add_keys(answer.keys)
             if answer.digest is not None:

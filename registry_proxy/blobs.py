@@ -7,7 +7,9 @@
 2. The bytes come from the local peer as its pieces land (in order, each verified).
    If the swarm cannot serve, before or in the middle of the transfer, the rest comes
    from the upstream directly (a ``Range`` request from where the swarm stopped): the
-   client sees a slower pull, not a failed one.
+   client sees a slower pull, not a failed one. A ``Range`` request is served from the
+   swarm only once the whole blob is verified (``peer.reader``), else from upstream: its
+   client never reaches the held-back last byte, so nothing else would stop a lie.
 3. Every byte of a whole-blob answer is hashed on the way and the last chunk is held
    back until the sha256 matched the digest; if it does not, the connection is cut
    before the last byte. The peer keeps nothing it could not verify.

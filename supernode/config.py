@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supernode.blame import BlameConfig
 from supernode.dashboard.auth import check_token
 from supernode.origin_limits import OriginLimit
 from supernode.scheduler import SchedulerConfig
+from swarmpull.core.upstreams import PatternError, UpstreamAllow
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.origin import UpstreamConfig
 from swarmpull.edges.registry import RegistryOptions
@@ -37,6 +39,10 @@ class SupernodeConfig:
     it (``supernode.ration``)."""
     seed_upload_limit: int | None = None
     """Bytes per second the seed serves to peers, all together; None: no limit."""
+    upstream_allow: tuple[str, ...] = ()
+    """``--upstream-allow`` patterns (``swarmpull.core.upstreams``): the upstreams the
+    supernode may read. Empty: any public address, and no loopback, link-local, private,
+    shared, unspecified or multicast one."""
     origin_limits: tuple[OriginLimit, ...] = ()
     """Per-upstream caps on connections and bandwidth for back-to-source reads."""
     registry: RegistryOptions = field(default_factory=RegistryOptions)
@@ -80,6 +86,9 @@ class SupernodeConfig:
     report_max: float = 30.0
     failed_task_ttl: float = 30.0
     """Seconds a failed task answers with its error before a new attempt is made."""
+    blame: BlameConfig = field(default_factory=BlameConfig)
+    """How long a URL that sent bytes not matching a blob's digest stays refused as that
+    blob's source (longer than failed_task_ttl), and for how many blobs at most."""
     task_ttl: float = 3600.0
     """Seconds a task nobody opened or reported on is kept in memory (its blob stays in
     the seed cache)."""
@@ -118,6 +127,12 @@ class SupernodeConfig:
             raise ValueError("lease_ttl must be at least three tick intervals")
         if self.heartbeat_interval * 2 >= self.scheduler.peer_timeout:
             raise ValueError("peer_timeout must exceed two heartbeat intervals")
+        try:
+            UpstreamAllow(self.upstream_allow)
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
+        if self.blame.ttl <= self.failed_task_ttl:
+            raise ValueError("blame.ttl must outlast failed_task_ttl")
         if self.ui_token is not None:
             check_token(self.ui_token)
         if self.ui_interval <= 0:

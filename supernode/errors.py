@@ -38,6 +38,8 @@ def error_of(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 503, error_body("CLUSTER_UNAVAILABLE", str(exc)), {"Retry-After": "1"}
     if isinstance(exc, ShuttingDown):
         return 503, error_body("SHUTTING_DOWN", "this supernode is stopping"), {"Retry-After": "1"}
+    if isinstance(exc, TaskFailed) and exc.refused:
+        return 403, error_body("UPSTREAM_REFUSED", str(exc)), {}
     if isinstance(exc, TaskFailed):
         headers = {"X-Upstream-Status": str(exc.status)} if exc.status else {}
         body = error_body("UPSTREAM_ERROR", str(exc), direct=exc.direct, upstream_status=exc.status)

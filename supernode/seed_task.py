@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from supernode.cluster import Batch, Lease
 from swarmpull.core.digest import Digest
+from swarmpull.core.signing import Signer
 from swarmpull.edges.store import StoredBlob
 
 
@@ -21,12 +22,17 @@ class TaskState(enum.Enum):
 
 class TaskFailed(Exception):
     """The task cannot be served; the message says why (upstream status, digest...).
-    ``direct`` allows this one peer to try the upstream itself."""
+    ``direct`` allows this one peer to try the upstream itself; ``refused``: the supernode
+    will not read that upstream at all (not allowed, or it lied about this blob before),
+    the requester's fault rather than the upstream's (a 4xx)."""
 
-    def __init__(self, message: str, status: int | None = None, direct: bool = False) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, direct: bool = False, refused: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.direct = direct
+        self.refused = refused
 
 
 class ShuttingDown(Exception):
@@ -55,6 +61,10 @@ class SeedTask:
         self.error: str | None = None
         self.error_status: int | None = None
         self.retryable = False  # the upstream may answer others (5xx, timeouts)
+        self.refused = False  # the supernode refused to read the upstream (``TaskFailed.refused``)
+        # A read after one that failed its digest signs with a key of its own (``Seeding``):
+        # None, the supernode's key.
+        self.signer: Signer | None = None
         self.direct_granted = 0
         self.failed_at = 0.0
         self.used_at = 0.0  # last open or report: idle tasks expire

@@ -17,11 +17,12 @@ from collections.abc import Callable
 
 import aiohttp
 
+from supernode.blame import BlameBook
 from supernode.cluster import ClusterState, Lease, TaskRecord
 from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
 from supernode.scheduler import Scheduler
-from supernode.seed_task import SeedTask, Source, TaskState
+from supernode.seed_task import SeedTask, Source, TaskFailed, TaskState
 from swarmpull.core.clock import Clock
 from swarmpull.core.digest import Digest
 from swarmpull.core.events import NO_EVENTS, EventSink
@@ -62,6 +63,7 @@ class Seeding:
         self.on_changed: Callable[[], None] = lambda: None  # staged bytes: write through soon
         self.authorize: Authorize | None = None  # an anonymous token for reads without credentials
         self._staged_bytes = 0
+        self.blame = BlameBook(config.blame)  # the URLs that lied about a blob
 
     def restore(self, lease: Lease) -> None:
         """Know the blobs the seed cache kept from an earlier run, before anyone asks, so
@@ -72,6 +74,9 @@ class Seeding:
                 continue
             digest = Digest.parse(blob.meta.digest) if blob.meta.digest else None
             expected = digest if blob.task_id.startswith("sha256-") else None
+            if any(s.key != self._signer.key_id for s in blob.statements.values()):
+                self.store.remove(blob.task_id)  # signed with a key of one read, gone with it
+                continue
             task = SeedTask(blob.task_id, Source(""), expected)
             task.lease = lease
             task.used_at = self._clock.monotonic()
@@ -89,12 +94,23 @@ class Seeding:
 
     # ------------------------------------------------------------------- tasks
 
+    def check_source(self, task_id: str, source: Source) -> None:
+        """TaskFailed (refused) if ``source``'s URL sent bytes that did not match this
+        blob's digest before: it is never this blob's source again (while remembered)."""
+        if self.blame.refused(task_id, source.url, self._clock.monotonic()):
+            raise TaskFailed(
+                f"{redact_url(source.url)} sent content that does not match {task_id} before; "
+                "the supernode does not read this blob from it",
+                refused=True,
+            )
+
     def create(self, task_id: str, source: Source, expected: Digest | None, lease: Lease) -> SeedTask:
         """A task nobody owns: from the seed cache if it holds the blob, else from upstream."""
         task = SeedTask(task_id, source, expected)
         task.lease = lease
         task.used_at = self._clock.monotonic()
         self.tasks[task_id] = task
+        self._sign_apart(task)
         blob = self.store.get(task_id)
         if blob is not None and blob.complete and (expected is None or blob.meta.digest == str(expected)):
             self._adopt(task, blob)
@@ -159,6 +175,7 @@ class Seeding:
         task.lease = lease
         task.used_at = self._clock.monotonic()
         self.tasks[task_id] = task
+        self._sign_apart(task)
         task.shas = record.sha
         task.sha_mask = sum(1 << piece for piece in record.sha)
         task.keys = record.keys
@@ -174,7 +191,7 @@ class Seeding:
             if not blob.is_verified(piece) and sha and hashlib.sha256(data).hexdigest() == sha:
                 writer = blob.writer(piece)
                 writer.write(data)
-                writer.commit(sha, statement=self._signer.piece(task_id, piece, sha))
+                writer.commit(sha, statement=self.signer(task).piece(task_id, piece, sha))
         task.staged = set(record.staged) & set(blob.verified_pieces())
         self._adopt(task, blob)
         held = blob.have
@@ -217,6 +234,29 @@ class Seeding:
         if self._cluster.shared:
             task.batch.holders[peer_id] = None
 
+    # ----------------------------------------------------------------- signing
+
+    def signer(self, task: SeedTask) -> Signer:
+        """The key this task's pieces are signed with."""
+        return task.signer or self._signer
+
+    def _sign_apart(self, task: SeedTask) -> None:
+        """A blob whose last read failed its digest is read again under a key of its own.
+
+        That read's pieces were signed (and served) before the whole digest was checked,
+        and the statements outlive the task: an honest peer that left before the failure
+        keeps them with its pieces, a hostile one relays them. Under a new key nobody
+        trusts them any more: peers check statements against the keys the open names,
+        which are this read's only (and the keys of replicas that took it over). A peer
+        that holds pieces from before checks their statements against those keys and
+        drops them (``peer.download``), and the supernode vouches for no piece a peer
+        says it held before this read (``SupernodeService``). The key lives as long as the
+        process: the seed drops such a blob at restart rather than keep what it cannot
+        vouch for."""
+        if self.blame.poisoned(task.id, self._clock.monotonic()):
+            task.signer = Signer.generate()
+            log.info("task %s: read again after a poisoned read, under a key of its own", task.id)
+
     # --------------------------------------------------------------- internals
 
     def _adopt(self, task: SeedTask, blob: StoredBlob) -> None:
@@ -240,7 +280,7 @@ class Seeding:
         )
         blob = self.store.create(meta)
         task.batch.meta.update(size=str(size), piece_size=str(piece_size))
-        task.batch.keys.add(keys_to_json([self._signer.public_key])[0])
+        task.batch.keys.add(keys_to_json([self.signer(task).public_key])[0])
         self._adopt(task, blob)
         return blob
 
@@ -248,7 +288,7 @@ class Seeding:
         blob = task.blob
         if blob is None:
             return
-        blob.record(index, sha, self._signer.piece(task.id, index, sha))
+        blob.record(index, sha, self.signer(task).piece(task.id, index, sha))
         self._scheduler.piece_seeded(task.id, index)
         self.events.emit("upstream_read", task=task.id, piece=index, bytes=blob.geometry.length(index))
         if self._cluster.shared:
@@ -299,15 +339,31 @@ class Seeding:
             message, status = f"internal error: {type(exc).__name__}", None
         bad_data = isinstance(exc, UpstreamError) and exc.bad_data
         if bad_data:
-            log.warning("task %s: %s sent bytes that do not match the digest", task.id, redact_url(fetch.url))
-            others = [s for s in task.sources if s.url != fetch.url]
-            if others:  # that URL is never the task's source again; another requester's may be
-                task.sources = others
-                self.fail(task, message, status, bad_data=True)
-                return
+            self.blame.poison(task.id, self._clock.monotonic())
+            self._blame(task, fetch)
         definitive = isinstance(exc, UpstreamError) and exc.definitive
         task.retryable = isinstance(exc, UpstreamError | StoreError) and not definitive
+        task.refused = isinstance(exc, UpstreamError) and exc.refused  # --upstream-allow: a 4xx
         self.fail(task, message, status, bad_data=bad_data)
+
+    def _blame(self, task: SeedTask, fetch: UpstreamFetch) -> None:
+        """The whole digest did not match: pin it on the URL that wrote the blob, which is
+        then refused as this blob's source (``blame``). When a resumed read mixed URLs (one
+        requester's cut short, the next requester's from there) nobody can tell which of
+        them lied, and blaming the last one would let a liar get an honest requester's URL
+        refused: then nobody is blamed, every suspect is logged, and the task fails as
+        any bad read does (the next read starts from nothing, so one URL writes it all)."""
+        culprit = fetch.sole_writer
+        if culprit is None:
+            suspects = ", ".join(redact_url(url) for url in fetch.writers) or "unknown"
+            log.warning("task %s: bytes that do not match the digest came from one of: %s", task.id, suspects)
+            return
+        log.warning(
+            "task %s: %s sent bytes that do not match the digest; refused as its source from now on",
+            task.id,
+            redact_url(culprit),
+        )
+        self.blame.blame(task.id, culprit, self._clock.monotonic())
 
 
 class _FetchEvents:

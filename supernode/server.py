@@ -42,6 +42,7 @@ from swarmpull.core.events import NO_EVENTS, EventSink, Tagged
 from swarmpull.core.signing import Signer
 from swarmpull.core.tasks import redact_url
 from swarmpull.core.tracker import ANNOUNCE_PATH, Endpoint, Tracker
+from swarmpull.core.upstreams import UpstreamAllow
 from swarmpull.edges.http import MAX_JSON_BODY, HostPort, advertised_url, bind, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route, sample
 from swarmpull.edges.openapi import openapi_route
@@ -51,6 +52,7 @@ from swarmpull.edges.store import PieceStore
 from swarmpull.edges.tls import CallerGate, identity_middleware
 from swarmpull.edges.torrent import TorrentSession
 from swarmpull.edges.transport import PieceServer
+from swarmpull.edges.upstream_guard import GuardedConnector
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +111,10 @@ class Supernode:
         store.load()  # takes the directory's lock first: one supernode per data dir
         store.keep_free(config.min_free)
         signer = _signing_key(data_dir / "signing-key.pem")
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, ssl=tls_context(config.registry.ca)),
+        self._session = aiohttp.ClientSession(  # every upstream read: only allowed addresses
+            connector=GuardedConnector(
+                UpstreamAllow(config.upstream_allow), limit=256, ssl=tls_context(config.registry.ca)
+            ),
             auto_decompress=False,
         )
         limiter = RateLimiter(

@@ -134,7 +134,7 @@ class SupernodeService:
             have = from_text(holding.have, blob.geometry.count)
         except BitfieldError:
             return
-        have &= self._vouched(task, have)
+        have &= self._vouched(task, have) if task.signer is None else 0  # held from a poisoned read
         self.scheduler.join(task.id, peer_id, have, self._clock.monotonic())
         self.seeding.holds(task, peer_id, to_text(have, blob.geometry.count), have)
 
@@ -185,6 +185,7 @@ class SupernodeService:
     async def _open(self, req: OpenTask) -> TaskInfo:
         task_id = task_id_for(req.url, req.digest)
         source = Source(req.url, dict(req.headers))
+        self.seeding.check_source(task_id, source)
         task = await self._claim(task_id, source, req)
         task.used_at = self._clock.monotonic()
         if task.state is TaskState.PARTIAL:
@@ -194,13 +195,14 @@ class SupernodeService:
         if task.state is TaskState.FAILED or task.blob is None:
             direct = task.retryable and task.direct_granted < self.config.direct_per_task
             task.direct_granted += direct
-            raise TaskFailed(task.error or "task failed", task.error_status, direct)
+            raise TaskFailed(task.error or "task failed", task.error_status, direct, task.refused)
         blob = task.blob
         try:
             have = from_text(req.have, blob.geometry.count) if req.have else 0
         except BitfieldError:
             have = 0  # held in another geometry: it starts afresh
-        have &= self._vouched(task, have)
+        # A read after a poisoned one: whatever the peer held before it came from that read.
+        have &= self._vouched(task, have) if task.signer is None else 0
         parents = self.scheduler.join(task_id, req.peer_id, have, self._clock.monotonic())
         self.events.emit("parents_assigned", task=task_id, peer=req.peer_id, parents=[p.id for p in parents])
         self.seeding.holds(task, req.peer_id, to_text(have, blob.geometry.count), have)
@@ -323,6 +325,7 @@ class SupernodeService:
             raise ShuttingDown()
         task_id = task_id_for(url, digest)
         source = Source(url, dict(headers))
+        self.seeding.check_source(task_id, source)
         task = await self._claim(task_id, source, OpenTask("preheat", url, digest))
         task.used_at = self._clock.monotonic()
         if task.state is TaskState.PARTIAL:
@@ -389,7 +392,7 @@ class SupernodeService:
 
     def _keys(self, task: SeedTask) -> list[str]:
         if task.key_list is None:
-            task.key_list = sorted({*keys_to_json([self._signer.public_key]), *task.keys})
+            task.key_list = sorted({*keys_to_json([self.seeding.signer(task).public_key]), *task.keys})
         return task.key_list
 
     def _wire(self, parents: list[Parent]) -> list[ParentInfo]:

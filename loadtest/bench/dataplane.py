@@ -68,7 +68,9 @@ async def _swarmpull(
     supernode_url = f"http://127.0.0.1:{supernode_port}"
     listen, seed_dir = f"127.0.0.1:{supernode_port}", str(root / "seed")
     argv = [sys.executable, "-m", "swarmpull", "--log-level", "warning", "supernode", "--listen", listen]
-    supernode = await _start(children, [*argv, "--data-dir", seed_dir, "--insecure-cluster"])
+    supernode = await _start(
+        children, [*argv, "--data-dir", seed_dir, "--insecure-cluster", "--upstream-allow", "127.0.0.1"]
+    )
     await until_ready(lambda: _healthy(supernode_url), 30, "the supernode did not start", supernode)
     url = f"http://127.0.0.1:{origin_port}/blob"
     results = []

@@ -180,6 +180,7 @@ async def run_supernode(
     supernode_url = f"http://127.0.0.1:{port}"
     args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(root / "sn"), "--piece-size", str(PIECE)]
     args.append("--insecure-cluster")
+    args += ["--upstream-allow", "127.0.0.1"]  # the upstream is on loopback
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "swarmpull", "--log-level", "warning", "supernode", *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=open(root / "supernode.log", "wb"),  # noqa: SIM115

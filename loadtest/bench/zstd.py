@@ -46,7 +46,13 @@ async def _zstd_run(data: bytes, nodes: int, limit: int, compression: bool) -> t
     root = Path(tempfile.mkdtemp(prefix="swarmpull-bench-zstd-"))
     upstream = BlobServer()
     supernode = Supernode(
-        SupernodeConfig(listen=LOOPBACK, data_dir=root / "sn", piece_size=1 << 20, seed_upload_limit=limit)
+        SupernodeConfig(
+            listen=LOOPBACK,
+            data_dir=root / "sn",
+            piece_size=1 << 20,
+            seed_upload_limit=limit,
+            upstream_allow=("127.0.0.1",),  # the upstream is on loopback
+        )
     )
     peers: list[PeerDaemon] = []
     try:

@@ -18,16 +18,18 @@ attempts, never mix them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
@@ -35,10 +37,13 @@ from swarmpull.core.digest import Digest
 from swarmpull.core.tasks import redact_url
 from swarmpull.edges.http import PEER_HEADER
 from swarmpull.edges.store import PieceWriter, StoredBlob
+from swarmpull.edges.upstream_guard import UpstreamRefused
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)\Z")
 
 
@@ -73,12 +78,14 @@ class UpstreamError(Exception):
         definitive: bool = False,
         bad_data: bool = False,
         challenge: str | None = None,
+        refused: bool = False,
     ):
         super().__init__(message)
         self.status = status
         self.definitive = definitive
         self.bad_data = bad_data
         self.challenge = challenge  # the upstream's WWW-Authenticate on a 401
+        self.refused = refused  # not read at all: ``--upstream-allow`` does not allow it
 
 
 class Throttle(Protocol):
@@ -137,9 +144,23 @@ class UpstreamFetch:
         self._authorize = authorize
         self._anonymous: str | None = None  # what ``authorize`` gave, for reads without credentials
         self.url = ""  # the URL of the current (or last) attempt
+        # The URLs whose answers wrote pieces of this blob, in order, and whether the blob
+        # held pieces before this fetch began (read by someone else). A digest mismatch can
+        # only be pinned on a URL that wrote every piece (``sole_writer``).
+        self.writers: list[str] = []
+        self.inherited = False
 
     def __repr__(self) -> str:
         return f"<UpstreamFetch {redact_url(self.url)}>"
+
+    @property
+    def sole_writer(self) -> str | None:
+        """The one URL that wrote every byte of the blob, if one did: the URL to blame when
+        the whole digest does not match. None when a resumed read mixed URLs, or pieces came
+        from before this fetch: then nobody can tell which answer lied."""
+        if self.inherited or len(self.writers) != 1:
+            return None
+        return self.writers[0]
 
     async def run(self, blob: StoredBlob | None, elsewhere: frozenset[int] = frozenset()) -> StoredBlob:
         """Fetch until every piece is in; ``blob`` is what the store already holds.
@@ -149,6 +170,7 @@ class UpstreamFetch:
         then, and is left to the peers (each checks it before completing a blob)."""
         self._blob = blob
         self._elsewhere = elsewhere
+        self.inherited = bool(elsewhere) or (blob is not None and blob.verified_count > 0)
         attempt = 1
         while True:
             try:
@@ -189,7 +211,7 @@ class UpstreamFetch:
         try:
             async with (
                 throttle.connection() if throttle else nullcontext(),
-                self._session.get(url, headers=headers, timeout=self._timeout) as resp,
+                self._get(url, headers) as resp,
             ):
                 size, skip = self._check_response(resp, offset, where)
                 if size > self._config.max_blob_size:
@@ -210,8 +232,37 @@ class UpstreamFetch:
                 return blob
         except TimeoutError:
             raise UpstreamError(f"upstream {where} stalled for {self._config.stall_timeout}s") from None
+        except UpstreamRefused as exc:  # the same answer every time: not retried
+            raise UpstreamError(str(exc), definitive=True, refused=True) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"upstream {where} unreachable: {exc or type(exc).__name__}") from None
+
+    @contextlib.asynccontextmanager
+    async def _get(self, url: str, headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET ``url``, following redirects here rather than in aiohttp: each hop is a new
+        connection (which the session's connector checks against ``--upstream-allow`` on
+        the supernode), only to http(s), at most ``MAX_REDIRECTS``, and the credentials go
+        no further than the origin they were given for (a registry's redirect to a
+        storage service carries its own signature in the URL)."""
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = await self._session.get(url, headers=headers, timeout=self._timeout, allow_redirects=False)
+            location = resp.headers.get("Location") if resp.status in REDIRECTS else None
+            if location is None:
+                try:
+                    yield resp
+                finally:
+                    resp.release()
+                return
+            resp.release()
+            hop = urljoin(url, location)
+            if urlsplit(hop).scheme not in ("http", "https"):
+                where = redact_url(url)
+                raise UpstreamError(f"upstream {where} redirected to a non-HTTP URL", definitive=True)
+            if _origin(hop) != _origin(url):
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            url = hop
+        where = redact_url(url)
+        raise UpstreamError(f"upstream {where}: more than {MAX_REDIRECTS} redirects", definitive=True)
 
     def _check_response(self, resp: aiohttp.ClientResponse, offset: int, where: str) -> tuple[int, int]:
         """``(blob size, bytes to skip)``, or UpstreamError for an answer we cannot use."""
@@ -272,6 +323,8 @@ class UpstreamFetch:
                     if not blob.is_verified(piece) and piece not in self._elsewhere:
                         if writer is None:
                             writer = blob.writer(piece)
+                            if self.url not in self.writers:
+                                self.writers.append(self.url)
                         writer.write(part)
                     pos += len(part)
                     if pos == end:
@@ -360,6 +413,11 @@ def _update_from_file(digest: hashlib._Hash, fd: int, offset: int, length: int) 
             return
         digest.update(chunk)
         offset += len(chunk)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
 
 
 def first_missing(blob: StoredBlob, elsewhere: frozenset[int] = frozenset()) -> int:

@@ -15,7 +15,10 @@ from swarmpull.edges.http import HostPort
 from swarmpull.edges.registry import RegistryOptions
 from tests.kit.processes import DaemonProcess
 
-__all__ = ["RedisServer", "SupernodeProcess", "start_supernode"]
+__all__ = ["LOOPBACK_UPSTREAMS", "RedisServer", "SupernodeProcess", "start_supernode"]
+
+# Tests serve upstreams on loopback, which a supernode reads only when allowed explicitly.
+LOOPBACK_UPSTREAMS = ("127.0.0.1",)
 
 
 async def start_supernode(
@@ -29,6 +32,7 @@ async def start_supernode(
     registries ``insecure`` names; ``overrides`` set config fields."""
     registry = RegistryOptions(insecure_registries=frozenset(insecure))
     config = SupernodeConfig(listen=HostPort("127.0.0.1", 0), tick_interval=0.2, registry=registry)
+    config = dataclasses.replace(config, upstream_allow=LOOPBACK_UPSTREAMS)
     if scheduler:
         overrides["scheduler"] = dataclasses.replace(SchedulerConfig(), **scheduler)
     config = dataclasses.replace(config, **overrides)
@@ -50,4 +54,5 @@ class SupernodeProcess(DaemonProcess):
         self.url = f"{'https' if tls_dir else 'http'}://127.0.0.1:{self.port}"
         args = ["--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), *extra]
         args += ["--tls-dir", str(tls_dir)] if tls_dir else ["--insecure-cluster"]
+        args += [arg for upstream in LOOPBACK_UPSTREAMS for arg in ("--upstream-allow", upstream)]
         super().__init__("supernode", args, data_dir / "supernode.log", f"{self.url}/healthz", fd_limit)

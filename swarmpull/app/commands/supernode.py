@@ -29,6 +29,17 @@ def origin_limit_arg(text: str):  # type: ignore[no-untyped-def]
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def upstream_allow_arg(text: str) -> str:
+    from swarmpull.core.upstreams import PUBLIC, PatternError, parse_pattern
+
+    if text.strip().lower() != PUBLIC:
+        try:
+            parse_pattern(text)
+        except PatternError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser(
         "supernode",
@@ -113,6 +124,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="FILE",
         help='the same caps in a TOML file: [origins."HOST"] rate = "200MB/s", connections = 8 '
         "(default: none)",
+    )
+    p.add_argument(
+        "--upstream-allow",
+        dest="upstream_allow",
+        action="append",
+        default=[],
+        type=upstream_allow_arg,
+        metavar="PATTERN",
+        help="an upstream the supernode may read: HOST, *.DOMAIN, ADDRESS or NETWORK, with :PORT "
+        "but for a network, or 'public'; repeatable. Loopback, link-local, private, CGNAT, "
+        "unspecified and multicast addresses are refused unless a pattern names them (default: "
+        "public, any public address)",
     )
     p.add_argument(
         "--direct-per-task",
@@ -218,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
             seed_copies=args.seed_copies,
             seed_upload_limit=args.seed_upload_limit,
             origin_limits=tuple(origins),
+            upstream_allow=tuple(args.upstream_allow),
             direct_per_task=args.direct_per_task,
             registry=registry_options(args),
             tag_ttl=args.tag_ttl,

@@ -20,6 +20,7 @@ import aiohttp
 
 from swarmpull.core.clock import Clock
 from swarmpull.edges.http import PEER_HEADER
+from swarmpull.edges.upstream_guard import UpstreamRefused
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ class Authenticator:
                     outage = resp.status == 429 or resp.status >= 500
                     raise AuthError(f"token service {params['realm']} answered {resp.status}", outage)
                 body = await resp.json(content_type=None)
+        except UpstreamRefused as exc:  # a realm where the supernode may not connect (--upstream-allow)
+            raise AuthError(f"token service {params['realm']}: {exc}", False) from None
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise AuthError(f"token service {params['realm']}: {exc or type(exc).__name__}", True) from None
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None

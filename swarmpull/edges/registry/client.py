@@ -8,6 +8,7 @@ from swarmpull.edges.http import PEER_HEADER
 from swarmpull.edges.registry.auth import Authenticator, AuthError
 from swarmpull.edges.registry.errors import RegistryError
 from swarmpull.edges.registry.upstreams import Upstream
+from swarmpull.edges.upstream_guard import UpstreamRefused
 
 
 class RegistryClient:
@@ -85,6 +86,8 @@ class RegistryClient:
             return await self._session.request(
                 method, url, headers=headers, timeout=self._stream_timeout if stream else self._timeout
             )
+        except UpstreamRefused as exc:  # not an outage: the same answer every time
+            raise RegistryError(403, "DENIED", str(exc)) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RegistryError(
                 502,
