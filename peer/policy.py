@@ -225,9 +225,12 @@ class PiecePolicy:
 
     # ---------------------------------------------------------------- choices
 
-    def choose(self, now: float, room: int, known: int | None = None) -> list[tuple[int, str]]:
+    def choose(
+        self, now: float, room: int, known: int | None = None, ahead: float = 0.0
+    ) -> list[tuple[int, str]]:
         """Up to ``room`` transfers to start: ``(piece, parent)``. ``known``: the pieces
-        whose sha256 we can check (None: all)."""
+        whose sha256 we can check (None: all); ``ahead``: bytes per second of the link
+        that downloads before this one are expected to use (``peer.share``)."""
         room = min(room, self.config.max_inflight - self._transfers())
         if room <= 0 or self.done:
             return []
@@ -248,7 +251,7 @@ class PiecePolicy:
             twos |= ones & m
             ones |= m
         picks: list[tuple[int, str]] = []
-        target = self.config.headroom * self.download_rate - self._projected()
+        target = self.config.headroom * self.download_rate - self.projected() - ahead
         if seeds and wanted & ~ones:  # only the seed holds these: the rarest of all
             target = self._from(seeds, wanted & ~ones, wanted & ~ones, room, target, now, picks)
             wanted &= ~self.inflight_bits
@@ -410,7 +413,8 @@ class PiecePolicy:
             return link.rate
         return self.download_rate / self.config.first_streams
 
-    def _projected(self) -> float:
+    def projected(self) -> float:
+        """Bytes per second the transfers under way are expected to bring."""
         total = 0.0
         for copies in self.inflight.values():
             for parent_id in copies:

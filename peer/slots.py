@@ -1,13 +1,15 @@
 """The node's download slots: how many piece transfers run at once, across all blobs.
 
 Foreground downloads (a client is waiting) take free slots first; background ones
-(prefetch, preheat) only get a slot when no foreground download is waiting for one.
+(prefetch, preheat) only get a slot when no foreground download is waiting for one. The
+link's rate is shared the same way, oldest download first (``peer.share``).
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from peer.share import LinkShare
 from swarmpull.core.rates import Priority
 
 
@@ -19,6 +21,7 @@ class DownloadSlots:
         self.used = 0
         self._waiting = [0, 0]  # per priority
         self._changed = asyncio.Event()
+        self.share = LinkShare()  # and the link's rate, oldest download first
 
     def __repr__(self) -> str:
         return f"<DownloadSlots {self.used}/{self.total}>"

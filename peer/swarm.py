@@ -129,6 +129,7 @@ class SwarmFetch:
     async def run(self) -> None:
         """Fetch until every piece is verified; DownloadFailed or SupernodeGone if not."""
         self._control.watch(self.task_id, Reporter(self._report, self._answered), self._report_in)
+        self._slots.share.join(self, self._priority, self.policy.projected, self._wake.set)
         try:
             while not self.blob.all_verified:
                 if self._failed is not None:
@@ -155,7 +156,8 @@ class SwarmFetch:
         now = self._clock.monotonic()
         room = self._slots.free(self._priority)
         if room > 0:
-            for piece, parent_id in self.policy.choose(now, room, self._known):
+            ahead = self._slots.share.ahead(self)
+            for piece, parent_id in self.policy.choose(now, room, self._known, ahead):
                 parent = self._parents.get(parent_id)
                 if parent is None:
                     self.policy.failed(piece, parent_id, FailureReason.ERROR, now)
@@ -171,6 +173,7 @@ class SwarmFetch:
         self._transfers.pop(task, None)
         self._slots.release()
         self._wake.set()
+        self._slots.share.changed(self)
 
     async def _transfer(self, piece: int, parent: _Parent) -> None:
         policy, blob = self.policy, self.blob
@@ -383,6 +386,7 @@ class SwarmFetch:
         self._wake.set()
 
     async def _close(self) -> None:
+        self._slots.share.leave(self)
         for task in list(self._transfers):
             task.cancel()
         polls = [p.poll for p in self._parents.values() if p.poll is not None]

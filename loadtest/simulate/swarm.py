@@ -36,15 +36,18 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 
 from loadtest.report import ModeResult, kumar_ross_bound
 from loadtest.simulate.config import SimConfig
 from loadtest.simulate.flows import Flow, Link, Network
 from peer.policy import PiecePolicy
+from peer.share import LinkShare
 from supernode.pacing import report_interval
 from supernode.scheduler import ParentReport, Scheduler
 from swarmpull.core.failures import FailureReason
 from swarmpull.core.geometry import PieceGeometry, choose_piece_size
+from swarmpull.core.rates import Priority
 
 SEED = "seed"
 REPORT_BATCH_WINDOW = 0.02  # as peer.control: an urgent report waits this long for others
@@ -104,7 +107,7 @@ class _Uploads:
 class _Node:
     __slots__ = (
         "calling", "done_at", "downloads", "failed", "flush_at", "id", "joined", "joined_at", "link",
-        "uploads", "watchers",
+        "share", "uploads", "watchers",
     )  # fmt: skip
 
     def __init__(self, node_id: str, link: Link, uploads: _Uploads) -> None:
@@ -118,6 +121,7 @@ class _Node:
         self.failed = False
         self.done_at: float | None = None
         self.downloads: dict[str, _Download] = {}
+        self.share = LinkShare()  # its link, oldest download first, as the daemon's
         self.watchers: dict[str, set[_Node]] = {}  # task -> children that wait on our pieces
 
 
@@ -348,6 +352,10 @@ class SwarmSimulation:
                         (parent.id, False, other.downloads[task].map if task in other.downloads else _Bits())
                     )
             download.policy.set_parents(views)
+            if download not in node.share:  # fetching from now on, as the daemon's SwarmFetch
+                node.share.join(
+                    download, Priority.FOREGROUND, download.policy.projected, self._waker(node, download)
+                )
             members = self.scheduler.members(task)
             download.every = report_interval(members, self.config.supernode, self._rng.random())
             if download.done_at is None:
@@ -361,6 +369,9 @@ class SwarmSimulation:
             pending = min((d.due for d in node.downloads.values()), default=math.inf)
             self._flush_in(node, max(REPORT_BATCH_WINDOW if pending <= self.now else 0.0, pending - self.now))
 
+    def _waker(self, node: _Node, download: _Download) -> Callable[[], None]:
+        return lambda: self._fill(node, download)
+
     def _watchers(self, parent_id: str, task: str) -> set[_Node]:
         if parent_id == SEED:
             return self._seed_waiting.setdefault(task, set())
@@ -371,7 +382,7 @@ class SwarmSimulation:
         policy = download.policy
         if download.done_at is not None or node.failed:
             return
-        picks = policy.choose(self.now, self.config.policy.max_inflight)
+        picks = policy.choose(self.now, self.config.policy.max_inflight, ahead=node.share.ahead(download))
         task = download.layer.id
         for piece, parent_id in picks:
             self._at(self.now + self.config.rtt, "transfer", (node, download, piece, parent_id))
@@ -457,8 +468,10 @@ class SwarmSimulation:
             if all(d.done_at is not None for d in node.downloads.values()):
                 node.done_at = now
                 self._open -= 1
+            node.share.leave(download)
             return
         self._fill(node, download)
+        node.share.changed(download)
 
     def _on_fail(self, node: _Node) -> None:
         if node.done_at is not None or node.failed:
