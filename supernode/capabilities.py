@@ -103,6 +103,11 @@ class CapabilityDesk:
             return None
         return self._issue(task, signer, peer_id)
 
+    def lets_in(self, task: SeedTask, peer_id: str) -> bool:
+        """The blob is public, or ``peer_id`` holds a capability for it that is live."""
+        expires = task.granted.get(peer_id)
+        return task.public is True or (expires is not None and expires >= self._wall())
+
     def _issue(self, task: SeedTask, signer: Signer, peer_id: str) -> str:
         capability = issue(signer, peer_id, task.id, self._wall())
         task.granted[peer_id] = capability.expires
@@ -136,16 +141,24 @@ class CapabilityDesk:
         return self.known(parts.netloc, name, credential)
 
     async def _head(self, source: Source) -> int | None:
-        """The status ``HEAD`` of the opener's URL with its own headers answers; redirects
-        are not followed (the session checks every address against --upstream-allow)."""
+        """The status ``HEAD`` of the opener's URL with its own headers answers (a ranged
+        ``GET`` of its first byte where HEAD is not allowed); redirects are not followed
+        (the session checks every address against --upstream-allow)."""
         headers = {PEER_HEADER: "swarmpull", **source.headers}
         try:
             async with self._session.head(
                 source.url, headers=headers, allow_redirects=False, timeout=self._timeout
             ) as resp:
-                return resp.status
+                status = resp.status
+            if status not in (405, 501):
+                return status
+            ranged = {**headers, "Range": "bytes=0-0"}
+            async with self._session.get(
+                source.url, headers=ranged, allow_redirects=False, timeout=self._timeout
+            ) as resp:
+                return resp.status  # the body is not read: the connection is closed
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            log.info("pull rights: HEAD failed: %s", type(exc).__name__)
+            log.info("pull rights: the check failed: %s", type(exc).__name__)
             return None
 
 

@@ -173,7 +173,12 @@ class Supernode:
         store.on_evict = evicted
         gate = CallerGate(mutual=config.tls is not None)
         torrent_api = TorrentApi(
-            seed_torrents, seed_torrents.tracker, scheduler.knows_peer, self._clock, peer_caller(gate)
+            seed_torrents,
+            seed_torrents.tracker,
+            scheduler.knows_peer,
+            self._clock,
+            peer_caller(gate),
+            may_have=lambda task_id, node: service.may_have(task_id, node) or self._preheated(task_id, node),
         )
         preheats = self.preheats = Preheats(service, access, seed_torrents, self._clock, config.tick_interval)
         middlewares = [errors_as_json]
@@ -201,6 +206,10 @@ class Supernode:
         if self._feed is not None:
             await self._feed.start()
         log.info("supernode listening on %s (seed cache %s)", self.url, data_dir)
+
+    def _preheated(self, task_id: str, node: str) -> bool:
+        """A preheat job (an operator's act) gave ``node`` the blob to hold."""
+        return self.preheats is not None and self.preheats.assigned(task_id, node)
 
     def _task_keys(self, task_id: str) -> list[str] | None:
         """The keys a task's capabilities are checked with at the seed: the task's own."""

@@ -398,6 +398,11 @@ class SupernodeService:
             return 0
         return have & (blob.have | task.sha_mask)
 
+    def may_have(self, task_id: str, peer_id: str) -> bool:
+        """``peer_id`` may pull the blob: it is public, or its capability is live."""
+        task = self.tasks.get(task_id)
+        return task is not None and self.capabilities.lets_in(task, peer_id)
+
     def task_keys(self, task: SeedTask) -> list[str]:
         """The keys of a task's statements and capabilities, as answers carry them."""
         return self._keys(task)

@@ -68,6 +68,10 @@ async def test_a_private_blob_goes_only_to_nodes_with_pull_rights(cluster, upstr
                             answer = await resp.json()
                             assert resp.status == 403, (base, path, answer)
                             assert answer["error"]["code"] == "CAPABILITY_REQUIRED"
+            # Nor a torrent of it: the offer needs a capability too.
+            offers = f"{supernode.url}{API}/peers/node-b/torrents"
+            async with session.post(offers, json={"task_id": task}, **b_tls.to_supernode()) as resp:
+                assert resp.status == 403 and (await resp.json())["error"]["code"] == "PULL_DENIED"
             made_up = upstream.url_of("anything/at/all")  # the digest alone names the task
             for where, headers in (
                 (url, {}),
@@ -84,6 +88,8 @@ async def test_a_private_blob_goes_only_to_nodes_with_pull_rights(cluster, upstr
             # With credentials of its own, B gets it, from the swarm.
             status, body = await fetch(session, b.api_url, url, digest, Authorization=f"Bearer {TOKEN}")
             assert status == 200 and body == data
+            async with session.post(offers, json={"task_id": task}, **b_tls.to_supernode()) as resp:
+                assert resp.status == 200  # now it holds a capability
             # Once B holds it, a request of B's without credentials still gets nothing.
             status, body = await fetch(session, b.api_url, url, digest)
             assert status == 403 and data[:4096] not in body
