@@ -105,6 +105,8 @@ class Downloads(Protocol):
 
     def requested(self, request: BlobRequest) -> contextlib.AbstractContextManager[TaskDownload]: ...
 
+    async def authorize(self, request: BlobRequest) -> None: ...
+
     def downloads(self) -> list[TaskDownload]: ...
 
     def summary(self, task_id: str) -> dict[str, Any] | None: ...
@@ -141,6 +143,10 @@ class LocalApi:
             blob_request = parse_blob_request(await read_json(request))
         except ProtocolError as exc:
             return json_error(exc.status, "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE", str(exc))
+        try:
+            await self._daemon.authorize(blob_request)
+        except DownloadFailed as exc:
+            return download_error(exc)
         with self._daemon.requested(blob_request) as download:
             return await self._stream(request, download)
 
@@ -172,6 +178,10 @@ class LocalApi:
             blob_request = parse_blob_request(await read_json(request))
         except ProtocolError as exc:
             return json_error(exc.status, "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE", str(exc))
+        try:
+            await self._daemon.authorize(blob_request)
+        except DownloadFailed as exc:
+            return download_error(exc)
         with self._daemon.requested(blob_request) as download:
             try:
                 blob = await _complete_unless_gone(request, download)
@@ -229,6 +239,8 @@ def download_error(exc: DownloadFailed) -> web.Response:
     headers = {"X-Upstream-Status": str(exc.status)} if exc.status else {}
     if exc.cache_full:
         return json_error(507, "CACHE_FULL", str(exc))
+    if exc.denied:
+        return json_error(403, "PULL_DENIED", str(exc), headers)
     return json_error(502, "UPSTREAM_ERROR", str(exc), headers)
 
 

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from peer.capabilities import CapabilityBook
 from peer.link import LinkError, SupernodeLink, SupernodeUnavailable
 from swarmpull.core.bitfield import to_text
 from swarmpull.core.clock import Clock
@@ -53,8 +54,17 @@ class Reporter:
 
 
 class Control:
-    def __init__(self, link: SupernodeLink, store: PieceStore, registration: PeerRegistration, clock: Clock):
+    def __init__(
+        self,
+        link: SupernodeLink,
+        store: PieceStore,
+        registration: PeerRegistration,
+        clock: Clock,
+        capabilities: CapabilityBook | None = None,
+    ):
         self._link = link
+        # Every answer's capability and keys (the piece client and server use them).
+        self.capabilities = capabilities if capabilities is not None else CapabilityBook()
         self._store = store
         self._registration = registration
         self._clock = clock
@@ -152,6 +162,7 @@ class Control:
             if isinstance(result, LinkError):
                 future.set_exception(result)
             else:
+                self.capabilities.learn(result.task_id, result.keys, result.capability)
                 future.set_result(result)
 
     # ----------------------------------------------------------------- reports
@@ -249,6 +260,7 @@ class Control:
             if reporter is None:
                 continue
             if not isinstance(answer, LinkError):
+                self.capabilities.learn(task_id, answer.keys, answer.capability)
                 reporter.every = answer.report_in
                 reporter.due = self._clock.monotonic() + answer.report_in
             reporter.answer(answer)

@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from peer.api import LocalApi
+from peer.capabilities import CapabilityBook
 from peer.config import PeerConfig
 from peer.control import Control
 from peer.download import DownloadContext, DownloadState, TaskDownload
@@ -31,6 +32,7 @@ from peer.preheat import Preheater
 from peer.reader import read_blob
 from peer.registry import RegistryQuestions
 from peer.rest import SupernodeRest
+from peer.rights import LocalRights
 from peer.scrub import scrub
 from peer.slots import DownloadSlots
 from peer.torrents import RateCaps, TorrentTransport
@@ -48,6 +50,7 @@ from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import PieceStore, StoredBlob
 from swarmpull.edges.tls import identity_middleware
 from swarmpull.edges.transport import PieceClient, PieceServer
+from swarmpull.edges.transport.gate import PieceGate
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,8 @@ class PeerDaemon:
         self.api_url: str | None = None
         self.store: PieceStore | None = None
         self.control: Control | None = None
+        self.capabilities = CapabilityBook()  # ours for each task, and the keys to check others'
+        self._rights: LocalRights | None = None
         self.piece_server: PieceServer | None = None
         self.torrents: TorrentTransport | None = None
         self._foreground = 0  # downloads a client waits for, under way
@@ -128,7 +133,10 @@ class PeerDaemon:
                 config.rack,
                 upload_rate=config.upload_limit,
             )
-            self.control = Control(link, store, registration, self.clock)
+            self.control = Control(link, store, registration, self.clock, self.capabilities)
+            self._rights = LocalRights(
+                self.control, store, self.peer_id, self.clock, self._running, config.open_timeout
+            )
             self._questions = RegistryQuestions(link, config.open_timeout)
             self._background.append(asyncio.create_task(self.control.run(), name="control"))
             await self._start_torrents(store)
@@ -142,6 +150,7 @@ class PeerDaemon:
             config.transport,
             download_limiter,
             tls=config.tls,
+            capability=self.capabilities.capability,
         )
         self._context = DownloadContext(
             config,
@@ -210,8 +219,10 @@ class PeerDaemon:
             limiter = RateLimiter(
                 config.upload_limit, self.clock, on_wait=counters.limiter_wait.labels("upload").inc
             )
+            # A requester needs a capability for the task (none to check without a supernode).
+            gate = PieceGate(self.capabilities, mutual=tls is not None) if config.supernodes else None
             server = self.piece_server = PieceServer(
-                store, counters, limiter, config.upload_slots, config.transport.compression
+                store, counters, limiter, config.upload_slots, config.transport.compression, gate=gate
             )
             store.on_piece = server.notify
             app.add_routes([*server.routes(), metrics_route(self.metrics.registry)])
@@ -263,6 +274,16 @@ class PeerDaemon:
         download = self._download(request)
         download.kept = True
         return download
+
+    async def authorize(self, request: BlobRequest) -> None:
+        """DownloadFailed (``denied``) unless the request's own credentials may have the
+        blob, for a request that would not open the task itself (``peer.rights``)."""
+        if self._rights is not None:
+            await self._rights.check(request)
+
+    def _running(self, task_id: str) -> bool:
+        current = self._downloads.get(task_id)
+        return current is not None and current.state not in (DownloadState.COMPLETE, DownloadState.FAILED)
 
     @contextlib.contextmanager
     def requested(self, request: BlobRequest) -> Iterator[TaskDownload]:
@@ -354,6 +375,7 @@ class PeerDaemon:
             del self._downloads[download.task_id]  # the store answers for it from now on
 
     def _evicted(self, task_id: str) -> None:
+        self.capabilities.forget(task_id)
         if self.control is not None:
             self.control.dropped(task_id)
         if self.torrents is not None:

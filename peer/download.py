@@ -305,6 +305,8 @@ class TaskDownload:
                 if exc.code == "UPSTREAM_ERROR" and exc.direct:
                     await self._direct(f"the supernode could not read the upstream: {exc}")
                     return None
+                if exc.code == "PULL_DENIED":
+                    raise DownloadFailed(str(exc), exc.upstream_status, denied=True) from None
                 transient = exc.code in ("NOT_OWNER", "CLUSTER_UNAVAILABLE", "SHUTTING_DOWN")
                 if not transient:  # a failed or refused task: what we hold of it is suspect
                     untrusted = exc.code in ("UPSTREAM_ERROR", "UPSTREAM_REFUSED")

@@ -222,7 +222,7 @@ class TorrentTransport:
                 if exc.code == "UNKNOWN_PEER":
                     self._control.lost()  # the supernode restarted: register again
                     continue
-                if exc.code in ("NOT_SEEDED", "UNKNOWN_TASK", "NOT_OWNER"):
+                if exc.code in ("NOT_SEEDED", "UNKNOWN_TASK", "NOT_OWNER", "PULL_DENIED"):
                     raise TorrentUnavailable(str(exc)) from None
                 raise DownloadFailed(f"the supernode refused a torrent for {task_id}: {exc}") from None
         if answer is None:

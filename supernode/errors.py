@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from supernode.capabilities import PullDenied
 from supernode.cluster import ClusterUnavailable, NotOwner
 from supernode.scheduler import UnknownPeer, UnknownTask
 from supernode.seed_task import ShuttingDown, TaskFailed
@@ -18,6 +19,7 @@ KNOWN = (
     ClusterUnavailable,
     ShuttingDown,
     TaskFailed,
+    PullDenied,
     RegistryRefused,
     NotAnswered,
 )
@@ -38,6 +40,8 @@ def error_of(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 503, error_body("CLUSTER_UNAVAILABLE", str(exc)), {"Retry-After": "1"}
     if isinstance(exc, ShuttingDown):
         return 503, error_body("SHUTTING_DOWN", "this supernode is stopping"), {"Retry-After": "1"}
+    if isinstance(exc, PullDenied):
+        return 403, error_body("PULL_DENIED", str(exc), upstream_status=exc.status), {}
     if isinstance(exc, TaskFailed) and exc.refused:
         return 403, error_body("UPSTREAM_REFUSED", str(exc)), {}
     if isinstance(exc, TaskFailed):

@@ -80,6 +80,12 @@ class SeedTask:
         self.sha_mask = 0  # the pieces of ``shas``, as a bitfield
         self.keys: list[str] = []  # earlier owners' signing keys (base64)
         self.key_list: list[str] | None = None  # ours and theirs, as answers carry them
+        # Whether the read that gave the blob's size carried no credentials (public: every
+        # opener gets a capability) or did (private: each opener proves its own rights);
+        # None until known, and after a takeover (private, then).
+        self.public: bool | None = None
+        self.read_source: Source | None = None  # the source of the read's latest attempt
+        self.granted: dict[str, int] = {}  # peer -> when its latest capability expires
 
     def __repr__(self) -> str:
         return f"<SeedTask {self.id[:20]} {self.state.name}>"

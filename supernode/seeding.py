@@ -18,6 +18,7 @@ from collections.abc import Callable
 import aiohttp
 
 from supernode.blame import BlameBook
+from supernode.capabilities import has_credentials
 from supernode.cluster import ClusterState, Lease, TaskRecord
 from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
@@ -64,6 +65,11 @@ class Seeding:
         self.authorize: Authorize | None = None  # an anonymous token for reads without credentials
         self._staged_bytes = 0
         self.blame = BlameBook(config.blame)  # the URLs that lied about a blob
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The guarded session every upstream request goes through (--upstream-allow)."""
+        return self._session
 
     def restore(self, lease: Lease) -> None:
         """Know the blobs the seed cache kept from an earlier run, before anyone asks, so
@@ -126,7 +132,7 @@ class Seeding:
         events = _FetchEvents(self, task)
         fetch = UpstreamFetch(
             self._session,
-            lambda: (task.url, task.sources[0].headers),
+            lambda: _read_source(task),
             task.expected,
             events,
             self.config.upstream,
@@ -281,6 +287,8 @@ class Seeding:
         blob = self.store.create(meta)
         task.batch.meta.update(size=str(size), piece_size=str(piece_size))
         task.batch.keys.add(keys_to_json([self.signer(task).public_key])[0])
+        if task.public is None and task.read_source is not None:  # once per task
+            task.public = not has_credentials(task.read_source)
         self._adopt(task, blob)
         return blob
 
@@ -382,3 +390,10 @@ class _FetchEvents:
 
     def piece(self, index: int, sha: str) -> None:
         self._seeding._piece(self._task, index, sha)
+
+
+def _read_source(task: SeedTask) -> tuple[str, dict[str, str]]:
+    """The URL and headers of a read attempt: the newest requester's, remembered so that
+    the blob is public only if the read that succeeded carried no credentials."""
+    source = task.read_source = task.sources[0]
+    return source.url, source.headers

@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from supernode.api import SupernodeApi, errors_as_json
+from supernode.capabilities import SeedKeyBook
 from supernode.cluster import ClusterState
 from supernode.cluster.memory import LocalCluster
 from supernode.cluster.redis import RedisCluster
@@ -52,6 +53,7 @@ from swarmpull.edges.store import PieceStore
 from swarmpull.edges.tls import CallerGate, identity_middleware
 from swarmpull.edges.torrent import TorrentSession
 from swarmpull.edges.transport import PieceServer
+from swarmpull.edges.transport.gate import PieceGate
 from swarmpull.edges.upstream_guard import GuardedConnector
 
 log = logging.getLogger(__name__)
@@ -125,8 +127,10 @@ class Supernode:
         scheduler = Scheduler(config.scheduler)
         scheduler.add_seed(config.seed_id, config.seed_upload_limit)
         ration = SeedRation(config.seed_copies, scheduler.holders)
+        # Every /pieces request carries a capability for its task, checked with the task's keys.
+        gate = PieceGate(SeedKeyBook(self._task_keys), mutual=config.tls is not None)
         pieces = self._pieces = PieceServer(
-            store, self.metrics.transfers, limiter, config.seed_upload_slots, ration=ration.allow
+            store, self.metrics.transfers, limiter, config.seed_upload_slots, ration=ration.allow, gate=gate
         )
         store.on_piece = pieces.notify
         sock, bound = bind(config.listen)
@@ -144,6 +148,9 @@ class Supernode:
         mirror = self._mirror = RegistryMirror(access, books, self._clock)
         service = self.service = SupernodeService(
             config, seeding, scheduler, cluster, signer, self._clock, self.url, self.metrics, events
+        )
+        service.capabilities.known = lambda host, repository, credential: books.rights_fresh(
+            host, repository, credential, self._clock.monotonic()
         )
         auth = UiAuth(config.ui_token) if config.ui_token is not None else None
         if auth is not None:
@@ -166,7 +173,12 @@ class Supernode:
         store.on_evict = evicted
         gate = CallerGate(mutual=config.tls is not None)
         torrent_api = TorrentApi(
-            seed_torrents, seed_torrents.tracker, scheduler.knows_peer, self._clock, peer_caller(gate)
+            seed_torrents,
+            seed_torrents.tracker,
+            scheduler.knows_peer,
+            self._clock,
+            peer_caller(gate),
+            may_have=lambda task_id, node: service.may_have(task_id, node) or self._preheated(task_id, node),
         )
         preheats = self.preheats = Preheats(service, access, seed_torrents, self._clock, config.tick_interval)
         middlewares = [errors_as_json]
@@ -194,6 +206,16 @@ class Supernode:
         if self._feed is not None:
             await self._feed.start()
         log.info("supernode listening on %s (seed cache %s)", self.url, data_dir)
+
+    def _preheated(self, task_id: str, node: str) -> bool:
+        """A preheat job (an operator's act) gave ``node`` the blob to hold."""
+        return self.preheats is not None and self.preheats.assigned(task_id, node)
+
+    def _task_keys(self, task_id: str) -> list[str] | None:
+        """The keys a task's capabilities are checked with at the seed: the task's own."""
+        service = self.service
+        task = service.tasks.get(task_id) if service is not None else None
+        return service.task_keys(task) if task is not None else None
 
     async def _start_torrents(self, store: PieceStore) -> SeedTorrents:
         """The seed's libtorrent session, on the API's host unless told otherwise."""

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 
+from supernode.capabilities import CapabilityDesk
 from supernode.cluster import ClusterState, ClusterUnavailable, NotOwner
 from supernode.config import SupernodeConfig
 from supernode.dashboard.traffic import Traffic
@@ -75,6 +76,7 @@ class SupernodeService:
         self._stopping = False
         self._rng = random.Random()
         self.presence = Presence(config, scheduler, cluster, clock.monotonic, metrics, events)
+        self.capabilities = CapabilityDesk(seeding.session, config.auth_cache_ttl, clock)
         self.sync = ClusterSync(
             cluster, seeding, scheduler, self, self.presence, clock.monotonic, config.tick_interval
         )
@@ -197,6 +199,8 @@ class SupernodeService:
             task.direct_granted += direct
             raise TaskFailed(task.error or "task failed", task.error_status, direct, task.refused)
         blob = task.blob
+        # Pull rights before membership: a private blob's opener proves its own (PullDenied).
+        capability = await self.capabilities.grant(task, self.seeding.signer(task), req.peer_id, source)
         try:
             have = from_text(req.have, blob.geometry.count) if req.have else 0
         except BitfieldError:
@@ -214,6 +218,7 @@ class SupernodeService:
             self._keys(task),
             self._wire(parents),
             self._report_interval(task),
+            capability,
         )
 
     async def _claim(self, task_id: str, source: Source, req: OpenTask) -> SeedTask:
@@ -304,7 +309,10 @@ class SupernodeService:
         state = "seeded" if task.state is TaskState.SEEDED else "running"
         # The keys came with the open; only a takeover adds any (an earlier owner's).
         keys = self._keys(task) if task.keys else []
-        return ReportAnswer(self._wire(parents), state, self._report_interval(task), task.digest, None, keys)
+        capability = self.capabilities.renew(task, self.seeding.signer(task), peer_id)
+        return ReportAnswer(
+            self._wire(parents), state, self._report_interval(task), task.digest, None, keys, capability
+        )
 
     # ----------------------------------------------------------------- preheat
 
@@ -389,6 +397,15 @@ class SupernodeService:
         if blob is None:
             return 0
         return have & (blob.have | task.sha_mask)
+
+    def may_have(self, task_id: str, peer_id: str) -> bool:
+        """``peer_id`` may pull the blob: it is public, or its capability is live."""
+        task = self.tasks.get(task_id)
+        return task is not None and self.capabilities.lets_in(task, peer_id)
+
+    def task_keys(self, task: SeedTask) -> list[str]:
+        """The keys of a task's statements and capabilities, as answers carry them."""
+        return self._keys(task)
 
     def _keys(self, task: SeedTask) -> list[str]:
         if task.key_list is None:

@@ -7,7 +7,10 @@
                                         bencoded, members of the torrent only
 
 Authentication: an offer is asked for in a peer's name, like its reports; with mutual
-TLS ``caller`` is ``peer_caller(gate)``: the certificate must name that peer. An
+TLS ``caller`` is ``peer_caller(gate)``: the certificate must name that peer. The peer
+must also hold a capability for the task (``may_have``: the blob is public, or the
+supernode granted that peer one on open, or a preheat job assigned it the blob): else
+403 PULL_DENIED, and the node pulls over HTTP, opening the task with its credentials. An
 announce cannot carry a client certificate (libtorrent's tracker client has none), so
 it is authenticated by the token in its URL, which only the offer, over the
 authenticated API, hands out: ``/announce`` stays reachable without a client
@@ -54,8 +57,11 @@ class TorrentApi:
         knows_peer: Callable[[str], bool],
         clock: Clock,
         caller: Callable[[web.Request], str] = named_peer,
+        may_have: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._torrents = torrents
+        # (task, peer): the peer may pull the blob (a capability, a public blob, a preheat).
+        self._may_have = may_have
         self._clock = clock
         self._tracker = tracker
         self._knows_peer = knows_peer
@@ -73,6 +79,9 @@ class TorrentApi:
         task_id = _task_id(body.get("task_id"), "task_id")
         if not self._knows_peer(peer_id):
             raise UnknownPeer(peer_id)
+        if self._may_have is not None and not self._may_have(task_id, peer_id):
+            message = f"{peer_id} holds no capability for {task_id}: open the task first"
+            return json_error(403, "PULL_DENIED", message)
         try:
             offer = await self._torrents.offer(task_id, peer_id)
         except NotSeeded as exc:

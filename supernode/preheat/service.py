@@ -180,6 +180,10 @@ class Preheats:
                 self._log_end(job)
                 self._change()
 
+    def assigned(self, task_id: str, node: str) -> bool:
+        """A job gave ``node`` the blob of ``task_id`` to hold (it may have its torrent)."""
+        return any(layer.task_id == task_id for job in self._jobs.values() for layer in job.assigned(node))
+
     def _work(self, node: str, zone: str | None, rack: str | None) -> PreheatWork:
         layers: dict[str, int] = {}
         for job in self._jobs.values():

@@ -14,15 +14,22 @@ from swarmpull.core.tasks import check_upstream_url, task_id_for
 class DownloadFailed(Exception):
     """The blob cannot be had. ``status`` is the upstream's HTTP status when it said no;
     ``cache_full`` says the local store had no room; ``untrusted``: the pieces held of it
-    cannot be trusted (its task failed, or its whole digest did not match) and are dropped."""
+    cannot be trusted (its task failed, or its whole digest did not match) and are dropped;
+    ``denied``: the blob is private and the request's own credentials do not pull it."""
 
     def __init__(
-        self, message: str, status: int | None = None, cache_full: bool = False, untrusted: bool = False
+        self,
+        message: str,
+        status: int | None = None,
+        cache_full: bool = False,
+        untrusted: bool = False,
+        denied: bool = False,
     ):
         super().__init__(message)
         self.status = status
         self.cache_full = cache_full
         self.untrusted = untrusted
+        self.denied = denied
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from swarmpull.core.failures import FailureReason
 from swarmpull.core.tasks import check_upstream_url, is_host, validate_task_id
 
 API = "/api/v1"
+MAX_CAPABILITY = 256  # core.capability's wire form
 PEER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 HEADER_VALUE_RE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")  # no control characters but tab
@@ -365,9 +366,10 @@ class TaskInfo:
     keys: list[str] = field(default_factory=list)
     parents: list[ParentInfo] = field(default_factory=list)
     report_in: float = 5.0
+    capability: str | None = None  # lets this requester fetch the task's pieces (core.capability)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "task_id": self.task_id,
             "size": self.size,
             "piece_size": self.piece_size,
@@ -376,6 +378,9 @@ class TaskInfo:
             "parents": [p.to_json() for p in self.parents],
             "report_in": self.report_in,
         }
+        if self.capability:
+            body["capability"] = self.capability
+        return body
 
 
 def parse_task_info(raw: Any) -> TaskInfo:
@@ -393,6 +398,7 @@ def parse_task_info(raw: Any) -> TaskInfo:
         keys=_keys(body.get("keys") or []),
         parents=_parents(body.get("parents") or []),
         report_in=_float(body, "report_in", 0.0, 3600.0, default=5.0),
+        capability=_str(body, "capability", optional=True, limit=MAX_CAPABILITY),
     )
 
 
@@ -462,6 +468,7 @@ class ReportAnswer:
     digest: Digest | None = None
     error: str | None = None  # why the task failed
     keys: list[str] = field(default_factory=list)
+    capability: str | None = None  # a fresh one, when the requester's is due for renewal
 
     def to_json(self) -> dict[str, Any]:
         """Sent several times a second to every member: what is unset is left out."""
@@ -476,6 +483,8 @@ class ReportAnswer:
             body["error"] = self.error
         if self.keys:
             body["keys"] = self.keys
+        if self.capability:
+            body["capability"] = self.capability
         return body
 
 
@@ -497,6 +506,7 @@ def parse_report_answer(raw: Any) -> ReportAnswer:
         digest=parsed,
         error=error[:1000] if isinstance(error, str) else None,
         keys=_keys(body.get("keys") or []),
+        capability=_str(body, "capability", optional=True, limit=MAX_CAPABILITY),
     )
 
 

@@ -191,6 +191,12 @@ PEER_REPORT: Schema = obj(
 
 # ------------------------------------------------------------------ responses
 
+CAPABILITY: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 256,
+    "description": "lets the requester fetch the task's pieces: sent as X-Swarmpull-Capability",
+}
 PARENT: Schema = obj(
     {"id": PEER_ID, "address": ADDRESS, "seed": {"const": True, "description": "only when true"}},
     ("id", "address"),
@@ -204,6 +210,7 @@ TASK_INFO: Schema = obj(
         "keys": array(KEY, 64),
         "parents": array(PARENT, MAX_PARENTS),
         "report_in": number(0.0, 3600.0),
+        "capability": CAPABILITY,
     },
     ("task_id", "size", "piece_size", "digest", "keys", "parents", "report_in"),
 )
@@ -215,6 +222,7 @@ REPORT_ANSWER: Schema = obj(
         "digest": DIGEST,
         "error": {"type": "string", "description": "why the task failed"},
         "keys": array(KEY, 64),
+        "capability": CAPABILITY,
     },
     ("parents", "state", "report_in"),
     description="sent several times a second to every member: what is unset is left out",

@@ -90,6 +90,11 @@ class Signer:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
 
+    def sign(self, message: bytes) -> bytes:
+        """A signature of ``message``; callers prefix a context of their own, so that
+        nothing signed for one purpose checks for another."""
+        return self._key.sign(message)
+
     def piece(self, task_id: str, piece: int, sha_hex: str) -> PieceStatement:
         sha = bytes.fromhex(sha_hex)
         signature = self._key.sign(_piece_message(task_id, piece, sha))
@@ -124,6 +129,16 @@ class TaskKeys:
         except InvalidSignature:
             raise SignatureError(f"piece {statement.piece}: the signature does not match") from None
         return statement.sha.hex()
+
+    def verify(self, key: bytes, signature: bytes, message: bytes) -> None:
+        """SignatureError unless the trusted key of id ``key`` signed ``message``."""
+        public = self._keys.get(key)
+        if public is None:
+            raise SignatureError("signed by an unknown key")
+        try:
+            public.verify(signature, message)
+        except InvalidSignature:
+            raise SignatureError("the signature does not match") from None
 
 
 def keys_to_json(keys: list[bytes]) -> list[str]:

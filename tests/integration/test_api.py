@@ -48,12 +48,12 @@ async def call(method: str, url: str, **kwargs) -> tuple[int, dict]:
         ("GET", "/api/v1/tasks/sha256-zz", None, 400, "BAD_REQUEST", "task id"),
         ("POST", "/api/v1/peers/bad%20id/report", {}, 400, "BAD_REQUEST", "peer id"),
         ("POST", "/api/v1/peers/nobody/report", {}, 404, "UNKNOWN_PEER", "register"),
-        ("GET", f"/pieces/sha256-{HEX}/map?known=%%%", None, 404, "NOT_FOUND", "not held"),
+        ("GET", f"/pieces/sha256-{HEX}/map?known=%%%", None, 403, "CAPABILITY_REQUIRED", "capability"),
         ("GET", "/pieces/not-a-task/1", None, 400, "BAD_REQUEST", "task id"),
         ("GET", f"/pieces/sha256-{HEX}/x1", None, 400, "BAD_REQUEST", "piece index"),
         ("GET", f"/pieces/sha256-{HEX}/%C2%B2", None, 400, "BAD_REQUEST", "piece index"),  # was a 500
         ("GET", f"/pieces/sha256-{HEX}/%D9%A1", None, 400, "BAD_REQUEST", "piece index"),
-        ("GET", f"/pieces/sha256-{HEX}/1", None, 404, "NOT_FOUND", "not held"),
+        ("GET", f"/pieces/sha256-{HEX}/1", None, 403, "CAPABILITY_REQUIRED", "capability"),
         ("GET", "/no/such/route", None, 404, "NOT_FOUND", ""),
     ],
 )

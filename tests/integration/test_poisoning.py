@@ -143,7 +143,11 @@ async def test_a_requesters_credentials_never_reach_another_requesters_url(swarm
         pull = victim.ensure(BlobRequest(victim_url, digest, {"Authorization": f"Bearer {secret}"}))
         blob = await pull.wait_complete()
         assert (victim.config.data_dir / "blobs" / f"{blob.task_id}.data").read_bytes() == data
-        await attack.wait_complete()  # the same digest: the attacker got the real bytes, no token
+        # The same digest, but a private blob: the attacker's URL (and no token) proves no
+        # pull rights, so it gets no capability and no byte (issue 16, attack 2).
+        with pytest.raises(DownloadFailed) as refused:
+            await attack.wait_complete()
+        assert refused.value.denied
         for headers in attacker_upstream.seen:
             assert secret not in " ".join(headers.values())
             assert "Authorization" not in headers

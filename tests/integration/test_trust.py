@@ -173,8 +173,9 @@ async def test_pieces_go_only_to_cluster_certificates(cluster, upstream, tmp_pat
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             for base, ours, theirs in sources:
                 piece = f"{base}/pieces/{task}/0"
-                async with session.get(piece, **ours) as resp:  # a member gets it
-                    assert resp.status == 200 and len(await resp.read()) > 0
+                async with session.get(piece, **ours) as resp:  # a member needs a capability too
+                    assert resp.status == 403
+                    assert (await resp.json())["error"]["code"] == "CAPABILITY_REQUIRED"
                 anonymous = {**ours, "ssl": no_certificate(cluster)}
                 async with session.get(piece, **anonymous) as resp:
                     assert resp.status == 401

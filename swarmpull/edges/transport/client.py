@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from swarmpull.core.bitfield import to_text
+from swarmpull.core.capability import CAPABILITY_HEADER
 from swarmpull.core.failures import FailureReason as Reason
 from swarmpull.core.identity import IdentityError
 from swarmpull.core.maps import MapError, PieceMap, decode_map
@@ -77,9 +78,12 @@ class PieceClient:
         limiter: RateLimiter | None = None,
         on_wire: Callable[[int], None] | None = None,
         tls: ClusterTls | None = None,
+        capability: Callable[[str], str | None] | None = None,
     ) -> None:
         self._session = session
         self._tls = tls
+        # This node's capability for a task (core.capability), sent on every request.
+        self._capability = capability
         config = config or TransportConfig()
         self._headers = {
             PEER_HEADER: peer_id,
@@ -117,8 +121,9 @@ class PieceClient:
             async with asyncio.timeout(deadline):
                 if parts.scheme == "http" and parts.hostname:
                     target = (parts.hostname, parts.port or 80, parts.netloc)
-                    return await self._receive(target, path, address, piece, writer, priority)
-                return await self._fetch(f"{address}{path}", address, piece, writer, priority, tls_args)
+                    return await self._receive(target, task_id, path, address, piece, writer, priority)
+                url, headers = f"{address}{path}", self._headers_for(task_id)
+                return await self._fetch(url, address, piece, writer, priority, headers, tls_args)
         except TimeoutError:
             raise PieceFetchError(Reason.TIMEOUT, f"{address} too slow or stalled on piece {piece}") from None
         except WireError as exc:
@@ -131,6 +136,7 @@ class PieceClient:
     async def _receive(
         self,
         target: tuple[str, int, str],
+        task_id: str,
         path: str,
         address: str,
         piece: int,
@@ -138,7 +144,7 @@ class PieceClient:
         priority: Priority,
     ) -> Fetched:
         host, port, netloc = target
-        request = piece_request(netloc, path, self._headers)
+        request = piece_request(netloc, path, self._headers_for(task_id))
         conn = await self._pool.connect(host, port)
         try:
             try:
@@ -212,6 +218,10 @@ class PieceClient:
                 if (conn.received, conn.head) == before:
                     raise
 
+    def _headers_for(self, task_id: str) -> dict[str, str]:
+        text = self._capability(task_id) if self._capability is not None else None
+        return {**self._headers, CAPABILITY_HEADER: text} if text else self._headers
+
     def _tls_args(self, address: str, source: str, seed: bool) -> dict[str, Any]:
         """What a request to this source passes for mutual TLS: the identity its
         certificate must name. PieceFetchError for a source that cannot prove one."""
@@ -231,10 +241,11 @@ class PieceClient:
         piece: int,
         writer: PieceWriter,
         priority: Priority,
+        headers: dict[str, str],
         tls_args: dict[str, Any],
     ) -> Fetched:
         wire = 0
-        async with self._session.get(url, headers=self._headers, timeout=self._timeout, **tls_args) as resp:
+        async with self._session.get(url, headers=headers, timeout=self._timeout, **tls_args) as resp:
             _check_status(resp, address, piece)
             compressed = resp.headers.get("Content-Encoding", "identity") == "zstd"
             if (resp.content_length or 0) > writer.length or (
@@ -288,7 +299,7 @@ class PieceClient:
         )
         try:
             async with self._session.get(
-                url, headers=self._headers, params=params, timeout=timeout, **tls_args
+                url, headers=self._headers_for(task_id), params=params, timeout=timeout, **tls_args
             ) as resp:
                 if resp.status == 404:
                     raise PieceFetchError(Reason.MISSING, f"{address} does not hold {task_id}")

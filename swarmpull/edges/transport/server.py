@@ -10,6 +10,8 @@
         404 when the piece is not held; 429 + Retry-After when every upload slot is
         busy and the line for one is full
 
+Both answer 403 (JSON, no byte) without a valid capability for the task (``gate``).
+
 At most ``slots`` uploads run at once; up to ``queue`` more wait for a slot in arrival
 order (a requester that pipelines requests keeps our link busy between pieces), and one
 more is refused at once. Bytes pass the upload limiter chunk by chunk, so the node's
@@ -37,6 +39,7 @@ from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import PieceCorrupt, PieceStore, StoredBlob, StoreError
 from swarmpull.edges.transport.compression import PieceCompressor
 from swarmpull.edges.transport.counters import TransferCounters
+from swarmpull.edges.transport.gate import PieceGate
 from swarmpull.edges.transport.sendfile import can_sendfile, send_region
 
 log = logging.getLogger(__name__)
@@ -57,8 +60,10 @@ class PieceServer:
         compression: bool = True,
         queue: int | None = None,
         ration: Callable[[str, int], bool] | None = None,
+        gate: PieceGate | None = None,
     ) -> None:
         self._store = store
+        self._gate = gate  # None: anyone who reaches the server (benchmarks, unit tests)
         self._ration = ration  # the seed's: may this piece go out now? (supernode.ration)
         self._counters = counters
         self._limiter = limiter or RateLimiter(None)
@@ -99,6 +104,9 @@ class PieceServer:
         task_id = request.match_info["task_id"]
         if not TASK_ID_RE.fullmatch(task_id):
             return json_error(400, "BAD_REQUEST", f"invalid task id {task_id!r}")
+        refusal = self._refusal(request, task_id)
+        if refusal is not None:
+            return refusal
         blob = self._store.get(task_id)
         if blob is None:
             return json_error(404, "NOT_FOUND", f"task {task_id} is not held here")
@@ -136,6 +144,9 @@ class PieceServer:
             return json_error(400, "BAD_REQUEST", f"invalid task id {task_id!r}")
         if not _PIECE_RE.fullmatch(piece_text):  # not isdigit(): "²" is a digit int() refuses
             return json_error(400, "BAD_REQUEST", f"invalid piece index {piece_text!r}")
+        refusal = self._refusal(request, task_id)
+        if refusal is not None:
+            return refusal
         piece = int(piece_text)
         blob = self._store.get(task_id)
         if blob is None:
@@ -166,6 +177,9 @@ class PieceServer:
                 return await self._send(request, blob, piece, offset, length)
         finally:
             self._give_slot()
+
+    def _refusal(self, request: web.Request, task_id: str) -> web.Response | None:
+        return self._gate.refusal(request, task_id) if self._gate is not None else None
 
     async def _take_slot(self) -> bool:
         """A slot now, or a place in line for one; False when the line is full."""

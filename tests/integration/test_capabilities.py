@@ -1,0 +1,122 @@
+"""A private blob goes only to nodes with pull rights of their own (issue 16, attack 2).
+
+Real daemons over a throwaway cluster CA on loopback: node A pulls a private blob with
+its credentials; node B, a cluster member without them, gets 403 and no byte from A's
+piece server, from the seed's and from its own local API (whatever URL it names), and
+the blob once it brings credentials of its own. A public blob needs none.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from loadtest.origin_server import Fault
+from swarmpull.core.capability import CAPABILITY_HEADER
+from swarmpull.core.digest import Digest
+from swarmpull.core.identity import Role
+from swarmpull.core.protocol import API
+from swarmpull.core.tasks import task_id_for
+from swarmpull.edges.tls import ClusterTls, throwaway_cluster
+from tests.kit.peers import PeerProcess
+from tests.kit.supernodes import SupernodeProcess
+
+MiB = 1024 * 1024
+NOW = datetime.now(UTC)
+TOKEN = "s3cret-pull-token"
+MEMBERS = [("sn1", Role.SUPERNODE), ("node-a", Role.NODE), ("node-b", Role.NODE)]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> dict[str, Path]:
+    return throwaway_cluster(tmp_path_factory.mktemp("caps"), MEMBERS, now=NOW)
+
+
+async def fetch(session: aiohttp.ClientSession, api: str, url: str, digest: str, **headers: str):
+    """``POST /api/v1/fetch`` on a node's local API: (status, body bytes)."""
+    body = {"url": url, "digest": digest, "headers": headers}
+    async with session.post(f"{api}{API}/fetch", json=body) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_a_private_blob_goes_only_to_nodes_with_pull_rights(cluster, upstream, tmp_path):
+    data = os.urandom(2 * MiB)
+    url, digest = upstream.add("private/layer", data), str(Digest.of(data))
+    upstream.faults["/private/layer"] = Fault(token=TOKEN)
+    task = task_id_for(url, Digest.parse(digest))
+    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", "256KiB", tls_dir=cluster["sn1"])
+    a = PeerProcess(tmp_path / "a", supernode.url, tls_dir=cluster["node-a"])
+    b = PeerProcess(tmp_path / "b", supernode.url, tls_dir=cluster["node-b"])
+    b_tls = ClusterTls.load(cluster["node-b"], now=NOW, require_client_cert=False)
+    try:
+        for daemon in (supernode, a, b):
+            await daemon.start()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            status, body = await fetch(session, a.api_url, url, digest, Authorization=f"Bearer {TOKEN}")
+            assert status == 200 and body == data
+
+            # B, a cluster member without credentials: no byte from anyone.
+            sources = [(a.url, b_tls.to_node("node-a")), (supernode.url, b_tls.to_supernode())]
+            for base, ssl_args in sources:
+                for path in (f"/pieces/{task}/0", f"/pieces/{task}/map"):
+                    for headers in ({}, {CAPABILITY_HEADER: "AAAA"}):  # none, or garbage
+                        async with session.get(base + path, headers=headers, **ssl_args) as resp:
+                            answer = await resp.json()
+                            assert resp.status == 403, (base, path, answer)
+                            assert answer["error"]["code"] == "CAPABILITY_REQUIRED"
+            # Nor a torrent of it: the offer needs a capability too.
+            offers = f"{supernode.url}{API}/peers/node-b/torrents"
+            async with session.post(offers, json={"task_id": task}, **b_tls.to_supernode()) as resp:
+                assert resp.status == 403 and (await resp.json())["error"]["code"] == "PULL_DENIED"
+            made_up = upstream.url_of("anything/at/all")  # the digest alone names the task
+            for where, headers in (
+                (url, {}),
+                (url, {"Authorization": "Bearer wrong"}),
+                (made_up, {}),
+            ):
+                status, body = await fetch(session, b.api_url, where, digest, **headers)
+                assert status in (401, 403), (where, status, body[:200])
+                assert data[:4096] not in body and b"PULL_DENIED" in body
+            assert b.data_dir.joinpath("blobs").exists()
+            assert await b.metric("swarmpull_peer_download_bytes_total", source="peer") == 0
+            assert await b.metric("swarmpull_peer_download_bytes_total", source="seed") == 0
+
+            # With credentials of its own, B gets it, from the swarm.
+            status, body = await fetch(session, b.api_url, url, digest, Authorization=f"Bearer {TOKEN}")
+            assert status == 200 and body == data
+            async with session.post(offers, json={"task_id": task}, **b_tls.to_supernode()) as resp:
+                assert resp.status == 200  # now it holds a capability
+            # Once B holds it, a request of B's without credentials still gets nothing.
+            status, body = await fetch(session, b.api_url, url, digest)
+            assert status == 403 and data[:4096] not in body
+        assert upstream.bytes_sent == len(data)  # read once, by the seed
+    finally:
+        for daemon in (b, a, supernode):
+            await daemon.stop()
+
+
+async def test_a_public_blob_needs_no_credentials(cluster, upstream, tmp_path):
+    data = os.urandom(1 * MiB)
+    url, digest = upstream.add("public/layer", data), str(Digest.of(data))
+    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", "256KiB", tls_dir=cluster["sn1"])
+    a = PeerProcess(tmp_path / "a", supernode.url, tls_dir=cluster["node-a"])
+    b = PeerProcess(tmp_path / "b", supernode.url, tls_dir=cluster["node-b"])
+    try:
+        for daemon in (supernode, a, b):
+            await daemon.start()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            for node in (a, b, a):
+                status, body = await fetch(session, node.api_url, url, digest)
+                assert status == 200 and body == data
+        # B fetched its pieces from A and the seed, with the capability its open gave it.
+        swarm = [await b.metric("swarmpull_peer_download_bytes_total", source=s) for s in ("peer", "seed")]
+        assert sum(swarm) == len(data)
+        assert upstream.bytes_sent == len(data)
+        assert upstream.requests["/public/layer"] == 1  # no HEAD for a public blob
+    finally:
+        for daemon in (b, a, supernode):
+            await daemon.stop()
