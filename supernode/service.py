@@ -20,10 +20,11 @@ from supernode.dashboard.traffic import Traffic
 from supernode.metrics import SupernodeMetrics
 from supernode.pacing import report_interval
 from supernode.presence import Presence
-from supernode.scheduler import Parent, ParentReport, Scheduler, UnknownPeer, UnknownTask
+from supernode.scheduler import Check, Parent, ParentReport, Scheduler, UnknownPeer, UnknownTask
 from supernode.seed_task import SeedTask, ShuttingDown, Source, TaskFailed, TaskState
 from supernode.seeding import Seeding
 from supernode.sync import ClusterSync
+from supernode.verify import SourceChecks
 from swarmpull.core.bitfield import BitfieldError, from_text, to_text
 from swarmpull.core.clock import Clock
 from swarmpull.core.digest import Digest
@@ -75,6 +76,7 @@ class SupernodeService:
         self._stopping = False
         self._rng = random.Random()
         self.presence = Presence(config, scheduler, cluster, clock.monotonic, metrics, events)
+        self.checks: SourceChecks | None = None  # set by whoever can fetch pieces (the server)
         self.sync = ClusterSync(
             cluster, seeding, scheduler, self, self.presence, clock.monotonic, config.tick_interval
         )
@@ -103,6 +105,8 @@ class SupernodeService:
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
+        if self.checks is not None:
+            await self.checks.stop()
         await self.seeding.stop()
         await self.sync.stop()
 
@@ -297,6 +301,8 @@ class SupernodeService:
             bad=report.bad,
         )
         self.presence.log_events(events)
+        if events.checks:  # a source accused of corruption: look at its bytes ourselves
+            self._check(events.checks)
         if before is not None and before != parents:
             self.events.emit("parents_assigned", task=task.id, peer=peer_id, parents=[p.id for p in parents])
         self.metrics.reports.inc()
@@ -406,6 +412,14 @@ class SupernodeService:
                 out.append(ParentInfo(parent.id, address))
         self.metrics.parents.inc(len(out))
         return out
+
+    def _check(self, checks: list[Check]) -> None:
+        if self.checks is not None:
+            self.checks.submit(checks)
+            return
+        now = self._clock.monotonic()  # nobody to check with: the witnesses decide at once
+        for check in checks:
+            self.presence.log_events(self.scheduler.check_failed(check.source, now))
 
     def _report_interval(self, task: SeedTask) -> float:
         return report_interval(self.scheduler.members(task.id), self.config, self._rng.random())

@@ -1,6 +1,7 @@
 """The sans-IO parent scheduler (see ``scheduler.py``)."""
 
 from supernode.scheduler.model import (
+    Check,
     Events,
     Parent,
     ParentReport,
@@ -12,6 +13,7 @@ from supernode.scheduler.model import (
 from supernode.scheduler.scheduler import Scheduler
 
 __all__ = [
+    "Check",
     "Events",
     "Parent",
     "ParentReport",

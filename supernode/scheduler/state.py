@@ -16,6 +16,9 @@ class Peer:
 
     __slots__ = (
         "capacity",
+        "check_until",
+        "checked_at",
+        "cleared_until",
         "corrupt",
         "degraded_until",
         "failures",
@@ -46,6 +49,9 @@ class Peer:
         self.tasks: set[str] = set()
         self.failures: dict[str, float] = {}  # requester -> when it reported us failing
         self.corrupt: set[str] = set()  # requesters that reported corrupt pieces from us
+        self.checked_at = -1e18  # when the supernode last set out to check a piece of ours
+        self.check_until = 0.0  # a check is under way until then: the witnesses wait for it
+        self.cleared_until = 0.0  # a check found our bytes right: corrupt claims are lies
 
     def __repr__(self) -> str:
         kind = "seed" if self.is_seed else "peer"

@@ -1,0 +1,180 @@
+"""The supernode's own check of a source accused of serving corrupt pieces.
+
+When a requester with standing reports a parent's piece corrupt, the scheduler asks for a
+check (``Check`` events). This module does its I/O: it fetches one piece the accused
+source holds from it, as any requester would (``GET /pieces/{task}/{piece}``, over
+mutual TLS with the supernode's certificate), and compares the bytes' sha256 with the
+one the supernode signed. The verdict goes back to the scheduler, which decides:
+a mismatch quarantines the source at once, right bytes make the accusation a lie
+(``scheduler/standing``), no answer leaves it to the witnesses.
+
+Checks are few and small: the scheduler asks at most one per source per
+``check_interval``; here at most ``concurrency`` run at once (the rest wait, up to
+``backlog``), each within ``deadline`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from supernode.scheduler import Check, Events, Scheduler
+from supernode.seed_task import SeedTask
+from swarmpull.core.bitfield import random_bit
+from swarmpull.edges.http import PEER_HEADER
+from swarmpull.edges.tls import ClusterTls
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(enum.Enum):
+    CORRUPT = "corrupt"  # the source sent bytes that do not match the signed sha256
+    RIGHT = "right"  # it sent the right bytes: the accusation was false
+    UNKNOWN = "unknown"  # no answer, no piece to show, or no room to check
+
+
+@dataclass(frozen=True, slots=True)
+class CheckConfig:
+    """How the supernode checks accused sources."""
+
+    concurrency: int = 4
+    """Checks running at once."""
+    backlog: int = 64
+    """Checks waiting for a turn; beyond that a check is given up (the witnesses decide)."""
+    deadline: float = 5.0
+    """Seconds one check may take, connection included (a piece is small)."""
+
+
+class PieceProbe(Protocol):
+    """Fetches one piece's bytes from a source (``None``: it could not be had)."""
+
+    async def get(self, address: str, source: str, task_id: str, piece: int, length: int) -> bytes | None: ...
+
+
+class HttpProbe:
+    """A piece over the piece servers' own protocol, no compression, nothing kept."""
+
+    def __init__(self, session: aiohttp.ClientSession, caller: str, tls: ClusterTls | None) -> None:
+        self._session = session
+        self._tls = tls
+        self._headers = {PEER_HEADER: caller, "Accept-Encoding": "identity"}
+
+    async def get(self, address: str, source: str, task_id: str, piece: int, length: int) -> bytes | None:
+        tls_args = self._tls.to_node(source) if self._tls is not None else {}
+        url = f"{address}/pieces/{task_id}/{piece}"
+        try:
+            async with self._session.get(url, headers=self._headers, **tls_args) as resp:
+                if resp.status != 200:
+                    return None  # missing, busy, refused: no evidence either way
+                return await resp.content.read(length + 1)  # a longer body is wrong bytes too
+        except (aiohttp.ClientError, OSError):
+            return None
+
+
+class SourceChecks:
+    """Runs the scheduler's checks and hands their verdicts back to it (the one writer)."""
+
+    def __init__(
+        self,
+        probe: PieceProbe,
+        scheduler: Scheduler,
+        task: Callable[[str], SeedTask | None],
+        address: Callable[[str], str | None],
+        monotonic: Callable[[], float],
+        on_events: Callable[[Events], None],
+        config: CheckConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or CheckConfig()
+        self._probe = probe
+        self._scheduler = scheduler
+        self._task = task
+        self._address = address
+        self._monotonic = monotonic
+        self._on_events = on_events
+        self._rng = rng or random.Random()
+        self._slots = asyncio.Semaphore(self.config.concurrency)
+        self._running: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<SourceChecks running={len(self._running)}>"
+
+    @property
+    def running(self) -> int:
+        """Checks under way or waiting for a turn."""
+        return len(self._running)
+
+    def submit(self, checks: list[Check]) -> None:
+        """Start these checks (called on the event loop, from the service)."""
+        for check in checks:
+            if len(self._running) >= self.config.concurrency + self.config.backlog:
+                self._verdict(check, Verdict.UNKNOWN, "too many checks at once")
+                continue
+            run = asyncio.create_task(self._run(check), name=f"check-{check.source}")
+            self._running.add(run)
+            run.add_done_callback(self._running.discard)
+
+    async def stop(self) -> None:
+        """Cancel the checks under way (safe twice)."""
+        for run in list(self._running):
+            run.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _run(self, check: Check) -> None:
+        try:
+            verdict, why = await self._check(check)
+        except Exception as exc:  # a bug in one check must not leave the witnesses waiting
+            log.exception("check of %s failed", check.source)
+            verdict, why = Verdict.UNKNOWN, f"{type(exc).__name__}"
+        self._verdict(check, verdict, why)
+
+    async def _check(self, check: Check) -> tuple[Verdict, str]:
+        task = self._task(check.task_id)
+        address = self._address(check.source)
+        blob = task.blob if task is not None else None
+        if task is None or blob is None or address is None:
+            return Verdict.UNKNOWN, "task or source gone"
+        known = check.have & (blob.have | task.sha_mask)  # pieces whose sha256 we signed
+        if not known:
+            return Verdict.UNKNOWN, "it holds no piece we can check"
+        piece = random_bit(known, self._rng)
+        expected, length = task.sha(piece), blob.geometry.length(piece)
+        if expected is None:
+            return Verdict.UNKNOWN, f"no sha256 of piece {piece}"
+        async with self._slots:
+            try:
+                async with asyncio.timeout(self.config.deadline):
+                    data = await self._probe.get(address, check.source, task.id, piece, length)
+            except TimeoutError:
+                return Verdict.UNKNOWN, f"piece {piece} not sent within {self.config.deadline:g} s"
+        if data is None:
+            return Verdict.UNKNOWN, f"piece {piece} not sent"
+        if len(data) == length and (await asyncio.to_thread(_sha256, data)) == expected:
+            return Verdict.RIGHT, f"piece {piece} matches its sha256"
+        return Verdict.CORRUPT, f"piece {piece} does not match its sha256"
+
+    def _verdict(self, check: Check, verdict: Verdict, why: str) -> None:
+        """The scheduler decides what the verdict means (its one writer: on the loop)."""
+        now = self._monotonic()
+        if verdict is Verdict.CORRUPT:
+            log.warning("checked %s myself: %s", check.source, why)
+            events = self._scheduler.confirm_corrupt(check.source, now)
+        elif verdict is Verdict.RIGHT:
+            log.warning("checked %s myself: %s; its accusers lied", check.source, why)
+            events = self._scheduler.cleared(check.source, now)
+        else:
+            log.info("could not check %s: %s; the witnesses decide", check.source, why)
+            events = self._scheduler.check_failed(check.source, now)
+        self._on_events(events)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
