@@ -74,7 +74,12 @@ class HttpProbe:
             async with self._session.get(url, headers=self._headers, **tls_args) as resp:
                 if resp.status != 200:
                     return None  # missing, busy, refused: no evidence either way
-                return await resp.content.read(length + 1)  # a longer body is wrong bytes too
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    body += chunk
+                    if len(body) > length:
+                        break  # a longer body is wrong bytes too
+                return bytes(body)
         except (aiohttp.ClientError, OSError):
             return None
 
