@@ -169,3 +169,41 @@ def test_standing_memory_is_bounded_and_a_liar_never_regains_standing_early(step
         remembered = reporter in standing._strikes
         if len(live) >= config.strikes_to_lose and remembered:
             assert not standing.counts(reporter, now)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 4), st.integers(0, 2), st.floats(0.0, 40.0), st.booleans()),
+        max_size=120,
+    )
+)
+def test_liars_never_quarantine_a_source_whose_checks_find_it_right(steps):
+    """However many liars accuse honest sources, in any order and at any pace: while the
+    supernode's check of each answers within ``check_seconds`` that its bytes are right,
+    no source is quarantined and no liar loses its standing before lying about two."""
+    liars = [f"liar{i}" for i in range(5)]
+    sources = ("a", "b", "c")
+    sched = swarm(sources=sources, requesters=liars)
+    now = NOW
+    lied: dict[str, set[str]] = {}
+    for liar, source, step, late in steps:
+        now += step
+        for peer in (*sources, *liars):
+            sched.peer_seen(peer, now)
+        sched.expire(now)
+        who, target = liars[liar], sources[source]
+        if sched.has_standing(who, now):
+            lied.setdefault(who, set()).add(target)
+        events = claim(sched, who, target, CORRUPT, now)
+        for check in events.checks:
+            if late:  # the verdict comes within check_seconds (10)
+                now += 9.0
+                sched.expire(now)
+            sched.cleared(check.source, now)
+        for peer in sources:
+            assert sched.state(peer) is not SourceState.QUARANTINED
+        assert not events.quarantined
+    for who in liars:
+        if len(lied.get(who, ())) < 2:
+            assert sched.has_standing(who, now)
