@@ -394,7 +394,8 @@ class Scheduler:
             return
         if report.bytes > 0:
             source.served_at = now
-            if not report.failures:  # it serves this requester: others' claims may be lies
+            if not report.failures and self._standing.counts(member.peer_id, now):
+                # It serves this requester: others' claims that it is unreachable may be lies.
                 liars, lost = self._standing.delivered(source.id, member.peer_id, now)
                 for liar in liars:
                     source.failures.pop(liar, None)

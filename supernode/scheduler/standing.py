@@ -25,6 +25,10 @@ keyed by the peer id, which mutual TLS binds to a certificate), and memory is bo
 at most ``reporters`` records, the least recently struck forgotten first (a forgotten
 liar has its standing back early).
 
+Only requesters with standing contradict a claim. Colluders with standing (a source that
+refuses honest requesters while three accomplices report getting bytes from it) can still
+cost an honest accuser a strike; not two, unless they do it with two sources.
+
 Timeouts cost no standing: a loaded source times out honest transfers all through a
 surge, and a timeout already counts for nothing against a source that delivers to
 anyone (``Scheduler``).

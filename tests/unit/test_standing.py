@@ -207,3 +207,16 @@ def test_liars_never_quarantine_a_source_whose_checks_find_it_right(steps):
     for who in liars:
         if len(lied.get(who, ())) < 2:
             assert sched.has_standing(who, now)
+
+
+def test_a_reporter_without_standing_contradicts_nobody():
+    config = StandingConfig(contradict_witnesses=1)
+    sched = swarm(sources=("a", "b", "c"), requesters=("r1", "r2", "r3"), standing=config)
+    for source, at in (("a", NOW + 1), ("b", NOW + 3)):
+        claim(sched, "r2", source, CORRUPT, at)
+        sched.cleared(source, at + 1)
+    assert not sched.has_standing("r2", NOW + 5)
+    claim(sched, "r1", "c", UNREACHABLE, NOW + 6)
+    served(sched, "r2", "c", NOW + 7)  # a liar's word that c serves it: no contradiction
+    _, events = sched.report(T, "r3", NOW + 8, have=0, parents=[ParentReport("c", 0, 0.0, 1, UNREACHABLE)])
+    assert events.dropped == ["c"] and sched.has_standing("r1", NOW + 8)
