@@ -156,6 +156,7 @@ class Supernode:
             service.presence.address,
             self._clock.monotonic,
             service.presence.log_events,
+            on_verdict=lambda verdict: self.metrics.checks.labels(verdict.value).inc(),
         )
         auth = UiAuth(config.ui_token) if config.ui_token is not None else None
         if auth is not None:

@@ -97,6 +97,7 @@ class SourceChecks:
         on_events: Callable[[Events], None],
         config: CheckConfig | None = None,
         rng: random.Random | None = None,
+        on_verdict: Callable[[Verdict], None] | None = None,
     ) -> None:
         self.config = config or CheckConfig()
         self._probe = probe
@@ -106,6 +107,7 @@ class SourceChecks:
         self._monotonic = monotonic
         self._on_events = on_events
         self._rng = rng or random.Random()
+        self._on_verdict = on_verdict  # counts them (metrics)
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._running: set[asyncio.Task[None]] = set()
 
@@ -169,6 +171,8 @@ class SourceChecks:
     def _verdict(self, check: Check, verdict: Verdict, why: str) -> None:
         """The scheduler decides what the verdict means (its one writer: on the loop)."""
         now = self._monotonic()
+        if self._on_verdict is not None:
+            self._on_verdict(verdict)
         if verdict is Verdict.CORRUPT:
             log.warning("checked %s myself: %s", check.source, why)
             events = self._scheduler.confirm_corrupt(check.source, now)

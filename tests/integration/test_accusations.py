@@ -13,6 +13,7 @@ import aiohttp
 from supernode.scheduler import SourceState
 from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.digest import Digest
+from swarmpull.edges.metrics import sample
 
 KiB, MiB = 1024, 1024 * 1024
 API = "/api/v1"
@@ -71,6 +72,9 @@ async def test_liars_cannot_quarantine_a_source_whose_bytes_are_right(swarm, ups
         await checks_done(supernode)
         await asyncio.sleep(0.5)  # a few ticks: nothing decides later either
     assert scheduler.state(honest.peer_id) is SourceState.ACTIVE
+    # One check: the second accusation came while the first one's verdict held.
+    checks = "swarmpull_supernode_source_checks_total"
+    assert sample(supernode.metrics.registry, checks, verdict="right") == 1
     assert honest.peer_id in {p.id for p in scheduler.parents_of(request.task_id, "liar1")}
 
 
@@ -95,3 +99,6 @@ async def test_a_corrupt_source_is_quarantined_on_one_report_and_the_supernodes_
     async with asyncio.timeout(5):
         while scheduler.state(bad.peer_id) is not SourceState.QUARANTINED:
             await asyncio.sleep(0.05)
+    assert (
+        sample(supernode.metrics.registry, "swarmpull_supernode_source_checks_total", verdict="corrupt") == 1
+    )
