@@ -140,6 +140,7 @@ class SupernodeService:
             return
         have &= self._vouched(task, have) if task.signer is None else 0  # held from a poisoned read
         self.scheduler.join(task.id, peer_id, have, self._clock.monotonic())
+        self._check(self.scheduler.take_checks())
         self.seeding.holds(task, peer_id, to_text(have, blob.geometry.count), have)
 
     async def report(self, peer_id: str, report: PeerReport) -> dict[str, ReportAnswer | Exception]:
@@ -208,6 +209,7 @@ class SupernodeService:
         # A read after a poisoned one: whatever the peer held before it came from that read.
         have &= self._vouched(task, have) if task.signer is None else 0
         parents = self.scheduler.join(task_id, req.peer_id, have, self._clock.monotonic())
+        self._check(self.scheduler.take_checks())
         self.events.emit("parents_assigned", task=task_id, peer=req.peer_id, parents=[p.id for p in parents])
         self.seeding.holds(task, req.peer_id, to_text(have, blob.geometry.count), have)
         return TaskInfo(
@@ -301,7 +303,7 @@ class SupernodeService:
             bad=report.bad,
         )
         self.presence.log_events(events)
-        if events.checks:  # a source accused of corruption: look at its bytes ourselves
+        if events.checks:  # accused of corruption, or claiming too much: look ourselves
             self._check(events.checks)
         if before is not None and before != parents:
             self.events.emit("parents_assigned", task=task.id, peer=peer_id, parents=[p.id for p in parents])
@@ -414,6 +416,8 @@ class SupernodeService:
         return out
 
     def _check(self, checks: list[Check]) -> None:
+        if not checks:
+            return
         if self.checks is not None:
             self.checks.submit(checks)
             return

@@ -1,16 +1,19 @@
-"""The supernode's own check of a source accused of serving corrupt pieces.
+"""The supernode's own check of a source accused of serving corrupt pieces, or claiming
+pieces it could not have fetched.
 
-When a requester with standing reports a parent's piece corrupt, the scheduler asks for a
-check (``Check`` events). This module does its I/O: it fetches one piece the accused
-source holds from it, as any requester would (``GET /pieces/{task}/{piece}``, over
-mutual TLS with the supernode's certificate), and compares the bytes' sha256 with the
-one the supernode signed. The verdict goes back to the scheduler, which decides:
-a mismatch quarantines the source at once, right bytes make the accusation a lie
-(``scheduler/standing``), no answer leaves it to the witnesses.
+When a requester with standing reports a parent's piece corrupt, or a source claims
+pieces it could not have fetched (any at an open, more than ``claim_rate`` allows in a
+report), the scheduler asks for a check (``Check``). This module does its I/O: it fetches
+one of those pieces from the source, as any requester would (``GET
+/pieces/{task}/{piece}``, over mutual TLS with the supernode's certificate), and compares
+the bytes' sha256 with the one the supernode signed. The verdict goes back to the
+scheduler, which decides: a mismatch quarantines the source at once, right bytes make an
+accusation a lie (``scheduler/standing``), no answer leaves it to the witnesses; a
+claimed piece the source does not hold makes its holdings unbelieved (it leaves the task).
 
-Checks are few and small: the scheduler asks at most one per source per
-``check_interval``; here at most ``concurrency`` run at once (the rest wait, up to
-``backlog``), each within ``deadline`` seconds.
+Checks are few and small: the scheduler asks at most one of each kind per source (or
+member) per ``check_interval``; here at most ``concurrency`` run at once (the rest wait,
+up to ``backlog``), each within ``deadline`` seconds.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Protocol
 
 import aiohttp
 
-from supernode.scheduler import Check, Events, Scheduler
+from supernode.scheduler import Check, CheckKind, Events, Scheduler
 from supernode.seed_task import SeedTask
 from swarmpull.core.bitfield import random_bit
 from swarmpull.edges.http import PEER_HEADER
@@ -38,7 +41,12 @@ log = logging.getLogger(__name__)
 class Verdict(enum.Enum):
     CORRUPT = "corrupt"  # the source sent bytes that do not match the signed sha256
     RIGHT = "right"  # it sent the right bytes: the accusation was false
-    UNKNOWN = "unknown"  # no answer, no piece to show, or no room to check
+    MISSING = "missing"  # it does not hold the piece (a lie, if it just claimed it)
+    UNKNOWN = "unknown"  # no answer, no piece to ask for, or no room to check
+
+
+class PieceMissing(Exception):
+    """The source answered that it does not hold the piece (404)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +80,10 @@ class HttpProbe:
         url = f"{address}/pieces/{task_id}/{piece}"
         try:
             async with self._session.get(url, headers=self._headers, **tls_args) as resp:
+                if resp.status == 404:
+                    raise PieceMissing(f"{source} does not hold piece {piece}")
                 if resp.status != 200:
-                    return None  # missing, busy, refused: no evidence either way
+                    return None  # busy, refused: no evidence either way
                 body = bytearray()
                 async for chunk in resp.content.iter_chunked(256 * 1024):
                     body += chunk
@@ -162,6 +172,8 @@ class SourceChecks:
                     data = await self._probe.get(address, check.source, task.id, piece, length)
             except TimeoutError:
                 return Verdict.UNKNOWN, f"piece {piece} not sent within {self.config.deadline:g} s"
+            except PieceMissing:
+                return Verdict.MISSING, f"it does not hold piece {piece}"
         if data is None:
             return Verdict.UNKNOWN, f"piece {piece} not sent"
         if len(data) == length and (await asyncio.to_thread(_sha256, data)) == expected:
@@ -176,6 +188,12 @@ class SourceChecks:
         if verdict is Verdict.CORRUPT:
             log.warning("checked %s myself: %s", check.source, why)
             events = self._scheduler.confirm_corrupt(check.source, now)
+        elif check.kind is CheckKind.HOLDINGS:
+            if verdict is not Verdict.MISSING:
+                log.debug("checked the holdings %s claimed: %s", check.source, why)
+                return
+            log.warning("checked the holdings %s claimed: %s; not believed", check.source, why)
+            events = self._scheduler.holdings_refuted(check.task_id, check.source, now)
         elif verdict is Verdict.RIGHT:
             log.warning("checked %s myself: %s; its accusers lied", check.source, why)
             events = self._scheduler.cleared(check.source, now)

@@ -2,6 +2,7 @@
 
 from supernode.scheduler.model import (
     Check,
+    CheckKind,
     Events,
     Parent,
     ParentReport,
@@ -14,6 +15,7 @@ from supernode.scheduler.scheduler import Scheduler
 
 __all__ = [
     "Check",
+    "CheckKind",
     "Events",
     "Parent",
     "ParentReport",

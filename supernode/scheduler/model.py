@@ -46,6 +46,11 @@ class SchedulerConfig:
     """A source found far slower than its peers is not given as a parent this long."""
     default_capacity: float = 100e6
     """Upload bytes per second assumed for a peer that declares none."""
+    claim_rate: float = 1.25e9
+    """Bytes per second (10 Gbit/s) beyond which a member's holdings grew faster than it
+    could have fetched them (at an open, any holdings at all): the supernode then fetches
+    one of the new pieces from it. Too low costs a check of an honest peer, never its
+    holdings."""
     standing: StandingConfig = field(default_factory=StandingConfig)
     """When a reporter caught lying stops being believed (``standing``)."""
 
@@ -86,15 +91,22 @@ class Parent:
     seed: bool = False
 
 
+class CheckKind(enum.Enum):
+    CORRUPT = "corrupt"  # a requester says the source sent a corrupt piece
+    HOLDINGS = "holdings"  # the source claimed pieces it may never have fetched
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
-    """A source accused of serving corrupt pieces of a task: the supernode is to fetch one
-    of ``have`` (the pieces it holds) from it and tell the scheduler what it found
-    (``confirm_corrupt``, ``cleared``, or ``check_failed``)."""
+    """The supernode is to fetch one of ``have`` from ``source`` and tell the scheduler
+    what it found: for an accusation (``CORRUPT``) ``confirm_corrupt``, ``cleared`` or
+    ``check_failed``; for claimed holdings (``HOLDINGS``) ``confirm_corrupt`` or, when
+    the source does not hold the piece, ``holdings_refuted``."""
 
     task_id: str
     source: str
     have: int
+    kind: CheckKind = CheckKind.CORRUPT
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ turns HTTP calls into these events, and the load-test simulator drives this very
 
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from supernode.scheduler.choose import choose_parents, wants_seed
 from supernode.scheduler.model import (
     Check,
+    CheckKind,
     Events,
     Parent,
     ParentReport,
@@ -47,6 +49,7 @@ class Scheduler:
         self._quarantine: dict[str, float] = {}  # peer -> until; survives re-registration
         self._degraded: dict[str, None] = {}
         self._checks: dict[str, float] = {}  # source -> when its check is given up on
+        self._claim_checks: list[Check] = []  # holdings to check, from opens (take_checks)
         self._standing = Standing(self.config.standing)
         self._speed = SpeedTracker()
         self.peer_timeout = self.config.peer_timeout  # the service stretches it with the swarm
@@ -110,12 +113,14 @@ class Scheduler:
 
     # ------------------------------------------------------------------- tasks
 
-    def add_task(self, task_id: str, count: int, seed_id: str) -> None:
+    def add_task(self, task_id: str, count: int, seed_id: str, piece_size: int = 0) -> None:
+        """A task of ``count`` pieces; with ``piece_size``, members' claimed holdings are
+        checked when they grow faster than ``claim_rate``."""
         seed = self._peers.get(seed_id)
         if seed is None or not seed.is_seed:
             raise KeyError(f"unknown seed {seed_id!r}")
         if task_id not in self._tasks:
-            self._tasks[task_id] = Task(task_id, count, seed_id)
+            self._tasks[task_id] = Task(task_id, count, seed_id, piece_size)
 
     def remove_task(self, task_id: str) -> None:
         task = self._tasks.pop(task_id, None)
@@ -155,8 +160,16 @@ class Scheduler:
         task, peer = self._task(task_id), self._peer(peer_id)
         self._touch(peer, now)
         member = self._member(task, peer)
+        # Holdings at an open are a restart's, verified by the peer, or a lie: checked.
+        self._claims(task, member, peer, have, now, self._claim_checks, at_open=True)
         self._holds(task, member, have)
         return self._answer(task, member, peer, now)
+
+    def take_checks(self) -> list[Check]:
+        """The holdings checks opens asked for since the last call (``join`` answers
+        parents only)."""
+        checks, self._claim_checks = self._claim_checks, []
+        return checks
 
     def report(
         self,
@@ -182,6 +195,7 @@ class Scheduler:
             self._unlink(task, member, parent_id)
         for parent_id in bad:
             member.blacklist[parent_id] = now + self.config.blacklist_seconds
+        self._claims(task, member, peer, have, now, events.checks, at_open=False)
         self._holds(task, member, have)
         return self._answer(task, member, peer, now), events
 
@@ -254,6 +268,17 @@ class Scheduler:
             source.check_until = 0.0
             if len(source.corrupt) >= self.config.corrupt_witnesses:
                 self._quarantine_peer(source, now, events)
+        return events
+
+    def holdings_refuted(self, task_id: str, peer_id: str, now: float) -> Events:
+        """The supernode asked ``peer_id`` for a piece it claimed and it had none: its
+        holdings are not believed (it leaves the task; it opens it again when it needs
+        the blob), and the lie costs it a strike."""
+        events = Events()
+        task = self._tasks.get(task_id)
+        if task is not None and peer_id in task.members:
+            self._remove_member(task, peer_id)
+            self._disproved(peer_id, peer_id, now, events)
         return events
 
     def has_standing(self, reporter: str, now: float) -> bool:
@@ -347,6 +372,27 @@ class Scheduler:
             task.incomplete -= 1
             for parent_id in list(member.parents):  # it needs no parents any more
                 self._unlink(task, member, parent_id)
+
+    def _claims(
+        self, task: Task, member: Member, peer: Peer, have: int, now: float, out: list[Check], at_open: bool
+    ) -> None:
+        """A member says it holds ``have``: pieces it could not have fetched since it last
+        said (any, at an open; more than ``claim_rate`` allows, in a report) are checked
+        at the member itself, at most once per ``check_interval``. Only a source's claims
+        matter (nobody fetches from the others)."""
+        new = have & full(task.count) & ~member.have
+        first = member.claimed_at == -math.inf  # a report without an open is an open
+        elapsed, member.claimed_at = now - member.claimed_at, now
+        if not new or not task.piece_size or not peer.serves or self.config.check_seconds <= 0:
+            return
+        if not (at_open or first):
+            possible = elapsed * self.config.claim_rate / task.piece_size + 1
+            if new.bit_count() <= possible:
+                return
+        if member.claim_checked_at + self.config.check_interval > now:
+            return
+        member.claim_checked_at = now
+        out.append(Check(task.id, member.peer_id, new, CheckKind.HOLDINGS))
 
     def _unlink(self, task: Task, member: Member, parent_id: str) -> None:
         if member.parents.pop(parent_id, False) is False:

@@ -9,8 +9,10 @@ import asyncio
 import os
 
 import aiohttp
+from aiohttp import web
 
 from supernode.scheduler import SourceState
+from swarmpull.core.bitfield import full, to_text
 from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.digest import Digest
 from swarmpull.edges.metrics import sample
@@ -102,3 +104,41 @@ async def test_a_corrupt_source_is_quarantined_on_one_report_and_the_supernodes_
     assert (
         sample(supernode.metrics.registry, "swarmpull_supernode_source_checks_total", verdict="corrupt") == 1
     )
+
+
+async def test_holdings_a_source_does_not_have_are_not_believed(swarm, upstream):
+    """A liar opens the task claiming every piece (as an honest restart would); the
+    supernode asks it for one and, answered "not held", no longer counts it a holder."""
+    data = os.urandom(1 * MiB)
+    url = upstream.add("layer", data)
+    supernode = await swarm.start_supernode(piece_size=64 * KiB)
+    (honest,) = await swarm.add_peers(1)
+    request = BlobRequest(url, Digest.of(data))
+    await honest.ensure(request).wait_complete()
+
+    async def not_held(_: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    nothing = web.Application()  # the liar's piece server: holds nothing
+    nothing.router.add_get("/{tail:.*}", not_held)
+    runner = web.AppRunner(nothing)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    scheduler = supernode.service.scheduler
+    try:
+        async with aiohttp.ClientSession() as session:
+            reg = {"peer_id": "liar", "address": f"http://127.0.0.1:{port}"}
+            async with session.post(f"{supernode.url}{API}/peers", json=reg) as resp:
+                assert resp.status == 200, await resp.text()
+            task = {"url": url, "digest": str(request.digest), "have": to_text(full(16), 16)}
+            async with session.post(
+                f"{supernode.url}{API}/tasks", json={"peer_id": "liar", "tasks": [task]}
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+            await checks_done(supernode)
+        assert "liar" not in scheduler.holdings(request.task_id)
+        assert honest.peer_id in scheduler.holdings(request.task_id)  # an honest holder stays
+    finally:
+        await runner.cleanup()

@@ -8,7 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supernode.scheduler import Check, ParentReport, Scheduler, SchedulerConfig, SourceState
+from supernode.scheduler import Check, CheckKind, ParentReport, Scheduler, SchedulerConfig, SourceState
 from supernode.scheduler.standing import Standing, StandingConfig
 from swarmpull.core.bitfield import full
 from swarmpull.core.failures import FailureReason
@@ -220,3 +220,50 @@ def test_a_reporter_without_standing_contradicts_nobody():
     served(sched, "r2", "c", NOW + 7)  # a liar's word that c serves it: no contradiction
     _, events = sched.report(T, "r3", NOW + 8, have=0, parents=[ParentReport("c", 0, 0.0, 1, UNREACHABLE)])
     assert events.dropped == ["c"] and sched.has_standing("r1", NOW + 8)
+
+
+def claims_swarm(**config) -> Scheduler:
+    sched = Scheduler(SchedulerConfig(**config), random.Random(5))
+    sched.add_seed(SEED, 100e6)
+    sched.add_task(T, 64, SEED, piece_size=1 << 20)  # 64 pieces of 1 MiB
+    for piece in range(64):
+        sched.piece_seeded(T, piece)
+    for peer in ("liar", "honest", "quiet"):
+        sched.peer_joined(peer, NOW, serves=peer != "quiet")
+    return sched
+
+
+def test_holdings_claimed_at_an_open_are_checked_and_a_refuted_claim_is_dropped():
+    sched = claims_swarm()
+    sched.join(T, "honest", 0, NOW)
+    assert sched.take_checks() == []  # nothing claimed
+    sched.join(T, "liar", full(64), NOW)  # a liar, or a restart: the supernode cannot tell
+    (check,) = sched.take_checks()
+    assert (check.source, check.kind, check.have) == ("liar", CheckKind.HOLDINGS, full(64))
+    assert sched.take_checks() == []
+    assert sched.holders(T, 0) == 1  # believed until the check says otherwise
+    sched.holdings_refuted(T, "liar", NOW + 1)  # it did not hold the piece asked for
+    assert sched.holders(T, 0) == 0 and "liar" not in sched.holdings(T)
+    assert "liar" not in {p.id for p in sched.report(T, "honest", NOW + 2, have=0)[0]}
+    sched.join(T, "quiet", full(64), NOW)  # not a source: nobody fetches from it
+    assert sched.take_checks() == []
+
+
+def test_holdings_that_grow_faster_than_a_node_can_fetch_are_checked():
+    sched = claims_swarm(claim_rate=10 << 20)  # 10 MiB/s: 10 pieces a second
+    sched.join(T, "honest", 0, NOW)
+    _, events = sched.report(T, "honest", NOW + 2, have=full(20))  # 20 pieces in 2 s: possible
+    assert events.checks == []
+    _, events = sched.report(T, "honest", NOW + 3, have=full(64))  # 44 more in 1 s: not
+    (check,) = events.checks
+    assert check.kind is CheckKind.HOLDINGS and check.have == full(64) & ~full(20)
+    # Bytes it holds: the claim stands (a check that finds the piece changes nothing).
+    assert sched.holdings(T)["honest"] == full(64)
+
+
+def test_a_report_without_an_open_is_checked_like_an_open():
+    sched = claims_swarm()
+    sched.join(T, "honest", 0, NOW)
+    sched.take_checks()
+    _, events = sched.report(T, "liar", NOW + 3600, have=full(64))
+    assert [c.source for c in events.checks] == ["liar"]
