@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from supernode.scheduler import Events, ParentReport, Scheduler, SchedulerConfig, SourceState
-from supernode.verify import CheckConfig, SourceChecks
+from supernode.verify import CheckConfig, PieceMissing, SourceChecks
 from swarmpull.core.bitfield import full
 from swarmpull.core.failures import FailureReason
 
@@ -105,3 +105,28 @@ async def test_a_full_backlog_gives_checks_up_at_once():
     assert checks.running == 1 and not sched._peers["src"].check_until
     await checks.stop()
     await checks.stop()  # safe twice
+
+
+async def test_a_claimed_piece_not_held_makes_the_holdings_unbelieved():
+    for held in (True, False):
+        sched = Scheduler(SchedulerConfig(), random.Random(1))
+        sched.add_seed("seed", 100e6)
+        sched.add_task(T, 4, "seed", piece_size=PIECE)
+        sched.peer_joined("liar", 0.0, serves=True)
+        sched.join(T, "liar", full(4), 0.0)
+        (check,) = sched.take_checks()
+
+        def answer(piece, held=held):
+            if not held:
+                raise PieceMissing("404")
+            return RIGHT[piece]
+
+        seen = Events()
+        checks = SourceChecks(
+            FakeProbe(answer), sched, lambda t: fake_task(), lambda p: "x", lambda: 1.0, seen.merge
+        )
+        checks.submit([check])
+        while checks.running:
+            await asyncio.sleep(0)
+        assert ("liar" in sched.holdings(T)) is held
+        assert sched.state("liar") is SourceState.ACTIVE
