@@ -108,6 +108,10 @@ class CapabilityDesk:
         expires = task.granted.get(peer_id)
         return task.public is True or (expires is not None and expires >= self._wall())
 
+    def own(self, task: SeedTask, signer: Signer, seed_id: str) -> str:
+        """The supernode's own, for its checks of a source's pieces (not a grant)."""
+        return issue(signer, seed_id, task.id, self._wall()).encode()
+
     def _issue(self, task: SeedTask, signer: Signer, peer_id: str) -> str:
         capability = issue(signer, peer_id, task.id, self._wall())
         task.granted[peer_id] = capability.expires

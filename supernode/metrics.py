@@ -25,6 +25,12 @@ class SupernodeMetrics:
             ["reason"],
             registry=r,
         )
+        self.checks = Counter(
+            "swarmpull_supernode_source_checks",
+            "The supernode's own checks of sources accused of corruption, by verdict",
+            ["verdict"],
+            registry=r,
+        )
         self.tasks = Counter("swarmpull_supernode_tasks", "Tasks ended, by outcome", ["outcome"], registry=r)
         self.peers = Gauge("swarmpull_supernode_peers", "Registered peers", registry=r)
         self.transfers = TransferCounters(r, "swarmpull_supernode_seed")

@@ -119,7 +119,7 @@ class Presence:
     def log_events(self, events: Events, why: str = "dropped") -> None:
         """Log what the scheduler did besides answering, and write it to the events log
         (``why`` the peers it dropped left)."""
-        if not (events.dropped or events.quarantined or events.degraded):
+        if not (events.dropped or events.quarantined or events.degraded or events.unheeded):
             return
         for peer_id in events.dropped:
             self._forget(peer_id)
@@ -131,3 +131,6 @@ class Presence:
         for peer_id in events.degraded:
             self._events.emit("degraded", peer=peer_id)
             log.warning("peer %s degraded: it fails or is far slower than its peers", peer_id)
+        for peer_id in events.unheeded:
+            self._events.emit("unheeded", peer=peer_id)
+            log.warning("peer %s lost its standing: its claims about other peers were lies; ignored", peer_id)

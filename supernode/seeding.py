@@ -269,7 +269,7 @@ class Seeding:
         """The task's geometry is known: schedule it, with the pieces the seed holds."""
         task.blob = blob
         task.state = TaskState.RUNNING
-        self._scheduler.add_task(task.id, blob.geometry.count, self.config.seed_id)
+        self._scheduler.add_task(task.id, blob.geometry.count, self.config.seed_id, blob.meta.piece_size)
         for piece in blob.verified_pieces():
             self._scheduler.piece_seeded(task.id, piece)
         if not task.ready.done():

@@ -38,6 +38,7 @@ from supernode.seeding import Seeding
 from supernode.service import SupernodeService
 from supernode.torrent_api import TorrentApi, peer_caller
 from supernode.torrents import SeedTorrents
+from supernode.verify import HttpProbe, SourceChecks
 from swarmpull.core.clock import Clock, SystemClock
 from swarmpull.core.events import NO_EVENTS, EventSink, Tagged
 from swarmpull.core.signing import Signer
@@ -79,6 +80,7 @@ class Supernode:
         self.store: PieceStore | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._peer_session: aiohttp.ClientSession | None = None
         self._temp_dir: Path | None = None
         self._cluster: ClusterState | None = None
         self._pieces: PieceServer | None = None
@@ -151,6 +153,17 @@ class Supernode:
         )
         service.capabilities.known = lambda host, repository, credential: books.rights_fresh(
             host, repository, credential, self._clock.monotonic()
+        )
+        # Its own checks reach peers where they listen (loopback, private): not guarded.
+        self._peer_session = aiohttp.ClientSession(auto_decompress=False)
+        service.checks = SourceChecks(
+            HttpProbe(self._peer_session, config.seed_id, config.tls, service.own_capability),
+            scheduler,
+            lambda task_id: service.tasks.get(task_id),
+            service.presence.address,
+            self._clock.monotonic,
+            service.presence.log_events,
+            on_verdict=lambda verdict: self.metrics.checks.labels(verdict.value).inc(),
         )
         auth = UiAuth(config.ui_token) if config.ui_token is not None else None
         if auth is not None:
@@ -270,6 +283,9 @@ class Supernode:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._peer_session is not None:
+            await self._peer_session.close()
+            self._peer_session = None
         if self._cluster is not None:
             await self._cluster.close()
             self._cluster = None

@@ -21,10 +21,11 @@ from supernode.dashboard.traffic import Traffic
 from supernode.metrics import SupernodeMetrics
 from supernode.pacing import report_interval
 from supernode.presence import Presence
-from supernode.scheduler import Parent, ParentReport, Scheduler, UnknownPeer, UnknownTask
+from supernode.scheduler import Check, Parent, ParentReport, Scheduler, UnknownPeer, UnknownTask
 from supernode.seed_task import SeedTask, ShuttingDown, Source, TaskFailed, TaskState
 from supernode.seeding import Seeding
 from supernode.sync import ClusterSync
+from supernode.verify import SourceChecks
 from swarmpull.core.bitfield import BitfieldError, from_text, to_text
 from swarmpull.core.clock import Clock
 from swarmpull.core.digest import Digest
@@ -77,6 +78,7 @@ class SupernodeService:
         self._rng = random.Random()
         self.presence = Presence(config, scheduler, cluster, clock.monotonic, metrics, events)
         self.capabilities = CapabilityDesk(seeding.session, config.auth_cache_ttl, clock)
+        self.checks: SourceChecks | None = None  # set by whoever can fetch pieces (the server)
         self.sync = ClusterSync(
             cluster, seeding, scheduler, self, self.presence, clock.monotonic, config.tick_interval
         )
@@ -105,6 +107,8 @@ class SupernodeService:
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
+        if self.checks is not None:
+            await self.checks.stop()
         await self.seeding.stop()
         await self.sync.stop()
 
@@ -138,6 +142,7 @@ class SupernodeService:
             return
         have &= self._vouched(task, have) if task.signer is None else 0  # held from a poisoned read
         self.scheduler.join(task.id, peer_id, have, self._clock.monotonic())
+        self._check(self.scheduler.take_checks())
         self.seeding.holds(task, peer_id, to_text(have, blob.geometry.count), have)
 
     async def report(self, peer_id: str, report: PeerReport) -> dict[str, ReportAnswer | Exception]:
@@ -208,6 +213,7 @@ class SupernodeService:
         # A read after a poisoned one: whatever the peer held before it came from that read.
         have &= self._vouched(task, have) if task.signer is None else 0
         parents = self.scheduler.join(task_id, req.peer_id, have, self._clock.monotonic())
+        self._check(self.scheduler.take_checks())
         self.events.emit("parents_assigned", task=task_id, peer=req.peer_id, parents=[p.id for p in parents])
         self.seeding.holds(task, req.peer_id, to_text(have, blob.geometry.count), have)
         return TaskInfo(
@@ -302,6 +308,8 @@ class SupernodeService:
             bad=report.bad,
         )
         self.presence.log_events(events)
+        if events.checks:  # accused of corruption, or claiming too much: look ourselves
+            self._check(events.checks)
         if before is not None and before != parents:
             self.events.emit("parents_assigned", task=task.id, peer=peer_id, parents=[p.id for p in parents])
         self.metrics.reports.inc()
@@ -403,6 +411,13 @@ class SupernodeService:
         task = self.tasks.get(task_id)
         return task is not None and self.capabilities.lets_in(task, peer_id)
 
+    def own_capability(self, task_id: str) -> str | None:
+        """A capability for the supernode itself (its checks of a source's pieces)."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return None
+        return self.capabilities.own(task, self.seeding.signer(task), self.config.seed_id)
+
     def task_keys(self, task: SeedTask) -> list[str]:
         """The keys of a task's statements and capabilities, as answers carry them."""
         return self._keys(task)
@@ -423,6 +438,16 @@ class SupernodeService:
                 out.append(ParentInfo(parent.id, address))
         self.metrics.parents.inc(len(out))
         return out
+
+    def _check(self, checks: list[Check]) -> None:
+        if not checks:
+            return
+        if self.checks is not None:
+            self.checks.submit(checks)
+            return
+        now = self._clock.monotonic()  # nobody to check with: the witnesses decide at once
+        for check in checks:
+            self.presence.log_events(self.scheduler.check_failed(check.source, now))
 
     def _report_interval(self, task: SeedTask) -> float:
         return report_interval(self.scheduler.members(task.id), self.config, self._rng.random())

@@ -1,6 +1,8 @@
 """The sans-IO parent scheduler (see ``scheduler.py``)."""
 
 from supernode.scheduler.model import (
+    Check,
+    CheckKind,
     Events,
     Parent,
     ParentReport,
@@ -12,6 +14,8 @@ from supernode.scheduler.model import (
 from supernode.scheduler.scheduler import Scheduler
 
 __all__ = [
+    "Check",
+    "CheckKind",
     "Events",
     "Parent",
     "ParentReport",

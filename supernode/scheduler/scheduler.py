@@ -13,12 +13,15 @@ turns HTTP calls into these events, and the load-test simulator drives this very
 
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Sequence
 
 from supernode.scheduler.choose import choose_parents, wants_seed
 from supernode.scheduler.model import (
+    Check,
+    CheckKind,
     Events,
     Parent,
     ParentReport,
@@ -28,6 +31,7 @@ from supernode.scheduler.model import (
     UnknownTask,
 )
 from supernode.scheduler.speed import SpeedTracker
+from supernode.scheduler.standing import Standing
 from supernode.scheduler.state import Member, Peer, Task
 from swarmpull.core.bitfield import full
 from swarmpull.core.failures import FailureReason
@@ -44,6 +48,9 @@ class Scheduler:
         self._seen: OrderedDict[str, None] = OrderedDict()  # peers, least recently heard first
         self._quarantine: dict[str, float] = {}  # peer -> until; survives re-registration
         self._degraded: dict[str, None] = {}
+        self._checks: dict[str, float] = {}  # source -> when its check is given up on
+        self._claim_checks: list[Check] = []  # holdings to check, from opens (take_checks)
+        self._standing = Standing(self.config.standing)
         self._speed = SpeedTracker()
         self.peer_timeout = self.config.peer_timeout  # the service stretches it with the swarm
 
@@ -106,12 +113,14 @@ class Scheduler:
 
     # ------------------------------------------------------------------- tasks
 
-    def add_task(self, task_id: str, count: int, seed_id: str) -> None:
+    def add_task(self, task_id: str, count: int, seed_id: str, piece_size: int = 0) -> None:
+        """A task of ``count`` pieces; with ``piece_size``, members' claimed holdings are
+        checked when they grow faster than ``claim_rate``."""
         seed = self._peers.get(seed_id)
         if seed is None or not seed.is_seed:
             raise KeyError(f"unknown seed {seed_id!r}")
         if task_id not in self._tasks:
-            self._tasks[task_id] = Task(task_id, count, seed_id)
+            self._tasks[task_id] = Task(task_id, count, seed_id, piece_size)
 
     def remove_task(self, task_id: str) -> None:
         task = self._tasks.pop(task_id, None)
@@ -151,8 +160,16 @@ class Scheduler:
         task, peer = self._task(task_id), self._peer(peer_id)
         self._touch(peer, now)
         member = self._member(task, peer)
+        # Holdings at an open are a restart's, verified by the peer, or a lie: checked.
+        self._claims(task, member, peer, have, now, self._claim_checks, at_open=True)
         self._holds(task, member, have)
         return self._answer(task, member, peer, now)
+
+    def take_checks(self) -> list[Check]:
+        """The holdings checks opens asked for since the last call (``join`` answers
+        parents only)."""
+        checks, self._claim_checks = self._claim_checks, []
+        return checks
 
     def report(
         self,
@@ -178,6 +195,7 @@ class Scheduler:
             self._unlink(task, member, parent_id)
         for parent_id in bad:
             member.blacklist[parent_id] = now + self.config.blacklist_seconds
+        self._claims(task, member, peer, have, now, events.checks, at_open=False)
         self._holds(task, member, have)
         return self._answer(task, member, peer, now), events
 
@@ -218,10 +236,54 @@ class Scheduler:
     def confirm_corrupt(self, source_id: str, now: float) -> Events:
         """The supernode fetched a piece from ``source_id`` itself and it did not match."""
         events = Events()
+        self._checks.pop(source_id, None)
         source = self._peers.get(source_id)
         if source is not None and not source.is_seed:
+            source.check_until = 0.0
             self._quarantine_peer(source, now, events)
         return events
+
+    def cleared(self, source_id: str, now: float) -> Events:
+        """The supernode fetched a piece from ``source_id`` itself and it matched: the
+        corrupt claims about it are lies, and so are those of the next ``check_interval``."""
+        events = Events()
+        self._checks.pop(source_id, None)
+        source = self._peers.get(source_id)
+        if source is None or source.is_seed:
+            return events
+        source.check_until = 0.0
+        source.cleared_until = now + self.config.check_interval
+        for reporter in sorted(source.corrupt):
+            self._disproved(reporter, source_id, now, events)
+        source.corrupt.clear()
+        return events
+
+    def check_failed(self, source_id: str, now: float) -> Events:
+        """The supernode could not check ``source_id`` (it did not answer, or had no piece
+        to show): the witnesses decide, as without a check."""
+        events = Events()
+        self._checks.pop(source_id, None)
+        source = self._peers.get(source_id)
+        if source is not None and not source.is_seed and source.check_until:
+            source.check_until = 0.0
+            if len(source.corrupt) >= self.config.corrupt_witnesses:
+                self._quarantine_peer(source, now, events)
+        return events
+
+    def holdings_refuted(self, task_id: str, peer_id: str, now: float) -> Events:
+        """The supernode asked ``peer_id`` for a piece it claimed and it had none: its
+        holdings are not believed (it leaves the task; it opens it again when it needs
+        the blob), and the lie costs it a strike."""
+        events = Events()
+        task = self._tasks.get(task_id)
+        if task is not None and peer_id in task.members:
+            self._remove_member(task, peer_id)
+            self._disproved(peer_id, peer_id, now, events)
+        return events
+
+    def has_standing(self, reporter: str, now: float) -> bool:
+        """Whether ``reporter``'s claims about its parents count (``standing``)."""
+        return self._standing.counts(reporter, now)
 
     # -------------------------------------------------------------------- time
 
@@ -241,6 +303,9 @@ class Scheduler:
                 self._speed.reset(peer_id)
                 if peer is not None and peer.state is SourceState.DEGRADED:
                     peer.state = SourceState.ACTIVE
+        for source_id, until in list(self._checks.items()):
+            if until <= now:  # no verdict in time: the witnesses decide
+                events.merge(self.check_failed(source_id, now))
         for peer_id, until in list(self._quarantine.items()):
             if until <= now:
                 del self._quarantine[peer_id]
@@ -308,6 +373,27 @@ class Scheduler:
             for parent_id in list(member.parents):  # it needs no parents any more
                 self._unlink(task, member, parent_id)
 
+    def _claims(
+        self, task: Task, member: Member, peer: Peer, have: int, now: float, out: list[Check], at_open: bool
+    ) -> None:
+        """A member says it holds ``have``: pieces it could not have fetched since it last
+        said (any, at an open; more than ``claim_rate`` allows, in a report) are checked
+        at the member itself, at most once per ``check_interval``. Only a source's claims
+        matter (nobody fetches from the others)."""
+        new = have & full(task.count) & ~member.have
+        first = member.claimed_at == -math.inf  # a report without an open is an open
+        elapsed, member.claimed_at = now - member.claimed_at, now
+        if not new or not task.piece_size or not peer.serves or self.config.check_seconds <= 0:
+            return
+        if not (at_open or first):
+            possible = elapsed * self.config.claim_rate / task.piece_size + 1
+            if new.bit_count() <= possible:
+                return
+        if member.claim_checked_at + self.config.check_interval > now:
+            return
+        member.claim_checked_at = now
+        out.append(Check(task.id, member.peer_id, new, CheckKind.HOLDINGS))
+
     def _unlink(self, task: Task, member: Member, parent_id: str) -> None:
         if member.parents.pop(parent_id, False) is False:
             return
@@ -354,6 +440,12 @@ class Scheduler:
             return
         if report.bytes > 0:
             source.served_at = now
+            if not report.failures and self._standing.counts(member.peer_id, now):
+                # It serves this requester: others' claims that it is unreachable may be lies.
+                liars, lost = self._standing.delivered(source.id, member.peer_id, now)
+                for liar in liars:
+                    source.failures.pop(liar, None)
+                events.unheeded.extend(lost)
         if report.bytes > 0 and report.seconds > 0:
             # A parent shares its upload among its children: per child, it looks slower
             # the more children it has. That is load, not sickness.
@@ -366,11 +458,13 @@ class Scheduler:
         reason = report.reason
         if not report.failures or reason is None:
             return
+        if reason not in (FailureReason.CORRUPT, FailureReason.UNREACHABLE, FailureReason.TIMEOUT):
+            return
+        if not self._standing.counts(member.peer_id, now):
+            return  # caught lying before: its claims are no evidence (said once, when it lost standing)
         if reason is FailureReason.CORRUPT:
-            source.corrupt.add(member.peer_id)
-            if len(source.corrupt) >= self.config.corrupt_witnesses:
-                self._quarantine_peer(source, now, events)
-        elif reason in (FailureReason.UNREACHABLE, FailureReason.TIMEOUT):
+            self._corrupt_claim(task, source, member.peer_id, now, events)
+        else:
             window = now - self.config.blacklist_seconds
             if reason is FailureReason.TIMEOUT and source.served_at > window:
                 # Transfers over their deadline at a source that still delivers to others
@@ -379,6 +473,8 @@ class Scheduler:
                 return
             source.failures = {r: t for r, t in source.failures.items() if t > window}
             source.failures[member.peer_id] = now
+            if reason is FailureReason.UNREACHABLE:
+                self._standing.claimed_unreachable(member.peer_id, source.id, now)
             if len(source.failures) < self.config.failure_witnesses:
                 return
             if reason is FailureReason.UNREACHABLE:
@@ -388,6 +484,29 @@ class Scheduler:
                 source.degraded_until = now + self.config.degraded_seconds
                 self._degraded[source.id] = None
                 events.degraded.append(source.id)
+
+    def _corrupt_claim(self, task: Task, source: Peer, reporter: str, now: float, events: Events) -> None:
+        """A requester with standing says ``source`` sent it a piece that did not match."""
+        if source.state is SourceState.QUARANTINED:
+            return
+        if source.cleared_until > now:  # the supernode saw its bytes right a moment ago
+            self._disproved(reporter, source.id, now, events)
+            return
+        source.corrupt.add(reporter)
+        checks = self.config.check_seconds > 0
+        if checks and not source.check_until and source.checked_at + self.config.check_interval <= now:
+            source.checked_at = now
+            source.check_until = now + self.config.check_seconds
+            self._checks[source.id] = source.check_until
+            events.checks.append(Check(task.id, source.id, task.members[source.id].have))
+        if source.check_until:
+            return  # the supernode's own check decides; the witnesses wait for it
+        if len(source.corrupt) >= self.config.corrupt_witnesses:
+            self._quarantine_peer(source, now, events)
+
+    def _disproved(self, reporter: str, source_id: str, now: float, events: Events) -> None:
+        if self._standing.disproved(reporter, source_id, now):
+            events.unheeded.append(reporter)
 
     def _quarantine_peer(self, source: Peer, now: float, events: Events) -> None:
         self._quarantine[source.id] = now + self.config.quarantine_seconds

@@ -7,6 +7,8 @@ bitsets (``swarmpull.core.bitfield``), so "what could this peer get from that on
 
 from __future__ import annotations
 
+import math
+
 from supernode.scheduler.indexed_set import IndexedSet
 from supernode.scheduler.model import SourceState
 
@@ -16,6 +18,9 @@ class Peer:
 
     __slots__ = (
         "capacity",
+        "check_until",
+        "checked_at",
+        "cleared_until",
         "corrupt",
         "degraded_until",
         "failures",
@@ -46,6 +51,9 @@ class Peer:
         self.tasks: set[str] = set()
         self.failures: dict[str, float] = {}  # requester -> when it reported us failing
         self.corrupt: set[str] = set()  # requesters that reported corrupt pieces from us
+        self.checked_at = -1e18  # when the supernode last set out to check a piece of ours
+        self.check_until = 0.0  # a check is under way until then: the witnesses wait for it
+        self.cleared_until = 0.0  # a check found our bytes right: corrupt claims are lies
 
     def __repr__(self) -> str:
         kind = "seed" if self.is_seed else "peer"
@@ -56,11 +64,23 @@ class Member:
     """A peer's standing in one task: pieces held (as last reported), its parents, its
     children, the parents it dropped."""
 
-    __slots__ = ("blacklist", "children", "done", "have", "have_count", "parents", "peer_id")
+    __slots__ = (
+        "blacklist",
+        "children",
+        "claim_checked_at",
+        "claimed_at",
+        "done",
+        "have",
+        "have_count",
+        "parents",
+        "peer_id",
+    )
 
     def __init__(self, peer_id: str) -> None:
         self.peer_id = peer_id
         self.have = 0
+        self.claimed_at = -math.inf  # when it last said what it holds (never)
+        self.claim_checked_at = -1e18  # when the supernode last set out to check a claim
         self.have_count = 0
         self.done = False
         self.parents: dict[str, None] = {}  # in the order they were given
@@ -89,15 +109,17 @@ class Task:
         "id",
         "incomplete",
         "members",
+        "piece_size",
         "seed_children",
         "seed_id",
         "seeded",
         "sources",
     )
 
-    def __init__(self, task_id: str, count: int, seed_id: str) -> None:
+    def __init__(self, task_id: str, count: int, seed_id: str, piece_size: int = 0) -> None:
         self.id = task_id
         self.count = count
+        self.piece_size = piece_size  # 0: unknown (claimed holdings go unchecked)
         self.seed_id = seed_id
         self.seeded = 0  # bitset of pieces the seed holds
         self.members: dict[str, Member] = {}

@@ -28,6 +28,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "parents_assigned": ("task", "peer", "parents"),
     "quarantined": ("peer",),
     "degraded": ("peer",),
+    "unheeded": ("peer",),
     # both: a task opened (supernode: created or taken over; peer: a download started)
     # and finished (supernode: the upstream read ended; peer: the blob is verified or failed)
     "task_opened": ("task",),

@@ -245,3 +245,74 @@ async def test_only_a_supernode_certificate_starts_a_preheat(cluster, tmp_path):
         assert code == 1 and "failed" in err and "403" not in err, err  # started, then failed upstream
     finally:
         await supernode.stop()
+
+
+class Accusers:
+    """Nodes that only talk to the supernode: they join a task, then report on node-a."""
+
+    def __init__(self, cluster: dict[str, Path], api: str, task: str) -> None:
+        self.cluster, self.api, self.task = cluster, api, task
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+    async def call(self, name: str, where: str, body: object) -> dict:
+        async with self.session.post(
+            f"{self.api}{where}", json=body, **tls(self.cluster, name).to_supernode()
+        ) as resp:
+            answer = await resp.json()
+            assert resp.status == 200, answer
+            return answer
+
+    async def join(self, name: str, url: str, digest: str) -> None:
+        """Registers and opens the task; returns once node-a is among its parents (the
+        source's completion report is in)."""
+        await self.call(name, "/peers", {"peer_id": name, "address": None})
+        await self.call(name, "/tasks", {"peer_id": name, "tasks": [{"url": url, "digest": digest}]})
+        async with asyncio.timeout(10):
+            while "node-a" not in await self.parents(name):
+                await asyncio.sleep(0.1)
+
+    async def parents(self, name: str, accuse: bool = False) -> list[str]:
+        """``name``'s peer parents after a report (accusing node-a of a corrupt piece)."""
+        blame = [{"id": "node-a", "bytes": 0, "seconds": 0.0, "failures": 1, "reason": "corrupt"}]
+        report = {"task_id": self.task, "have": "", "parents": blame if accuse else []}
+        answer = await self.call(name, f"/peers/{name}/report", {"tasks": [report]})
+        return [p["id"] for p in answer["tasks"][self.task]["parents"] if not p.get("seed")]
+
+
+@pytest.mark.parametrize("rotten", [False, True])
+async def test_accusations_are_checked_by_the_supernode_over_mutual_tls(cluster, upstream, tmp_path, rotten):
+    """Two liars' corrupt reports do not quarantine an honest source: the supernode fetches
+    a piece from it itself (with its own certificate) and finds it right. A source whose
+    disk rotted is quarantined on one report and that check."""
+    data = os.urandom(2 * MiB)
+    url, digest = upstream.add("layer", data), str(Digest.of(data))
+    task = task_id_for(url, Digest.parse(digest))
+    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", "256KiB", tls_dir=cluster["sn1"])
+    source = PeerProcess(tmp_path / "source", supernode.url, tls_dir=cluster["node-a"])
+    accusers = Accusers(cluster, f"{supernode.url}{API}", task)
+    try:
+        await supernode.start()
+        await source.start()
+        await pull(url, tmp_path / "source.bin", digest, "--peer", source.api_url)
+        for name in ("node-b", "node-c"):
+            await accusers.join(name, url, digest)
+        if rotten:
+            with open(tmp_path / "source" / "blobs" / f"{task}.data", "r+b") as f:
+                for offset in range(1000, len(data), 256 * 1024):
+                    f.seek(offset)
+                    f.write(b"\x00\xff")
+            await accusers.parents("node-b", accuse=True)  # one witness
+            async with asyncio.timeout(10):  # and the supernode's check
+                while "node-a" in await accusers.parents("node-c"):
+                    await asyncio.sleep(0.2)
+        else:
+            await accusers.parents("node-b", accuse=True)
+            await asyncio.sleep(1.0)  # the check: one piece over loopback
+            await accusers.parents("node-c", accuse=True)
+            await asyncio.sleep(1.0)
+            assert "node-a" in await accusers.parents("node-b")  # not quarantined
+            assert "node-a" in await accusers.parents("node-c")
+    finally:
+        await accusers.session.close()
+        for daemon in (source, supernode):
+            await daemon.stop()

@@ -123,7 +123,9 @@ def test_reports_count_only_about_parents_the_reporter_was_given():
 
 
 def test_corruption_needs_two_witnesses_then_the_source_is_given_to_no_one():
-    sched = make(parents=1, seed_children=1, children_per_parent=3.0)
+    """Without the supernode's own check (``check_seconds=0``, the simulator), two
+    requesters' word quarantines a source (with it: tests/unit/test_standing.py)."""
+    sched = make(parents=1, seed_children=1, children_per_parent=3.0, check_seconds=0)
     join(sched, "bad", "r1", "r2", "r3")
     sched.join(T, "bad", full(8), NOW)
     for requester in ("r1", "r2", "r3"):

@@ -1,0 +1,221 @@
+"""The supernode's own check of a source accused of serving corrupt pieces, or claiming
+pieces it could not have fetched.
+
+When a requester with standing reports a parent's piece corrupt, or a source claims
+pieces it could not have fetched (any at an open, more than ``claim_rate`` allows in a
+report), the scheduler asks for a check (``Check``). This module does its I/O: it fetches
+one of those pieces from the source, as any requester would (``GET
+/pieces/{task}/{piece}``, over mutual TLS with the supernode's certificate), and compares
+the bytes' sha256 with the one the supernode signed. The verdict goes back to the
+scheduler, which decides: a mismatch quarantines the source at once, right bytes make an
+accusation a lie (``scheduler/standing``), no answer leaves it to the witnesses; a
+claimed piece the source does not hold makes its holdings unbelieved (it leaves the task).
+
+Checks are few and small: the scheduler asks at most one of each kind per source (or
+member) per ``check_interval``; here at most ``concurrency`` run at once (the rest wait,
+up to ``backlog``), each within ``deadline`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from supernode.scheduler import Check, CheckKind, Events, Scheduler
+from supernode.seed_task import SeedTask
+from swarmpull.core.bitfield import random_bit
+from swarmpull.core.capability import CAPABILITY_HEADER
+from swarmpull.edges.http import PEER_HEADER
+from swarmpull.edges.tls import ClusterTls
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(enum.Enum):
+    CORRUPT = "corrupt"  # the source sent bytes that do not match the signed sha256
+    RIGHT = "right"  # it sent the right bytes: the accusation was false
+    MISSING = "missing"  # it does not hold the piece (a lie, if it just claimed it)
+    UNKNOWN = "unknown"  # no answer, no piece to ask for, or no room to check
+
+
+class PieceMissing(Exception):
+    """The source answered that it does not hold the piece (404)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckConfig:
+    """How the supernode checks accused sources."""
+
+    concurrency: int = 4
+    """Checks running at once."""
+    backlog: int = 64
+    """Checks waiting for a turn; beyond that a check is given up (the witnesses decide)."""
+    deadline: float = 5.0
+    """Seconds one check may take, connection included (a piece is small)."""
+
+
+class PieceProbe(Protocol):
+    """Fetches one piece's bytes from a source (``None``: it could not be had)."""
+
+    async def get(self, address: str, source: str, task_id: str, piece: int, length: int) -> bytes | None: ...
+
+
+class HttpProbe:
+    """A piece over the piece servers' own protocol, no compression, nothing kept."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        caller: str,
+        tls: ClusterTls | None,
+        capability: Callable[[str], str | None] = lambda task_id: None,
+    ) -> None:
+        self._session = session
+        self._tls = tls
+        self._headers = {PEER_HEADER: caller, "Accept-Encoding": "identity"}
+        # Piece servers ask every caller for a capability; a supernode certificate stands
+        # for one, but an insecure cluster has no certificates: the probe carries its own.
+        self._capability = capability
+
+    async def get(self, address: str, source: str, task_id: str, piece: int, length: int) -> bytes | None:
+        tls_args = self._tls.to_node(source) if self._tls is not None else {}
+        url = f"{address}/pieces/{task_id}/{piece}"
+        headers = dict(self._headers)
+        capability = self._capability(task_id)
+        if capability is not None:
+            headers[CAPABILITY_HEADER] = capability
+        try:
+            async with self._session.get(url, headers=headers, **tls_args) as resp:
+                if resp.status == 404:
+                    raise PieceMissing(f"{source} does not hold piece {piece}")
+                if resp.status != 200:
+                    return None  # busy, refused: no evidence either way
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    body += chunk
+                    if len(body) > length:
+                        break  # a longer body is wrong bytes too
+                return bytes(body)
+        except (aiohttp.ClientError, OSError):
+            return None
+
+
+class SourceChecks:
+    """Runs the scheduler's checks and hands their verdicts back to it (the one writer)."""
+
+    def __init__(
+        self,
+        probe: PieceProbe,
+        scheduler: Scheduler,
+        task: Callable[[str], SeedTask | None],
+        address: Callable[[str], str | None],
+        monotonic: Callable[[], float],
+        on_events: Callable[[Events], None],
+        config: CheckConfig | None = None,
+        rng: random.Random | None = None,
+        on_verdict: Callable[[Verdict], None] | None = None,
+    ) -> None:
+        self.config = config or CheckConfig()
+        self._probe = probe
+        self._scheduler = scheduler
+        self._task = task
+        self._address = address
+        self._monotonic = monotonic
+        self._on_events = on_events
+        self._rng = rng or random.Random()
+        self._on_verdict = on_verdict  # counts them (metrics)
+        self._slots = asyncio.Semaphore(self.config.concurrency)
+        self._running: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<SourceChecks running={len(self._running)}>"
+
+    @property
+    def running(self) -> int:
+        """Checks under way or waiting for a turn."""
+        return len(self._running)
+
+    def submit(self, checks: list[Check]) -> None:
+        """Start these checks (called on the event loop, from the service)."""
+        for check in checks:
+            if len(self._running) >= self.config.concurrency + self.config.backlog:
+                self._verdict(check, Verdict.UNKNOWN, "too many checks at once")
+                continue
+            run = asyncio.create_task(self._run(check), name=f"check-{check.source}")
+            self._running.add(run)
+            run.add_done_callback(self._running.discard)
+
+    async def stop(self) -> None:
+        """Cancel the checks under way (safe twice)."""
+        for run in list(self._running):
+            run.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _run(self, check: Check) -> None:
+        try:
+            verdict, why = await self._check(check)
+        except Exception as exc:  # a bug in one check must not leave the witnesses waiting
+            log.exception("check of %s failed", check.source)
+            verdict, why = Verdict.UNKNOWN, f"{type(exc).__name__}"
+        self._verdict(check, verdict, why)
+
+    async def _check(self, check: Check) -> tuple[Verdict, str]:
+        task = self._task(check.task_id)
+        address = self._address(check.source)
+        blob = task.blob if task is not None else None
+        if task is None or blob is None or address is None:
+            return Verdict.UNKNOWN, "task or source gone"
+        known = check.have & (blob.have | task.sha_mask)  # pieces whose sha256 we signed
+        if not known:
+            return Verdict.UNKNOWN, "it holds no piece we can check"
+        piece = random_bit(known, self._rng)
+        expected, length = task.sha(piece), blob.geometry.length(piece)
+        if expected is None:
+            return Verdict.UNKNOWN, f"no sha256 of piece {piece}"
+        async with self._slots:
+            try:
+                async with asyncio.timeout(self.config.deadline):
+                    data = await self._probe.get(address, check.source, task.id, piece, length)
+            except TimeoutError:
+                return Verdict.UNKNOWN, f"piece {piece} not sent within {self.config.deadline:g} s"
+            except PieceMissing:
+                return Verdict.MISSING, f"it does not hold piece {piece}"
+        if data is None:
+            return Verdict.UNKNOWN, f"piece {piece} not sent"
+        if len(data) == length and (await asyncio.to_thread(_sha256, data)) == expected:
+            return Verdict.RIGHT, f"piece {piece} matches its sha256"
+        return Verdict.CORRUPT, f"piece {piece} does not match its sha256"
+
+    def _verdict(self, check: Check, verdict: Verdict, why: str) -> None:
+        """The scheduler decides what the verdict means (its one writer: on the loop)."""
+        now = self._monotonic()
+        if self._on_verdict is not None:
+            self._on_verdict(verdict)
+        if verdict is Verdict.CORRUPT:
+            log.warning("checked %s myself: %s", check.source, why)
+            events = self._scheduler.confirm_corrupt(check.source, now)
+        elif check.kind is CheckKind.HOLDINGS:
+            if verdict is not Verdict.MISSING:
+                log.debug("checked the holdings %s claimed: %s", check.source, why)
+                return
+            log.warning("checked the holdings %s claimed: %s; not believed", check.source, why)
+            events = self._scheduler.holdings_refuted(check.task_id, check.source, now)
+        elif verdict is Verdict.RIGHT:
+            log.warning("checked %s myself: %s; its accusers lied", check.source, why)
+            events = self._scheduler.cleared(check.source, now)
+        else:
+            log.info("could not check %s: %s; the witnesses decide", check.source, why)
+            events = self._scheduler.check_failed(check.source, now)
+        self._on_events(events)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

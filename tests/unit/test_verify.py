@@ -1,0 +1,132 @@
+"""The supernode's own checks with a fake piece source: the verdict each answer gives,
+handed to a real scheduler (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from types import SimpleNamespace
+
+import pytest
+
+from supernode.scheduler import Events, ParentReport, Scheduler, SchedulerConfig, SourceState
+from supernode.verify import CheckConfig, PieceMissing, SourceChecks
+from swarmpull.core.bitfield import full
+from swarmpull.core.failures import FailureReason
+
+T = "sha256-" + "ef" * 32
+PIECE = 1024
+RIGHT = [bytes([i]) * PIECE for i in range(4)]
+
+
+class FakeProbe:
+    """Answers each piece with ``answer(piece)``; counts the calls."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.asked: list[int] = []
+
+    async def get(self, address, source, task_id, piece, length):
+        self.asked.append(piece)
+        await asyncio.sleep(0)
+        return self.answer(piece)
+
+
+def fake_task():
+    blob = SimpleNamespace(have=full(4), geometry=SimpleNamespace(length=lambda piece: PIECE))
+    shas = {i: hashlib.sha256(data).hexdigest() for i, data in enumerate(RIGHT)}
+    return SimpleNamespace(id=T, blob=blob, sha_mask=0, sha=shas.get)
+
+
+def accused(sched: Scheduler) -> Events:
+    sched.add_seed("seed", 100e6)
+    sched.add_task(T, 4, "seed")
+    for peer in ("src", "r1"):
+        sched.peer_joined(peer, 0.0, serves=True)
+    sched.join(T, "src", full(4), 0.0)
+    assert "src" in {p.id for p in sched.join(T, "r1", 0, 0.0)}
+    report = [ParentReport("src", 0, 0.0, 1, FailureReason.CORRUPT)]
+    _, events = sched.report(T, "r1", 1.0, have=0, parents=report)
+    return events
+
+
+async def run(answer, config=None):
+    sched = Scheduler(SchedulerConfig(), random.Random(1))
+    events = accused(sched)
+    seen = Events()
+    probe = FakeProbe(answer)
+    checks = SourceChecks(
+        probe, sched, lambda t: fake_task() if t == T else None, lambda p: "http://127.0.0.1:9",
+        lambda: 2.0, seen.merge, config,
+    )  # fmt: skip
+    checks.submit(events.checks)
+    while checks.running:
+        await asyncio.sleep(0)
+    await checks.stop()
+    return sched, seen, probe
+
+
+async def test_right_bytes_clear_the_source_and_strike_its_accuser():
+    sched, _, probe = await run(lambda piece: RIGHT[piece])
+    assert len(probe.asked) == 1 and sched.state("src") is SourceState.ACTIVE
+    assert sched.cleared("src", 3.0).quarantined == []  # nothing left to disprove
+    assert sched._standing._strikes["r1"]  # one strike: it lied about src
+
+
+@pytest.mark.parametrize(
+    "answer", [lambda p: b"\xee" * PIECE, lambda p: RIGHT[p][:-1], lambda p: RIGHT[p] + b"x"]
+)
+async def test_wrong_short_or_long_bytes_quarantine_at_once(answer):
+    sched, seen, _ = await run(answer)
+    assert seen.quarantined == ["src"] and sched.state("src") is SourceState.QUARANTINED
+
+
+async def test_no_answer_leaves_it_to_the_witnesses():
+    sched, seen, _ = await run(lambda piece: None)
+    assert not seen.quarantined and sched.state("src") is SourceState.ACTIVE
+    assert not sched._peers["src"].check_until  # no longer waiting for a verdict
+
+
+async def test_a_full_backlog_gives_checks_up_at_once():
+    sched = Scheduler(SchedulerConfig(), random.Random(1))
+    events = accused(sched)
+    blocked = asyncio.Event()
+
+    class Stuck:
+        async def get(self, *args):
+            await blocked.wait()
+
+    seen = Events()
+    checks = SourceChecks(Stuck(), sched, lambda t: fake_task(), lambda p: "x", lambda: 2.0, seen.merge,
+                          CheckConfig(concurrency=1, backlog=0))  # fmt: skip
+    checks.submit(events.checks)
+    checks.submit(events.checks)  # no room: given up, the witnesses decide
+    assert checks.running == 1 and not sched._peers["src"].check_until
+    await checks.stop()
+    await checks.stop()  # safe twice
+
+
+async def test_a_claimed_piece_not_held_makes_the_holdings_unbelieved():
+    for held in (True, False):
+        sched = Scheduler(SchedulerConfig(), random.Random(1))
+        sched.add_seed("seed", 100e6)
+        sched.add_task(T, 4, "seed", piece_size=PIECE)
+        sched.peer_joined("liar", 0.0, serves=True)
+        sched.join(T, "liar", full(4), 0.0)
+        (check,) = sched.take_checks()
+
+        def answer(piece, held=held):
+            if not held:
+                raise PieceMissing("404")
+            return RIGHT[piece]
+
+        seen = Events()
+        checks = SourceChecks(
+            FakeProbe(answer), sched, lambda t: fake_task(), lambda p: "x", lambda: 1.0, seen.merge
+        )
+        checks.submit([check])
+        while checks.running:
+            await asyncio.sleep(0)
+        assert ("liar" in sched.holdings(T)) is held
+        assert sched.state("liar") is SourceState.ACTIVE
