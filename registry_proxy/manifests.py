@@ -16,6 +16,7 @@ from registry_proxy.paths import DistributionPath
 from swarmpull.core.digest import Digest
 from swarmpull.core.oci import MAX_MANIFEST
 from swarmpull.core.registry_questions import ManifestAnswer, ManifestQuestion
+from swarmpull.edges.http import read_at_most
 from swarmpull.edges.registry import Upstream
 from swarmpull.edges.registry.client import RegistryClient
 
@@ -80,7 +81,7 @@ async def _from_registry(
         client_auth=client_auth,
     )
     try:
-        body = b"" if request.method == "HEAD" else await resp.content.read(MAX_MANIFEST + 1)
+        body = b"" if request.method == "HEAD" else await read_at_most(resp.content, MAX_MANIFEST)
         if len(body) > MAX_MANIFEST:
             raise OciError(502, "MANIFEST_INVALID", f"upstream manifest larger than {MAX_MANIFEST} bytes")
         headers = {k: resp.headers[k] for k in _PASSED_HEADERS if k in resp.headers}

@@ -28,7 +28,7 @@ from aiohttp import web
 from supernode.dashboard.auth import COOKIE, MAX_TOKEN, UiAuth
 from supernode.dashboard.feed import DashboardFeed, event
 from swarmpull.core.protocol import error_body
-from swarmpull.edges.http import json_error
+from swarmpull.edges.http import json_error, read_at_most
 
 STATIC = Path(__file__).parent / "static"
 _FILES = {
@@ -92,7 +92,7 @@ class Dashboard:
     async def login(self, request: web.Request) -> web.StreamResponse:
         auth = self._on()
         _same_origin(request)
-        body = await request.content.read(MAX_TOKEN + 256)
+        body = await read_at_most(request.content, MAX_TOKEN + 255)
         if len(body) > MAX_TOKEN + 128:
             return _refused(413, "TOO_LARGE", "the login body is too large")
         token = _token_of(body, request.content_type)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from swarmpull.core.protocol import ProtocolError, error_body
@@ -100,6 +101,19 @@ async def read_json(request: web.Request, limit: int = MAX_JSON_BODY) -> Any:
     if not raw:
         raise ProtocolError("a JSON body is required")
     return parse_json(raw)
+
+
+async def read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """A body's bytes up to ``limit + 1`` (one more than allowed: the caller's sign that
+    it is too long), however the stream cuts it: ``content.read(n)`` returns what is
+    buffered, which over TLS is one record of 16 KiB, not the body."""
+    data = bytearray()
+    while len(data) <= limit:
+        chunk = await content.read(limit + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 def parse_json(raw: bytes) -> Any:

@@ -36,6 +36,7 @@ from swarmpull.core.oci import (
     parse_manifest,
     select_platform,
 )
+from swarmpull.edges.http import read_at_most
 from swarmpull.edges.registry.auth import Authenticator, AuthError, Credentials
 from swarmpull.edges.registry.client import RegistryClient
 from swarmpull.edges.registry.errors import RegistryError
@@ -227,7 +228,7 @@ class RegistryAccess:
         try:
             if resp.status != 200:
                 raise RegistryError.of_status(resp.status, what, upstream.host, dict(resp.headers))
-            data = await resp.content.read(MAX_MANIFEST + 1)
+            data = await read_at_most(resp.content, MAX_MANIFEST)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RegistryError(502, "UNKNOWN", f"{what}: {exc or type(exc).__name__}", outage=True) from None
         finally:

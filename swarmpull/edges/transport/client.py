@@ -9,6 +9,7 @@ the supernode named: the node of that peer id, or for the seed any supernode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from swarmpull.core.failures import FailureReason as Reason
 from swarmpull.core.identity import IdentityError
 from swarmpull.core.maps import MapError, PieceMap, decode_map
 from swarmpull.core.rates import Priority
-from swarmpull.edges.http import PEER_HEADER
+from swarmpull.edges.http import PEER_HEADER, read_at_most
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import PieceCorrupt, PieceWriter
 from swarmpull.edges.tls import ClusterTls
@@ -246,6 +247,8 @@ class PieceClient:
     ) -> Fetched:
         wire = 0
         async with self._session.get(url, headers=headers, timeout=self._timeout, **tls_args) as resp:
+            if resp.status != 200:
+                await _drain(resp)  # a short refusal read whole keeps the connection for the next
             _check_status(resp, address, piece)
             compressed = resp.headers.get("Content-Encoding", "identity") == "zstd"
             if (resp.content_length or 0) > writer.length or (
@@ -301,11 +304,15 @@ class PieceClient:
             async with self._session.get(
                 url, headers=self._headers_for(task_id), params=params, timeout=timeout, **tls_args
             ) as resp:
+                if resp.status != 200:
+                    await _drain(resp)
                 if resp.status == 404:
                     raise PieceFetchError(Reason.MISSING, f"{address} does not hold {task_id}")
                 if resp.status != 200:
                     raise PieceFetchError(Reason.ERROR, f"{address} answered {resp.status} for its map")
-                data = await resp.content.read(MAX_MAP + 1)
+                data = await read_at_most(
+                    resp.content, MAX_MAP
+                )  # to its end: the connection serves the next poll
                 if len(data) > MAX_MAP:
                     raise PieceFetchError(Reason.CORRUPT, f"{address}: piece map too large")
         except TimeoutError:
@@ -316,6 +323,18 @@ class PieceClient:
             return decode_map(data, count)
         except MapError as exc:
             raise PieceFetchError(Reason.CORRUPT, f"{address}: {exc}") from None
+
+
+async def _drain(resp: aiohttp.ClientResponse, limit: int = 64 * 1024) -> None:
+    """Read a short answer to its end, so its connection goes back to the pool instead of
+    being closed (each new connection to a source is a TLS handshake); a long one is left
+    to close with its connection."""
+    read = 0
+    with contextlib.suppress(aiohttp.ClientError, OSError):
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            read += len(chunk)
+            if read > limit:
+                return
 
 
 def _check_status(resp: aiohttp.ClientResponse, address: str, piece: int) -> None:
