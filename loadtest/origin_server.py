@@ -44,6 +44,7 @@ class BlobServer:
         self.bytes_sent = 0
         self.bytes_by_path: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
+        self.reads: Counter[str] = Counter()  # GET requests only (HEADs ask, not read)
         self.active = 0  # requests being answered now
         self.max_active = 0
         self.url = ""
@@ -85,6 +86,8 @@ class BlobServer:
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.requests[path] += 1
+        if request.method == "GET":
+            self.reads[path] += 1
         data = self._blobs.get(path)
         fault = self.faults.get(path, Fault())
         if fault.token is not None and request.headers.get("Authorization") != f"Bearer {fault.token}":

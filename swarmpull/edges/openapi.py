@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from swarmpull.core.capability import CAPABILITY_HEADER
 from swarmpull.core.protocol import API
 from swarmpull.core.schemas import BITFIELD, ERROR, TASK_ID, Schema
 from swarmpull.edges.transport.server import MAP_HEADER, MAX_MAP_WAIT
@@ -112,6 +113,14 @@ def piece_server_paths(server: dict[str, Any] | None = None) -> dict[str, Any]:
     supernode's seed and by every peer; ``server``: where, when not where the document is."""
     task = path_param("task_id", TASK_ID, "the task")
     binary = {"type": "string", "format": "binary"}
+    capability = {
+        "name": CAPABILITY_HEADER,
+        "in": "header",
+        "schema": {"type": "string"},
+        "description": "the capability the supernode gave the requester for this task "
+        "(swarmpull.core.capability); a supernode's certificate stands for one",
+    }
+    refused = "no valid capability for this task (answered before whether it is held)"
     paths: dict[str, Any] = {
         "/pieces/{task_id}/map": {
             "get": {
@@ -124,6 +133,7 @@ def piece_server_paths(server: dict[str, Any] | None = None) -> dict[str, Any]:
                 ),
                 "parameters": [
                     task,
+                    capability,
                     {
                         "name": "known",
                         "in": "query",
@@ -145,7 +155,7 @@ def piece_server_paths(server: dict[str, Any] | None = None) -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": answer("the piece map", binary, media="application/octet-stream"),
-                    **errors(_400="a bad task id or query", _404="the task is not held here"),
+                    **errors(_400="a bad task id or query", _403=refused, _404="the task is not held here"),
                 },
             }
         },
@@ -156,6 +166,7 @@ def piece_server_paths(server: dict[str, Any] | None = None) -> dict[str, Any]:
                 "parameters": [
                     task,
                     path_param("piece", {"type": "string", "pattern": "^[0-9]{1,9}$"}, "the piece's index"),
+                    capability,
                     {
                         "name": "Accept-Encoding",
                         "in": "header",
@@ -175,6 +186,7 @@ def piece_server_paths(server: dict[str, Any] | None = None) -> dict[str, Any]:
                     ),
                     **errors(
                         _400="a bad task id, or a piece out of range",
+                        _403=refused,
                         _404="the piece is not held here",
                         _429="every upload slot is busy and the line for one is full: retry later",
                         _503="the node is stopping",

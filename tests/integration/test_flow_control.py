@@ -14,6 +14,7 @@ import aiohttp
 from loadtest.origin_server import Fault
 from supernode.origin_limits import OriginLimit
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
+from swarmpull.core.capability import CAPABILITY_HEADER
 from swarmpull.core.digest import Digest
 from swarmpull.edges.http import PEER_HEADER
 from swarmpull.edges.metrics import sample
@@ -42,19 +43,25 @@ async def test_busy_source_queues_then_refuses_at_once_with_a_retry_hint(swarm, 
     pipelining its requests), and one more is refused at once."""
     data = os.urandom(MiB)
     url = upstream.add("layer", data)
-    await swarm.start_supernode(piece_size=MiB)
+    supernode = await swarm.start_supernode(piece_size=MiB)
     (source,) = await swarm.add_peers(1, upload_slots=1, upload_limit=64 * KiB)
     request = BlobRequest(url, Digest.of(data))
     await source.ensure(request).wait_complete()
     piece_url = f"{source.address}/pieces/{request.task_id}/0"
+    capability = supernode.service.own_capability(request.task_id)  # any, on a cluster without TLS
+    assert capability is not None
+
+    def as_peer(name: str) -> dict[str, str]:
+        return {PEER_HEADER: name, CAPABILITY_HEADER: capability}
+
     async with aiohttp.ClientSession() as session:
-        slow = await session.get(piece_url, headers={PEER_HEADER: "a"})  # takes ~16 s
+        slow = await session.get(piece_url, headers=as_peer("a"))  # takes ~16 s
         assert slow.status == 200
-        waiting = [asyncio.create_task(session.get(piece_url, headers={PEER_HEADER: "w"}))]
+        waiting = [asyncio.create_task(session.get(piece_url, headers=as_peer("w")))]
         async with asyncio.timeout(60):
             while source.piece_server is None or len(source.piece_server._line) < 1:
                 await asyncio.sleep(0.02)
-        async with session.get(piece_url, headers={PEER_HEADER: "b"}) as refused:
+        async with session.get(piece_url, headers=as_peer("b")) as refused:
             assert refused.status == 429
             assert refused.headers["Retry-After"] == "1"
             assert (await refused.json())["error"]["code"] == "BUSY"
