@@ -252,6 +252,7 @@ class PiecePolicy:
             ones |= m
         picks: list[tuple[int, str]] = []
         target = self.config.headroom * self.download_rate - self.projected() - ahead
+        link_full = target <= 0  # by our transfers or older downloads': that is not starving
         if seeds and wanted & ~ones:  # only the seed holds these: the rarest of all
             target = self._from(seeds, wanted & ~ones, wanted & ~ones, room, target, now, picks)
             wanted &= ~self.inflight_bits
@@ -264,6 +265,8 @@ class PiecePolicy:
             self._starving_since = None
         elif self._endgame_ready():
             picks.extend(self._endgame(now, room))
+        elif link_full:
+            self._starving_since = None
         elif self._starving_since is None:
             self._starving_since = now  # room, pieces to get, and nobody to get them from
         return picks

@@ -49,3 +49,18 @@ def test_the_policy_leaves_to_older_downloads_what_they_use():
 
     assert picks(0.0) == 4  # each transfer expected to bring a quarter of the link
     assert picks(75e6) == 1  # three quarters taken by older downloads
+
+
+def test_a_download_waiting_behind_older_ones_is_not_starving():
+    """Nothing chosen because the link is full is not "nobody to get pieces from": it
+    must not ask the supernode for other parents (at 1000 nodes in 4 layers that tripled
+    the supernode's calls)."""
+
+    class View:
+        bits = (1 << 16) - 1
+
+    policy = PiecePolicy(16, 1 << 20, PolicyConfig(starve_after=0.5), random.Random(1), download_rate=100e6)
+    policy.set_parents([("p", False, View())])
+    assert policy.choose(0.0, 8, ahead=200e6) == []  # older downloads fill the link
+    assert not policy.needs_parents(5.0)
+    assert policy.choose(5.0, 8) != []  # the link free again: it fetches from its parent
