@@ -33,7 +33,7 @@ from supernode.scheduler import Check, CheckKind, Events, Scheduler
 from supernode.seed_task import SeedTask
 from swarmpull.core.bitfield import random_bit
 from swarmpull.core.capability import CAPABILITY_HEADER
-from swarmpull.edges.http import PEER_HEADER
+from swarmpull.edges.http import PEER_HEADER, read_at_most
 from swarmpull.edges.tls import ClusterTls
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,7 @@ class HttpProbe:
                     raise PieceMissing(f"{source} does not hold piece {piece}")
                 if resp.status != 200:
                     return None  # busy, refused: no evidence either way
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(256 * 1024):
-                    body += chunk
-                    if len(body) > length:
-                        break  # a longer body is wrong bytes too
-                return bytes(body)
+                return await read_at_most(resp.content, length)  # a longer body is wrong bytes too
         except (aiohttp.ClientError, OSError):
             return None
 

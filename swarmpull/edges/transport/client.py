@@ -329,12 +329,8 @@ async def _drain(resp: aiohttp.ClientResponse, limit: int = 64 * 1024) -> None:
     """Read a short answer to its end, so its connection goes back to the pool instead of
     being closed (each new connection to a source is a TLS handshake); a long one is left
     to close with its connection."""
-    read = 0
     with contextlib.suppress(aiohttp.ClientError, OSError):
-        async for chunk in resp.content.iter_chunked(CHUNK):
-            read += len(chunk)
-            if read > limit:
-                return
+        await read_at_most(resp.content, limit)
 
 
 def _check_status(resp: aiohttp.ClientResponse, address: str, piece: int) -> None:
