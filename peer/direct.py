@@ -65,7 +65,7 @@ async def read_direct(
 
     fetch = UpstreamFetch(
         session,
-        lambda: (request.url, request.headers),
+        lambda _broken: (request.url, request.headers),  # one requester, one URL
         expected,
         events,
         config.upstream,

@@ -129,10 +129,14 @@ class Seeding:
     def start_fetch(self, task: SeedTask, elsewhere: frozenset[int] = frozenset()) -> None:
         if task.fetch is not None and not task.fetch.done():
             return
-        events = _FetchEvents(self, task)
+        # After a read that failed its digest (from URLs mixed, so nobody was blamed), the
+        # pieces are handed out only once the whole digest matched: a read broken off is
+        # then started again from nothing, from one URL, and a bad one has a culprit.
+        hold_back = not elsewhere and self.blame.poisoned(task.id, self._clock.monotonic())
+        events = _FetchEvents(self, task, hold_back)
         fetch = UpstreamFetch(
             self._session,
-            lambda: _read_source(task),
+            lambda broken: _read_source(task, broken),
             task.expected,
             events,
             self.config.upstream,
@@ -142,7 +146,7 @@ class Seeding:
         )
         task.state = TaskState.RUNNING if task.blob is not None else TaskState.PENDING
         task.fetch = asyncio.create_task(fetch.run(task.blob, elsewhere), name=f"origin-{task.id[:20]}")
-        task.fetch.add_done_callback(lambda done: self._fetch_done(task, fetch, done))
+        task.fetch.add_done_callback(lambda done: self._fetch_done(task, fetch, events, done))
 
     def fail(self, task: SeedTask, message: str, status: int | None, bad_data: bool = False) -> None:
         log.warning("task %s failed: %s", task.id, message)
@@ -321,11 +325,14 @@ class Seeding:
             self._staged_bytes -= sum(task.blob.geometry.length(p) for p in task.staged)
         task.staged.clear()
 
-    def _fetch_done(self, task: SeedTask, fetch: UpstreamFetch, done: asyncio.Task[None]) -> None:
+    def _fetch_done(
+        self, task: SeedTask, fetch: UpstreamFetch, events: _FetchEvents, done: asyncio.Task[None]
+    ) -> None:
         if done.cancelled():
             return
         exc = done.exception()
         if exc is None:
+            events.release()
             blob = task.blob
             if blob is not None and blob.all_verified:  # after a takeover, peers may hold what we do not
                 try:
@@ -377,9 +384,10 @@ class Seeding:
 class _FetchEvents:
     """Connects one task's ``UpstreamFetch`` to the seeding."""
 
-    def __init__(self, seeding: Seeding, task: SeedTask) -> None:
+    def __init__(self, seeding: Seeding, task: SeedTask, hold_back: bool) -> None:
         self._seeding = seeding
         self._task = task
+        self._held: dict[int, str] | None = {} if hold_back else None
 
     def geometry(self, size: int) -> StoredBlob:
         return self._seeding._geometry(self._task, size)
@@ -389,11 +397,23 @@ class _FetchEvents:
         self._task.batch.meta["digest"] = str(digest)
 
     def piece(self, index: int, sha: str) -> None:
-        self._seeding._piece(self._task, index, sha)
+        if self._held is None:
+            self._seeding._piece(self._task, index, sha)
+        else:  # unrecorded, so a read that breaks off starts again from the first byte
+            self._held[index] = sha
+
+    def release(self) -> None:
+        """The read is done and its digest matched: record what was held back."""
+        held, self._held = self._held or {}, None
+        for index, sha in sorted(held.items()):
+            self._seeding._piece(self._task, index, sha)
 
 
-def _read_source(task: SeedTask) -> tuple[str, dict[str, str]]:
-    """The URL and headers of a read attempt: the newest requester's, remembered so that
-    the blob is public only if the read that succeeded carried no credentials."""
-    source = task.read_source = task.sources[0]
+def _read_source(task: SeedTask, broken: frozenset[str]) -> tuple[str, dict[str, str]]:
+    """The URL and headers of a read attempt: the newest requester's whose answer did not
+    break off in this read (a requester that keeps asking cannot keep every retry to its
+    own URL), remembered so that the blob is public only if the read that succeeded
+    carried no credentials."""
+    source = next((s for s in task.sources if s.url not in broken), task.sources[0])
+    task.read_source = source
     return source.url, source.headers

@@ -10,9 +10,9 @@ is reported only after the whole digest matched, so nobody can complete a blob t
 wrong. The fetch records nothing itself: the caller records each reported piece (the
 seed at once, signed; a direct read once the whole digest matched).
 
-Each attempt asks ``source()`` for a URL and the headers that go with it (the supernode
-keeps every requester's URL and credentials together and may switch requester between
-attempts, never mix them).
+Each attempt asks ``source(broken)`` for a URL and the headers that go with it, naming
+the URLs whose answers broke off in this fetch (the supernode keeps every requester's URL
+and credentials together and may switch requester between attempts, never mix them).
 """
 
 from __future__ import annotations
@@ -109,7 +109,9 @@ class UpstreamEvents(Protocol):
         """Piece ``index`` is written and hashes to ``sha`` (not recorded yet)."""
 
 
-Source = Callable[[], tuple[str, dict[str, str]]]
+Source = Callable[[frozenset[str]], tuple[str, dict[str, str]]]
+"""``broken`` -> ``(url, headers)`` for the next attempt; ``broken``: the URLs whose
+answers failed earlier in this fetch."""
 Authorize = Callable[[str, str], Awaitable[str | None]]
 """``(url, challenge)`` -> an ``Authorization`` for a read that carried none (an anonymous
 registry token), or None."""
@@ -143,12 +145,14 @@ class UpstreamFetch:
         self._throttle = throttle
         self._authorize = authorize
         self._anonymous: str | None = None  # what ``authorize`` gave, for reads without credentials
-        self.url = ""  # the URL of the current (or last) attempt
+        self.url = ""  # the URL of the current (or last) attempt, and its headers
+        self._extra: dict[str, str] = {}
         # The URLs whose answers wrote pieces of this blob, in order, and whether the blob
         # held pieces before this fetch began (read by someone else). A digest mismatch can
         # only be pinned on a URL that wrote every piece (``sole_writer``).
         self.writers: list[str] = []
         self.inherited = False
+        self._broken: set[str] = set()  # URLs whose answer failed in this fetch
 
     def __repr__(self) -> str:
         return f"<UpstreamFetch {redact_url(self.url)}>"
@@ -178,6 +182,7 @@ class UpstreamFetch:
             except UpstreamError as exc:
                 if await self._authorized(exc):
                     continue  # challenged for a token anyone may have: asked again with it
+                self._broken.add(self.url)
                 if exc.definitive or attempt >= self._config.attempts:
                     raise
                 delay = self._config.retry_delay * 2 ** (attempt - 1)
@@ -189,18 +194,19 @@ class UpstreamFetch:
         """A read without credentials was challenged: take the token ``authorize`` gives."""
         if exc.status != 401 or not exc.challenge or self._authorize is None or self._anonymous is not None:
             return False
-        url, extra = self._source()
-        if "Authorization" in extra:
+        if "Authorization" in self._extra:
             return False  # the requester's own credentials: never replaced
-        self._anonymous = await self._authorize(url, exc.challenge)
+        self._anonymous = await self._authorize(self.url, exc.challenge)
         return self._anonymous is not None
 
     async def _read_once(self) -> StoredBlob:
         blob = self._blob
         start_piece = first_missing(blob, self._elsewhere) if blob is not None else 0
         offset = start_piece * blob.meta.piece_size if blob is not None else 0
-        url, extra = self._source()
-        self.url = url
+        url, extra = self._source(frozenset(self._broken))
+        self.url, self._extra = url, extra
+        if start_piece == 0 and not self.inherited:
+            self.writers.clear()  # every piece is written (again) by this answer
         headers = {PEER_HEADER: "swarmpull", **extra}
         if self._anonymous is not None and "Authorization" not in extra:
             headers["Authorization"] = self._anonymous

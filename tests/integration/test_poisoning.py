@@ -14,6 +14,7 @@ from aiohttp import web
 from loadtest.image import build_image
 from loadtest.origin_server import Fault
 from loadtest.registry import MiniRegistry
+from supernode.seed_task import TaskState
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.digest import Digest
 from swarmpull.edges.http import HostPort, start_site
@@ -180,6 +181,50 @@ async def test_a_read_resumed_from_another_requesters_url_blames_neither(swarm, 
     upstream.rate = None
     blob = await victim.ensure(BlobRequest(honest, digest)).wait_complete()
     assert (victim.config.data_dir / "blobs" / f"{blob.task_id}.data").read_bytes() == data
+
+
+async def test_a_liar_that_keeps_asking_cannot_keep_an_honest_requester_from_its_blob(swarm, upstream):
+    """After a mixed read failed (nobody blamed), the liar asks again, with a URL that
+    breaks off, around the honest requester's pull, so its URL is the newest at the retry.
+    The next read hands out no piece before its whole digest matched, and a retry skips a
+    URL that broke off: it starts again from the first byte at the honest URL, and the
+    seed holds the blob (before, every such read mixed URLs and failed again)."""
+    data = os.urandom(2 * MiB)
+    digest = Digest.of(data)
+    liar = upstream.add("liar/layer", os.urandom(len(data)))
+    honest = upstream.add("honest/layer", data)
+    supernode = await swarm.start_supernode(piece_size=64 * KiB, failed_task_ttl=2.0)
+    attacker, accomplice, victim = await swarm.add_peers(3)
+    task_id = digest_task(digest)
+
+    upstream.rate = 4 * MiB
+    upstream.faults["/liar/layer"] = Fault(cut_after=MiB)
+    first = attacker.ensure(BlobRequest(liar, digest))
+    await until(lambda: upstream.requests["/liar/layer"] == 1, "the liar was asked")
+    pull = victim.ensure(BlobRequest(honest, digest))
+    for download in (first, pull):
+        with pytest.raises(DownloadFailed):
+            await download.wait_complete()  # a mixed read: it failed, nobody was blamed
+    await until(lambda: task_id not in supernode.service.tasks, "the failed task expired")
+
+    peers = [attacker, accomplice, victim]
+    verified = pieces(peers, "verified")
+    upstream.rate = MiB  # the liar breaks off after a second: time for everyone to ask
+    upstream.faults["/liar/layer"] = Fault(cut_after=MiB)
+    again = attacker.ensure(BlobRequest(liar, digest))
+    await until(lambda: upstream.requests["/liar/layer"] == 2, "the liar was asked again")
+    pull = victim.ensure(BlobRequest(honest, digest))
+    await until(lambda: len(supernode.service.tasks[task_id].sources) == 2, "the victim asked")
+    late = accomplice.ensure(BlobRequest(liar, digest))  # the liar's URL is the newest again
+    await until(lambda: supernode.service.tasks[task_id].sources[0].url == liar, "the liar asked last")
+    assert pieces(peers, "verified") == verified  # no piece handed out before the digest
+
+    blob = await pull.wait_complete()
+    assert (victim.config.data_dir / "blobs" / f"{blob.task_id}.data").read_bytes() == data
+    assert supernode.service.tasks[task_id].state is TaskState.SEEDED
+    assert upstream.requests["/liar/layer"] == 2  # the retry did not go back to the liar
+    for download in (again, late):  # the liar's requests get the real blob, from the seed
+        assert (await download.wait_complete()).meta.digest == str(digest)
 
 
 def digest_task(digest: Digest) -> str:
