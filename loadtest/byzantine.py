@@ -173,11 +173,11 @@ class ByzantineFront:
         return resp
 
 
-def byzantine_config(config: PeerConfig) -> PeerConfig:
+def byzantine_config(config: PeerConfig, front_port: int) -> PeerConfig:
     """A byzantine node's configuration: its real piece server on a port of its own, and
-    the front's address (started by ``Fronts.start``) advertised in its place."""
+    the front's address (reserved by ``Fronts.reserve``) advertised in its place."""
     return dataclasses.replace(
-        config, listen=HostPort("127.0.0.1", free_port()), advertise=f"http://127.0.0.1:{free_port()}"
+        config, listen=HostPort("127.0.0.1", free_port()), advertise=f"http://127.0.0.1:{front_port}"
     )
 
 
@@ -187,13 +187,21 @@ class Fronts:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self._fronts: dict[str, ByzantineFront] = {}  # by the node's peer id
+        self._reserved: dict[int, socket.socket] = {}  # listening, by port, until started
+
+    def reserve(self) -> int:
+        """Bind a front's socket now and return its port, for the node to advertise (a
+        port merely found free could be taken by another process while the node starts)."""
+        sock, where = bind(HostPort("127.0.0.1", 0))
+        self._reserved[where.port] = sock
+        return where.port
 
     async def start(self, node: NodeDaemon) -> None:
         config = node.peer.config
-        if config.listen is None or config.advertise is None:
-            raise ValueError("a byzantine node needs byzantine_config")
-        port = URL(config.advertise).port
-        sock, _ = bind(HostPort("127.0.0.1", port or 0))
+        port = URL(config.advertise).port if config.advertise else None
+        if config.listen is None or port not in self._reserved:
+            raise ValueError("a byzantine node needs byzantine_config with a reserved port")
+        sock = self._reserved.pop(port)
 
         def geometry(task_id: str) -> PieceGeometry | None:
             store = node.peer.store
@@ -207,6 +215,9 @@ class Fronts:
     async def stop(self) -> None:
         for front in self._fronts.values():
             await front.stop()
+        for sock in self._reserved.values():
+            sock.close()
+        self._reserved.clear()
 
     def lies(self) -> Counter[str]:
         total: Counter[str] = Counter()

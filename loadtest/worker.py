@@ -105,8 +105,9 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
             if spec.supernode is None:
                 raise ValueError("a p2p worker needs the supernode's URL")
             for i in range(spec.first, spec.first + spec.count):
+                front = fronts.reserve() if spec.faults and i in spec.faults.byzantine else None
                 node = NodeDaemon(
-                    _peer_config(spec, i),
+                    _peer_config(spec, i, front),
                     ProxyConfig(
                         listen=LOOPBACK,
                         registry=RegistryOptions(insecure_registries=frozenset({spec.registry})),
@@ -115,7 +116,7 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
                 )
                 await node.start()
                 nodes.append(node)
-                if spec.faults and i in spec.faults.byzantine:
+                if front is not None:
                     await fronts.start(node)
         conn.send(("ready", spec.count))
         message = await _recv(conn)
@@ -150,7 +151,8 @@ async def _run(spec: WorkerSpec, conn: Connection) -> None:
         conn.send(("stopped",))
 
 
-def _peer_config(spec: WorkerSpec, index: int) -> PeerConfig:
+def _peer_config(spec: WorkerSpec, index: int, front_port: int | None = None) -> PeerConfig:
+    """Node ``index``'s configuration; ``front_port``: a byzantine node's front, advertised."""
     bandwidth = int(spec.node_bandwidth) if spec.node_bandwidth else None
     supernodes = (spec.supernode, *spec.replicas) if spec.supernode else ()
     turn = index % len(supernodes) if supernodes else 0
@@ -168,9 +170,7 @@ def _peer_config(spec: WorkerSpec, index: int) -> PeerConfig:
         torrent=SURGE_TORRENT if spec.mode == "bittorrent" else None,
         tls=_node_tls(spec, index),
     )
-    if spec.faults and index in spec.faults.byzantine:
-        return byzantine_config(config)
-    return config
+    return config if front_port is None else byzantine_config(config, front_port)
 
 
 def _node_tls(spec: WorkerSpec, index: int) -> ClusterTls | None:
