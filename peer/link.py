@@ -11,7 +11,8 @@ import asyncio
 import itertools
 import json
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -31,6 +32,8 @@ from swarmpull.core.tasks import task_id_for
 from swarmpull.edges.http import PEER_HEADER, error_message
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class SupernodeUnavailable(Exception):
@@ -69,6 +72,53 @@ class LinkError(Exception):
             error.get("direct") is True,
             error,
         )
+
+
+# What a call that got no answer raises: the next supernode is tried.
+UNANSWERED = (TimeoutError, aiohttp.ClientError, SupernodeUnavailable, ValueError)
+
+
+class Failover:
+    """The supernode URLs, each tried in turn from the one that answered last: a call
+    moves on after a connection failure or a 5xx (but 502: the upstream's), and stays
+    with a supernode that answered, error or not."""
+
+    def __init__(self, urls: tuple[str, ...]) -> None:
+        if not urls:
+            raise ValueError("at least one supernode URL is needed")
+        self.urls = [u.rstrip("/") for u in urls]
+        self._current = 0
+
+    def __repr__(self) -> str:
+        return f"<Failover {self.urls[self._current]} first of {len(self.urls)}>"
+
+    async def call(self, attempt: Callable[[str], Awaitable[T]], first: str | None = None) -> T:
+        """``attempt(url)`` at ``first`` (a task's owner), then at each URL in turn, until
+        a supernode answers: its answer, or the LinkError it answered with;
+        SupernodeUnavailable when none answered."""
+        urls = [self.urls[(self._current + i) % len(self.urls)] for i in range(len(self.urls))]
+        if first is not None:
+            urls.insert(0, first)
+        failures = []
+        for url in urls:
+            try:
+                result = await attempt(url)
+            except LinkError as exc:
+                if exc.status >= 500 and exc.status != 502:
+                    failures.append(f"{url}: {exc.status} {exc}")
+                    continue
+                self._answered(url)
+                raise
+            except UNANSWERED as exc:
+                failures.append(f"{url}: {exc or type(exc).__name__}")
+                continue
+            self._answered(url)
+            return result
+        raise SupernodeUnavailable("no supernode answered (" + "; ".join(failures) + ")")
+
+    def _answered(self, url: str) -> None:
+        if url in self.urls:  # an owner outside the list leaves the turn as it was
+            self._current = self.urls.index(url)
 
 
 _ITEM_STATUS = {
@@ -186,12 +236,9 @@ class SupernodeLink:
         timeout: float,
         tls_args: dict[str, Any] | None = None,
     ) -> None:
-        if not urls:
-            raise ValueError("at least one supernode URL is needed")
+        self._failover = Failover(urls)
         self._session = session
         self._tls_args = tls_args
-        self._urls = [u.rstrip("/") for u in urls]
-        self._current = 0
         self._peer_id = peer_id
         self._timeout = timeout
         self._owners: dict[str, str] = {}  # task -> the replica that owns it
@@ -299,31 +346,18 @@ class SupernodeLink:
 
     async def _call(self, op: str, body: Any, timeout: float | None = None, owner: str | None = None) -> Any:
         """Call ``owner`` when given, else the current supernode, then the others."""
-        urls = [self._urls[(self._current + i) % len(self._urls)] for i in range(len(self._urls))]
-        if owner is not None:
-            urls.insert(0, owner)
-        failures = []
-        for url in urls:
+
+        async def attempt(url: str) -> Any:
             channel = self._channels.get(url)
             if channel is None:
                 channel = self._channels[url] = _Channel(self._session, url, self._peer_id, self._tls_args)
             try:
-                result = await channel.call(op, body, timeout or self._timeout)
-            except LinkError as exc:
-                if exc.status >= 500 and exc.status != 502:
-                    failures.append(f"{url}: {exc.status} {exc}")
-                    continue
-                if url in self._urls:
-                    self._current = self._urls.index(url)
-                raise
-            except (TimeoutError, aiohttp.ClientError, SupernodeUnavailable, ValueError) as exc:
-                failures.append(f"{url}: {exc or type(exc).__name__}")
+                return await channel.call(op, body, timeout or self._timeout)
+            except UNANSWERED:
                 await channel.close()
                 self._channels.pop(url, None)
                 if owner == url:
                     self._owners = {t: o for t, o in self._owners.items() if o != url}  # a dead owner
-                continue
-            if url in self._urls:
-                self._current = self._urls.index(url)
-            return result
-        raise SupernodeUnavailable("no supernode answered (" + "; ".join(failures) + ")")
+                raise
+
+        return await self._failover.call(attempt, owner)

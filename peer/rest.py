@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from peer.link import LinkError, SupernodeUnavailable
+from peer.link import Failover, LinkError
 from swarmpull.core.protocol import API
 from swarmpull.edges.http import PEER_HEADER
 
@@ -23,42 +23,31 @@ class SupernodeRest:
         timeout: float,
         tls_args: dict[str, Any] | None = None,
     ):
-        if not urls:
-            raise ValueError("at least one supernode URL is needed")
+        self._failover = Failover(urls)
         self._session = session
         self._tls_args = tls_args or {}  # mutual TLS: ClusterTls.to_supernode()
-        self._urls = [u.rstrip("/") for u in urls]
-        self._current = 0
         self.peer_id = peer_id
         self._timeout = timeout
 
     async def call(self, path: str, body: Any, timeout: float | None = None) -> Any:
         """``POST {API}/peers/{me}/{path}``: the JSON answer; LinkError for an error a
         supernode answered (4xx, 502); SupernodeUnavailable when none answered."""
-        failures = []
-        for i in range(len(self._urls)):
-            index = (self._current + i) % len(self._urls)
-            url = f"{self._urls[index]}{API}/peers/{self.peer_id}/{path}"
-            try:
-                async with self._session.post(
-                    url,
-                    json=body,
-                    headers={PEER_HEADER: self.peer_id},
-                    timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
-                    **self._tls_args,
-                ) as resp:
-                    data = await resp.read()
-                    try:
-                        payload = json.loads(data) if data else {}
-                    except ValueError:
-                        payload = {}
-                    if resp.status >= 500 and resp.status != 502:
-                        failures.append(f"{url}: {resp.status}")
-                        continue
-                    self._current = index
-                    if resp.status >= 400:
-                        raise LinkError.of(resp.status, payload)
-                    return payload
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                failures.append(f"{url}: {exc or type(exc).__name__}")
-        raise SupernodeUnavailable("no supernode answered (" + "; ".join(failures) + ")")
+
+        async def attempt(url: str) -> Any:
+            async with self._session.post(
+                f"{url}{API}/peers/{self.peer_id}/{path}",
+                json=body,
+                headers={PEER_HEADER: self.peer_id},
+                timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
+                **self._tls_args,
+            ) as resp:
+                data = await resp.read()
+                try:
+                    payload = json.loads(data) if data else {}
+                except ValueError:
+                    payload = {}
+                if resp.status >= 400:
+                    raise LinkError.of(resp.status, payload)
+                return payload
+
+        return await self._failover.call(attempt)

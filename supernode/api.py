@@ -112,7 +112,7 @@ class SupernodeApi:
         return {"heartbeat_interval": self._service.presence.heartbeat_interval()}
 
     async def op_report(self, peer_id: str, body: Any) -> dict[str, Any]:
-        answers = await self._service.report(peer_id, parse_peer_report(body))
+        answers = await self._service.reports.report(peer_id, parse_peer_report(body))
         self._calls["report"].inc()
         out = {}
         for task_id, answer in answers.items():
@@ -123,7 +123,7 @@ class SupernodeApi:
         batch = parse_open_tasks(body)
         if peer_id is not None and batch.peer_id != peer_id:
             raise ProtocolError(f"this channel is peer {peer_id}'s, not {batch.peer_id}'s")
-        results = await self._service.open_tasks(batch.peer_id, batch.tasks)
+        results = await self._service.opening.open_tasks(batch.peer_id, batch.tasks)
         self._calls["open"].inc()
         return {"tasks": [error_of(r)[1] if isinstance(r, Exception) else r.to_json() for r in results]}
 

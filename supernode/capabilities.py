@@ -21,6 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -63,18 +64,30 @@ def _credential_key(source: Source) -> str:
     return hashlib.sha256("\n".join([source.url, *lines]).encode()).hexdigest()
 
 
+class SeedTasks(Protocol):
+    """The seed's side (``Seeding``): its tasks, and the key each one's pieces are signed with."""
+
+    tasks: dict[str, SeedTask]
+
+    def signer(self, task: SeedTask) -> Signer: ...
+
+
 class CapabilityDesk:
     """Issues capabilities on open and in report answers; checks pull rights for private
     tasks. ``wall`` is unix time (capabilities expire on it), ``clock`` the cache's."""
 
     def __init__(
         self,
+        seeds: SeedTasks,
+        seed_id: str,
         session: aiohttp.ClientSession,
         auth_ttl: float,
         clock: Clock,
         timeout: float = 10.0,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        self._seeds = seeds
+        self._seed_id = seed_id
         self._session = session
         self._ttl = auth_ttl
         self._clock = clock
@@ -88,32 +101,38 @@ class CapabilityDesk:
     def __repr__(self) -> str:
         return f"<CapabilityDesk {len(self._rights)} rights cached>"
 
-    async def grant(self, task: SeedTask, signer: Signer, peer_id: str, source: Source) -> str:
+    async def grant(self, task: SeedTask, peer_id: str, source: Source) -> str:
         """A capability for ``peer_id`` on ``task``, opened with ``source``; PullDenied for
         a private task whose opener's own URL and credentials do not pass."""
         if task.public is not True:
             await self._check(task.id, source)
-        return self._issue(task, signer, peer_id)
+        return self._issue(task, peer_id)
 
-    def renew(self, task: SeedTask, signer: Signer, peer_id: str) -> str | None:
+    def renew(self, task: SeedTask, peer_id: str) -> str | None:
         """A fresh capability for a member (a report answer) once its latest is due; a
         member this replica never let in (it took the task over) gets one at once."""
         expires = task.granted.get(peer_id)
         if expires is not None and expires - self._wall() >= RENEW_BEFORE:
             return None
-        return self._issue(task, signer, peer_id)
+        return self._issue(task, peer_id)
 
-    def lets_in(self, task: SeedTask, peer_id: str) -> bool:
+    def lets_in(self, task_id: str, peer_id: str) -> bool:
         """The blob is public, or ``peer_id`` holds a capability for it that is live."""
+        task = self._seeds.tasks.get(task_id)
+        if task is None:
+            return False
         expires = task.granted.get(peer_id)
         return task.public is True or (expires is not None and expires >= self._wall())
 
-    def own(self, task: SeedTask, signer: Signer, seed_id: str) -> str:
+    def own(self, task_id: str) -> str | None:
         """The supernode's own, for its checks of a source's pieces (not a grant)."""
-        return issue(signer, seed_id, task.id, self._wall()).encode()
+        task = self._seeds.tasks.get(task_id)
+        if task is None:
+            return None
+        return issue(self._seeds.signer(task), self._seed_id, task.id, self._wall()).encode()
 
-    def _issue(self, task: SeedTask, signer: Signer, peer_id: str) -> str:
-        capability = issue(signer, peer_id, task.id, self._wall())
+    def _issue(self, task: SeedTask, peer_id: str) -> str:
+        capability = issue(self._seeds.signer(task), peer_id, task.id, self._wall())
         task.granted[peer_id] = capability.expires
         return capability.encode()
 

@@ -16,9 +16,9 @@ from supernode.cluster import ClusterState
 from supernode.config import SupernodeConfig
 from supernode.metrics import SupernodeMetrics
 from supernode.pacing import heartbeat_interval
-from supernode.scheduler import Events, Scheduler, UnknownPeer
+from supernode.scheduler import Events, Parent, Scheduler, UnknownPeer
 from swarmpull.core.events import NO_EVENTS, EventSink
-from swarmpull.core.protocol import PeerRegistration, parse_peer_registration
+from swarmpull.core.protocol import ParentInfo, PeerRegistration, parse_peer_registration
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class Presence:
         config: SupernodeConfig,
         scheduler: Scheduler,
         cluster: ClusterState,
+        seed_address: str,
         monotonic: Callable[[], float],
         metrics: SupernodeMetrics,
         events: EventSink = NO_EVENTS,
@@ -36,6 +37,7 @@ class Presence:
         self._config = config
         self._scheduler = scheduler
         self._cluster = cluster
+        self._seed_address = seed_address  # where the seed's piece server listens
         self._monotonic = monotonic
         self._metrics = metrics
         self._events = events
@@ -89,13 +91,33 @@ class Presence:
     def address(self, peer_id: str) -> str | None:
         return self._addresses.get(peer_id)
 
+    def reach(self, parents: list[Parent]) -> list[ParentInfo]:
+        """The parents chosen for a requester, where it reaches them (one that left is
+        not handed out)."""
+        out = []
+        for parent in parents:
+            if parent.seed:
+                out.append(ParentInfo(parent.id, self._seed_address, True))
+                continue
+            address = self._addresses.get(parent.id)
+            if address is not None:
+                out.append(ParentInfo(parent.id, address))
+        self._metrics.parents.inc(len(out))
+        return out
+
     def has_channel(self, peer_id: str) -> bool:
         """Whether the peer has a control channel open here (status pages)."""
         return peer_id in self._channels
 
     def labels(self, peer_id: str) -> tuple[str | None, str | None]:
-        """A peer's (zone, rack), as it registered."""
+        """A registered peer's (zone, rack); UnknownPeer if it is not registered."""
+        if not self._scheduler.knows_peer(peer_id):
+            raise UnknownPeer(peer_id)
         return self._labels.get(peer_id, (None, None))
+
+    def live(self) -> dict[str, tuple[str | None, str | None]]:
+        """Registered peers that still heartbeat, with their (zone, rack)."""
+        return {p: self._labels.get(p, (None, None)) for p in self._scheduler.peers()}
 
     def _forget(self, peer_id: str) -> None:
         self._addresses.pop(peer_id, None)

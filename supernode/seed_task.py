@@ -99,6 +99,13 @@ class SeedTask:
         with another requester's."""
         self.sources = [source, *(s for s in self.sources if s.url != source.url)][:8]
 
+    def vouched(self, have: int) -> int:
+        """Of the pieces a peer says it holds, those whose sha256 we hold: only those can
+        be checked (by requesters, and by the supernode's own checks)."""
+        if self.blob is None:
+            return 0
+        return have & (self.blob.have | self.sha_mask)
+
     def sha(self, piece: int) -> str | None:
         if self.blob is not None and self.blob.is_verified(piece):
             return self.blob.sha(piece)

@@ -225,6 +225,17 @@ class Seeding:
         )
         return task
 
+    def owned(self, task_id: str) -> SeedTask | None:
+        """The task, if this supernode may act for it (holds its lease); one whose lease
+        lapsed is let go."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return None
+        if task.lease is None or task.lease.valid_until < self._clock.monotonic():
+            self.drop(task, "its lease could not be renewed")
+            return None
+        return task
+
     # ---------------------------------------------------------------- replicas
 
     def holds(self, task: SeedTask, peer_id: str, have_text: str, have: int) -> None:
@@ -250,6 +261,13 @@ class Seeding:
         """The key this task's pieces are signed with."""
         return task.signer or self._signer
 
+    def keys(self, task: SeedTask) -> list[str]:
+        """The keys of a task's statements and capabilities, as answers carry them: its
+        signer's and an earlier owner's."""
+        if task.key_list is None:
+            task.key_list = sorted({*keys_to_json([self.signer(task).public_key]), *task.keys})
+        return task.key_list
+
     def _sign_apart(self, task: SeedTask) -> None:
         """A blob whose last read failed its digest is read again under a key of its own.
 
@@ -260,7 +278,7 @@ class Seeding:
         which are this read's only (and the keys of replicas that took it over). A peer
         that holds pieces from before checks their statements against those keys and
         drops them (``peer.download``), and the supernode vouches for no piece a peer
-        says it held before this read (``SupernodeService``). The key lives as long as the
+        says it held before this read (``Membership``). The key lives as long as the
         process: the seed drops such a blob at restart rather than keep what it cannot
         vouch for."""
         if self.blame.poisoned(task.id, self._clock.monotonic()):

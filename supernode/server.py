@@ -149,17 +149,17 @@ class Supernode:
         )
         mirror = self._mirror = RegistryMirror(access, books, self._clock)
         service = self.service = SupernodeService(
-            config, seeding, scheduler, cluster, signer, self._clock, self.url, self.metrics, events
+            config, seeding, scheduler, cluster, self._clock, self.url, self.metrics, events
         )
         service.capabilities.known = lambda host, repository, credential: books.rights_fresh(
             host, repository, credential, self._clock.monotonic()
         )
         # Its own checks reach peers where they listen (loopback, private): not guarded.
         self._peer_session = aiohttp.ClientSession(auto_decompress=False)
-        service.checks = SourceChecks(
-            HttpProbe(self._peer_session, config.seed_id, config.tls, service.own_capability),
+        service.membership.checks = SourceChecks(
+            HttpProbe(self._peer_session, config.seed_id, config.tls, service.capabilities.own),
             scheduler,
-            lambda task_id: service.tasks.get(task_id),
+            service.tasks.get,
             service.presence.address,
             self._clock.monotonic,
             service.presence.log_events,
@@ -172,7 +172,7 @@ class Supernode:
                 self.url,
                 scheduler,
                 lambda: service.tasks,
-                service.traffic,
+                service.reports.traffic,
                 lambda: sample(upstream, "swarmpull_supernode_upstream_bytes_total"),
                 service.presence.has_channel,
             )
@@ -191,7 +191,9 @@ class Supernode:
             scheduler.knows_peer,
             self._clock,
             peer_caller(gate),
-            may_have=lambda task_id, node: service.may_have(task_id, node) or self._preheated(task_id, node),
+            may_have=lambda task_id, node: (
+                service.capabilities.lets_in(task_id, node) or self._preheated(task_id, node)
+            ),
         )
         preheats = self.preheats = Preheats(service, access, seed_torrents, self._clock, config.tick_interval)
         middlewares = [errors_as_json]
@@ -228,7 +230,7 @@ class Supernode:
         """The keys a task's capabilities are checked with at the seed: the task's own."""
         service = self.service
         task = service.tasks.get(task_id) if service is not None else None
-        return service.task_keys(task) if task is not None else None
+        return service.seeding.keys(task) if task is not None else None
 
     async def _start_torrents(self, store: PieceStore) -> SeedTorrents:
         """The seed's libtorrent session, on the API's host unless told otherwise."""

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class Members(Protocol):
-    """The service's side: what an event from another replica does here."""
+    """``Membership``: what an event from another replica does here."""
 
     def member_left(self, task_id: str, peer_id: str) -> None: ...
     def announce_holding(self, peer_id: str, holding: Holding) -> None: ...

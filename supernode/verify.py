@@ -168,7 +168,7 @@ class SourceChecks:
         blob = task.blob if task is not None else None
         if task is None or blob is None or address is None:
             return Verdict.UNKNOWN, "task or source gone"
-        known = check.have & (blob.have | task.sha_mask)  # pieces whose sha256 we signed
+        known = task.vouched(check.have)
         if not known:
             return Verdict.UNKNOWN, "it holds no piece we can check"
         piece = random_bit(known, self._rng)

@@ -25,7 +25,7 @@ class ParentBytes(Protocol):
 
 
 class Traffic:
-    """Cumulative bytes since this supernode started. One writer: the service."""
+    """Cumulative bytes since this supernode started. One writer: ``supernode.reports``."""
 
     def __init__(self, seed_id: str) -> None:
         self.seed_id = seed_id
@@ -58,7 +58,7 @@ class Traffic:
     def tidy(
         self, now: float, nodes: Callable[[], Iterable[str]], tasks: Callable[[], Iterable[str]]
     ) -> None:
-        """Now and then (the service's tick), keep only the rows of ``nodes()`` and ``tasks()``."""
+        """Now and then (the reports' tick), keep only the rows of ``nodes()`` and ``tasks()``."""
         if now - self._tidied_at >= FORGET_EVERY:
             self._tidied_at = now
             self.forget(set(nodes()), set(tasks()))

@@ -4,7 +4,7 @@ BitTorrent in the background and reports its progress.
 
 ``Preheats`` is the one writer of the jobs, on the supernode's event loop. Each job runs
 one task that resolves the image (``RegistryAccess``, with the supernode's own registry
-login) and seeds its blobs concurrently (``SupernodeService.seed_blob``: the same task,
+login) and seeds its blobs concurrently (``Opening.seed_blob``: the same task,
 the same single read from the registry, as a pull of that blob would use). Nodes poll
 (``poll``) with their progress; a poll with nothing new to say waits for a change (a
 job created or ended, a blob seeded), so idle nodes cost one call per half minute.
@@ -90,7 +90,7 @@ class Preheats:
             now,
             now + request.deadline,
         )
-        for peer_id, (zone, rack) in self._service.live_peers().items():
+        for peer_id, (zone, rack) in self._service.presence.live().items():
             job.offer(peer_id, zone, rack)
         self._jobs[job.id] = job
         run = asyncio.create_task(self._run(job, request), name=f"preheat-{job.id}")
@@ -130,7 +130,7 @@ class Preheats:
     async def _seed(self, job: PreheatJob, layer: Layer, headers: dict[str, str]) -> None:
         """One blob into the seed, and its torrent made, before nodes are sent for it."""
         try:
-            task = await self._service.seed_blob(layer.url, layer.digest, headers)
+            task = await self._service.opening.seed_blob(layer.url, layer.digest, headers)
             if task.blob is None:  # seed_blob returns a task whose blob it verified
                 raise RuntimeError(f"task {layer.task_id} was seeded without a blob")
             await self._torrents.torrent(task.blob)
@@ -154,7 +154,7 @@ class Preheats:
     async def poll(self, node: str, poll: PreheatPoll) -> PreheatWork:
         """A node's progress in, its work out; with ``poll.wait``, held until there is
         news for it (or the wait is over)."""
-        zone, rack = self._service.peer_labels(node)
+        zone, rack = self._service.presence.labels(node)
         self._record(node, poll)
         deadline = self._clock.monotonic() + poll.wait
         while True:
@@ -174,7 +174,7 @@ class Preheats:
             for job in self._jobs.values():
                 job.progress(node, entry.task_id, state, entry.done, entry.error)
             if state is LayerState.COMPLETE:
-                self._service.holds_blob(node, entry.task_id)
+                self._service.membership.holds_blob(node, entry.task_id)
         for job in self._jobs.values():
             if job.tick(now):
                 self._log_end(job)

@@ -72,7 +72,7 @@ async def test_preheat_reaches_every_node_and_containerd_pulls_from_the_node_alo
         await child.start()
 
         async def all_registered() -> bool:
-            return len(supernode.service.live_peers()) == 4
+            return len(supernode.service.presence.live()) == 4
 
         await until(all_registered, 20, "four registered nodes")
         ref = f"{docker_registry.host}/team/sale:v2"

@@ -50,7 +50,7 @@ async def accuse(session, supernode, reporter, task_id, source) -> None:
 
 
 async def checks_done(supernode) -> None:
-    checks = getattr(supernode.service, "checks", None)  # absent where nobody checks
+    checks = supernode.service.membership.checks  # None where nobody checks
     async with asyncio.timeout(15):
         while checks is not None and checks.running:
             await asyncio.sleep(0.05)

@@ -48,7 +48,7 @@ async def test_busy_source_queues_then_refuses_at_once_with_a_retry_hint(swarm, 
     request = BlobRequest(url, Digest.of(data))
     await source.ensure(request).wait_complete()
     piece_url = f"{source.address}/pieces/{request.task_id}/0"
-    capability = supernode.service.own_capability(request.task_id)  # any, on a cluster without TLS
+    capability = supernode.service.capabilities.own(request.task_id)  # any, on a cluster without TLS
     assert capability is not None
 
     def as_peer(name: str) -> dict[str, str]:

@@ -66,7 +66,7 @@ async def test_a_supernode_without_the_flag_refuses_a_loopback_upstream(swarm, u
     message = str(failed.value)
     assert "127.0.0.1" in message and "--upstream-allow" in message
     # The opener gets a 4xx naming the host and the flag; the refusal is not retried.
-    (answer,) = await supernode.service.open_tasks(
+    (answer,) = await supernode.service.opening.open_tasks(
         peer.peer_id, [OpenTask(peer.peer_id, url, request.digest)]
     )
     assert isinstance(answer, Exception)

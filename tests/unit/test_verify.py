@@ -36,7 +36,7 @@ class FakeProbe:
 def fake_task():
     blob = SimpleNamespace(have=full(4), geometry=SimpleNamespace(length=lambda piece: PIECE))
     shas = {i: hashlib.sha256(data).hexdigest() for i, data in enumerate(RIGHT)}
-    return SimpleNamespace(id=T, blob=blob, sha_mask=0, sha=shas.get)
+    return SimpleNamespace(id=T, blob=blob, sha=shas.get, vouched=lambda have: have & blob.have)
 
 
 def accused(sched: Scheduler) -> Events:
