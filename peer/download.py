@@ -290,17 +290,18 @@ class TaskDownload:
         owner moves (a replica died and its lease has not lapsed yet) it keeps asking."""
         ctx = self._ctx
         give_up = ctx.clock.monotonic() + ctx.config.fallback_grace
+        unanswered = 0
         while True:
             try:
                 return await self._open()
             except SupernodeUnavailable as exc:
-                # Everyone sees the outage at once: spread the fallbacks, then try once more.
-                await asyncio.sleep(random.uniform(0, ctx.config.direct_jitter))
-                try:
-                    return await self._open()
-                except SupernodeUnavailable:
+                unanswered += 1
+                if unanswered > 1:
                     await self._direct(str(exc))
                     return None
+                # Everyone sees the outage at once: spread the fallbacks, then try once more
+                # (whatever that answers is handled here too: a moving owner is waited for).
+                await asyncio.sleep(random.uniform(0, ctx.config.direct_jitter))
             except LinkError as exc:
                 if exc.code == "UPSTREAM_ERROR" and exc.direct:
                     await self._direct(f"the supernode could not read the upstream: {exc}")
