@@ -256,6 +256,14 @@ class PieceWriter:
             self._region = mapping.region(self.offset, self.length)
         return self._region[self.received :]
 
+    def prefault(self) -> None:
+        """Make the piece's pages present ahead of the first receive (thread-safe: call it
+        off the event loop): the page cache and the disk blocks are allocated there rather
+        than on the loop, inside ``landing``."""
+        mapping = self.blob.mapping
+        if self._buffer is None and self._region is None and mapping is not None:
+            self._region = mapping.region(self.offset, self.length)
+
     def landed(self, count: int) -> None:
         """``count`` more bytes were received into ``landing()``."""
         if self.received + count > self.length:
