@@ -89,12 +89,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="real sockets, p2p: keep the daemons' swarm events in DIR (supernode.jsonl, "
         "worker-N.jsonl; read them with `swarmpull events summarize`; default: none)",
     )
+    p.set_defaults(tls=True)
     p.add_argument(
         "--tls",
         action="store_true",
         help="real sockets: mutual TLS between the supernode and the nodes, with a throwaway CA, as "
-        "in production (default: plain HTTP; a fault run is plain HTTP either way). On two cores a "
-        "100-node surge over TLS is bound by handshakes (docs/BENCHMARKS.md)",
+        "in production (the default; a fault run is plain HTTP either way)",
+    )
+    p.add_argument(
+        "--insecure-cluster",
+        dest="tls",
+        action="store_false",
+        help="real sockets: plain HTTP inside the cluster instead (what TLS costs: compare the two)",
     )
     _fault_options(p)
     sim = p.add_argument_group("simulation (with --simulate)")
