@@ -43,9 +43,10 @@ async def run_faults(nodes: int) -> str:
     lines = [
         f"faults: {nodes} nodes, 1 MiB image in 4 layers, 64 KiB pieces, node links 1 MB/s, "
         f"registry 2 MB/s; {RUNS} runs each, min/median/max; p50 and p99 as ratios to the "
-        "fault-free twin run just before; completed: honest survivors, the worst run",
+        "fault-free twin run just before; completed: honest survivors, the worst run; liars "
+        "excluded: byzantine nodes that twisted a piece and were quarantined or degraded, all runs",
         f"  {'scenario':<38}{'completed':>10}{'wrong B':>9}"
-        f"{'egress x':>18}{'p50 / twin':>18}{'p99 / twin':>18}",
+        f"{'egress x':>18}{'p50 / twin':>18}{'p99 / twin':>18}{'liars excluded':>16}",
     ]
     for name, faults in SCENARIOS.items():
         rows: list[tuple[FaultResult, FaultResult]] = []
@@ -54,11 +55,15 @@ async def run_faults(nodes: int) -> str:
             rows.append((base.faults, run.faults))
         worst = min((f for _, f in rows), key=lambda f: f.completed - f.survivors)
         wrong = max(f.wrong_bytes for _, f in rows)
+        # byzantine nodes that twisted a piece and were excluded, over all runs
+        liars = sum(len(f.lied) for _, f in rows)
+        caught = sum(len(set(f.lied) & set(f.excluded)) for _, f in rows)
         lines.append(
             f"  {name:<38}{f'{worst.completed}/{worst.survivors}':>10}{wrong:>9}"
             f"{_spread([f.egress_ratio for _, f in rows]):>18}"
             f"{_spread([f.p50 / b.p50 for b, f in rows]):>18}"
             f"{_spread([f.p99 / b.p99 for b, f in rows]):>18}"
+            f"{f'{caught}/{liars}' if faults.byzantine_fraction else '-':>16}"
         )
         print(lines[-1], file=sys.stderr, flush=True)  # progress: a scenario takes minutes
     return "\n".join(lines)
