@@ -35,6 +35,7 @@ from loadtest.services import free_port
 from peer.config import PeerConfig
 from swarmpull.app.node import NodeDaemon
 from swarmpull.core.bitfield import full, to_text
+from swarmpull.core.capability import CAPABILITY_HEADER
 from swarmpull.core.geometry import PieceGeometry
 from swarmpull.core.maps import MapError, PieceMap, decode_map
 from swarmpull.edges.http import PEER_HEADER, HostPort, bind, start_site
@@ -96,8 +97,9 @@ class ByzantineFront:
         """The real server's answer to the same request, uncompressed."""
         assert self._session is not None
         headers = {"Accept-Encoding": "identity"}
-        if PEER_HEADER in request.headers:
-            headers[PEER_HEADER] = request.headers[PEER_HEADER]
+        for name in (PEER_HEADER, CAPABILITY_HEADER):  # without the capability: 403, no lie
+            if name in request.headers:
+                headers[name] = request.headers[name]
         async with self._session.get(self._target + request.path_qs, headers=headers) as resp:
             body = await resp.read()
             kept = {k: resp.headers[k] for k in _PASSED_HEADERS if k in resp.headers}
