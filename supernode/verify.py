@@ -98,7 +98,10 @@ class HttpProbe:
                     raise PieceMissing(f"{source} does not hold piece {piece}")
                 if resp.status != 200:
                     return None  # busy, refused: no evidence either way
-                return await read_at_most(resp.content, length)  # a longer body is wrong bytes too
+                try:
+                    return await read_at_most(resp.content, length)  # a longer body is wrong bytes too
+                except aiohttp.ClientPayloadError:
+                    return b""  # cut before the length it announced: not the piece either
         except (aiohttp.ClientError, OSError):
             return None
 

@@ -91,7 +91,7 @@ def blob_data(blob, piece):
     [
         (head(PIECE - 1) + b"x" * (PIECE - 1), FailureReason.CORRUPT),  # says less than the piece
         (head(PIECE + 1) + b"x" * (PIECE + 1), FailureReason.CORRUPT),  # says more
-        (head(PIECE) + b"x" * 100, FailureReason.UNREACHABLE),  # closes early
+        (head(PIECE) + b"x" * 100, FailureReason.CORRUPT),  # closes early: a promise broken
         (b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\n", FailureReason.ERROR),  # garbage
         (b"\x16\x03\x01 not http at all\r\n\r\n", FailureReason.ERROR),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", FailureReason.ERROR),

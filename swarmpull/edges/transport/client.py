@@ -188,13 +188,16 @@ class PieceClient:
             await self._limiter.acquire(min(CHUNK, length), priority)
             granted = min(CHUNK, length)
         body = conn.accept_body(None if compressed else writer, length, granted if limited else UNLIMITED)
-        while conn.received < length:
-            if limited and conn.budget <= 0:
-                grant = min(CHUNK, length - granted)
-                await self._limiter.acquire(grant, priority)
-                granted += grant
-                conn.grant(grant)
-            await self._settle(conn, lambda: conn.received >= length or (limited and conn.budget <= 0))
+        try:
+            while conn.received < length:
+                if limited and conn.budget <= 0:
+                    grant = min(CHUNK, length - granted)
+                    await self._limiter.acquire(grant, priority)
+                    granted += grant
+                    conn.grant(grant)
+                await self._settle(conn, lambda: conn.received >= length or (limited and conn.budget <= 0))
+        except ConnectionError as exc:
+            raise _cut_short(address, piece, conn.received, length, exc) from None
         if body is not None:
             try:
                 writer.write(decompress_piece(bytes(body), writer.length))
@@ -262,19 +265,22 @@ class PieceClient:
             ):
                 raise PieceFetchError(Reason.CORRUPT, f"{address}: piece {piece} has the wrong length")
             body = bytearray() if compressed else None
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                await self._limiter.acquire(len(chunk), priority)
-                wire += len(chunk)
-                if self._on_wire is not None:
-                    self._on_wire(len(chunk))
-                if body is None:
-                    writer.write(chunk)
-                elif len(body) + len(chunk) > writer.length:
-                    raise PieceFetchError(
-                        Reason.CORRUPT, f"{address}: compressed piece larger than the piece"
-                    )
-                else:
-                    body += chunk
+            try:
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    await self._limiter.acquire(len(chunk), priority)
+                    wire += len(chunk)
+                    if self._on_wire is not None:
+                        self._on_wire(len(chunk))
+                    if body is None:
+                        writer.write(chunk)
+                    elif len(body) + len(chunk) > writer.length:
+                        raise PieceFetchError(
+                            Reason.CORRUPT, f"{address}: compressed piece larger than the piece"
+                        )
+                    else:
+                        body += chunk
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
+                raise _cut_short(address, piece, wire, resp.content_length, exc) from None
             if body is not None:
                 try:
                     writer.write(decompress_piece(bytes(body), writer.length))
@@ -341,6 +347,15 @@ async def _drain(resp: aiohttp.ClientResponse, limit: int = 64 * 1024) -> None:
 
 def _check_status(resp: aiohttp.ClientResponse, address: str, piece: int) -> None:
     _check_code(resp.status, address, piece)
+
+
+def _cut_short(address: str, piece: int, got: int, announced: int | None, exc: Exception) -> PieceFetchError:
+    """The source answered the piece, then closed before the length it announced: a
+    broken promise, counted against it as a corrupt piece is (a source that truncates
+    every piece is excluded like one that flips a byte), not as an unreachable one."""
+    why = str(exc) or type(exc).__name__
+    message = f"{address}: piece {piece} cut after {got} of {announced} bytes ({why})"
+    return PieceFetchError(Reason.CORRUPT, message)
 
 
 def _check_code(status: int, address: str, piece: int) -> None:
