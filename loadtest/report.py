@@ -21,7 +21,7 @@ from typing import Any
 
 from swarmpull.core.units import format_size
 
-SOURCES = ("peer", "seed", "upstream")
+SOURCES = ("peer", "seed", "bittorrent", "upstream")
 PERCENTILES = ("p50", "p90", "p99", "max")
 
 
