@@ -6,11 +6,15 @@
    the cluster cannot answer, from a ``HEAD`` upstream.
 2. The bytes come from the local peer as its pieces land (in order, each verified).
    If the swarm cannot serve, before or in the middle of the transfer, the rest comes
-   from the upstream directly (a ``Range`` request from where the swarm stopped): the
+   from the upstream directly (a ``Range`` request from where the swarm stopped; for a
+   whole blob from its first byte, below): the
    client sees a slower pull, not a failed one. A ``Range`` request is served from the
    swarm only once the whole blob is verified (``peer.reader``), else from upstream: its
    client never reaches the held-back last byte, so nothing else would stop a lie.
-3. Every byte of a whole-blob answer is hashed on the way and the last chunk is held
+3. Bytes from the swarm are verified already (each piece against its signed sha256, the
+   last one only after the whole digest), so the proxy does not hash them again. Bytes
+   of a whole blob from the upstream are: the read starts at the blob's first byte
+   (what the swarm sent is hashed again, not sent again), and the last chunk is held
    back until the sha256 matched the digest; if it does not, the connection is cut
    before the last byte. The peer keeps nothing it could not verify.
 """
@@ -95,19 +99,17 @@ async def get_blob(
     digest = query.path.digest
     if digest is None:
         raise OciError(400, "DIGEST_INVALID", f"a blob is named by its digest, not {query.path.reference!r}")
-    hasher = hashlib.sha256() if whole else None
+    checked = _Checked(digest.hex) if whole else None
     held: bytes | memoryview | None = None
     try:
-        async for chunk in _chunks(client, query, source, start, end):
+        async for chunk in _chunks(client, query, source, start, end, checked):
             if not resp.prepared:
                 await resp.prepare(request)
             if held is not None:
                 await resp.write(held)
-            if hasher is not None:
-                hasher.update(chunk)
             held = chunk
-        if hasher is not None and hasher.hexdigest() != digest.hex:
-            raise _Mismatch(f"content of {digest} hashes to sha256:{hasher.hexdigest()}")
+        if checked is not None:
+            checked.verify()
     except (OciError, RegistryError):
         if not resp.prepared:
             raise
@@ -128,6 +130,24 @@ class _Mismatch(Exception):
     pass
 
 
+class _Checked:
+    """A whole blob's digest over what the upstream sends (none of it when the swarm
+    sends every byte: those are verified already)."""
+
+    def __init__(self, hex_digest: str) -> None:
+        self._expected = hex_digest
+        self._sha: hashlib._Hash | None = None
+
+    def feed(self, chunk: bytes | memoryview) -> None:
+        if self._sha is None:
+            self._sha = hashlib.sha256()
+        self._sha.update(chunk)
+
+    def verify(self) -> None:
+        if self._sha is not None and self._sha.hexdigest() != self._expected:
+            raise _Mismatch(f"content of sha256:{self._expected} hashes to sha256:{self._sha.hexdigest()}")
+
+
 def _cut(request: web.Request, why: str) -> None:
     """Close the connection before the last byte: the client cannot take this as whole."""
     log.warning("cutting a blob transfer short: %s", why)
@@ -136,9 +156,16 @@ def _cut(request: web.Request, why: str) -> None:
 
 
 async def _chunks(
-    client: RegistryClient, query: BlobQuery, source: BlobSource | None, start: int, end: int
+    client: RegistryClient,
+    query: BlobQuery,
+    source: BlobSource | None,
+    start: int,
+    end: int,
+    checked: _Checked | None,
 ) -> AsyncIterator[bytes | memoryview]:
-    """Bytes ``[start, end)``: from the swarm while it serves, then from upstream."""
+    """Bytes ``[start, end)``: from the swarm while it serves, then from upstream. With
+    ``checked`` (a whole blob) the upstream is read from the first byte and all of it is
+    fed to the digest; what the swarm sent already is not yielded again."""
     offset = start
     if source is not None and end > start:
         authorization = query.client_auth or client.authorization(query.upstream, query.path.name)
@@ -154,9 +181,15 @@ async def _chunks(
             log.warning(
                 "the swarm could not serve %s (%s): reading the rest from upstream", query.path.reference, exc
             )
-    if offset < end:
-        async for chunk in _from_upstream(client, query, offset, end):
-            yield chunk
+    if offset >= end:
+        return
+    sent, offset = offset, offset if checked is None else start
+    async for chunk in _from_upstream(client, query, offset, end):
+        if checked is not None:
+            checked.feed(chunk)
+        if offset + len(chunk) > sent:
+            yield chunk[max(0, sent - offset) :]
+        offset += len(chunk)
 
 
 async def _from_upstream(

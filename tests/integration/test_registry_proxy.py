@@ -10,6 +10,7 @@ import pytest
 from loadtest.client import pull_image
 from loadtest.image import build_image
 from loadtest.registry import MiniRegistry
+from registry_proxy import blobs
 from swarmpull.edges.http import PEER_HEADER
 from tests.kit.nodes import MANIFEST_TYPES, start_node
 from tests.kit.supernodes import start_supernode
@@ -65,6 +66,35 @@ async def test_three_nodes_pull_an_image_and_the_registry_sends_each_blob_once(r
     # The manifest once, the tag resolved once (it also checked the nodes' anonymous
     # rights), the blobs' sizes from the manifest: O(layers), whatever the nodes.
     assert registry.requests == {"HEAD manifests": 1, "GET manifests": 1, "GET blobs": len(image.blobs())}
+
+
+async def test_the_proxy_hashes_only_what_the_upstream_sends(registry, cluster, monkeypatch):
+    """Bytes from the swarm are verified already (pieces, then the whole digest): a blob it
+    serves whole is not hashed a third time. When the swarm gives up (a lying upstream),
+    the proxy hashes the upstream's bytes, all of them, and cuts the answer."""
+    fed: list[int] = []
+    feed = blobs._Checked.feed
+
+    def counted(self, chunk):
+        fed.append(len(chunk))
+        feed(self, chunk)
+
+    monkeypatch.setattr(blobs._Checked, "feed", counted)
+    image = build_image([1 * MiB, 1 * MiB], seed=5)
+    registry.add("app", "v1", image)
+    honest, lying = image.layers
+    registry.corrupt_blobs.add(lying.digest)
+    (node,) = await cluster.nodes(1, registry)
+    async with aiohttp.ClientSession() as session:
+        url = f"{node.proxy.url}/v2/app/blobs/{honest.digest}?ns={registry.host}"
+        async with session.get(url) as resp:
+            assert resp.status == 200 and await resp.read() == honest.data
+        assert fed == []
+        url = f"{node.proxy.url}/v2/app/blobs/{lying.digest}?ns={registry.host}"
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with session.get(url) as resp:
+                await resp.read()
+    assert sum(fed) == len(lying.data)  # from the first byte, whatever the swarm had sent
 
 
 async def test_manifests_pass_through_exactly(registry, cluster):
