@@ -44,7 +44,8 @@ class Membership:
     def join(self, task: SeedTask, peer_id: str, have: int) -> list[Parent]:
         """``peer_id`` is a member of ``task`` holding ``have``: its parents."""
         blob = task.blob
-        assert blob is not None, "a task is joined once its geometry is known"
+        if blob is None:
+            raise RuntimeError(f"task {task.id} joined before its geometry is known")
         # A read after a poisoned one: whatever the peer held before it came from that read.
         have = task.vouched(have) if task.signer is None else 0
         parents = self._scheduler.join(task.id, peer_id, have, self._monotonic())

@@ -249,17 +249,13 @@ class PieceWriter:
         self._check_open()
         if self._buffer is not None:
             return memoryview(self._buffer)[self.received :]
-        mapping = self.blob.mapping
-        if mapping is None:
-            return None
-        if self._region is None:
-            self._region = mapping.region(self.offset, self.length)
-        return self._region[self.received :]
+        self.prefault()  # at once, unless done ahead
+        return self._region[self.received :] if self._region is not None else None
 
     def prefault(self) -> None:
-        """Make the piece's pages present ahead of the first receive (thread-safe: call it
-        off the event loop): the page cache and the disk blocks are allocated there rather
-        than on the loop, inside ``landing``."""
+        """Make the piece's pages in the mapping present (thread-safe: ``PieceClient`` calls
+        it off the event loop ahead of the first receive, so the page cache and the disk
+        blocks are allocated there rather than on the loop, inside ``landing``)."""
         mapping = self.blob.mapping
         if self._buffer is None and self._region is None and mapping is not None:
             self._region = mapping.region(self.offset, self.length)
