@@ -4,34 +4,72 @@ A node asks the seed for every piece none of its parents holds, and at the start
 surge its parents hold as little as it does: without a ration the seed, one machine,
 would send most of the image to most of the nodes and set the surge's pace. With it,
 each piece goes out ``copies`` times; after that the seed serves it only while fewer
-than ``copies`` live peers are known to hold it (holders leave, reports lag), and
-otherwise answers "not held here". The requester then takes it from a peer, or, with no
+than ``copies`` live peers are known to hold it (holders leave), and otherwise answers
+"not held here" (``ELSEWHERE``). The requester then takes it from a peer, or, with no
 parent holding it, asks the supernode for parents and gets ones that do (super-seeding,
-as BitTorrent's seeds do). Holder counts come from the scheduler, one writer; this
-object only counts what the seed sent.
+as BitTorrent's seeds do).
+
+Holdings reach the supernode in reports, a second or more after a piece lands, and the
+moment a piece reaches the seed, every node waiting on it asks at once: a holder count
+taken then is zero whatever the copies under way. So for ``grace`` seconds after a copy
+went out a low count proves nothing: the seed answers "busy, ask again in a second"
+(``LATER``), which keeps the requester off the seed for that second, not off the piece
+(one told "not held here" asks the seed for that piece again only once the seed's map
+changes, and one the reports do not back could leave it asking nobody: tried, it
+stalled the default surge). After that a missing holder is believed, and one more copy
+goes out (at most one per ``grace``).
+
+A piece under ``small`` bytes always goes out: held back, it would save the seed next
+to nothing and cost every node its whole pull. An image's config blob is one piece of a
+few hundred bytes that every node needs before its pull ends, and the peers that hold
+it have their uploads full of layer pieces: rationed, it was the last thing a 100-node
+surge waited for (in two runs of one seed, until six times the surge's bound).
+
+Holder counts come from the scheduler, one writer; this object only counts what the
+seed sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from swarmpull.edges.transport import Ration
+
+SMALL_PIECE = 16 * 1024  # bytes: a piece smaller than this always goes out
+
 
 class SeedRation:
-    def __init__(self, copies: int, holders: Callable[[str, int], int]) -> None:
+    def __init__(
+        self,
+        copies: int,
+        holders: Callable[[str, int], int],
+        now: Callable[[], float],
+        grace: float,
+        small: int = SMALL_PIECE,
+    ) -> None:
         if copies < 1:
             raise ValueError("the seed must send each piece at least once")
         self.copies = copies
+        self.grace = grace
+        self.small = small
         self._holders = holders
-        self._sent: dict[str, dict[int, int]] = {}
+        self._now = now
+        self._sent: dict[str, dict[int, tuple[int, float]]] = {}  # piece -> (copies, last sent)
 
-    def allow(self, task_id: str, piece: int) -> bool:
-        """Whether the seed sends ``piece`` now (and counts it if so)."""
+    def decide(self, task_id: str, piece: int, size: int) -> Ration:
+        """Whether the seed sends ``piece`` (``size`` bytes) now (and counts it if so)."""
+        if size < self.small:
+            return Ration.SEND
         sent = self._sent.setdefault(task_id, {})
-        count = sent.get(piece, 0)
-        if count >= self.copies and self._holders(task_id, piece) >= self.copies:
-            return False
-        sent[piece] = count + 1
-        return True
+        count, last = sent.get(piece, (0, 0.0))
+        now = self._now()
+        if count >= self.copies:
+            if self._holders(task_id, piece) >= self.copies:
+                return Ration.ELSEWHERE
+            if now - last < self.grace:
+                return Ration.LATER
+        sent[piece] = (count + 1, now)
+        return Ration.SEND
 
     def forget(self, task_id: str) -> None:
         """The seed dropped the blob: a copy it holds again is counted afresh."""

@@ -128,11 +128,11 @@ class Supernode:
         )
         scheduler = Scheduler(config.scheduler)
         scheduler.add_seed(config.seed_id, config.seed_upload_limit)
-        ration = SeedRation(config.seed_copies, scheduler.holders)
+        ration = SeedRation(config.seed_copies, scheduler.holders, self._clock.monotonic, config.report_min)
         # Every /pieces request carries a capability for its task, checked with the task's keys.
         gate = PieceGate(SeedKeyBook(self._task_keys), mutual=config.tls is not None)
         pieces = self._pieces = PieceServer(
-            store, self.metrics.transfers, limiter, config.seed_upload_slots, ration=ration.allow, gate=gate
+            store, self.metrics.transfers, limiter, config.seed_upload_slots, ration=ration.decide, gate=gate
         )
         store.on_piece = pieces.notify
         sock, bound = bind(config.listen)

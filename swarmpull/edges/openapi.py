@@ -187,8 +187,9 @@ def piece_server_paths(server: dict[str, Any] | None = None) -> dict[str, Any]:
                     **errors(
                         _400="a bad task id, or a piece out of range",
                         _403=refused,
-                        _404="the piece is not held here",
-                        _429="every upload slot is busy and the line for one is full: retry later",
+                        _404="the piece is not held here (at the seed: or peers hold it)",
+                        _429="every upload slot is busy and the line for one is full, or (at the "
+                        "seed) the piece went out to peers a moment ago: retry later",
                         _503="the node is stopping",
                     ),
                 },

@@ -4,7 +4,7 @@ serves its own. Both the supernode (as the seed) and every peer serve with
 
 from swarmpull.edges.transport.client import Fetched, PieceClient, PieceFetchError, TransportConfig
 from swarmpull.edges.transport.counters import TransferCounters
-from swarmpull.edges.transport.server import MAP_HEADER, PieceServer
+from swarmpull.edges.transport.server import MAP_HEADER, PieceServer, Ration
 
 __all__ = [
     "MAP_HEADER",
@@ -12,6 +12,7 @@ __all__ = [
     "PieceClient",
     "PieceFetchError",
     "PieceServer",
+    "Ration",
     "TransferCounters",
     "TransportConfig",
 ]

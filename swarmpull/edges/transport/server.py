@@ -7,8 +7,9 @@
     GET /pieces/<task_id>/<index>
         200 with the piece's bytes (zstd when it pays), and ``X-Swarmpull-Map``: the
         pieces held now, so a requester's view of us is fresh after every transfer;
-        404 when the piece is not held; 429 + Retry-After when every upload slot is
-        busy and the line for one is full
+        404 when the piece is not held (at the seed: or peers hold it, ``Ration``);
+        429 + Retry-After when every upload slot is busy and the line for one is full,
+        or when the seed's copies of the piece went out a moment ago
 
 Both answer 403 (JSON, no byte) without a valid capability for the task (``gate``).
 
@@ -24,6 +25,7 @@ of a blob not re-hashed since a restart is checked before it is sent.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import re
 from collections import deque
@@ -50,6 +52,14 @@ MAP_HEADER = "X-Swarmpull-Map"
 MAX_MAP_WAIT = 30.0
 
 
+class Ration(enum.Enum):
+    """The seed's answer to "may this piece go out now?" (``supernode.ration``)."""
+
+    SEND = "send"
+    ELSEWHERE = "elsewhere"  # peers hold it: 404, the requester takes it from them
+    LATER = "later"  # copies just went out, not reported yet: 429, ask again in a second
+
+
 class PieceServer:
     def __init__(
         self,
@@ -59,7 +69,7 @@ class PieceServer:
         slots: int | None = None,
         compression: bool = True,
         queue: int | None = None,
-        ration: Callable[[str, int], bool] | None = None,
+        ration: Callable[[str, int, int], Ration] | None = None,
         gate: PieceGate | None = None,
     ) -> None:
         self._store = store
@@ -155,8 +165,13 @@ class PieceServer:
             return json_error(400, "BAD_REQUEST", f"piece {piece} out of range")
         if not blob.is_verified(piece):
             return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
-        if self._ration is not None and not self._ration(task_id, piece):
+        size = blob.geometry.length(piece)
+        ration = self._ration(task_id, piece, size) if self._ration is not None else Ration.SEND
+        if ration is Ration.ELSEWHERE:
             return json_error(404, "NOT_FOUND", f"piece {piece} is rationed here: peers hold it")
+        if ration is Ration.LATER:
+            message = f"piece {piece} went out to peers a moment ago"
+            return json_error(429, "BUSY", message, {"Retry-After": "1"})
         try:
             slot = await self._take_slot()
         except ConnectionAbortedError:
