@@ -13,6 +13,7 @@ import pytest
 import zstandard
 
 from swarmpull.core.failures import FailureReason
+from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import BlobMeta, PieceStore
 from swarmpull.edges.transport import PieceClient, PieceFetchError
 
@@ -149,6 +150,31 @@ async def test_a_compressed_piece_is_verified_after_decompression(blob):
         writer.commit(hashlib.sha256(plain).hexdigest())
         assert blob.read_piece(0) == plain
     finally:
+        await source.stop()
+
+
+async def test_waiting_for_our_own_link_is_not_held_against_the_source(blob):
+    blob, data = blob
+    piece = data[:PIECE]
+    source = ScriptedSource([(head(PIECE) + piece, False)])  # answers at once, whole
+    link = RateLimiter(100_000)  # our download link: 100 kB/s
+    busy = asyncio.create_task(link.acquire(150_000))  # another transfer's turn: ~1.5 s
+    await asyncio.sleep(0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = PieceClient(session, "me", limiter=link)
+            writer = blob.writer(0)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            # Our link takes ~2.1 s (1.5 s of the other transfer, 0.65 s of this piece):
+            # all ours, none the source's, so a 1 s deadline is not over.
+            await client.fetch(await source.start(), blob.task_id, 0, writer, deadline=1.0)
+            assert loop.time() - started > 1.0
+            client.close()
+        writer.commit(hashlib.sha256(piece).hexdigest())
+        assert blob.read_piece(0) == piece
+    finally:
+        busy.cancel()
         await source.stop()
 
 

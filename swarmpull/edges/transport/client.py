@@ -73,7 +73,11 @@ class PieceClient:
     Wire bytes pass the download limiter chunk by chunk before they are read on, so a
     limited node reads no faster than its limit whatever the number of transfers. Every
     transfer has a deadline (the caller's, from the source's expected rate) and a stall
-    timeout: a source that trickles or stops is given up on, never waited for."""
+    timeout: a source that trickles or stops is given up on, never waited for. Time a
+    transfer waits for its turn on our own download link is ours, not the source's: it
+    moves the deadline on (a piece of a few hundred bytes behind eight transfers on a
+    100 kB/s link waits seconds for its turn, and timed out it was asked of one source
+    after another while every one of them had answered at once)."""
 
     def __init__(
         self,
@@ -123,12 +127,13 @@ class PieceClient:
         parts = urlsplit(address)
         tls_args = self._tls_args(address, source, seed)
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(deadline) as budget:
+                turn = _Turn(self._limiter, priority, budget)
                 if parts.scheme == "http" and parts.hostname:
                     target = (parts.hostname, parts.port or 80, parts.netloc)
-                    return await self._receive(target, task_id, path, address, piece, writer, priority)
+                    return await self._receive(target, task_id, path, address, piece, writer, turn)
                 url, headers = f"{address}{path}", self._headers_for(task_id)
-                return await self._fetch(url, address, piece, writer, priority, headers, tls_args)
+                return await self._fetch(url, address, piece, writer, turn, headers, tls_args)
         except TimeoutError:
             raise PieceFetchError(Reason.TIMEOUT, f"{address} too slow or stalled on piece {piece}") from None
         except WireError as exc:
@@ -146,7 +151,7 @@ class PieceClient:
         address: str,
         piece: int,
         writer: PieceWriter,
-        priority: Priority,
+        turn: _Turn,
     ) -> Fetched:
         host, port, netloc = target
         request = piece_request(netloc, path, self._headers_for(task_id))
@@ -164,7 +169,7 @@ class PieceClient:
                 conn = await self._pool.connect(host, port, fresh=True)
                 conn.send(request)
                 await self._settle(conn, lambda: conn.head is not None)
-            fetched = await self._body(conn, address, piece, writer, priority)
+            fetched = await self._body(conn, address, piece, writer, turn)
         except BaseException:
             conn.close()
             raise
@@ -172,7 +177,7 @@ class PieceClient:
         return fetched
 
     async def _body(
-        self, conn: PieceConnection, address: str, piece: int, writer: PieceWriter, priority: Priority
+        self, conn: PieceConnection, address: str, piece: int, writer: PieceWriter, turn: _Turn
     ) -> Fetched:
         head = conn.head
         if head is None:  # _body follows a head that was read
@@ -185,14 +190,14 @@ class PieceClient:
         limited = self._limiter.rate is not None
         granted = 0
         if limited:
-            await self._limiter.acquire(min(CHUNK, length), priority)
+            await turn.take(min(CHUNK, length))
             granted = min(CHUNK, length)
         body = conn.accept_body(None if compressed else writer, length, granted if limited else UNLIMITED)
         try:
             while conn.received < length:
                 if limited and conn.budget <= 0:
                     grant = min(CHUNK, length - granted)
-                    await self._limiter.acquire(grant, priority)
+                    await turn.take(grant)
                     granted += grant
                     conn.grant(grant)
                 await self._settle(conn, lambda: conn.received >= length or (limited and conn.budget <= 0))
@@ -250,7 +255,7 @@ class PieceClient:
         address: str,
         piece: int,
         writer: PieceWriter,
-        priority: Priority,
+        turn: _Turn,
         headers: dict[str, str],
         tls_args: dict[str, Any],
     ) -> Fetched:
@@ -267,7 +272,7 @@ class PieceClient:
             body = bytearray() if compressed else None
             try:
                 async for chunk in resp.content.iter_chunked(CHUNK):
-                    await self._limiter.acquire(len(chunk), priority)
+                    await turn.take(len(chunk))
                     wire += len(chunk)
                     if self._on_wire is not None:
                         self._on_wire(len(chunk))
@@ -366,3 +371,26 @@ def _check_code(status: int, address: str, piece: int) -> None:
     if status in (429, 503):
         raise PieceFetchError(Reason.BUSY, f"{address} is busy ({status})")
     raise PieceFetchError(Reason.ERROR, f"{address} answered {status}")
+
+
+class _Turn:
+    """One transfer's turns on our download link (``limiter``): its deadline (``budget``)
+    stands still while it waits for them."""
+
+    def __init__(self, limiter: RateLimiter, priority: Priority, budget: asyncio.Timeout) -> None:
+        self._limiter = limiter
+        self._priority = priority
+        self._budget = budget
+
+    async def take(self, count: int) -> None:
+        when = self._budget.when()
+        if when is None:
+            await self._limiter.acquire(count, self._priority)
+            return
+        loop = asyncio.get_running_loop()
+        left = when - loop.time()
+        self._budget.reschedule(None)
+        try:
+            await self._limiter.acquire(count, self._priority)
+        finally:
+            self._budget.reschedule(loop.time() + left)
