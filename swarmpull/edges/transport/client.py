@@ -383,6 +383,8 @@ class _Turn:
         self._budget = budget
 
     async def take(self, count: int) -> None:
+        if self._limiter.rate is None:
+            return  # an unlimited link: no turn to wait for, and no timer to move per chunk
         when = self._budget.when()
         if when is None:
             await self._limiter.acquire(count, self._priority)
