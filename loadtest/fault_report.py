@@ -127,7 +127,7 @@ def render_faults(results: list[ModeResult]) -> str:
     lines.append("")
 
     def row(label: str, cells: list[str]) -> None:
-        lines.append(f"  {label:<34}" + "".join(f"{c:>24}" for c in cells))
+        lines.append(f"  {label:<34}" + "".join(f" {c:>23}" for c in cells))
 
     row("", [r.mode for r, _ in runs])
     row("honest survivors completed", [f"{f.completed}/{f.survivors}" for _, f in runs])

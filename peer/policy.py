@@ -17,10 +17,12 @@ from the maps parents send, the simulator from the parents' own state).
   transfers when parents are fast (each piece is ready to share sooner), more when they
   are loaded, so our link stays busy either way.
 - **Deadlines.** A transfer may take ``slack`` times what the parent's measured rate (or,
-  before a measurement, our fair share of the download link) needs for the piece, at
-  least ``min_deadline``. A transfer over its deadline is abandoned and the piece goes
-  elsewhere; a parent that fails ``bad_after`` transfers (one, for a corrupt piece) is
-  dropped and named in the next report, which is how a slow or lying source stops being
+  before a measurement, a share of the download link as slow as any) needs for the piece,
+  at least ``min_deadline``; a parent measured slower than ``slack`` times below that share
+  earns no longer deadline. A transfer over its deadline is abandoned and the piece goes
+  elsewhere, and so is one whose bytes come too slowly to finish by it (the transport's
+  watchdog); a parent that fails ``bad_after`` transfers (one, for a corrupt piece or a
+  slow one) is dropped and named in the next report, which is how a slow or lying source stops being
   handed out.
 - **Parents.** When no parent holds anything we lack for ``starve_after`` seconds, or a
   parent was dropped, the peer asks the supernode for parents (naming the idle ones).
@@ -37,6 +39,10 @@ from typing import Protocol
 
 from swarmpull.core.bitfield import full, random_bit
 from swarmpull.core.failures import FailureReason
+
+# Failures after which a parent is dropped at once: what it sent was wrong, or came at a
+# rate measured far below what the transfer needed (not a deadline missed under load).
+_AT_ONCE = (FailureReason.CORRUPT, FailureReason.SLOW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +87,8 @@ class PolicyConfig:
     slack: float = 4.0
     """A transfer gets this many times the time its expected rate needs."""
     bad_after: int = 2
-    """Failed transfers after which a parent is dropped (a corrupt piece: at once)."""
+    """Failed transfers after which a parent is dropped (a corrupt piece, or one measured
+    far too slow for its deadline: at once)."""
     busy_backoff: float = 1.0
     """Seconds a parent that refused (all upload slots busy) is not asked again."""
 
@@ -345,11 +352,14 @@ class PiecePolicy:
         self.have |= 1 << piece
         link = self.parents.get(parent_id)
         if link is not None:
-            rate = size / max(seconds, 1e-6)
-            link.rate = rate if link.rate == 0 else 0.7 * link.rate + 0.3 * rate
             link.failures = 0
-            link.report.bytes += size
-            link.report.seconds += seconds
+            # A blob's short last piece times the source's latency, not its rate: 43 bytes
+            # in half a second is no 86 B/s source (one such report degraded honest peers).
+            if size * 2 >= self.piece_size:
+                rate = size / max(seconds, 1e-6)
+                link.rate = rate if link.rate == 0 else 0.7 * link.rate + 0.3 * rate
+                link.report.bytes += size
+                link.report.seconds += seconds
         self._starving_since = None
         return [p for p in copies if p != parent_id]
 
@@ -382,7 +392,7 @@ class PiecePolicy:
         link.failures += 1
         link.report.failures += 1
         link.report.reason = reason
-        if reason is FailureReason.CORRUPT or link.failures >= self.config.bad_after:
+        if reason in _AT_ONCE or link.failures >= self.config.bad_after:
             self.bad[link.id] = None
             self._want_parents = True
             self._leave(link.id)
@@ -401,9 +411,12 @@ class PiecePolicy:
         link = self.parents.get(parent_id)
         # Unmeasured, a parent is given the time of a share of the link as slow as any:
         # its line of requests, not only its link, decides how long the first piece takes.
-        measured = link is not None and link.rate > 0
-        rate = link.rate if measured else self.download_rate / self.config.max_inflight
-        rate = min(rate, self.download_rate / max(1, sharing))
+        # Measured, its own rate (a loaded honest parent is slow), down to ``slack`` times
+        # below that share and no further: a crawling source would earn a deadline to
+        # match (a slow source's short piece once set one of 50 minutes).
+        share = self.download_rate / self.config.max_inflight
+        rate = link.rate if link is not None and link.rate > 0 else share
+        rate = min(max(rate, share / self.config.slack), self.download_rate / max(1, sharing))
         return max(self.config.min_deadline, self.config.slack * size / max(rate, 1.0))
 
     # ---------------------------------------------------------------- internals

@@ -150,9 +150,9 @@ class Presence:
         for peer_id in events.quarantined:
             self._events.emit("quarantined", peer=peer_id)
             log.warning("peer %s quarantined: it served corrupt pieces", peer_id)
-        for peer_id in events.degraded:
-            self._events.emit("degraded", peer=peer_id)
-            log.warning("peer %s degraded: it fails or is far slower than its peers", peer_id)
+        for peer_id, why in events.degraded:
+            self._events.emit("degraded", peer=peer_id, why=why)
+            log.warning("peer %s degraded: %s", peer_id, why)
         for peer_id in events.unheeded:
             self._events.emit("unheeded", peer=peer_id)
             log.warning("peer %s lost its standing: its claims about other peers were lies; ignored", peer_id)

@@ -117,7 +117,7 @@ class Events:
 
     dropped: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
-    degraded: list[str] = field(default_factory=list)
+    degraded: list[tuple[str, str]] = field(default_factory=list)  # (peer, why)
     unheeded: list[str] = field(default_factory=list)  # reporters that just lost standing
     checks: list[Check] = field(default_factory=list)
 

@@ -36,6 +36,10 @@ from supernode.scheduler.state import Member, Peer, Task
 from swarmpull.core.bitfield import full
 from swarmpull.core.failures import FailureReason
 
+# Failures that count as evidence against a source (with a second witness, or the
+# supernode's own check for a corrupt piece); ``missing``, ``busy`` and ``error`` do not.
+_WITNESSED = (FailureReason.CORRUPT, FailureReason.UNREACHABLE, FailureReason.TIMEOUT, FailureReason.SLOW)
+
 
 class Scheduler:
     """Chooses parents. One writer: its owner's event loop."""
@@ -450,15 +454,12 @@ class Scheduler:
             # A parent shares its upload among its children: per child, it looks slower
             # the more children it has. That is load, not sickness.
             self._speed.report(source.id, report.bytes, report.seconds / max(1, len(holder.children)))
-            if source.state is SourceState.ACTIVE and self._speed.degraded(source.id):
-                source.state = SourceState.DEGRADED
-                source.degraded_until = now + self.config.degraded_seconds
-                self._degraded[source.id] = None
-                events.degraded.append(source.id)
+            if self._speed.degraded(source.id):
+                self._degrade(source, now, events, "its transfers are far slower than its peers'")
         reason = report.reason
         if not report.failures or reason is None:
             return
-        if reason not in (FailureReason.CORRUPT, FailureReason.UNREACHABLE, FailureReason.TIMEOUT):
+        if reason not in _WITNESSED:
             return
         if not self._standing.counts(member.peer_id, now):
             return  # caught lying before: its claims are no evidence (said once, when it lost standing)
@@ -470,6 +471,10 @@ class Scheduler:
                 # Transfers over their deadline at a source that still delivers to others
                 # are its load (or the reporter's link), not a stall: in a rate-limited
                 # surge most sources see a few, and degrading them all starves the swarm.
+                # ``slow`` is another matter: measured while its bytes came (far too slow
+                # for the deadline), or a head and then nothing (a source waits for its
+                # upload link before it answers); an upload shared among a few slots is
+                # neither, a trickling source or one promising pieces it lacks is.
                 return
             source.failures = {r: t for r, t in source.failures.items() if t > window}
             source.failures[member.peer_id] = now
@@ -479,11 +484,17 @@ class Scheduler:
                 return
             if reason is FailureReason.UNREACHABLE:
                 events.merge(self.peer_left(source.id, now))
-            elif source.state is SourceState.ACTIVE:
-                source.state = SourceState.DEGRADED
-                source.degraded_until = now + self.config.degraded_seconds
-                self._degraded[source.id] = None
-                events.degraded.append(source.id)
+            else:
+                self._degrade(
+                    source, now, events, f"{reason.value} transfers at {len(source.failures)} requesters"
+                )
+
+    def _degrade(self, source: Peer, now: float, events: Events, why: str) -> None:
+        if source.state is SourceState.ACTIVE:
+            source.state = SourceState.DEGRADED
+            source.degraded_until = now + self.config.degraded_seconds
+            self._degraded[source.id] = None
+            events.degraded.append((source.id, why))
 
     def _corrupt_claim(self, task: Task, source: Peer, reporter: str, now: float, events: Events) -> None:
         """A requester with standing says ``source`` sent it a piece that did not match."""

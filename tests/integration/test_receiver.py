@@ -11,11 +11,15 @@ import os
 import aiohttp
 import pytest
 import zstandard
+from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from swarmpull.core.failures import FailureReason
+from swarmpull.core.rates import Priority
+from swarmpull.edges.http import HostPort, start_site
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import BlobMeta, PieceStore
-from swarmpull.edges.transport import PieceClient, PieceFetchError
+from swarmpull.edges.transport import PieceClient, PieceFetchError, PieceServer, TransferCounters
 
 PIECE = 64 * 1024
 
@@ -23,11 +27,15 @@ PIECE = 64 * 1024
 class ScriptedSource:
     """Answers the n-th request with ``answers[n]`` (bytes), then closes if asked."""
 
-    def __init__(self, answers: list[tuple[bytes, bool]]) -> None:
+    def __init__(self, answers: list[tuple[bytes, bool]], step: int = 0, every: float = 0.0) -> None:
+        """With ``step``, each answer goes out as its head, then ``step`` bytes at a time,
+        each ``every`` seconds after the last."""
         self.answers = answers
+        self.step, self.every = step, every
         self.requests = 0
         self.connections = 0
         self._server: asyncio.Server | None = None
+        self._serving: set[asyncio.Task] = set()
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -37,23 +45,37 @@ class ScriptedSource:
     async def stop(self) -> None:
         assert self._server is not None
         self._server.close()
+        for task in self._serving:  # a trickle may still be under way
+            task.cancel()
         await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
         try:
             while True:
                 await reader.readuntil(b"\r\n\r\n")
                 answer, close = self.answers[min(self.requests, len(self.answers) - 1)]
                 self.requests += 1
-                writer.write(answer)
-                await writer.drain()
+                await self._write(writer, answer)
                 if close:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self._serving.discard(task)
             writer.close()
+
+    async def _write(self, writer: asyncio.StreamWriter, answer: bytes) -> None:
+        first = answer.index(b"\r\n\r\n") + 4 if self.step else len(answer)
+        writer.write(answer[:first])
+        await writer.drain()
+        for start in range(first, len(answer), self.step or 1):
+            await asyncio.sleep(self.every)
+            writer.write(answer[start : start + self.step])
+            await writer.drain()
 
 
 def head(length: int, extra: bytes = b"") -> bytes:
@@ -178,9 +200,16 @@ async def test_waiting_for_our_own_link_is_not_held_against_the_source(blob):
         await source.stop()
 
 
-async def test_a_silent_source_is_a_timeout(blob):
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (head(PIECE), FailureReason.TIMEOUT),  # a head, then nothing: stalled (or still in line)
+        (head(PIECE) + b"x" * 10, FailureReason.SLOW),  # bytes came, far too slowly for the deadline
+    ],
+)
+async def test_a_silent_source_is_a_timeout(blob, answer, reason):
     blob, _ = blob
-    source = ScriptedSource([(head(PIECE) + b"x" * 10, False)])  # then nothing, connection open
+    source = ScriptedSource([(answer, False)])  # then nothing, connection open
     try:
         async with aiohttp.ClientSession() as session:
             client = PieceClient(session, "me")
@@ -189,6 +218,109 @@ async def test_a_silent_source_is_a_timeout(blob):
                 await client.fetch(await source.start(), blob.task_id, 0, writer, deadline=0.5)
             writer.abort()
             client.close()
-        assert caught.value.reason is FailureReason.TIMEOUT
+        assert caught.value.reason is reason
     finally:
         await source.stop()
+
+
+async def test_a_trickling_source_is_given_up_on_before_its_deadline(blob):
+    blob, data = blob
+    # 200 bytes every 0.2 s (1 kB/s): the 64 KiB piece would take 65 s, its deadline is 20 s.
+    source = ScriptedSource([(head(PIECE) + data[:PIECE], False)], step=200, every=0.2)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = PieceClient(session, "me")
+            writer = blob.writer(0)
+            with pytest.raises(PieceFetchError) as caught:
+                await client.fetch(await source.start(), blob.task_id, 0, writer, deadline=20.0)
+            writer.abort()
+            client.close()
+        # Given up by the watchdog, as slow (a deadline missed is a timeout), long before it.
+        assert caught.value.reason is FailureReason.SLOW
+        assert "far too slow for its deadline" in str(caught.value)
+    finally:
+        await source.stop()
+
+
+@pytest.mark.parametrize(
+    ("step", "every"),
+    [
+        (PIECE // 16, 0.05),  # bytes flowing fast enough for the deadline, bit by bit
+        (PIECE, 1.0),  # a head, then nothing for a second (a busy machine), then all of it
+    ],
+)
+async def test_a_source_fast_enough_for_its_deadline_is_waited_for(blob, step, every):
+    blob, data = blob
+    piece = data[:PIECE]
+    source = ScriptedSource([(head(PIECE) + piece, False)], step=step, every=every)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = PieceClient(session, "me")
+            writer = blob.writer(0)
+            await client.fetch(await source.start(), blob.task_id, 0, writer, deadline=8.0)
+            client.close()
+        writer.commit(hashlib.sha256(piece).hexdigest())
+        assert blob.read_piece(0) == piece
+    finally:
+        await source.stop()
+
+
+async def test_a_head_that_answers_and_sends_nothing_is_slow(blob):
+    blob, _ = blob
+    source = ScriptedSource([(head(PIECE), False)])  # then nothing, connection open
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = PieceClient(session, "me")
+            writer = blob.writer(0)
+            with pytest.raises(PieceFetchError) as caught:
+                await client.fetch(await source.start(), blob.task_id, 0, writer, deadline=4.0)
+            writer.abort()
+            client.close()
+        assert caught.value.reason is FailureReason.SLOW
+        assert "sent nothing" in str(caught.value)
+    finally:
+        await source.stop()
+
+
+class GatedLink(RateLimiter):
+    """An upload link that lets nothing through until ``open`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(1e9)
+        self.open = asyncio.Event()
+
+    async def acquire(self, count: int, priority: Priority = Priority.FOREGROUND) -> None:
+        await self.open.wait()
+        await super().acquire(count, priority)
+
+
+async def test_a_piece_server_answers_only_when_its_link_lets_the_body_follow(tmp_path):
+    """A source waiting for its upload link has not answered yet: its head comes with its
+    body, so a head followed by nothing means a source that sends nothing."""
+    store = PieceStore(tmp_path)
+    store.load()
+    piece = os.urandom(PIECE)
+    blob = store.create(BlobMeta("sha256-" + hashlib.sha256(piece).hexdigest(), PIECE, PIECE))
+    writer = blob.writer(0)
+    writer.write(piece)
+    writer.commit(hashlib.sha256(piece).hexdigest())
+    link = GatedLink()
+    server = PieceServer(store, TransferCounters(CollectorRegistry(), "t"), link, compression=False)
+    app = web.Application()
+    app.add_routes(server.routes())
+    runner, bound = await start_site(app, HostPort("127.0.0.1", 0))
+    try:
+        reader, sender = await asyncio.open_connection("127.0.0.1", bound.port)
+        sender.write(b"GET /pieces/%s/0 HTTP/1.1\r\nHost: x\r\n\r\n" % blob.task_id.encode())
+        with pytest.raises(TimeoutError):  # nothing while the link holds the body back
+            async with asyncio.timeout(0.5):
+                await reader.read(1)
+        link.open.set()
+        async with asyncio.timeout(10):
+            head_bytes = await reader.readuntil(b"\r\n\r\n")
+            body = await reader.readexactly(PIECE)
+        assert head_bytes.startswith(b"HTTP/1.1 200") and body == piece
+        sender.close()
+    finally:
+        await runner.cleanup()
+        store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -161,3 +162,26 @@ def test_choices_stay_within_what_parents_hold_and_the_caps(maps, steps):
         for link in p.parents.values():
             assert link.inflight <= config.per_parent
         assert p.have | full(10) == full(10)
+
+
+def test_a_parent_measured_slow_earns_a_longer_deadline_within_a_bound():
+    p = policy(count=8, rate=1e6, max_inflight=8, min_deadline=0.1)  # a 1 MB/s link
+    p.set_parents([("loaded", False, View(range(8))), ("crawl", False, View(range(8)))])
+    share = 1e6 / 8  # of the link, as slow as any
+    assert p.deadline("crawl", PIECE) == 4.0 * PIECE / share  # unmeasured: slack x that share
+    for piece, parent in p.choose(NOW, 2):
+        seconds = {"loaded": PIECE / (share / 2), "crawl": PIECE / 10e3}[parent]  # 10 kB/s
+        p.finished(piece, parent, PIECE, seconds, NOW + seconds)
+    assert p.deadline("loaded", PIECE) == pytest.approx(4.0 * PIECE / (share / 2))  # its own rate
+    assert p.deadline("crawl", PIECE) == pytest.approx(4.0 * PIECE / (share / 4))  # not 1,600 s
+
+
+def test_a_short_last_piece_sets_no_rate():
+    p = PiecePolicy(3, PIECE, PolicyConfig(), random.Random(5), download_rate=1e6)
+    p.set_parents([("a", False, View([0, 1, 2]))])
+    picks = p.choose(NOW, 3)
+    assert (2, "a") in picks
+    p.finished(2, "a", 43, 0.5, NOW + 0.5)  # 43 bytes in 0.5 s: its latency, not 86 B/s
+    assert p.parents["a"].rate == 0  # still unmeasured
+    p.finished(0, "a", PIECE, 2.0, NOW + 2.5)
+    assert p.parents["a"].rate == PIECE / 2.0

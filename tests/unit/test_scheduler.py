@@ -174,6 +174,25 @@ def test_timeouts_degrade_a_stalled_source_not_a_loaded_one():
         assert sched.state("src") is expected and (events.degraded == []) is serving
 
 
+def test_two_requesters_measuring_a_source_slow_degrade_it_though_it_delivers():
+    """``slow`` is a rate measured while the bytes came, not a missed deadline: a source
+    that trickles its pieces to everyone delivers now and then (its short ones), and is
+    degraded all the same."""
+    sched = make(parents=1, seed_children=1, children_per_parent=3.0)
+    join(sched, "src", "r1", "r2", "r3")
+    sched.join(T, "src", full(8), NOW)
+    for requester in ("r1", "r2", "r3"):
+        sched.join(T, requester, 0, NOW)
+    sched.report(T, "r3", NOW + 1, have=1, parents=[ParentReport("src", 1 << 20, 2.0, 0, None)])
+    slow = [ParentReport("src", 0, 0.0, 1, FailureReason.SLOW)]
+    _, events = sched.report(T, "r1", NOW + 2, have=0, parents=slow)
+    assert sched.state("src") is SourceState.ACTIVE  # one witness is not enough
+    _, events = sched.report(T, "r2", NOW + 2, have=0, parents=slow)
+    assert sched.state("src") is SourceState.DEGRADED and events.degraded == [
+        ("src", "slow transfers at 2 requesters")
+    ]
+
+
 def test_silent_peers_expire():
     sched = make(peer_timeout=30.0)
     join(sched, "quiet", "chatty")

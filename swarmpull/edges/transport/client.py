@@ -38,6 +38,8 @@ MAX_MAP = 16 << 20
 # read (about 4 ms for 4 MiB, the page cache and the file's blocks allocated): on the
 # event loop that was a quarter of the receiver's CPU at 1 GiB.
 PREFAULT_FROM = 1 << 20
+WATCH_EVERY = 0.25
+"""Seconds between a transfer's looks at its source's rate (at least)."""
 
 
 class PieceFetchError(Exception):
@@ -126,15 +128,18 @@ class PieceClient:
         path = f"/pieces/{task_id}/{piece}"
         parts = urlsplit(address)
         tls_args = self._tls_args(address, source, seed)
+        clock: _Clock | None = None
         try:
             async with asyncio.timeout(deadline) as budget:
-                turn = _Turn(self._limiter, priority, budget)
+                clock = _Clock(self._limiter, priority, budget)
                 if parts.scheme == "http" and parts.hostname:
                     target = (parts.hostname, parts.port or 80, parts.netloc)
-                    return await self._receive(target, task_id, path, address, piece, writer, turn)
+                    return await self._receive(target, task_id, path, address, piece, writer, clock)
                 url, headers = f"{address}{path}", self._headers_for(task_id)
-                return await self._fetch(url, address, piece, writer, turn, headers, tls_args)
+                return await self._fetch(url, address, piece, writer, clock, headers, tls_args)
         except TimeoutError:
+            if clock is not None and clock.slow:
+                raise PieceFetchError(Reason.SLOW, f"{address} on piece {piece}: {clock.slow}") from None
             raise PieceFetchError(Reason.TIMEOUT, f"{address} too slow or stalled on piece {piece}") from None
         except WireError as exc:
             raise PieceFetchError(Reason.ERROR, f"{address} answered garbage: {exc}") from None
@@ -142,6 +147,9 @@ class PieceClient:
             raise PieceFetchError(Reason.CORRUPT, f"{address}: {exc}") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             raise PieceFetchError(Reason.UNREACHABLE, f"{address}: {exc or type(exc).__name__}") from None
+        finally:
+            if clock is not None:
+                clock.stop()
 
     async def _receive(
         self,
@@ -151,7 +159,7 @@ class PieceClient:
         address: str,
         piece: int,
         writer: PieceWriter,
-        turn: _Turn,
+        clock: _Clock,
     ) -> Fetched:
         host, port, netloc = target
         request = piece_request(netloc, path, self._headers_for(task_id))
@@ -169,7 +177,7 @@ class PieceClient:
                 conn = await self._pool.connect(host, port, fresh=True)
                 conn.send(request)
                 await self._settle(conn, lambda: conn.head is not None)
-            fetched = await self._body(conn, address, piece, writer, turn)
+            fetched = await self._body(conn, address, piece, writer, clock)
         except BaseException:
             conn.close()
             raise
@@ -177,7 +185,7 @@ class PieceClient:
         return fetched
 
     async def _body(
-        self, conn: PieceConnection, address: str, piece: int, writer: PieceWriter, turn: _Turn
+        self, conn: PieceConnection, address: str, piece: int, writer: PieceWriter, clock: _Clock
     ) -> Fetched:
         head = conn.head
         if head is None:  # _body follows a head that was read
@@ -190,14 +198,15 @@ class PieceClient:
         limited = self._limiter.rate is not None
         granted = 0
         if limited:
-            await turn.take(min(CHUNK, length))
+            await clock.take(min(CHUNK, length))
             granted = min(CHUNK, length)
         body = conn.accept_body(None if compressed else writer, length, granted if limited else UNLIMITED)
+        clock.watch(length, lambda: conn.received)
         try:
             while conn.received < length:
                 if limited and conn.budget <= 0:
                     grant = min(CHUNK, length - granted)
-                    await turn.take(grant)
+                    await clock.take(grant)
                     granted += grant
                     conn.grant(grant)
                 await self._settle(conn, lambda: conn.received >= length or (limited and conn.budget <= 0))
@@ -255,7 +264,7 @@ class PieceClient:
         address: str,
         piece: int,
         writer: PieceWriter,
-        turn: _Turn,
+        clock: _Clock,
         headers: dict[str, str],
         tls_args: dict[str, Any],
     ) -> Fetched:
@@ -270,9 +279,10 @@ class PieceClient:
             ):
                 raise PieceFetchError(Reason.CORRUPT, f"{address}: piece {piece} has the wrong length")
             body = bytearray() if compressed else None
+            clock.watch(resp.content_length or writer.length, lambda: resp.content.total_bytes)
             try:
                 async for chunk in resp.content.iter_chunked(CHUNK):
-                    await turn.take(len(chunk))
+                    await clock.take(len(chunk))
                     wire += len(chunk)
                     if self._on_wire is not None:
                         self._on_wire(len(chunk))
@@ -373,14 +383,31 @@ def _check_code(status: int, address: str, piece: int) -> None:
     raise PieceFetchError(Reason.ERROR, f"{address} answered {status}")
 
 
-class _Turn:
-    """One transfer's turns on our download link (``limiter``): its deadline (``budget``)
-    stands still while it waits for them."""
+class _Clock:
+    """One transfer's clock: its turns on our download link (``limiter``), during which
+    its deadline (``budget``) stands still, and a watchdog over the source's bytes.
+
+    Once the body flows, the watchdog looks at the source's rate every ``WATCH_EVERY``
+    (at least; an eighth of the deadline for long ones): a source whose bytes come so
+    slowly that the piece would take over twice its deadline is given up on then, as
+    ``slow``, not at the deadline (a source
+    that sends a few bytes now and then held a transfer, and one of our slots, for its
+    whole deadline). So is one that answered and then sent nothing for four looks: a
+    source waits for its upload link before its head, not between head and body."""
 
     def __init__(self, limiter: RateLimiter, priority: Priority, budget: asyncio.Timeout) -> None:
         self._limiter = limiter
         self._priority = priority
         self._budget = budget
+        self._loop = asyncio.get_running_loop()
+        self._received: Callable[[], int] | None = None
+        self._length = 0
+        self._started = 0.0
+        self._every = WATCH_EVERY
+        self._waits = 0  # turns on our link under way: the watchdog does not count them
+        self._waited = 0.0  # seconds spent waiting for them since the body started
+        self._watch: asyncio.TimerHandle | None = None
+        self.slow: str | None = None  # why the watchdog gave up, when it did
 
     async def take(self, count: int) -> None:
         if self._limiter.rate is None:
@@ -389,10 +416,54 @@ class _Turn:
         if when is None:
             await self._limiter.acquire(count, self._priority)
             return
-        loop = asyncio.get_running_loop()
-        left = when - loop.time()
+        started = self._loop.time()
+        left = when - started
         self._budget.reschedule(None)
+        self._waits += 1
         try:
             await self._limiter.acquire(count, self._priority)
         finally:
-            self._budget.reschedule(loop.time() + left)
+            self._waits -= 1
+            now = self._loop.time()
+            self._waited += now - started
+            self._budget.reschedule(now + left)
+
+    def watch(self, length: int, received: Callable[[], int]) -> None:
+        """The body (``length`` bytes on the wire) started; ``received()``: its bytes so far."""
+        when = self._budget.when()
+        if when is None:
+            return
+        self._received, self._length = received, length
+        self._started, self._waited = self._loop.time(), 0.0
+        self._every = max(WATCH_EVERY, (when - self._started) / 8)
+        self._watch = self._loop.call_later(self._every, self._look)
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    def _look(self) -> None:
+        self._watch = None
+        when, received = self._budget.when(), self._received
+        if received is None or self._waits:  # waiting for our link: not the source's time
+            self._watch = self._loop.call_later(self._every, self._look)
+            return
+        if when is None:
+            return
+        now = self._loop.time()
+        got = received()
+        seconds = now - self._started - self._waited
+        # Over twice the deadline at this rate: far too slow, not a source that might just
+        # miss it (left to the deadline, and its timeout counts for less).
+        if got == 0 and seconds >= 4 * self._every:
+            # A head says the body follows at once (a source waits for its upload link
+            # before it answers): a source that answered and sent nothing since promised
+            # a piece it does not send.
+            self.slow = f"answered, then sent nothing for {seconds:.2f} s"
+        elif got > 0 and seconds > 0 and (self._length - got) * seconds / got > 2 * (when - now) + seconds:
+            self.slow = f"{got} of {self._length} bytes in {seconds:.2f} s: far too slow for its deadline"
+        if self.slow:
+            self._budget.reschedule(now)  # the transfer's deadline, now
+            return
+        self._watch = self._loop.call_later(self._every, self._look)

@@ -35,7 +35,16 @@ async def send_region(
     on_sent: Callable[[int], None],
 ) -> None:
     """Prepare ``resp`` (its Content-Length set) and send ``length`` bytes of ``fd`` from
-    ``offset`` as its body. Raises ConnectionResetError if the requester goes."""
+    ``offset`` as its body. Raises ConnectionResetError if the requester goes.
+
+    The first grant is waited for before the head goes out, so that the body follows its
+    head at once (as it does on aiohttp's own path, which holds the head for the first
+    write): a requester can then tell a source that answers and sends nothing (a lie, or
+    a frozen node) from one waiting for its upload link."""
+    ready = 0  # bytes granted ahead of the head
+    if limiter.rate is not None and length:
+        ready = min(GRANT, length)
+        await limiter.acquire(ready)
     writer = await resp.prepare(request)
     transport = request.transport
     if writer is None or transport is None:
@@ -50,7 +59,9 @@ async def send_region(
         sent = 0
         while sent < length:
             grant = length - sent
-            if limiter.rate is not None:
+            if ready:
+                grant, ready = ready, 0
+            elif limiter.rate is not None:
                 grant = min(GRANT, grant)
                 await limiter.acquire(grant)
             end = sent + grant
