@@ -413,7 +413,7 @@ class _Clock:
         if self._limiter.rate is None:
             return  # an unlimited link: no turn to wait for, and no timer to move per chunk
         when = self._budget.when()
-        if when is None:
+        if when is None or self._budget.expired():  # over: the wait ends at its first await
             await self._limiter.acquire(count, self._priority)
             return
         started = self._loop.time()
@@ -445,6 +445,8 @@ class _Clock:
 
     def _look(self) -> None:
         self._watch = None
+        if self._budget.expired():  # the deadline came first, in this turn of the loop
+            return
         when, received = self._budget.when(), self._received
         if received is None or self._waits:  # waiting for our link: not the source's time
             self._watch = self._loop.call_later(self._every, self._look)
