@@ -26,6 +26,8 @@ from the maps parents send, the simulator from the parents' own state).
   handed out.
 - **Parents.** When no parent holds anything we lack for ``starve_after`` seconds, or a
   parent was dropped, the peer asks the supernode for parents (naming the idle ones).
+  Each answer that came while starving and brought no piece doubles that wait, and
+  ``idle_after``, up to 8 times; the next piece received ends the patience.
 - **Endgame.** Once every missing piece is in flight and at most ``endgame`` are missing,
   a piece in flight longer than its expected time gets a second parent; the first copy
   wins.
@@ -43,6 +45,9 @@ from swarmpull.core.failures import FailureReason
 # Failures after which a parent is dropped at once: what it sent was wrong, or came at a
 # rate measured far below what the transfer needed (not a deadline missed under load).
 _AT_ONCE = (FailureReason.CORRUPT, FailureReason.SLOW)
+
+
+MAX_VAIN = 3  # at most 8 times as patient with parents that hold nothing for us
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +167,7 @@ class PiecePolicy:
         self._departed: dict[str, Report] = {}  # what parents that left did, for the report
         self.download_rate = download_rate or 100e6
         self._starving_since: float | None = None
+        self._vain = 0  # answers in a row that came while we starved, with no piece since
         self._want_parents = True
 
     def __repr__(self) -> str:
@@ -203,6 +209,8 @@ class PiecePolicy:
                 self._departed[parent_id] = link.report
         self.parents = keep
         self._want_parents = False
+        if self._starving_since is not None:  # asked while starving: was it worth it?
+            self._vain = min(self._vain + 1, MAX_VAIN)
         self._starving_since = None
 
     def needs_parents(self, now: float) -> bool:
@@ -212,13 +220,22 @@ class PiecePolicy:
         if self._want_parents or not self.parents:
             return True
         since = self._starving_since
-        if since is not None and now - since >= self.config.starve_after:
+        if since is not None and now - since >= self.config.starve_after * self._patience:
             return True
         return any(self._idle(link, now) for link in self.parents.values())
 
+    @property
+    def _patience(self) -> int:
+        """How many times ``starve_after`` and ``idle_after`` we wait: doubled by each
+        answer that came while we starved and brought no piece before we starved again
+        (early in a big surge almost nobody holds anything, and asking every half second
+        only churns parents and the supernode), back to 1 with the next piece."""
+        return 1 << self._vain
+
     def _idle(self, link: ParentLink, now: float) -> bool:
         since = link.idle_since
-        return since is not None and not link.inflight and now - since >= self.config.idle_after
+        patience = self.config.idle_after * self._patience
+        return since is not None and not link.inflight and now - since >= patience
 
     def take_report(self, now: float) -> tuple[dict[str, Report], list[str], list[str]]:
         """What to tell the supernode: per parent, then idle and bad parents to drop."""
@@ -350,6 +367,7 @@ class PiecePolicy:
         other copies in flight, to cancel."""
         copies = self._stop(piece)
         self.have |= 1 << piece
+        self._vain = 0
         link = self.parents.get(parent_id)
         if link is not None:
             link.failures = 0

@@ -185,3 +185,24 @@ def test_a_short_last_piece_sets_no_rate():
     assert p.parents["a"].rate == 0  # still unmeasured
     p.finished(0, "a", PIECE, 2.0, NOW + 2.5)
     assert p.parents["a"].rate == PIECE / 2.0
+
+
+def test_asks_for_parents_slow_down_while_answers_bring_nothing():
+    p = policy(count=4, starve_after=0.5)
+    p.set_parents([("empty", False, View())])
+    now = NOW
+    waits = []
+    for _ in range(5):
+        assert p.choose(now, 4) == []  # nothing to fetch: starving from now
+        start = now
+        while not p.needs_parents(now):
+            now += 0.25
+        waits.append(now - start)
+        p.set_parents([("empty", False, View())])  # the answer: parents that hold nothing
+    assert waits == [0.5, 1.0, 2.0, 4.0, 4.0]  # doubling, at most 8 times starve_after
+    p.set_parents([("full", False, View(range(4)))])
+    ((piece, parent),) = p.choose(now, 1)
+    p.finished(piece, parent, PIECE, 1.0, now + 1)  # a piece: patience over
+    p.set_parents([("empty", False, View())])
+    now += 1
+    assert p.choose(now, 4) == [] and not p.needs_parents(now + 0.25) and p.needs_parents(now + 0.5)
