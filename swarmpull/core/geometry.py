@@ -17,9 +17,10 @@ MAX_PIECE_SIZE = 64 << 20
 TARGET_PIECES = 256
 
 
-def choose_piece_size(size: int) -> int:
-    """The piece size for a blob of ``size`` bytes (see the module docstring)."""
-    piece = MIN_PIECE_SIZE
+def choose_piece_size(size: int, smallest: int = MIN_PIECE_SIZE) -> int:
+    """The piece size for a blob of ``size`` bytes (see the module docstring); the load
+    test's small images take a smaller ``smallest``."""
+    piece = smallest
     while piece < MAX_PIECE_SIZE and piece * TARGET_PIECES < size:
         piece *= 2
     return piece
