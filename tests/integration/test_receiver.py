@@ -294,32 +294,37 @@ class GatedLink(RateLimiter):
         await super().acquire(count, priority)
 
 
-async def test_a_piece_server_answers_only_when_its_link_lets_the_body_follow(tmp_path):
+@pytest.mark.parametrize("compressible", [False, True])  # sendfile; aiohttp's own writes
+async def test_a_piece_server_answers_only_when_its_link_lets_the_body_follow(tmp_path, compressible):
     """A source waiting for its upload link has not answered yet: its head comes with its
     body, so a head followed by nothing means a source that sends nothing."""
     store = PieceStore(tmp_path)
     store.load()
-    piece = os.urandom(PIECE)
+    piece = bytes(PIECE) if compressible else os.urandom(PIECE)
     blob = store.create(BlobMeta("sha256-" + hashlib.sha256(piece).hexdigest(), PIECE, PIECE))
     writer = blob.writer(0)
     writer.write(piece)
     writer.commit(hashlib.sha256(piece).hexdigest())
     link = GatedLink()
-    server = PieceServer(store, TransferCounters(CollectorRegistry(), "t"), link, compression=False)
+    server = PieceServer(store, TransferCounters(CollectorRegistry(), "t"), link, compression=compressible)
     app = web.Application()
     app.add_routes(server.routes())
     runner, bound = await start_site(app, HostPort("127.0.0.1", 0))
     try:
         reader, sender = await asyncio.open_connection("127.0.0.1", bound.port)
-        sender.write(b"GET /pieces/%s/0 HTTP/1.1\r\nHost: x\r\n\r\n" % blob.task_id.encode())
+        zstd = b"Accept-Encoding: zstd\r\n" if compressible else b""
+        sender.write(b"GET /pieces/%s/0 HTTP/1.1\r\nHost: x\r\n%s\r\n" % (blob.task_id.encode(), zstd))
         with pytest.raises(TimeoutError):  # nothing while the link holds the body back
             async with asyncio.timeout(0.5):
                 await reader.read(1)
         link.open.set()
         async with asyncio.timeout(10):
             head_bytes = await reader.readuntil(b"\r\n\r\n")
-            body = await reader.readexactly(PIECE)
-        assert head_bytes.startswith(b"HTTP/1.1 200") and body == piece
+            length = int(head_bytes.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+        assert head_bytes.startswith(b"HTTP/1.1 200")
+        assert (b"zstd" in head_bytes.lower()) is compressible
+        assert (zstandard.ZstdDecompressor().decompress(body, PIECE) if compressible else body) == piece
         sender.close()
     finally:
         await runner.cleanup()

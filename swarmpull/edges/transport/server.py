@@ -16,7 +16,9 @@ Both answer 403 (JSON, no byte) without a valid capability for the task (``gate`
 At most ``slots`` uploads run at once; up to ``queue`` more wait for a slot in arrival
 order (a requester that pipelines requests keeps our link busy between pieces), and one
 more is refused at once. Bytes pass the upload limiter chunk by chunk, so the node's
-upload rate holds whatever the number of requesters. A piece that does not compress goes
+upload rate holds whatever the number of requesters; the head goes out with the first
+chunk's turn, never before it (requesters give up on a source that answers and then
+sends nothing). A piece that does not compress goes
 out with ``sendfile`` from the page cache (``sendfile``); only a piece that compresses is
 read into memory (and its compressed form cached). Only checked bytes leave: a piece
 of a blob not re-hashed since a restart is checked before it is sent.
@@ -248,11 +250,15 @@ class PieceServer:
                 if len(body) != length:
                     return json_error(404, "NOT_FOUND", f"piece {piece} could not be read")
             resp.content_length = len(body)
-            await resp.prepare(request)
             data = memoryview(body)
+            # The first chunk's turn before the head (aiohttp sends it at once): the body
+            # follows its head without a pause, so a head and then nothing is a lie.
+            await self._limiter.acquire(min(CHUNK, len(data)))
+            await resp.prepare(request)
             for start in range(0, len(data), CHUNK):
                 chunk = data[start : start + CHUNK]
-                await self._limiter.acquire(len(chunk))
+                if start:
+                    await self._limiter.acquire(len(chunk))
                 await resp.write(chunk)
                 self._counters.upload_bytes.inc(len(chunk))
             await resp.write_eof()
