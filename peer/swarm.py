@@ -208,14 +208,14 @@ class SwarmFetch:
         except PieceFetchError as exc:
             writer.abort()
             self._metrics.pieces.labels("failed").inc()
-            self._failed_event(piece, parent_id, exc.reason)
+            self._failed_event(piece, parent_id, exc.reason, str(exc))
             log.debug("piece %d from %s: %s", piece, parent_id, exc)
             policy.failed(piece, parent_id, exc.reason, self._clock.monotonic())
             return
         except PieceCorrupt as exc:
             writer.abort()
             self._metrics.pieces.labels("corrupt").inc()
-            self._failed_event(piece, parent_id, FailureReason.CORRUPT)
+            self._failed_event(piece, parent_id, FailureReason.CORRUPT, str(exc))
             log.warning("corrupt piece from %s (%s): %s", parent_id, parent.info.address, exc)
             policy.failed(piece, parent_id, FailureReason.CORRUPT, self._clock.monotonic())
             return
@@ -254,9 +254,9 @@ class SwarmFetch:
             self._metrics.transfers.saved.labels("download").inc(fetched.saved)
         self._on_progress()
 
-    def _failed_event(self, piece: int, parent_id: str, reason: FailureReason) -> None:
+    def _failed_event(self, piece: int, parent_id: str, reason: FailureReason, why: str) -> None:
         self._events.emit(
-            "piece_failed", task=self.task_id, piece=piece, source=parent_id, reason=reason.value
+            "piece_failed", task=self.task_id, piece=piece, source=parent_id, reason=reason.value, why=why
         )
 
     # --------------------------------------------------------------- parents

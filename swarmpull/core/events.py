@@ -27,7 +27,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "peer_left": ("peer", "why"),
     "parents_assigned": ("task", "peer", "parents"),
     "quarantined": ("peer",),
-    "degraded": ("peer",),
+    "degraded": ("peer", "why"),
     "unheeded": ("peer",),
     # both: a task opened (supernode: created or taken over; peer: a download started)
     # and finished (supernode: the upstream read ended; peer: the blob is verified or failed)
@@ -36,7 +36,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "upstream_read": ("task", "bytes"),
     # peer
     "piece_finished": ("task", "piece", "source", "seed", "bytes", "seconds"),
-    "piece_failed": ("task", "piece", "source", "reason"),
+    "piece_failed": ("task", "piece", "source", "reason", "why"),
     "fallback": ("task", "reason"),
 }
 
