@@ -20,10 +20,10 @@ from the maps parents send, the simulator from the parents' own state).
   before a measurement, a share of the download link as slow as any) needs for the piece,
   at least ``min_deadline``; a parent measured slower than ``slack`` times below that share
   earns no longer deadline. A transfer over its deadline is abandoned and the piece goes
-  elsewhere, and so is one whose bytes come too slowly to finish by it (the transport's
-  watchdog); a parent that fails ``bad_after`` transfers (one, for a corrupt piece or a
-  slow one) is dropped and named in the next report, which is how a slow or lying source stops being
-  handed out.
+  elsewhere, and so is one whose bytes come far too slowly or not at all (the transport's
+  watchdog: ``slow``); a parent that fails ``bad_after`` transfers (one, for a corrupt
+  piece or a slow one) is dropped and named in the next report, which is how a slow or
+  lying source stops being handed out.
 - **Parents.** When no parent holds anything we lack for ``starve_after`` seconds, or a
   parent was dropped, the peer asks the supernode for parents (naming the idle ones).
   Each answer that came while starving and brought no piece doubles that wait, and
@@ -45,7 +45,6 @@ from swarmpull.core.failures import FailureReason
 # Failures after which a parent is dropped at once: what it sent was wrong, or came at a
 # rate measured far below what the transfer needed (not a deadline missed under load).
 _AT_ONCE = (FailureReason.CORRUPT, FailureReason.SLOW)
-
 
 MAX_VAIN = 3  # at most 8 times as patient with parents that hold nothing for us
 

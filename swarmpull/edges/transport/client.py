@@ -387,13 +387,13 @@ class _Clock:
     """One transfer's clock: its turns on our download link (``limiter``), during which
     its deadline (``budget``) stands still, and a watchdog over the source's bytes.
 
-    Once the body flows, the watchdog looks at the source's rate every ``WATCH_EVERY``
-    (at least; an eighth of the deadline for long ones): a source whose bytes come so
-    slowly that the piece would take over twice its deadline is given up on then, as
-    ``slow``, not at the deadline (a source
-    that sends a few bytes now and then held a transfer, and one of our slots, for its
-    whole deadline). So is one that answered and then sent nothing for four looks: a
-    source waits for its upload link before its head, not between head and body."""
+    From the head on, the watchdog looks at the source's bytes every ``WATCH_EVERY`` (at
+    least; an eighth of the deadline for long ones) and ends the transfer as ``slow``,
+    rather than holding it and one of our slots to the deadline, when they come so slowly
+    that the piece would take over twice its deadline (a source that sends a few bytes
+    now and then), or when none came for four looks (a source waits for its upload link
+    before it answers, not between head and body: one that answers and sends nothing
+    promised a piece it does not send)."""
 
     def __init__(self, limiter: RateLimiter, priority: Priority, budget: asyncio.Timeout) -> None:
         self._limiter = limiter
@@ -445,27 +445,20 @@ class _Clock:
 
     def _look(self) -> None:
         self._watch = None
-        if self._budget.expired():  # the deadline came first, in this turn of the loop
-            return
         when, received = self._budget.when(), self._received
-        if received is None or self._waits:  # waiting for our link: not the source's time
+        if self._budget.expired() or when is None or received is None:
+            return  # the deadline came first, in this turn of the loop
+        if self._waits:  # waiting for our own link: not the source's time
             self._watch = self._loop.call_later(self._every, self._look)
-            return
-        if when is None:
             return
         now = self._loop.time()
         got = received()
         seconds = now - self._started - self._waited
-        # Over twice the deadline at this rate: far too slow, not a source that might just
-        # miss it (left to the deadline, and its timeout counts for less).
         if got == 0 and seconds >= 4 * self._every:
-            # A head says the body follows at once (a source waits for its upload link
-            # before it answers): a source that answered and sent nothing since promised
-            # a piece it does not send.
             self.slow = f"answered, then sent nothing for {seconds:.2f} s"
         elif got > 0 and seconds > 0 and (self._length - got) * seconds / got > 2 * (when - now) + seconds:
             self.slow = f"{got} of {self._length} bytes in {seconds:.2f} s: far too slow for its deadline"
         if self.slow:
             self._budget.reschedule(now)  # the transfer's deadline, now
-            return
-        self._watch = self._loop.call_later(self._every, self._look)
+        else:
+            self._watch = self._loop.call_later(self._every, self._look)

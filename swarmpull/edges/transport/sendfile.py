@@ -38,9 +38,9 @@ async def send_region(
     ``offset`` as its body. Raises ConnectionResetError if the requester goes.
 
     The first grant is waited for before the head goes out, so that the body follows its
-    head at once (as it does on aiohttp's own path, which holds the head for the first
-    write): a requester can then tell a source that answers and sends nothing (a lie, or
-    a frozen node) from one waiting for its upload link."""
+    head at once (the piece server's other path does the same): a requester can then tell
+    a source that answers and sends nothing (a lie, or a frozen node) from one waiting
+    for its upload link."""
     ready = 0  # bytes granted ahead of the head
     if limiter.rate is not None and length:
         ready = min(GRANT, length)
