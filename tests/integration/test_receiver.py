@@ -105,6 +105,18 @@ async def fetch(address: str, blob, piece: int = 0):
             client.close()
 
 
+async def failed_fetch(source: ScriptedSource, blob, deadline: float) -> PieceFetchError:
+    """Fetch piece 0 from ``source``, which must fail; the error, nothing recorded."""
+    async with aiohttp.ClientSession() as session:
+        client = PieceClient(session, "me")
+        writer = blob.writer(0)
+        with pytest.raises(PieceFetchError) as caught:
+            await client.fetch(await source.start(), blob.task_id, 0, writer, deadline=deadline)
+        writer.abort()
+        client.close()
+    return caught.value
+
+
 def blob_data(blob, piece):
     return blob._expected[piece]
 
@@ -211,14 +223,7 @@ async def test_a_silent_source_is_a_timeout(blob, answer, reason):
     blob, _ = blob
     source = ScriptedSource([(answer, False)])  # then nothing, connection open
     try:
-        async with aiohttp.ClientSession() as session:
-            client = PieceClient(session, "me")
-            writer = blob.writer(0)
-            with pytest.raises(PieceFetchError) as caught:
-                await client.fetch(await source.start(), blob.task_id, 0, writer, deadline=0.5)
-            writer.abort()
-            client.close()
-        assert caught.value.reason is reason
+        assert (await failed_fetch(source, blob, deadline=0.5)).reason is reason
     finally:
         await source.stop()
 
@@ -228,16 +233,10 @@ async def test_a_trickling_source_is_given_up_on_before_its_deadline(blob):
     # 200 bytes every 0.2 s (1 kB/s): the 64 KiB piece would take 65 s, its deadline is 20 s.
     source = ScriptedSource([(head(PIECE) + data[:PIECE], False)], step=200, every=0.2)
     try:
-        async with aiohttp.ClientSession() as session:
-            client = PieceClient(session, "me")
-            writer = blob.writer(0)
-            with pytest.raises(PieceFetchError) as caught:
-                await client.fetch(await source.start(), blob.task_id, 0, writer, deadline=20.0)
-            writer.abort()
-            client.close()
+        error = await failed_fetch(source, blob, deadline=20.0)
         # Given up by the watchdog, as slow (a deadline missed is a timeout), long before it.
-        assert caught.value.reason is FailureReason.SLOW
-        assert "far too slow for its deadline" in str(caught.value)
+        assert error.reason is FailureReason.SLOW
+        assert "far too slow for its deadline" in str(error)
     finally:
         await source.stop()
 
@@ -269,15 +268,9 @@ async def test_a_head_that_answers_and_sends_nothing_is_slow(blob):
     blob, _ = blob
     source = ScriptedSource([(head(PIECE), False)])  # then nothing, connection open
     try:
-        async with aiohttp.ClientSession() as session:
-            client = PieceClient(session, "me")
-            writer = blob.writer(0)
-            with pytest.raises(PieceFetchError) as caught:
-                await client.fetch(await source.start(), blob.task_id, 0, writer, deadline=4.0)
-            writer.abort()
-            client.close()
-        assert caught.value.reason is FailureReason.SLOW
-        assert "sent nothing" in str(caught.value)
+        error = await failed_fetch(source, blob, deadline=4.0)
+        assert error.reason is FailureReason.SLOW
+        assert "sent nothing" in str(error)
     finally:
         await source.stop()
 
