@@ -264,7 +264,7 @@ class SwarmSimulation:
         self._egress.append((self.now, sent))
         self.scheduler.piece_seeded(layer.id, piece)
         layer.seeded.bits |= 1 << piece
-        self._wake(self._seed_waiting.get(layer.id, set()))
+        self._wake(self._seed_waiting.get(layer.id, set()), layer.id)
 
     # --------------------------------------------------------------- the nodes
 
@@ -410,12 +410,13 @@ class SwarmSimulation:
         if download.idle:
             self._fill(node, download)
 
-    def _wake(self, nodes: list[_Node] | set[_Node]) -> None:
+    def _wake(self, nodes: set[_Node], task: str) -> None:
+        """``task``'s pieces came to a parent or the seed: its waiting children look again."""
         for child in list(nodes):
-            for download in child.downloads.values():
-                if download.idle:
-                    download.idle = False
-                    self._fill(child, download)
+            download = child.downloads.get(task)
+            if download is not None and download.idle:
+                download.idle = False
+                self._fill(child, download)
 
     def _on_transfer(self, data: tuple[_Node, _Download, int, str]) -> None:
         node, download, piece, parent_id = data
@@ -461,7 +462,7 @@ class SwarmSimulation:
                 self._upload_ended(other.payload[4])
         download.map.bits |= 1 << piece
         self.sources["seed" if parent_id == SEED else "peer"] += flow.size
-        self._wake(node.watchers.get(download.layer.id, ()))
+        self._wake(node.watchers.get(download.layer.id, set()), download.layer.id)
         if policy.done:
             download.done_at = now
             self._report_soon(node, download)  # a complete source now
