@@ -122,7 +122,9 @@ class _Node:
         self.done_at: float | None = None
         self.downloads: dict[str, _Download] = {}
         self.share = LinkShare()  # its link, oldest download first, as the daemon's
-        self.watchers: dict[str, set[_Node]] = {}  # task -> children that wait on our pieces
+        # task -> children that wait on our pieces (insertion-ordered, so a run is the same
+        # every time: a set orders by address)
+        self.watchers: dict[str, dict[_Node, None]] = {}
 
 
 class SwarmSimulation:
@@ -151,7 +153,7 @@ class SwarmSimulation:
         self._open = config.nodes  # nodes neither done nor failed
         self.sources = {"peer": 0.0, "seed": 0.0}  # bytes received, by kind of source
         self._egress: list[tuple[float, int]] = [(0.0, 0)]  # registry bytes sent over time
-        self._seed_waiting: dict[str, set[_Node]] = {}  # task -> nodes waiting on the seed
+        self._seed_waiting: dict[str, dict[_Node, None]] = {}  # task -> nodes waiting on the seed
         self._build()
 
     def _build(self) -> None:
@@ -264,7 +266,7 @@ class SwarmSimulation:
         self._egress.append((self.now, sent))
         self.scheduler.piece_seeded(layer.id, piece)
         layer.seeded.bits |= 1 << piece
-        self._wake(self._seed_waiting.get(layer.id, set()), layer.id)
+        self._wake(self._seed_waiting.get(layer.id, {}), layer.id)
 
     # --------------------------------------------------------------- the nodes
 
@@ -341,7 +343,7 @@ class SwarmSimulation:
         for download, parents in answers:
             task = download.layer.id
             for link in download.policy.parents.values():
-                self._watchers(link.id, task).discard(node)
+                self._watchers(link.id, task).pop(node, None)
             views = []
             for parent in parents:
                 if parent.seed:
@@ -372,10 +374,10 @@ class SwarmSimulation:
     def _waker(self, node: _Node, download: _Download) -> Callable[[], None]:
         return lambda: self._fill(node, download)
 
-    def _watchers(self, parent_id: str, task: str) -> set[_Node]:
+    def _watchers(self, parent_id: str, task: str) -> dict[_Node, None]:
         if parent_id == SEED:
-            return self._seed_waiting.setdefault(task, set())
-        return self.nodes[parent_id].watchers.setdefault(task, set())
+            return self._seed_waiting.setdefault(task, {})
+        return self.nodes[parent_id].watchers.setdefault(task, {})
 
     def _fill(self, node: _Node, download: _Download) -> None:
         """Start what the policy chooses; wait on the parents if it chooses nothing."""
@@ -392,16 +394,16 @@ class SwarmSimulation:
             for link in policy.parents.values():
                 watchers = self._watchers(link.id, task)
                 if waiting:
-                    watchers.add(node)
+                    watchers[node] = None
                 else:
-                    watchers.discard(node)
+                    watchers.pop(node, None)
         if policy.needs_parents(self.now):
             if download.due != 0.0:
                 self._report_soon(node, download)
         elif waiting and download.recheck == math.inf:
             # The daemon looks again every ``wake_interval`` while it waits (``SwarmFetch``): a
             # starving or idle parent set is noticed then, not at the next report.
-            download.recheck = self.now + self.config.policy.wake_interval
+            download.recheck = self.now + download.policy.wake_interval
             self._at(download.recheck, "recheck", (node, download))
 
     def _on_recheck(self, data: tuple[_Node, _Download]) -> None:
@@ -410,7 +412,7 @@ class SwarmSimulation:
         if download.idle:
             self._fill(node, download)
 
-    def _wake(self, nodes: set[_Node], task: str) -> None:
+    def _wake(self, nodes: dict[_Node, None], task: str) -> None:
         """``task``'s pieces came to a parent or the seed: its waiting children look again."""
         for child in list(nodes):
             download = child.downloads.get(task)
@@ -462,7 +464,7 @@ class SwarmSimulation:
                 self._upload_ended(other.payload[4])
         download.map.bits |= 1 << piece
         self.sources["seed" if parent_id == SEED else "peer"] += flow.size
-        self._wake(node.watchers.get(download.layer.id, set()), download.layer.id)
+        self._wake(node.watchers.get(download.layer.id, {}), download.layer.id)
         if policy.done:
             download.done_at = now
             self._report_soon(node, download)  # a complete source now
