@@ -86,6 +86,14 @@ class PolicyConfig:
     wake_interval: float = 1.0
     """Seconds between looks at the parents while a download waits on them (that is when
     starving and idle parents are noticed)."""
+    idle_pieces: float = 8.0
+    """On a fast link ``idle_after`` and ``wake_interval`` shrink to this many piece times
+    (the piece size over the download rate), never below ``quick_floor``: at 1 Gbit/s a
+    4 MiB piece takes 34 ms, and a parent kept 2 s with nothing new wastes the time of
+    sixty pieces. Simulated, 300 nodes x 1 GiB at 1 Gbit/s: p99 1.36x with 2 s and 1 s,
+    1.20x with 0.25 s (calls +20 %). Slow links (the default surge: 64 KiB at 100 kB/s)
+    keep the seconds above."""
+    quick_floor: float = 0.25
     min_deadline: float = 2.0
     """A transfer always gets this long."""
     slack: float = 4.0
@@ -100,6 +108,8 @@ class PolicyConfig:
         for name in ("max_inflight", "per_parent", "endgame", "bad_after"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PolicyConfig.{name} must be at least 1")
+        if self.idle_pieces <= 0 or self.quick_floor <= 0:
+            raise ValueError("PolicyConfig.idle_pieces and quick_floor must be positive")
 
 
 class MapView(Protocol):
@@ -165,9 +175,13 @@ class PiecePolicy:
         self.bad: dict[str, None] = {}  # failing parents to name in the next report
         self._departed: dict[str, Report] = {}  # what parents that left did, for the report
         self.download_rate = download_rate or 100e6
+        quick = max(config.quick_floor, config.idle_pieces * piece_size / self.download_rate)
+        self.idle_after = min(config.idle_after, quick)
+        self.wake_interval = min(config.wake_interval, quick)  # looks at the parents while waiting
         self._starving_since: float | None = None
         self._vain = 0  # answers in a row that came while we starved, with no piece since
         self._want_parents = True
+        self._behind = False  # older downloads fill the link (``choose``)
 
     def __repr__(self) -> str:
         return f"<PiecePolicy {self.have.bit_count()}/{self.count} inflight={len(self.inflight)}>"
@@ -233,7 +247,9 @@ class PiecePolicy:
 
     def _idle(self, link: ParentLink, now: float) -> bool:
         since = link.idle_since
-        patience = self.config.idle_after * self._patience
+        # A download waiting its turn behind older ones judges its parents at the unhurried
+        # pace: letting them go quickly would only churn parents and calls.
+        patience = (self.config.idle_after if self._behind else self.idle_after) * self._patience
         return since is not None and not link.inflight and now - since >= patience
 
     def take_report(self, now: float) -> tuple[dict[str, Report], list[str], list[str]]:
@@ -271,6 +287,7 @@ class PiecePolicy:
         seeds = [p for p in usable if p.seed]
         ones = twos = 0
         lacking = self._full & ~self.have
+        self._behind = ahead >= self.config.headroom * self.download_rate
         for link in peers:
             if link.bits & lacking:
                 link.idle_since = None

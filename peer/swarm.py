@@ -144,7 +144,7 @@ class SwarmFetch:
                         raise SupernodeGone("no supernode answers and the swarm gives nothing")
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.policy.config.wake_interval):
+                    async with asyncio.timeout(self.policy.wake_interval):
                         await self._wake.wait()
             self._control.report_soon(self.task_id)  # complete: a source for everyone now
         finally:

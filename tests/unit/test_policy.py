@@ -130,6 +130,22 @@ def test_starving_asks_for_parents_and_lets_idle_ones_go():
     assert dropped == ["empty"]  # the seed is never dropped as idle
 
 
+def test_how_long_an_idle_parent_is_kept_follows_the_piece_time():
+    """A 4 MiB piece takes 42 ms at 100 MB/s: an idle parent goes after 8 of them, not
+    after 2 s; at 1 MB/s a piece takes 4 s and the 2 s stand; a download waiting behind
+    older ones on its link keeps its parents the 2 s as well."""
+
+    def kept(rate: float, ahead: float = 0.0) -> tuple[bool, bool, bool]:
+        p = policy(count=4, rate=rate, idle_after=2.0, starve_after=60.0)
+        p.set_parents([("a", False, View([0, 1, 2, 3])), ("empty", False, View([]))])
+        p.choose(NOW, 1, ahead=ahead)
+        return p.needs_parents(NOW + 0.3), p.needs_parents(NOW + 0.4), p.needs_parents(NOW + 2.0)
+
+    assert kept(100e6) == (False, True, True)
+    assert kept(1e6) == (False, False, True)
+    assert kept(100e6, ahead=200e6) == (False, False, True)
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     st.lists(st.integers(0, (1 << 10) - 1), min_size=1, max_size=5),
@@ -188,7 +204,7 @@ def test_a_short_last_piece_sets_no_rate():
 
 
 def test_asks_for_parents_slow_down_while_answers_bring_nothing():
-    p = policy(count=4, starve_after=0.5)
+    p = policy(count=4, rate=1e6, starve_after=0.5)  # a slow link: idle parents kept 2 s
     p.set_parents([("empty", False, View())])
     now = NOW
     waits = []
