@@ -67,14 +67,23 @@ class StandingConfig:
                 raise ValueError(f"StandingConfig.{name} must be positive")
 
 
-class _Source:
-    """Open unreachable claims about one source, and who got bytes from it since."""
+class _Claim:
+    """One reporter's unreachable claim about a source, and who got bytes from it since."""
 
-    __slots__ = ("claims", "deliveries")
+    __slots__ = ("at", "witnesses")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.witnesses: set[str] = set()  # at most ``contradict_witnesses``
+
+
+class _Source:
+    """Open unreachable claims about one source."""
+
+    __slots__ = ("claims",)
 
     def __init__(self) -> None:
-        self.claims: dict[str, float] = {}  # reporter -> when it claimed
-        self.deliveries: dict[str, float] = {}  # requester -> when it last reported bytes
+        self.claims: dict[str, _Claim] = {}  # reporter -> its claim
 
 
 class Standing:
@@ -115,7 +124,7 @@ class Standing:
     def claimed_unreachable(self, reporter: str, source: str, now: float) -> None:
         """``reporter`` could not reach ``source``: watch whether others can."""
         record = self._source(source)
-        record.claims[reporter] = now
+        record.claims[reporter] = _Claim(now)
 
     def delivered(self, source: str, requester: str, now: float) -> tuple[list[str], list[str]]:
         """``requester`` got bytes from ``source``. Returns the reporters whose unreachable
@@ -124,13 +133,16 @@ class Standing:
         if record is None:
             return [], []
         horizon = now - self.config.claim_seconds
-        record.claims = {r: t for r, t in record.claims.items() if t > horizon}
-        record.deliveries = {r: t for r, t in record.deliveries.items() if t > horizon}
-        record.deliveries[requester] = now
+        needed = self.config.contradict_witnesses
         liars, lost = [], []
-        for reporter, claimed in list(record.claims.items()):
-            others = sum(1 for r, t in record.deliveries.items() if r != reporter and t > claimed)
-            if others >= self.config.contradict_witnesses:
+        for reporter, claim in list(record.claims.items()):
+            if claim.at <= horizon:
+                del record.claims[reporter]  # too old to contradict
+                continue
+            if reporter == requester or now <= claim.at:
+                continue
+            claim.witnesses.add(requester)
+            if len(claim.witnesses) >= needed:
                 del record.claims[reporter]
                 liars.append(reporter)
                 if self.disproved(reporter, source, now):
