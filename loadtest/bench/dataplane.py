@@ -7,7 +7,9 @@ new PeerDaemon process with an empty store that fetches the blob until it is com
 (every piece verified, the whole digest matched). libtorrent: one seeding session (seed
 mode, the file whole) and, per run, a new leeching session, each in its own process, to
 finished and flushed. GB/s is bytes over the receiver's time; CPU seconds per GB are
-each process's (all its threads), the sender's over the same window.
+each process's (all its threads), the sender's over the same window. swarmpull runs
+twice, over plain HTTP and over mutual TLS (a throwaway CA), to show what TLS costs a
+node's data plane end to end.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from loadtest.services import free_port, until_ready
+from swarmpull.core.identity import Role
+from swarmpull.edges.tls import ClusterTls, throwaway_cluster
 
 GiB = 1 << 30
 ROLE = [sys.executable, "-m", "loadtest.bench.dataplane_node"]
@@ -38,7 +43,8 @@ async def run_dataplane(runs: int = 3, size: int = GiB) -> str:
     try:
         blob = root / "blob"
         digest = await asyncio.to_thread(_write_blob, blob, size)
-        swarm = await _swarmpull(root, blob, digest, runs, children)
+        swarm = await _swarmpull(root, blob, digest, runs, children, tls=False)
+        tls = await _swarmpull(root, blob, digest, runs, children, tls=True)
         torrent = await _libtorrent(root, blob, digest, runs, children)
     finally:
         for child in children:
@@ -46,7 +52,7 @@ async def run_dataplane(runs: int = 3, size: int = GiB) -> str:
                 child.terminate()
             await child.wait()
         shutil.rmtree(root, ignore_errors=True)
-    return _table(size, swarm, torrent)
+    return _table(size, {"swarmpull": swarm, "swarmpull, mTLS": tls, "libtorrent 2.1": torrent})
 
 
 def _write_blob(path: Path, size: int) -> str:
@@ -60,29 +66,43 @@ def _write_blob(path: Path, size: int) -> str:
 
 
 async def _swarmpull(
-    root: Path, blob: Path, digest: str, runs: int, children: list[asyncio.subprocess.Process]
+    root: Path, blob: Path, digest: str, runs: int, children: list[asyncio.subprocess.Process], tls: bool
 ) -> list[dict[str, Any]]:
     origin_port, supernode_port = free_port(), free_port()
-    origin = await _start(children, [*ROLE, "origin", str(blob), str(origin_port)], ready_line=True)
-    del origin
-    supernode_url = f"http://127.0.0.1:{supernode_port}"
-    listen, seed_dir = f"127.0.0.1:{supernode_port}", str(root / "seed")
+    await _start(children, [*ROLE, "origin", str(blob), str(origin_port)], ready_line=True)
+    listen, seed_dir = f"127.0.0.1:{supernode_port}", root / f"seed-tls{int(tls)}"
     argv = [sys.executable, "-m", "swarmpull", "--log-level", "warning", "supernode", "--listen", listen]
-    supernode = await _start(
-        children, [*argv, "--data-dir", seed_dir, "--insecure-cluster", "--upstream-allow", "127.0.0.1"]
-    )
-    await until_ready(lambda: _healthy(supernode_url), 30, "the supernode did not start", supernode)
+    argv += ["--data-dir", str(seed_dir), "--upstream-allow", "127.0.0.1"]
+    receiver_tls: list[str] = []
+    check: dict[str, Any] = {}
+    if tls:
+        dirs = throwaway_cluster(
+            root / "tls", [("sn", Role.SUPERNODE), ("node", Role.NODE)], now=datetime.now(UTC), days=1
+        )
+        argv += ["--tls-dir", str(dirs["sn"])]
+        receiver_tls = [str(dirs["node"])]
+        check = ClusterTls.load(dirs["node"], now=datetime.now(UTC)).to_supernode()
+    else:
+        argv.append("--insecure-cluster")
+    supernode = await _start(children, argv)
+    supernode_url = f"{'https' if tls else 'http'}://127.0.0.1:{supernode_port}"
+    await until_ready(lambda: _healthy(supernode_url, check), 30, "the supernode did not start", supernode)
     url = f"http://127.0.0.1:{origin_port}/blob"
     results = []
     for run in range(runs + 1):  # the first run reads the origin into the seed: not measured
         before = _process_cpu(supernode.pid)
-        result = await _child_json([*ROLE, "receiver", supernode_url, url, digest, str(root / f"r{run}")])
+        directory = root / f"r{run}"
+        command = [*ROLE, "receiver", supernode_url, url, digest, str(directory), *receiver_tls]
+        result = await _child_json(command)
         result["sender_cpu"] = _process_cpu(supernode.pid) - before
         if not result.pop("ok"):
             raise RuntimeError("the receiver did not verify the blob's digest")
-        shutil.rmtree(root / f"r{run}", ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
         if run:
             results.append(result)
+    supernode.terminate()
+    await supernode.wait()
+    shutil.rmtree(seed_dir, ignore_errors=True)
     return results
 
 
@@ -138,8 +158,8 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{here}:{path}" if path else here}
 
 
-async def _healthy(url: str) -> bool:
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/healthz") as resp:
+async def _healthy(url: str, tls: dict[str, Any]) -> bool:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/healthz", **tls) as resp:
         return resp.status == 200
 
 
@@ -149,16 +169,16 @@ def _process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _table(size: int, swarm: list[dict[str, Any]], torrent: list[dict[str, Any]]) -> str:
+def _table(size: int, modes: dict[str, list[dict[str, Any]]]) -> str:
     gb = size / 1e9
     lines = [
         f"dataplane: one receiver, one source, {size / GiB:g} GiB, links unlimited, loopback, "
-        f"{len(swarm)} runs each ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores)",
+        f"{len(modes['swarmpull'])} runs each ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores)",
         "| | GB/s min / median / max | receiver CPU s/GB min / median / max | sender CPU s/GB median |",
         "|---|---|---|---|",
     ]
     medians = {}
-    for name, results in (("swarmpull", swarm), ("libtorrent 2.1", torrent)):
+    for name, results in modes.items():
         rates = sorted(size / r["seconds"] / 1e9 for r in results)
         cpus = sorted(r["cpu"] / gb for r in results)
         sender = statistics.median(r["sender_cpu"] / gb for r in results)
@@ -167,6 +187,7 @@ def _table(size: int, swarm: list[dict[str, Any]], torrent: list[dict[str, Any]]
             f"| {name} | {rates[0]:.2f} / {medians[name]:.2f} / {rates[-1]:.2f} "
             f"| {cpus[0]:.2f} / {statistics.median(cpus):.2f} / {cpus[-1]:.2f} | {sender:.2f} |"
         )
-    ratio = medians["swarmpull"] / medians["libtorrent 2.1"]
-    lines.append(f"swarmpull / libtorrent (medians): {ratio:.2f}x")
+    plain = medians["swarmpull"]
+    lines.append(f"swarmpull / libtorrent (medians): {plain / medians['libtorrent 2.1']:.2f}x")
+    lines.append(f"swarmpull mTLS / plain (medians): {medians['swarmpull, mTLS'] / plain:.2f}x")
     return "\n".join(lines)

@@ -2,9 +2,10 @@
 ``python -m loadtest.bench.dataplane_node ROLE ...``):
 
 - ``origin FILE PORT``: the upstream, serving FILE from memory.
-- ``receiver SUPERNODE URL DIGEST DIR``: one PeerDaemon (links unlimited) that fetches
-  the blob into its store and prints one JSON line: seconds from ``ensure`` to the blob
-  complete and verified, its CPU seconds over that time, and the digest it verified.
+- ``receiver SUPERNODE URL DIGEST DIR [TLS_DIR]``: one PeerDaemon (links unlimited) that
+  fetches the blob into its store and prints one JSON line: seconds from ``ensure`` to
+  the blob complete and verified, its CPU seconds over that time, and the digest it
+  verified. With TLS_DIR (a node certificate) it talks mutual TLS to the supernode.
 - ``lt-seed TORRENT DIR PORT`` / ``lt-leech TORRENT DIR SEED_PORT``: libtorrent, one
   session each; the leech prints the same JSON line (to finished and flushed).
 """
@@ -37,12 +38,16 @@ async def origin(path: str, port: int) -> None:
     await asyncio.Event().wait()
 
 
-async def receiver(supernode: str, url: str, digest: str, directory: str) -> None:
+async def receiver(supernode: str, url: str, digest: str, directory: str, tls_dir: str | None = None) -> None:
+    from datetime import UTC, datetime
+
     from peer.config import PeerConfig
     from peer.daemon import PeerDaemon
     from swarmpull.core.blobs import BlobRequest
     from swarmpull.core.digest import Digest
+    from swarmpull.edges.tls import ClusterTls
 
+    tls = ClusterTls.load(Path(tls_dir), now=datetime.now(UTC)) if tls_dir else None
     config = PeerConfig(
         data_dir=Path(directory),
         supernodes=(supernode,),
@@ -52,6 +57,7 @@ async def receiver(supernode: str, url: str, digest: str, directory: str) -> Non
         upload_limit=None,
         download_limit=None,
         scrub_rate=None,
+        tls=tls,
     )
     daemon = PeerDaemon(config)
     await daemon.start()
