@@ -94,6 +94,7 @@ class PolicyConfig:
     with 2 s, 1.25x with this (calls 3,058 -> 4,558). Slow links (the default surge:
     64 KiB at 100 kB/s) keep the seconds above."""
     quick_floor: float = 0.25
+    """Seconds: the shortest ``idle_after`` and ``wake_interval`` that piece times give."""
     min_deadline: float = 2.0
     """A transfer always gets this long."""
     slack: float = 4.0
