@@ -69,7 +69,7 @@ async def _swarmpull(
     root: Path, blob: Path, digest: str, runs: int, children: list[asyncio.subprocess.Process], tls: bool
 ) -> list[dict[str, Any]]:
     origin_port, supernode_port = free_port(), free_port()
-    await _start(children, [*ROLE, "origin", str(blob), str(origin_port)], ready_line=True)
+    origin = await _start(children, [*ROLE, "origin", str(blob), str(origin_port)], ready_line=True)
     listen, seed_dir = f"127.0.0.1:{supernode_port}", root / f"seed-tls{int(tls)}"
     argv = [sys.executable, "-m", "swarmpull", "--log-level", "warning", "supernode", "--listen", listen]
     argv += ["--data-dir", str(seed_dir), "--upstream-allow", "127.0.0.1"]
@@ -100,8 +100,9 @@ async def _swarmpull(
         shutil.rmtree(directory, ignore_errors=True)
         if run:
             results.append(result)
-    supernode.terminate()
-    await supernode.wait()
+    for process in (supernode, origin):  # each holds the blob: not beside the next mode's
+        process.terminate()
+        await process.wait()
     shutil.rmtree(seed_dir, ignore_errors=True)
     return results
 
