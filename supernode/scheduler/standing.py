@@ -77,22 +77,14 @@ class _Claim:
         self.witnesses: set[str] = set()  # at most ``contradict_witnesses``
 
 
-class _Source:
-    """Open unreachable claims about one source."""
-
-    __slots__ = ("claims",)
-
-    def __init__(self) -> None:
-        self.claims: dict[str, _Claim] = {}  # reporter -> its claim
-
-
 class Standing:
     """Strikes per reporter; ``counts`` says whether its claims are witness."""
 
     def __init__(self, config: StandingConfig | None = None) -> None:
         self.config = config or StandingConfig()
         self._strikes: OrderedDict[str, dict[str, float]] = OrderedDict()  # reporter -> source -> when
-        self._sources: OrderedDict[str, _Source] = OrderedDict()
+        # source -> reporter -> its open unreachable claim about that source
+        self._sources: OrderedDict[str, dict[str, _Claim]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<Standing struck={len(self._strikes)} watched={len(self._sources)}>"
@@ -123,37 +115,38 @@ class Standing:
 
     def claimed_unreachable(self, reporter: str, source: str, now: float) -> None:
         """``reporter`` could not reach ``source``: watch whether others can."""
-        record = self._source(source)
-        record.claims[reporter] = _Claim(now)
+        self._claims_about(source)[reporter] = _Claim(now)
 
     def delivered(self, source: str, requester: str, now: float) -> tuple[list[str], list[str]]:
         """``requester`` got bytes from ``source``. Returns the reporters whose unreachable
         claims about it this contradicts, and those of them that lost standing by it."""
-        record = self._sources.get(source)
-        if record is None:
+        claims = self._sources.get(source)
+        if claims is None:
             return [], []
         horizon = now - self.config.claim_seconds
         needed = self.config.contradict_witnesses
         liars, lost = [], []
-        for reporter, claim in list(record.claims.items()):
+        for reporter, claim in list(claims.items()):
             if claim.at <= horizon:
-                del record.claims[reporter]  # too old to contradict
+                del claims[reporter]  # too old to contradict
                 continue
             if reporter == requester or now <= claim.at:
                 continue
             claim.witnesses.add(requester)
             if len(claim.witnesses) >= needed:
-                del record.claims[reporter]
+                del claims[reporter]
                 liars.append(reporter)
                 if self.disproved(reporter, source, now):
                     lost.append(reporter)
-        if not record.claims:
+        if not claims:
             del self._sources[source]
         return liars, lost
 
-    def _source(self, source: str) -> _Source:
-        record = self._sources.pop(source, None) or _Source()
-        self._sources[source] = record  # most recently claimed about last
+    def _claims_about(self, source: str) -> dict[str, _Claim]:
+        claims = self._sources.pop(source, None)
+        if claims is None:
+            claims = {}
+        self._sources[source] = claims  # most recently claimed about last
         while len(self._sources) > self.config.claims:
             self._sources.popitem(last=False)
-        return record
+        return claims
