@@ -285,9 +285,10 @@ class PiecePolicy:
         seeds = [p for p in usable if p.seed]
         ones = twos = 0
         lacking = self._full & ~self.have
+        ours = self.config.headroom * self.download_rate - ahead  # the link older downloads leave us
         # Older downloads fill the link: a parent with nothing new costs nothing while we
         # wait our turn (letting it go would only churn parents and calls).
-        behind = ahead >= self.config.headroom * self.download_rate
+        behind = ours <= 0
         for link in peers:
             if link.bits & lacking or behind:
                 link.idle_since = None
@@ -297,7 +298,7 @@ class PiecePolicy:
             twos |= ones & m
             ones |= m
         picks: list[tuple[int, str]] = []
-        target = self.config.headroom * self.download_rate - self.projected() - ahead
+        target = ours - self.projected()
         link_full = target <= 0  # by our transfers or older downloads': that is not starving
         if seeds and wanted & ~ones:  # only the seed holds these: the rarest of all
             target = self._from(seeds, wanted & ~ones, wanted & ~ones, room, target, now, picks)
