@@ -85,10 +85,14 @@ async def test_the_owner_replica_killed_and_redis_restarted_mid_surge():
     assert "redis-server killed and started again" in notes
     assert figures.survivors == 8
     # The surviving replica takes the dead owner's tasks over and resumes their reads
-    # after what was staged: the registry sends once more at most what the dead owner
-    # received and had not staged (at this size, up to the whole image), never a copy per
-    # node (before, a node told "the owner is moving" after an outage read from it itself).
-    assert_unharmed(figures, max_egress=2.0)
+    # after what was staged: the registry sends again what the dead owner received and
+    # had not staged (at this size, up to the whole image: it sits in the dead process's
+    # socket buffers). The Redis outage that follows may cost one more read of a layer (a
+    # survivor that cannot renew the lease of a layer it reads lets it go; a node that
+    # hears from no replica twice reads directly): one CI run saw 2.17x, 150 runs here at
+    # most 1.83x. Never a copy per node: 8 nodes would be 9x (before, a node told "the
+    # owner is moving" after an outage read from it itself).
+    assert_unharmed(figures, max_egress=3.0)
 
 
 @pytest.mark.parametrize(
