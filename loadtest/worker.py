@@ -37,7 +37,7 @@ from registry_proxy.config import ProxyConfig
 from swarmpull.app.node import NodeDaemon
 from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.core.identity import Role
-from swarmpull.edges.daemon import raise_fd_limit
+from swarmpull.edges.daemon import quiet_closed_tls, raise_fd_limit
 from swarmpull.edges.events import EventLog
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.metrics import sample
@@ -94,6 +94,7 @@ async def _recv(conn: Connection) -> tuple:
 
 
 async def _run(spec: WorkerSpec, conn: Connection) -> None:
+    quiet_closed_tls(asyncio.get_running_loop())
     nodes: list[NodeDaemon] = []
     fronts = Fronts(spec.faults.mode if spec.faults else "wrong")
     log = EventLog(Path(spec.events)) if spec.events else None  # one writer for all our nodes

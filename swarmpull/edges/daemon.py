@@ -1,5 +1,5 @@
-"""Running a daemon in the foreground: uvloop, signals, a clean stop, and the most open
-files the system allows."""
+"""Running a daemon in the foreground: uvloop, signals, a clean stop, the most open
+files the system allows, and no false alarms from uvloop's TLS."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import resource
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import uvloop
 
@@ -49,9 +49,28 @@ def raise_fd_limit() -> tuple[int, int]:
     return soft, soft
 
 
+def quiet_closed_tls(loop: asyncio.AbstractEventLoop) -> None:
+    """uvloop logs a TLS connection whose socket is already closed as a "Fatal error on
+    SSL protocol" with a traceback (its SSLProtocol writes to the closed socket:
+    MagicStack/uvloop#506, open). A node closes such connections all the time (a cancelled
+    transfer, an idle parent let go), so that one case goes to the debug log; any other
+    error to the loop's default handler."""
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        closed = isinstance(exc, RuntimeError) and str(exc).endswith("the handler is closed")
+        if closed and "SSL" in str(context.get("message", "")):
+            log.debug("a TLS connection closed under uvloop's SSL protocol: %s", exc)
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 async def _serve(factory: Callable[[], Daemon], on_started: Callable[[Daemon], None] | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    quiet_closed_tls(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     daemon = factory()
@@ -76,7 +95,12 @@ async def gather_cancel(*tasks: asyncio.Task[object] | None) -> None:
 
 def run_coroutine(main: Callable[[], Awaitable[int]]) -> int:
     """Run a one-shot command on uvloop; returns its exit status."""
-    return uvloop.run(main())
+
+    async def quietly() -> int:
+        quiet_closed_tls(asyncio.get_running_loop())
+        return await main()
+
+    return uvloop.run(quietly())
 
 
 class DaemonGroup:
