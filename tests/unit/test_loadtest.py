@@ -78,6 +78,13 @@ def test_p2p_is_compared_with_direct_when_both_ran():
     assert "from upstream, x image/node" in table  # direct's sources too
 
 
+def test_bytes_per_completed_node_are_none_when_no_node_completed():
+    failed = both_modes()[0]
+    failed.completed, failed.failed, failed.completion_times = 0, 10, []
+    per_node = failed.to_json()["bytes_by_source_x_image_per_node"]
+    assert per_node == {"peer": None, "seed": None, "upstream": None}
+
+
 def test_the_json_report_holds_numbers_with_units_in_their_names():
     body = json.loads(dump_json(both_modes(), {"nodes": 10, "image_bytes": 1 << 20}))
 
