@@ -308,10 +308,15 @@ class SwarmFetch:
             failures = 0
             if piece_map.statements:
                 await self._learn(piece_map.statements, parent)
+            # Pieces it offered that we had not taken yet: its news comes faster than we
+            # use it, and the next can wait a little.
+            backlog = self.policy.offers(parent.info.id)
             parent.view.bits = piece_map.bits
             parent.view.version = piece_map.version
             self.policy.map_changed(parent.info.id)
             self._wake.set()
+            if backlog:
+                await asyncio.sleep(self.policy.config.map_pause)
 
     async def _learn(self, statements: list[PieceStatement], parent: _Parent) -> None:
         fresh = [s for s in statements if not self._known >> s.piece & 1]

@@ -67,6 +67,21 @@ def test_a_parent_whose_pieces_are_slow_sends_them_one_after_another():
     assert by_parent.count("slow") == 1 and by_parent.count("quick") == 4
 
 
+def test_a_parent_offers_what_we_lack_and_are_not_fetching():
+    """``offers``: whether a parent's news can wait (``SwarmFetch`` pauses its map polls)."""
+    p = policy(count=4, per_parent=2, max_inflight=2, headroom=10.0)
+    a = View([0, 1])
+    p.set_parents([("a", False, a)])
+    assert p.offers("a") and not p.offers("gone")
+    assert sorted(piece for piece, _ in p.choose(NOW, 2)) == [0, 1]
+    assert not p.offers("a")  # all it holds is in flight
+    for piece in (0, 1):
+        p.finished(piece, "a", PIECE, 0.1, NOW)
+    assert not p.offers("a")  # and now ours
+    a.bits = of([0, 1, 3])
+    assert p.offers("a")
+
+
 def test_a_failing_parent_is_dropped_and_reported():
     p = policy(count=8, bad_after=2, per_parent=1)
     p.set_parents([("a", False, View(range(8))), ("b", False, View(range(8)))])
