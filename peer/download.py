@@ -104,6 +104,7 @@ class TaskDownload:
         self._whole: InOrderDigest | None = None
         self._hashing: asyncio.Task[None] | None = None
         self._untrusted = False  # the pieces held are to be dropped when the run ends
+        self._awaited: Counter[int] = Counter()  # piece -> readers waiting on it
 
     def __repr__(self) -> str:
         return f"<TaskDownload {self.task_id[:20]} {self.state.name}>"
@@ -121,10 +122,23 @@ class TaskDownload:
         return self.blob
 
     async def wait_piece(self, piece: int) -> None:
-        """Returns once ``piece`` is verified; raises DownloadFailed."""
+        """Returns once ``piece`` is verified; raises DownloadFailed. While a reader
+        waits on a piece, the swarm fetches it before the rarest (``awaited``)."""
         blob = await self.wait_ready()
-        while not blob.is_verified(piece):
-            await self._wait_change()
+        if blob.is_verified(piece):
+            return
+        self._awaited[piece] += 1
+        try:
+            while not blob.is_verified(piece):
+                await self._wait_change()
+        finally:
+            self._awaited[piece] -= 1
+            if not self._awaited[piece]:
+                del self._awaited[piece]
+
+    def awaited(self) -> int:
+        """The pieces readers wait on, as a bit field."""
+        return sum(1 << piece for piece in self._awaited)
 
     async def wait_complete(self) -> StoredBlob:
         """The blob once its whole digest is verified; raises DownloadFailed."""
@@ -270,6 +284,7 @@ class TaskDownload:
                 self._notify,
                 ctx.config.fallback_grace,
                 ctx.events,
+                self.awaited,
             )
             try:
                 await swarm.run()

@@ -281,11 +281,13 @@ class PiecePolicy:
     # ---------------------------------------------------------------- choices
 
     def choose(
-        self, now: float, room: int, known: int | None = None, ahead: float = 0.0
+        self, now: float, room: int, known: int | None = None, ahead: float = 0.0, awaited: int = 0
     ) -> list[tuple[int, str]]:
         """Up to ``room`` transfers to start: ``(piece, parent)``. ``known``: the pieces
         whose sha256 we can check (None: all); ``ahead``: bytes per second of the link
-        that downloads before this one are expected to use (``peer.share``)."""
+        that downloads before this one are expected to use (``peer.share``); ``awaited``:
+        the pieces a reader waits on (a runtime reads a layer in order), taken first,
+        from a peer if one holds them."""
         room = min(room, self.config.max_inflight - self._transfers())
         if room <= 0 or self.done:
             return []
@@ -312,6 +314,13 @@ class PiecePolicy:
         picks: list[tuple[int, str]] = []
         target = ours - self.projected()
         link_full = target <= 0  # by our transfers or older downloads': that is not starving
+        hot = wanted & awaited
+        if hot and target > 0:  # without it the reader stalls: a pull waited 300 s on one
+            target = self._from(peers, hot, hot, room, target, now, picks)
+            wanted &= ~self.inflight_bits
+            if seeds and wanted & hot and target > 0:
+                target = self._from(seeds, wanted & hot, hot, room, target, now, picks)
+                wanted &= ~self.inflight_bits
         if seeds and wanted & ~ones:  # only the seed holds these: the rarest of all
             target = self._from(seeds, wanted & ~ones, wanted & ~ones, room, target, now, picks)
             wanted &= ~self.inflight_bits

@@ -88,6 +88,7 @@ class SwarmFetch:
         on_progress: Callable[[], None],
         give_up_after: float,
         events: EventSink,
+        awaited: Callable[[], int] = lambda: 0,
     ) -> None:
         self.blob = blob
         self._events = events
@@ -100,6 +101,7 @@ class SwarmFetch:
         self._priority = priority
         self._on_progress = on_progress
         self._give_up_after = give_up_after
+        self._awaited = awaited  # the pieces readers wait on (``TaskDownload.wait_piece``)
         self._count = blob.geometry.count
         self._keys = TaskKeys()
         self._add_keys(info.keys)
@@ -157,7 +159,7 @@ class SwarmFetch:
         room = self._slots.free(self._priority)
         if room > 0:
             ahead = self._slots.share.ahead(self)
-            for piece, parent_id in self.policy.choose(now, room, self._known, ahead):
+            for piece, parent_id in self.policy.choose(now, room, self._known, ahead, self._awaited()):
                 parent = self._parents.get(parent_id)
                 if parent is None:
                     self.policy.failed(piece, parent_id, FailureReason.ERROR, now)

@@ -31,6 +31,19 @@ def test_rarest_among_the_parents_first():
     assert p.choose(NOW, 1) == [(2, "a")]  # piece 2 is held by one parent only
 
 
+def test_a_piece_a_reader_waits_on_comes_before_the_rarest_from_a_peer_if_one_holds_it():
+    p = policy(count=4, max_inflight=1, per_parent=1)
+    p.set_parents([("a", False, View([0, 1, 2])), ("b", False, View([0, 1])), ("seed", True, View(range(4)))])
+    (pick,) = p.choose(NOW, 1, awaited=of([1]))
+    assert pick in [(1, "a"), (1, "b")]  # unawaited: piece 3, which only the seed holds
+    q = policy(count=4, max_inflight=1, per_parent=1)
+    q.set_parents([("a", False, View([0, 1])), ("seed", True, View(range(4)))])
+    assert q.choose(NOW, 1, awaited=of([3])) == [(3, "seed")]  # only the seed holds it
+    r = policy(count=4, max_inflight=1, per_parent=1)
+    r.set_parents([("a", False, View([0, 1, 2]))])
+    assert r.choose(NOW, 1, awaited=of([3])) != []  # held by nobody: the others meanwhile
+
+
 def test_the_seed_first_for_what_only_it_holds_then_last():
     p = policy(count=4, per_parent=1, headroom=10.0)
     p.set_parents([("a", False, View([0, 1])), ("seed", True, View([0, 1, 2, 3]))])
