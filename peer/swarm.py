@@ -88,7 +88,7 @@ class SwarmFetch:
         on_progress: Callable[[], None],
         give_up_after: float,
         events: EventSink,
-        awaited: Callable[[], int] = lambda: 0,
+        awaited: Callable[[], int],
     ) -> None:
         self.blob = blob
         self._events = events
