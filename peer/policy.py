@@ -260,7 +260,7 @@ class PiecePolicy:
     def offers(self, parent_id: str) -> bool:
         """Whether this parent holds pieces we lack and are not fetching."""
         link = self.parents.get(parent_id)
-        return link is not None and bool(link.bits & self._full & ~self.have & ~self.inflight_bits)
+        return link is not None and bool(link.bits & self.unassigned)
 
     def take_report(self, now: float) -> tuple[dict[str, Report], list[str], list[str]]:
         """What to tell the supernode: per parent, then idle and bad parents to drop."""
