@@ -55,6 +55,8 @@ from swarmpull.edges.transport import PieceClient
 
 log = logging.getLogger(__name__)
 
+DAEMON_STOPPING = "the daemon is stopping"  # why a run is cancelled, unless told otherwise
+
 
 class DownloadState(enum.Enum):
     OPENING = "opening"
@@ -96,7 +98,7 @@ class TaskDownload:
         self.sources: Counter[str] = Counter()
         self.requesters = 0  # clients reading it who may leave (``PeerDaemon.requested``)
         self.kept = False  # asked for by someone who stays (``PeerDaemon.ensure``): never abandoned
-        self.stopping_because = "the daemon is stopping"  # said when the run is cancelled
+        self.stopping_because = DAEMON_STOPPING  # said when the run is cancelled
         self._expected = request.digest
         self._changed = asyncio.Event()
         self._pins = contextlib.ExitStack()
@@ -199,7 +201,8 @@ class TaskDownload:
         except StoreWriteError as exc:
             self._failed(DownloadFailed(f"the disk refused the blob: {exc}", cache_full=True))
         except asyncio.CancelledError:
-            self._failed(DownloadFailed(f"download cancelled: {self.stopping_because}"))
+            stopping = self.stopping_because == DAEMON_STOPPING
+            self._failed(DownloadFailed(f"download cancelled: {self.stopping_because}", stopping=stopping))
             raise
         except Exception as exc:
             log.exception("download of %s crashed", self.task_id)

@@ -110,10 +110,10 @@ async def get_blob(
             held = chunk
         if checked is not None:
             checked.verify()
-    except (OciError, RegistryError):
+    except (OciError, RegistryError) as exc:
         if not resp.prepared:
             raise
-        _cut(request, f"{digest}: upstream failed mid-transfer")
+        _cut(request, f"{digest}: {exc}")
         return resp
     except _Mismatch as exc:
         _cut(request, str(exc))
@@ -178,6 +178,10 @@ async def _chunks(
                 offset += len(chunk)
             return
         except DownloadFailed as exc:
+            if exc.stopping:  # not a reason to read the upstream: pull again, from the next node
+                raise OciError(
+                    503, "UNKNOWN", f"this node is shutting down: {exc}", {"Retry-After": "1"}
+                ) from None
             log.warning(
                 "the swarm could not serve %s (%s): reading the rest from upstream", query.path.reference, exc
             )

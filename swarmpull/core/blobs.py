@@ -15,7 +15,9 @@ class DownloadFailed(Exception):
     """The blob cannot be had. ``status`` is the upstream's HTTP status when it said no;
     ``cache_full`` says the local store had no room; ``untrusted``: the pieces held of it
     cannot be trusted (its task failed, or its whole digest did not match) and are dropped;
-    ``denied``: the blob is private and the request's own credentials do not pull it."""
+    ``denied``: the blob is private and the request's own credentials do not pull it;
+    ``stopping``: the node is shutting down (nothing more will come of this download, and
+    reading the upstream instead would only load it with every pull under way)."""
 
     def __init__(
         self,
@@ -24,12 +26,14 @@ class DownloadFailed(Exception):
         cache_full: bool = False,
         untrusted: bool = False,
         denied: bool = False,
+        stopping: bool = False,
     ):
         super().__init__(message)
         self.status = status
         self.cache_full = cache_full
         self.untrusted = untrusted
         self.denied = denied
+        self.stopping = stopping
 
 
 @dataclass(frozen=True, slots=True)

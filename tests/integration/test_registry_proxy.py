@@ -238,3 +238,30 @@ async def test_without_a_supernode_the_proxy_still_serves_verified_blobs(registr
         assert blobs == {d: b.data for d, b in image.blobs().items()}
     finally:
         await node.stop()
+
+
+async def test_a_node_stopping_under_a_pull_answers_503_and_reads_nothing_upstream(cluster):
+    """A pull under way when its node's daemon stops: the client hears 503 (pull again)
+    and the proxy does not read the blob from the registry instead (at a restart, every
+    pull under way would)."""
+    registry = MiniRegistry(rate=64 * KiB)  # the supernode's read of the layer takes 16 s
+    await registry.start()
+    try:
+        image = build_image([1 * MiB], seed=12)
+        registry.add("app", "v1", image)
+        (node,) = await cluster.nodes(1, registry)
+        layer = image.layers[0].digest
+        url = f"{node.proxy.url}/v2/app/blobs/{layer}?ns={registry.host}"
+        async with aiohttp.ClientSession() as session:
+            pull = asyncio.ensure_future(session.get(url))
+            while node.peer.summary("sha256-" + layer.split(":")[1]) is None:  # the download is under way
+                await asyncio.sleep(0.05)
+            await node.peer.stop()
+            async with await pull as resp:
+                assert resp.status == 503, await resp.text()
+                assert resp.headers["Retry-After"] == "1"
+                error = (await resp.json())["errors"][0]
+        assert error["code"] == "UNKNOWN" and "shutting down" in error["message"]
+        assert registry.requests["GET blobs"] == 1  # the supernode's read, nothing from the proxy
+    finally:
+        await registry.stop()
