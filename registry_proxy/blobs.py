@@ -110,19 +110,19 @@ async def get_blob(
             held = chunk
         if checked is not None:
             checked.verify()
+        if not resp.prepared:
+            await resp.prepare(request)
+        if held is not None:
+            await resp.write(held)
+        await resp.write_eof()
     except (OciError, RegistryError) as exc:
         if not resp.prepared:
             raise
         _cut(request, f"{digest}: {exc}")
-        return resp
     except _Mismatch as exc:
         _cut(request, str(exc))
-        return resp
-    if not resp.prepared:
-        await resp.prepare(request)
-    if held is not None:
-        await resp.write(held)
-    await resp.write_eof()
+    except ConnectionResetError:  # aiohttp's "cannot write to closing transport" is one
+        log.info("%s: the client left before the end", digest)
     return resp
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 import pytest
@@ -265,3 +266,30 @@ async def test_a_node_stopping_under_a_pull_answers_503_and_reads_nothing_upstre
         assert registry.requests["GET blobs"] == 1  # the supernode's read, nothing from the proxy
     finally:
         await registry.stop()
+
+
+async def test_a_client_that_leaves_mid_blob_is_no_error(cluster, caplog):
+    """containerd cancelled, or timed out: the proxy's next write finds the connection
+    closed. That is the client's choice, logged as such, not a server error with a
+    traceback for every blob of every cancelled pull."""
+    caplog.set_level(logging.INFO)
+    registry = MiniRegistry(rate=256 * KiB)  # a piece of the layer every second
+    await registry.start()
+    try:
+        image = build_image([1 * MiB], seed=13)
+        registry.add("app", "v1", image)
+        (node,) = await cluster.nodes(1, registry)
+        layer = image.layers[0].digest
+        url = f"{node.proxy.url}/v2/app/blobs/{layer}?ns={registry.host}"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            assert resp.status == 200
+            assert await resp.content.readany()  # the first bytes, then we leave
+        for _ in range(100):  # until the proxy tried its next write
+            if any("the client left" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the proxy never noticed the client had left")
+    finally:
+        await registry.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
