@@ -202,7 +202,8 @@ class TaskDownload:
             self._failed(DownloadFailed(f"the disk refused the blob: {exc}", cache_full=True))
         except asyncio.CancelledError:
             stopping = self.stopping_because == DAEMON_STOPPING
-            self._failed(DownloadFailed(f"download cancelled: {self.stopping_because}", stopping=stopping))
+            why = DownloadFailed(f"download cancelled: {self.stopping_because}", stopping=stopping)
+            self._failed(why, abandoned=not stopping)
             raise
         except Exception as exc:
             log.exception("download of %s crashed", self.task_id)
@@ -214,17 +215,22 @@ class TaskDownload:
             self._pins.close()
             self._notify()
 
-    def _failed(self, exc: DownloadFailed) -> None:
+    def _failed(self, exc: DownloadFailed, abandoned: bool = False) -> None:
+        """The run ended without the blob. ``abandoned``: nobody wants it any more (every
+        client left), which is no failure to alert on: counted and logged apart."""
         self.state = DownloadState.FAILED
         self.error = exc
-        self._ctx.metrics.blobs.labels("failed").inc()
+        self._ctx.metrics.blobs.labels("abandoned" if abandoned else "failed").inc()
         self._ctx.events.emit("task_finished", task=self.task_id, ok=False, error=str(exc))
         blob = self.blob
         if exc.untrusted and blob is not None and not blob.complete:
             self._untrusted = True  # dropped once the hashing task stopped reading it
         elif exc.cache_full and blob is not None and not blob.complete:
             self._ctx.store.remove(self.task_id)  # its space back at once
-        log.warning("download of %s failed: %s", redact_url(self.request.url), exc)
+        if abandoned:
+            log.info("download of %s abandoned: %s", redact_url(self.request.url), exc)
+        else:
+            log.warning("download of %s failed: %s", redact_url(self.request.url), exc)
 
     def _discard(self) -> None:
         """Drop every piece held of this blob, and tell the supernode we hold none.

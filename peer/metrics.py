@@ -24,7 +24,10 @@ class PeerMetrics:
             registry=r,
         )
         self.blobs = Counter(
-            "swarmpull_peer_blobs", "Blob downloads ended, by outcome", ["outcome"], registry=r
+            "swarmpull_peer_blobs",
+            "Blob downloads ended, by outcome (complete, failed, abandoned: every client left)",
+            ["outcome"],
+            registry=r,
         )
         self.transfers = TransferCounters(r, "swarmpull_peer")
         self.opens = Counter("swarmpull_peer_task_opens", "Tasks opened at the supernode", registry=r)
