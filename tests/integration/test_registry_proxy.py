@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import aiohttp
@@ -241,18 +242,27 @@ async def test_without_a_supernode_the_proxy_still_serves_verified_blobs(registr
         await node.stop()
 
 
+@contextlib.asynccontextmanager
+async def one_layer_behind_a_slow_registry(cluster, rate: int, seed: int):
+    """A registry sending ``rate`` bytes a second, a 1 MiB layer in it, and one node:
+    ``(registry, node, the layer's URL at the node's proxy)``."""
+    registry = MiniRegistry(rate=rate)
+    await registry.start()
+    try:
+        image = build_image([1 * MiB], seed=seed)
+        registry.add("app", "v1", image)
+        (node,) = await cluster.nodes(1, registry)
+        yield registry, node, f"{node.proxy.url}/v2/app/blobs/{image.layers[0].digest}?ns={registry.host}"
+    finally:
+        await registry.stop()
+
+
 async def test_a_node_stopping_under_a_pull_answers_503_and_reads_nothing_upstream(cluster):
     """A pull under way when its node's daemon stops: the client hears 503 (pull again)
     and the proxy does not read the blob from the registry instead (at a restart, every
     pull under way would)."""
-    registry = MiniRegistry(rate=64 * KiB)  # the supernode's read of the layer takes 16 s
-    await registry.start()
-    try:
-        image = build_image([1 * MiB], seed=12)
-        registry.add("app", "v1", image)
-        (node,) = await cluster.nodes(1, registry)
-        layer = image.layers[0].digest
-        url = f"{node.proxy.url}/v2/app/blobs/{layer}?ns={registry.host}"
+    # the supernode's read of the layer takes 16 s
+    async with one_layer_behind_a_slow_registry(cluster, 64 * KiB, seed=12) as (registry, node, url):
         async with aiohttp.ClientSession() as session:
             pull = asyncio.ensure_future(session.get(url))
             while registry.requests["GET blobs"] < 1:  # the node opened the task, the supernode reads
@@ -264,8 +274,6 @@ async def test_a_node_stopping_under_a_pull_answers_503_and_reads_nothing_upstre
                 error = (await resp.json())["errors"][0]
         assert error["code"] == "UNKNOWN" and "shutting down" in error["message"]
         assert registry.requests["GET blobs"] == 1  # the supernode's read, nothing from the proxy
-    finally:
-        await registry.stop()
 
 
 async def test_a_client_that_leaves_mid_blob_is_no_error(cluster, caplog):
@@ -273,14 +281,8 @@ async def test_a_client_that_leaves_mid_blob_is_no_error(cluster, caplog):
     closed. That is the client's choice, logged as such, not a server error with a
     traceback for every blob of every cancelled pull."""
     caplog.set_level(logging.INFO)
-    registry = MiniRegistry(rate=256 * KiB)  # a piece of the layer every second
-    await registry.start()
-    try:
-        image = build_image([1 * MiB], seed=13)
-        registry.add("app", "v1", image)
-        (node,) = await cluster.nodes(1, registry)
-        layer = image.layers[0].digest
-        url = f"{node.proxy.url}/v2/app/blobs/{layer}?ns={registry.host}"
+    # a piece of the layer every second
+    async with one_layer_behind_a_slow_registry(cluster, 256 * KiB, seed=13) as (_, node, url):
         async with aiohttp.ClientSession() as session, session.get(url) as resp:
             assert resp.status == 200
             assert await resp.content.readany()  # the first bytes, then we leave
@@ -292,8 +294,6 @@ async def test_a_client_that_leaves_mid_blob_is_no_error(cluster, caplog):
             await asyncio.sleep(0.1)
         else:
             pytest.fail("the proxy never noticed the client had left, or its download went on")
-    finally:
-        await registry.stop()
     # The download nobody reads any more is abandoned: not a failure to alert on.
     assert ended("swarmpull_peer_blobs_total", {"outcome": "failed"}) is None
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
