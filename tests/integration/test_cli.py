@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 
@@ -325,3 +326,16 @@ async def test_the_local_api_refuses_what_a_web_page_can_send(swarm, upstream, t
                     assert resp.status == status
     finally:
         await daemon.stop()
+
+
+@pytest.mark.parametrize("timeout, completed", [("2", 0), (None, 4)])
+async def test_a_surge_stops_at_its_timeout_and_counts_the_nodes_not_done(tmp_path, timeout, completed):
+    """4 nodes x 1 MiB at 100 kB/s need at least 10.5 s: after 2 s none is done (and the
+    command says so with its exit status)."""
+    report = tmp_path / "report.json"
+    extra = ["--timeout", timeout] if timeout else []
+    code, _, err = await swarmpull("loadtest", "--simulate", "--nodes", "4", "--image-size", "1MiB",
+                                   "--layers", "1", *extra, "--json", str(report))  # fmt: skip
+    assert code == (0 if completed == 4 else 1), err
+    (result,) = json.loads(report.read_text())["results"]
+    assert (result["completed"], result["failed"]) == (completed, 4 - completed)

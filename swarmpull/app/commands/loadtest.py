@@ -78,6 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="seed of the image and the simulation (default: %(default)s)",
     )
     p.add_argument(
+        "--timeout", type=positive_int, metavar="SECONDS",
+        help="how long a run may take; nodes not done by then count as failed "
+        "(default: 900 s on sockets, 3600 simulated seconds)",
+    )  # fmt: skip
+    p.add_argument(
         "--json", type=Path, metavar="FILE", help="also write the report as JSON (default: no file)"
     )
     p.add_argument(
@@ -317,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
                 faults=faults,
                 events_dir=_events_dir(args.events_dir),
                 tls=args.tls,
+                **_timeout(args),
             )
             settings["run"] = f"real sockets, {config.worker_count()} worker processes"
             secure = config.tls and faults is None
@@ -395,6 +401,10 @@ async def _surge(config, run_surge):  # type: ignore[no-untyped-def]
             print(file=sys.stderr)
 
 
+def _timeout(args: argparse.Namespace) -> dict[str, float]:
+    return {"timeout": float(args.timeout)} if args.timeout else {}
+
+
 def _simulate(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from loadtest.simulate.config import SimConfig
     from loadtest.simulate.direct import simulate_direct
@@ -419,6 +429,7 @@ def _simulate(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         slow_fraction=args.slow_fraction,
         slow_factor=args.slow_factor,
         seed=args.seed,
+        **_timeout(args),
     )
     results = []
     if args.mode in ("p2p", "both"):
