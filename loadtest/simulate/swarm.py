@@ -253,6 +253,16 @@ class SwarmSimulation:
             groups.setdefault(hash(download.layer.id) % self.config.owners, []).append(download)
         return list(groups.values())
 
+    def every(self, interval: float, call: Callable[[SwarmSimulation], None]) -> None:
+        """``call(self)`` every ``interval`` simulated seconds (it must only read:
+        ``loadtest.simulate.trace``)."""
+        self._at(self.now + interval, "call", (interval, call))
+
+    def _on_call(self, data: tuple[float, Callable[[SwarmSimulation], None]]) -> None:
+        interval, call = data
+        call(self)
+        self._at(self.now + interval, "call", data)
+
     def _on_tick(self, _: object) -> None:
         self.scheduler.expire(self.now)
         self._at(self.now + 1.0, "tick", None)

@@ -11,6 +11,7 @@ from loadtest.report import ModeResult, compare, dump_json, json_key, kumar_ross
 from loadtest.simulate.config import SimConfig
 from loadtest.simulate.direct import simulate_direct
 from loadtest.simulate.swarm import SwarmSimulation
+from loadtest.simulate.trace import LinkTrace
 
 MB = 1e6
 
@@ -180,3 +181,27 @@ def test_a_node_opens_its_layers_in_one_call_and_reports_on_them_together():
     extra_in_reports = sim.tasks_carried - 20 - sim.calls["report"]
     assert sim.supernode_busy == pytest.approx(5 * (0.01 + 3 * 0.001) + extra_in_reports * 0.001)
     assert sim.tasks_carried > sim.calls["open"] + sim.calls["report"]  # reports carried layers together
+
+
+def test_the_trace_reads_the_links_without_changing_the_run():
+    """One node, one 1 MB piece: the seed has it at 0.5 s and sends it at 2 MB/s, a fifth
+    of the node's link, until 1.0 s."""
+    trace = LinkTrace(0.25)
+    sim = SwarmSimulation(tiny())
+    trace.attach(sim)
+    result = sim.run()
+    assert result.completion_times == SwarmSimulation(tiny()).run().completion_times
+    assert [(when, active) for when, active, _, _ in trace.samples] == [(0.25, 1), (0.5, 1), (0.75, 1)]
+    assert trace.samples[0][2:] == (0.0, 0.0)
+    assert trace.samples[2][2:] == (pytest.approx(0.2), 0.0)  # the seed is no node: no upload
+
+
+def test_the_trace_groups_nodes_by_their_parents_children():
+    trace = LinkTrace(0.5)
+    sim = SwarmSimulation(tiny(nodes=30, image_size=16_000_000, seed_slots=2))
+    trace.attach(sim)
+    sim.run()
+    assert trace.by_crowding and trace.by_children
+    assert set(trace.by_children[0]) <= {0.0}  # a source without children uploads nothing
+    assert any(use > 0 for key, uses in trace.by_children.items() if key for use in uses)
+    assert "a node's download use" in trace.render()

@@ -147,6 +147,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="they fail within this time (default: %(default)s)",
     )
     sim.add_argument(
+        "--trace", type=_interval, metavar="SECONDS",
+        help="also print, every SECONDS of simulated time, the share of their links the nodes use, "
+        "and the use by how crowded a node's parents are (default: no trace)",
+    )  # fmt: skip
+    sim.add_argument(
         "--rtt", type=float, default=0.0005, metavar="SECONDS",
         help="network round trip of every call and transfer (default: %(default)s)",
     )  # fmt: skip
@@ -299,8 +304,9 @@ def run(args: argparse.Namespace) -> int:
         if faults is not None and args.transport != "http":
             # The byzantine fronts and the audit speak only the HTTP swarm's piece protocol.
             raise ValueError("fault options apply to the HTTP swarm only (--transport http)")
+        trace = None
         if args.simulate:
-            results = _simulate(args)
+            results, trace = _simulate(args)
             settings["run"] = (
                 f"discrete-event simulation, the production scheduler and piece policy, the supernode "
                 f"charged, rtt {args.rtt * 1000:g} ms"
@@ -333,6 +339,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     write_report(results, settings, args.json, args.plot)
+    if trace is not None:
+        print(trace.render())
     if faults is not None:
         from loadtest.fault_report import render_faults
 
@@ -431,12 +439,28 @@ def _simulate(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         seed=args.seed,
         **_timeout(args),
     )
-    results = []
+    results, trace = [], None
     if args.mode in ("p2p", "both"):
-        results.append(SwarmSimulation(config).run())
+        sim = SwarmSimulation(config)
+        if args.trace:
+            from loadtest.simulate.trace import LinkTrace
+
+            trace = LinkTrace(args.trace)
+            trace.attach(sim)
+        results.append(sim.run())
     if args.mode in ("direct", "both"):
         results.append(simulate_direct(config))
-    return results
+    return results, trace
+
+
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.001 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"from 0.001 to 3600 seconds, not {text}")
+    return seconds
 
 
 def _service(text: str) -> dict[str, float]:
