@@ -80,6 +80,28 @@ def test_a_parent_whose_pieces_are_slow_sends_them_one_after_another():
     assert by_parent.count("slow") == 1 and by_parent.count("quick") == 4
 
 
+def test_a_parent_with_upload_to_spare_gets_a_second_transfer_while_our_link_is_underfed():
+    """A parent shares its upload per transfer: one crowded with children brings less than
+    its share of our link, and one with upload to spare makes up for it with a second
+    transfer, but only while our link is not full, and never for a slow piece."""
+
+    def by_parent(rates: dict[str, float], link: float = 125e6) -> dict[str, int]:
+        p = policy(count=64, rate=link, per_parent=3, max_inflight=8, headroom=1.25, pipeline_below=0.1)
+        p.set_parents([(name, False, View(range(64))) for name in rates])
+        for name, rate in rates.items():
+            p.parents[name].rate = rate
+        picked = [parent for _, parent in p.choose(NOW, 8)]
+        return {name: picked.count(name) for name in rates}
+
+    # 4 MiB at 31 MB/s: 0.14 s, not quick enough to pipeline (pipeline_below).
+    crowded = {"a": 21e6, "b": 21e6, "c": 21e6, "roomy": 31e6}
+    assert by_parent(crowded) == {"a": 1, "b": 1, "c": 1, "roomy": 2}
+    fed = {"a": 31e6, "b": 31e6, "c": 31e6, "d": 31e6}  # 124 of 125 MB/s expected: full
+    assert by_parent(fed) == dict.fromkeys(fed, 1)
+    slow = {"a": 1.5e6, "b": 1.5e6, "c": 1.5e6, "roomy": 2.5e6}  # its pieces take 1.7 s
+    assert by_parent(slow, link=10e6) == dict.fromkeys(slow, 1)
+
+
 def test_a_parent_offers_what_we_lack_and_are_not_fetching():
     """``offers``: whether a parent's news can wait (``SwarmFetch`` pauses its map polls)."""
     p = policy(count=4, per_parent=2, max_inflight=2, headroom=10.0)
