@@ -73,6 +73,8 @@ class PolicyConfig:
     86 % of their link, and a parent of 3 left a quarter of its upload unused (p99
     1.25x the bound; 1.19-1.20x with this)."""
     spare_until: float = 0.95
+    """Share of our link our transfers must be expected to bring before no parent gets a
+    second transfer for spare upload (``spare_share``)."""
     spare_below: float = 0.5
     """Seconds: a slower piece is not split with a second transfer (``pipeline_below``)."""
     headroom: float = 1.25

@@ -339,3 +339,9 @@ async def test_a_surge_stops_at_its_timeout_and_counts_the_nodes_not_done(tmp_pa
     assert code == (0 if completed == 4 else 1), err
     (result,) = json.loads(report.read_text())["results"]
     assert (result["completed"], result["failed"]) == (completed, 4 - completed)
+
+
+async def test_a_trace_of_a_surge_on_sockets_is_refused_in_one_line():
+    code, out, err = await swarmpull("loadtest", "--nodes", "4", "--trace", "0.5")
+    assert code == 1 and not out
+    assert err.strip() == "swarmpull: error: --trace applies to simulated surges (--simulate)"

@@ -304,6 +304,8 @@ def run(args: argparse.Namespace) -> int:
         if faults is not None and args.transport != "http":
             # The byzantine fronts and the audit speak only the HTTP swarm's piece protocol.
             raise ValueError("fault options apply to the HTTP swarm only (--transport http)")
+        if args.trace and not args.simulate:
+            raise ValueError("--trace applies to simulated surges (--simulate)")
         trace = None
         if args.simulate:
             results, trace = _simulate(args)
