@@ -72,7 +72,7 @@ def test_p2p_is_compared_with_direct_when_both_ran():
     assert compare(results[:1]) is None
     settings = {"nodes": 10, "image_bytes": 1 << 20, "layers": 2, "node_link_bytes_per_second": 100_000}
     table = render(results, settings)
-    assert "direct took longer by p50 5.0x, p99 5.0x, max 5.0x" in table
+    assert "direct's completion times over p2p's: p50 5.00x, p99 5.00x, max 5.00x" in table
     assert "0.100x direct's (10 times less)" in table
     assert "1.0 MiB in 2 layers" in table  # sizes in binary units
     assert "100 kB/s (97.7 KiB/s)" in table  # a rate as set, and in binary
