@@ -3,10 +3,11 @@
 Every ``S`` simulated seconds it samples the flows: the share of their download links
 the nodes not done yet use, and the share of their upload links all nodes use; and
 per node, how many children its peer parents serve. At the end, ``render`` prints the
-samples and, over the samples where no node was done yet, the nodes' download use by how
-crowded their parents were, and the sources' upload use by how many children they had:
-a node whose parents serve many children gets less of its link, and a source with few
-children leaves its upload unused.
+samples and, over the samples after the ramp (the nodes' download use reached 90 %) and
+before any node was done, the nodes' download use by how crowded their parents were,
+and the sources' upload use by how many children they had: a node whose parents serve
+many children gets less of its link, and a source with few children leaves its upload
+unused.
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class LinkTrace:
     every: float
+    steady_at: float = 0.9
+    """The nodes' download use that ends the ramp."""
     samples: list[tuple[float, int, float, float]] = field(default_factory=list)
     """(time, nodes not done, their download use, every node's upload use)"""
-    by_crowding: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
-    """children its parents serve (the mean, rounded) -> a node's download use"""
+    steady: bool = False
+    """The nodes' download use has reached ``steady_at``: the ramp is over."""
+    by_crowding: dict[float, list[float]] = field(default_factory=lambda: defaultdict(list))
+    """children its parents serve (the mean, to a half) -> a node's download use"""
     by_children: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
     """children a source serves -> its upload use"""
 
@@ -40,8 +45,9 @@ class LinkTrace:
         down = sum(f.rate for n in active for f in n.link.down_flows) / sum(n.link.down for n in active)
         up = sum(f.rate for n in nodes for f in n.link.up_flows) / sum(n.link.up for n in nodes)
         self.samples.append((sim.now, len(active), down, up))
-        if len(active) < len(nodes):
-            return  # crowding is read while every node still downloads
+        self.steady = self.steady or down >= self.steady_at
+        if len(active) < len(nodes) or not self.steady:
+            return  # crowding is read after the ramp, while every node still downloads
         children: Counter[str] = Counter()
         parents: dict[str, list[str]] = defaultdict(list)
         for layer in sim.layers:
@@ -53,7 +59,8 @@ class LinkTrace:
             used = sum(f.rate for f in node.link.down_flows) / node.link.down
             mine = parents.get(node.id)
             if mine:
-                self.by_crowding[round(sum(children[p] for p in mine) / len(mine))].append(used)
+                crowding = round(2 * sum(children[p] for p in mine) / len(mine)) / 2
+                self.by_crowding[crowding].append(used)
             self.by_children[children[node.id]].append(sum(f.rate for f in node.link.up_flows) / node.link.up)
 
     def render(self) -> str:
@@ -61,15 +68,18 @@ class LinkTrace:
         lines.append(f"  {'seconds':>8} {'not done':>9} {'download':>9} {'upload':>7}")
         for when, active, down, up in self.samples:
             lines.append(f"  {when:8.2f} {active:9d} {down:9.0%} {up:7.0%}")
-        lines.append("while every node downloads: a node's download use, by the children its parents serve")
+        lines.append(
+            f"after the ramp (download use {self.steady_at:.0%}), while every node downloads: "
+            "a node's download use, by the children its parents serve (mean)"
+        )
         lines.extend(_table(self.by_crowding))
         lines.append("and a source's upload use, by the children it serves")
         lines.extend(_table(self.by_children))
         return "\n".join(lines)
 
 
-def _table(groups: dict[int, list[float]]) -> list[str]:
+def _table(groups: dict[float, list[float]] | dict[int, list[float]]) -> list[str]:
     rows = [f"  {'children':>8} {'use':>5}  samples"]
     for key, values in sorted(groups.items()):
-        rows.append(f"  {key:8d} {sum(values) / len(values):5.0%}  {len(values)}")
+        rows.append(f"  {key:8g} {sum(values) / len(values):5.0%}  {len(values)}")
     return rows
