@@ -68,10 +68,11 @@ class PolicyConfig:
     our parents has upload to spare: it gets a second transfer at once while its pieces
     take under ``spare_below`` and our transfers are expected to bring less than
     ``spare_until`` of our link. A parent shares its upload per transfer, and with one
-    transfer a parent a node is fed by how crowded its parents are: simulated, 1000 nodes x
-    1 GiB in 4 MiB pieces at 1 Gbit/s, nodes whose parents served 5 or 6 children each got
-    86 % of their link, and a parent of 3 left a quarter of its upload unused (p99
-    1.25x the bound; 1.19-1.20x with this)."""
+    transfer a parent a node is fed by how crowded its parents are: simulated (``--trace``),
+    1000 nodes x 1 GiB in 4 MiB pieces at 1 Gbit/s, nodes whose parents served 4.5 to 5
+    children on average used 91-93 % of their link against 99-100 % behind parents of 3
+    to 3.5, and a source of 3 children used 78 % of its upload (p99 1.25x the bound;
+    1.19-1.20x with this)."""
     spare_until: float = 0.95
     """Share of our link our transfers must be expected to bring before no parent gets a
     second transfer for spare upload (``spare_share``)."""
