@@ -79,7 +79,11 @@ async def test_no_torrent_for_a_cold_blob_means_the_http_swarm(swarm, upstream):
 
 async def test_a_peer_serving_corrupt_data_is_caught_by_the_hash_checks(swarm, upstream, tmp_path):
     data = os.urandom(4 * MiB)
-    await swarm.start_supernode(piece_size=256 * KiB)
+    # The honest seed sends slowly (16 s for the blob), so the victim asks the evil peer
+    # for pieces: at full speed it could have had them all from the seed before the evil
+    # peer was connected (one CI run on a loaded machine saw no corrupt piece).
+    slow_seed = TorrentConfig(transport=Transport.BOTH, upload_limit=256 * KiB)
+    await swarm.start_supernode(piece_size=256 * KiB, torrent=slow_seed)
     request = await warm(swarm, upstream, data)
     # An evil member of the swarm: a registered node that got the torrent, serving a
     # copy with flipped bytes from a session that does not check what it sends.
