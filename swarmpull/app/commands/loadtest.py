@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from swarmpull.app.args import positive_int, rate_arg, size_arg
+from swarmpull.app.args import positive_int, rate_arg, seconds_arg, size_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -456,10 +456,7 @@ def _simulate(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _interval(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    seconds = seconds_arg(text)
     if not 0.001 <= seconds <= 3600:
         raise argparse.ArgumentTypeError(f"from 0.001 to 3600 seconds, not {text}")
     return seconds
