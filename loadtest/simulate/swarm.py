@@ -467,7 +467,10 @@ class SwarmSimulation:
         self._upload_ended(uploads)
         download.flows.pop((piece, parent_id), None)
         policy = download.policy
-        for twin in policy.finished(piece, parent_id, int(flow.size), now - flow.started, now):
+        # Timed from the choice, as the daemon times a transfer from its request: the round
+        # trip and the wait in line for one of the parent's upload slots are part of it.
+        asked = policy.inflight[piece][parent_id]
+        for twin in policy.finished(piece, parent_id, int(flow.size), now - asked, now):
             other = download.flows.pop((piece, twin), None)
             if other is not None:
                 self.network.cancel(other)

@@ -12,6 +12,7 @@ from loadtest.simulate.config import SimConfig
 from loadtest.simulate.direct import simulate_direct
 from loadtest.simulate.swarm import SwarmSimulation
 from loadtest.simulate.trace import LinkTrace
+from peer.policy import PiecePolicy
 
 MB = 1e6
 
@@ -146,6 +147,22 @@ def test_a_peer_passes_on_what_it_got_from_the_seed():
     assert result.completed == 3
     assert sim.sources["peer"] > 0  # pieces crossed between the nodes
     assert result.sources["seed"] + result.sources["peer"] == 12_000_000
+
+
+def test_a_transfer_is_timed_from_its_request_as_the_daemon_times_it(monkeypatch):
+    """The seed serves one upload at a time: the second node's piece waits 0.5 s in line,
+    and its policy learns the 1 MB took 1.0 s (1 MB/s), not the 0.5 s it was on the wire."""
+    timed = []
+    finished = PiecePolicy.finished
+
+    def spy(self, piece, parent_id, size, seconds, now):  # type: ignore[no-untyped-def]
+        timed.append(seconds)
+        return finished(self, piece, parent_id, size, seconds, now)
+
+    monkeypatch.setattr(PiecePolicy, "finished", spy)
+    result = SwarmSimulation(tiny(nodes=2, seed_slots=1)).run()
+    assert sorted(result.completion_times) == [pytest.approx(1.0), pytest.approx(1.5)]
+    assert sorted(timed) == [pytest.approx(0.5), pytest.approx(1.0)]
 
 
 def test_direct_mode_shares_the_registry_among_every_node():
