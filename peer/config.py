@@ -15,6 +15,8 @@ from swarmpull.edges.transport import TransportConfig
 DEFAULT_API = HostPort("127.0.0.1", 65000)
 DEFAULT_UPLOAD_LIMIT = 100 * 1000**2  # 100 MB/s (800 Mbit/s)
 DEFAULT_DOWNLOAD_LIMIT = 200 * 1000**2  # 200 MB/s (1.6 Gbit/s)
+UPLOAD_SLOTS = 8  # the daemon's and the simulator's defaults
+DOWNLOAD_SLOTS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +41,10 @@ class PeerConfig:
     scrub_rate: int | None = 50 * 1000**2
     """Bytes per second at which complete blobs are re-verified after a restart (None:
     only when read); a piece is always checked before it is read or served."""
-    upload_slots: int = 8
+    upload_slots: int = UPLOAD_SLOTS
     """Concurrent uploads this peer serves; more wait in line for a slot (four times as
     many), and one more is refused at once (429, retry hint)."""
-    download_slots: int = 16
+    download_slots: int = DOWNLOAD_SLOTS
     """Concurrent piece downloads, all blobs together."""
     upload_limit: int | None = DEFAULT_UPLOAD_LIMIT
     """Upload bytes per second to other peers (on the wire); None: no limit."""

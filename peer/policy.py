@@ -304,7 +304,7 @@ class PiecePolicy:
         that downloads before this one are expected to use (``peer.share``); ``awaited``:
         the pieces a reader waits on (a runtime reads a layer in order), taken first,
         from a peer if one holds them."""
-        room = min(room, self.config.max_inflight - self._transfers())
+        room = min(room, self.config.max_inflight - self.transfers)
         if room <= 0 or self.done:
             return []
         wanted = self._full & ~self.have & ~self.inflight_bits
@@ -493,7 +493,9 @@ class PiecePolicy:
 
     # ---------------------------------------------------------------- internals
 
-    def _transfers(self) -> int:
+    @property
+    def transfers(self) -> int:
+        """Transfers under way (a piece fetched from two parents in the endgame: two)."""
         return sum(len(c) for c in self.inflight.values())
 
     def _cap(self, link: ParentLink, target: float) -> int:

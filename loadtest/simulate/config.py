@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from peer.config import DOWNLOAD_SLOTS, UPLOAD_SLOTS
 from peer.policy import PolicyConfig
 from supernode.config import SupernodeConfig
 from supernode.scheduler import SchedulerConfig
@@ -37,8 +38,10 @@ class SimConfig:
     """Supernode replicas owning tasks (a task's calls queue at its owner)."""
     supernode: SupernodeConfig = field(default_factory=SupernodeConfig)
     """How often the supernode asks for reports (``report_rate`` ...), as in production."""
-    upload_slots: int = 8
+    upload_slots: int = UPLOAD_SLOTS
     """Uploads a node serves at once; more wait in line (the daemon's piece server)."""
+    download_slots: int = DOWNLOAD_SLOTS
+    """Transfers a node runs at once, all layers together (the daemon's download slots)."""
     seed_slots: int = 64
     """Uploads the seed serves at once."""
     network: str = "exact"

@@ -16,8 +16,9 @@ them:
   forgotten ``peer_timeout`` after it fell silent (or sooner, on its children's word).
 - **The back-to-source read:** the registry streams each layer once, in order, the layers
   side by side at the registry's rate; a piece is the seed's when it has arrived.
-- **Every peer daemon:** opens each layer's task, fetches what its policy chooses (a
-  transfer starts one ``rtt`` after it is chosen), reports when its policy asks for
+- **Every peer daemon:** opens each layer's task, fetches what its policy chooses within
+  the node's download slots, all layers together (a transfer starts one ``rtt`` after it
+  is chosen, and is timed from then), reports when its policy asks for
   parents, when a layer completes, and at the interval the supernode sets
   (``supernode.pacing``).
 - **The network:** each transfer is a flow; ``exact`` reprices the flows at both ends of
@@ -106,14 +107,15 @@ class _Uploads:
 
 class _Node:
     __slots__ = (
-        "calling", "done_at", "downloads", "failed", "flush_at", "id", "joined", "joined_at", "link",
-        "share", "uploads", "watchers",
+        "calling", "done_at", "downloads", "failed", "flush_at", "full", "id", "joined", "joined_at",
+        "link", "share", "uploads", "watchers",
     )  # fmt: skip
 
     def __init__(self, node_id: str, link: Link, uploads: _Uploads) -> None:
         self.id = node_id
         self.calling = 0  # calls to the supernode under way
         self.flush_at = math.inf  # when its control channel looks at what is due next
+        self.full = False  # a download found every download slot taken: all look at the next free one
         self.link = link
         self.uploads = uploads
         self.joined = False
@@ -394,7 +396,11 @@ class SwarmSimulation:
         policy = download.policy
         if download.done_at is not None or node.failed:
             return
-        picks = policy.choose(self.now, self.config.policy.max_inflight, ahead=node.share.ahead(download))
+        room = self.config.download_slots - sum(d.policy.transfers for d in node.downloads.values())
+        if room <= 0:
+            node.full = True  # it waits for a slot, as the daemon's downloads do
+            return
+        picks = policy.choose(self.now, room, ahead=node.share.ahead(download))
         task = download.layer.id
         for piece, parent_id in picks:
             self._at(self.now + self.config.rtt, "transfer", (node, download, piece, parent_id))
@@ -441,6 +447,7 @@ class SwarmSimulation:
             if parent.failed:
                 download.policy.failed(piece, parent_id, FailureReason.UNREACHABLE, self.now)
                 self._fill(node, download)
+                self._slot_freed(node)
                 return
             uploads = parent.uploads
         if uploads.active >= uploads.slots:
@@ -485,9 +492,18 @@ class SwarmSimulation:
                 node.done_at = now
                 self._open -= 1
             node.share.leave(download)
+            self._slot_freed(node)
             return
         self._fill(node, download)
         node.share.changed(download)
+        self._slot_freed(node)
+
+    def _slot_freed(self, node: _Node) -> None:
+        """A transfer of ``node`` ended: the downloads that found no free slot look again."""
+        if node.full:
+            node.full = False
+            for download in node.downloads.values():
+                self._fill(node, download)
 
     def _on_fail(self, node: _Node) -> None:
         if node.done_at is not None or node.failed:
@@ -509,6 +525,7 @@ class SwarmSimulation:
         for child, download, piece, parent_id in waiting:
             download.policy.failed(piece, parent_id, FailureReason.UNREACHABLE, self.now)
             self._fill(child, download)
+            self._slot_freed(child)
 
     # ------------------------------------------------------------------ report
 

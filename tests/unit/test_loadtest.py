@@ -165,6 +165,21 @@ def test_a_transfer_is_timed_from_its_request_as_the_daemon_times_it(monkeypatch
     assert sorted(timed) == [pytest.approx(0.5), pytest.approx(1.0)]
 
 
+def test_a_node_runs_no_more_transfers_than_its_download_slots_all_layers_together():
+    """As the daemon's download slots: 4 layers, 2 slots; the seed is slow, so each layer's
+    policy alone would run more than 2 transfers to fill the link."""
+    most = []
+    sim = SwarmSimulation(tiny(nodes=3, layers=4, image_size=8_000_000, download_slots=2))
+    sim.every(
+        0.05,
+        lambda s: most.append(
+            max(sum(d.policy.transfers for d in n.downloads.values()) for n in s.nodes.values())
+        ),
+    )
+    assert sim.run().completed == 3
+    assert max(most) == 2
+
+
 def test_direct_mode_shares_the_registry_among_every_node():
     result = simulate_direct(tiny(nodes=4, registry_rate=1 * MB))
     assert result.completion_times == [pytest.approx(4.0)] * 4  # 4 MB through 1 MB/s
