@@ -93,8 +93,8 @@ class _Download:
 
 
 class _Uploads:
-    """A source's piece server: at most ``slots`` uploads at once, the rest wait in line
-    (as the daemon's piece server queues requests for a free slot)."""
+    """A source's piece server, as the daemon's: at most ``slots`` uploads at once, as many
+    more wait in line for a free slot, and one more is refused (busy)."""
 
     __slots__ = ("active", "link", "queue", "slots")
 
@@ -438,22 +438,29 @@ class SwarmSimulation:
 
     def _on_transfer(self, data: tuple[_Node, _Download, int, str]) -> None:
         node, download, piece, parent_id = data
-        if node.failed or not download.policy.inflight.get(piece, {}).get(parent_id):
+        if node.failed or parent_id not in download.policy.inflight.get(piece, {}):
             return  # gone, or cancelled in the meantime (an endgame twin won)
         if parent_id == SEED:
             uploads = self._seed
         else:
             parent = self.nodes[parent_id]
             if parent.failed:
-                download.policy.failed(piece, parent_id, FailureReason.UNREACHABLE, self.now)
-                self._fill(node, download)
-                self._slot_freed(node)
+                self._refused(node, download, piece, parent_id, FailureReason.UNREACHABLE)
                 return
             uploads = parent.uploads
-        if uploads.active >= uploads.slots:
+        if uploads.active < uploads.slots:
+            self._start_flow(uploads, data)
+        elif len(uploads.queue) < uploads.slots:  # the daemon's line: as long as its slots
             uploads.queue.append(data)
-            return
-        self._start_flow(uploads, data)
+        else:  # and one more is refused (429): the requester asks another
+            self._refused(node, download, piece, parent_id, FailureReason.BUSY)
+
+    def _refused(
+        self, node: _Node, download: _Download, piece: int, parent_id: str, why: FailureReason
+    ) -> None:
+        download.policy.failed(piece, parent_id, why, self.now)
+        self._fill(node, download)
+        self._slot_freed(node)
 
     def _start_flow(self, uploads: _Uploads, data: tuple[_Node, _Download, int, str]) -> None:
         node, download, piece, parent_id = data
@@ -466,7 +473,7 @@ class SwarmSimulation:
         uploads.active -= 1
         while uploads.queue and uploads.active < uploads.slots:
             node, download, piece, parent_id = waiting = uploads.queue.popleft()
-            if not node.failed and download.policy.inflight.get(piece, {}).get(parent_id):
+            if not node.failed and parent_id in download.policy.inflight.get(piece, {}):
                 self._start_flow(uploads, waiting)
 
     def _flow_done(self, flow: Flow, now: float) -> None:
@@ -523,9 +530,7 @@ class SwarmSimulation:
             waiting.append(flow.payload[:4])
             flow.payload[1].flows.pop((flow.payload[2], flow.payload[3]), None)
         for child, download, piece, parent_id in waiting:
-            download.policy.failed(piece, parent_id, FailureReason.UNREACHABLE, self.now)
-            self._fill(child, download)
-            self._slot_freed(child)
+            self._refused(child, download, piece, parent_id, FailureReason.UNREACHABLE)
 
     # ------------------------------------------------------------------ report
 

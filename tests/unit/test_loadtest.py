@@ -13,6 +13,7 @@ from loadtest.simulate.direct import simulate_direct
 from loadtest.simulate.swarm import SwarmSimulation
 from loadtest.simulate.trace import LinkTrace
 from peer.policy import PiecePolicy
+from swarmpull.core.failures import FailureReason
 
 MB = 1e6
 
@@ -178,6 +179,22 @@ def test_a_node_runs_no_more_transfers_than_its_download_slots_all_layers_togeth
     )
     assert sim.run().completed == 3
     assert max(most) == 2
+
+
+def test_a_source_with_its_slots_and_its_line_full_refuses_and_is_asked_again(monkeypatch):
+    """The seed (fast enough to take three children) has one slot and a line of one: the
+    third node is refused (busy), as the daemon's piece server refuses it, and completes."""
+    reasons = []
+    failed = PiecePolicy.failed
+
+    def spy(self, piece, parent_id, reason, now):  # type: ignore[no-untyped-def]
+        reasons.append(reason)
+        return failed(self, piece, parent_id, reason, now)
+
+    monkeypatch.setattr(PiecePolicy, "failed", spy)
+    result = SwarmSimulation(tiny(nodes=3, seed_slots=1, seed_up=10 * MB)).run()
+    assert result.completed == 3
+    assert reasons == [FailureReason.BUSY]
 
 
 def test_direct_mode_shares_the_registry_among_every_node():
