@@ -240,16 +240,19 @@ def test_the_trace_reads_the_links_without_changing_the_run():
     trace.attach(sim)
     result = sim.run()
     assert result.completion_times == SwarmSimulation(tiny()).run().completion_times
-    assert [(when, active) for when, active, _, _ in trace.samples] == [(0.25, 1), (0.5, 1), (0.75, 1)]
-    assert trace.samples[0][2:] == (0.0, 0.0)
-    assert trace.samples[2][2:] == (pytest.approx(0.2), 0.0)  # the seed is no node: no upload
+    assert [sample[:2] for sample in trace.samples] == [(0.25, 1), (0.5, 1), (0.75, 1)]
+    assert trace.samples[0][2:] == (0.0, 0.0, 0.0, 0.0)
+    # the seed is no node: no upload, no slot taken
+    assert trace.samples[2][2:] == (pytest.approx(0.2), 0.0, 0.0, 0.0)
 
 
 def test_the_trace_groups_nodes_by_their_parents_children():
     trace = LinkTrace(0.5, steady_at=0.0)  # a swarm this small hardly fills its links
-    sim = SwarmSimulation(tiny(nodes=30, image_size=16_000_000, seed_slots=2))
+    sim = SwarmSimulation(tiny(nodes=30, image_size=16_000_000, seed_slots=2, upload_slots=1))
     trace.attach(sim)
     sim.run()
+    assert max(sample[4] for sample in trace.samples) <= 1.0  # one upload slot each
+    assert max(sample[5] for sample in trace.samples) > 0.0  # and requests waited for it
     assert trace.by_crowding and trace.by_children
     assert set(trace.by_children[0]) <= {0.0}  # a source without children uploads nothing
     assert any(use > 0 for key, uses in trace.by_children.items() if key for use in uses)
