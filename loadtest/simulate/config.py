@@ -39,7 +39,8 @@ class SimConfig:
     supernode: SupernodeConfig = field(default_factory=SupernodeConfig)
     """How often the supernode asks for reports (``report_rate`` ...), as in production."""
     upload_slots: int = UPLOAD_SLOTS
-    """Uploads a node serves at once; more wait in line (the daemon's piece server)."""
+    """Uploads a node serves at once; as many more wait in line, one more is refused busy
+    (the daemon's piece server)."""
     download_slots: int = DOWNLOAD_SLOTS
     """Transfers a node runs at once, all layers together (the daemon's download slots)."""
     seed_slots: int = 64

@@ -89,9 +89,10 @@ def add_peer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--upload-slots",
         type=int,
-        default=8,
+        default=16,
         metavar="N",
-        help="concurrent uploads; more are refused at once with a retry hint (default: %(default)s)",
+        help="concurrent uploads; as many more wait in line, and one more is refused at once "
+        "with a retry hint (default: %(default)s)",
     )
     p.add_argument(
         "--upload-limit",
