@@ -18,8 +18,9 @@ DEFAULT_DOWNLOAD_LIMIT = 200 * 1000**2  # 200 MB/s (1.6 Gbit/s)
 # The daemon's and the simulator's defaults. As many upload slots as download slots: with
 # fewer, a parent's slots fill with transfers each held back by its child's link (shared
 # with the child's other transfers) and its upload idles while requests wait in line.
-# Simulated, 300 nodes x 1 GiB in 8 layers at 1 Gbit/s: with 8 upload slots they were
-# taken 7.9 of 8 on average while the uploads used 86 % of the links.
+# Simulated (`--trace`), 300 nodes x 1 GiB in 8 layers at 1 Gbit/s: 8 upload slots were
+# taken 7.7-7.9 of 8 on average while the uploads used 80-84 % of the links (p99 1.26x
+# the bound; 1.13x with 16: docs/BENCHMARKS.md).
 UPLOAD_SLOTS = 16
 DOWNLOAD_SLOTS = 16
 
