@@ -232,7 +232,7 @@ class SwarmSimulation:
         after half a round trip, waits for the owner's queue, is served for its cost;
         ``then`` runs at the owner when served."""
         c = self.config
-        owner = hash(downloads[0].layer.id) % c.owners
+        owner = self._owner(downloads[0].layer)
         arrival = self.now + c.rtt / 2
         start = max(arrival, self._busy[owner])
         cost = c.service[kind] + (len(downloads) - 1) * c.service["task"]
@@ -249,10 +249,17 @@ class SwarmSimulation:
         else:
             self._at(start + cost, then, (node, downloads))
 
+    def _owner(self, layer: _Layer) -> int:
+        """The replica owning ``layer``'s task: the layers in turn, so the same run gives
+        the same figures every time (``hash`` of a string changes from one process to the
+        next). A task's lease goes to the replica that opens it first; with the nodes'
+        calls spread over the replicas, so are the tasks."""
+        return layer.index % self.config.owners
+
     def _by_owner(self, downloads: list[_Download]) -> list[list[_Download]]:
         groups: dict[int, list[_Download]] = {}
         for download in downloads:
-            groups.setdefault(hash(download.layer.id) % self.config.owners, []).append(download)
+            groups.setdefault(self._owner(download.layer), []).append(download)
         return list(groups.values())
 
     def every(self, interval: float, call: Callable[[SwarmSimulation], None]) -> None:

@@ -232,6 +232,14 @@ def test_a_node_opens_its_layers_in_one_call_and_reports_on_them_together():
     assert sim.tasks_carried > sim.calls["open"] + sim.calls["report"]  # reports carried layers together
 
 
+def test_the_layers_spread_over_the_owners_the_same_way_in_every_run():
+    """2 layers, 2 supernode replicas: each owns one, so a node opens its layers in two
+    calls, one per owner (it was a string hash, which differs from process to process)."""
+    sim = SwarmSimulation(tiny(nodes=5, layers=2, image_size=2_000_000, owners=2))
+    assert sim.run().completed == 5
+    assert sim.calls["open"] == 10
+
+
 def test_the_trace_reads_the_links_without_changing_the_run():
     """One node, one 1 MB piece: the seed has it at 0.5 s and sends it at 2 MB/s, a fifth
     of the node's link, until 1.0 s."""
