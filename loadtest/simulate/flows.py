@@ -32,7 +32,7 @@ class Link:
 
 
 class Flow:
-    __slots__ = ("dst", "payload", "rate", "remaining", "size", "src", "started", "updated", "version")
+    __slots__ = ("dst", "payload", "rate", "remaining", "size", "src", "updated", "version")
 
     def __init__(self, src: Link, dst: Link, size: float, payload: object, now: float) -> None:
         self.src = src
@@ -42,7 +42,6 @@ class Flow:
         self.payload = payload
         self.rate = 0.0
         self.updated = now
-        self.started = now
         self.version = 0
 
 
