@@ -194,6 +194,7 @@ class PiecePolicy:
         self.have = have & self._full
         self.inflight: dict[int, dict[str, float]] = {}  # piece -> parent -> started
         self.inflight_bits = 0
+        self._transfers = 0  # the copies in ``inflight`` (read on every choice, by every blob)
         self.parents: dict[str, ParentLink] = {}
         self.dropped: dict[str, None] = {}  # idle parents to name in the next report
         self.bad: dict[str, None] = {}  # failing parents to name in the next report
@@ -496,7 +497,7 @@ class PiecePolicy:
     @property
     def transfers(self) -> int:
         """Transfers under way (a piece fetched from two parents in the endgame: two)."""
-        return sum(len(c) for c in self.inflight.values())
+        return self._transfers
 
     def _cap(self, link: ParentLink, target: float) -> int:
         """Transfers ``link`` may carry at once, with ``target`` bytes per second still
@@ -531,6 +532,7 @@ class PiecePolicy:
     def _start(self, piece: int, link: ParentLink, now: float) -> None:
         self.inflight.setdefault(piece, {})[link.id] = now
         self.inflight_bits |= 1 << piece
+        self._transfers += 1
         link.inflight += 1
 
     def _stop(self, piece: int) -> list[str]:
@@ -541,6 +543,7 @@ class PiecePolicy:
         return list(copies)
 
     def _release(self, parent_id: str) -> None:
+        self._transfers -= 1
         link = self.parents.get(parent_id)
         if link is not None:
             link.inflight -= 1

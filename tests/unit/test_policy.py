@@ -224,7 +224,7 @@ def test_choices_stay_within_what_parents_hold_and_the_caps(maps, steps):
                 p.finished(piece, parent, PIECE, 0.05, now)
             else:
                 p.failed(piece, parent, FailureReason.TIMEOUT, now)
-        assert sum(len(c) for c in p.inflight.values()) <= config.max_inflight
+        assert p.transfers == sum(len(c) for c in p.inflight.values()) <= config.max_inflight
         for link in p.parents.values():
             assert link.inflight <= config.per_parent
         assert p.have | full(10) == full(10)
