@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from supernode.seed_task import SeedTask, Source
-from swarmpull.core.capability import RENEW_BEFORE, issue
+from swarmpull.core.capability import RENEW_BEFORE, issue, issue_many
 from swarmpull.core.clock import Clock
 from swarmpull.core.signing import Signer, TaskKeys, keys_from_json
 from swarmpull.edges.http import PEER_HEADER
@@ -101,12 +101,27 @@ class CapabilityDesk:
     def __repr__(self) -> str:
         return f"<CapabilityDesk {len(self._rights)} rights cached>"
 
-    async def grant(self, task: SeedTask, peer_id: str, source: Source) -> str:
-        """A capability for ``peer_id`` on ``task``, opened with ``source``; PullDenied for
-        a private task whose opener's own URL and credentials do not pass."""
+    async def check(self, task: SeedTask, source: Source) -> None:
+        """PullDenied for a private task whose opener's own URL and credentials
+        (``source``) do not pass."""
         if task.public is not True:
             await self._check(task.id, source)
-        return self._issue(task, peer_id)
+
+    def grant(self, peer_id: str, tasks: list[SeedTask]) -> dict[str, str]:
+        """Capabilities for ``peer_id`` on ``tasks`` (each checked), by task id: one
+        signature for the tasks that share a key (an image's layers, as a rule)."""
+        by_signer: dict[int, tuple[Signer, list[SeedTask]]] = {}
+        for task in tasks:
+            signer = self._seeds.signer(task)
+            by_signer.setdefault(id(signer), (signer, []))[1].append(task)
+        out = {}
+        for signer, group in by_signer.values():
+            issued = issue_many(signer, peer_id, [t.id for t in group], self._wall())
+            for task in group:
+                capability = issued[task.id]
+                task.granted[peer_id] = capability.expires
+                out[task.id] = capability.encode()
+        return out
 
     def renew(self, task: SeedTask, peer_id: str) -> str | None:
         """A fresh capability for a member (a report answer) once its latest is due; a
@@ -132,9 +147,7 @@ class CapabilityDesk:
         return issue(self._seeds.signer(task), self._seed_id, task.id, self._wall()).encode()
 
     def _issue(self, task: SeedTask, peer_id: str) -> str:
-        capability = issue(self._seeds.signer(task), peer_id, task.id, self._wall())
-        task.granted[peer_id] = capability.expires
-        return capability.encode()
+        return self.grant(peer_id, [task])[task.id]
 
     async def _check(self, task_id: str, source: Source) -> None:
         key = _credential_key(source)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from supernode.capabilities import CapabilityDesk
 from supernode.cluster import ClusterState
@@ -63,16 +64,29 @@ class Opening:
         if self._stopping():
             raise ShuttingDown()
         await self._presence.ensure(peer_id)
-        if len(requests) == 1:  # the usual case: no task to spawn
-            try:
-                return [await self._open(requests[0])]
-            except Exception as exc:
-                return [exc]
-        results = await asyncio.gather(*(self._open(r) for r in requests), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result
-        return list(results)  # type: ignore[arg-type]
+        if len(requests) == 1 or all(self._at_hand(r) for r in requests):
+            # Nothing to wait for (one task, or every task's geometry known and its blob
+            # public): one after another, no asyncio task spawned for each (the usual case
+            # in a surge, where an image's layers are opened together by every node).
+            opened: list[tuple[SeedTask, TaskInfo] | BaseException] = []
+            for request in requests:
+                try:
+                    opened.append(await self._open(request))
+                except Exception as exc:
+                    opened.append(exc)
+        else:
+            opened = await asyncio.gather(*(self._open(r) for r in requests), return_exceptions=True)
+        joined = [r[0] for r in opened if isinstance(r, tuple)]
+        capabilities = self._capabilities.grant(peer_id, joined) if joined else {}
+        answers: list[TaskInfo | Exception] = []
+        for result in opened:
+            if isinstance(result, tuple):
+                answers.append(replace(result[1], capability=capabilities[result[0].id]))
+            elif isinstance(result, Exception):
+                answers.append(result)
+            else:
+                raise result  # cancelled, or the process is ending
+        return answers
 
     async def seed_blob(self, url: str, digest: Digest, headers: dict[str, str]) -> SeedTask:
         """A blob read whole into the seed, as a first pull would read it (preheat):
@@ -89,7 +103,15 @@ class Opening:
             raise TaskFailed(task.error or f"the seed could not read {task.id} whole", task.error_status)
         return task
 
-    async def _open(self, req: OpenTask) -> TaskInfo:
+    def _at_hand(self, req: OpenTask) -> bool:
+        """An open of ``req`` waits for nothing: its task is owned here, its geometry
+        known, its blob public (no pull-rights check to make)."""
+        task = self._seeding.owned(task_id_for(req.url, req.digest))
+        return task is not None and task.ready.done() and task.public is True
+
+    async def _open(self, req: OpenTask) -> tuple[SeedTask, TaskInfo]:
+        """The task, joined, and its answer but for the capability (``open_tasks`` signs
+        those of one open together)."""
         source = Source(req.url, dict(req.headers))
         task = await self._claim(req, source)
         await asyncio.shield(task.ready)
@@ -99,14 +121,14 @@ class Opening:
             raise TaskFailed(task.error or "task failed", task.error_status, direct, task.refused)
         blob = task.blob
         # Pull rights before membership: a private blob's opener proves its own (PullDenied).
-        capability = await self._capabilities.grant(task, req.peer_id, source)
+        await self._capabilities.check(task, source)
         try:
             have = from_text(req.have, blob.geometry.count) if req.have else 0
         except BitfieldError:
             have = 0  # held in another geometry: it starts afresh
         parents = self._membership.join(task, req.peer_id, have)
         self._events.emit("parents_assigned", task=task.id, peer=req.peer_id, parents=[p.id for p in parents])
-        return TaskInfo(
+        info = TaskInfo(
             task.id,
             blob.meta.size,
             blob.meta.piece_size,
@@ -114,8 +136,8 @@ class Opening:
             self._seeding.keys(task),
             self._presence.reach(parents),
             self._membership.report_in(task),
-            capability,
         )
+        return task, info
 
     async def _claim(self, req: OpenTask, source: Source) -> SeedTask:
         """The task ``req`` opens with ``source``, owned here, its read resumed if it had

@@ -97,6 +97,8 @@ class SeedTask:
     def add_source(self, source: Source) -> None:
         """Another requester's (URL, credentials): tried first from now on, never mixed
         with another requester's."""
+        if self.sources[0] == source:
+            return  # the same requester's again (every member of a surge, as a rule)
         self.sources = [source, *(s for s in self.sources if s.url != source.url)][:8]
 
     def vouched(self, have: int) -> int:

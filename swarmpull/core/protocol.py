@@ -18,7 +18,7 @@ from swarmpull.core.failures import FailureReason
 from swarmpull.core.tasks import check_upstream_url, is_host, validate_task_id
 
 API = "/api/v1"
-MAX_CAPABILITY = 256  # core.capability's wire form
+MAX_CAPABILITY = 640  # core.capability's longest wire form (8 sibling hashes, a 128-character peer id)
 PEER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 HEADER_VALUE_RE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")  # no control characters but tab

@@ -16,6 +16,7 @@ from swarmpull.core.protocol import (
     HEADER_VALUE_RE,
     MAX_BATCH,
     MAX_BITFIELD_TEXT,
+    MAX_CAPABILITY,
     MAX_DROPPED,
     MAX_HEADER_VALUE,
     MAX_HEADERS,
@@ -194,7 +195,7 @@ PEER_REPORT: Schema = obj(
 CAPABILITY: Schema = {
     "type": "string",
     "minLength": 1,
-    "maxLength": 256,
+    "maxLength": MAX_CAPABILITY,
     "description": "lets the requester fetch the task's pieces: sent as X-Swarmpull-Capability",
 }
 PARENT: Schema = obj(

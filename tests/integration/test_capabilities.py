@@ -9,6 +9,7 @@ the blob once it brings credentials of its own. A public blob needs none.
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import aiohttp
 import pytest
 
 from loadtest.origin_server import Fault
-from swarmpull.core.capability import CAPABILITY_HEADER
+from swarmpull.core.capability import CAPABILITY_HEADER, CapabilityError, decode, verify
 from swarmpull.core.digest import Digest
 from swarmpull.core.identity import Role
 from swarmpull.core.protocol import API
+from swarmpull.core.signing import TaskKeys, keys_from_json
 from swarmpull.core.tasks import task_id_for
 from swarmpull.edges.tls import ClusterTls, throwaway_cluster
 from tests.kit.peers import PeerProcess
@@ -120,3 +122,33 @@ async def test_a_public_blob_needs_no_credentials(cluster, upstream, tmp_path):
     finally:
         for daemon in (b, a, supernode):
             await daemon.stop()
+
+
+async def test_one_open_of_several_layers_gets_one_signature_naming_each_layer_alone(swarm, upstream):
+    """The supernode signs an open's capabilities together; each still lets its holder
+    fetch its own task only. The first open waits for the reads, the second finds them."""
+    blobs = [os.urandom(9000 + i) for i in range(3)]
+    layers = [{"url": upstream.add(f"layer{i}", b), "digest": str(Digest.of(b))} for i, b in enumerate(blobs)]
+    missing = {"url": upstream.url_of("none")}
+    supernode = await swarm.start_supernode(piece_size=4096)
+    base = supernode.url + API
+    async with aiohttp.ClientSession() as session:
+        for peer in ("p1", "p2"):
+            async with session.post(f"{base}/peers", json={"peer_id": peer, "address": None}) as resp:
+                assert resp.status == 200
+            async with session.post(
+                f"{base}/tasks", json={"peer_id": peer, "tasks": [*layers, missing]}
+            ) as resp:
+                assert resp.status == 200
+                *infos, failed = (await resp.json())["tasks"]
+            assert failed["error"]["code"] == "UPSTREAM_ERROR"
+            keys = TaskKeys()
+            for key in keys_from_json(infos[0]["keys"]):
+                keys.add(key)
+            capabilities = {info["task_id"]: info["capability"] for info in infos}
+            assert len({decode(text, task).signature for task, text in capabilities.items()}) == 1
+            for task, text in capabilities.items():
+                assert verify(text, keys, task, peer, time.time()).peer_id == peer
+                for other in set(capabilities) - {task}:
+                    with pytest.raises(CapabilityError, match="forged"):
+                        verify(text, keys, other, peer, time.time())
