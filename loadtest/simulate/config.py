@@ -9,9 +9,10 @@ from peer.policy import PolicyConfig
 from supernode.config import SupernodeConfig
 from supernode.scheduler import SchedulerConfig
 
-# Seconds of supernode CPU per call, by kind, and per task beyond a call's first: what
-# `swarmpull benchmarks supernode` measures (docs/BENCHMARKS.md) on the 2-core machine.
-DEFAULT_SERVICE = {"open": 0.0004, "report": 0.0003, "task": 0.0001}
+# Seconds of supernode CPU per call, by kind, and per task beyond a call's first
+# (``KIND_task``): at or above what `swarmpull benchmarks supernode` measures with one
+# task and with eight (docs/BENCHMARKS.md) on the 2-core machine.
+DEFAULT_SERVICE = {"open": 0.0004, "report": 0.0003, "open_task": 0.00015, "report_task": 0.0001}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,8 @@ class SimConfig:
     rtt: float = 0.0005
     """Network round trip, for every call and every transfer."""
     service: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SERVICE))
-    """Supernode CPU seconds per call (open, report) and per task beyond a call's first."""
+    """Supernode CPU seconds per call (open, report) and per task beyond a call's first
+    (open_task, report_task)."""
     owners: int = 1
     """Supernode replicas owning tasks (a task's calls queue at its owner)."""
     supernode: SupernodeConfig = field(default_factory=SupernodeConfig)

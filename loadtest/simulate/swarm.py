@@ -235,7 +235,7 @@ class SwarmSimulation:
         owner = self._owner(downloads[0].layer)
         arrival = self.now + c.rtt / 2
         start = max(arrival, self._busy[owner])
-        cost = c.service[kind] + (len(downloads) - 1) * c.service["task"]
+        cost = c.service[kind] + (len(downloads) - 1) * c.service[f"{kind}_task"]
         self._busy[owner] = start + cost
         self.supernode_busy += cost
         self.calls[kind] += 1

@@ -345,3 +345,16 @@ async def test_a_trace_of_a_surge_on_sockets_is_refused_in_one_line():
     code, out, err = await swarmpull("loadtest", "--nodes", "4", "--trace", "0.5")
     assert code == 1 and not out
     assert err.strip() == "swarmpull: error: --trace applies to simulated surges (--simulate)"
+
+
+@pytest.mark.parametrize(
+    "service, words",
+    [
+        ("task=0.1ms", "unknown kind 'task': open, report, open_task, report_task"),
+        ("open=fast", "KIND=SECONDS"),
+    ],
+)
+async def test_a_supernode_charge_that_is_not_one_is_refused_in_one_line(service, words):
+    code, out, err = await swarmpull("loadtest", "--simulate", "--service", service)
+    assert code == 2 and not out
+    assert words in err.strip().splitlines()[-1]

@@ -121,7 +121,7 @@ def tiny(**overrides) -> SimConfig:
         "node_down": 10 * MB,
         "registry_rate": 2 * MB,
         "rtt": 0.0,
-        "service": {"open": 0.0, "report": 0.0, "task": 0.0},
+        "service": {"open": 0.0, "report": 0.0, "open_task": 0.0, "report_task": 0.0},
     }
     return SimConfig(**(settings | overrides))
 
@@ -212,7 +212,9 @@ def test_a_failed_node_does_not_stop_the_rest():
 def test_the_supernode_is_charged_for_every_call():
     """Each call waits its turn at the one supernode: 50 opens at 0.2 s each keep the last
     node from starting before 10 s."""
-    costly = SwarmSimulation(tiny(nodes=50, service={"open": 0.2, "report": 0.0, "task": 0.0})).run()
+    costly = SwarmSimulation(
+        tiny(nodes=50, service={"open": 0.2, "report": 0.0, "open_task": 0.0, "report_task": 0.0})
+    ).run()
     assert costly.extra["supernode busy s"] >= 50 * 0.2
     assert max(costly.completion_times) >= 10.0
     free = SwarmSimulation(tiny(nodes=50)).run()
@@ -222,13 +224,13 @@ def test_the_supernode_is_charged_for_every_call():
 def test_a_node_opens_its_layers_in_one_call_and_reports_on_them_together():
     """Calls are charged per call plus per task beyond the first, as the control channel
     batches them: 5 nodes x 4 layers cost 5 opens, not 20."""
-    service = {"open": 0.01, "report": 0.0, "task": 0.001}
+    service = {"open": 0.01, "report": 0.0, "open_task": 0.002, "report_task": 0.001}
     sim = SwarmSimulation(tiny(nodes=5, layers=4, image_size=4_000_000, service=service))
     result = sim.run()
     assert result.completed == 5
     assert sim.calls["open"] == 5
     extra_in_reports = sim.tasks_carried - 20 - sim.calls["report"]
-    assert sim.supernode_busy == pytest.approx(5 * (0.01 + 3 * 0.001) + extra_in_reports * 0.001)
+    assert sim.supernode_busy == pytest.approx(5 * (0.01 + 3 * 0.002) + extra_in_reports * 0.001)
     assert sim.tasks_carried > sim.calls["open"] + sim.calls["report"]  # reports carried layers together
 
 

@@ -157,7 +157,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )  # fmt: skip
     sim.add_argument(
         "--service", type=_service, metavar="KIND=SECONDS,...",
-        help="supernode CPU seconds per call (open, report) and per extra task in a call (task), "
+        help="supernode CPU seconds per call (open, report) and per extra task in a call "
+        "(open_task, report_task), "
         "as `swarmpull benchmarks supernode` prints them (default: its figures in docs/BENCHMARKS.md)",
     )  # fmt: skip
     sim.add_argument(
@@ -463,7 +464,8 @@ def _interval(text: str) -> float:
 
 
 def _service(text: str) -> dict[str, float]:
-    """``open=0.0004,report=0.0003,task=0.0001`` (seconds; ``ms`` suffixes allowed)."""
+    """``open=0.4ms,report=0.3ms,open_task=0.15ms,report_task=0.1ms`` (seconds, or
+    with an ``ms`` suffix); the kinds not named keep their defaults."""
     from loadtest.simulate.config import DEFAULT_SERVICE
 
     out = dict(DEFAULT_SERVICE)
