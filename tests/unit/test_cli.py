@@ -4,11 +4,14 @@ defaults, and exit status 2 for every command line that cannot work."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from peer.config import PeerConfig
 from peer.get import Fetched
+from supernode.config import SupernodeConfig
 from swarmpull import __version__
 from swarmpull.app.args import limit_arg
 from swarmpull.app.cli import _commands, build_parser, main
@@ -144,3 +147,22 @@ def test_get_summary_names_size_time_and_sources():
     )
     held = get_summary(Fetched(1 << 20, {"local": 1 << 20}), None, 0.1)
     assert "into stdout" in held and held.endswith("1.0 MiB already on this node; CPU 0.00 s/GB here")
+
+
+def test_a_command_line_default_is_its_configs_default():
+    """What an operator gets without a flag is what the simulator and the tests model
+    (the seed's upload slots were 16 on the command line and 64 in the config)."""
+    by_design = {  # the daemons' listen addresses and homes; lists parsed into tuples
+        "listen", "data_dir", "supernodes", "upstream_allow", "origin_limits", "preheat_limit",
+    }  # fmt: skip
+    for argv, config in (
+        (["supernode"], SupernodeConfig()),
+        (["peer", "--supernode", SN], PeerConfig(data_dir=Path("/unused"))),
+    ):
+        args = vars(build_parser().parse_args(argv))
+        differ = {
+            f.name: (args[f.name], getattr(config, f.name))
+            for f in fields(config)
+            if f.name in args and f.name not in by_design and args[f.name] != getattr(config, f.name)
+        }
+        assert not differ, f"{argv[0]}: command line against config: {differ}"

@@ -88,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--seed-upload-slots",
         type=positive_int,
-        default=16,
+        default=64,
         metavar="N",
         help="concurrent piece uploads from the seed (default: %(default)s)",
     )
