@@ -10,7 +10,10 @@ connected peer needs no heartbeat calls. The connection is pinged every
 ``channel_ping`` seconds (a peer that answers no ping within half that is disconnected,
 and heartbeats again): rarely, as a ping costs the supernode as much as a call. Opens and the
 registry questions (``manifest``, ``blob``) may wait for an upstream's answer, so they are
-answered out of order; everything else in order.
+answered out of order; everything else in order. Messages are never compressed: a peer
+that offers permessage-deflate (ours do not) is not given it, so no client can make the
+supernode deflate every answer, and no answer mixes a capability with bytes a peer chose
+under one compressor.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class ControlChannel:
         # (a 403 before the upgrade), and every op on it is checked against that peer.
         self._gate.acting_for(request, peer_id)
         ops = self._ops
-        ws = web.WebSocketResponse(heartbeat=self._ping, max_msg_size=MAX_JSON_BODY)
+        ws = web.WebSocketResponse(heartbeat=self._ping, max_msg_size=MAX_JSON_BODY, compress=False)
         await ws.prepare(request)
         opens: set[asyncio.Task[None]] = set()
         ops.connected(peer_id, +1)

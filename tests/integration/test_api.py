@@ -219,3 +219,16 @@ async def test_a_channel_call_whose_id_is_not_an_integer_is_refused(swarm):
         await ws.send_json({"id": 7, "op": "report"})  # still registered, and the channel open
         answer = await ws.receive_json(timeout=10)
         assert answer["id"] == 7 and "heartbeat_interval" in answer["body"], answer
+
+
+async def test_a_channel_is_never_compressed_even_when_the_peer_offers_it(swarm):
+    supernode = await swarm.start_supernode()
+    base = supernode.url + "/api/v1"
+    assert (await call("POST", f"{base}/peers", json={"peer_id": "p", "address": None}))[0] == 200
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{base}/peers/p/channel", compress=15) as ws,
+    ):
+        assert ws.compress == 0  # permessage-deflate offered, and declined
+        await ws.send_json({"id": 1, "op": "report"})
+        assert (await ws.receive_json(timeout=10))["id"] == 1
