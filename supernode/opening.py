@@ -81,7 +81,8 @@ class Opening:
         answers: list[TaskInfo | Exception] = []
         for result in opened:
             if isinstance(result, tuple):
-                answers.append(replace(result[1], capability=capabilities[result[0].id]))
+                task, info = result  # its keys named with the capability, by the same signer
+                answers.append(replace(info, keys=self._seeding.keys(task), capability=capabilities[task.id]))
             elif isinstance(result, Exception):
                 answers.append(result)
             else:
@@ -110,8 +111,8 @@ class Opening:
         return task is not None and task.ready.done() and task.public is True
 
     async def _open(self, req: OpenTask) -> tuple[SeedTask, TaskInfo]:
-        """The task, joined, and its answer but for the capability (``open_tasks`` signs
-        those of one open together)."""
+        """The task, joined, and its answer but for its keys and capability
+        (``open_tasks`` signs those of one open together)."""
         source = Source(req.url, dict(req.headers))
         task = await self._claim(req, source)
         await asyncio.shield(task.ready)
@@ -133,9 +134,8 @@ class Opening:
             blob.meta.size,
             blob.meta.piece_size,
             task.digest,
-            self._seeding.keys(task),
-            self._presence.reach(parents),
-            self._membership.report_in(task),
+            parents=self._presence.reach(parents),
+            report_in=self._membership.report_in(task),
         )
         return task, info
 
