@@ -110,12 +110,11 @@ class CapabilityDesk:
     def grant(self, peer_id: str, tasks: list[SeedTask]) -> dict[str, str]:
         """Capabilities for ``peer_id`` on ``tasks`` (each checked), by task id: one
         signature for the tasks that share a key (an image's layers, as a rule)."""
-        by_signer: dict[int, tuple[Signer, list[SeedTask]]] = {}
+        by_signer: dict[Signer, list[SeedTask]] = {}
         for task in tasks:
-            signer = self._seeds.signer(task)
-            by_signer.setdefault(id(signer), (signer, []))[1].append(task)
+            by_signer.setdefault(self._seeds.signer(task), []).append(task)
         out = {}
-        for signer, group in by_signer.values():
+        for signer, group in by_signer.items():
             issued = issue_many(signer, peer_id, [t.id for t in group], self._wall())
             for task in group:
                 capability = issued[task.id]
