@@ -8,7 +8,7 @@ import math
 import pytest
 
 from loadtest.report import ModeResult, compare, dump_json, json_key, kumar_ross_bound, percentile, render
-from loadtest.simulate.config import SimConfig
+from loadtest.simulate.config import DEFAULT_SERVICE, SimConfig
 from loadtest.simulate.direct import simulate_direct
 from loadtest.simulate.swarm import SwarmSimulation
 from loadtest.simulate.trace import LinkTrace
@@ -16,6 +16,7 @@ from peer.policy import PiecePolicy
 from swarmpull.core.failures import FailureReason
 
 MB = 1e6
+FREE = dict.fromkeys(DEFAULT_SERVICE, 0.0)  # a supernode that costs nothing
 
 
 def test_kumar_ross_bound_picks_the_binding_term():
@@ -121,7 +122,7 @@ def tiny(**overrides) -> SimConfig:
         "node_down": 10 * MB,
         "registry_rate": 2 * MB,
         "rtt": 0.0,
-        "service": {"open": 0.0, "report": 0.0, "open_task": 0.0, "report_task": 0.0},
+        "service": dict(FREE),
     }
     return SimConfig(**(settings | overrides))
 
@@ -212,9 +213,7 @@ def test_a_failed_node_does_not_stop_the_rest():
 def test_the_supernode_is_charged_for_every_call():
     """Each call waits its turn at the one supernode: 50 opens at 0.2 s each keep the last
     node from starting before 10 s."""
-    costly = SwarmSimulation(
-        tiny(nodes=50, service={"open": 0.2, "report": 0.0, "open_task": 0.0, "report_task": 0.0})
-    ).run()
+    costly = SwarmSimulation(tiny(nodes=50, service=FREE | {"open": 0.2})).run()
     assert costly.extra["supernode busy s"] >= 50 * 0.2
     assert max(costly.completion_times) >= 10.0
     free = SwarmSimulation(tiny(nodes=50)).run()
@@ -224,7 +223,7 @@ def test_the_supernode_is_charged_for_every_call():
 def test_a_node_opens_its_layers_in_one_call_and_reports_on_them_together():
     """Calls are charged per call plus per task beyond the first, as the control channel
     batches them: 5 nodes x 4 layers cost 5 opens, not 20."""
-    service = {"open": 0.01, "report": 0.0, "open_task": 0.002, "report_task": 0.001}
+    service = FREE | {"open": 0.01, "open_task": 0.002, "report_task": 0.001}
     sim = SwarmSimulation(tiny(nodes=5, layers=4, image_size=4_000_000, service=service))
     result = sim.run()
     assert result.completed == 5
