@@ -194,12 +194,13 @@ class PiecePolicy:
         self.have = have & self._full
         self.inflight: dict[int, dict[str, float]] = {}  # piece -> parent -> started
         self.inflight_bits = 0
-        self._transfers = 0  # the copies in ``inflight`` (read on every choice, by every blob)
+        self.transfers = 0  # under way: the copies in ``inflight`` (two of a piece in the endgame)
         self.parents: dict[str, ParentLink] = {}
         self.dropped: dict[str, None] = {}  # idle parents to name in the next report
         self.bad: dict[str, None] = {}  # failing parents to name in the next report
         self._departed: dict[str, Report] = {}  # what parents that left did, for the report
         self.download_rate = download_rate or 100e6
+        self._first_rate = self.download_rate / config.first_streams  # an unmeasured parent's
         quick = max(config.quick_floor, config.idle_pieces * piece_size / self.download_rate)
         self.idle_after = min(config.idle_after, quick)
         self.wake_interval = min(config.wake_interval, quick)  # looks at the parents while waiting
@@ -259,7 +260,12 @@ class PiecePolicy:
         since = self._starving_since
         if since is not None and now - since >= self.config.starve_after * self._patience:
             return True
-        return any(self._idle(link, now) for link in self.parents.values())
+        patience = self.idle_after * self._patience
+        for link in self.parents.values():  # any idle (``_idle``), looked at on every choice
+            since = link.idle_since
+            if since is not None and not link.inflight and now - since >= patience:
+                return True
+        return False
 
     @property
     def _patience(self) -> int:
@@ -311,21 +317,29 @@ class PiecePolicy:
         wanted = self._full & ~self.have & ~self.inflight_bits
         if known is not None:
             wanted &= known
-        usable = [p for p in self.parents.values() if not p.leaving and p.busy_until <= now]
-        peers = [p for p in usable if not p.seed]
-        seeds = [p for p in usable if p.seed]
         ones = twos = 0
         lacking = self._full & ~self.have
         ours = self.config.headroom * self.download_rate - ahead  # the link older downloads leave us
         # Older downloads fill the link: a parent with nothing new costs nothing while we
         # wait our turn (letting it go would only churn parents and calls).
         behind = ours <= 0
-        for link in peers:
-            if link.bits & lacking or behind:
+        peers: list[ParentLink] = []
+        seeds: list[ParentLink] = []
+        for link in self.parents.values():
+            if link.leaving or link.busy_until > now:
+                continue
+            if link.seed:
+                seeds.append(link)
+                continue
+            peers.append(link)
+            bits = link.view.bits
+            if link.lacks:  # ``link.bits``, without two new integers for the usual case
+                bits &= ~link.lacks
+            if bits & lacking or behind:
                 link.idle_since = None
             elif link.idle_since is None:
                 link.idle_since = now
-            m = link.bits & wanted
+            m = bits & wanted
             twos |= ones & m
             ones |= m
         picks: list[tuple[int, str]] = []
@@ -367,23 +381,46 @@ class PiecePolicy:
         picks: list[tuple[int, str]],
     ) -> float:
         """Round-robin over ``links`` (fastest first), one piece per turn, rarest first,
-        until the expected rates reach ``target``; returns what is left of it."""
-        links = sorted(links, key=lambda link: (-self._rate(link) / (link.inflight + 1), self._rng.random()))
+        until the expected rates reach ``target``; returns what is left of it.
+
+        A parent carries one transfer at once; ``per_parent`` while its pieces are quick
+        (expected within ``pipeline_below``: pipelined), two while it has upload to spare
+        and our link is underfed (``spare_share``, ``spare_below``, ``spare_until``)."""
+        first = self._first_rate
+        rng = self._rng
+        config = self.config
+        piece_size, pipeline_below, spare_below = self.piece_size, config.pipeline_below, config.spare_below
+        spare_rate = config.spare_share * (self.download_rate / len(self.parents))
+        underfed_above = (config.headroom - config.spare_until) * self.download_rate
+        two = min(2, config.per_parent)
+        links = sorted(
+            links,
+            key=lambda link: (-(link.rate if link.rate > 0 else first) / (link.inflight + 1), rng.random()),
+        )
         while len(picks) < room and wanted and target > 0:
             progress = False
             for link in links:
                 if len(picks) >= room or target <= 0:
                     return target
-                if link.inflight >= self._cap(link, target):
+                rate = link.rate if link.rate > 0 else first  # ``_rate``
+                if piece_size <= pipeline_below * rate:
+                    cap = config.per_parent
+                elif link.rate >= spare_rate and piece_size <= spare_below * rate and target > underfed_above:
+                    cap = two
+                else:
+                    cap = 1
+                if link.inflight >= cap:
                     continue
-                mine = link.bits & wanted
+                mine = link.view.bits & wanted
+                if mine and link.lacks:
+                    mine &= ~link.lacks
                 if not mine:
                     continue
                 pool = mine & rare or mine
-                piece = random_bit(pool, self._rng)
+                piece = random_bit(pool, rng)
                 self._start(piece, link, now)
                 picks.append((piece, link.id))
-                target -= self._rate(link)
+                target -= rate
                 wanted &= ~(1 << piece)
                 rare &= ~(1 << piece)
                 progress = True
@@ -494,36 +531,17 @@ class PiecePolicy:
 
     # ---------------------------------------------------------------- internals
 
-    @property
-    def transfers(self) -> int:
-        """Transfers under way (a piece fetched from two parents in the endgame: two)."""
-        return self._transfers
-
-    def _cap(self, link: ParentLink, target: float) -> int:
-        """Transfers ``link`` may carry at once, with ``target`` bytes per second still
-        wanted of our link (``choose``)."""
-        config = self.config
-        rate = self._rate(link)
-        if self.piece_size <= config.pipeline_below * rate:
-            return config.per_parent  # quick pieces: pipelined
-        fair = self.download_rate / len(self.parents)
-        underfed = target > (config.headroom - config.spare_until) * self.download_rate
-        spare = link.rate >= config.spare_share * fair and self.piece_size <= config.spare_below * rate
-        return min(2, config.per_parent) if spare and underfed else 1
-
     def _rate(self, link: ParentLink) -> float:
         """What one more transfer from this parent is expected to bring."""
-        if link.rate > 0:
-            return link.rate
-        return self.download_rate / self.config.first_streams
+        return link.rate if link.rate > 0 else self._first_rate
 
     def projected(self) -> float:
         """Bytes per second the transfers under way are expected to bring."""
         total = 0.0
-        for copies in self.inflight.values():
-            for parent_id in copies:
-                link = self.parents.get(parent_id)
-                total += self._rate(link) if link is not None else 0.0
+        first = self._first_rate
+        for link in self.parents.values():  # a parent with transfers under way is kept
+            if link.inflight:
+                total += link.inflight * (link.rate if link.rate > 0 else first)  # ``_rate``
         return total
 
     def _expected(self, link: ParentLink) -> float:
@@ -532,7 +550,7 @@ class PiecePolicy:
     def _start(self, piece: int, link: ParentLink, now: float) -> None:
         self.inflight.setdefault(piece, {})[link.id] = now
         self.inflight_bits |= 1 << piece
-        self._transfers += 1
+        self.transfers += 1
         link.inflight += 1
 
     def _stop(self, piece: int) -> list[str]:
@@ -543,7 +561,7 @@ class PiecePolicy:
         return list(copies)
 
     def _release(self, parent_id: str) -> None:
-        self._transfers -= 1
+        self.transfers -= 1
         link = self.parents.get(parent_id)
         if link is not None:
             link.inflight -= 1
