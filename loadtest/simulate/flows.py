@@ -73,26 +73,41 @@ class Network:
 
     def next_time(self) -> float:
         """When the next flow ends (inf: none under way)."""
-        while self._heap:
-            when, _, version, flow = self._heap[0]
-            if version == flow.version and flow in flow.src.up_flows:
+        heap = self._heap
+        while heap:
+            when, _, version, flow = heap[0]
+            if version == flow.version:  # not repriced or removed since
                 return when
-            heapq.heappop(self._heap)
+            heapq.heappop(heap)
         return math.inf
 
-    def advance(self, until: float) -> None:
-        """Run flows up to ``until``, ending each that completes by then."""
-        while True:
-            when = self.next_time()
+    def step(self, until: float) -> bool:
+        """End the next flow if it ends by ``until`` (its ``on_done`` may start flows and
+        schedule what comes before the next one); whether one ended."""
+        heap = self._heap
+        while heap:
+            when, _, version, flow = heap[0]
+            if version != flow.version:
+                heapq.heappop(heap)  # repriced or removed since
+                continue
             if when > until:
-                break
-            _, _, _, flow = heapq.heappop(self._heap)
-            self.now = max(self.now, when)
+                return False
+            heapq.heappop(heap)
+            if when > self.now:
+                self.now = when
             self._settle(flow)
             self.bytes_moved += flow.size
             self._remove(flow)
             self._on_done(flow, self.now)
-        self.now = max(self.now, until)
+            return True
+        return False
+
+    def advance(self, until: float) -> None:
+        """Run flows up to ``until``, ending each that completes by then."""
+        while self.step(until):
+            pass
+        if until > self.now:
+            self.now = until
 
     # ------------------------------------------------------------------ internals
 

@@ -57,12 +57,13 @@ REPORT_BATCH_WINDOW = 0.02  # as peer.control: an urgent report waits this long 
 class _Layer:
     """One layer: its task, geometry, and what the seed holds."""
 
-    __slots__ = ("geometry", "id", "index", "seeded")
+    __slots__ = ("geometry", "id", "index", "lengths", "seeded")
 
     def __init__(self, index: int, geometry: PieceGeometry) -> None:
         self.index = index
         self.id = f"sha256-{index:064x}"
         self.geometry = geometry
+        self.lengths = [geometry.length(piece) for piece in range(geometry.count)]
         self.seeded = _Bits()
 
 
@@ -212,17 +213,20 @@ class SwarmSimulation:
     def run(self) -> ModeResult:
         """Run until every node is done or failed (or the timeout); the report."""
         started = time.process_time()
-        while self._open and self._events:
-            when, _, kind, data = self._events[0]
-            if when > self.config.timeout:
+        events, network, timeout = self._events, self.network, self.config.timeout
+        handlers: dict[str, Callable[[object], None]] = {}
+        while self._open and events:
+            when, _, kind, data = events[0]
+            if when > timeout:
                 break
-            flow_end = self.network.next_time()
-            if flow_end <= when:
-                self.network.advance(flow_end)
+            if network.step(when):  # a flow ended first (what it started may come first too)
                 continue
-            heapq.heappop(self._events)
-            self.network.advance(when)
-            getattr(self, f"_on_{kind}")(data)
+            heapq.heappop(events)
+            network.advance(when)
+            handler = handlers.get(kind)
+            if handler is None:
+                handler = handlers[kind] = getattr(self, f"_on_{kind}")
+            handler(data)
         return self._result(time.process_time() - started)
 
     # ---------------------------------------------------------------- supernode
@@ -403,14 +407,17 @@ class SwarmSimulation:
         policy = download.policy
         if download.done_at is not None or node.failed:
             return
-        room = self.config.download_slots - sum(d.policy.transfers for d in node.downloads.values())
+        downloads = node.downloads
+        busy = sum(d.policy.transfers for d in downloads.values()) if len(downloads) > 1 else policy.transfers
+        room = self.config.download_slots - busy
         if room <= 0:
             node.full = True  # it waits for a slot, as the daemon's downloads do
             return
-        picks = policy.choose(self.now, room, ahead=node.share.ahead(download))
+        now = self.network.now
+        picks = policy.choose(now, room, ahead=node.share.ahead(download))
         task = download.layer.id
-        for piece, parent_id in picks:
-            self._at(self.now + self.config.rtt, "transfer", (node, download, piece, parent_id))
+        if picks:  # each one round trip from now, one after another
+            self._at(now + self.config.rtt, "transfers", (node, download, picks))
         waiting = not picks and policy.unassigned != 0
         if waiting != download.idle:
             download.idle = waiting
@@ -443,9 +450,16 @@ class SwarmSimulation:
                 download.idle = False
                 self._fill(child, download)
 
+    def _on_transfers(self, data: tuple[_Node, _Download, list[tuple[int, str]]]) -> None:
+        node, download, picks = data
+        for piece, parent_id in picks:
+            self._on_transfer((node, download, piece, parent_id))
+
     def _on_transfer(self, data: tuple[_Node, _Download, int, str]) -> None:
+        """A requested piece reaches its source: served, in line, or refused."""
         node, download, piece, parent_id = data
-        if node.failed or parent_id not in download.policy.inflight.get(piece, {}):
+        copies = download.policy.inflight.get(piece)
+        if node.failed or copies is None or parent_id not in copies:
             return  # gone, or cancelled in the meantime (an endgame twin won)
         if parent_id == SEED:
             uploads = self._seed
@@ -472,7 +486,7 @@ class SwarmSimulation:
     def _start_flow(self, uploads: _Uploads, data: tuple[_Node, _Download, int, str]) -> None:
         node, download, piece, parent_id = data
         uploads.active += 1
-        size = download.layer.geometry.length(piece)
+        size = download.layer.lengths[piece]
         flow = self.network.start(uploads.link, node.link, size, (node, download, piece, parent_id, uploads))
         download.flows[(piece, parent_id)] = flow
 

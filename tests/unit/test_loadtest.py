@@ -10,6 +10,7 @@ import pytest
 from loadtest.report import ModeResult, compare, dump_json, json_key, kumar_ross_bound, percentile, render
 from loadtest.simulate.config import DEFAULT_SERVICE, SimConfig
 from loadtest.simulate.direct import simulate_direct
+from loadtest.simulate.flows import Link, Network
 from loadtest.simulate.swarm import SwarmSimulation
 from loadtest.simulate.trace import LinkTrace
 from peer.policy import PiecePolicy
@@ -125,6 +126,25 @@ def tiny(**overrides) -> SimConfig:
         "service": dict(FREE),
     }
     return SimConfig(**(settings | overrides))
+
+
+def test_the_network_ends_one_flow_per_step_and_reprices_the_rest():
+    """Two flows share a 2 MB/s upload (1 MB/s each); when the short one ends, the long one
+    gets the whole link. ``step`` ends one flow at a time, never one due after ``until``,
+    and a cancelled flow never ends."""
+    ended = []
+    network = Network(lambda flow, now: ended.append((flow.payload, now)))
+    src, a, b, c = Link(2 * MB, math.inf), Link(math.inf, 10 * MB), Link(math.inf, 10 * MB), Link(1, 1)
+    network.start(src, a, 1 * MB, "short")
+    network.start(src, b, 3 * MB, "long")
+    gone = network.start(Link(math.inf, math.inf), c, 1, "cancelled")
+    network.cancel(gone)
+    assert not network.step(0.99)
+    assert network.step(2.0) and ended == [("short", pytest.approx(1.0))]
+    assert not network.step(1.99)  # 2 MB left at 2 MB/s: ends at 2.0
+    network.advance(5.0)
+    assert ended == [("short", pytest.approx(1.0)), ("long", pytest.approx(2.0))]
+    assert network.now == 5.0 and network.next_time() == math.inf
 
 
 def test_one_node_gets_the_piece_after_the_seed_has_it():
