@@ -312,13 +312,13 @@ class PiecePolicy:
         the pieces a reader waits on (a runtime reads a layer in order), taken first,
         from a peer if one holds them."""
         room = min(room, self.config.max_inflight - self.transfers)
-        if room <= 0 or self.done:
+        lacking = self._full & ~self.have
+        if room <= 0 or not lacking:
             return []
-        wanted = self._full & ~self.have & ~self.inflight_bits
+        wanted = lacking & ~self.inflight_bits
         if known is not None:
             wanted &= known
         ones = twos = 0
-        lacking = self._full & ~self.have
         ours = self.config.headroom * self.download_rate - ahead  # the link older downloads leave us
         # Older downloads fill the link: a parent with nothing new costs nothing while we
         # wait our turn (letting it go would only churn parents and calls).

@@ -95,7 +95,7 @@ class Network:
             heapq.heappop(heap)
             if when > self.now:
                 self.now = when
-            self._settle(flow)
+            flow.remaining, flow.updated = 0.0, self.now
             self.bytes_moved += flow.size
             self._remove(flow)
             self._on_done(flow, self.now)
