@@ -31,6 +31,7 @@ over a window, and nodes failing mid-run.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import math
@@ -211,7 +212,21 @@ class SwarmSimulation:
     # --------------------------------------------------------------------- run
 
     def run(self) -> ModeResult:
-        """Run until every node is done or failed (or the timeout); the report."""
+        """Run until every node is done or failed (or the timeout); the report.
+
+        The cyclic garbage collector is off meanwhile: a run makes no reference cycles
+        (a 3000-node run left none to collect), and at 100,000 nodes each of its full
+        passes walks millions of live objects for nothing. Memory is still freed as
+        references drop."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self) -> ModeResult:
         started = time.process_time()
         events, network, timeout = self._events, self.network, self.config.timeout
         handlers: dict[str, Callable[[object], None]] = {}
