@@ -471,7 +471,7 @@ class PiecePolicy:
                 link.report.bytes += size
                 link.report.seconds += seconds
         self._starving_since = None
-        return [p for p in copies if p != parent_id]
+        return [p for p in copies if p != parent_id] if len(copies) > 1 else []
 
     def failed(self, piece: int, parent_id: str, reason: FailureReason, now: float) -> None:
         """A transfer of ``piece`` from ``parent_id`` failed; the piece can go elsewhere."""
@@ -553,12 +553,13 @@ class PiecePolicy:
         self.transfers += 1
         link.inflight += 1
 
-    def _stop(self, piece: int) -> list[str]:
+    def _stop(self, piece: int) -> dict[str, float]:
+        """No transfer of ``piece`` is under way any more; the copies that were."""
         copies = self.inflight.pop(piece, {})
         self.inflight_bits &= ~(1 << piece)
         for parent_id in copies:
             self._release(parent_id)
-        return list(copies)
+        return copies
 
     def _release(self, parent_id: str) -> None:
         self.transfers -= 1

@@ -62,8 +62,11 @@ class Network:
         dst.down_flows[flow] = None
         if self._reprice_all:
             self._reprice(src, dst)
-        else:
-            self._price(flow, min(src.up / len(src.up_flows), dst.down / len(dst.down_flows)))
+        else:  # ``_price``, for a new flow
+            flow.rate = rate = min(src.up / len(src.up_flows), dst.down / len(dst.down_flows))
+            flow.version = 1
+            when = self.now + (size / rate if rate > 0 else math.inf)
+            heapq.heappush(self._heap, (when, next(self._seq), 1, flow))
         return flow
 
     def cancel(self, flow: Flow) -> None:

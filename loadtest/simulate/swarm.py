@@ -413,9 +413,11 @@ class SwarmSimulation:
         return lambda: self._fill(node, download)
 
     def _watchers(self, parent_id: str, task: str) -> dict[_Node, None]:
-        if parent_id == SEED:
-            return self._seed_waiting.setdefault(task, {})
-        return self.nodes[parent_id].watchers.setdefault(task, {})
+        waiting = self._seed_waiting if parent_id == SEED else self.nodes[parent_id].watchers
+        watchers = waiting.get(task)
+        if watchers is None:
+            watchers = waiting[task] = {}
+        return watchers
 
     def _fill(self, node: _Node, download: _Download) -> None:
         """Start what the policy chooses; wait on the parents if it chooses nothing."""
@@ -527,7 +529,9 @@ class SwarmSimulation:
                 self._upload_ended(other.payload[4])
         download.map.bits |= 1 << piece
         self.sources["seed" if parent_id == SEED else "peer"] += flow.size
-        self._wake(node.watchers.get(download.layer.id, {}), download.layer.id)
+        watchers = node.watchers.get(download.layer.id)
+        if watchers:
+            self._wake(watchers, download.layer.id)
         if policy.done:
             download.done_at = now
             self._report_soon(node, download)  # a complete source now
