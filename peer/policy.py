@@ -390,7 +390,7 @@ class PiecePolicy:
         rng = self._rng
         config = self.config
         piece_size, pipeline_below, spare_below = self.piece_size, config.pipeline_below, config.spare_below
-        spare_rate = config.spare_share * (self.download_rate / len(self.parents))
+        spare_rate = config.spare_share * (self.download_rate / max(1, len(self.parents)))  # of a fair share
         underfed_above = (config.headroom - config.spare_until) * self.download_rate
         two = min(2, config.per_parent)
         links = sorted(
@@ -539,7 +539,9 @@ class PiecePolicy:
         """Bytes per second the transfers under way are expected to bring."""
         total = 0.0
         first = self._first_rate
-        for link in self.parents.values():  # a parent with transfers under way is kept
+        # Per parent, not per copy in ``inflight``: the same sum, as a parent with transfers
+        # under way stays in ``parents`` until they end (``set_parents``, ``_leave``).
+        for link in self.parents.values():
             if link.inflight:
                 total += link.inflight * (link.rate if link.rate > 0 else first)  # ``_rate``
         return total

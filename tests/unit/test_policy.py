@@ -44,6 +44,12 @@ def test_a_piece_a_reader_waits_on_comes_before_the_rarest_from_a_peer_if_one_ho
     assert r.choose(NOW, 1, awaited=of([3])) != []  # held by nobody: the others meanwhile
 
 
+def test_no_parents_no_choice_even_for_a_waiting_reader():
+    p = policy(count=4)
+    assert p.choose(NOW, 4, awaited=of([1])) == []
+    assert p.needs_parents(NOW)
+
+
 def test_the_seed_first_for_what_only_it_holds_then_last():
     p = policy(count=4, per_parent=1, headroom=10.0)
     p.set_parents([("a", False, View([0, 1])), ("seed", True, View([0, 1, 2, 3]))])
@@ -199,7 +205,12 @@ def test_how_long_an_idle_parent_is_kept_follows_the_piece_time():
 @settings(max_examples=80, deadline=None)
 @given(
     st.lists(st.integers(0, (1 << 10) - 1), min_size=1, max_size=5),
-    st.lists(st.tuples(st.sampled_from(["done", "fail", "choose", "map"]), st.integers(0, 50)), max_size=60),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["done", "fail", "choose", "map", "parents", "report"]), st.integers(0, 50)
+        ),
+        max_size=60,
+    ),
 )
 def test_choices_stay_within_what_parents_hold_and_the_caps(maps, steps):
     config = PolicyConfig(max_inflight=6, per_parent=2, headroom=10.0)
@@ -217,6 +228,11 @@ def test_choices_stay_within_what_parents_hold_and_the_caps(maps, steps):
             name = list(views)[value % len(views)]
             views[name].bits |= 1 << (value % 10)
             p.map_changed(name)
+        elif kind == "parents":  # an answer names some of them (the others leave)
+            named = [(name, i == 0, view) for i, (name, view) in enumerate(views.items()) if value >> i & 1]
+            p.set_parents(named)
+        elif kind == "report":
+            p.take_report(now + value)  # idle parents let go
         elif p.inflight:
             piece = list(p.inflight)[value % len(p.inflight)]
             parent = next(iter(p.inflight[piece]))
@@ -227,6 +243,10 @@ def test_choices_stay_within_what_parents_hold_and_the_caps(maps, steps):
         assert p.transfers == sum(len(c) for c in p.inflight.values()) <= config.max_inflight
         for link in p.parents.values():
             assert link.inflight <= config.per_parent
+            assert link.inflight == sum(link.id in c for c in p.inflight.values())
+        # every copy's parent is still known, so the rates it brings are summed per parent
+        copies = [p.parents[parent] for c in p.inflight.values() for parent in c]
+        assert p.projected() == pytest.approx(sum(link.rate or 50e6 for link in copies))
         assert p.have | full(10) == full(10)
 
 
