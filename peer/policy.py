@@ -390,7 +390,8 @@ class PiecePolicy:
         rng = self._rng
         config = self.config
         piece_size, pipeline_below, spare_below = self.piece_size, config.pipeline_below, config.spare_below
-        spare_rate = config.spare_share * (self.download_rate / max(1, len(self.parents)))  # of a fair share
+        fair = self.download_rate / max(1, len(self.parents))  # our link shared among our parents
+        spare_rate = config.spare_share * fair  # a parent bringing this per transfer has upload to spare
         underfed_above = (config.headroom - config.spare_until) * self.download_rate
         two = min(2, config.per_parent)
         links = sorted(
