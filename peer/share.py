@@ -51,16 +51,15 @@ class LinkShare:
 
     def ahead(self, key: object) -> float:
         """What the downloads before ``key`` are expected to bring (bytes per second)."""
-        members = self._members
-        member = members.get(key)
-        if member is None or len(members) == 1:
+        member = self._members.get(key)
+        if member is None:
             return 0.0
-        return sum(m.projected() for m in members.values() if m.order < member.order)
+        return sum(m.projected() for m in self._members.values() if m.order < member.order)
 
     def changed(self, key: object) -> None:
         """A transfer of ``key`` ended: the downloads after it may have room now."""
         member = self._members.get(key)
-        if member is not None and len(self._members) > 1:
+        if member is not None:
             self._wake_after(member)
 
     def _wake_after(self, member: _Member) -> None:

@@ -62,11 +62,8 @@ class Network:
         dst.down_flows[flow] = None
         if self._reprice_all:
             self._reprice(src, dst)
-        else:  # ``_price``, for a new flow
-            flow.rate = rate = min(src.up / len(src.up_flows), dst.down / len(dst.down_flows))
-            flow.version = 1
-            when = self.now + (size / rate if rate > 0 else math.inf)
-            heapq.heappush(self._heap, (when, next(self._seq), 1, flow))
+        else:
+            self._price(flow, min(src.up / len(src.up_flows), dst.down / len(dst.down_flows)))
         return flow
 
     def cancel(self, flow: Flow) -> None:
@@ -87,23 +84,17 @@ class Network:
     def step(self, until: float) -> bool:
         """End the next flow if it ends by ``until`` (its ``on_done`` may start flows and
         schedule what comes before the next one); whether one ended."""
-        heap = self._heap
-        while heap:
-            when, _, version, flow = heap[0]
-            if version != flow.version:
-                heapq.heappop(heap)  # repriced or removed since
-                continue
-            if when > until:
-                return False
-            heapq.heappop(heap)
-            if when > self.now:
-                self.now = when
-            flow.remaining, flow.updated = 0.0, self.now
-            self.bytes_moved += flow.size
-            self._remove(flow)
-            self._on_done(flow, self.now)
-            return True
-        return False
+        when = self.next_time()
+        if when > until:
+            return False
+        _, _, _, flow = heapq.heappop(self._heap)
+        if when > self.now:
+            self.now = when
+        flow.remaining, flow.updated = 0.0, self.now  # it is done: nothing left to settle
+        self.bytes_moved += flow.size
+        self._remove(flow)
+        self._on_done(flow, self.now)
+        return True
 
     def advance(self, until: float) -> None:
         """Run flows up to ``until``, ending each that completes by then."""
