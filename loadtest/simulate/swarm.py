@@ -3,7 +3,7 @@
 Nothing here decides who fetches what from whom: ``supernode.scheduler.Scheduler``
 chooses every node's parents, exactly as in the supernode, and ``peer.policy.PiecePolicy``
 chooses every piece, exactly as in the peer daemon. This module plays the parts around
-them:
+them (their state: ``parts``):
 
 - **The supernode's service, charged.** Every call a node makes crosses the network
   (``rtt / 2`` each way) and waits its turn in one queue per task owner (the supernode
@@ -37,14 +37,13 @@ import itertools
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 
 from loadtest.report import ModeResult, kumar_ross_bound
 from loadtest.simulate.config import SimConfig
 from loadtest.simulate.flows import Flow, Link, Network
+from loadtest.simulate.parts import Bits, Download, Layer, Node, Uploads
 from peer.policy import PiecePolicy
-from peer.share import LinkShare
 from supernode.pacing import report_interval
 from supernode.scheduler import ParentReport, Scheduler
 from swarmpull.core.failures import FailureReason
@@ -55,88 +54,12 @@ SEED = "seed"
 REPORT_BATCH_WINDOW = 0.02  # as peer.control: an urgent report waits this long for others
 
 
-class _Layer:
-    """One layer: its task, geometry, and what the seed holds."""
-
-    __slots__ = ("geometry", "id", "index", "lengths", "seeded")
-
-    def __init__(self, index: int, geometry: PieceGeometry) -> None:
-        self.index = index
-        self.id = f"sha256-{index:064x}"
-        self.geometry = geometry
-        self.lengths = [geometry.length(piece) for piece in range(geometry.count)]
-        self.seeded = _Bits()
-
-
-class _Bits:
-    """A piece map (``MapView``): the holder's own, read live by its children."""
-
-    __slots__ = ("bits",)
-
-    def __init__(self) -> None:
-        self.bits = 0
-
-
-class _Download:
-    """One node's download of one layer."""
-
-    __slots__ = ("done_at", "due", "every", "flows", "idle", "layer", "map", "policy", "recheck")
-
-    def __init__(self, layer: _Layer, policy: PiecePolicy) -> None:
-        self.layer = layer
-        self.policy = policy
-        self.map = _Bits()  # what this node holds, as its children see it
-        self.flows: dict[tuple[int, str], Flow] = {}
-        self.done_at: float | None = None
-        self.idle = False  # room and nothing to fetch: woken by its parents' new pieces
-        self.due = math.inf  # when it reports next (0: as soon as it can)
-        self.every = 0.0  # the interval the supernode last asked for
-        self.recheck = math.inf  # when an idle download looks at its parents again
-
-
-class _Uploads:
-    """A source's piece server, as the daemon's: at most ``slots`` uploads at once, as many
-    more wait in line for a free slot, and one more is refused (busy)."""
-
-    __slots__ = ("active", "link", "queue", "slots")
-
-    def __init__(self, link: Link, slots: int) -> None:
-        self.link = link
-        self.slots = slots
-        self.active = 0
-        self.queue: deque[tuple] = deque()  # type: ignore[type-arg]
-
-
-class _Node:
-    __slots__ = (
-        "calling", "done_at", "downloads", "failed", "flush_at", "full", "id", "joined", "joined_at",
-        "link", "share", "uploads", "watchers",
-    )  # fmt: skip
-
-    def __init__(self, node_id: str, link: Link, uploads: _Uploads) -> None:
-        self.id = node_id
-        self.calling = 0  # calls to the supernode under way
-        self.flush_at = math.inf  # when its control channel looks at what is due next
-        self.full = False  # a download found every download slot taken: all look at the next free one
-        self.link = link
-        self.uploads = uploads
-        self.joined = False
-        self.joined_at = 0.0
-        self.failed = False
-        self.done_at: float | None = None
-        self.downloads: dict[str, _Download] = {}
-        self.share = LinkShare()  # its link, oldest download first, as the daemon's
-        # task -> children that wait on our pieces (insertion-ordered, so a run is the same
-        # every time: a set orders by address)
-        self.watchers: dict[str, dict[_Node, None]] = {}
-
-
 class SwarmSimulation:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self._rng = random.Random(config.seed)
         self.layers = [
-            _Layer(i, PieceGeometry(size, config.piece_size or choose_piece_size(size)))
+            Layer(i, PieceGeometry(size, config.piece_size or choose_piece_size(size)))
             for i, size in enumerate(config.layer_sizes())
         ]
         self.scheduler = Scheduler(config.scheduler, random.Random(config.seed + 1))
@@ -146,10 +69,10 @@ class SwarmSimulation:
         for layer in self.layers:
             self.scheduler.add_task(layer.id, layer.geometry.count, SEED)
         self.network = Network(self._flow_done, reprice=config.network == "exact")
-        self._seed = _Uploads(Link(config.seed_rate, math.inf), config.seed_slots)
+        self._seed = Uploads(Link(config.seed_rate, math.inf), config.seed_slots)
         self._events: list[tuple[float, int, str, object]] = []
         self._seq = itertools.count()
-        self.nodes: dict[str, _Node] = {}
+        self.nodes: dict[str, Node] = {}
         self._busy = [0.0] * config.owners  # when each owner's queue is free
         self.calls: dict[str, int] = {"open": 0, "report": 0}
         self.tasks_carried = 0  # tasks the calls carried (a call carries one or more)
@@ -157,7 +80,7 @@ class SwarmSimulation:
         self._open = config.nodes  # nodes neither done nor failed
         self.sources = {"peer": 0.0, "seed": 0.0}  # bytes received, by kind of source
         self._egress: list[tuple[float, int]] = [(0.0, 0)]  # registry bytes sent over time
-        self._seed_waiting: dict[str, dict[_Node, None]] = {}  # task -> nodes waiting on the seed
+        self._seed_waiting: dict[str, dict[Node, None]] = {}  # task -> nodes waiting on the seed
         self._build()
 
     def _build(self) -> None:
@@ -167,7 +90,7 @@ class SwarmSimulation:
         for i in range(c.nodes):
             factor = c.slow_factor if i in slow else 1.0
             link = Link(c.node_up * factor, c.node_down * factor)
-            node = _Node(f"n{i}", link, _Uploads(link, c.upload_slots))
+            node = Node(f"n{i}", link, Uploads(link, c.upload_slots))
             self.nodes[node.id] = node
             self.scheduler.peer_joined(node.id, 0.0, serves=True, capacity=node.link.up)
             self._at(self._rng.uniform(0, c.join_window) if c.join_window else 0.0, "join", node)
@@ -246,7 +169,7 @@ class SwarmSimulation:
 
     # ---------------------------------------------------------------- supernode
 
-    def _call(self, kind: str, node: _Node, downloads: list[_Download], then: str) -> None:
+    def _call(self, kind: str, node: Node, downloads: list[Download], then: str) -> None:
         """A call to the supernode carrying ``downloads`` (all of one owner): it arrives
         after half a round trip, waits for the owner's queue, is served for its cost;
         ``then`` runs at the owner when served."""
@@ -268,15 +191,15 @@ class SwarmSimulation:
         else:
             self._at(start + cost, then, (node, downloads))
 
-    def _owner(self, layer: _Layer) -> int:
+    def _owner(self, layer: Layer) -> int:
         """The replica owning ``layer``'s task: the layers in turn, so the same run gives
         the same figures every time (``hash`` of a string changes from one process to the
         next). A task's lease goes to the replica that opens it first; with the nodes'
         calls spread over the replicas, so are the tasks."""
         return layer.index % self.config.owners
 
-    def _by_owner(self, downloads: list[_Download]) -> list[list[_Download]]:
-        groups: dict[int, list[_Download]] = {}
+    def _by_owner(self, downloads: list[Download]) -> list[list[Download]]:
+        groups: dict[int, list[Download]] = {}
         for download in downloads:
             groups.setdefault(self._owner(download.layer), []).append(download)
         return list(groups.values())
@@ -295,11 +218,11 @@ class SwarmSimulation:
         self.scheduler.expire(self.now)
         self._at(self.now + 1.0, "tick", None)
 
-    def _on_gone(self, node: _Node) -> None:
+    def _on_gone(self, node: Node) -> None:
         """A failed node's silence has lasted the supernode's peer timeout."""
         self.scheduler.peer_left(node.id, self.now)
 
-    def _on_seeded(self, data: tuple[_Layer, int, int]) -> None:
+    def _on_seeded(self, data: tuple[Layer, int, int]) -> None:
         layer, piece, sent = data
         self._egress.append((self.now, sent))
         self.scheduler.piece_seeded(layer.id, piece)
@@ -308,7 +231,7 @@ class SwarmSimulation:
 
     # --------------------------------------------------------------- the nodes
 
-    def _on_join(self, node: _Node) -> None:
+    def _on_join(self, node: Node) -> None:
         node.joined = True
         node.joined_at = self.now
         for layer in self.layers:
@@ -317,30 +240,30 @@ class SwarmSimulation:
                 g.count, g.piece_size, self.config.policy, random.Random(self._rng.random()),
                 download_rate=node.link.down,
             )  # fmt: skip
-            node.downloads[layer.id] = _Download(layer, policy)
+            node.downloads[layer.id] = Download(layer, policy)
         for group in self._by_owner(list(node.downloads.values())):  # one call: the layers together
             self._call("open", node, group, "opened")
 
-    def _on_opened(self, data: tuple[_Node, list[_Download]]) -> None:
+    def _on_opened(self, data: tuple[Node, list[Download]]) -> None:
         node, downloads = data
         if node.failed:
             return
         answers = [(d, self.scheduler.join(d.layer.id, node.id, d.policy.have, self.now)) for d in downloads]
         self._at(self.now + self.config.rtt / 2, "answer", (node, answers))
 
-    def _report_soon(self, node: _Node, download: _Download) -> None:
+    def _report_soon(self, node: Node, download: Download) -> None:
         """The download needs to report now (it needs parents, or it completed)."""
         download.due = 0.0
         self._flush_in(node, REPORT_BATCH_WINDOW)
 
-    def _flush_in(self, node: _Node, delay: float) -> None:
+    def _flush_in(self, node: Node, delay: float) -> None:
         when = self.now + delay
         if node.calling or node.failed or when >= node.flush_at:
             return
         node.flush_at = when
         self._at(when, "flush", node)
 
-    def _on_flush(self, node: _Node) -> None:
+    def _on_flush(self, node: Node) -> None:
         """The control channel sends what is due, and what is nearly due with it."""
         if node.flush_at != self.now or node.calling or node.failed:
             return  # a stale wake-up, or a call is under way (its answer looks again)
@@ -389,7 +312,7 @@ class SwarmSimulation:
                 else:
                     other = self.nodes[parent.id]
                     views.append(
-                        (parent.id, False, other.downloads[task].map if task in other.downloads else _Bits())
+                        (parent.id, False, other.downloads[task].map if task in other.downloads else Bits())
                     )
             download.policy.set_parents(views)
             if download not in node.share:  # fetching from now on, as the daemon's SwarmFetch
@@ -409,24 +332,22 @@ class SwarmSimulation:
             pending = min((d.due for d in node.downloads.values()), default=math.inf)
             self._flush_in(node, max(REPORT_BATCH_WINDOW if pending <= self.now else 0.0, pending - self.now))
 
-    def _waker(self, node: _Node, download: _Download) -> Callable[[], None]:
+    def _waker(self, node: Node, download: Download) -> Callable[[], None]:
         return lambda: self._fill(node, download)
 
-    def _watchers(self, parent_id: str, task: str) -> dict[_Node, None]:
+    def _watchers(self, parent_id: str, task: str) -> dict[Node, None]:
         waiting = self._seed_waiting if parent_id == SEED else self.nodes[parent_id].watchers
         watchers = waiting.get(task)
         if watchers is None:
             watchers = waiting[task] = {}
         return watchers
 
-    def _fill(self, node: _Node, download: _Download) -> None:
+    def _fill(self, node: Node, download: Download) -> None:
         """Start what the policy chooses; wait on the parents if it chooses nothing."""
         policy = download.policy
         if download.done_at is not None or node.failed:
             return
-        downloads = node.downloads
-        busy = sum(d.policy.transfers for d in downloads.values()) if len(downloads) > 1 else policy.transfers
-        room = self.config.download_slots - busy
+        room = self.config.download_slots - sum(d.policy.transfers for d in node.downloads.values())
         if room <= 0:
             node.full = True  # it waits for a slot, as the daemon's downloads do
             return
@@ -453,13 +374,13 @@ class SwarmSimulation:
             download.recheck = self.now + download.policy.wake_interval
             self._at(download.recheck, "recheck", (node, download))
 
-    def _on_recheck(self, data: tuple[_Node, _Download]) -> None:
+    def _on_recheck(self, data: tuple[Node, Download]) -> None:
         node, download = data
         download.recheck = math.inf
         if download.idle:
             self._fill(node, download)
 
-    def _wake(self, nodes: dict[_Node, None], task: str) -> None:
+    def _wake(self, nodes: dict[Node, None], task: str) -> None:
         """``task``'s pieces came to a parent or the seed: its waiting children look again."""
         for child in list(nodes):
             download = child.downloads.get(task)
@@ -467,12 +388,12 @@ class SwarmSimulation:
                 download.idle = False
                 self._fill(child, download)
 
-    def _on_transfers(self, data: tuple[_Node, _Download, list[tuple[int, str]]]) -> None:
+    def _on_transfers(self, data: tuple[Node, Download, list[tuple[int, str]]]) -> None:
         node, download, picks = data
         for piece, parent_id in picks:
-            self._on_transfer((node, download, piece, parent_id))
+            self._request((node, download, piece, parent_id))
 
-    def _on_transfer(self, data: tuple[_Node, _Download, int, str]) -> None:
+    def _request(self, data: tuple[Node, Download, int, str]) -> None:
         """A requested piece reaches its source: served, in line, or refused."""
         node, download, piece, parent_id = data
         copies = download.policy.inflight.get(piece)
@@ -494,20 +415,20 @@ class SwarmSimulation:
             self._refused(node, download, piece, parent_id, FailureReason.BUSY)
 
     def _refused(
-        self, node: _Node, download: _Download, piece: int, parent_id: str, why: FailureReason
+        self, node: Node, download: Download, piece: int, parent_id: str, why: FailureReason
     ) -> None:
         download.policy.failed(piece, parent_id, why, self.now)
         self._fill(node, download)
         self._slot_freed(node)
 
-    def _start_flow(self, uploads: _Uploads, data: tuple[_Node, _Download, int, str]) -> None:
+    def _start_flow(self, uploads: Uploads, data: tuple[Node, Download, int, str]) -> None:
         node, download, piece, parent_id = data
         uploads.active += 1
         size = download.layer.lengths[piece]
         flow = self.network.start(uploads.link, node.link, size, (node, download, piece, parent_id, uploads))
         download.flows[(piece, parent_id)] = flow
 
-    def _upload_ended(self, uploads: _Uploads) -> None:
+    def _upload_ended(self, uploads: Uploads) -> None:
         uploads.active -= 1
         while uploads.queue and uploads.active < uploads.slots:
             node, download, piece, parent_id = waiting = uploads.queue.popleft()
@@ -545,14 +466,14 @@ class SwarmSimulation:
         node.share.changed(download)
         self._slot_freed(node)
 
-    def _slot_freed(self, node: _Node) -> None:
+    def _slot_freed(self, node: Node) -> None:
         """A transfer of ``node`` ended: the downloads that found no free slot look again."""
         if node.full:
             node.full = False
             for download in node.downloads.values():
                 self._fill(node, download)
 
-    def _on_fail(self, node: _Node) -> None:
+    def _on_fail(self, node: Node) -> None:
         if node.done_at is not None or node.failed:
             return
         node.failed = True
