@@ -142,9 +142,10 @@ class TorrentTransport:
             fetch.cancel()
 
     def progress(self, task_id: str) -> int | None:
-        """Bytes of the blob verified by libtorrent so far; None when not fetching it."""
+        """Bytes of the blob verified by libtorrent (as of its last status update); None
+        when not fetching it."""
         torrent = self._active.get(task_id)
-        return torrent.progress() if torrent is not None else None
+        return torrent.verified if torrent is not None else None
 
     def hold_background(self, hold: bool) -> None:
         """Pause (or resume) background torrents: foreground work goes first."""
@@ -195,12 +196,13 @@ class TorrentTransport:
         try:
             await torrent.finished()
             await torrent.flush()
+            await self.session.refresh()  # the bytes it took, counted to the end
         except TorrentFailed as exc:
             raise DownloadFailed(f"libtorrent: {exc}") from None
         finally:
             del self._active[task_id]
             self._apply_caps()
-            self._metrics.download_bytes.labels("bittorrent").inc(_downloaded(torrent))
+            self._metrics.download_bytes.labels("bittorrent").inc(torrent.downloaded)
             self._metrics.pieces.labels("corrupt").inc(torrent.hash_failures)
             with contextlib.suppress(TorrentFailed):
                 await self.session.remove(torrent)  # the partial file stays, for a resume
@@ -268,10 +270,3 @@ class TorrentTransport:
             return
         self._seeding[task_id] = torrent
         self._apply_caps()
-
-
-def _downloaded(torrent: Torrent) -> int:
-    handle = torrent.handle
-    if handle is None or not handle.is_valid():
-        return 0
-    return int(handle.status().total_payload_download)

@@ -73,8 +73,9 @@ class SeedTorrents:
         return await asyncio.shield(making)
 
     def uploaded(self) -> int:
-        """Payload bytes sent over BitTorrent by the torrents seeded now."""
-        return sum(torrent.uploaded() for _, torrent in self._made.values())
+        """Payload bytes sent over BitTorrent by the torrents seeded now (as of libtorrent's
+        last status update)."""
+        return sum(torrent.uploaded for _, torrent in self._made.values())
 
     def evicted(self, task_id: str) -> None:
         """The blob left the seed cache: stop seeding and tracking it."""

@@ -4,10 +4,14 @@ libtorrent runs its own threads (network, disk, hashing) and reports through ale
 The session writes a byte to a pipe when its alert queue goes from empty to non-empty
 (``set_alert_fd``, from its network thread, in C++, without the GIL); the loop watches
 the pipe (``add_reader``), drains it and pops every queued alert at once, so no wake-up
-is lost. A slow timer pops alerts too, in case a byte ever is. Calls into the session
-from the loop are asynchronous requests (``async_add_torrent``, ``remove_torrent``,
-``flush_cache``) whose results come back as alerts; the only blocking call, the
-session's destructor (it waits for the tracker to hear "stopped"), runs in a thread.
+is lost. A slow timer pops alerts too, in case a byte ever is, and asks for the
+torrents' status (``post_torrent_updates``), which comes back as an alert: a torrent's
+progress and byte counts are read from that copy, never with ``torrent_handle.status()``,
+a call that waits for libtorrent's network thread (80 us on an idle session, far more on
+a busy one). Calls into the session from the loop are asynchronous requests
+(``async_add_torrent``, ``remove_torrent``, ``flush_cache``, ``pause``) whose results
+come back as alerts. The listen port is asked once, at start; the session's destructor
+(it waits for the tracker to hear "stopped") runs in a thread.
 
 ``TorrentSession`` is the one writer of its torrents' futures; ``Torrent`` is one
 torrent in it, awaited for ``finished()``.
@@ -44,6 +48,9 @@ class Torrent:
         self.save_path = save_path
         self.path = save_path / meta.name
         self.hash_failures = 0  # pieces that failed their hash check (a peer sent bad data)
+        # From libtorrent's last status update (``TorrentSession.refresh``): bytes verified,
+        # payload bytes sent to and received from peers since the torrent was added.
+        self.verified = self.uploaded = self.downloaded = 0
         self._session = session
         self.handle: lt.torrent_handle | None = None
         loop = asyncio.get_running_loop()
@@ -62,18 +69,6 @@ class Torrent:
         if self._finished.done():
             return "failed" if self._finished.exception() else "finished"
         return "running"
-
-    def progress(self) -> int:
-        """Bytes verified so far."""
-        if self.handle is None or not self.handle.is_valid():
-            return 0
-        return int(self.handle.status().total_wanted_done)
-
-    def uploaded(self) -> int:
-        """Payload bytes sent to peers since the torrent was added."""
-        if self.handle is None or not self.handle.is_valid():
-            return 0
-        return int(self.handle.status().total_payload_upload)
 
     async def finished(self) -> None:
         """Returns once every piece is downloaded and hash-checked; TorrentFailed if
@@ -122,6 +117,7 @@ class TorrentSession:
         self._pipe: tuple[int, int] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._updated: asyncio.Future[None] | None = None  # the next status update
         self.listen: HostPort | None = None
 
     def __repr__(self) -> str:
@@ -156,6 +152,8 @@ class TorrentSession:
                 torrent._resolve(torrent._removed)
             self._torrents.clear()
             self._pending.clear()
+            if self._updated is not None and not self._updated.done():
+                self._updated.set_result(None)  # the figures stay as last updated
             holder = [session]
             del session
             # The destructor waits (up to stop_tracker_timeout) for "stopped" announces,
@@ -221,6 +219,14 @@ class TorrentSession:
     def torrents(self) -> list[Torrent]:
         return list(self._torrents.values())
 
+    async def refresh(self) -> None:
+        """Returns once the torrents' figures (``verified``, ``uploaded``, ``downloaded``)
+        are from a status update asked for now (or just before, by the timer)."""
+        if self._updated is None or self._updated.done():
+            self._updated = asyncio.get_running_loop().create_future()
+            self._require().post_torrent_updates()
+        await asyncio.shield(self._updated)
+
     def set_limits(self, upload: int | None, download: int | None) -> None:
         """Change the session's rates (bytes per second, None: no limit)."""
         self._require().apply_settings(
@@ -246,6 +252,8 @@ class TorrentSession:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             self._drain()
+            if self._session is not None and self._torrents:
+                self._session.post_torrent_updates()  # answered by a state_update_alert
 
     def _drain(self) -> None:
         if self._session is None:
@@ -255,6 +263,20 @@ class TorrentSession:
                 self._dispatch(alert)
             except Exception:  # a surprise in one alert must not stop the others
                 log.exception("%s: handling %s failed", self.name, type(alert).__name__)
+
+    def _status(self, updates: list[lt.torrent_status]) -> None:
+        """The torrents whose status changed since the last update (the others' did not)."""
+        for status in updates:
+            torrent = self._torrents.get(status.handle)
+            if torrent is None:
+                continue
+            torrent.verified = int(status.total_wanted_done)
+            torrent.uploaded = int(status.total_payload_upload)
+            torrent.downloaded = int(status.total_payload_download)
+            if status.is_seeding:  # every piece checked, should a finished alert be lost
+                torrent._resolve(torrent._finished)
+        if self._updated is not None and not self._updated.done():
+            self._updated.set_result(None)
 
     def _dispatch(self, alert: lt.alert) -> None:
         if isinstance(alert, lt.add_torrent_alert):
@@ -267,9 +289,10 @@ class TorrentSession:
                 return
             torrent.handle = alert.handle
             self._torrents[alert.handle] = torrent
-            torrent._resolve(torrent._added)
-            if alert.handle.status().is_seeding:
-                torrent._resolve(torrent._finished)
+            torrent._resolve(torrent._added)  # a complete file: torrent_finished_alert follows
+            return
+        if isinstance(alert, lt.state_update_alert):
+            self._status(alert.status)
             return
         torrent = self._torrents.get(alert.handle) if isinstance(alert, lt.torrent_alert) else None
         if torrent is None:
