@@ -7,11 +7,11 @@ the pipe (``add_reader``), drains it and pops every queued alert at once, so no 
 is lost. A slow timer pops alerts too, in case a byte ever is, and asks for the
 torrents' status (``post_torrent_updates``), which comes back as an alert: a torrent's
 progress and byte counts are read from that copy, never with ``torrent_handle.status()``,
-a call that waits for libtorrent's network thread (80 us on an idle session, far more on
-a busy one). Calls into the session from the loop are asynchronous requests
-(``async_add_torrent``, ``remove_torrent``, ``flush_cache``, ``pause``) whose results
-come back as alerts. The listen port is asked once, at start; the session's destructor
-(it waits for the tracker to hear "stopped") runs in a thread.
+a call that waits for libtorrent's network thread (80 us on an idle session on the
+2-core machine, longer while that thread is busy). Calls into the session from the loop
+are asynchronous requests (``async_add_torrent``, ``remove_torrent``, ``flush_cache``,
+``pause``) whose results come back as alerts. The listen port is asked once, at start;
+the session's destructor (it waits for the tracker to hear "stopped") runs in a thread.
 
 ``TorrentSession`` is the one writer of its torrents' futures; ``Torrent`` is one
 torrent in it, awaited for ``finished()``.
