@@ -6,18 +6,24 @@ A task is public when the seed's upstream read succeeded without credentials (no
 URL is a credential); that is recorded once per task, from the read that gave the
 blob's size (``SeedTask.public``). Every opener of a public task gets a capability.
 A private task's opener gets one only when its own URL, asked with its own headers,
-answers 2xx (or a redirect, which a registry sends only to a pull it allowed) to a
-``HEAD``: proof of pull rights with its own credentials, whatever the credentials of
-the first opener were. The answer is cached per (credentials, URL) for
-``--auth-cache-ttl`` so a surge asks the upstream once per credential, not per open.
-A private task taken over from another replica knows no public read: every opener
-proves its rights.
+serves the blob: ``PROOF_SPAN`` bytes at an offset chosen at random in the blob's first
+MiB, the same as the seed's there (redirects followed as the seed's reads follow them).
+That is proof of pull rights with its own credentials, whatever the credentials of the
+first opener were. A status proves nothing: the task id is the blob's digest, so any
+URL that answers 2xx to everything could name a private blob. The proof is cached per
+(task, credentials, URL) for ``--auth-cache-ttl``, so a surge asks the upstream once per
+credential and layer, not per open. A private task taken over from another replica knows
+no public read: every opener proves its rights. The registry mirror's word stands in
+for the proof: the opener's credential let into the blob's repository lately, and the
+blob known in that repository.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,23 +32,30 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from supernode.seed_task import SeedTask, Source
+from supernode.seed_task import SeedTask, Source, TaskState
 from swarmpull.core.capability import RENEW_BEFORE, issue, issue_many
 from swarmpull.core.clock import Clock
+from swarmpull.core.digest import Digest
 from swarmpull.core.signing import Signer, TaskKeys, keys_from_json
 from swarmpull.edges.http import PEER_HEADER
+from swarmpull.edges.origin import CONTENT_RANGE, UpstreamError, follow
 
 log = logging.getLogger(__name__)
 
-CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
+# Headers that carry no credential; any other a client sends may (an X-Api-Key as much as
+# an Authorization), so a read that sent one is not a public read.
+HARMLESS_HEADERS = frozenset({"accept", "accept-encoding", "accept-language", "user-agent"})
 MAX_ENTRIES = 10_000
+PROOF_SPAN = 32  # bytes of the blob an opener's URL must serve to prove its pull rights
+PROOF_WITHIN = 1 << 20  # from the blob's first MiB: what a server that ignores Range sends first
+PROOF_WAIT = 0.05  # seconds between two looks for the seed's first piece
 
 
 class PullDenied(Exception):
     """The opener could not prove it may pull a private blob."""
 
-    def __init__(self, task_id: str, status: int | None) -> None:
-        said = f"answered {status}" if status is not None else "could not be asked"
+    def __init__(self, task_id: str, status: int | None, said: str | None = None) -> None:
+        said = said or (f"answered {status}" if status is not None else "could not be asked")
         super().__init__(
             f"{task_id} is private and the requester's own URL and credentials {said}: "
             "a node gets a private blob only with pull rights of its own"
@@ -55,13 +68,13 @@ def has_credentials(source: Source) -> bool:
     parts = urlsplit(source.url)
     if parts.username is not None or parts.query:
         return True
-    return any(name.lower() in CREDENTIAL_HEADERS for name in source.headers)
+    return any(name.lower() not in HARMLESS_HEADERS for name in source.headers)
 
 
-def _credential_key(source: Source) -> str:
-    """A name for the credentials ``source`` carries (not them): the cache's key."""
-    lines = sorted(f"{k.lower()}:{v}" for k, v in source.headers.items() if k.lower() in CREDENTIAL_HEADERS)
-    return hashlib.sha256("\n".join([source.url, *lines]).encode()).hexdigest()
+def _credential_key(task_id: str, source: Source) -> str:
+    """A name for a proof: the task, and the credentials ``source`` carries (not them)."""
+    lines = sorted(f"{k.lower()}:{v}" for k, v in source.headers.items() if k.lower() not in HARMLESS_HEADERS)
+    return hashlib.sha256("\n".join([task_id, source.url, *lines]).encode()).hexdigest()
 
 
 class SeedTasks(Protocol):
@@ -94,9 +107,10 @@ class CapabilityDesk:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._wall = wall
         self._rights: OrderedDict[str, float] = OrderedDict()  # credential key -> when proven
-        # The registry mirror's word (host, repository, credential key): that credential
-        # was let into the repository within --auth-cache-ttl (a proxy asked about it).
-        self.known: Callable[[str, str, str], bool] | None = None
+        # The registry mirror's word (host, repository, credential key, digest): that
+        # credential was let into the repository within --auth-cache-ttl (a proxy asked
+        # about it), and the blob is known there.
+        self.known: Callable[[str, str, str, Digest], bool] | None = None
 
     def __repr__(self) -> str:
         return f"<CapabilityDesk {len(self._rights)} rights cached>"
@@ -105,7 +119,7 @@ class CapabilityDesk:
         """PullDenied for a private task whose opener's own URL and credentials
         (``source``) do not pass."""
         if task.public is not True:
-            await self._check(task.id, source)
+            await self._check(task, source)
 
     def grant(self, peer_id: str, tasks: list[SeedTask]) -> dict[str, str]:
         """Capabilities for ``peer_id`` on ``tasks`` (each checked), by task id: one
@@ -148,53 +162,81 @@ class CapabilityDesk:
     def _issue(self, task: SeedTask, peer_id: str) -> str:
         return self.grant(peer_id, [task])[task.id]
 
-    async def _check(self, task_id: str, source: Source) -> None:
-        key = _credential_key(source)
+    async def _check(self, task: SeedTask, source: Source) -> None:
+        key = _credential_key(task.id, source)
         now = self._clock.monotonic()
         at = self._rights.get(key)
         if at is not None and now - at < self._ttl:
             return
-        if self.known is not None and self._known(source):
-            return
-        status = await self._head(source)
-        if status is None or not (200 <= status < 400):
+        if not self._known(task, source):
             self._rights.pop(key, None)
-            raise PullDenied(task_id, status)
+            await self._prove(task, source)  # PullDenied
         self._rights[key] = self._clock.monotonic()
         self._rights.move_to_end(key)
         while len(self._rights) > MAX_ENTRIES:
             self._rights.popitem(last=False)
 
-    def _known(self, source: Source) -> bool:
-        """The registry mirror let this credential into the blob's repository lately."""
+    def _known(self, task: SeedTask, source: Source) -> bool:
+        """The registry mirror let this credential into the blob's repository lately, and
+        knows the blob there."""
         parts = urlsplit(source.url)
         name, sep, _ = parts.path.removeprefix("/v2/").rpartition("/blobs/")
         header = next((v for k, v in source.headers.items() if k.lower() == "authorization"), None)
-        if not parts.path.startswith("/v2/") or not sep or not name or header is None or self.known is None:
+        if not parts.path.startswith("/v2/") or not sep or not name or header is None:
+            return False
+        if self.known is None or task.digest is None:
             return False
         credential = "sha256:" + hashlib.sha256(header.encode()).hexdigest()  # Credential.key
-        return self.known(parts.netloc, name, credential)
+        return self.known(parts.netloc, name, credential, task.digest)
 
-    async def _head(self, source: Source) -> int | None:
-        """The status ``HEAD`` of the opener's URL with its own headers answers (a ranged
-        ``GET`` of its first byte where HEAD is not allowed); redirects are not followed
-        (the session checks every address against --upstream-allow)."""
-        headers = {PEER_HEADER: "swarmpull", **source.headers}
+    async def _prove(self, task: SeedTask, source: Source) -> None:
+        """PullDenied unless the opener's URL, asked with its own headers, serves
+        ``PROOF_SPAN`` bytes of the blob, at a random offset in its first MiB, that are the
+        seed's there."""
+        blob = task.blob
+        if blob is None:
+            raise PullDenied(task.id, None)
+        if blob.meta.size == 0:
+            return  # nothing to keep private
+        deadline = self._clock.monotonic() + (self._timeout.total or 10.0)
+        while not blob.is_verified(0):  # the seed's first piece: read first, in a moment
+            if task.state is TaskState.FAILED or self._clock.monotonic() >= deadline:
+                raise PullDenied(task.id, None, "could not be checked (the seed holds none of the blob)")
+            await asyncio.sleep(PROOF_WAIT)
+        first = min(blob.geometry.length(0), PROOF_WITHIN)
+        length = min(PROOF_SPAN, first)
+        offset = secrets.randbelow(first - length + 1)
+        want = blob.read(offset, length)
+        headers = {
+            PEER_HEADER: "swarmpull",
+            **source.headers,
+            "Range": f"bytes={offset}-{offset + length - 1}",
+        }
+        status = None
         try:
-            async with self._session.head(
-                source.url, headers=headers, allow_redirects=False, timeout=self._timeout
-            ) as resp:
+            async with follow(self._session, source.url, headers, self._timeout) as resp:
                 status = resp.status
-            if status not in (405, 501):
-                return status
-            ranged = {**headers, "Range": "bytes=0-0"}
-            async with self._session.get(
-                source.url, headers=ranged, allow_redirects=False, timeout=self._timeout
-            ) as resp:
-                return resp.status  # the body is not read: the connection is closed
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                if status == 206:
+                    match = CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                    if match is None or int(match.group(1)) != offset:
+                        raise PullDenied(task.id, status, "answered a range it was not asked for")
+                elif status == 200:
+                    await resp.content.readexactly(offset)  # it ignored the range
+                else:
+                    raise PullDenied(task.id, status)
+                got = await resp.content.readexactly(length)
+        except (
+            UpstreamError,
+            aiohttp.ClientError,
+            asyncio.IncompleteReadError,
+            TimeoutError,
+            OSError,
+        ) as exc:
             log.info("pull rights: the check failed: %s", type(exc).__name__)
-            return None
+            said = "could not be asked" if status is None else f"answered {status} with less than was asked"
+            raise PullDenied(task.id, status, said) from None
+        if got != want:
+            raise PullDenied(task.id, status, f"answered {status} with bytes that are not the blob's")
 
 
 class SeedKeyBook:

@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)\Z")
+# What a redirect to another origin keeps of a request's headers: none that may be a credential.
+CROSS_ORIGIN_HEADERS = frozenset({"accept", "accept-encoding", "range", "user-agent", PEER_HEADER.lower()})
+CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +219,7 @@ class UpstreamFetch:
         try:
             async with (
                 throttle.connection() if throttle else nullcontext(),
-                self._get(url, headers) as resp,
+                follow(self._session, url, headers, self._timeout) as resp,
             ):
                 size, skip = self._check_response(resp, offset, where)
                 if size > self._config.max_blob_size:
@@ -243,33 +245,6 @@ class UpstreamFetch:
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"upstream {where} unreachable: {exc or type(exc).__name__}") from None
 
-    @contextlib.asynccontextmanager
-    async def _get(self, url: str, headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientResponse]:
-        """GET ``url``, following redirects here rather than in aiohttp: each hop is a new
-        connection (which the session's connector checks against ``--upstream-allow`` on
-        the supernode), only to http(s), at most ``MAX_REDIRECTS``, and the credentials go
-        no further than the origin they were given for (a registry's redirect to a
-        storage service carries its own signature in the URL)."""
-        for _ in range(MAX_REDIRECTS + 1):
-            resp = await self._session.get(url, headers=headers, timeout=self._timeout, allow_redirects=False)
-            location = resp.headers.get("Location") if resp.status in REDIRECTS else None
-            if location is None:
-                try:
-                    yield resp
-                finally:
-                    resp.release()
-                return
-            resp.release()
-            hop = urljoin(url, location)
-            if urlsplit(hop).scheme not in ("http", "https"):
-                where = redact_url(url)
-                raise UpstreamError(f"upstream {where} redirected to a non-HTTP URL", definitive=True)
-            if _origin(hop) != _origin(url):
-                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-            url = hop
-        where = redact_url(url)
-        raise UpstreamError(f"upstream {where}: more than {MAX_REDIRECTS} redirects", definitive=True)
-
     def _check_response(self, resp: aiohttp.ClientResponse, offset: int, where: str) -> tuple[int, int]:
         """``(blob size, bytes to skip)``, or UpstreamError for an answer we cannot use."""
         if resp.status >= 400:
@@ -281,7 +256,7 @@ class UpstreamFetch:
                 challenge=resp.headers.get("WWW-Authenticate") if resp.status == 401 else None,
             )
         if resp.status == 206:
-            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            match = CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
             if not match or int(match.group(1)) != offset:
                 raise UpstreamError(f"upstream {where} sent an unexpected Content-Range")
             return int(match.group(3)), 0
@@ -419,6 +394,36 @@ def _update_from_file(digest: hashlib._Hash, fd: int, offset: int, length: int) 
             return
         digest.update(chunk)
         offset += len(chunk)
+
+
+@contextlib.asynccontextmanager
+async def follow(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], timeout: aiohttp.ClientTimeout
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """GET ``url``, following redirects here rather than in aiohttp: each hop is a new
+    connection (which the session's connector checks against ``--upstream-allow`` on the
+    supernode), only to http(s), at most ``MAX_REDIRECTS``; UpstreamError otherwise. The
+    client's headers go no further than the origin they were given for: to another one
+    (a registry's redirect to a storage service carries its own signature in the URL)
+    only ``CROSS_ORIGIN_HEADERS`` follow, since any other may be a credential (an
+    ``X-Api-Key`` as much as a ``Cookie``)."""
+    for _ in range(MAX_REDIRECTS + 1):
+        resp = await session.get(url, headers=headers, timeout=timeout, allow_redirects=False)
+        location = resp.headers.get("Location") if resp.status in REDIRECTS else None
+        if location is None:
+            try:
+                yield resp
+            finally:
+                resp.release()
+            return
+        resp.release()
+        hop = urljoin(url, location)
+        if urlsplit(hop).scheme not in ("http", "https"):
+            raise UpstreamError(f"upstream {redact_url(url)} redirected to a non-HTTP URL", definitive=True)
+        if _origin(hop) != _origin(url):
+            headers = {k: v for k, v in headers.items() if k.lower() in CROSS_ORIGIN_HEADERS}
+        url = hop
+    raise UpstreamError(f"upstream {redact_url(url)}: more than {MAX_REDIRECTS} redirects", definitive=True)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

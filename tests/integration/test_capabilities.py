@@ -9,14 +9,17 @@ the blob once it brings credentials of its own. A public blob needs none.
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from loadtest.origin_server import Fault
+from supernode.capabilities import PROOF_SPAN
 from swarmpull.core.capability import CAPABILITY_HEADER, CapabilityError, decode, verify
 from swarmpull.core.digest import Digest
 from swarmpull.core.identity import Role
@@ -54,6 +57,8 @@ async def test_a_private_blob_goes_only_to_nodes_with_pull_rights(cluster, upstr
     a = PeerProcess(tmp_path / "a", supernode.url, tls_dir=cluster["node-a"])
     b = PeerProcess(tmp_path / "b", supernode.url, tls_dir=cluster["node-b"])
     b_tls = ClusterTls.load(cluster["node-b"], now=NOW, require_client_cert=False)
+    liar = Liar()
+    liar_url = await liar.start()
     try:
         for daemon in (supernode, a, b):
             await daemon.start()
@@ -79,6 +84,8 @@ async def test_a_private_blob_goes_only_to_nodes_with_pull_rights(cluster, upstr
                 (url, {}),
                 (url, {"Authorization": "Bearer wrong"}),
                 (made_up, {}),
+                (liar_url, {}),  # 200 to anything: a status proves nothing
+                (liar_url + "?ranges", {}),  # 206 with the range asked for, other bytes
             ):
                 status, body = await fetch(session, b.api_url, where, digest, **headers)
                 assert status in (401, 403), (where, status, body[:200])
@@ -95,10 +102,45 @@ async def test_a_private_blob_goes_only_to_nodes_with_pull_rights(cluster, upstr
             # Once B holds it, a request of B's without credentials still gets nothing.
             status, body = await fetch(session, b.api_url, url, digest)
             assert status == 403 and data[:4096] not in body
-        assert upstream.bytes_sent == len(data)  # read once, by the seed
+        # Read once, by the seed, and a proof's span of it when B brought its credentials.
+        assert upstream.bytes_sent == len(data) + PROOF_SPAN
+        assert liar.asked >= 2  # the liar was asked, and its answers did not pass
     finally:
         for daemon in (b, a, supernode):
             await daemon.stop()
+        await liar.stop()
+
+
+class Liar:
+    """An upstream that answers 200 (or 206 with the range asked for) to any request, with
+    bytes of its own: what a node without pull rights can name as its URL."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        return f"http://{host}:{port}/any/blob"
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        self.asked += 1
+        match = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("Range", ""))
+        if "ranges" in request.query and match:
+            start, end = int(match.group(1)), int(match.group(2))
+            headers = {"Content-Range": f"bytes {start}-{end}/{2 * MiB}"}
+            return web.Response(status=206, body=os.urandom(end - start + 1), headers=headers)
+        return web.Response(body=os.urandom(2 * MiB))
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 async def test_a_public_blob_needs_no_credentials(cluster, upstream, tmp_path):

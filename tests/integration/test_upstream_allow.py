@@ -99,6 +99,34 @@ async def test_a_redirect_between_allowed_hosts_is_followed(swarm, upstream, red
     assert upstream.requests["/layer"] == 1
 
 
+async def test_a_redirect_to_another_origin_carries_no_header_that_may_be_a_credential(
+    swarm, upstream, redirector
+):
+    data = os.urandom(MiB)
+    seen: list[dict[str, str]] = []
+
+    async def storage(request: web.Request) -> web.Response:  # another origin: another port
+        seen.append(dict(request.headers))
+        return web.Response(body=data)
+
+    app = web.Application()
+    app.router.add_get("/{path:.*}", storage)
+    runner, bound = await start_site(app, HostPort("127.0.0.1", 0))
+    try:
+        redirector.target = f"{bound.url()}/signed-url"
+        await swarm.start_supernode()
+        (peer,) = await swarm.add_peers(1)
+        secrets = {"Authorization": "Bearer t", "Cookie": "s=1", "X-Api-Key": "k", "Proxy-Authorization": "p"}
+        request = BlobRequest(f"{redirector.url}/layer", Digest.of(data), {**secrets, "Accept": "*/*"})
+        await peer.ensure(request).wait_complete()
+    finally:
+        await runner.cleanup()
+    assert seen, "the redirect was not followed"
+    for headers in seen:
+        assert not set(secrets) & set(headers), headers
+        assert headers.get("Accept") == "*/*"
+
+
 class PointsAtLoopback(AbstractResolver):
     """A name server under an attacker's control: its name resolves to loopback (as a
     rebinding name does once its short TTL has run out)."""
