@@ -78,11 +78,13 @@ def _credential_key(task_id: str, source: Source) -> str:
 
 
 class SeedTasks(Protocol):
-    """The seed's side (``Seeding``): its tasks, and the key each one's pieces are signed with."""
+    """The seed's side (``Seeding``): its tasks, the key each one's pieces are signed with,
+    and a piece kept that a proof read."""
 
     tasks: dict[str, SeedTask]
 
     def signer(self, task: SeedTask) -> Signer: ...
+    def keep_piece(self, task: SeedTask, piece: int, data: bytes) -> None: ...
 
 
 class CapabilityDesk:
@@ -192,21 +194,28 @@ class CapabilityDesk:
     async def _prove(self, task: SeedTask, source: Source) -> None:
         """PullDenied unless the opener's URL, asked with its own headers, serves
         ``PROOF_SPAN`` bytes of the blob, at a random offset in its first MiB, that are the
-        seed's there."""
+        seed's there (or, where the seed holds only the first piece's sha256, that piece)."""
         blob = task.blob
         if blob is None:
             raise PullDenied(task.id, None)
         if blob.meta.size == 0:
             return  # nothing to keep private
-        deadline = self._clock.monotonic() + (self._timeout.total or 10.0)
-        while not blob.is_verified(0):  # the seed's first piece: read first, in a moment
-            if task.state is TaskState.FAILED or self._clock.monotonic() >= deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._timeout.total or 10.0)
+        # The seed's bytes of the first piece (read first, in a moment); after a takeover,
+        # perhaps only its sha256 (the bytes are with the peers): then the whole piece.
+        while not blob.is_verified(0) and task.shas.get(0) is None:
+            if task.state is TaskState.FAILED or loop.time() >= deadline:
                 raise PullDenied(task.id, None, "could not be checked (the seed holds none of the blob)")
             await asyncio.sleep(PROOF_WAIT)
-        first = min(blob.geometry.length(0), PROOF_WITHIN)
-        length = min(PROOF_SPAN, first)
-        offset = secrets.randbelow(first - length + 1)
-        want = blob.read(offset, length)
+        first = blob.geometry.length(0)
+        whole = not blob.is_verified(0)  # compared by its sha256
+        if whole:
+            offset, length, want = 0, first, bytes.fromhex(task.shas[0])
+        else:
+            length = min(PROOF_SPAN, first)
+            offset = secrets.randbelow(min(first, PROOF_WITHIN) - length + 1)
+            want = blob.read(offset, length)
         headers = {
             PEER_HEADER: "swarmpull",
             **source.headers,
@@ -235,8 +244,10 @@ class CapabilityDesk:
             log.info("pull rights: the check failed: %s", type(exc).__name__)
             said = "could not be asked" if status is None else f"answered {status} with less than was asked"
             raise PullDenied(task.id, status, said) from None
-        if got != want:
+        if (hashlib.sha256(got).digest() if whole else got) != want:
             raise PullDenied(task.id, status, f"answered {status} with bytes that are not the blob's")
+        if whole:  # the next proofs: a span of these bytes
+            self._seeds.keep_piece(task, 0, got)
 
 
 class SeedKeyBook:

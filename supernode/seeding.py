@@ -199,9 +199,7 @@ class Seeding:
         for piece, data in record.staged.items():  # read from upstream before, held by no peer
             sha = record.sha.get(piece)
             if not blob.is_verified(piece) and sha and hashlib.sha256(data).hexdigest() == sha:
-                writer = blob.writer(piece)
-                writer.write(data)
-                writer.commit(sha, statement=self.signer(task).piece(task_id, piece, sha))
+                self._commit(task, blob, piece, data, sha)
         task.staged = set(record.staged) & set(blob.verified_pieces())
         self._adopt(task, blob)
         held = blob.have
@@ -224,6 +222,25 @@ class Seeding:
             missing,
         )
         return task
+
+    def keep_piece(self, task: SeedTask, piece: int, data: bytes) -> None:
+        """Bytes of a piece the seed knows only by the sha256 an earlier owner recorded
+        (a proof of pull rights read them), kept once they check: the seed serves them,
+        and compares the next proofs with them."""
+        blob, sha = task.blob, task.shas.get(piece)
+        if blob is None or blob.is_verified(piece) or sha is None or hashlib.sha256(data).hexdigest() != sha:
+            return
+        try:
+            self._commit(task, blob, piece, data, sha)
+        except (StoreError, OSError) as exc:
+            log.warning("%s: could not keep piece %d: %s", task.id, piece, exc)
+            return
+        self._scheduler.piece_seeded(task.id, piece)
+
+    def _commit(self, task: SeedTask, blob: StoredBlob, piece: int, data: bytes, sha: str) -> None:
+        writer = blob.writer(piece)
+        writer.write(data)
+        writer.commit(sha, statement=self.signer(task).piece(task.id, piece, sha))
 
     def owned(self, task_id: str) -> SeedTask | None:
         """The task, if this supernode may act for it (holds its lease); one whose lease

@@ -115,10 +115,13 @@ async def test_a_replica_killed_mid_transfer_hands_its_task_over(
         await owner.kill()
 
         await check_every_copy(daemons, downloads, data)
-        assert upstream.bytes_sent == len(data)  # each byte once, across the takeover
-        # One read; the successor may HEAD an opener's URL for its pull rights (a task it
-        # took over counts as private: it did not see the read that made it public).
-        assert upstream.reads["/layer"] == 1
+        # Each byte once across the takeover, and one proof of pull rights at most: a task
+        # the successor took over counts as private (it did not see the read that made it
+        # public), so the openers prove theirs, once for their one credential. It holds
+        # the first piece's sha256, not its bytes (those are with the peers): the proof
+        # is that piece.
+        assert len(data) <= upstream.bytes_sent <= len(data) + 32 * KiB
+        assert upstream.reads["/layer"] <= 2
         successor = (await redis_client.get(lease_key)).decode().partition(" ")[2]
         assert successor in {r.url for r in replicas} - {owner_url}
     finally:
