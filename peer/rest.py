@@ -39,6 +39,7 @@ class SupernodeRest:
                 json=body,
                 headers={PEER_HEADER: self.peer_id},
                 timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
+                allow_redirects=False,
                 **self._tls_args,
             ) as resp:
                 data = await resp.read()
@@ -46,7 +47,7 @@ class SupernodeRest:
                     payload = json.loads(data) if data else {}
                 except ValueError:
                     payload = {}
-                if resp.status >= 400:
+                if resp.status >= 300:  # a redirect too: not followed, not an answer
                     raise LinkError.of(resp.status, payload)
                 return payload
 

@@ -93,7 +93,7 @@ class HttpProbe:
         if capability is not None:
             headers[CAPABILITY_HEADER] = capability
         try:
-            async with self._session.get(url, headers=headers, **tls_args) as resp:
+            async with self._session.get(url, headers=headers, allow_redirects=False, **tls_args) as resp:
                 if resp.status == 404:
                     raise PieceMissing(f"{source} does not hold piece {piece}")
                 if resp.status != 200:

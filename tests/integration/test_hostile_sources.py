@@ -71,6 +71,46 @@ async def test_a_lying_source_holding_every_piece_does_not_stall_a_pull(swarm, u
         await relay.stop()
 
 
+async def test_a_source_that_redirects_sends_its_requesters_nowhere(swarm, upstream, tmp_path):
+    # A hostile node answers its maps and pieces with redirects: followed, they would take
+    # the requester's peer id and capability to any address, out of TLS, a blind GET.
+    data = os.urandom(MiB)
+    url = upstream.add("layer", data)
+    digest = str(Digest.of(data))
+    supernode = await swarm.start_supernode(piece_size=64 * KiB, seed_upload_slots=1)
+    reached = []
+    elsewhere = await asyncio.start_server(lambda r, w: (reached.append(1), w.close()), "127.0.0.1", 0)
+    relay = HostileRelay()
+    await relay.start()
+    liar = PeerProcess(tmp_path / "liar", supernode.url, "--advertise", relay.url)
+    relay.target_port = liar.port
+    victim = PeerProcess(tmp_path / "victim", supernode.url)
+    try:
+        await liar.start()
+        code, err = await swarmpull_get(
+            url, tmp_path / "liar.bin", "--peer", liar.api_url, "--digest", digest
+        )
+        assert code == 0, err
+        relay.mode = "redirect"
+        relay.location = f"http://127.0.0.1:{elsewhere.sockets[0].getsockname()[1]}"
+        relay.paths.clear()
+
+        await victim.start()
+        async with asyncio.timeout(180):
+            code, err = await swarmpull_get(
+                url, tmp_path / "copy", "--peer", victim.api_url, "--digest", digest
+            )
+        assert code == 0, err
+        assert (tmp_path / "copy").read_bytes() == data
+        assert relay.paths  # the victim asked the liar
+        assert not reached  # and went nowhere it was sent
+    finally:
+        for daemon in (victim, liar):
+            await daemon.stop()
+        await relay.stop()
+        elsewhere.close()
+
+
 @pytest.mark.parametrize("mode", ["slow", "truncate"])
 async def test_a_lying_source_does_not_stall_a_pull_through_the_registry_proxy(swarm, tmp_path, mode):
     registry = MiniRegistry()

@@ -2,7 +2,8 @@
 byte level: ``slow`` sends what the node answers at ``rate`` bytes per second; ``truncate``
 passes ``keep`` bytes of a connection's answers, then hangs up. Requests pass as they
 are, and so do the answers on a connection that opens with a piece-map request (so the
-others believe the node holds what it holds). ``honest`` passes everything."""
+others believe the node holds what it holds). ``redirect`` answers every request, maps
+too, with a 307 to ``location``. ``honest`` passes everything."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import re
 
 _REQUEST_LINE = re.compile(rb"(?:GET|HEAD|POST) (/\S*) HTTP/1\.[01]\r?\n")
 
-MODES = ("honest", "slow", "truncate")
+MODES = ("honest", "slow", "truncate", "redirect")
 
 
 class HostileRelay:
@@ -22,6 +23,7 @@ class HostileRelay:
         if mode not in MODES:
             raise ValueError(f"a relay is one of {MODES}")
         self.target_port, self.mode, self.rate, self.keep = target_port, mode, rate, keep
+        self.location = ""  # where ``redirect`` sends every request
         self.port = 0
         self.connections = 0
         self.paths: list[str] = []  # what was asked of the node (HTTP request lines seen)
@@ -48,6 +50,10 @@ class HostileRelay:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        if self.mode == "redirect":
+            await self._redirect(client_r, client_w)
+            self._tasks.discard(task)
+            return
         try:
             node_r, node_w = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -75,6 +81,19 @@ class HostileRelay:
             for writer in (client_w, node_w):
                 writer.close()
             self._tasks.discard(task)
+
+    async def _redirect(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            while head := await client_r.readuntil(b"\r\n\r\n"):
+                self.paths += [m.decode() for m in _REQUEST_LINE.findall(head)]
+                path = _REQUEST_LINE.match(head)
+                location = self.location + (path.group(1).decode() if path else "/")
+                client_w.write(
+                    f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\n"
+                    "Content-Length: 0\r\n\r\n".encode()
+                )
+                await client_w.drain()
+        client_w.close()
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mode: str, record: bool = False

@@ -269,7 +269,9 @@ class PieceClient:
         tls_args: dict[str, Any],
     ) -> Fetched:
         wire = 0
-        async with self._session.get(url, headers=headers, timeout=self._timeout, **tls_args) as resp:
+        async with self._session.get(
+            url, headers=headers, timeout=self._timeout, allow_redirects=False, **tls_args
+        ) as resp:
             if resp.status != 200:
                 await _drain(resp)  # a short refusal read whole keeps the connection for the next
             _check_status(resp, address, piece)
@@ -329,7 +331,12 @@ class PieceClient:
         )
         try:
             async with self._session.get(
-                url, headers=self._headers_for(task_id), params=params, timeout=timeout, **tls_args
+                url,
+                headers=self._headers_for(task_id),
+                params=params,
+                timeout=timeout,
+                allow_redirects=False,
+                **tls_args,
             ) as resp:
                 if resp.status != 200:
                     await _drain(resp)
