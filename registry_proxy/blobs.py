@@ -42,7 +42,7 @@ from swarmpull.edges.registry.client import RegistryClient
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
+_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})\Z")  # longer numbers: not a range we serve
 
 
 class BlobSource(Protocol):
