@@ -325,12 +325,12 @@ class PeerDaemon:
             self.torrents.hold_background(self._foreground > 0)
 
     async def read(
-        self, request: BlobRequest, start: int = 0, end: int | None = None
+        self, request: BlobRequest, start: int = 0, end: int | None = None, told: int | None = None
     ) -> AsyncIterator[memoryview]:
         """Bytes ``[start, end)`` of a blob as its verified pieces land (the registry
-        proxy's ``BlobSource``); raises DownloadFailed."""
+        proxy's ``BlobSource``; ``told``: the size it was told); raises DownloadFailed."""
         with self.requested(request) as download:
-            async for chunk in read_blob(download, start, end):
+            async for chunk in read_blob(download, start, end, told):
                 yield chunk
 
     def summary(self, task_id: str) -> dict[str, Any] | None:

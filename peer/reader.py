@@ -20,20 +20,26 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from peer.download import TaskDownload
-from swarmpull.core.blobs import DownloadFailed
+from swarmpull.core.blobs import DownloadFailed, WrongSize
 from swarmpull.edges.store import PieceCorrupt
 
 CHUNK = 1024 * 1024
 
 
 async def read_blob(
-    download: TaskDownload, start: int = 0, end: int | None = None
+    download: TaskDownload, start: int = 0, end: int | None = None, told: int | None = None
 ) -> AsyncIterator[memoryview]:
-    """Yield bytes ``[start, end)`` of the blob (to its end when ``end`` is None)."""
+    """Yield bytes ``[start, end)`` of the blob (to its end when ``end`` is None).
+    ``told``: the blob's size as the reader was told it (a manifest's descriptor); WrongSize
+    before any byte when the blob is another size."""
     blob = await download.wait_ready()
     store = download.store
     size = blob.meta.size
+    if told is not None and told != size:
+        raise WrongSize(f"{blob.task_id} is {size} bytes, not {told} as its reader was told")
     end = size if end is None else end
+    if not 0 <= start <= end <= size:
+        raise DownloadFailed(f"bytes [{start}, {end}) are not in {blob.task_id} of {size} bytes")
     geometry = blob.geometry
     if (start, end) != (0, size):
         await download.wait_complete()

@@ -33,7 +33,7 @@ from aiohttp import web
 from registry_proxy.cluster import ClusterRegistry, ask_cluster
 from registry_proxy.errors import OciError
 from registry_proxy.paths import DistributionPath
-from swarmpull.core.blobs import BlobRequest, DownloadFailed
+from swarmpull.core.blobs import BlobRequest, DownloadFailed, WrongSize
 from swarmpull.core.rates import Priority
 from swarmpull.core.registry_questions import BlobQuestion
 from swarmpull.edges.registry import RegistryError, Upstream
@@ -48,9 +48,10 @@ _RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})\Z")  # longer numbers: not a 
 class BlobSource(Protocol):
     """What the proxy needs from the node's peer: a blob's verified bytes, in order."""
 
-    def read(self, request: BlobRequest, start: int, end: int) -> AsyncIterator[memoryview]:
-        """Bytes ``[start, end)`` of the blob as they are verified; DownloadFailed when the
-        swarm cannot serve them (the proxy then reads the rest from the registry)."""
+    def read(self, request: BlobRequest, start: int, end: int, told: int) -> AsyncIterator[memoryview]:
+        """Bytes ``[start, end)`` of the blob as they are verified; WrongSize when the blob
+        is not ``told`` bytes; DownloadFailed when the swarm cannot serve them (the proxy
+        then reads the rest from the registry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,7 @@ async def get_blob(
     checked = _Checked(digest.hex) if whole else None
     held: bytes | memoryview | None = None
     try:
-        async for chunk in _chunks(client, query, source, start, end, checked):
+        async for chunk in _chunks(client, query, source, (start, end, size), checked):
             if not resp.prepared:
                 await resp.prepare(request)
             if held is not None:
@@ -159,13 +160,14 @@ async def _chunks(
     client: RegistryClient,
     query: BlobQuery,
     source: BlobSource | None,
-    start: int,
-    end: int,
+    span: tuple[int, int, int],
     checked: _Checked | None,
 ) -> AsyncIterator[bytes | memoryview]:
     """Bytes ``[start, end)``: from the swarm while it serves, then from upstream. With
     ``checked`` (a whole blob) the upstream is read from the first byte and all of it is
-    fed to the digest; what the swarm sent already is not yielded again."""
+    fed to the digest; what the swarm sent already is not yielded again. ``span``: start,
+    end, and the blob's size as the manifest's descriptor gave it."""
+    start, end, size = span
     offset = start
     if source is not None and end > start:
         authorization = query.client_auth or client.authorization(query.upstream, query.path.name)
@@ -173,10 +175,14 @@ async def _chunks(
         url = query.upstream.url(query.path.name, "blobs", query.path.reference)
         request = BlobRequest(url, query.path.digest, headers, Priority.FOREGROUND)
         try:
-            async for chunk in source.read(request, start, end):
+            async for chunk in source.read(request, start, end, size):
                 yield chunk
                 offset += len(chunk)
             return
+        except WrongSize as exc:  # the manifest lied about it: no byte is served as that blob
+            raise OciError(
+                502, "UNKNOWN", f"the registry's descriptor does not fit the blob: {exc}"
+            ) from None
         except DownloadFailed as exc:
             if exc.stopping:  # not a reason to read the upstream: pull again, from the next node
                 raise OciError(

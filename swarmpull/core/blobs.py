@@ -36,6 +36,10 @@ class DownloadFailed(Exception):
         self.stopping = stopping
 
 
+class WrongSize(DownloadFailed):
+    """The blob is not the size its reader was told (by a manifest's descriptor, say)."""
+
+
 @dataclass(frozen=True, slots=True)
 class BlobRequest:
     """A blob to fetch: its upstream URL, its digest when known, the headers to read it,

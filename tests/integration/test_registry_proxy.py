@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 
 import aiohttp
 import pytest
 
 from loadtest.client import pull_image
-from loadtest.image import build_image
+from loadtest.image import Blob, Image, build_image
 from loadtest.registry import MiniRegistry
 from registry_proxy import blobs
 from swarmpull.edges.http import PEER_HEADER
@@ -195,6 +196,33 @@ async def test_a_lying_upstream_never_gets_wrong_bytes_through(registry, cluster
     for node in nodes:
         blob = node.peer.store.get(f"sha256-{layer.digest.split(':')[1]}")
         assert blob is None or not blob.complete  # nothing wrong is kept either
+
+
+@pytest.mark.parametrize("lie", [-100 * KiB, +100 * KiB])
+async def test_a_manifest_that_lies_about_a_layer_size_gets_no_blob_served_under_it(registry, cluster, lie):
+    honest = build_image([300 * KiB], seed=9)
+    layer = honest.layers[0]
+    document = json.loads(honest.manifest.data)
+    document["layers"][0]["size"] = layer.size + lie
+    lying = Image(
+        Blob(honest.manifest.media_type, json.dumps(document).encode()),
+        honest.config,
+        honest.layers,
+        honest.diff_ids,
+    )
+    registry.add("app", "v1", lying)
+    (node,) = await cluster.nodes(1, registry)
+    base = f"{node.proxy.url}/v2/app"
+    async with aiohttp.ClientSession() as session:
+        headers = {"Accept": ", ".join(MANIFEST_TYPES)}
+        async with session.get(f"{base}/manifests/v1?ns={registry.host}", headers=headers) as resp:
+            assert resp.status == 200  # the manifest is what its digest says: passed on
+        async with session.get(f"{base}/blobs/{layer.digest}?ns={registry.host}") as resp:
+            body = await resp.read()
+            # Not a 200 whose bytes fail the digest, nor a 500: a registry error, in OCI JSON.
+            assert resp.status == 502, (resp.status, body[:200])
+            assert json.loads(body)["errors"][0]["code"] == "UNKNOWN"
+            assert "descriptor" in json.loads(body)["errors"][0]["message"]
 
 
 async def test_a_token_protected_registry(registry, cluster):
