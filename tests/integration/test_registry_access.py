@@ -25,6 +25,7 @@ from swarmpull.edges.registry import (
     RegistryError,
     RegistryOptions,
 )
+from swarmpull.edges.registry.auth import Authenticator, Credentials, Login
 
 IMAGE = build_image([10_000, 5_000], seed=31)
 ARM = build_image([3_000], seed=32)
@@ -160,3 +161,28 @@ async def test_a_manifest_that_does_not_match_its_digest_is_refused(access_for):
         await session.close()
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(("realm_host", "login_sent"), [("127.0.0.2", False), ("127.0.0.1", True)])
+async def test_a_login_goes_to_a_plain_http_token_service_only_on_the_registry_host(realm_host, login_sent):
+    # A registry names its token service; over plain HTTP on another host, the login would
+    # travel in the clear to whoever that is: the token is asked for without it.
+    seen: list[str | None] = []
+
+    async def token(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"token": "t", "expires_in": 300})
+
+    app = web.Application()
+    app.router.add_get("/token", token)
+    runner, bound = await start_site(app, HostPort(realm_host, 0))
+    try:
+        login = Login("alice", "hunter2")
+        async with aiohttp.ClientSession() as session:
+            auth = Authenticator(session, Credentials({"127.0.0.1:5000": login}), SystemClock())
+            challenge = f'Bearer realm="{bound.url()}/token",service="registry"'
+            header = await auth.answer("127.0.0.1:5000", False, challenge, "repository:app:pull")
+    finally:
+        await runner.cleanup()
+    assert header == "Bearer t"
+    assert seen == ([login.basic()] if login_sent else [None])

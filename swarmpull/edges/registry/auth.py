@@ -15,6 +15,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -92,6 +93,14 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), dict(_PARAM.findall(rest))
 
 
+def _keeps_secrets(realm: str, registry: str) -> bool:
+    """Whether a login may go to a token service: over HTTPS, or over plain HTTP only to
+    the registry's own host (an insecure registry's own service), never elsewhere in the
+    clear."""
+    parts = urlsplit(realm)
+    return parts.scheme == "https" or (parts.hostname or "") == (urlsplit(f"//{registry}").hostname or "")
+
+
 class Authenticator:
     """Answers challenges and caches what it got, per ``(registry, scope)``."""
 
@@ -131,8 +140,14 @@ class Authenticator:
         if params.get("scope") or scope:
             query["scope"] = params.get("scope") or scope
         headers = {PEER_HEADER: "registry-proxy"}
-        if login is not None:
+        if login is not None and _keeps_secrets(params["realm"], host):
             headers["Authorization"] = login.basic()
+        elif login is not None:
+            log.warning(
+                "token service %s is plain HTTP on another host than the registry %s: "
+                "asking it for a token without the login",
+                params["realm"], host,
+            )  # fmt: skip
         try:
             async with self._session.get(
                 params["realm"], params=query, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
