@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 
 # Headers that carry no credential; any other a client sends may (an X-Api-Key as much as
 # an Authorization), so a read that sent one is not a public read.
-HARMLESS_HEADERS = frozenset({"accept", "accept-encoding", "accept-language", "user-agent"})
+HARMLESS_HEADERS = frozenset(
+    {"accept", "accept-encoding", "accept-language", "user-agent", PEER_HEADER.lower()}
+)
 MAX_ENTRIES = 10_000
 PROOF_SPAN = 32  # bytes of the blob an opener's URL must serve to prove its pull rights
 PROOF_WITHIN = 1 << 20  # from the blob's first MiB: what a server that ignores Range sends first
@@ -109,6 +111,7 @@ class CapabilityDesk:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._wall = wall
         self._rights: OrderedDict[str, float] = OrderedDict()  # credential key -> when proven
+        self._proving: dict[str, asyncio.Future[None]] = {}  # credential key -> its proof under way
         # The registry mirror's word (host, repository, credential key, digest): that
         # credential was let into the repository within --auth-cache-ttl (a proxy asked
         # about it), and the blob is known there.
@@ -172,11 +175,20 @@ class CapabilityDesk:
             return
         if not self._known(task, source):
             self._rights.pop(key, None)
-            await self._prove(task, source)  # PullDenied
+            proving = self._proving.get(key)
+            if proving is None:  # one proof for the openers that come with the same credentials
+                proving = self._proving[key] = asyncio.ensure_future(self._prove(task, source))
+                proving.add_done_callback(lambda done: self._proved(key, done))
+            await asyncio.shield(proving)  # PullDenied
         self._rights[key] = self._clock.monotonic()
         self._rights.move_to_end(key)
         while len(self._rights) > MAX_ENTRIES:
             self._rights.popitem(last=False)
+
+    def _proved(self, key: str, done: asyncio.Future[None]) -> None:
+        self._proving.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every opener that waited for it has it
 
     def _known(self, task: SeedTask, source: Source) -> bool:
         """The registry mirror let this credential into the blob's repository lately, and
@@ -234,13 +246,7 @@ class CapabilityDesk:
                 else:
                     raise PullDenied(task.id, status)
                 got = await resp.content.readexactly(length)
-        except (
-            UpstreamError,
-            aiohttp.ClientError,
-            asyncio.IncompleteReadError,
-            TimeoutError,
-            OSError,
-        ) as exc:
+        except (UpstreamError, aiohttp.ClientError, asyncio.IncompleteReadError, OSError, ValueError) as exc:
             log.info("pull rights: the check failed: %s", type(exc).__name__)
             said = "could not be asked" if status is None else f"answered {status} with less than was asked"
             raise PullDenied(task.id, status, said) from None

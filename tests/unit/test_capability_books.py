@@ -19,6 +19,7 @@ def test_what_counts_as_credentials() -> None:
     assert not has_credentials(Source("https://h/x", {"Accept": "*/*", "X-Swarmpull-Peer": "p"}))
     assert has_credentials(Source("https://h/x", {"authorization": "Bearer t"}))
     assert has_credentials(Source("https://h/x", {"Cookie": "session=1"}))
+    assert has_credentials(Source("https://h/x", {"X-Api-Key": "k"}))  # any header but harmless ones
     assert has_credentials(Source("https://user:pw@h/x"))
     assert has_credentials(Source("https://h/x?X-Amz-Signature=abc"))  # a presigned URL
 
