@@ -142,9 +142,13 @@ class CapabilityDesk:
         return out
 
     def renew(self, task: SeedTask, peer_id: str) -> str | None:
-        """A fresh capability for a member (a report answer) once its latest is due; a
-        member this replica never let in (it took the task over) gets one at once."""
+        """A fresh capability for a member (a report answer) once its latest is due. Of a
+        private task, only for a member this replica let in: reporting on a task makes a
+        peer a member, and its id is only a digest, so a member this replica never let in
+        (a stranger, or a node of a task it took over) opens the task, proving its rights."""
         expires = task.granted.get(peer_id)
+        if expires is None and task.public is not True:
+            return None
         if expires is not None and expires - self._wall() >= RENEW_BEFORE:
             return None
         return self._issue(task, peer_id)

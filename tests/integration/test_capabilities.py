@@ -90,6 +90,14 @@ async def test_a_private_blob_goes_only_to_nodes_with_pull_rights(cluster, upstr
                 status, body = await fetch(session, b.api_url, where, digest, **headers)
                 assert status in (401, 403), (where, status, body[:200])
                 assert data[:4096] not in body and b"PULL_DENIED" in body
+            # Nor by reporting on the task (which makes it a member): no capability comes back.
+            reports = f"{supernode.url}{API}/peers/node-b/report"
+            async with session.post(
+                reports, json={"tasks": [{"task_id": task}]}, **b_tls.to_supernode()
+            ) as resp:
+                answer = await resp.json()
+                assert resp.status == 200, answer
+                assert task in answer["tasks"] and not answer["tasks"][task].get("capability"), answer
             assert b.data_dir.joinpath("blobs").exists()
             assert await b.metric("swarmpull_peer_download_bytes_total", source="peer") == 0
             assert await b.metric("swarmpull_peer_download_bytes_total", source="seed") == 0
