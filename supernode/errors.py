@@ -6,7 +6,7 @@ from typing import Any
 
 from supernode.capabilities import PullDenied
 from supernode.cluster import ClusterUnavailable, NotOwner
-from supernode.scheduler import UnknownPeer, UnknownTask
+from supernode.scheduler import SeedId, UnknownPeer, UnknownTask
 from supernode.seed_task import ShuttingDown, TaskFailed
 from swarmpull.core.protocol import ProtocolError, error_body
 from swarmpull.core.registry_questions import NotAnswered, RegistryRefused
@@ -14,6 +14,7 @@ from swarmpull.core.registry_questions import NotAnswered, RegistryRefused
 KNOWN = (
     ProtocolError,
     UnknownPeer,
+    SeedId,
     UnknownTask,
     NotOwner,
     ClusterUnavailable,
@@ -30,6 +31,8 @@ def error_of(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
     if isinstance(exc, ProtocolError):
         code = "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE"
         return exc.status, error_body(code, str(exc)), {}
+    if isinstance(exc, SeedId):
+        return 400, error_body("BAD_REQUEST", f"{exc.args[0]!r} is the seed's id, never a peer's"), {}
     if isinstance(exc, UnknownPeer):
         return 404, error_body("UNKNOWN_PEER", f"peer {exc.args[0]} is not registered"), {}
     if isinstance(exc, UnknownTask):

@@ -24,7 +24,7 @@ from supernode.metrics import SupernodeMetrics
 from supernode.opening import Opening
 from supernode.presence import Presence
 from supernode.reports import Reports
-from supernode.scheduler import Scheduler, UnknownTask
+from supernode.scheduler import Scheduler, SeedId, UnknownTask
 from supernode.seed_task import SeedTask, TaskState
 from supernode.seeding import Seeding
 from supernode.sync import ClusterSync
@@ -124,6 +124,8 @@ class SupernodeService:
         await self.sync.stop()
 
     async def register_peer(self, reg: PeerRegistration) -> None:
+        if self.scheduler.is_seed(reg.peer_id):
+            raise SeedId(reg.peer_id)  # before anything of it is written anywhere
         await self.cluster.put_peer(reg.peer_id, reg.to_json() | {"holdings": []})
         elsewhere = [h for h in reg.holdings if self.seeding.owned(h.task_id) is None]
         await self.cluster.post(

@@ -134,5 +134,9 @@ class UnknownPeer(KeyError):
     """The peer is not registered (never was, timed out, or was dropped)."""
 
 
+class SeedId(UnknownPeer):
+    """A peer named itself as a seed: that id is the seed's, never a peer's."""
+
+
 class UnknownTask(KeyError):
     """The task is not known to the scheduler."""

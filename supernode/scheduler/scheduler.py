@@ -26,6 +26,7 @@ from supernode.scheduler.model import (
     Parent,
     ParentReport,
     SchedulerConfig,
+    SeedId,
     SourceState,
     UnknownPeer,
     UnknownTask,
@@ -75,8 +76,11 @@ class Scheduler:
         capacity: float | None = None,
     ) -> Events:
         """A peer (re)registered; ``serves``: others can fetch from it. A re-registration
-        starts from a clean slate (a quarantine stays)."""
-        events = self.peer_left(peer_id, now) if peer_id in self._peers else Events()
+        starts from a clean slate (a quarantine stays). SeedId for a seed's id."""
+        known = self._peers.get(peer_id)
+        if known is not None and known.is_seed:
+            raise SeedId(peer_id)
+        events = self.peer_left(peer_id, now) if known is not None else Events()
         peer = Peer(peer_id, zone, rack, serves, capacity or self.config.default_capacity, False)
         if self._quarantine.get(peer_id, 0.0) > now:
             peer.state = SourceState.QUARANTINED
@@ -90,11 +94,13 @@ class Scheduler:
         self._touch(self._peer(peer_id), now)
 
     def peer_left(self, peer_id: str, now: float) -> Events:
-        """The peer is gone: it is nobody's parent any more, and has no standing anywhere."""
-        peer = self._peers.pop(peer_id, None)
+        """The peer is gone: it is nobody's parent any more, and has no standing anywhere
+        (a seed never leaves: a peer may not take its id)."""
+        peer = self._peers.get(peer_id)
         events = Events()
         if peer is None or peer.is_seed:
             return events
+        del self._peers[peer_id]
         self._seen.pop(peer_id, None)
         self._speed.reset(peer_id)
         self._degraded.pop(peer_id, None)
@@ -103,8 +109,14 @@ class Scheduler:
         events.dropped.append(peer_id)
         return events
 
+    def is_seed(self, peer_id: str) -> bool:
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.is_seed
+
     def knows_peer(self, peer_id: str) -> bool:
-        return peer_id in self._peers
+        """A registered peer (a seed is none)."""
+        peer = self._peers.get(peer_id)
+        return peer is not None and not peer.is_seed
 
     def peers(self) -> list[str]:
         return [p for p, peer in self._peers.items() if not peer.is_seed]
@@ -323,10 +335,11 @@ class Scheduler:
     # --------------------------------------------------------------- internals
 
     def _peer(self, peer_id: str) -> Peer:
-        try:
-            return self._peers[peer_id]
-        except KeyError:
-            raise UnknownPeer(peer_id) from None
+        """A registered peer; UnknownPeer otherwise, and for a seed's id (no peer acts as it)."""
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.is_seed:
+            raise UnknownPeer(peer_id)
+        return peer
 
     def _task(self, task_id: str) -> Task:
         try:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supernode.scheduler import ParentReport, Scheduler, SchedulerConfig, SourceState, UnknownPeer
+from supernode.scheduler import ParentReport, Scheduler, SchedulerConfig, SeedId, SourceState, UnknownPeer
 from supernode.scheduler.choose import child_cap
 from swarmpull.core.bitfield import full
 from swarmpull.core.failures import FailureReason
@@ -299,3 +299,21 @@ def test_holders_count_live_members_that_hold_a_piece():
     sched.peer_left("a", NOW)
     assert sched.holders(T, 0) == 1
     assert sched.holders("no-such-task", 0) == 0
+
+
+def test_no_peer_takes_the_seeds_id():
+    # A peer named as the seed would replace it, or its leave would remove it: every
+    # task then has no seed (a 500 on every open and report until a restart).
+    sched = make()
+    join(sched, "r1")
+    with pytest.raises(SeedId):
+        sched.peer_joined(SEED, NOW, serves=True)
+    assert not sched.peer_left(SEED, NOW).dropped
+    with pytest.raises(UnknownPeer):
+        sched.join(T, SEED, 0, NOW)  # nor does anyone act as it
+    with pytest.raises(UnknownPeer):
+        sched.peer_seen(SEED, NOW)
+    assert not sched.knows_peer(SEED) and sched.is_seed(SEED)
+    sched.add_task("sha256-" + "cd" * 32, 4, SEED)  # still there: tasks are created with it
+    parents = sched.join(T, "r1", 0, NOW)
+    assert SEED in ids(parents)
