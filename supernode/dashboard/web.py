@@ -27,8 +27,8 @@ from aiohttp import web
 
 from supernode.dashboard.auth import COOKIE, MAX_TOKEN, UiAuth
 from supernode.dashboard.feed import DashboardFeed, event
-from swarmpull.core.protocol import error_body
-from swarmpull.edges.http import json_error, read_at_most
+from swarmpull.core.protocol import ProtocolError, error_body
+from swarmpull.edges.http import json_error, parse_json, read_at_most
 
 STATIC = Path(__file__).parent / "static"
 _FILES = {
@@ -167,8 +167,8 @@ def _token_of(body: bytes, content_type: str) -> str | None:
         return None
     if content_type == "application/json":
         try:
-            value = json.loads(text)
-        except ValueError:
+            value = parse_json(body)
+        except ProtocolError:  # malformed, nested too deeply, numbers past int's limits
             return None
         token = value.get("token") if isinstance(value, dict) else None
         return token if isinstance(token, str) else None

@@ -86,6 +86,9 @@ async def test_an_operator_sees_the_swarm_and_the_events_tell_the_same_story(swa
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
             async with session.post(f"{supernode.url}/ui/login", data=many, headers=headers) as resp:
                 assert resp.status == 401
+            deep = {"Content-Type": "application/json"}  # nested past the parser's recursion: no 500
+            async with session.post(f"{supernode.url}/ui/login", data="[" * 4000, headers=deep) as resp:
+                assert resp.status == 401
             headers = {"Origin": "http://evil.example"}
             async with session.post(
                 f"{supernode.url}/ui/login", json={"token": TOKEN}, headers=headers
