@@ -100,7 +100,12 @@ class Reports:
         for stat in report.parents:
             if stat.failures and stat.reason is not None:
                 self._metrics.failures.labels(stat.reason.value).inc()
-        self.traffic.reported(task.id, peer_id, report.parents)
+        # Only bytes from peers and seeds this replica knows: a made-up parent id would be
+        # a row for ever (a report names 64 parents for each of 256 tasks).
+        known = self._scheduler.knows_peer
+        self.traffic.reported(
+            task.id, peer_id, [p for p in report.parents if known(p.id) or self._scheduler.is_seed(p.id)]
+        )
         before = self._scheduler.parents_of(task.id, peer_id) if self._events.enabled else None
         parents, events = self._scheduler.report(
             task.id,

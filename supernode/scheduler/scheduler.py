@@ -210,7 +210,8 @@ class Scheduler:
         for parent_id in (*drop, *bad):
             self._unlink(task, member, parent_id)
         for parent_id in bad:
-            member.blacklist[parent_id] = now + self.config.blacklist_seconds
+            if parent_id in self._peers:  # a made-up id would stay for ever: nobody looks it up
+                member.keep_away(parent_id, now, self.config.blacklist_seconds)
         self._claims(task, member, peer, have, now, events.checks, at_open=False)
         self._holds(task, member, have)
         return self._answer(task, member, peer, now), events

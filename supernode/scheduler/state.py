@@ -60,6 +60,9 @@ class Peer:
         return f"<{kind} {self.id} {self.state.name}>"
 
 
+MAX_KEPT_AWAY = 256  # sources one member keeps away at once (it has a handful of parents)
+
+
 class Member:
     """A peer's standing in one task: pieces held (as last reported), its parents, its
     children, the parents it dropped."""
@@ -89,6 +92,16 @@ class Member:
 
     def __repr__(self) -> str:
         return f"<Member {self.peer_id} have={self.have_count} parents={len(self.parents)}>"
+
+    def keep_away(self, source: str, now: float, seconds: float) -> None:
+        """``source`` failed this member: not its parent again for ``seconds``. At most
+        ``MAX_KEPT_AWAY`` at once (the expired go first, then the soonest to expire)."""
+        self.blacklist[source] = now + seconds
+        if len(self.blacklist) > MAX_KEPT_AWAY:
+            for gone in [s for s, until in self.blacklist.items() if until <= now]:
+                del self.blacklist[gone]
+            while len(self.blacklist) > MAX_KEPT_AWAY:
+                del self.blacklist[min(self.blacklist, key=self.blacklist.__getitem__)]
 
     def blacklisted(self, source: str, now: float) -> bool:
         until = self.blacklist.get(source)

@@ -317,3 +317,19 @@ def test_no_peer_takes_the_seeds_id():
     sched.add_task("sha256-" + "cd" * 32, 4, SEED)  # still there: tasks are created with it
     parents = sched.join(T, "r1", 0, NOW)
     assert SEED in ids(parents)
+
+
+def test_a_member_keeps_away_known_sources_only_and_a_bounded_number():
+    from supernode.scheduler.state import MAX_KEPT_AWAY
+
+    sched = make(blacklist_seconds=5.0)
+    join(sched, "r1", *(f"p{i}" for i in range(MAX_KEPT_AWAY + 10)))
+    sched.join(T, "r1", 0, NOW)
+    made_up = [f"nobody{i}" for i in range(1000)]
+    sched.report(T, "r1", NOW, have=0, bad=made_up)  # ids nobody will ever look up
+    member = sched._tasks[T].members["r1"]
+    assert not member.blacklist
+    sched.report(T, "r1", NOW, have=0, bad=[f"p{i}" for i in range(MAX_KEPT_AWAY + 10)])
+    assert len(member.blacklist) == MAX_KEPT_AWAY
+    sched.report(T, "r1", NOW + 10, have=0, bad=["p0"])  # the rest expired: they go first
+    assert list(member.blacklist) == ["p0"]
