@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 DATA_TTL_MS = 7 * 24 * 3600 * 1000  # task keys outlive any rollout, then clean themselves up
 PEER_TTL_S = 24 * 3600
+INBOX_TTL_MS = 600_000  # an owner takes its inbox every tick; events older than this are stale
+INBOX_LENGTH = 10_000  # events an inbox keeps (the newest), as many as the owner takes at once
 MAX_ARGS = 2000  # arguments per command inside a script call (Lua's unpack limit is ~8000)
 
 _ACQUIRE = """
@@ -270,12 +272,22 @@ class RedisCluster:
         return {p: s for p, s in zip(peer_ids, scores, strict=True) if s is not None}
 
     async def post(self, events: list[tuple[str, dict[str, Any]]]) -> None:
-        """Pass events (a peer's holdings, a dropped blob) to the owners of their tasks."""
+        """Pass events (a peer's holdings, a dropped blob) to the owners of their tasks:
+        only tasks a replica owns now (anyone can name a task: an inbox nobody takes would
+        be a key left for the inbox's lifetime), each inbox kept short and for minutes."""
         if not events:
             return
+        task_ids = list(dict.fromkeys(task_id for task_id, _ in events))
+        async with self._client.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.exists(task_keys(task_id)[0])
+            owned = {t for t, held in zip(task_ids, await self._call(pipe.execute()), strict=True) if held}
         async with self._client.pipeline(transaction=False) as pipe:
             for task_id, event in events:
-                pipe.rpush(_inbox(task_id), json.dumps(event)).pexpire(_inbox(task_id), DATA_TTL_MS)
+                if task_id in owned:
+                    inbox = _inbox(task_id)
+                    pipe.rpush(inbox, json.dumps(event)).ltrim(inbox, -INBOX_LENGTH, -1)
+                    pipe.pexpire(inbox, INBOX_TTL_MS)
             await self._call(pipe.execute())
 
     async def take_inbox(self, task_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

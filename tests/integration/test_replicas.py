@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from peer.download import DownloadState
 from supernode.cluster import Batch, NotOwner
-from supernode.cluster.redis import RedisCluster, task_keys
+from supernode.cluster.redis import INBOX_TTL_MS, RedisCluster, task_keys
 from supernode.origin_limits import OriginLimit, OriginLimits, SharedOriginThrottle
 from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.clock import SystemClock
@@ -283,3 +283,20 @@ async def test_a_replica_killed_mid_read_hands_over_and_the_successor_resumes_wi
             await daemon.stop()
         for replica in replicas:
             await replica.stop()
+
+
+async def test_events_go_only_to_the_inboxes_of_owned_tasks(redis_server, redis_client):
+    # Anyone can name a task (a heartbeat's dropped tasks, a registration's holdings): an
+    # inbox for a task nobody owns would never be taken, a key left behind for each name.
+    replica = connect(redis_server.url, "http://replica")
+    owned, made_up = "sha256-" + "b" * 64, [f"sha256-{i:064x}" for i in range(500)]
+    try:
+        await replica.claim(owned)
+        await replica.post([(t, {"peer": "p", "dropped": True}) for t in [owned, *made_up]])
+        keys = {k.decode() async for k in redis_client.scan_iter("*inbox*")}
+        assert len(keys) == 1  # the owned task's inbox, and no other
+        (inbox,) = keys
+        assert 0 < await redis_client.pttl(inbox) <= INBOX_TTL_MS
+        assert await replica.take_inbox([owned]) == {owned: [{"peer": "p", "dropped": True}]}
+    finally:
+        await replica.close()
