@@ -142,7 +142,7 @@ class LocalApi:
         try:
             blob_request = parse_blob_request(await read_json(request))
         except ProtocolError as exc:
-            return json_error(exc.status, "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE", str(exc))
+            return json_error(exc.status, exc.code, str(exc))
         try:
             await self._daemon.authorize(blob_request)
         except DownloadFailed as exc:
@@ -177,7 +177,7 @@ class LocalApi:
         try:
             blob_request = parse_blob_request(await read_json(request))
         except ProtocolError as exc:
-            return json_error(exc.status, "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE", str(exc))
+            return json_error(exc.status, exc.code, str(exc))
         try:
             await self._daemon.authorize(blob_request)
         except DownloadFailed as exc:

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from supernode.errors import KNOWN, error_of
 from swarmpull.core.protocol import ProtocolError, error_body, parse_peer_id
@@ -54,6 +54,7 @@ class ControlChannel:
         self._ops = ops
         self._ping = ping_interval
         self._gate = gate
+        self._channels: dict[str, web.WebSocketResponse] = {}  # peer -> its one channel
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         peer_id = parse_peer_id(request.match_info["peer"])
@@ -63,6 +64,11 @@ class ControlChannel:
         ops = self._ops
         ws = web.WebSocketResponse(heartbeat=self._ping, max_msg_size=MAX_JSON_BODY, compress=False)
         await ws.prepare(request)
+        # One channel per peer: a newer one replaces it (a peer that reconnects), so no
+        # peer holds more than one of the listener's connections this way.
+        older, self._channels[peer_id] = self._channels.get(peer_id), ws
+        if older is not None:
+            await older.close(code=WSCloseCode.POLICY_VIOLATION, message=b"replaced by a newer channel")
         opens: set[asyncio.Task[None]] = set()
         ops.connected(peer_id, +1)
         try:
@@ -101,6 +107,8 @@ class ControlChannel:
                     log.exception("channel of %s: a call failed", peer_id)
                     await ws.send_json({"id": ident, **error_body("INTERNAL", "the call failed")})
         finally:
+            if self._channels.get(peer_id) is ws:
+                del self._channels[peer_id]
             ops.connected(peer_id, -1)
             for task in opens:
                 task.cancel()

@@ -29,8 +29,7 @@ KNOWN = (
 def error_of(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
     """``(status, body, headers)`` for an error the service raised."""
     if isinstance(exc, ProtocolError):
-        code = "BAD_REQUEST" if exc.status == 400 else "TOO_LARGE"
-        return exc.status, error_body(code, str(exc)), {}
+        return exc.status, error_body(exc.code, str(exc)), {}
     if isinstance(exc, SeedId):
         return 400, error_body("BAD_REQUEST", f"{exc.args[0]!r} is the seed's id, never a peer's"), {}
     if isinstance(exc, UnknownPeer):

@@ -19,6 +19,7 @@ guards them instead.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -28,7 +29,7 @@ from aiohttp import web
 from supernode.dashboard.auth import COOKIE, MAX_TOKEN, UiAuth
 from supernode.dashboard.feed import DashboardFeed, event
 from swarmpull.core.protocol import ProtocolError, error_body
-from swarmpull.edges.http import json_error, parse_json, read_at_most
+from swarmpull.edges.http import BODY_DEADLINE, json_error, parse_json, read_at_most
 
 STATIC = Path(__file__).parent / "static"
 _FILES = {
@@ -92,7 +93,11 @@ class Dashboard:
     async def login(self, request: web.Request) -> web.StreamResponse:
         auth = self._on()
         _same_origin(request)
-        body = await read_at_most(request.content, MAX_TOKEN + 255)
+        try:
+            async with asyncio.timeout(BODY_DEADLINE):
+                body = await read_at_most(request.content, MAX_TOKEN + 255)
+        except TimeoutError:  # a body dripped in holds a connection of the listener's budget
+            return _refused(408, "REQUEST_TIMEOUT", f"the login did not arrive within {BODY_DEADLINE:g} s")
         if len(body) > MAX_TOKEN + 128:
             return _refused(413, "TOO_LARGE", "the login body is too large")
         token = _token_of(body, request.content_type)

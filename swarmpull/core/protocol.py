@@ -59,12 +59,16 @@ RESERVED_HEADERS = frozenset(
 
 
 class ProtocolError(ValueError):
-    """A request body that does not have the documented shape (answered with ``status``,
-    400 unless the body was too large)."""
+    """A request body that does not have the documented shape (answered with ``status``:
+    400, or 413 for a body too large, 408 for one too slow; ``code`` names it)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+    @property
+    def code(self) -> str:
+        return {408: "REQUEST_TIMEOUT", 413: "TOO_LARGE"}.get(self.status, "BAD_REQUEST")
 
 
 # ----------------------------------------------------------------- field readers

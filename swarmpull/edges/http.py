@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -18,6 +19,7 @@ from swarmpull.core.protocol import ProtocolError, error_body
 from swarmpull.edges.listener import HEADER_TIMEOUT, BoundedSite, ConnectionBudget, process_budget
 
 MAX_JSON_BODY = 4 << 20
+BODY_DEADLINE = 10.0  # seconds a request body may take to arrive whole (4 MiB at 3.2 Mbit/s)
 # Every request one node sends to another carries this header: a registry proxy never
 # mirrors a request that came from another node, so requests cannot loop.
 PEER_HEADER = "X-Swarmpull-Peer"
@@ -93,9 +95,12 @@ async def read_json(request: web.Request, limit: int = MAX_JSON_BODY) -> Any:
     if request.content_length is not None and request.content_length > limit:
         raise ProtocolError(f"body larger than {limit} bytes", status=413)
     try:
-        raw = await request.read()
+        async with asyncio.timeout(BODY_DEADLINE):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ProtocolError(f"body larger than {limit} bytes", status=413) from None
+    except TimeoutError:  # a body dripped in holds a connection of the listener's budget
+        raise ProtocolError(f"the body did not arrive within {BODY_DEADLINE:g} s", status=408) from None
     if len(raw) > limit:
         raise ProtocolError(f"body larger than {limit} bytes", status=413)
     if not raw:

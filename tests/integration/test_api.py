@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from urllib.parse import urlsplit
+
 import aiohttp
 import pytest
+
+from swarmpull.edges import http
 
 HEX = "ab" * 32
 
@@ -232,3 +237,35 @@ async def test_a_channel_is_never_compressed_even_when_the_peer_offers_it(swarm)
         assert ws.compress == 0  # permessage-deflate offered, and declined
         await ws.send_json({"id": 1, "op": "report"})
         assert (await ws.receive_json(timeout=10))["id"] == 1
+
+
+async def test_a_peer_has_one_channel_a_newer_one_replaces_the_older(swarm):
+    # Each open channel holds a connection of the listener's budget for as long as it
+    # lives: one peer opening hundreds would leave none for the others.
+    supernode = await swarm.start_supernode()
+    base = supernode.url + "/api/v1"
+    assert (await call("POST", f"{base}/peers", json={"peer_id": "p", "address": None}))[0] == 200
+    async with aiohttp.ClientSession() as session:
+        first = await session.ws_connect(f"{base}/peers/p/channel")
+        second = await session.ws_connect(f"{base}/peers/p/channel")
+        closed = await first.receive(timeout=10)
+        assert closed.type is aiohttp.WSMsgType.CLOSE and closed.data == aiohttp.WSCloseCode.POLICY_VIOLATION
+        await second.send_json({"id": 1, "op": "report"})  # the newer one serves
+        assert (await second.receive_json(timeout=10))["id"] == 1
+        await second.close()
+        await first.close()
+
+
+async def test_a_body_that_drips_in_is_cut_off(swarm, monkeypatch):
+    monkeypatch.setattr(http, "BODY_DEADLINE", 0.5)
+    supernode = await swarm.start_supernode()
+    where = urlsplit(supernode.url)
+    reader, writer = await asyncio.open_connection(where.hostname, where.port)
+    try:
+        head = "POST /api/v1/peers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        writer.write(f"{head}Content-Length: 100\r\n\r\n{{".encode())  # one byte of a hundred
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408") and b"REQUEST_TIMEOUT" in answer, answer[:300]
