@@ -8,6 +8,7 @@ import os
 import pytest
 
 from swarmpull.edges.store import BlobMeta, PieceCorrupt, PieceStore, StoreFull, WriteCancelled
+from swarmpull.edges.store.store import blobs_for
 
 PIECE = 4096
 
@@ -118,6 +119,25 @@ def test_quota_evicts_least_recently_used_but_never_a_pinned_blob(tmp_path):
     with pytest.raises(StoreFull, match="larger than the cache"):
         store.create(meta("g", 4 * PIECE))
     assert store.used <= 3 * PIECE
+
+
+def test_the_count_of_blobs_is_bounded_like_their_bytes(tmp_path):
+    # Each blob holds two descriptors: tiny blobs of many URLs (a supernode opens any a
+    # node names) ran a process out of them while far below any byte quota.
+    evicted = []
+    store = PieceStore(tmp_path, on_evict=evicted.append, max_blobs=3)
+    a, b, _ = (store.create(meta(name, 10)) for name in "abc")
+    a.touch()
+    store.create(meta("d", 10))
+    assert evicted == [b.task_id] and len(store.blobs()) == 3
+    with (
+        store.pinned(a),
+        store.pinned(store.get(meta("c", 0).task_id)),
+        store.pinned(store.get(meta("d", 0).task_id)),
+        pytest.raises(StoreFull, match="blobs"),
+    ):
+        store.create(meta("e", 10))
+    assert blobs_for(1024) == 64 and blobs_for(1 << 20) == 65536 and blobs_for(100) == 16
 
 
 def test_a_short_write_is_retried_until_every_byte_is_on_disk(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -23,9 +24,18 @@ from swarmpull.edges.store.errors import StoreError, StoreFull, StoreLocked, Sto
 log = logging.getLogger(__name__)
 
 
+def blobs_for(fd_limit: int) -> int:
+    """Blobs a store holds at most with ``fd_limit`` descriptors: each keeps two open (its
+    data and its piece log), and the store takes an eighth of them (the listeners take up
+    to three quarters, ``edges.listener``), so that many blobs never starve the sockets."""
+    return max(16, fd_limit // 16)
+
+
 class PieceStore:
-    """Blobs on disk under ``root``, within ``quota`` bytes (None: no limit), keeping at
-    least ``min_free`` bytes of the file system free."""
+    """Blobs on disk under ``root``, within ``quota`` bytes (None: no limit), at most
+    ``max_blobs`` of them (None: ``blobs_for`` this process's descriptor limit), keeping
+    at least ``min_free`` bytes of the file system free. Past either, the least recently
+    used blob that nobody reads goes."""
 
     def __init__(
         self,
@@ -37,9 +47,11 @@ class PieceStore:
         on_piece: Callable[[StoredBlob], None] | None = None,
         on_corrupt: Callable[[StoredBlob, int], None] | None = None,
         mapped: bool = True,
+        max_blobs: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.quota = quota
+        self.max_blobs = max_blobs or blobs_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.min_free = min_free
         self.on_evict = on_evict
         self.on_piece = on_piece
@@ -222,8 +234,9 @@ class PieceStore:
             self.on_piece(blob)
 
     def _short(self, used: int, size: int) -> bool:
-        """Whether ``size`` more bytes would break the quota or the free-space floor."""
-        if self.quota is not None and used + size > self.quota:
+        """Whether one more blob of ``size`` bytes would break the count, the quota or the
+        free-space floor."""
+        if len(self._blobs) >= self.max_blobs or (self.quota is not None and used + size > self.quota):
             return True
         if self.min_free:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -245,6 +258,8 @@ class PieceStore:
                 self.on_evict(victim.task_id)
             if not self._short(used, size):
                 return
+        if len(self._blobs) >= self.max_blobs:
+            raise StoreFull(f"cache full: {len(self._blobs)} blobs, the most it holds, are all in use")
         if self.quota is not None and used + size > self.quota:
             raise StoreFull(
                 f"cache full: {used} of {self.quota} bytes are held by blobs in use; cannot fit {size} more"
