@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from swarmpull.core.capability import RENEW_BEFORE, CapabilityError, decode
 from swarmpull.core.signing import SignatureError, TaskKeys, keys_from_json
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,18 @@ class CapabilityBook:
 
     def capability(self, task_id: str) -> str | None:
         return self._mine.get(task_id)
+
+    def due(self, task_id: str, now: float) -> str | None:
+        """Our capability for ``task_id`` if it is due for renewal at ``now`` (unix s),
+        to show with the task's next report."""
+        text = self._mine.get(task_id)
+        if text is None:
+            return None
+        try:
+            expires = decode(text, task_id).expires
+        except CapabilityError:
+            return None
+        return text if expires - now < RENEW_BEFORE else None
 
     def keys_for(self, task_id: str) -> TaskKeys | None:
         return self._keys if len(self._keys) else None

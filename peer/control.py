@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from peer.capabilities import CapabilityBook
 from peer.link import LinkError, SupernodeLink, SupernodeUnavailable
@@ -240,7 +241,9 @@ class Control:
             reporter = self._reporters.get(task_id)
             if reporter is not None:
                 reporter.due = self._clock.monotonic() + 3600.0  # until its answer says when
-                reports.append(reporter.build())
+                report = reporter.build()
+                due_capability = self.capabilities.due(task_id, time.time())
+                reports.append(replace(report, capability=due_capability) if due_capability else report)
         dropped, self._dropped = self._dropped, []
         try:
             self.calls += 1

@@ -33,10 +33,10 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from supernode.seed_task import SeedTask, Source, TaskState
-from swarmpull.core.capability import RENEW_BEFORE, issue, issue_many
+from swarmpull.core.capability import RENEW_BEFORE, CapabilityError, issue, issue_many, verify
 from swarmpull.core.clock import Clock
 from swarmpull.core.digest import Digest
-from swarmpull.core.signing import Signer, TaskKeys, keys_from_json
+from swarmpull.core.signing import SignatureError, Signer, TaskKeys, keys_from_json
 from swarmpull.edges.http import PEER_HEADER
 from swarmpull.edges.origin import CONTENT_RANGE, UpstreamError, follow
 
@@ -80,12 +80,13 @@ def _credential_key(task_id: str, source: Source) -> str:
 
 
 class SeedTasks(Protocol):
-    """The seed's side (``Seeding``): its tasks, the key each one's pieces are signed with,
-    and a piece kept that a proof read."""
+    """The seed's side (``Seeding``): its tasks, the key each one's pieces are signed with
+    (and every key they were), and a piece kept that a proof read."""
 
     tasks: dict[str, SeedTask]
 
     def signer(self, task: SeedTask) -> Signer: ...
+    def keys(self, task: SeedTask) -> list[str]: ...
     def keep_piece(self, task: SeedTask, piece: int, data: bytes) -> None: ...
 
 
@@ -141,17 +142,31 @@ class CapabilityDesk:
                 out[task.id] = capability.encode()
         return out
 
-    def renew(self, task: SeedTask, peer_id: str) -> str | None:
+    def renew(self, task: SeedTask, peer_id: str, shown: str | None = None) -> str | None:
         """A fresh capability for a member (a report answer) once its latest is due. Of a
-        private task, only for a member this replica let in: reporting on a task makes a
-        peer a member, and its id is only a digest, so a member this replica never let in
-        (a stranger, or a node of a task it took over) opens the task, proving its rights."""
+        private task, only for a member this replica let in, or one that ``shown`` a live
+        capability of its own for the task, signed by one of the task's keys (a member of
+        a task this replica took over): reporting on a task makes a peer a member, and the
+        task is named by its digest, so a stranger that reports gets none; it opens the
+        task, proving its rights."""
         expires = task.granted.get(peer_id)
-        if expires is None and task.public is not True:
+        if expires is None and task.public is not True and not self._live(task, peer_id, shown):
             return None
         if expires is not None and expires - self._wall() >= RENEW_BEFORE:
             return None
         return self._issue(task, peer_id)
+
+    def _live(self, task: SeedTask, peer_id: str, shown: str | None) -> bool:
+        if not shown:
+            return False
+        keys = TaskKeys()
+        try:
+            for key in keys_from_json(self._seeds.keys(task)):
+                keys.add(key)
+            verify(shown, keys, task.id, peer_id, self._wall())
+        except (CapabilityError, SignatureError):
+            return False
+        return True
 
     def lets_in(self, task_id: str, peer_id: str) -> bool:
         """The blob is public, or ``peer_id`` holds a capability for it that is live."""

@@ -125,7 +125,7 @@ class Reports:
         state = "seeded" if task.state is TaskState.SEEDED else "running"
         # The keys came with the open; only a takeover adds any (an earlier owner's).
         keys = self._seeding.keys(task) if task.keys else []
-        capability = self._capabilities.renew(task, peer_id)
+        capability = self._capabilities.renew(task, peer_id, report.capability)
         return ReportAnswer(
             self._presence.reach(parents),
             state,

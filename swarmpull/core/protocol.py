@@ -559,15 +559,21 @@ class TaskReport:
     parents: list[ParentStats] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
+    capability: str | None = None
+    """The requester's own capability, once it is due for renewal: a replica that took
+    the task over (and let nobody in yet) renews a live one it can check."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "task_id": self.task_id,
             "have": self.have,
             "parents": [p.to_json() for p in self.parents],
             "drop": self.drop,
             "bad": self.bad,
         }
+        if self.capability:
+            body["capability"] = self.capability
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,6 +602,7 @@ def parse_peer_report(raw: Any) -> PeerReport:
                 parents=_parent_stats(parents) if parents is not None else [],
                 drop=_peer_ids(entry, "drop") if drop is not None else [],
                 bad=_peer_ids(entry, "bad") if bad is not None else [],
+                capability=_str(entry, "capability", optional=True, limit=MAX_CAPABILITY),
             )
         )
     dropped = body.get("dropped_tasks")

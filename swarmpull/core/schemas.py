@@ -172,6 +172,13 @@ PARENT_STATS: Schema = obj(
     },
     ("id",),
 )
+CAPABILITY: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_CAPABILITY,
+    "description": "lets the requester fetch the task's pieces: sent as X-Swarmpull-Capability",
+}
+
 TASK_REPORT: Schema = obj(
     {
         "task_id": TASK_ID,
@@ -179,6 +186,7 @@ TASK_REPORT: Schema = obj(
         "parents": nullable(array(PARENT_STATS, MAX_PARENTS)),
         "drop": nullable(array(PEER_ID, MAX_PARENTS)),
         "bad": nullable(array(PEER_ID, MAX_PARENTS)),
+        "capability": nullable(CAPABILITY),
     },
     ("task_id",),
 )
@@ -192,12 +200,6 @@ PEER_REPORT: Schema = obj(
 
 # ------------------------------------------------------------------ responses
 
-CAPABILITY: Schema = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": MAX_CAPABILITY,
-    "description": "lets the requester fetch the task's pieces: sent as X-Swarmpull-Capability",
-}
 PARENT: Schema = obj(
     {"id": PEER_ID, "address": ADDRESS, "seed": {"const": True, "description": "only when true"}},
     ("id", "address"),
