@@ -332,7 +332,12 @@ class TaskDownload:
                     return None
                 if exc.code == "PULL_DENIED":
                     raise DownloadFailed(str(exc), exc.upstream_status, denied=True) from None
-                transient = exc.code in ("NOT_OWNER", "CLUSTER_UNAVAILABLE", "SHUTTING_DOWN")
+                transient = exc.code in (
+                    "NOT_OWNER",
+                    "CLUSTER_UNAVAILABLE",
+                    "SHUTTING_DOWN",
+                    "TOO_MANY_TASKS",
+                )
                 if not transient:  # a failed or refused task: what we hold of it is suspect
                     untrusted = exc.code in ("UPSTREAM_ERROR", "UPSTREAM_REFUSED")
                     raise DownloadFailed(str(exc), exc.upstream_status, untrusted=untrusted) from None

@@ -6,6 +6,7 @@ from typing import Any
 
 from supernode.capabilities import PullDenied
 from supernode.cluster import ClusterUnavailable, NotOwner
+from supernode.new_tasks import TooManyTasks
 from supernode.scheduler import SeedId, UnknownPeer, UnknownTask
 from supernode.seed_task import ShuttingDown, TaskFailed
 from swarmpull.core.protocol import ProtocolError, error_body
@@ -19,6 +20,7 @@ KNOWN = (
     NotOwner,
     ClusterUnavailable,
     ShuttingDown,
+    TooManyTasks,
     TaskFailed,
     PullDenied,
     RegistryRefused,
@@ -42,6 +44,8 @@ def error_of(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 503, error_body("CLUSTER_UNAVAILABLE", str(exc)), {"Retry-After": "1"}
     if isinstance(exc, ShuttingDown):
         return 503, error_body("SHUTTING_DOWN", "this supernode is stopping"), {"Retry-After": "1"}
+    if isinstance(exc, TooManyTasks):
+        return 429, error_body("TOO_MANY_TASKS", str(exc)), {"Retry-After": str(int(exc.retry_after))}
     if isinstance(exc, PullDenied):
         return 403, error_body("PULL_DENIED", str(exc), upstream_status=exc.status), {}
     if isinstance(exc, TaskFailed) and exc.refused:

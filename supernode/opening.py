@@ -18,6 +18,7 @@ from supernode.capabilities import CapabilityDesk
 from supernode.cluster import ClusterState
 from supernode.config import SupernodeConfig
 from supernode.membership import Membership
+from supernode.new_tasks import NewTaskBudget
 from supernode.presence import Presence
 from supernode.scheduler import Scheduler
 from supernode.seed_task import SeedTask, ShuttingDown, Source, TaskFailed, TaskState
@@ -55,6 +56,7 @@ class Opening:
         self._stopping = stopping
         self._events = events
         self._claims: dict[str, asyncio.Future[None]] = {}
+        self._budget = NewTaskBudget()
 
     def __repr__(self) -> str:
         return f"<Opening claims={len(self._claims)}>"
@@ -94,7 +96,7 @@ class Opening:
         the task once SEEDED with its blob complete; TaskFailed otherwise."""
         if self._stopping():
             raise ShuttingDown()
-        task = await self._claim(OpenTask("preheat", url, digest), Source(url, dict(headers)))
+        task = await self._claim(OpenTask("preheat", url, digest), Source(url, dict(headers)), budgeted=False)
         while task.state in (TaskState.PENDING, TaskState.RUNNING):
             if task.fetch is not None and not task.fetch.done():
                 await asyncio.wait([task.fetch])
@@ -139,11 +141,14 @@ class Opening:
         )
         return task, info
 
-    async def _claim(self, req: OpenTask, source: Source) -> SeedTask:
+    async def _claim(self, req: OpenTask, source: Source, budgeted: bool = True) -> SeedTask:
         """The task ``req`` opens with ``source``, owned here, its read resumed if it had
-        stopped."""
+        stopped. ``budgeted``: a task this replica does not hold yet counts against the
+        opener's ``NewTaskBudget`` (TooManyTasks); a preheat, the operator's, does not."""
         task_id = task_id_for(req.url, req.digest)
         self._seeding.check_source(task_id, source)
+        if budgeted and self._seeding.owned(task_id) is None and task_id not in self._claims:
+            self._budget.take(req.peer_id, self._clock.monotonic())
         task = await self._lease(task_id, source, req)
         task.used_at = self._clock.monotonic()
         if task.state is TaskState.PARTIAL:

@@ -13,7 +13,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from supernode.errors import error_of
+from supernode.new_tasks import BURST
 from swarmpull.core.digest import Digest
+from swarmpull.core.protocol import OpenTask
 from swarmpull.edges.http import HostPort, start_site
 from tests.kit.floods import FloodProcess
 from tests.kit.peers import PeerProcess
@@ -180,3 +183,25 @@ async def test_a_full_disk_fails_a_blob_cleanly_and_free_space_is_kept_by_evicti
         assert len(list((small_disk / "node" / "blobs").glob("*.data"))) == 1  # one was evicted
     finally:
         await daemon.stop()
+
+
+async def test_a_peer_creates_new_tasks_within_its_budget_and_opens_existing_ones_freely(swarm, upstream):
+    # Each new task is an upstream read and a blob in the seed's store: a node naming
+    # fresh URLs by the hundred would have the supernode read them all.
+    supernode = await swarm.start_supernode()
+    a, b = await swarm.add_peers(2)
+    for peer in (a, b):
+        await peer.control.ensure_registered()
+    opening = supernode.service.opening
+    urls = [upstream.add(f"many/{i}", os.urandom(1024)) for i in range(BURST + 6)]
+    answers = await opening.open_tasks(a.peer_id, [OpenTask(a.peer_id, u, None) for u in urls[:BURST]])
+    assert all(not isinstance(x, Exception) for x in answers), answers
+    answers = await opening.open_tasks(a.peer_id, [OpenTask(a.peer_id, u, None) for u in urls[BURST:]])
+    refused = [error_of(x) for x in answers if isinstance(x, Exception)]
+    assert refused and all(s == 429 and body["error"]["code"] == "TOO_MANY_TASKS" for s, body, _ in refused)
+    assert all("Retry-After" in headers for _, _, headers in refused)
+    # Tasks that exist cost nothing, for a or anyone; b has a budget of its own.
+    (again,) = await opening.open_tasks(a.peer_id, [OpenTask(a.peer_id, urls[0], None)])
+    assert not isinstance(again, Exception)
+    answers = await opening.open_tasks(b.peer_id, [OpenTask(b.peer_id, u, None) for u in urls[BURST:]])
+    assert all(not isinstance(x, Exception) for x in answers), answers
