@@ -5,8 +5,12 @@ with every byte verified, and the liar stops being handed out."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -34,11 +38,32 @@ async def swarmpull_get(url: str, out, *args: str) -> tuple[int, str]:
     return proc.returncode, err.decode()
 
 
-@pytest.mark.parametrize("mode", ["slow", "truncate"])
-async def test_a_lying_source_holding_every_piece_does_not_stall_a_pull(swarm, upstream, tmp_path, mode):
-    data = os.urandom(2 * MiB)
-    url = upstream.add("layer", data)
-    digest = str(Digest.of(data))
+@dataclass
+class Liar:
+    """A node that holds the blob (fetched honestly through the swarm), reached by the
+    others only through ``relay``; and ``victim``, a node not started yet."""
+
+    url: str
+    digest: str
+    data: bytes
+    relay: HostileRelay
+    victim: PeerProcess
+
+    async def pull(self, out: Path) -> None:
+        """The victim pulls the blob whole, with every byte checked."""
+        await self.victim.start()
+        async with asyncio.timeout(180):  # a stalled pull would hang here for ever
+            code, err = await swarmpull_get(
+                self.url, out, "--peer", self.victim.api_url, "--digest", self.digest
+            )
+        assert code == 0, err
+        assert out.read_bytes() == self.data
+
+
+@contextlib.asynccontextmanager
+async def liar_in_the_swarm(swarm, upstream, tmp_path: Path, size: int) -> AsyncIterator[Liar]:
+    data = os.urandom(size)
+    url, digest = upstream.add("layer", data), str(Digest.of(data))
     supernode = await swarm.start_supernode(piece_size=64 * KiB, seed_upload_slots=1)
     relay = HostileRelay()  # what the others reach the liar's pieces through
     await relay.start()
@@ -51,63 +76,38 @@ async def test_a_lying_source_holding_every_piece_does_not_stall_a_pull(swarm, u
             url, tmp_path / "liar.bin", "--peer", liar.api_url, "--digest", digest
         )
         assert code == 0, err
-        relay.mode = mode  # from now on it holds every piece and lies about serving them
         relay.paths.clear()
-
-        await victim.start()
-        async with asyncio.timeout(180):  # a stalled pull would hang here for ever
-            code, err = await swarmpull_get(
-                url, tmp_path / "copy", "--peer", victim.api_url, "--digest", digest
-            )
-        assert code == 0, err
-        assert (tmp_path / "copy").read_bytes() == data
-        assert upstream.bytes_sent == len(data)  # the swarm served it, not the registry
-        asked = [p for p in relay.paths if p.startswith("/pieces/") and "/map" not in p]
-        assert asked  # the liar was handed out, and asked for pieces
-        assert await victim.metric("swarmpull_peer_pieces_total", outcome="failed") >= 1  # given up on
+        yield Liar(url, digest, data, relay, victim)
     finally:
         for daemon in (victim, liar):
             await daemon.stop()
         await relay.stop()
+
+
+@pytest.mark.parametrize("mode", ["slow", "truncate"])
+async def test_a_lying_source_holding_every_piece_does_not_stall_a_pull(swarm, upstream, tmp_path, mode):
+    async with liar_in_the_swarm(swarm, upstream, tmp_path, 2 * MiB) as liar:
+        liar.relay.mode = mode  # from now on it holds every piece and lies about serving them
+        await liar.pull(tmp_path / "copy")
+        assert upstream.bytes_sent == len(liar.data)  # the swarm served it, not the registry
+        asked = [p for p in liar.relay.paths if p.startswith("/pieces/") and "/map" not in p]
+        assert asked  # the liar was handed out, and asked for pieces
+        assert await liar.victim.metric("swarmpull_peer_pieces_total", outcome="failed") >= 1  # given up on
 
 
 async def test_a_source_that_redirects_sends_its_requesters_nowhere(swarm, upstream, tmp_path):
     # A hostile node answers its maps and pieces with redirects: followed, they would take
     # the requester's peer id and capability to any address, out of TLS, a blind GET.
-    data = os.urandom(MiB)
-    url = upstream.add("layer", data)
-    digest = str(Digest.of(data))
-    supernode = await swarm.start_supernode(piece_size=64 * KiB, seed_upload_slots=1)
     reached = []
     elsewhere = await asyncio.start_server(lambda r, w: (reached.append(1), w.close()), "127.0.0.1", 0)
-    relay = HostileRelay()
-    await relay.start()
-    liar = PeerProcess(tmp_path / "liar", supernode.url, "--advertise", relay.url)
-    relay.target_port = liar.port
-    victim = PeerProcess(tmp_path / "victim", supernode.url)
     try:
-        await liar.start()
-        code, err = await swarmpull_get(
-            url, tmp_path / "liar.bin", "--peer", liar.api_url, "--digest", digest
-        )
-        assert code == 0, err
-        relay.mode = "redirect"
-        relay.location = f"http://127.0.0.1:{elsewhere.sockets[0].getsockname()[1]}"
-        relay.paths.clear()
-
-        await victim.start()
-        async with asyncio.timeout(180):
-            code, err = await swarmpull_get(
-                url, tmp_path / "copy", "--peer", victim.api_url, "--digest", digest
-            )
-        assert code == 0, err
-        assert (tmp_path / "copy").read_bytes() == data
-        assert relay.paths  # the victim asked the liar
-        assert not reached  # and went nowhere it was sent
+        async with liar_in_the_swarm(swarm, upstream, tmp_path, MiB) as liar:
+            liar.relay.mode = "redirect"
+            liar.relay.location = f"http://127.0.0.1:{elsewhere.sockets[0].getsockname()[1]}"
+            await liar.pull(tmp_path / "copy")
+            assert liar.relay.paths  # the victim asked the liar
+            assert not reached  # and went nowhere it was sent
     finally:
-        for daemon in (victim, liar):
-            await daemon.stop()
-        await relay.stop()
         elsewhere.close()
 
 
