@@ -13,14 +13,15 @@ first opener were. A status proves nothing: the task id is the blob's digest, so
 URL that answers 2xx to everything could name a private blob. The proof is cached per
 (task, credentials, URL) for ``--auth-cache-ttl``, so a surge asks the upstream once per
 credential and layer, not per open. A private task taken over from another replica knows
-no public read: every opener proves its rights. The registry mirror's word stands in
-for the proof: the opener's credential let into the blob's repository lately, and the
-blob known in that repository.
+no public read: every opener proves its rights. Nothing stands in for the proof: a
+registry's word that a credential may pull a repository holding the digest is the word
+of whatever registry the opener's URL names (its own, say).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -35,7 +36,6 @@ import aiohttp
 from supernode.seed_task import SeedTask, Source, TaskState
 from swarmpull.core.capability import RENEW_BEFORE, CapabilityError, issue, issue_many, verify
 from swarmpull.core.clock import Clock
-from swarmpull.core.digest import Digest
 from swarmpull.core.signing import SignatureError, Signer, TaskKeys, keys_from_json
 from swarmpull.edges.http import PEER_HEADER
 from swarmpull.edges.origin import CONTENT_RANGE, UpstreamError, follow
@@ -51,6 +51,7 @@ MAX_ENTRIES = 10_000
 PROOF_SPAN = 32  # bytes of the blob an opener's URL must serve to prove its pull rights
 PROOF_WITHIN = 1 << 20  # from the blob's first MiB: what a server that ignores Range sends first
 PROOF_WAIT = 0.05  # seconds between two looks for the seed's first piece
+PROOFS_PER_PEER = 2  # proofs of one opener's running at once (the others wait their turn)
 
 
 class PullDenied(Exception):
@@ -113,19 +114,18 @@ class CapabilityDesk:
         self._wall = wall
         self._rights: OrderedDict[str, float] = OrderedDict()  # credential key -> when proven
         self._proving: dict[str, asyncio.Future[None]] = {}  # credential key -> its proof under way
-        # The registry mirror's word (host, repository, credential key, digest): that
-        # credential was let into the repository within --auth-cache-ttl (a proxy asked
-        # about it), and the blob is known there.
-        self.known: Callable[[str, str, str, Digest], bool] | None = None
+        self._turns: dict[str, asyncio.Semaphore] = {}  # opener -> its proofs' turns
+        self._waiting: dict[str, int] = {}  # opener -> its proofs running or waiting
+        self._whole = asyncio.Lock()  # whole-piece proofs, one at a time
 
     def __repr__(self) -> str:
         return f"<CapabilityDesk {len(self._rights)} rights cached>"
 
-    async def check(self, task: SeedTask, source: Source) -> None:
-        """PullDenied for a private task whose opener's own URL and credentials
-        (``source``) do not pass."""
+    async def check(self, task: SeedTask, source: Source, peer_id: str) -> None:
+        """PullDenied for a private task whose opener's (``peer_id``) own URL and
+        credentials (``source``) do not pass."""
         if task.public is not True:
-            await self._check(task, source)
+            await self._check(task, source, peer_id)
 
     def grant(self, peer_id: str, tasks: list[SeedTask]) -> dict[str, str]:
         """Capabilities for ``peer_id`` on ``tasks`` (each checked), by task id: one
@@ -186,19 +186,18 @@ class CapabilityDesk:
     def _issue(self, task: SeedTask, peer_id: str) -> str:
         return self.grant(peer_id, [task])[task.id]
 
-    async def _check(self, task: SeedTask, source: Source) -> None:
+    async def _check(self, task: SeedTask, source: Source, peer_id: str) -> None:
         key = _credential_key(task.id, source)
         now = self._clock.monotonic()
         at = self._rights.get(key)
         if at is not None and now - at < self._ttl:
             return
-        if not self._known(task, source):
-            self._rights.pop(key, None)
-            proving = self._proving.get(key)
-            if proving is None:  # one proof for the openers that come with the same credentials
-                proving = self._proving[key] = asyncio.ensure_future(self._prove(task, source))
-                proving.add_done_callback(lambda done: self._proved(key, done))
-            await asyncio.shield(proving)  # PullDenied
+        self._rights.pop(key, None)
+        proving = self._proving.get(key)
+        if proving is None:  # one proof for the openers that come with the same credentials
+            proving = self._proving[key] = asyncio.ensure_future(self._prove_in_turn(task, source, peer_id))
+            proving.add_done_callback(lambda done: self._proved(key, done))
+        await asyncio.shield(proving)  # PullDenied
         self._rights[key] = self._clock.monotonic()
         self._rights.move_to_end(key)
         while len(self._rights) > MAX_ENTRIES:
@@ -209,18 +208,21 @@ class CapabilityDesk:
         if not done.cancelled():
             done.exception()  # retrieved: every opener that waited for it has it
 
-    def _known(self, task: SeedTask, source: Source) -> bool:
-        """The registry mirror let this credential into the blob's repository lately, and
-        knows the blob there."""
-        parts = urlsplit(source.url)
-        name, sep, _ = parts.path.removeprefix("/v2/").rpartition("/blobs/")
-        header = next((v for k, v in source.headers.items() if k.lower() == "authorization"), None)
-        if not parts.path.startswith("/v2/") or not sep or not name or header is None:
-            return False
-        if self.known is None or task.digest is None:
-            return False
-        credential = "sha256:" + hashlib.sha256(header.encode()).hexdigest()  # Credential.key
-        return self.known(parts.netloc, name, credential, task.digest)
+    async def _prove_in_turn(self, task: SeedTask, source: Source, peer_id: str) -> None:
+        """``_prove``, at most ``PROOFS_PER_PEER`` of one opener's at once: each holds an
+        upstream connection (of the seed's reads' pool) for up to the timeout, at a URL
+        the opener chose. A proof of a whole piece, one at a time (it is held in memory)."""
+        gate = self._turns.get(peer_id)
+        if gate is None:
+            gate = self._turns[peer_id] = asyncio.Semaphore(PROOFS_PER_PEER)
+        self._waiting[peer_id] = self._waiting.get(peer_id, 0) + 1
+        try:
+            async with gate:
+                await self._prove(task, source)
+        finally:
+            self._waiting[peer_id] -= 1
+            if not self._waiting[peer_id]:
+                del self._waiting[peer_id], self._turns[peer_id]
 
     async def _prove(self, task: SeedTask, source: Source) -> None:
         """PullDenied unless the opener's URL, asked with its own headers, serves
@@ -254,7 +256,10 @@ class CapabilityDesk:
         }
         status = None
         try:
-            async with follow(self._session, source.url, headers, self._timeout) as resp:
+            async with (
+                self._whole if whole else contextlib.nullcontext(),
+                follow(self._session, source.url, headers, self._timeout) as resp,
+            ):
                 status = resp.status
                 if status == 206:
                     match = CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))

@@ -124,7 +124,7 @@ class Opening:
             raise TaskFailed(task.error or "task failed", task.error_status, direct, task.refused)
         blob = task.blob
         # Pull rights before membership: a private blob's opener proves its own (PullDenied).
-        await self._capabilities.check(task, source)
+        await self._capabilities.check(task, source, req.peer_id)
         try:
             have = from_text(req.have, blob.geometry.count) if req.have else 0
         except BitfieldError:

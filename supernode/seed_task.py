@@ -85,6 +85,7 @@ class SeedTask:
         # None until known, and after a takeover (private, then).
         self.public: bool | None = None
         self.read_source: Source | None = None  # the source of the read's latest attempt
+        self.held: StoredBlob | None = None  # the blob, kept from eviction while a read writes it
         self.granted: dict[str, int] = {}  # peer -> when its latest capability expires
 
     def __repr__(self) -> str:

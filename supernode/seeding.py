@@ -145,6 +145,8 @@ class Seeding:
             authorize=self.authorize,
         )
         task.state = TaskState.RUNNING if task.blob is not None else TaskState.PENDING
+        if task.blob is not None:
+            self._hold(task, task.blob)
         task.fetch = asyncio.create_task(fetch.run(task.blob, elsewhere), name=f"origin-{task.id[:20]}")
         task.fetch.add_done_callback(lambda done: self._fetch_done(task, fetch, events, done))
 
@@ -324,12 +326,21 @@ class Seeding:
             url=redact_url(task.url),
         )
         blob = self.store.create(meta)
+        self._hold(task, blob)
         task.batch.meta.update(size=str(size), piece_size=str(piece_size))
         task.batch.keys.add(keys_to_json([self.signer(task).public_key])[0])
         if task.public is None and task.read_source is not None:  # once per task
             task.public = not has_credentials(task.read_source)
         self._adopt(task, blob)
         return blob
+
+    def _hold(self, task: SeedTask, blob: StoredBlob) -> None:
+        """Keep the blob a read writes from eviction (a store full of new blobs evicted
+        reads under way): until the read ends, ``_fetch_done``. A store full of blobs
+        in use refuses the next new one instead."""
+        if task.held is None:
+            self.store.hold(blob)
+            task.held = blob
 
     def _piece(self, task: SeedTask, index: int, sha: str) -> None:
         blob = task.blob
@@ -363,6 +374,9 @@ class Seeding:
     def _fetch_done(
         self, task: SeedTask, fetch: UpstreamFetch, events: _FetchEvents, done: asyncio.Task[None]
     ) -> None:
+        if task.held is not None:  # the read no longer writes it: evictable as any other
+            self.store.release(task.held)
+            task.held = None
         if done.cancelled():
             return
         exc = done.exception()

@@ -151,10 +151,6 @@ class Supernode:
         service = self.service = SupernodeService(
             config, seeding, scheduler, cluster, self._clock, self.url, self.metrics, events
         )
-        service.capabilities.known = lambda host, repository, credential, digest: (
-            books.rights_fresh(host, repository, credential, self._clock.monotonic())
-            and books.content(host, repository, digest) is not None
-        )
         # Its own checks reach peers where they listen (loopback, private): not guarded.
         self._peer_session = aiohttp.ClientSession(auto_decompress=False)
         service.membership.checks = SourceChecks(

@@ -4,6 +4,8 @@ upstreams that claim absurd sizes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
 import subprocess
 import sys
@@ -13,11 +15,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from loadtest.origin_server import BlobServer, Fault
+from supernode.capabilities import PROOFS_PER_PEER
 from supernode.errors import error_of
 from supernode.new_tasks import BURST
+from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.digest import Digest
 from swarmpull.core.protocol import OpenTask
 from swarmpull.edges.http import HostPort, start_site
+from swarmpull.edges.store import store as store_module
 from tests.kit.floods import FloodProcess
 from tests.kit.peers import PeerProcess
 from tests.kit.processes import insecure_cluster
@@ -205,3 +211,65 @@ async def test_a_peer_creates_new_tasks_within_its_budget_and_opens_existing_one
     assert not isinstance(again, Exception)
     answers = await opening.open_tasks(b.peer_id, [OpenTask(b.peer_id, u, None) for u in urls[BURST:]])
     assert all(not isinstance(x, Exception) for x in answers), answers
+
+
+async def test_a_store_full_of_new_blobs_never_evicts_a_read_under_way(swarm, monkeypatch):
+    # The seed's store holds a bounded number of blobs; a node opening new ones must not
+    # push out the blob the seed is reading for everyone else: the new ones are refused.
+    monkeypatch.setattr(store_module, "blobs_for", lambda fd_limit: 4)
+    slow = BlobServer(rate=256 * 1024)  # the honest read takes a few seconds
+    await slow.start()
+    fast = BlobServer()
+    await fast.start()
+    try:
+        supernode = await swarm.start_supernode(piece_size=64 * 1024)
+        honest, greedy = await swarm.add_peers(2)
+        for peer in (honest, greedy):
+            await peer.control.ensure_registered()
+        data = os.urandom(1024 * 1024)
+        request = BlobRequest(slow.add("big", data), Digest.of(data))
+        download = honest.ensure(request)
+        opening = supernode.service.opening
+        while supernode.service.seeding.owned(request.task_id) is None:
+            await asyncio.sleep(0.05)
+        urls = [fast.add(f"tiny/{i}", os.urandom(100)) for i in range(8)]
+        await opening.open_tasks(greedy.peer_id, [OpenTask(greedy.peer_id, u, None) for u in urls])
+        blob = await download.wait_complete()
+        assert hashlib.sha256(blob.read(0, len(data))).digest() == hashlib.sha256(data).digest()
+        assert slow.reads["/big"] == 1  # read once, never evicted and read again
+        assert len(supernode.store.blobs()) <= 4
+    finally:
+        await slow.stop()
+        await fast.stop()
+
+
+async def test_an_openers_proofs_of_pull_rights_hold_two_upstream_connections_at_most(swarm, upstream):
+    # Each proof is a request to a URL the opener chose, on the seed's upstream pool: a
+    # node naming a server that never answers, many times over, must not take that pool.
+    data = os.urandom(256 * 1024)
+    url, digest = upstream.add("private/layer", data), Digest.of(data)
+    upstream.faults["/private/layer"] = Fault(token="t")
+    supernode = await swarm.start_supernode(piece_size=64 * 1024)
+    owner, greedy = await swarm.add_peers(2)
+    await owner.ensure(BlobRequest(url, digest, {"Authorization": "Bearer t"})).wait_complete()
+    await greedy.control.ensure_registered()
+    held, most = [], 0
+
+    async def tarpit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal most
+        held.append(writer)
+        most = max(most, len(held))
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # never answers; the proof gives up on its timeout
+        held.remove(writer)
+
+    server = await asyncio.start_server(tarpit, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        requests = [OpenTask(greedy.peer_id, f"http://127.0.0.1:{port}/{i}", digest) for i in range(8)]
+        opening = asyncio.create_task(supernode.service.opening.open_tasks(greedy.peer_id, requests))
+        await asyncio.sleep(2.0)
+        assert most == PROOFS_PER_PEER  # the others wait their turn
+        opening.cancel()
+    finally:
+        server.close()

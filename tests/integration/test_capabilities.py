@@ -13,6 +13,7 @@ import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -53,12 +54,15 @@ async def test_a_private_blob_goes_only_to_nodes_with_pull_rights(cluster, upstr
     url, digest = upstream.add("private/layer", data), str(Digest.of(data))
     upstream.faults["/private/layer"] = Fault(token=TOKEN)
     task = task_id_for(url, Digest.parse(digest))
-    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", "256KiB", tls_dir=cluster["sn1"])
+    liar = Liar()
+    liar_url = await liar.start()
+    liar_host = urlsplit(liar_url).netloc  # also a registry of the attacker's
+    supernode = SupernodeProcess(
+        tmp_path / "sn", "--piece-size", "256KiB", "--insecure-registry", liar_host, tls_dir=cluster["sn1"]
+    )
     a = PeerProcess(tmp_path / "a", supernode.url, tls_dir=cluster["node-a"])
     b = PeerProcess(tmp_path / "b", supernode.url, tls_dir=cluster["node-b"])
     b_tls = ClusterTls.load(cluster["node-b"], now=NOW, require_client_cert=False)
-    liar = Liar()
-    liar_url = await liar.start()
     try:
         for daemon in (supernode, a, b):
             await daemon.start()
@@ -90,6 +94,20 @@ async def test_a_private_blob_goes_only_to_nodes_with_pull_rights(cluster, upstr
                 status, body = await fetch(session, b.api_url, where, digest, **headers)
                 assert status in (401, 403), (where, status, body[:200])
                 assert data[:4096] not in body and b"PULL_DENIED" in body
+            # Nor by having the registry mirror vouch: its word is the word of the registry
+            # the opener names, here the attacker's own, which says yes to any digest.
+            question = {
+                "registry": liar_host,
+                "repository": "evil/repo",
+                "digest": digest,
+                "authorization": "Bearer x",
+            }
+            mirror = f"{supernode.url}{API}/registry/blob"
+            async with session.post(mirror, json=question, **b_tls.to_supernode()) as resp:
+                assert resp.status == 200, await resp.text()  # the attacker's registry: "yes, it is here"
+            own = f"http://{liar_host}/v2/evil/repo/blobs/{digest}"
+            status, body = await fetch(session, b.api_url, own, digest, Authorization="Bearer x")
+            assert status == 403 and b"PULL_DENIED" in body and data[:4096] not in body
             # Nor by reporting on the task (which makes it a member): no capability comes back.
             reports = f"{supernode.url}{API}/peers/node-b/report"
             async with session.post(
@@ -139,6 +157,11 @@ class Liar:
 
     async def _answer(self, request: web.Request) -> web.Response:
         self.asked += 1
+        if request.path.rstrip("/") == "/v2":
+            return web.Response()  # a registry's base, with no login asked for
+        if request.method == "HEAD":  # a registry's yes, whatever the digest
+            digest = request.path.rpartition("/")[2]
+            return web.Response(headers={"Docker-Content-Digest": digest, "Content-Length": str(2 * MiB)})
         match = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("Range", ""))
         if "ranges" in request.query and match:
             start, end = int(match.group(1)), int(match.group(2))

@@ -197,12 +197,19 @@ class PieceStore:
     @contextlib.contextmanager
     def pinned(self, blob: StoredBlob) -> Iterator[StoredBlob]:
         """Keep ``blob`` from eviction while the block runs."""
-        blob.pins += 1
-        blob.touch()
+        self.hold(blob)
         try:
             yield blob
         finally:
-            blob.pins -= 1
+            self.release(blob)
+
+    def hold(self, blob: StoredBlob) -> None:
+        """Keep ``blob`` from eviction until ``release(blob)``."""
+        blob.pins += 1
+        blob.touch()
+
+    def release(self, blob: StoredBlob) -> None:
+        blob.pins -= 1
 
     def keep_free(self, share: float) -> None:
         """Keep ``share`` of the file system free (evicting as needed)."""
