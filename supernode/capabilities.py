@@ -39,6 +39,7 @@ from swarmpull.core.clock import Clock
 from swarmpull.core.signing import SignatureError, Signer, TaskKeys, keys_from_json
 from swarmpull.edges.http import PEER_HEADER
 from swarmpull.edges.origin import CONTENT_RANGE, UpstreamError, follow
+from swarmpull.edges.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,10 @@ class CapabilityDesk:
         else:
             length = min(PROOF_SPAN, first)
             offset = secrets.randbelow(min(first, PROOF_WITHIN) - length + 1)
-            want = blob.read(offset, length)
+            try:
+                want = blob.read(offset, length)
+            except (OSError, StoreError):  # evicted meanwhile
+                raise PullDenied(task.id, None, "could not be checked (the seed let the blob go)") from None
         headers = {
             PEER_HEADER: "swarmpull",
             **source.headers,
