@@ -36,7 +36,7 @@ import aiohttp
 from supernode.seed_task import SeedTask, Source, TaskState
 from swarmpull.core.capability import RENEW_BEFORE, CapabilityError, issue, issue_many, verify
 from swarmpull.core.clock import Clock
-from swarmpull.core.signing import SignatureError, Signer, TaskKeys, keys_from_json
+from swarmpull.core.signing import Signer, TaskKeys, keys_from_json
 from swarmpull.edges.http import PEER_HEADER
 from swarmpull.edges.origin import CONTENT_RANGE, UpstreamError, follow
 from swarmpull.edges.store import StoreError
@@ -113,6 +113,7 @@ class CapabilityDesk:
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._wall = wall
+        self._keys = SeedKeyBook(lambda task_id: seeds.keys(t) if (t := seeds.tasks.get(task_id)) else None)
         self._rights: OrderedDict[str, float] = OrderedDict()  # credential key -> when proven
         self._proving: dict[str, asyncio.Future[None]] = {}  # credential key -> its proof under way
         self._turns: dict[str, asyncio.Semaphore] = {}  # opener -> its proofs' turns
@@ -158,14 +159,12 @@ class CapabilityDesk:
         return self._issue(task, peer_id)
 
     def _live(self, task: SeedTask, peer_id: str, shown: str | None) -> bool:
-        if not shown:
+        keys = self._keys.keys_for(task.id) if shown else None
+        if not shown or keys is None:
             return False
-        keys = TaskKeys()
         try:
-            for key in keys_from_json(self._seeds.keys(task)):
-                keys.add(key)
             verify(shown, keys, task.id, peer_id, self._wall())
-        except (CapabilityError, SignatureError):
+        except CapabilityError:
             return False
         return True
 
