@@ -199,9 +199,7 @@ class Seeding:
             meta = BlobMeta(task_id, record.size, record.piece_size, record.digest, redact_url(source.url))
             blob = self.store.create(meta)
         for piece, data in record.staged.items():  # read from upstream before, held by no peer
-            sha = record.sha.get(piece)
-            if not blob.is_verified(piece) and sha and hashlib.sha256(data).hexdigest() == sha:
-                self._commit(task, blob, piece, data, sha)
+            self._keep(task, blob, piece, data, record.sha.get(piece))
         task.staged = set(record.staged) & set(blob.verified_pieces())
         self._adopt(task, blob)
         held = blob.have
@@ -229,20 +227,25 @@ class Seeding:
         """Bytes of a piece the seed knows only by the sha256 an earlier owner recorded
         (a proof of pull rights read them), kept once they check: the seed serves them,
         and compares the next proofs with them."""
-        blob, sha = task.blob, task.shas.get(piece)
-        if blob is None or blob.is_verified(piece) or sha is None or hashlib.sha256(data).hexdigest() != sha:
+        if task.blob is None:
             return
         try:
-            self._commit(task, blob, piece, data, sha)
+            kept = self._keep(task, task.blob, piece, data, task.shas.get(piece))
         except (StoreError, OSError) as exc:
             log.warning("%s: could not keep piece %d: %s", task.id, piece, exc)
             return
-        self._scheduler.piece_seeded(task.id, piece)
+        if kept:
+            self._scheduler.piece_seeded(task.id, piece)
 
-    def _commit(self, task: SeedTask, blob: StoredBlob, piece: int, data: bytes, sha: str) -> None:
+    def _keep(self, task: SeedTask, blob: StoredBlob, piece: int, data: bytes, sha: str | None) -> bool:
+        """Whether ``data``, known only by its ``sha`` so far, checked and went into the
+        seed's store as the piece (signed by this replica)."""
+        if blob.is_verified(piece) or not sha or hashlib.sha256(data).hexdigest() != sha:
+            return False
         writer = blob.writer(piece)
         writer.write(data)
         writer.commit(sha, statement=self.signer(task).piece(task.id, piece, sha))
+        return True
 
     def owned(self, task_id: str) -> SeedTask | None:
         """The task, if this supernode may act for it (holds its lease); one whose lease
