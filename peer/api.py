@@ -44,7 +44,8 @@ from peer.download import TaskDownload
 from peer.openapi import peer_openapi
 from peer.reader import read_blob
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
-from swarmpull.core.protocol import API, ProtocolError, parse_open_task
+from swarmpull.core.fields import ProtocolError
+from swarmpull.core.protocol import API, parse_open_task
 from swarmpull.core.rates import Priority
 from swarmpull.edges.http import json_error, read_json
 from swarmpull.edges.metrics import metrics_route

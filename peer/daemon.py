@@ -39,8 +39,9 @@ from peer.torrents import RateCaps, TorrentTransport
 from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.clock import Clock, SystemClock
 from swarmpull.core.events import NO_EVENTS, EventSink, Tagged
+from swarmpull.core.fields import PEER_ID_RE
 from swarmpull.core.oci import Descriptor
-from swarmpull.core.protocol import PEER_ID_RE, PeerRegistration
+from swarmpull.core.protocol import PeerRegistration
 from swarmpull.core.rates import Priority
 from swarmpull.core.registry_questions import BlobQuestion, ManifestAnswer, ManifestQuestion
 from swarmpull.edges.daemon import gather_cancel

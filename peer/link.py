@@ -16,13 +16,13 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from swarmpull.core.fields import ProtocolError
 from swarmpull.core.protocol import (
     API,
     OpenTask,
     OpenTasks,
     PeerRegistration,
     PeerReport,
-    ProtocolError,
     ReportAnswer,
     TaskInfo,
     parse_report_answer,

@@ -23,8 +23,8 @@ from peer.rest import SupernodeRest
 from peer.torrents import TorrentTransport, TorrentUnavailable
 from swarmpull.core.blobs import DownloadFailed
 from swarmpull.core.clock import Clock
+from swarmpull.core.fields import ProtocolError
 from swarmpull.core.preheat import LayerProgress, PreheatPoll, parse_preheat_work
-from swarmpull.core.protocol import ProtocolError
 from swarmpull.core.rates import Priority
 from swarmpull.edges.store import PieceStore, StoredBlob
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from peer.link import LinkError, SupernodeLink, SupernodeUnavailable
+from swarmpull.core.fields import ProtocolError
 from swarmpull.core.oci import Descriptor
-from swarmpull.core.protocol import ProtocolError
 from swarmpull.core.registry_questions import (
     BlobQuestion,
     ManifestAnswer,

@@ -32,9 +32,9 @@ from peer.link import LinkError, SupernodeUnavailable
 from peer.metrics import PeerMetrics
 from peer.rest import SupernodeRest
 from swarmpull.core.blobs import DownloadFailed
+from swarmpull.core.fields import ProtocolError
 from swarmpull.core.geometry import PieceGeometry
 from swarmpull.core.offers import TorrentOffer, parse_torrent_offer
-from swarmpull.core.protocol import ProtocolError
 from swarmpull.core.rates import Priority
 from swarmpull.edges.store import BlobMeta, PieceCorrupt, PieceStore, StoredBlob, StoreError
 from swarmpull.edges.torrent import (

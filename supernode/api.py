@@ -41,14 +41,8 @@ from supernode.channel import ControlChannel
 from supernode.errors import KNOWN, error_of
 from supernode.registry_mirror import RegistryMirror
 from supernode.service import SupernodeService
-from swarmpull.core.protocol import (
-    API,
-    ProtocolError,
-    parse_open_tasks,
-    parse_peer_id,
-    parse_peer_registration,
-    parse_peer_report,
-)
+from swarmpull.core.fields import ProtocolError, parse_peer_id
+from swarmpull.core.protocol import API, parse_open_tasks, parse_peer_registration, parse_peer_report
 from swarmpull.core.registry_questions import descriptor_json, parse_blob_question, parse_manifest_question
 from swarmpull.core.tasks import validate_task_id
 from swarmpull.edges.http import json_error, read_json

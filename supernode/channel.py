@@ -27,7 +27,8 @@ from typing import Any, Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from supernode.errors import KNOWN, error_of
-from swarmpull.core.protocol import ProtocolError, error_body, parse_peer_id
+from swarmpull.core.fields import ProtocolError, parse_peer_id
+from swarmpull.core.protocol import error_body
 from swarmpull.edges.http import MAX_JSON_BODY, parse_json
 from swarmpull.edges.tls import OPEN, CallerGate
 

@@ -9,7 +9,8 @@ from supernode.cluster import ClusterUnavailable, NotOwner
 from supernode.new_tasks import TooManyTasks
 from supernode.scheduler import SeedId, UnknownPeer, UnknownTask
 from supernode.seed_task import ShuttingDown, TaskFailed
-from swarmpull.core.protocol import ProtocolError, error_body
+from swarmpull.core.fields import ProtocolError
+from swarmpull.core.protocol import error_body
 from swarmpull.core.registry_questions import NotAnswered, RegistryRefused
 
 KNOWN = (

@@ -22,7 +22,8 @@ from supernode.seed_task import ShuttingDown, TaskState
 from supernode.seeding import Seeding
 from swarmpull.core.bitfield import BitfieldError, from_text
 from swarmpull.core.events import NO_EVENTS, EventSink
-from swarmpull.core.protocol import PeerReport, ProtocolError, ReportAnswer, TaskReport
+from swarmpull.core.fields import ProtocolError
+from swarmpull.core.protocol import PeerReport, ReportAnswer, TaskReport
 
 
 class Reports:

@@ -21,7 +21,8 @@ from supernode.cluster import Batch, ClusterState, ClusterUnavailable
 from supernode.presence import Presence
 from supernode.scheduler import Scheduler, UnknownPeer, UnknownTask
 from supernode.seeding import Seeding
-from swarmpull.core.protocol import Holding, ProtocolError, parse_holding
+from swarmpull.core.fields import ProtocolError
+from swarmpull.core.protocol import Holding, parse_holding
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from aiohttp import web
 from supernode.scheduler import UnknownPeer
 from supernode.torrents import NotSeeded, SeedTorrents
 from swarmpull.core.clock import Clock
-from swarmpull.core.protocol import API, ProtocolError, _obj, _task_id, parse_peer_id
+from swarmpull.core.fields import ProtocolError, _obj, _task_id, parse_peer_id
+from swarmpull.core.protocol import API
 from swarmpull.core.tracker import ANNOUNCE_PATH, AnnounceError, Tracker, failure, parse_announce
 from swarmpull.edges.http import json_error, read_json
 from swarmpull.edges.tls import CallerGate

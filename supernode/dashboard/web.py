@@ -28,7 +28,8 @@ from aiohttp import web
 
 from supernode.dashboard.auth import COOKIE, MAX_TOKEN, UiAuth
 from supernode.dashboard.feed import DashboardFeed, event
-from swarmpull.core.protocol import ProtocolError, error_body
+from swarmpull.core.fields import ProtocolError
+from swarmpull.core.protocol import error_body
 from swarmpull.edges.http import BODY_DEADLINE, json_error, parse_json, read_at_most
 
 STATIC = Path(__file__).parent / "static"

@@ -30,7 +30,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from swarmpull.core.protocol import MAX_CAPABILITY, PEER_ID_RE
+from swarmpull.core.fields import PEER_ID_RE
+from swarmpull.core.protocol import MAX_CAPABILITY
 from swarmpull.core.signing import SignatureError, Signer, TaskKeys
 
 CAPABILITY_HEADER = "X-Swarmpull-Capability"

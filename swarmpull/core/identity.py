@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from swarmpull.core.protocol import PEER_ID_RE
+from swarmpull.core.fields import PEER_ID_RE
 
 TLS_DOMAIN = "swarmpull.invalid"
 SUPERNODE_TLS_NAME = f"supernode.{TLS_DOMAIN}"

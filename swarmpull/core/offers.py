@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from swarmpull.core.digest import Digest, DigestError
-from swarmpull.core.protocol import ProtocolError, _int, _obj, _task_id
+from swarmpull.core.fields import ProtocolError, _int, _obj, _task_id
 from swarmpull.core.signing import STATEMENT_SIZE, PieceStatement, SignatureError
 from swarmpull.core.tracker import ANNOUNCE_PATH
 

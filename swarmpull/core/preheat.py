@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarmpull.core.fields import PEER_ID_RE, ProtocolError, _float, _int, _obj, _task_id
 from swarmpull.core.oci import ImageReference, Platform
-from swarmpull.core.protocol import PEER_ID_RE, ProtocolError, _float, _int, _obj, _task_id
 
 MAX_DEADLINE = 7 * 86400.0
 MAX_LAYERS = 1024

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarmpull.core.digest import Digest, DigestError
+from swarmpull.core.fields import ProtocolError
 from swarmpull.core.oci import (
     ACCEPT_ALL,
     MAX_MANIFEST,
@@ -25,7 +26,7 @@ from swarmpull.core.oci import (
     check_media_type,
     check_name,
 )
-from swarmpull.core.protocol import MAX_HEADER_VALUE, ProtocolError
+from swarmpull.core.protocol import MAX_HEADER_VALUE
 
 
 class RegistryRefused(Exception):

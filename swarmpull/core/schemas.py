@@ -10,21 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from swarmpull.core.failures import FailureReason
+from swarmpull.core.fields import B64_RE, MAX_BITFIELD_TEXT, MAX_PARENTS, PEER_ID_RE
 from swarmpull.core.protocol import (
-    B64_RE,
     HEADER_NAME_RE,
     HEADER_VALUE_RE,
     MAX_BATCH,
-    MAX_BITFIELD_TEXT,
     MAX_CAPABILITY,
     MAX_DROPPED,
     MAX_HEADER_VALUE,
     MAX_HEADERS,
     MAX_HOLDINGS,
     MAX_LABELS,
-    MAX_PARENTS,
     MAX_SIZE,
-    PEER_ID_RE,
     RESERVED_HEADERS,
     TASK_STATES,
 )

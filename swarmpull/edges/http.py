@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from swarmpull.core.protocol import ProtocolError, error_body
+from swarmpull.core.fields import ProtocolError
+from swarmpull.core.protocol import error_body
 from swarmpull.edges.listener import HEADER_TIMEOUT, BoundedSite, ConnectionBudget, process_budget
 
 MAX_JSON_BODY = 4 << 20

@@ -55,7 +55,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from swarmpull.core.protocol import ProtocolError, parse_address
+from swarmpull.core.fields import ProtocolError, parse_address
 from swarmpull.core.tasks import check_upstream_url
 from swarmpull.edges.http import MAX_JSON_BODY, HostPort
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from swarmpull.core.digest import Digest, DigestError
+from swarmpull.core.fields import ProtocolError
 from swarmpull.core.geometry import MAX_PIECE_SIZE, MIN_PIECE_SIZE, PieceGeometry, choose_piece_size
 from swarmpull.core.protocol import (
-    ProtocolError,
     parse_open_task,
     parse_open_tasks,
     parse_peer_registration,

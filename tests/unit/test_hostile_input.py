@@ -6,15 +6,8 @@ from __future__ import annotations
 import pytest
 
 from swarmpull.core.digest import Digest, DigestError
-from swarmpull.core.protocol import (
-    ProtocolError,
-    parse_address,
-    parse_headers,
-    parse_open_task,
-    parse_peer_id,
-    parse_peer_registration,
-    parse_peer_report,
-)
+from swarmpull.core.fields import ProtocolError, parse_address, parse_peer_id
+from swarmpull.core.protocol import parse_headers, parse_open_task, parse_peer_registration, parse_peer_report
 from swarmpull.core.tasks import check_upstream_url, validate_task_id
 
 HEX = "0123456789abcdef" * 4

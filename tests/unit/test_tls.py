@@ -11,6 +11,7 @@ from cryptography import x509
 from hypothesis import given
 from hypothesis import strategies as st
 
+from swarmpull.core.fields import PEER_ID_RE
 from swarmpull.core.identity import (
     SUPERNODE_TLS_NAME,
     Identity,
@@ -21,7 +22,6 @@ from swarmpull.core.identity import (
     identity_from_peercert,
     tls_name,
 )
-from swarmpull.core.protocol import PEER_ID_RE
 from swarmpull.edges.tls import (
     CA_FILE,
     CERT_FILE,

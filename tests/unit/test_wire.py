@@ -11,8 +11,9 @@ from registry_proxy.errors import OciError
 from registry_proxy.paths import parse_path
 from swarmpull.core import bitfield
 from swarmpull.core.digest import Digest
+from swarmpull.core.fields import ProtocolError, parse_peer_id
 from swarmpull.core.maps import MapError, PieceMap, decode_map
-from swarmpull.core.protocol import ProtocolError, parse_peer_id, parse_peer_report
+from swarmpull.core.protocol import parse_peer_report
 from swarmpull.core.signing import (
     PieceStatement,
     SignatureError,
