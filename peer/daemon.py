@@ -178,6 +178,10 @@ class PeerDaemon:
         """What a request to a supernode passes: with mutual TLS, any supernode's name."""
         return self.config.tls.to_supernode() if self.config.tls is not None else None
 
+    def _pulling_over_http(self, task_id: str) -> bool:
+        """Whether a pull is writing the blob's pieces from the HTTP swarm right now."""
+        return self._running(task_id) and self._downloads[task_id].over_http
+
     async def _start_torrents(self, store: PieceStore) -> None:
         """The node's libtorrent session, on the host of its piece server unless told."""
         config = self.config
@@ -197,11 +201,11 @@ class PeerDaemon:
             torrent,
             store,
             rest,
-            config.data_dir / "torrents",
             self.metrics,
             full=RateCaps(config.upload_limit, config.download_limit),
             background=RateCaps(config.preheat_limit, config.preheat_limit),
             control=self.control,
+            pulling=self._pulling_over_http,
         )
         await self.torrents.start()
         if config.preheat:

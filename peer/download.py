@@ -94,6 +94,7 @@ class TaskDownload:
         self.blob: StoredBlob | None = None
         self.direct = False  # fetched from upstream directly
         self.bypassed: str | None = None  # why the swarm was bypassed, when it was
+        self.over_http = False  # its pieces are written by the HTTP swarm (no torrent may write them)
         # verified bytes by source: local, bittorrent, peer, seed, upstream
         self.sources: Counter[str] = Counter()
         self.requesters = 0  # clients reading it who may leave (``PeerDaemon.requested``)
@@ -181,9 +182,10 @@ class TaskDownload:
             if blob is not None:
                 self._adopt(blob)
                 self.sources["local"] = _held_bytes(blob)
-            if blob is None:
-                blob = await self._by_torrent()
             if blob is None or not blob.complete:
+                blob = await self._by_torrent() or blob
+            if blob is None or not blob.complete:
+                self.over_http = True
                 started = ctx.clock.monotonic()
                 url = redact_url(self.request.url)
                 ctx.events.emit("task_opened", task=self.task_id, url=url, digest=_text(self.request.digest))
@@ -250,18 +252,27 @@ class TaskDownload:
             self._ctx.control.dropped(self.task_id)
 
     async def _by_torrent(self) -> StoredBlob | None:
-        """The whole blob over BitTorrent, when this node pulls that way and the seed offers
-        a torrent for it; None: the HTTP swarm it is."""
+        """The blob over BitTorrent, when this node pulls that way (or a preheat is fetching
+        it so already) and the seed offers a torrent for it, read as it lands; None: the
+        HTTP swarm it is."""
         ctx = self._ctx
-        if ctx.torrents is None or ctx.config.blob_transport != "bittorrent" or self.request.digest is None:
+        if ctx.torrents is None or self.request.digest is None:
             return None
+        if ctx.config.blob_transport != "bittorrent" and not ctx.torrents.fetching(self.task_id):
+            return None
+        before = _held_bytes(self.blob) if self.blob is not None else 0
+        fetch = ctx.torrents.fetch(self.task_id, self.request.priority)
         try:
-            blob = await asyncio.shield(ctx.torrents.fetch(self.task_id, self.request.priority))
+            landing = await ctx.torrents.receiving(self.task_id, self._notify)
+            if landing is not None and landing is not self.blob:
+                self._adopt(landing)  # readers follow its pieces as they land
+            blob = await asyncio.shield(fetch)
         except TorrentUnavailable as exc:
             log.info("no torrent for %s, pulling over HTTP: %s", self.task_id, exc)
             return None
-        self._adopt(blob)
-        self.sources["bittorrent"] = _held_bytes(blob)
+        if blob is not self.blob:
+            self._adopt(blob)
+        self.sources["bittorrent"] = _held_bytes(blob) - before
         return blob
 
     async def _fetch(self) -> None:

@@ -1,21 +1,25 @@
-"""The node's BitTorrent transport: whole blobs over libtorrent, adopted into the store.
+"""The node's BitTorrent transport: blobs over libtorrent, landing in the piece store.
 
 ``fetch(task_id)`` asks the supernode for the blob's torrent (an offer: the torrent, the
-announce URL with this node's token, every piece's signed statement), lets libtorrent
-download it into a staging directory with its own piece picking and choking (it checks
-every 16 KiB block against the torrent's merkle tree), then checks the whole file
-against the blob's digest and each piece against its statement, and only then hands
-it to the piece store, where the HTTP piece server and the registry proxy serve it as
-any other blob. A file that fails the check is deleted; nothing of it is ever served.
-After adoption the torrent keeps seeding from the store's file until the blob leaves.
+announce URL with this node's token, every piece's signed statement) and lets libtorrent
+download it, with its own piece picking and choking, straight into the store's data file
+for the blob (libtorrent checks every 16 KiB block against the torrent's merkle tree).
+Each piece becomes readable once libtorrent passed the torrent pieces over it and its
+bytes hash to its signed statement (``swarmpull.edges.torrent.landing``); the blob is
+complete once every piece is and the whole file hashes to the digest. A client waiting
+on the blob (the registry proxy) reads it as it lands, in order: a fetch someone waits
+for asks libtorrent for pieces in order, a background one (preheat) rarest first. A blob
+whose whole digest does not match is deleted; nothing unchecked is ever served. After
+the download the torrent stays in the session, seeding from the same file while the
+store keeps the blob.
 
 Background fetches (preheat) give way to foreground work: while ``hold_background`` is
 on (a pull a client waits on is running on this node), their torrents are paused, their
 seeding too. The session runs at the node's preheat caps, and at its full limits only
 while a torrent some client waited for is in it (it then carries that surge).
 
-A fetch interrupted (the daemon stops or is killed) leaves its partial file: libtorrent
-checks it and resumes when the blob is asked for again.
+A fetch interrupted (the daemon stops or is killed) leaves the store's partial blob,
+its checked pieces recorded: the next fetch asks libtorrent only for the others.
 """
 
 from __future__ import annotations
@@ -23,33 +27,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from peer.control import Control
 from peer.link import LinkError, SupernodeUnavailable
 from peer.metrics import PeerMetrics
 from peer.rest import SupernodeRest
 from swarmpull.core.blobs import DownloadFailed
+from swarmpull.core.digest import Digest
 from swarmpull.core.fields import ProtocolError
 from swarmpull.core.geometry import PieceGeometry
 from swarmpull.core.offers import TorrentOffer, parse_torrent_offer
 from swarmpull.core.rates import Priority
-from swarmpull.edges.store import BlobMeta, PieceCorrupt, PieceStore, StoredBlob, StoreError
+from swarmpull.core.signing import PieceStatement
+from swarmpull.edges.store import BlobMeta, PieceStore, StoredBlob, StoreError
 from swarmpull.edges.torrent import (
+    Landing,
+    Metainfo,
     Torrent,
     TorrentConfig,
     TorrentError,
     TorrentFailed,
     TorrentSession,
     parse_torrent,
-    verify_file,
 )
 
 log = logging.getLogger(__name__)
-
-STALE_STAGING = 24 * 3600.0  # seconds a partial download is kept for a resume
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,21 @@ class TorrentUnavailable(Exception):
     """No torrent for this blob: the seed does not hold it whole, or no supernode answered."""
 
 
+@dataclass(slots=True)
+class _Fetch:
+    """One blob's fetch, shared by whoever wants the blob (a pull, a preheat)."""
+
+    task: asyncio.Task[StoredBlob]
+    blob: asyncio.Future[StoredBlob | None]
+    """The store's blob the bytes land in, once it exists (None: the fetch ended first)."""
+    listeners: list[Callable[[], None]] = field(default_factory=list)
+    """Called whenever pieces of the blob became readable."""
+
+    def landed(self) -> None:
+        for listener in self.listeners:
+            listener()
+
+
 class TorrentTransport:
     """Construct, ``await start()``, ``fetch()`` blobs; ``await stop()`` (safe twice)."""
 
@@ -72,22 +91,24 @@ class TorrentTransport:
         config: TorrentConfig,
         store: PieceStore,
         rest: SupernodeRest,
-        staging: Path,
         metrics: PeerMetrics,
         full: RateCaps,
         background: RateCaps,
         control: Control,
+        pulling: Callable[[str], bool] = lambda _: False,
     ) -> None:
+        """``pulling(task_id)``: a pull is writing that blob from the HTTP swarm (a
+        torrent then does not write it too: the blob has one writer at a time)."""
         self.config = config
         self._control = control
+        self._pulling = pulling
         self._full = full
         self._background_caps = background
         self._store = store
         self._rest = rest
-        self._staging = staging
         self._metrics = metrics
         self.session = TorrentSession(config, f"torrents-{rest.peer_id[:12]}")
-        self._fetches: dict[str, asyncio.Task[StoredBlob]] = {}
+        self._fetches: dict[str, _Fetch] = {}
         self._active: dict[str, Torrent] = {}  # downloading
         self._seeding: dict[str, Torrent] = {}
         self._background: set[str] = set()  # tasks whose torrents give way to foreground work
@@ -98,17 +119,11 @@ class TorrentTransport:
         return f"<TorrentTransport {self.session.listen} {counts}>"
 
     async def start(self) -> None:
-        self._staging.mkdir(parents=True, exist_ok=True)
-        cutoff = time.time() - STALE_STAGING
-        for path in self._staging.iterdir():
-            done = (b := self._store.get(path.name.split(".")[0])) is not None and b.complete
-            if path.is_file() and (done or path.stat().st_mtime < cutoff):
-                path.unlink(missing_ok=True)
         await self.session.start()
         self._apply_caps()
 
     async def stop(self) -> None:
-        fetches = list(self._fetches.values())
+        fetches = [f.task for f in self._fetches.values()]
         for fetch in fetches:
             fetch.cancel()
         await asyncio.gather(*fetches, return_exceptions=True)
@@ -121,25 +136,45 @@ class TorrentTransport:
         TorrentUnavailable (no torrent offered: use the HTTP swarm) or DownloadFailed."""
         running = self._fetches.get(task_id)
         if running is None:
-            running = self._fetches[task_id] = asyncio.create_task(
-                self._fetch(task_id), name=f"bt-{task_id[:20]}"
-            )
-            running.add_done_callback(lambda _: self._fetches.pop(task_id, None))
+            task = asyncio.create_task(self._fetch(task_id), name=f"bt-{task_id[:20]}")
+            running = self._fetches[task_id] = _Fetch(task, asyncio.get_running_loop().create_future())
+            task.add_done_callback(lambda _: self._ended(task_id, running))
             if priority is Priority.BACKGROUND:
                 self._background.add(task_id)
         if priority is Priority.FOREGROUND and task_id in self._background:
-            self._background.discard(task_id)  # someone waits for it now: it goes at full speed
+            self._background.discard(task_id)  # someone waits for it now: it goes at full speed, in order
             torrent = self._active.get(task_id)
             if torrent is not None:
                 torrent.resume()
+                torrent.sequential(True)
             self._apply_caps()
-        return running
+        return running.task
+
+    def fetching(self, task_id: str) -> bool:
+        """Whether a fetch of the blob is under way (it is the one writer of its pieces)."""
+        return task_id in self._fetches
+
+    async def receiving(self, task_id: str, landed: Callable[[], None]) -> StoredBlob | None:
+        """The store's blob a running fetch lands in, once it exists; ``landed`` is called
+        whenever pieces of it became readable. None: no fetch, or it ended first."""
+        running = self._fetches.get(task_id)
+        if running is None:
+            return None
+        running.listeners.append(landed)
+        return await asyncio.shield(running.blob)
+
+    def _ended(self, task_id: str, fetch: _Fetch) -> None:
+        if self._fetches.get(task_id) is fetch:
+            del self._fetches[task_id]
+        if not fetch.blob.done():
+            fetch.blob.set_result(None)
+        fetch.landed()  # the last word: complete, or failed
 
     def withdraw(self, task_id: str) -> None:
         """Stop a background fetch that nobody waits for any more (its preheat ended)."""
         fetch = self._fetches.get(task_id)
         if fetch is not None and task_id in self._background:
-            fetch.cancel()
+            fetch.task.cancel()
 
     def progress(self, task_id: str) -> int | None:
         """Bytes of the blob verified by libtorrent (as of its last status update); None
@@ -157,7 +192,10 @@ class TorrentTransport:
                 torrent.pause() if hold else torrent.resume()
 
     def evicted(self, task_id: str) -> None:
-        """The blob left the store: stop seeding it."""
+        """The blob left the store: stop fetching or seeding it."""
+        fetch = self._fetches.get(task_id)
+        if fetch is not None:
+            fetch.task.cancel()
         torrent = self._seeding.pop(task_id, None)
         self._background.discard(task_id)
         if torrent is not None:
@@ -181,13 +219,66 @@ class TorrentTransport:
             meta = parse_torrent(offer.torrent, name=offer.name, size=offer.size)
         except TorrentError as exc:
             raise DownloadFailed(f"the supernode offered a bad torrent for {task_id}: {exc}") from None
-        geometry = PieceGeometry(offer.size, offer.piece_size)
-        if len(offer.statements) != geometry.count:
+        if len(offer.statements) != PieceGeometry(offer.size, offer.piece_size).count:
             raise DownloadFailed(f"the offer of {task_id} does not cover every piece")
+        if self._pulling(task_id):
+            raise TorrentUnavailable(f"a pull is fetching {task_id} over HTTP")
+        blob = self._receiver(offer)
+        with self._store.pinned(blob):
+            self._fetches[task_id].blob.set_result(blob)
+            landing = Landing(blob.geometry, meta.piece_size, blob.have)
+            statements = {s.piece: s for s in offer.statements}
+            lander = _Lander(blob, statements, self._fetches[task_id].landed, lambda: self._flush(task_id))
+            try:
+                torrent = await self._download(task_id, meta, offer, landing, lander)
+            finally:
+                await lander.close()
+            try:
+                await lander.finish(offer.digest)
+            except BaseException as exc:
+                with contextlib.suppress(TorrentFailed):
+                    await self.session.remove(torrent)
+                if isinstance(exc, DownloadFailed):
+                    self._store.remove(task_id)  # bytes that do not check: none is ever read
+                    self._metrics.blobs.labels("corrupt").inc()
+                raise
+        self._seeding[task_id] = torrent  # from the same file, while the store keeps it
+        self._apply_caps()
+        return blob
+
+    async def _flush(self, task_id: str) -> None:
+        torrent = self._active.get(task_id)
+        if torrent is not None:
+            await torrent.flush()
+
+    def _receiver(self, offer: TorrentOffer) -> StoredBlob:
+        """The store's blob for the offer's bytes: a partial one resumes."""
+        meta = BlobMeta(offer.task_id, offer.size, offer.piece_size, str(offer.digest))
+        try:
+            blob = self._store.create(meta)
+        except StoreError as exc:
+            raise DownloadFailed(f"no room for {offer.task_id}: {exc}", cache_full=True) from None
+        if (blob.meta.size, blob.meta.piece_size) != (offer.size, offer.piece_size):
+            raise DownloadFailed(f"{offer.task_id} is held in another geometry than the torrent's")
+        if blob.path.name != offer.name:
+            raise DownloadFailed(f"the torrent's file is {offer.name!r}, not the store's {blob.path.name!r}")
+        return blob
+
+    async def _download(
+        self, task_id: str, meta: Metainfo, offer: TorrentOffer, landing: Landing, lander: _Lander
+    ) -> Torrent:
+        """libtorrent's download into the blob's file, each checked piece to ``lander``;
+        the torrent, once every piece is written (removed from the session on failure)."""
         background = task_id in self._background
         try:
             torrent = await self.session.add(
-                meta, self._staging, trackers=[offer.announce], paused=background and self._held
+                meta,
+                lander.blob.path.parent,
+                trackers=[offer.announce],
+                paused=background and self._held,
+                have=landing.have,
+                sequential=not background,
+                on_piece=lambda piece: lander.check(landing.passed(piece)),
             )
         except TorrentFailed as exc:
             raise DownloadFailed(f"libtorrent: {exc}") from None
@@ -197,18 +288,19 @@ class TorrentTransport:
             await torrent.finished()
             await torrent.flush()
             await self.session.refresh()  # the bytes it took, counted to the end
-        except TorrentFailed as exc:
-            raise DownloadFailed(f"libtorrent: {exc}") from None
+        except BaseException as exc:
+            with contextlib.suppress(TorrentFailed):
+                await self.session.remove(torrent)  # the pieces checked so far stay, for a resume
+            if isinstance(exc, TorrentFailed):
+                raise DownloadFailed(f"libtorrent: {exc}") from None
+            raise
         finally:
+            torrent.on_piece = None
             del self._active[task_id]
             self._apply_caps()
             self._metrics.download_bytes.labels("bittorrent").inc(torrent.downloaded)
             self._metrics.pieces.labels("corrupt").inc(torrent.hash_failures)
-            with contextlib.suppress(TorrentFailed):
-                await self.session.remove(torrent)  # the partial file stays, for a resume
-        blob = await self._adopt(offer, torrent.path)
-        await self._seed(task_id, blob, offer, meta)
-        return blob
+        return torrent
 
     async def _offer(self, task_id: str) -> TorrentOffer:
         """The supernode's offer (to a registered node: registering first if need be)."""
@@ -237,36 +329,86 @@ class TorrentTransport:
             raise DownloadFailed(f"the supernode offered {offer.task_id}, not {task_id}")
         return offer
 
-    async def _adopt(self, offer: TorrentOffer, path: Path) -> StoredBlob:
-        """The downloaded file into the store, once it checked whole and piece by piece."""
-        geometry = PieceGeometry(offer.size, offer.piece_size)
-        try:
-            await asyncio.to_thread(verify_file, path, geometry, offer.digest, offer.statements)
-        except (PieceCorrupt, OSError) as exc:
-            path.unlink(missing_ok=True)
-            self._metrics.blobs.labels("corrupt").inc()
-            raise DownloadFailed(f"the blob libtorrent wrote fails its check, deleted: {exc}") from None
-        meta = BlobMeta(offer.task_id, offer.size, offer.piece_size, str(offer.digest))
-        try:
-            return self._store.adopt(meta, path, offer.statements)
-        except StoreError as exc:
-            path.unlink(missing_ok=True)
-            raise DownloadFailed(f"the store did not take {offer.task_id}: {exc}", cache_full=True) from None
 
-    async def _seed(self, task_id: str, blob: StoredBlob, offer: TorrentOffer, meta) -> None:  # type: ignore[no-untyped-def]
-        """Keep the blob in the swarm, from the store's file, while the store keeps it."""
-        if task_id in self._seeding or blob.removed:
-            return
+class _Lander:
+    """Checks the pieces libtorrent passed against their statements, in a thread, one
+    batch at a time, and records those that hold (the one writer of the blob's records
+    during a fetch)."""
+
+    def __init__(
+        self,
+        blob: StoredBlob,
+        statements: dict[int, PieceStatement],
+        landed: Callable[[], None],
+        flush: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.blob = blob
+        self._flush = flush
+        self._statements = statements
+        self._landed = landed
+        self._queue: list[int] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name=f"land-{blob.task_id[:20]}")
+
+    def check(self, pieces: list[int]) -> None:
+        self._queue.extend(pieces)
+        if pieces:
+            self._wake.set()
+
+    async def close(self) -> None:
+        """Returns once the pieces queued so far are checked."""
+        self._closing = True
+        self._wake.set()
+        await self._task
+
+    async def finish(self, digest: Digest) -> None:
+        """The blob complete: every piece not recorded yet checked now (a resume, or a
+        piece whose bytes were not in the file yet when it passed), then the whole file
+        against the digest. DownloadFailed if any piece or the whole does not hold."""
+        blob = self.blob
+        await self._record([p for p in range(blob.geometry.count) if not blob.is_verified(p)])
+        if blob.removed:
+            raise DownloadFailed(f"{blob.task_id} left the store during its download")
+        missing = [p for p in range(blob.geometry.count) if not blob.is_verified(p)]
+        if missing:
+            raise DownloadFailed(f"piece {missing[0]} libtorrent wrote does not hash to its signed sha256")
+        whole = await asyncio.to_thread(blob.sha256_of_data)
+        if whole != digest.hex:
+            raise DownloadFailed(f"the blob hashes to sha256:{whole}, not {digest}", untrusted=True)
         try:
-            held = self._held and task_id in self._background
-            torrent = await self.session.add(
-                meta, blob.path.parent, seed=True, trackers=[offer.announce], paused=held
-            )
-        except TorrentFailed as exc:
-            log.warning("cannot seed %s over BitTorrent: %s", task_id, exc)
+            # No flush: a restart re-hashes a complete blob's pieces before any is used.
+            await asyncio.to_thread(blob.mark_complete, str(digest), flush=False)
+        except StoreError as exc:
+            raise DownloadFailed(f"could not record the blob as complete: {exc}", cache_full=True) from None
+        self._landed()
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            pieces, self._queue = self._queue, []
+            await self._record(pieces)
+
+    async def _record(self, pieces: list[int]) -> None:
+        blob = self.blob
+        if blob.removed or not pieces:
             return
-        if blob.removed:  # evicted meanwhile
-            await self.session.remove(torrent)
-            return
-        self._seeding[task_id] = torrent
-        self._apply_caps()
+        await self._flush()  # libtorrent checks a piece before its bytes reach the file
+        try:
+            shas = await asyncio.to_thread(lambda: [blob.hash_piece(p) for p in pieces])
+        except (OSError, ValueError, StoreError):
+            return  # the blob left the store meanwhile (its file closed): ``finish`` says so
+        recorded = False
+        for piece, sha in zip(pieces, shas, strict=True):
+            statement = self._statements[piece]
+            # A mismatch is looked at again at the end: the bytes may not be in the file yet.
+            if sha == statement.sha_hex and not blob.removed:
+                blob.record(piece, sha, statement)
+                recorded = True
+        if recorded:
+            self._landed()

@@ -1,6 +1,7 @@
 """The BitTorrent transport over loopback: the supernode seeds a warm blob as a v2
-torrent and tracks it; peers fetch it with libtorrent and adopt it into their stores,
-from where the HTTP swarm serves it; a peer that serves corrupt data is caught."""
+torrent and tracks it; peers fetch it with libtorrent straight into their stores, read
+as it lands, from where the HTTP swarm serves it too; a peer that serves corrupt data is
+caught, a wrong whole digest deleted, and a blob has one writer at a time."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from urllib.parse import quote_from_bytes
 import aiohttp
 import libtorrent as lt
 
+from peer.download import DownloadState
 from peer.torrents import TorrentUnavailable
-from swarmpull.core.blobs import BlobRequest
+from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.digest import Digest
 from swarmpull.core.rates import Priority
 from swarmpull.edges.http import HostPort
@@ -63,11 +65,95 @@ async def test_peers_fetch_a_warm_blob_over_bittorrent_and_serve_it(swarm, upstr
         assert sample(peer.registry, "swarmpull_peer_download_bytes_total", source="bittorrent") >= len(data)
         assert sample(peer.registry, "swarmpull_peer_download_bytes_total", source="seed") == 0
         assert sample(peer.registry, "swarmpull_peer_download_bytes_total", source="peer") == 0
-        assert not list((peer.config.data_dir / "torrents").iterdir())  # nothing left staged
+        # libtorrent wrote the store's own file, and seeds from it: no copy anywhere else.
+        assert peer.torrents._seeding[request.task_id].path == blob.path
+        assert not (peer.config.data_dir / "torrents").exists()
     # The adopted blob is served over HTTP with its signed statements, as any other.
     (late,) = await swarm.add_peers(1, torrent=None)
     await late.ensure(request).wait_complete()
     assert sample(late.registry, "swarmpull_peer_download_bytes_total", source="peer") > 0
+
+
+async def slow_warm_swarm(swarm, upstream, data: bytes) -> BlobRequest:
+    """A warm blob whose seed sends it at 1 MiB/s (seconds, at these sizes)."""
+    slow_seed = TorrentConfig(transport=Transport.TCP, upload_limit=MiB)
+    await swarm.start_supernode(piece_size=256 * KiB, torrent=slow_seed)
+    return await warm(swarm, upstream, data)
+
+
+async def test_a_blob_fetched_over_bittorrent_is_read_in_order_as_it_lands(swarm, upstream):
+    data = os.urandom(4 * MiB)
+    request = await slow_warm_swarm(swarm, upstream, data)
+    (peer,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.4.1"))
+    download = peer.ensure(request)
+    await asyncio.wait_for(download.wait_piece(0), 30)
+    blob = download.blob
+    # The first piece is readable while the blob is not whole, and before the last piece
+    # (pieces in order: rarest first would pick either first as often).
+    assert not blob.complete and not blob.is_verified(blob.geometry.count - 1)
+    assert download.state is DownloadState.RUNNING
+    await asyncio.wait_for(download.wait_complete(), 60)
+    assert file_sha256(blob.path) == str(request.digest)
+    assert download.sources["bittorrent"] == len(data)
+
+
+async def test_a_pull_joins_the_torrent_a_preheat_is_fetching(swarm, upstream):
+    data = os.urandom(4 * MiB)
+    request = await slow_warm_swarm(swarm, upstream, data)
+    (peer,) = await swarm.add_peers(1, blob_transport="http", torrent=torrent_config("127.0.4.2"))
+    background = peer.torrents.fetch(request.task_id, Priority.BACKGROUND)
+    while peer.store.get(request.task_id) is None:
+        await asyncio.sleep(0.01)
+    # A pull of the same blob over HTTP would write the same file: it joins the torrent
+    # instead, which now goes at full speed, in order.
+    download = peer.ensure(request)
+    await asyncio.wait_for(download.wait_complete(), 60)
+    await background
+    assert not download.over_http and download.sources["bittorrent"] > 0
+    for source in ("seed", "peer"):
+        assert sample(peer.registry, "swarmpull_peer_download_bytes_total", source=source) == 0
+
+
+async def test_a_preheat_does_not_write_a_blob_a_pull_fetches_over_http(swarm, upstream):
+    data = os.urandom(2 * MiB)
+    request = await slow_warm_swarm(swarm, upstream, data)
+    (peer,) = await swarm.add_peers(
+        1, blob_transport="http", torrent=torrent_config("127.0.4.3"), download_limit=512 * KiB
+    )
+    download = peer.ensure(request)  # 4 s at the node's download limit
+    while not download.over_http:
+        await asyncio.sleep(0.01)
+    try:
+        await peer.torrents.fetch(request.task_id, Priority.BACKGROUND)
+    except TorrentUnavailable as exc:
+        assert "over HTTP" in str(exc)
+    else:
+        raise AssertionError("a torrent wrote the blob a pull was writing")
+    assert download.state is DownloadState.RUNNING
+    blob = await asyncio.wait_for(download.wait_complete(), 60)
+    assert file_sha256(blob.path) == str(request.digest)
+
+
+async def test_a_torrent_whose_whole_digest_is_wrong_is_deleted(swarm, upstream):
+    data = os.urandom(MiB)
+    await swarm.start_supernode(piece_size=256 * KiB)
+    request = await warm(swarm, upstream, data)
+    (peer,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.4.4"))
+    offer_of = peer.torrents._offer
+
+    async def lying_offer(task_id):  # every piece as signed, the whole digest another blob's
+        return dataclasses.replace(await offer_of(task_id), digest=Digest.of(b"another blob"))
+
+    peer.torrents._offer = lying_offer
+    try:
+        await peer.torrents.fetch(request.task_id, Priority.FOREGROUND)
+    except DownloadFailed as exc:
+        assert "not sha256:" in str(exc)
+    else:
+        raise AssertionError("a blob whose whole digest is wrong was taken in")
+    assert peer.store.get(request.task_id) is None
+    assert not list(peer.store.root.glob(f"{request.task_id}*"))  # its file gone too
+    assert sample(peer.registry, "swarmpull_peer_blobs_total", outcome="corrupt") == 1
 
 
 async def test_no_torrent_for_a_cold_blob_means_the_http_swarm(swarm, upstream):

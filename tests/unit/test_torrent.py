@@ -3,6 +3,7 @@ answers, and the check a downloaded blob passes before the store adopts it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -12,13 +13,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from peer.torrents import _Lander
 from swarmpull.core.bencode import BencodeError, decode, encode
+from swarmpull.core.blobs import DownloadFailed
 from swarmpull.core.digest import Digest
 from swarmpull.core.geometry import PieceGeometry
 from swarmpull.core.signing import PieceStatement, Signer
 from swarmpull.core.tracker import AnnounceError, Endpoint, Tracker, parse_announce
-from swarmpull.edges.store import BlobMeta, PieceCorrupt, PieceStore
-from swarmpull.edges.torrent import TorrentError, make_torrent, parse_torrent, verify_file
+from swarmpull.edges.store import BlobMeta, PieceStore, StoredBlob
+from swarmpull.edges.torrent import Landing, TorrentError, make_torrent, parse_torrent
 
 KiB = 1024
 TASK = "sha256-" + "ab" * 32
@@ -99,41 +102,74 @@ def statements_for(data: bytes, geometry: PieceGeometry) -> list[PieceStatement]
     return out
 
 
-def test_a_checked_file_is_adopted_whole_and_serves_its_statements(tmp_path):
-    staged = blob_file(tmp_path, 200 * KiB + 1, "staged.data")
-    data = staged.read_bytes()
+@given(
+    size=st.integers(1, 40 * KiB),
+    piece=st.integers(1, 9 * KiB),
+    torrent_shift=st.integers(0, 4),
+    held=st.integers(0, (1 << 64) - 1),
+    order=st.randoms(use_true_random=False),
+)
+def test_a_store_piece_lands_once_every_torrent_piece_over_it_passed(size, piece, torrent_shift, held, order):
+    geometry = PieceGeometry(size, piece)
+    torrent_piece = KiB << torrent_shift
+    held &= (1 << geometry.count) - 1
+    landing = Landing(geometry, torrent_piece, held)
+    # libtorrent is asked only for torrent pieces not wholly inside held pieces
+    for t, had in enumerate(landing.have):
+        start, end = t * torrent_piece, min((t + 1) * torrent_piece, size)
+        inside = range(start // piece, (end - 1) // piece + 1)
+        assert had == all(held >> p & 1 for p in inside)
+    wanted = [t for t, had in enumerate(landing.have) if not had]
+    order.shuffle(wanted)
+    passed = {t for t, had in enumerate(landing.have) if had}
+    named = []
+    for t in wanted:
+        passed.add(t)
+        for p in landing.passed(t):
+            start, end = geometry.offset(p), geometry.offset(p) + geometry.length(p)
+            assert all(u in passed for u in range(start // torrent_piece, (end - 1) // torrent_piece + 1))
+            named.append(p)
+        assert landing.passed(t) == []  # a piece passed twice names nothing again
+    assert sorted(named) == [p for p in range(geometry.count) if not held >> p & 1]
+    assert landing.passed(len(landing.have)) == [] and landing.passed(-1) == []
+
+
+async def test_the_lander_records_checked_pieces_and_refuses_a_wrong_whole(tmp_path):
+    data = os.urandom(200 * KiB + 1)
     geometry = PieceGeometry(len(data), 64 * KiB)
-    statements = statements_for(data, geometry)
-    digest = Digest.of(data)
-    verify_file(staged, geometry, digest, statements)
+    statements = {s.piece: s for s in statements_for(data, geometry)}
     store = PieceStore(tmp_path / "store")
     store.load()
-    blob = store.adopt(BlobMeta(TASK, len(data), 64 * KiB, str(digest)), staged, statements)
-    assert blob.complete and blob.all_verified and not staged.exists()
-    assert blob.read_piece(3) == data[3 * 64 * KiB :]
+
+    async def land(digest: Digest, corrupt: int | None = None) -> StoredBlob:
+        blob = store.create(BlobMeta(TASK, len(data), 64 * KiB, str(digest)))
+        written = bytearray(data)
+        if corrupt is not None:
+            written[geometry.offset(corrupt)] ^= 1
+        with open(blob.path, "r+b") as file:  # as libtorrent writes it: straight into the file
+            file.write(written)
+        seen = []
+        lander = _Lander(blob, statements, lambda: seen.append(blob.verified_count), lambda: asyncio.sleep(0))
+        lander.check([1, 0])
+        lander.check([2, 3])
+        await lander.close()
+        assert seen and seen[-1] == geometry.count - (corrupt is not None)
+        assert not blob.complete
+        await lander.finish(digest)
+        return blob
+
+    blob = await land(Digest.of(data))
+    assert blob.complete and blob.all_verified and blob.read_piece(3) == data[3 * 64 * KiB :]
     assert blob.signed(1) == statements[1]
+    store.remove(TASK)
+    with pytest.raises(DownloadFailed, match="piece 2"):
+        await land(Digest.of(data), corrupt=2)
+    assert not store.get(TASK).is_verified(2)  # the bad piece was never readable
+    store.remove(TASK)
+    with pytest.raises(DownloadFailed, match="not sha256") as refused:
+        await land(Digest.of(b"another blob"))
+    assert refused.value.untrusted and not store.get(TASK).complete
     store.close()
-    again = PieceStore(tmp_path / "store")
-    again.load()  # kept across a restart, as any complete blob
-    assert again.get(TASK).complete
-    again.close()
-
-
-@pytest.mark.parametrize("fault", ["digest", "piece", "short"])
-def test_a_file_that_does_not_check_is_refused(tmp_path, fault):
-    staged = blob_file(tmp_path, 128 * KiB, "staged.data")
-    data = staged.read_bytes()
-    geometry = PieceGeometry(len(data), 32 * KiB)
-    statements = statements_for(data, geometry)
-    digest = Digest.of(data)
-    if fault == "digest":
-        digest = Digest.of(b"another blob")
-    elif fault == "piece":
-        statements[2] = statements_for(b"x" * len(data), geometry)[2]
-    else:
-        staged.write_bytes(data[:-1])
-    with pytest.raises(PieceCorrupt):
-        verify_file(staged, geometry, digest, statements)
 
 
 def announce_query(

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import resource
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -135,47 +134,6 @@ class PieceStore:
             raise StoreError(f"could not create {meta.task_id}")
         self._blobs[meta.task_id] = blob
         blob.touch()
-        return blob
-
-    def adopt(self, meta: BlobMeta, path: Path, statements: list[PieceStatement]) -> StoredBlob:
-        """Take in a whole blob that arrived another way (a file libtorrent wrote) and that
-        the caller verified, whole digest and every piece against ``statements`` (see
-        ``swarmpull.edges.torrent.adopt``): the file moves into the store, complete. A blob
-        already complete here wins (the file is deleted); one being downloaded is kept,
-        and StoreError says so."""
-        existing = self._blobs.get(meta.task_id)
-        if existing is not None:
-            if existing.complete:
-                path.unlink(missing_ok=True)
-                return existing
-            if existing.pins:
-                raise StoreError(f"{meta.task_id} is being downloaded another way")
-            self.remove(meta.task_id)
-        self._make_room(meta.size)
-        self.root.mkdir(parents=True, exist_ok=True)
-        meta = BlobMeta(**{**asdict(meta), "complete": True})
-        try:
-            log_path = self.root / f"{meta.task_id}.pieces"
-            log_path.write_bytes(b"".join(s.encode() for s in sorted(statements, key=lambda s: s.piece)))
-            try:
-                os.replace(path, self._data(meta.task_id))
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                shutil.copyfile(path, self._data(meta.task_id))  # another file system
-                path.unlink()
-            self.write_meta(meta)
-            blob = self._open(meta, create=False)
-        except OSError as exc:
-            self._unlink(meta.task_id)
-            raise StoreWriteError(f"adopting {meta.task_id}: {exc.strerror or exc}") from exc
-        if blob is None or not blob.complete:
-            self._unlink(meta.task_id)
-            raise StoreError(f"could not adopt {meta.task_id}")
-        blob.unchecked = 0  # the caller hashed every piece of this very file just now
-        self._blobs[meta.task_id] = blob
-        blob.touch()
-        self.piece_added(blob)
         return blob
 
     def remove(self, task_id: str) -> None:

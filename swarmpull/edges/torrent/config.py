@@ -72,7 +72,11 @@ class TorrentConfig:
 
 
 ALERTS = (
-    lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage | lt.alert_category.tracker
+    lt.alert_category.error
+    | lt.alert_category.status
+    | lt.alert_category.storage
+    | lt.alert_category.tracker
+    | lt.alert_category.piece_progress  # piece_finished_alert: a download lands piece by piece
 )
 
 

@@ -20,9 +20,11 @@ torrent in it, awaited for ``finished()``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import libtorrent as lt
@@ -51,12 +53,14 @@ class Torrent:
         # From libtorrent's last status update (``TorrentSession.refresh``): bytes verified,
         # payload bytes sent to and received from peers since the torrent was added.
         self.verified = self.uploaded = self.downloaded = 0
+        self.on_piece: Callable[[int], None] | None = None
+        """Called with each piece's index as it passes libtorrent's hash check."""
         self._session = session
         self.handle: lt.torrent_handle | None = None
         loop = asyncio.get_running_loop()
         self._added: asyncio.Future[None] = loop.create_future()
         self._finished: asyncio.Future[None] = loop.create_future()
-        self._flushed: asyncio.Future[None] | None = None
+        self._flushes: collections.deque[asyncio.Future[None]] = collections.deque()  # one per flush_cache
         self._removed: asyncio.Future[None] = loop.create_future()
 
     def __repr__(self) -> str:
@@ -76,12 +80,14 @@ class Torrent:
         await asyncio.shield(self._finished)
 
     async def flush(self) -> None:
-        """Returns once every byte received is written to the file."""
-        if self.handle is None:
+        """Returns once every byte received so far is written to the file (libtorrent
+        checks a piece before its bytes reach the file)."""
+        if self.handle is None or not self.handle.is_valid():
             return
-        self._flushed = asyncio.get_running_loop().create_future()
+        flushed = asyncio.get_running_loop().create_future()
+        self._flushes.append(flushed)  # libtorrent answers each flush_cache in turn
         self.handle.flush_cache()
-        await asyncio.shield(self._flushed)
+        await asyncio.shield(flushed)
 
     def pause(self) -> None:
         if self.handle is not None and self.handle.is_valid():
@@ -91,10 +97,23 @@ class Torrent:
         if self.handle is not None and self.handle.is_valid():
             self.handle.resume()
 
+    def sequential(self, on: bool) -> None:
+        """Ask for pieces in order (a client reads the blob as it lands) or rarest first."""
+        if self.handle is not None and self.handle.is_valid():
+            flag = lt.torrent_flags.sequential_download
+            self.handle.set_flags(flag) if on else self.handle.unset_flags(flag)
+
     def connect(self, host: str, port: int) -> None:
         """Connect to a peer now (tests and benchmarks: no tracker needed)."""
         if self.handle is not None:
             self.handle.connect_peer((host, port))
+
+    def _gone(self, why: TorrentFailed) -> None:
+        """Out of the session: nothing more will come of it."""
+        self._resolve(self._finished, why)
+        while self._flushes:
+            self._resolve(self._flushes.popleft())
+        self._resolve(self._removed)
 
     def _resolve(self, future: asyncio.Future[None] | None, error: Exception | None = None) -> None:
         if future is not None and not future.done():
@@ -148,8 +167,7 @@ class TorrentSession:
         if session is not None:
             session.pause()
             for torrent in [*self._torrents.values(), *self._pending.values()]:
-                torrent._resolve(torrent._finished, TorrentFailed("the session stopped"))
-                torrent._resolve(torrent._removed)
+                torrent._gone(TorrentFailed("the session stopped"))
             self._torrents.clear()
             self._pending.clear()
             if self._updated is not None and not self._updated.done():
@@ -177,11 +195,17 @@ class TorrentSession:
         seed: bool = False,
         trackers: list[str] | None = None,
         paused: bool = False,
+        have: list[bool] | None = None,
+        sequential: bool = False,
+        on_piece: Callable[[int], None] | None = None,
     ) -> Torrent:
         """Add a torrent whose file is (or will be) ``save_path / meta.name``. ``seed``:
         the file is complete and verified already (libtorrent checks each piece the first
-        time it sends it, not the whole file up front). Without it, what is on disk is
-        checked first, so a download resumes after a restart."""
+        time it sends it, not the whole file up front). ``have``: the torrent's pieces
+        the file holds, checked already (nothing is read up front; the others are
+        fetched). Without either, what is on disk is checked first. ``sequential``:
+        pieces in order (``Torrent.sequential``). ``on_piece``: ``Torrent.on_piece``, set
+        before any piece can pass."""
         session = self._require()
         if meta.info_hash in self._pending or any(
             t.meta.info_hash == meta.info_hash for t in self._torrents.values()
@@ -196,9 +220,14 @@ class TorrentSession:
         flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd | lt.torrent_flags.disable_pex
         if seed:
             flags |= lt.torrent_flags.seed_mode
+        elif have is not None:
+            params.have_pieces = have
+        if sequential:
+            flags |= lt.torrent_flags.sequential_download
         params.flags = flags
         params.trackers = list(trackers or [])
         torrent = Torrent(self, meta, save_path)
+        torrent.on_piece = on_piece
         self._pending[meta.info_hash] = torrent
         session.async_add_torrent(params)
         try:
@@ -299,7 +328,10 @@ class TorrentSession:
             if isinstance(alert, lt.listen_failed_alert):
                 log.warning("%s: %s", self.name, alert.message())
             return
-        if isinstance(alert, lt.torrent_finished_alert):
+        if isinstance(alert, lt.piece_finished_alert):
+            if torrent.on_piece is not None:
+                torrent.on_piece(alert.piece_index)
+        elif isinstance(alert, lt.torrent_finished_alert):
             torrent._resolve(torrent._finished)
         elif isinstance(alert, lt.hash_failed_alert):
             torrent.hash_failures += 1
@@ -307,11 +339,11 @@ class TorrentSession:
                 "%s: %s piece %d failed its hash check", self.name, torrent.meta.name, alert.piece_index
             )
         elif isinstance(alert, lt.cache_flushed_alert):
-            torrent._resolve(torrent._flushed)
+            if torrent._flushes:
+                torrent._resolve(torrent._flushes.popleft())
         elif isinstance(alert, lt.torrent_removed_alert):
             self._torrents.pop(alert.handle, None)
-            torrent._resolve(torrent._finished, TorrentFailed("removed"))
-            torrent._resolve(torrent._removed)
+            torrent._gone(TorrentFailed("removed"))
         elif isinstance(alert, lt.torrent_error_alert | lt.file_error_alert):
             log.warning("%s: %s: %s", self.name, torrent.meta.name, alert.message())
             torrent._resolve(torrent._finished, TorrentFailed(alert.message()))
