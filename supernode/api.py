@@ -97,11 +97,12 @@ class SupernodeApi:
     def connected(self, peer_id: str, delta: int) -> None:
         self._service.presence.connected(peer_id, delta)
 
-    async def op_register(self, body: Any, peer_id: str | None = None) -> dict[str, Any]:
+    async def op_register(self, body: Any, peer_id: str | None, source: str | None) -> dict[str, Any]:
+        """``source``: the IP the registration came from (``--node-addresses source``)."""
         reg = parse_peer_registration(body)
         if peer_id is not None and reg.peer_id != peer_id:
             raise ProtocolError(f"this channel is peer {peer_id}'s, not {reg.peer_id}'s")
-        await self._service.register_peer(reg)
+        await self._service.register_peer(reg, source)
         self._calls["register"].inc()
         return {"heartbeat_interval": self._service.presence.heartbeat_interval()}
 
@@ -141,7 +142,7 @@ class SupernodeApi:
 
     async def register(self, request: web.Request) -> web.Response:
         body = await read_json(request)
-        return web.json_response(await self.op_register(body, self._acting(request, body)))
+        return web.json_response(await self.op_register(body, self._acting(request, body), request.remote))
 
     async def report(self, request: web.Request) -> web.Response:
         peer_id = parse_peer_id(request.match_info["peer"])

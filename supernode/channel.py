@@ -41,7 +41,9 @@ WAITING_OPS = ("open", "manifest", "blob")  # answered out of order: they may wa
 class Operations(Protocol):
     """What the channel calls: the API's operations, and the peer's presence."""
 
-    def op_register(self, body: Any, peer_id: str | None = None) -> Awaitable[dict[str, Any]]: ...
+    def op_register(self, body: Any, peer_id: str | None, source: str | None) -> Awaitable[dict[str, Any]]:
+        """``source``: the IP the registration came from."""
+
     def op_report(self, peer_id: str, body: Any) -> Awaitable[dict[str, Any]]: ...
     def op_open(self, body: Any, peer_id: str | None = None) -> Awaitable[dict[str, Any]]: ...
     def op_manifest(self, body: Any) -> Awaitable[dict[str, Any]]: ...
@@ -93,7 +95,7 @@ class ControlChannel:
                     if op == "report":
                         answer = await ops.op_report(peer_id, body)
                     elif op == "register":
-                        answer = await ops.op_register(body, peer_id)
+                        answer = await ops.op_register(body, peer_id, request.remote)
                     elif op == "leave":
                         ops.op_leave(peer_id)
                         answer = {}

@@ -34,6 +34,11 @@ class SupernodeConfig:
     """Fixed piece size for new tasks; None: the documented rule (swarmpull.core.geometry)."""
     seed_upload_slots: int = 64
     """Concurrent piece uploads the seed serves; more requests wait in line for a slot."""
+    node_addresses: str = "source"
+    """Where a node's piece server is taken to be: ``source``, at the address its
+    registration came from (the port it advertises, the host it connects from: no node
+    can point others at a third host); ``advertised``, at the URL it advertises as given
+    (nodes behind NAT or a proxy that hides their addresses from the supernode)."""
     seed_copies: int = 2
     """Times the seed sends a piece before it serves it only where fewer live peers hold
     it (``supernode.ration``)."""
@@ -117,6 +122,8 @@ class SupernodeConfig:
             raise ValueError("report_rate must be positive and 0 < report_min <= report_max")
         if self.seed_copies < 1:
             raise ValueError("seed_copies must be at least 1")
+        if self.node_addresses not in ("source", "advertised"):
+            raise ValueError("node_addresses is source or advertised")
         if self.seed_upload_slots < 1:
             raise ValueError("seed_upload_slots must be at least 1")
         if self.piece_size is not None and self.piece_size < 4096:

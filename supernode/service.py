@@ -14,6 +14,7 @@ supernode or several), so no part has a branch for replicas.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from supernode.capabilities import CapabilityDesk
@@ -30,6 +31,7 @@ from supernode.seeding import Seeding
 from supernode.sync import ClusterSync
 from swarmpull.core.clock import Clock
 from swarmpull.core.events import NO_EVENTS, EventSink
+from swarmpull.core.fields import at_source
 from swarmpull.core.protocol import PeerRegistration
 from swarmpull.core.tasks import redact_url
 
@@ -123,9 +125,13 @@ class SupernodeService:
         await self.seeding.stop()
         await self.sync.stop()
 
-    async def register_peer(self, reg: PeerRegistration) -> None:
+    async def register_peer(self, reg: PeerRegistration, source: str | None) -> None:
+        """``source``: the IP the registration came from; with ``node_addresses`` at
+        ``source`` the node's piece server is taken to be there, at the port it names."""
         if self.scheduler.is_seed(reg.peer_id):
             raise SeedId(reg.peer_id)  # before anything of it is written anywhere
+        if reg.address is not None and self.config.node_addresses == "source":
+            reg = dataclasses.replace(reg, address=at_source(reg.address, source))
         await self.cluster.put_peer(reg.peer_id, reg.to_json() | {"holdings": []})
         elsewhere = [h for h in reg.holdings if self.seeding.owned(h.task_id) is None]
         await self.cluster.post(

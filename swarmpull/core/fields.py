@@ -5,6 +5,7 @@ types built on it): each checks a field's type, bounds and pattern, and raises
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -133,6 +134,22 @@ def parse_address(value: Any) -> str | None:
     ):
         raise ProtocolError("'address' must be http(s)://HOST:PORT (no path, query or user info) or null")
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def at_source(address: str, source: str | None) -> str:
+    """``address`` (as ``parse_address`` returns it) with its host replaced by ``source``,
+    the IP a registration came from: a node advertises its port, not its host, so it
+    cannot point other nodes (or the supernode's checks) at a third host. ProtocolError
+    when the source is unknown."""
+    try:
+        ip = ipaddress.ip_address((source or "").split("%")[0])
+    except ValueError:
+        raise ProtocolError("the address this registration came from is unknown") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    parts = urlsplit(address)
+    host = f"[{ip}]" if ip.version == 6 else str(ip)
+    return f"{parts.scheme}://{host}:{parts.port}"
 
 
 def parse_peer_id(text: str) -> str:

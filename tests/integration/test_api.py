@@ -96,6 +96,27 @@ async def test_a_report_with_a_wrong_bitfield_is_refused_for_that_task_only(swar
     assert error["code"] == "UPSTREAM_ERROR" and "404" in error["message"] and error["upstream_status"] == 404
 
 
+@pytest.mark.parametrize("rule", ["source", "advertised"])
+async def test_a_node_is_reached_at_the_host_it_registered_from(swarm, rule):
+    # A node names its port, not its host: were any host taken, one node could point
+    # every child it is given (and the supernode's checks) at a third host.
+    supernode = await swarm.start_supernode(node_addresses=rule)
+    elsewhere = {"peer_id": "far", "address": "http://10.9.9.9:4000"}
+    assert (await call("POST", f"{supernode.url}/api/v1/peers", json=elsewhere))[0] == 200
+    channel = f"{supernode.url}/api/v1/peers/near/channel"
+    async with aiohttp.ClientSession() as session, session.ws_connect(channel) as ws:
+        body = {"peer_id": "near", "address": "http://[2001:db8::1]:4001"}
+        await ws.send_json({"id": 1, "op": "register", "body": body})
+        assert "body" in await ws.receive_json()
+    presence = supernode.service.presence
+    if rule == "source":
+        assert presence.address("far") == "http://127.0.0.1:4000"
+        assert presence.address("near") == "http://127.0.0.1:4001"
+    else:  # behind NAT: as advertised
+        assert presence.address("far") == "http://10.9.9.9:4000"
+        assert presence.address("near") == "http://[2001:db8::1]:4001"
+
+
 async def test_oversized_body_is_refused(swarm):
     supernode = await swarm.start_supernode()
     big = b'{"peer_id": "' + b"a" * (5 << 20) + b'"}'

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from swarmpull.core.digest import Digest, DigestError
-from swarmpull.core.fields import ProtocolError, parse_address, parse_peer_id
+from swarmpull.core.fields import ProtocolError, at_source, parse_address, parse_peer_id
 from swarmpull.core.protocol import parse_headers, parse_open_task, parse_peer_registration, parse_peer_report
 from swarmpull.core.tasks import check_upstream_url, validate_task_id
 
@@ -132,3 +132,23 @@ def test_headers_for_the_upstream_have_no_control_characters_and_frame_nothing(h
 def test_ordinary_headers_pass():
     headers = {"Authorization": "Bearer abc.def", "X-Note": "tab\there, caf\u00e9"}
     assert parse_headers(headers) == headers
+
+
+@pytest.mark.parametrize(
+    "address, source, expected",
+    [
+        ("https://10.9.9.9:65002", "192.0.2.7", "https://192.0.2.7:65002"),
+        ("http://node-17.example.net:4000", "192.0.2.7", "http://192.0.2.7:4000"),
+        ("http://192.0.2.7:4000", "::ffff:192.0.2.7", "http://192.0.2.7:4000"),
+        ("http://[2001:db8::1]:4000", "2001:db8::9", "http://[2001:db8::9]:4000"),
+        ("http://127.0.0.1:4000", "fe80::1%eth0", "http://[fe80::1]:4000"),
+    ],
+)
+def test_a_node_is_reached_at_its_source_and_its_own_port(address, source, expected):
+    assert at_source(parse_address(address), source) == expected
+
+
+@pytest.mark.parametrize("source", [None, "", "not an address", "/run/unix.sock"])
+def test_a_registration_of_unknown_source_is_refused(source):
+    with pytest.raises(ProtocolError, match="came from is unknown"):
+        at_source("http://192.0.2.7:4000", source)

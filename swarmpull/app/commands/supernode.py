@@ -86,6 +86,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="fixed piece size for new tasks (default: 1 MiB..64 MiB by blob size)",
     )
     p.add_argument(
+        "--node-addresses",
+        choices=("source", "advertised"),
+        default="source",
+        help="where a node's piece server is taken to be: at the host its registration comes "
+        "from, with the port it advertises (source), or at the URL it advertises (advertised: "
+        "nodes behind NAT or a proxy that hides their addresses) (default: %(default)s)",
+    )
+    p.add_argument(
         "--seed-upload-slots",
         type=positive_int,
         default=64,
@@ -238,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
             task_ttl=args.task_ttl,
             piece_size=args.piece_size,
             seed_upload_slots=args.seed_upload_slots,
+            node_addresses=args.node_addresses,
             seed_copies=args.seed_copies,
             seed_upload_limit=args.seed_upload_limit,
             origin_limits=tuple(origins),
