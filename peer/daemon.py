@@ -28,7 +28,7 @@ from peer.control import Control
 from peer.download import DownloadContext, DownloadState, TaskDownload
 from peer.link import SupernodeLink
 from peer.metrics import PeerMetrics
-from peer.preheat import Preheater
+from peer.preheat import Preheater, RegistryLogin
 from peer.reader import read_blob
 from peer.registry import RegistryQuestions
 from peer.rest import SupernodeRest
@@ -75,6 +75,8 @@ class PeerDaemon:
         self._rights: LocalRights | None = None
         self.piece_server: PieceServer | None = None
         self.torrents: TorrentTransport | None = None
+        # This node's own registry login (the registry proxy's), for private preheats.
+        self.registry_login: RegistryLogin | None = None
         self._foreground = 0  # downloads a client waits for, under way
         self._session: aiohttp.ClientSession | None = None  # upstreams: the system's CAs
         self._cluster: aiohttp.ClientSession | None = None  # supernodes and peers
@@ -209,7 +211,15 @@ class PeerDaemon:
         )
         await self.torrents.start()
         if config.preheat:
-            preheater = Preheater(rest, self.torrents, store, self.control, self.clock)
+            preheater = Preheater(
+                rest,
+                self.torrents,
+                store,
+                self.control,
+                self.clock,
+                self.registry_login,
+                config.request_timeout,
+            )
             self._background.append(asyncio.create_task(preheater.run(), name="preheat"))
 
     async def _start_servers(self, store: PieceStore) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from peer.control import Control
 from peer.link import LinkError, SupernodeUnavailable
@@ -23,12 +24,18 @@ from peer.rest import SupernodeRest
 from peer.torrents import TorrentTransport, TorrentUnavailable
 from swarmpull.core.blobs import DownloadFailed
 from swarmpull.core.clock import Clock
+from swarmpull.core.digest import Digest
 from swarmpull.core.fields import ProtocolError
-from swarmpull.core.preheat import LayerProgress, PreheatPoll, parse_preheat_work
+from swarmpull.core.preheat import LayerProgress, PreheatBlob, PreheatPoll, parse_preheat_work
+from swarmpull.core.protocol import OpenTask
 from swarmpull.core.rates import Priority
 from swarmpull.edges.store import PieceStore, StoredBlob
 
 log = logging.getLogger(__name__)
+
+# ``(image, digest)`` -> the blob's URL and the headers of this node's own registry login
+# (DownloadFailed, ``denied``, when that login may not pull it).
+RegistryLogin = Callable[[str, Digest], Awaitable[tuple[str, dict[str, str]]]]
 
 IDLE_WAIT = 25.0  # seconds an idle poll waits for work
 RETRY_AFTER = 10.0  # seconds before a failed blob is tried again
@@ -43,13 +50,17 @@ class Preheater:
         store: PieceStore,
         control: Control,
         clock: Clock,
+        login: RegistryLogin | None = None,
+        timeout: float = 30.0,
     ) -> None:
         self._rest = rest
+        self._login = login
+        self._timeout = timeout
         self._torrents = torrents
         self._store = store
         self._control = control
         self._clock = clock
-        self._assigned: dict[str, int] = {}  # task -> size
+        self._assigned: dict[str, PreheatBlob] = {}
         self._fetches: dict[str, asyncio.Task[StoredBlob]] = {}
         self._failed: dict[str, tuple[float, str]] = {}  # task -> (when, why)
         self._reported: list[LayerProgress] = []
@@ -84,7 +95,7 @@ class Preheater:
                 backoff = 1.0
                 version = work.version
                 self._reported = progress
-                self._assign(dict(work.layers))
+                self._assign({blob.task_id: blob for blob in work.layers})
                 if self._fetches:
                     self._woken.clear()
                     with contextlib.suppress(TimeoutError):
@@ -99,24 +110,53 @@ class Preheater:
         log.warning("preheat: the supernode did not answer a poll (%s); again in %.0fs", why, seconds)
         await asyncio.sleep(seconds)
 
-    def _assign(self, layers: dict[str, int]) -> None:
+    def _assign(self, layers: dict[str, PreheatBlob]) -> None:
         """Fetch what is given and not held; stop what is no longer given."""
         for task_id in [t for t in self._fetches if t not in layers]:
             self._torrents.withdraw(task_id)
+            self._fetches[task_id].cancel()
         self._assigned = layers
         now = self._clock.monotonic()
-        for task_id in layers:
-            blob = self._store.get(task_id)
-            if (blob is not None and blob.complete) or task_id in self._fetches:
+        for task_id, blob in layers.items():
+            held = self._store.get(task_id)
+            if (held is not None and held.complete) or task_id in self._fetches:
                 continue
             failed = self._failed.get(task_id)
             if failed is not None and now - failed[0] < RETRY_AFTER:
                 continue
             self._failed.pop(task_id, None)
-            fetch = self._torrents.fetch(task_id, Priority.BACKGROUND)
+            fetch = asyncio.create_task(self._fetch(blob), name=f"preheat-{task_id[:20]}")
             self._fetches[task_id] = fetch
             fetch.add_done_callback(lambda done, t=task_id: self._ended(t, done))  # type: ignore[misc]
-            log.info("preheat: fetching %s (%d bytes) in the background", task_id, layers[task_id])
+            log.info("preheat: fetching %s (%d bytes) in the background", task_id, blob.size)
+
+    async def _fetch(self, blob: PreheatBlob) -> StoredBlob:
+        """The blob over BitTorrent; a private one once this node's own login pulls it."""
+        if blob.image is not None:
+            await self._prove(blob.task_id, blob.image)
+        # Shielded: a pull may have joined the torrent; only ``withdraw`` stops a background one.
+        return await asyncio.shield(self._torrents.fetch(blob.task_id, Priority.BACKGROUND))
+
+    async def _prove(self, task_id: str, image: str) -> None:
+        """Open the task with this node's own registry login: the supernode checks its
+        pull rights and grants it a capability (the torrent needs one); DownloadFailed
+        (``denied``) when it may not pull the blob."""
+        if self._login is None:
+            raise DownloadFailed(
+                f"{task_id} is private and this node has no registry login of its own "
+                "(the registry proxy's --registry-auth)",
+                denied=True,
+            )
+        digest = Digest.parse(f"sha256:{task_id.removeprefix('sha256-')}")
+        url, headers = await self._login(image, digest)
+        try:
+            await self._control.open(OpenTask(self._rest.peer_id, url, digest, headers), self._timeout)
+        except LinkError as exc:
+            denied = exc.code == "PULL_DENIED"
+            why = f"this node's registry login does not pull {image}" if denied else "the open failed"
+            raise DownloadFailed(f"{why}: {exc}", exc.upstream_status, denied=denied) from None
+        except SupernodeUnavailable as exc:
+            raise TorrentUnavailable(str(exc)) from None
 
     def _ended(self, task_id: str, fetch: asyncio.Task[StoredBlob]) -> None:
         if self._fetches.get(task_id) is fetch:
@@ -136,10 +176,10 @@ class Preheater:
 
     def _progress(self) -> list[LayerProgress]:
         out = []
-        for task_id, size in self._assigned.items():
+        for task_id, assigned in self._assigned.items():
             blob = self._store.get(task_id)
             if blob is not None and blob.complete:
-                out.append(LayerProgress(task_id, "complete", size))
+                out.append(LayerProgress(task_id, "complete", assigned.size))
             elif task_id in self._failed:
                 out.append(LayerProgress(task_id, "failed", 0, self._failed[task_id][1]))
             elif task_id in self._fetches:

@@ -20,7 +20,10 @@ from registry_proxy.config import ProxyConfig
 from registry_proxy.errors import OciError, unsupported
 from registry_proxy.manifests import serve_manifest
 from registry_proxy.paths import Kind, parse_path
+from swarmpull.core.blobs import DownloadFailed
 from swarmpull.core.clock import Clock, SystemClock
+from swarmpull.core.digest import Digest
+from swarmpull.core.oci import ImageReference
 from swarmpull.edges.http import PEER_HEADER, start_site, tls_context
 from swarmpull.edges.registry import Registries, RegistryError, Upstream
 from swarmpull.edges.registry.auth import Authenticator, Credentials
@@ -29,6 +32,7 @@ from swarmpull.edges.registry.client import RegistryClient
 log = logging.getLogger(__name__)
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+DENIED = (401, 403, 404)  # the registry's no to a login (404: a repository it may not see)
 
 
 class RegistryProxy:
@@ -88,6 +92,27 @@ class RegistryProxy:
         if self._client is None:
             raise RuntimeError("the registry proxy is not started")
         return self._client
+
+    async def own_login(self, image: str, digest: Digest) -> tuple[str, dict[str, str]]:
+        """The URL of ``image``'s blob ``digest`` and the headers of this node's own login
+        (``--registry-auth``), once a HEAD with it found the blob (a private preheat opens
+        its task with them). DownloadFailed (``denied`` when the registry said no)."""
+        try:
+            ref = ImageReference.parse(f"{image}@{digest}")
+            upstream = self._registries.resolve(ref.host)
+            resp = await self.client.send("HEAD", upstream, ref.name, "blobs", str(digest))
+        except ValueError as exc:
+            raise DownloadFailed(f"cannot pull {image}: {exc}") from None
+        except RegistryError as exc:
+            raise DownloadFailed(
+                f"{image}@{digest}: {exc}", exc.status, denied=exc.status in DENIED
+            ) from None
+        resp.release()
+        if resp.status != 200:
+            what = f"{upstream.host} answered {resp.status} to this node's login for {image}@{digest}"
+            raise DownloadFailed(what, resp.status, denied=resp.status in DENIED)
+        header = self.client.authorization(upstream, ref.name)
+        return upstream.url(ref.name, "blobs", str(digest)), ({"Authorization": header} if header else {})
 
     async def refuse(self, request: web.Request) -> web.Response:
         if request.path.startswith("/v2"):

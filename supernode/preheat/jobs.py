@@ -43,7 +43,9 @@ class Layer:
     digest: Digest
     size: int
     url: str  # where the seed reads it
+    repository: str  # ``host/name``: the image it is pulled as
     ready: bool = False  # the seed holds it whole: nodes may fetch it
+    private: bool = True  # read with a login: a node opens it with its own first (until seeded: unknown)
     error: str | None = None
 
     @property

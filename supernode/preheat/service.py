@@ -22,7 +22,7 @@ from supernode.seed_task import ShuttingDown, TaskFailed
 from supernode.service import SupernodeService
 from supernode.torrents import NotSeeded, SeedTorrents
 from swarmpull.core.clock import Clock
-from swarmpull.core.preheat import PreheatPoll, PreheatRequest, PreheatWork
+from swarmpull.core.preheat import PreheatBlob, PreheatPoll, PreheatRequest, PreheatWork
 from swarmpull.edges.registry import OWN, RegistryAccess, RegistryError
 from swarmpull.edges.store import StoreError
 
@@ -116,7 +116,8 @@ class Preheats:
                 if not parsed.is_index:
                     for blob in parsed.blobs:
                         url = upstream.url(request.image.name, "blobs", str(blob.digest))
-                        layers.append(Layer(blob.digest, blob.size, url))
+                        repository = f"{request.image.host}/{request.image.name}"
+                        layers.append(Layer(blob.digest, blob.size, url, repository))
         except (RegistryError, ValueError) as exc:
             self._ended(job, f"cannot read {job.image}: {exc}")
             return
@@ -134,6 +135,7 @@ class Preheats:
             if task.blob is None:  # seed_blob returns a task whose blob it verified
                 raise RuntimeError(f"task {layer.task_id} was seeded without a blob")
             await self._torrents.torrent(task.blob)
+            layer.private = task.public is not True
         except (TaskFailed, NotSeeded, StoreError, ShuttingDown) as exc:
             job.layer_failed(self._clock.monotonic(), layer.task_id, str(exc))
             self._ended(job, None)
@@ -181,16 +183,23 @@ class Preheats:
                 self._change()
 
     def assigned(self, task_id: str, node: str) -> bool:
-        """A job gave ``node`` the blob of ``task_id`` to hold (it may have its torrent)."""
-        return any(layer.task_id == task_id for job in self._jobs.values() for layer in job.assigned(node))
+        """A job gave ``node`` the blob of ``task_id`` to hold, and the blob is public: it
+        may have its torrent. A private blob's torrent needs the node's own pull rights
+        (it opens the task with its own login first, as any pull)."""
+        return any(
+            layer.task_id == task_id and not layer.private
+            for job in self._jobs.values()
+            for layer in job.assigned(node)
+        )
 
     def _work(self, node: str, zone: str | None, rack: str | None) -> PreheatWork:
-        layers: dict[str, int] = {}
+        layers: dict[str, PreheatBlob] = {}
         for job in self._jobs.values():
             if job.offer(node, zone, rack):  # a node that joined since matches too
                 for layer in job.assigned(node):
-                    layers[layer.task_id] = layer.size
-        return PreheatWork(self.version, sorted(layers.items()), POLL_IN)
+                    image = layer.repository if layer.private else None
+                    layers[layer.task_id] = PreheatBlob(layer.task_id, layer.size, image)
+        return PreheatWork(self.version, [layers[t] for t in sorted(layers)], POLL_IN)
 
     # -------------------------------------------------------------------- time
 

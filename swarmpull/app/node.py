@@ -23,6 +23,8 @@ class NodeDaemon:
     ) -> None:
         self.peer = PeerDaemon(peer, clock, events)
         self.proxy = RegistryProxy(proxy, self.peer, clock, self.peer) if proxy is not None else None
+        if self.proxy is not None:
+            self.peer.registry_login = self.proxy.own_login  # private preheats prove with it
 
     def __repr__(self) -> str:
         return f"<NodeDaemon {self.peer!r} {self.proxy!r}>"

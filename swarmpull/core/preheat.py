@@ -155,17 +155,30 @@ def parse_preheat_poll(raw: Any) -> PreheatPoll:
 
 
 @dataclass(frozen=True, slots=True)
+class PreheatBlob:
+    """A blob a node should hold. ``image``: for a private blob, the image it is pulled
+    as (``host/name``): the node opens its task with its own registry login first, and
+    is given the torrent only if that login may pull it."""
+
+    task_id: str
+    size: int
+    image: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PreheatWork:
     version: int
-    layers: list[tuple[str, int]]  # (task id, size) the node should hold
+    layers: list[PreheatBlob]  # what the node should hold
     poll_in: float = 2.0  # seconds until the next poll while it has work
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "layers": [{"task_id": t, "size": s} for t, s in self.layers],
-            "poll_in": self.poll_in,
-        }
+        layers: list[dict[str, Any]] = []
+        for blob in self.layers:
+            entry: dict[str, Any] = {"task_id": blob.task_id, "size": blob.size}
+            if blob.image is not None:
+                entry["image"] = blob.image
+            layers.append(entry)
+        return {"version": self.version, "layers": layers, "poll_in": self.poll_in}
 
 
 def parse_preheat_work(raw: Any) -> PreheatWork:
@@ -176,7 +189,11 @@ def parse_preheat_work(raw: Any) -> PreheatWork:
     layers = []
     for item in items:
         entry = _obj(item, "a layer")
-        layers.append((_task_id(entry.get("task_id"), "task_id"), _int(entry, "size", 0, 1 << 50)))
+        image = entry.get("image")
+        if image is not None and (not isinstance(image, str) or not 0 < len(image) <= 512):
+            raise ProtocolError("'image' must be a repository of at most 512 characters")
+        task_id = _task_id(entry.get("task_id"), "task_id")
+        layers.append(PreheatBlob(task_id, _int(entry, "size", 0, 1 << 50), image))
     return PreheatWork(
         _int(body, "version", 0, 1 << 62), layers, _float(body, "poll_in", 0.1, 600.0, default=2.0)
     )

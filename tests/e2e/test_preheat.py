@@ -17,6 +17,7 @@ from swarmpull.edges.http import HostPort
 from swarmpull.edges.metrics import sample
 from swarmpull.edges.registry import RegistryOptions
 from swarmpull.edges.torrent import TorrentConfig
+from tests.e2e.test_registry_requests import docker_config
 from tests.kit.nodes import start_node
 from tests.kit.peers import PeerProcess
 from tests.kit.services import write_hosts_dir
@@ -117,6 +118,55 @@ async def test_preheat_reaches_every_node_and_containerd_pulls_from_the_node_alo
     finally:
         if child is not None:
             await child.stop()
+        for node in nodes:
+            await node.stop()
+        await supernode.stop()
+
+
+async def test_a_private_image_preheats_only_to_nodes_whose_own_login_pulls_it(private_registry, tmp_path):
+    image = build_image([1 * MiB, MiB // 2], seed=23)
+    host = private_registry.host
+    alice = {"Authorization": private_registry.authorization("alice")}
+    async with aiohttp.ClientSession(headers=alice) as session:
+        await push_image(session, private_registry.url, "team/private", "v1", image)
+    login = docker_config(tmp_path / "alice", host, "alice", private_registry.users["alice"])
+    # The supernode reads the image with its own login (the operator's).
+    registry = RegistryOptions(insecure_registries=frozenset({host}), credentials=login)
+    supernode = await start_supernode(piece_size=256 * 1024, registry=registry)
+    nodes = []
+    try:
+        for i, credentials in enumerate((login, None)):
+            torrent = TorrentConfig(listen=HostPort(f"127.0.6.{i + 1}", 0), disk_threads=1, hash_threads=1)
+            data_dir = tmp_path / f"node{i}"
+            nodes.append(await start_node(data_dir, (supernode.url,), (host,), credentials, torrent=torrent))
+        allowed, refused = nodes
+
+        async def both_registered() -> bool:
+            return len(supernode.service.presence.live()) == 2
+
+        await until(both_registered, 20, "two registered nodes")
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "swarmpull", "preheat", f"{host}/team/private:v1",
+            "--supernode", supernode.url, "--deadline", "20s", "--insecure-cluster",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(cli.communicate(), 60)
+        # The node with a login of its own proved its pull rights and holds every blob;
+        # the other was never given a torrent and holds none, and the preheat says so.
+        assert cli.returncode == 1
+        unfinished = err.decode().strip().splitlines()[-1]
+        assert refused.peer.peer_id in unfinished and allowed.peer.peer_id not in unfinished
+        for digest in image.blobs():
+            task_id = "sha256-" + digest.split(":")[1]
+            held = allowed.peer.store.get(task_id)
+            assert held is not None and held.complete
+            assert refused.peer.store.get(task_id) is None
+        assert received(refused)["bittorrent"] == 0
+        (job,) = supernode.preheats._jobs.values()
+        status = job.status(0)["nodes"]
+        assert "needs credentials" in status[refused.peer.peer_id]["error"]  # its registry's no
+        assert "error" not in status[allowed.peer.peer_id]
+    finally:
         for node in nodes:
             await node.stop()
         await supernode.stop()
