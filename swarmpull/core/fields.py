@@ -136,17 +136,24 @@ def parse_address(value: Any) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def at_source(address: str, source: str | None) -> str:
+def at_source(address: str, source: str | None, loopback: bool = False) -> str:
     """``address`` (as ``parse_address`` returns it) with its host replaced by ``source``,
     the IP a registration came from: a node advertises its port, not its host, so it
-    cannot point other nodes (or the supernode's checks) at a third host. ProtocolError
-    when the source is unknown."""
+    cannot point other nodes (or the supernode's checks) at a third host. A loopback
+    source only when ``loopback`` (a cluster on one host): else it is the supernode's own
+    host (a node beside it, or a proxy in front), and its ports are not the node's.
+    ProtocolError when the source is unknown or not a node's."""
     try:
         ip = ipaddress.ip_address((source or "").split("%")[0])
     except ValueError:
         raise ProtocolError("the address this registration came from is unknown") from None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    if ip.is_unspecified or (ip.is_loopback and not loopback):
+        raise ProtocolError(
+            f"a registration from {ip} names no node's host (a proxy in front of the supernode?): "
+            "run the supernode with --node-addresses advertised"
+        )
     parts = urlsplit(address)
     host = f"[{ip}]" if ip.version == 6 else str(ip)
     return f"{parts.scheme}://{host}:{parts.port}"

@@ -152,3 +152,13 @@ def test_a_node_is_reached_at_its_source_and_its_own_port(address, source, expec
 def test_a_registration_of_unknown_source_is_refused(source):
     with pytest.raises(ProtocolError, match="came from is unknown"):
         at_source("http://192.0.2.7:4000", source)
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", "::1", "::ffff:127.0.0.1", "127.9.9.9", "0.0.0.0", "::"])
+def test_a_registration_from_the_supernodes_own_host_names_no_node(source):
+    # A node beside the supernode, or a proxy in front of it: its loopback ports are the
+    # supernode's (Redis, say), not a node's. Only a cluster on one host takes them.
+    with pytest.raises(ProtocolError, match="--node-addresses advertised"):
+        at_source("http://192.0.2.7:6379", source)
+    if source not in ("0.0.0.0", "::"):
+        assert at_source("http://192.0.2.7:6379", source, loopback=True).endswith(":6379")
