@@ -270,6 +270,15 @@ class TaskDownload:
         except TorrentUnavailable as exc:
             log.info("no torrent for %s, pulling over HTTP: %s", self.task_id, exc)
             return None
+        except DownloadFailed as exc:
+            if exc.untrusted or exc.cache_full or exc.stopping:
+                raise
+            # libtorrent gave up (its torrent is out of the session, nothing writes the
+            # blob): the HTTP swarm fetches what it did not, the checked pieces kept.
+            log.warning("the torrent of %s failed, pulling the rest over HTTP: %s", self.task_id, exc)
+            if self.blob is not None:
+                self.sources["bittorrent"] = _held_bytes(self.blob) - before
+            return None
         if blob is not self.blob:
             self._adopt(blob)
         self.sources["bittorrent"] = _held_bytes(blob) - before

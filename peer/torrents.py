@@ -223,10 +223,9 @@ class TorrentTransport:
             raise DownloadFailed(f"the offer of {task_id} does not cover every piece")
         if self._pulling(task_id):
             raise TorrentUnavailable(f"a pull is fetching {task_id} over HTTP")
-        blob = self._receiver(offer)
+        blob, landing = self._receiver(offer, meta.piece_size)
         with self._store.pinned(blob):
             self._fetches[task_id].blob.set_result(blob)
-            landing = Landing(blob.geometry, meta.piece_size, blob.have)
             statements = {s.piece: s for s in offer.statements}
             lander = _Lander(blob, statements, self._fetches[task_id].landed, lambda: self._flush(task_id))
             try:
@@ -251,18 +250,24 @@ class TorrentTransport:
         if torrent is not None:
             await torrent.flush()
 
-    def _receiver(self, offer: TorrentOffer) -> StoredBlob:
-        """The store's blob for the offer's bytes: a partial one resumes."""
+    def _receiver(self, offer: TorrentOffer, torrent_piece: int) -> tuple[StoredBlob, Landing]:
+        """The store's blob for the offer's bytes and its landing: a partial one resumes,
+        unless libtorrent would write over pieces it holds (then it starts afresh)."""
         meta = BlobMeta(offer.task_id, offer.size, offer.piece_size, str(offer.digest))
         try:
             blob = self._store.create(meta)
+            landing = Landing(blob.geometry, torrent_piece, blob.have)
+            if landing.exposed():
+                self._store.remove(offer.task_id)
+                blob = self._store.create(meta)
+                landing = Landing(blob.geometry, torrent_piece)
         except StoreError as exc:
             raise DownloadFailed(f"no room for {offer.task_id}: {exc}", cache_full=True) from None
         if (blob.meta.size, blob.meta.piece_size) != (offer.size, offer.piece_size):
             raise DownloadFailed(f"{offer.task_id} is held in another geometry than the torrent's")
         if blob.path.name != offer.name:
             raise DownloadFailed(f"the torrent's file is {offer.name!r}, not the store's {blob.path.name!r}")
-        return blob
+        return blob, landing
 
     async def _download(
         self, task_id: str, meta: Metainfo, offer: TorrentOffer, landing: Landing, lander: _Lander
@@ -368,11 +373,13 @@ class _Lander:
         against the digest. DownloadFailed if any piece or the whole does not hold."""
         blob = self.blob
         await self._record([p for p in range(blob.geometry.count) if not blob.is_verified(p)])
+        # Each failure drops the blob (``untrusted``): nothing of it is kept or served.
         if blob.removed:
-            raise DownloadFailed(f"{blob.task_id} left the store during its download")
+            raise DownloadFailed(f"{blob.task_id} left the store during its download", untrusted=True)
         missing = [p for p in range(blob.geometry.count) if not blob.is_verified(p)]
         if missing:
-            raise DownloadFailed(f"piece {missing[0]} libtorrent wrote does not hash to its signed sha256")
+            why = f"piece {missing[0]} libtorrent wrote does not hash to its signed sha256"
+            raise DownloadFailed(why, untrusted=True)
         whole = await asyncio.to_thread(blob.sha256_of_data)
         if whole != digest.hex:
             raise DownloadFailed(f"the blob hashes to sha256:{whole}, not {digest}", untrusted=True)

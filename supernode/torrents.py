@@ -93,7 +93,7 @@ class SeedTorrents:
             torrent = await self._session.add(meta, blob.path.parent, seed=True)
         self.tracker.open(meta.announce_hash, self._seed)
         self._made[blob.task_id] = (meta, torrent)
-        log.info(
-            "seeding %s over BitTorrent (%d bytes, v2 %s)", blob.task_id, meta.size, meta.info_hash.hex()
-        )
+        # Not the info-hash: libtorrent's peers do not authenticate each other, so whoever
+        # reads it in a log could ask a seeding node for a private blob.
+        log.info("seeding %s over BitTorrent (%d bytes)", blob.task_id, meta.size)
         return meta

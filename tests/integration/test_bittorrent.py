@@ -20,6 +20,7 @@ from swarmpull.core.digest import Digest
 from swarmpull.core.rates import Priority
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.metrics import sample
+from swarmpull.edges.store import BlobMeta
 from swarmpull.edges.torrent import TorrentConfig, TorrentSession, Transport, parse_torrent
 from tests.integration.conftest import file_sha256
 
@@ -95,6 +96,21 @@ async def test_a_blob_fetched_over_bittorrent_is_read_in_order_as_it_lands(swarm
     await asyncio.wait_for(download.wait_complete(), 60)
     assert file_sha256(blob.path) == str(request.digest)
     assert download.sources["bittorrent"] == len(data)
+
+
+async def test_a_pull_whose_torrent_fails_finishes_over_http_keeping_its_pieces(swarm, upstream):
+    data = os.urandom(4 * MiB)
+    request = await slow_warm_swarm(swarm, upstream, data)
+    (peer,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.4.5"))
+    download = peer.ensure(request)
+    await asyncio.wait_for(download.wait_piece(0), 30)
+    torrent = peer.torrents._active[request.task_id]
+    await peer.torrents.session.remove(torrent)  # libtorrent gives up on it mid-download
+    blob = await asyncio.wait_for(download.wait_complete(), 60)
+    assert file_sha256(blob.path) == str(request.digest)
+    over_http = download.sources["seed"] + download.sources["peer"]
+    assert download.sources["bittorrent"] > 0 and over_http > 0
+    assert download.sources["bittorrent"] + over_http == len(data)  # no piece fetched twice
 
 
 async def test_a_pull_joins_the_torrent_a_preheat_is_fetching(swarm, upstream):
@@ -227,3 +243,73 @@ async def test_the_tracker_answers_members_only(swarm, upstream):
     assert b"5:peers" in good and b"failure reason" not in good
     assert b"failure reason" in refused
     assert supernode.url in offer.announce
+
+
+async def test_a_fetch_cancelled_while_libtorrent_adds_it_leaves_no_torrent_behind(swarm, upstream):
+    # A preheat withdrawn (or a blob evicted) during the add: libtorrent adds the torrent
+    # all the same, and it must not go on writing the blob unseen beside a pull.
+    data = os.urandom(4 * MiB)
+    request = await slow_warm_swarm(swarm, upstream, data)
+    (peer,) = await swarm.add_peers(1, blob_transport="http", torrent=torrent_config("127.0.4.6"))
+    fetch = peer.torrents.fetch(request.task_id, Priority.BACKGROUND)
+    while not peer.torrents._fetches[request.task_id].blob.done():
+        await asyncio.sleep(0)
+    assert peer.torrents.session._pending  # the add is under way
+    peer.torrents.withdraw(request.task_id)
+    (ended,) = await asyncio.gather(fetch, return_exceptions=True)
+    assert isinstance(ended, asyncio.CancelledError)
+    assert not peer.torrents.fetching(request.task_id)
+    assert peer.torrents.session._session.get_torrents() == []  # out before the fetch ended
+
+
+async def test_a_resumed_fetch_never_writes_over_pieces_it_holds(swarm, upstream, tmp_path):
+    # Swarm pieces of 4 KiB, torrent pieces of 16 KiB: a torrent piece libtorrent fetches
+    # covers pieces the store holds verified already. A liar sends flipped bytes there.
+    piece = 4 * KiB
+    data = os.urandom(128 * KiB)
+    slow_seed = TorrentConfig(transport=Transport.TCP, upload_limit=32 * KiB)
+    await swarm.start_supernode(piece_size=piece, torrent=slow_seed)
+    request = await warm(swarm, upstream, data)
+    (evil_peer,) = await swarm.add_peers(1, torrent=torrent_config("127.0.4.7"))
+    offer = await evil_peer.torrents._offer(request.task_id)
+    meta = parse_torrent(offer.torrent, name=offer.name, size=offer.size)
+    bad = bytearray(data)
+    for start in range(0, len(bad), meta.piece_size):
+        bad[start + 100] ^= 0xFF  # in the first swarm piece of each torrent piece
+    evil_dir = tmp_path / "evil"
+    evil_dir.mkdir()
+    (evil_dir / offer.name).write_bytes(bad)
+    evil = TorrentSession(dataclasses.replace(torrent_config("127.0.4.8"), connections=50), "evil")
+    await evil.start()
+    try:
+        evil._session.apply_settings({"disable_hash_checks": True})
+        await evil.add(meta, evil_dir, seed=True, trackers=[offer.announce])
+        (victim,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.4.9"))
+        # What an interrupted pull left: the first swarm piece of each torrent piece.
+        partial = victim.store.create(BlobMeta(request.task_id, len(data), piece, str(request.digest)))
+        for p in range(0, len(data) // piece, meta.piece_size // piece):
+            writer = partial.writer(p)
+            writer.write(data[p * piece : (p + 1) * piece])
+            writer.commit(offer.statements[p].sha_hex, statement=offer.statements[p])
+        wrong: list[int] = []
+
+        def check_readable() -> None:  # what the piece server and the local API may read
+            blob = victim.store.get(request.task_id)
+            if blob is not None and not blob.removed:
+                for p in blob.verified_pieces():
+                    if blob.read_piece(p) != data[p * piece : (p + 1) * piece]:
+                        wrong.append(p)
+
+        fetch = victim.torrents.fetch(request.task_id, Priority.BACKGROUND)
+        await asyncio.sleep(0.3)
+        for torrent in victim.torrents._active.values():
+            torrent.connect("127.0.4.8", evil.listen.port)
+        while not fetch.done():
+            check_readable()
+            await asyncio.sleep(0.02)
+        blob = await fetch
+        check_readable()
+        assert wrong == []
+        assert blob.complete and file_sha256(blob.path) == str(request.digest)
+    finally:
+        await evil.stop()

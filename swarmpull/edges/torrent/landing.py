@@ -35,6 +35,13 @@ class Landing:
     def __repr__(self) -> str:
         return f"<Landing {self._geometry.count} pieces, torrent pieces of {self._torrent_piece}>"
 
+    def exposed(self) -> list[int]:
+        """Held store pieces that share a torrent piece libtorrent will fetch: it would
+        write that piece's blocks over them, unchecked (only where the geometries do not
+        line up: a swarm piece that is not a whole number of torrent pieces)."""
+        held = [p for p in range(self._geometry.count) if self._held >> p & 1]
+        return [p for p in held if not all(self.have[t] for t in self._torrent_pieces(p))]
+
     def passed(self, torrent_piece: int) -> list[int]:
         """libtorrent checked ``torrent_piece``: the store pieces that are now wholly under
         checked torrent pieces, each named once."""

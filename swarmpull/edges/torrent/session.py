@@ -228,13 +228,24 @@ class TorrentSession:
         params.trackers = list(trackers or [])
         torrent = Torrent(self, meta, save_path)
         torrent.on_piece = on_piece
-        self._pending[meta.info_hash] = torrent
+        self._pending[meta.info_hash] = torrent  # until libtorrent answers (``_dispatch``)
         session.async_add_torrent(params)
         try:
             await asyncio.shield(torrent._added)
-        finally:
-            self._pending.pop(meta.info_hash, None)
+        except asyncio.CancelledError:
+            # libtorrent adds it all the same: it must not go on writing the file unseen.
+            # The caller ends only once it is out again (cancelled twice: it goes on alone).
+            undo = asyncio.get_running_loop().create_task(self._undo(torrent))
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(undo)
+            raise
         return torrent
+
+    async def _undo(self, torrent: Torrent) -> None:
+        """Take out a torrent whose add was cancelled, once libtorrent confirmed it."""
+        with contextlib.suppress(TorrentFailed):
+            await asyncio.shield(torrent._added)
+            await self.remove(torrent)
 
     async def remove(self, torrent: Torrent) -> None:
         """Take a torrent out of the session; returns once libtorrent let go of its file."""
@@ -310,8 +321,10 @@ class TorrentSession:
     def _dispatch(self, alert: lt.alert) -> None:
         if isinstance(alert, lt.add_torrent_alert):
             key = alert.params.ti.info_hashes().v2.to_bytes() if alert.params.ti else b""
-            torrent = self._pending.get(key)
+            torrent = self._pending.pop(key, None)
             if torrent is None:
+                if not alert.error.value() and self._session is not None:
+                    self._session.remove_torrent(alert.handle)  # nobody added it: never run unseen
                 return
             if alert.error.value():
                 torrent._resolve(torrent._added, TorrentFailed(alert.error.message()))
