@@ -19,7 +19,6 @@ guards them instead.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -30,7 +29,7 @@ from supernode.dashboard.auth import COOKIE, MAX_TOKEN, UiAuth
 from supernode.dashboard.feed import DashboardFeed, event
 from swarmpull.core.fields import ProtocolError
 from swarmpull.core.protocol import error_body
-from swarmpull.edges.http import BODY_DEADLINE, json_error, parse_json, read_at_most
+from swarmpull.edges.http import json_error, parse_json, read_body
 
 STATIC = Path(__file__).parent / "static"
 _FILES = {
@@ -95,12 +94,9 @@ class Dashboard:
         auth = self._on()
         _same_origin(request)
         try:
-            async with asyncio.timeout(BODY_DEADLINE):
-                body = await read_at_most(request.content, MAX_TOKEN + 255)
-        except TimeoutError:  # a body dripped in holds a connection of the listener's budget
-            return _refused(408, "REQUEST_TIMEOUT", f"the login did not arrive within {BODY_DEADLINE:g} s")
-        if len(body) > MAX_TOKEN + 128:
-            return _refused(413, "TOO_LARGE", "the login body is too large")
+            body = await read_body(request, MAX_TOKEN + 128)
+        except ProtocolError as exc:  # too large, or too slow
+            return _refused(exc.status, exc.code, f"the login: {exc}")
         token = _token_of(body, request.content_type)
         if token is None or not auth.token_ok(token):
             return _refused(401, "UNAUTHENTICATED", "wrong dashboard token")

@@ -89,21 +89,26 @@ def json_error(
     return web.json_response(error_body(code, message, **details), status=status, headers=headers)
 
 
-async def read_json(request: web.Request, limit: int = MAX_JSON_BODY) -> Any:
-    """The request's whole JSON body; ProtocolError if it is missing, larger than ``limit``
-    or not JSON. ``request.read()`` waits for every byte of the body (``content.read(n)``
-    returns only what is buffered), so a body sent in many segments arrives whole."""
+async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+    """The request's whole body, however it is cut in segments; ProtocolError 413 when it
+    is larger than ``limit``, 408 when it does not arrive within ``BODY_DEADLINE`` (a body
+    dripped in holds a connection of the listener's budget)."""
     if request.content_length is not None and request.content_length > limit:
         raise ProtocolError(f"body larger than {limit} bytes", status=413)
     try:
         async with asyncio.timeout(BODY_DEADLINE):
-            raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ProtocolError(f"body larger than {limit} bytes", status=413) from None
-    except TimeoutError:  # a body dripped in holds a connection of the listener's budget
+            raw = await read_at_most(request.content, limit)
+    except TimeoutError:
         raise ProtocolError(f"the body did not arrive within {BODY_DEADLINE:g} s", status=408) from None
     if len(raw) > limit:
         raise ProtocolError(f"body larger than {limit} bytes", status=413)
+    return raw
+
+
+async def read_json(request: web.Request, limit: int = MAX_JSON_BODY) -> Any:
+    """The request's whole JSON body (``read_body``); ProtocolError if it is missing or
+    not JSON."""
+    raw = await read_body(request, limit)
     if not raw:
         raise ProtocolError("a JSON body is required")
     return parse_json(raw)

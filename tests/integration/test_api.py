@@ -277,13 +277,14 @@ async def test_a_peer_has_one_channel_a_newer_one_replaces_the_older(swarm):
         await first.close()
 
 
-async def test_a_body_that_drips_in_is_cut_off(swarm, monkeypatch):
+@pytest.mark.parametrize("path", ["/api/v1/peers", "/ui/login"])
+async def test_a_body_that_drips_in_is_cut_off(swarm, monkeypatch, path):
     monkeypatch.setattr(http, "BODY_DEADLINE", 0.5)
-    supernode = await swarm.start_supernode()
+    supernode = await swarm.start_supernode(ui_token="t" * 32)
     where = urlsplit(supernode.url)
     reader, writer = await asyncio.open_connection(where.hostname, where.port)
     try:
-        head = "POST /api/v1/peers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         writer.write(f"{head}Content-Length: 100\r\n\r\n{{".encode())  # one byte of a hundred
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(4096), 10)
