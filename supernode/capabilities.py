@@ -116,6 +116,7 @@ class CapabilityDesk:
         self._keys = SeedKeyBook(lambda task_id: seeds.keys(t) if (t := seeds.tasks.get(task_id)) else None)
         self._rights: OrderedDict[str, float] = OrderedDict()  # credential key -> when proven
         self._proving: dict[str, asyncio.Future[None]] = {}  # credential key -> its proof under way
+        self._deciding: dict[SeedTask, asyncio.Future[None]] = {}  # task -> its first bytes awaited
         self._turns: dict[str, asyncio.Semaphore] = {}  # opener -> its proofs' turns
         self._waiting: dict[str, int] = {}  # opener -> its proofs running or waiting
         self._whole = asyncio.Lock()  # whole-piece proofs, one at a time
@@ -126,8 +127,27 @@ class CapabilityDesk:
     async def check(self, task: SeedTask, source: Source, peer_id: str) -> None:
         """PullDenied for a private task whose opener's (``peer_id``) own URL and
         credentials (``source``) do not pass."""
+        if task.public is None and not has_credentials(source):
+            await self._decided(task)  # public or not: the attempt that delivers bytes says
         if task.public is not True:
             await self._check(task, source, peer_id)
+
+    async def _decided(self, task: SeedTask) -> None:
+        """Returns once the read delivered its first bytes (``SeedTask.public`` is then
+        decided), failed, or did not within the proof's timeout; one wait per task."""
+        waiting = self._deciding.get(task)
+        if waiting is None:
+            waiting = self._deciding[task] = asyncio.ensure_future(self._first_bytes(task))
+            waiting.add_done_callback(lambda _: self._deciding.pop(task, None))
+        await asyncio.shield(waiting)
+
+    async def _first_bytes(self, task: SeedTask) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._timeout.total or 10.0)
+        while task.public is None and task.state is not TaskState.FAILED and loop.time() < deadline:
+            if task.blob is not None and task.blob.is_verified(0):
+                return  # held from before (a takeover, a restart): undecided, so proved
+            await asyncio.sleep(PROOF_WAIT)
 
     def grant(self, peer_id: str, tasks: list[SeedTask]) -> dict[str, str]:
         """Capabilities for ``peer_id`` on ``tasks`` (each checked), by task id: one

@@ -332,8 +332,6 @@ class Seeding:
         self._hold(task, blob)
         task.batch.meta.update(size=str(size), piece_size=str(piece_size))
         task.batch.keys.add(keys_to_json([self.signer(task).public_key])[0])
-        if task.public is None and task.read_source is not None:  # once per task
-            task.public = not has_credentials(task.read_source)
         self._adopt(task, blob)
         return blob
 
@@ -349,6 +347,11 @@ class Seeding:
         blob = task.blob
         if blob is None:
             return
+        if task.public is None and task.read_source is not None:  # once per task
+            # Public only if the attempt that delivered bytes carried no credentials (not
+            # the first to answer: a URL that names the size and sends nothing decides
+            # nothing), and from then on read only that way (``_read_source``).
+            task.public = not has_credentials(task.read_source)
         blob.record(index, sha, self.signer(task).piece(task.id, index, sha))
         self._scheduler.piece_seeded(task.id, index)
         self.events.emit("upstream_read", task=task.id, piece=index, bytes=blob.geometry.length(index))
@@ -464,8 +467,12 @@ class _FetchEvents:
 def _read_source(task: SeedTask, broken: frozenset[str]) -> tuple[str, dict[str, str]]:
     """The URL and headers of a read attempt: the newest requester's whose answer did not
     break off in this read (a requester that keeps asking cannot keep every retry to its
-    own URL), remembered so that the blob is public only if the read that succeeded
-    carried no credentials."""
-    source = next((s for s in task.sources if s.url not in broken), task.sources[0])
+    own URL), remembered so that the blob is public only if the attempt that delivered
+    its bytes carried no credentials. A blob found public is read on without any: bytes
+    a credential fetched never reach openers let in as to a public blob."""
+    usable = task.sources
+    if task.public is True and task.read_source is not None:  # the one that found it public, at worst
+        usable = [s for s in task.sources if not has_credentials(s)] or [task.read_source]
+    source = next((s for s in usable if s.url not in broken), usable[0])
     task.read_source = source
     return source.url, source.headers

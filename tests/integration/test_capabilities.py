@@ -8,6 +8,7 @@ the blob once it brings credentials of its own. A public blob needs none.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -225,3 +226,67 @@ async def test_one_open_of_several_layers_gets_one_signature_naming_each_layer_a
                 for other in set(capabilities) - {task}:
                     with pytest.raises(CapabilityError, match="forged"):
                         verify(text, keys, other, peer, time.time())
+
+
+class _SizeOnly:
+    """Answers 200 with the blob's size, sends nothing, breaks off: a URL that decides
+    nothing about the blob's bytes (found by an attack on loopback, 2026-12-05)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.answer)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        host, port = self.runner.addresses[0][:2]
+        return f"http://{host}:{port}/mine/blob"
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200)
+        resp.content_length = self.size
+        await resp.prepare(request)
+        await asyncio.sleep(1.5)
+        request.transport.close()
+        return resp
+
+
+async def test_a_first_opener_without_credentials_does_not_make_a_private_blob_public(
+    cluster, upstream, tmp_path
+):
+    # B opens first with a URL of its own that names the size and sends nothing; A's
+    # credentialed open comes next, and the read goes on with A's source. The blob is
+    # private: it was public only if the attempt that delivered its bytes was anonymous.
+    data = os.urandom(2 * 1024 * 1024)
+    url, digest = upstream.add("private/layer", data), str(Digest.of(data))
+    upstream.faults["/private/layer"] = Fault(token=TOKEN)
+    task = task_id_for(url, Digest.parse(digest))
+    size_only = _SizeOnly(len(data))
+    own_url = await size_only.start()
+    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", "256KiB", tls_dir=cluster["sn1"])
+    a = PeerProcess(tmp_path / "a", supernode.url, tls_dir=cluster["node-a"])
+    b = PeerProcess(tmp_path / "b", supernode.url, tls_dir=cluster["node-b"])
+    b_tls = ClusterTls.load(cluster["node-b"], now=NOW, require_client_cert=False)
+    try:
+        for daemon in (supernode, a, b):
+            await daemon.start()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session:
+            b_pull = asyncio.create_task(fetch(session, b.api_url, own_url, digest))
+            await asyncio.sleep(0.8)  # the task exists, its size known from B's URL
+            status, body = await fetch(session, a.api_url, url, digest, Authorization=f"Bearer {TOKEN}")
+            assert (status, body == data) == (200, True)
+            status, body = await b_pull
+            assert status != 200 and body != data
+            offers = f"{supernode.url}{API}/peers/node-b/torrents"
+            async with session.post(offers, json={"task_id": task}, **b_tls.to_supernode()) as resp:
+                assert resp.status == 403
+            status, body = await fetch(session, b.api_url, url, digest)  # the real URL, no login
+            assert status == 403 and body != data
+    finally:
+        for daemon in (b, a, supernode):
+            await daemon.stop()
+        if size_only.runner is not None:
+            await size_only.runner.cleanup()
