@@ -270,12 +270,19 @@ class TaskDownload:
         except TorrentUnavailable as exc:
             log.info("no torrent for %s, pulling over HTTP: %s", self.task_id, exc)
             return None
-        except DownloadFailed as exc:
-            if exc.untrusted or exc.cache_full or exc.stopping:
+        except (DownloadFailed, asyncio.CancelledError) as exc:
+            stopped = isinstance(exc, asyncio.CancelledError)  # the shared fetch, or this pull
+            if stopped and (not fetch.cancelled() or _cancelling()):
                 raise
-            # libtorrent gave up (its torrent is out of the session, nothing writes the
-            # blob): the HTTP swarm fetches what it did not, the checked pieces kept.
-            log.warning("the torrent of %s failed, pulling the rest over HTTP: %s", self.task_id, exc)
+            if isinstance(exc, DownloadFailed) and (exc.untrusted or exc.cache_full or exc.stopping):
+                raise
+            if self.blob is not None and self.blob.removed:
+                raise DownloadFailed(f"{self.task_id} left the store during its torrent") from None
+            # libtorrent gave up, or its fetch was stopped (the torrent is out of the
+            # session, nothing writes the blob): the HTTP swarm fetches what it did not,
+            # the checked pieces kept.
+            why = "it was stopped" if stopped else str(exc)
+            log.warning("the torrent of %s ended, pulling the rest over HTTP: %s", self.task_id, why)
             if self.blob is not None:
                 self.sources["bittorrent"] = _held_bytes(self.blob) - before
             return None
@@ -541,6 +548,12 @@ def _all_signed(keys: TaskKeys, task_id: str, statements: list[PieceStatement]) 
     except SignatureError:
         return False
     return True
+
+
+def _cancelling() -> bool:
+    """Whether the running task itself is being cancelled (not only something it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _held_bytes(blob: StoredBlob) -> int:

@@ -252,12 +252,16 @@ class TorrentTransport:
 
     def _receiver(self, offer: TorrentOffer, torrent_piece: int) -> tuple[StoredBlob, Landing]:
         """The store's blob for the offer's bytes and its landing: a partial one resumes,
-        unless libtorrent would write over pieces it holds (then it starts afresh)."""
+        unless it holds a piece the offer does not vouch for (another sha256: an earlier
+        read's, which a liar fed) or libtorrent would write over pieces it holds (then it
+        starts afresh)."""
         meta = BlobMeta(offer.task_id, offer.size, offer.piece_size, str(offer.digest))
+        vouched = {s.piece: s.sha_hex for s in offer.statements}
         try:
             blob = self._store.create(meta)
             landing = Landing(blob.geometry, torrent_piece, blob.have)
-            if landing.exposed():
+            stale = any(blob.sha(p) != vouched.get(p) for p in blob.verified_pieces())
+            if stale or landing.exposed():
                 self._store.remove(offer.task_id)
                 blob = self._store.create(meta)
                 landing = Landing(blob.geometry, torrent_piece)

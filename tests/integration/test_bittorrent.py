@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import os
 from urllib.parse import quote_from_bytes
 
@@ -21,7 +22,14 @@ from swarmpull.core.rates import Priority
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.metrics import sample
 from swarmpull.edges.store import BlobMeta
-from swarmpull.edges.torrent import TorrentConfig, TorrentSession, Transport, parse_torrent
+from swarmpull.edges.torrent import (
+    TorrentConfig,
+    TorrentFailed,
+    TorrentSession,
+    Transport,
+    make_torrent,
+    parse_torrent,
+)
 from tests.integration.conftest import file_sha256
 
 KiB, MiB = 1024, 1024 * 1024
@@ -313,3 +321,47 @@ async def test_a_resumed_fetch_never_writes_over_pieces_it_holds(swarm, upstream
         assert blob.complete and file_sha256(blob.path) == str(request.digest)
     finally:
         await evil.stop()
+
+
+async def test_a_torrent_add_under_way_when_the_session_stops_fails_instead_of_waiting(tmp_path):
+    session = TorrentSession(torrent_config("127.0.4.10"), "stopping")
+    await session.start()
+    path = tmp_path / "blob.data"
+    path.write_bytes(os.urandom(256 * KiB))
+    meta = make_torrent(path, 64 * KiB)
+    adding = asyncio.ensure_future(session.add(meta, tmp_path / "elsewhere"))
+    await asyncio.sleep(0)  # the add is asked for, not answered
+    await session.stop()
+    try:
+        await asyncio.wait_for(adding, 10)
+    except TorrentFailed:
+        pass  # what a caller is told: the session stopped
+    else:
+        raise AssertionError("an add was confirmed by a session that stopped")
+
+
+async def test_a_pull_whose_shared_torrent_is_stopped_finishes_over_http(swarm, upstream):
+    data = os.urandom(4 * MiB)
+    request = await slow_warm_swarm(swarm, upstream, data)
+    (peer,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.4.11"))
+    download = peer.ensure(request)
+    await asyncio.wait_for(download.wait_piece(0), 30)
+    peer.torrents.evicted(request.task_id)  # the fetch it joined is stopped, not the pull
+    blob = await asyncio.wait_for(download.wait_complete(), 60)
+    assert file_sha256(blob.path) == str(request.digest)
+    assert download.sources["bittorrent"] > 0 and download.sources["seed"] + download.sources["peer"] > 0
+
+
+async def test_a_partial_blob_with_a_piece_the_offer_does_not_vouch_for_starts_afresh(swarm, upstream):
+    # What a node killed during a liar's read keeps: a piece recorded under another sha256.
+    data = os.urandom(MiB)
+    await swarm.start_supernode(piece_size=256 * KiB)
+    request = await warm(swarm, upstream, data)
+    (peer,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.4.12"))
+    partial = peer.store.create(BlobMeta(request.task_id, len(data), 256 * KiB, str(request.digest)))
+    lie = os.urandom(256 * KiB)
+    writer = partial.writer(0)
+    writer.write(lie)
+    writer.commit(hashlib.sha256(lie).hexdigest())
+    blob = await asyncio.wait_for(peer.torrents.fetch(request.task_id, Priority.FOREGROUND), 60)
+    assert blob.complete and file_sha256(blob.path) == str(request.digest)

@@ -110,6 +110,7 @@ class Torrent:
 
     def _gone(self, why: TorrentFailed) -> None:
         """Out of the session: nothing more will come of it."""
+        self._resolve(self._added, why)  # an add under way when the session stopped
         self._resolve(self._finished, why)
         while self._flushes:
             self._resolve(self._flushes.popleft())
