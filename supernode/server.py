@@ -45,7 +45,15 @@ from swarmpull.core.signing import Signer
 from swarmpull.core.tasks import redact_url
 from swarmpull.core.tracker import ANNOUNCE_PATH, Endpoint, Tracker
 from swarmpull.core.upstreams import UpstreamAllow
-from swarmpull.edges.http import MAX_JSON_BODY, HostPort, advertised_url, bind, start_site, tls_context
+from swarmpull.edges.http import (
+    MAX_JSON_BODY,
+    HostPort,
+    advertised_url,
+    bind,
+    is_loopback,
+    start_site,
+    tls_context,
+)
 from swarmpull.edges.metrics import metrics_route, sample
 from swarmpull.edges.openapi import openapi_route
 from swarmpull.edges.ratelimit import RateLimiter
@@ -242,7 +250,8 @@ class Supernode:
         seed = Endpoint(
             await _address_of(urlsplit(self.url).hostname or session.listen.host), session.listen.port
         )
-        torrents = SeedTorrents(store, session, Tracker(os.urandom(32)), seed, self.url)
+        tracker = Tracker(os.urandom(32), loopback=is_loopback(config.listen.host))  # a cluster on one host
+        torrents = SeedTorrents(store, session, tracker, seed, self.url)
         Gauge(
             "swarmpull_supernode_torrent_upload_bytes",
             "Payload bytes the seed sent over BitTorrent since its torrents were added",

@@ -136,13 +136,12 @@ def parse_address(value: Any) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def at_source(address: str, source: str | None, loopback: bool = False) -> str:
-    """``address`` (as ``parse_address`` returns it) with its host replaced by ``source``,
-    the IP a registration came from: a node advertises its port, not its host, so it
-    cannot point other nodes (or the supernode's checks) at a third host. A loopback
-    source only when ``loopback`` (a cluster on one host): else it is the supernode's own
-    host (a node beside it, or a proxy in front), and its ports are not the node's.
-    ProtocolError when the source is unknown or not a node's."""
+def node_ip(source: str | None, loopback: bool = False) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IP a node is reached at: the one its request came from (``source``; an
+    IPv4-mapped IPv6 address as IPv4, a zone dropped). A loopback source only when
+    ``loopback`` (a cluster on one host): else it is the supernode's own host (a node
+    beside it, or a proxy in front), and its ports are not the node's. ProtocolError
+    when the source is unknown or names no node's host."""
     try:
         ip = ipaddress.ip_address((source or "").split("%")[0])
     except ValueError:
@@ -151,9 +150,17 @@ def at_source(address: str, source: str | None, loopback: bool = False) -> str:
         ip = ip.ipv4_mapped
     if ip.is_unspecified or (ip.is_loopback and not loopback):
         raise ProtocolError(
-            f"a registration from {ip} names no node's host (a proxy in front of the supernode?): "
+            f"a request from {ip} names no node's host (a proxy in front of the supernode?): "
             "run the supernode with --node-addresses advertised"
         )
+    return ip
+
+
+def at_source(address: str, source: str | None, loopback: bool = False) -> str:
+    """``address`` (as ``parse_address`` returns it) with its host replaced by the IP the
+    registration came from (``node_ip``): a node advertises its port, not its host, so
+    it cannot point other nodes (or the supernode's checks) at a third host."""
+    ip = node_ip(source, loopback)
     parts = urlsplit(address)
     host = f"[{ip}]" if ip.version == 6 else str(ip)
     return f"{parts.scheme}://{host}:{parts.port}"

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
 from swarmpull.core.bencode import encode
+from swarmpull.core.fields import ProtocolError, node_ip
 
 ANNOUNCE_PATH = "/announce"  # libtorrent refuses other paths on loopback (SSRF mitigation)
 EVENTS = ("", "started", "completed", "stopped", "paused")
@@ -129,8 +130,12 @@ class _Swarm:
 class Tracker:
     """The torrents the supernode tracks, who may join each, and who is in it."""
 
-    def __init__(self, secret: bytes, interval: int = 30, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, secret: bytes, interval: int = 30, rng: random.Random | None = None, loopback: bool = False
+    ) -> None:
+        """``loopback``: peers may announce from loopback (a cluster on one host)."""
         self._secret = secret
+        self._loopback = loopback
         self.interval = interval
         self._rng = rng or random.Random()
         self._swarms: dict[bytes, _Swarm] = {}
@@ -171,10 +176,10 @@ class Tracker:
         expected = announce_token(self._secret, ann.node, ann.info_hash)
         if ann.node not in swarm.members or not hmac.compare_digest(expected, ann.token):
             return failure("not a member of this torrent")
-        try:
-            me = Endpoint(str(ipaddress.ip_address(ip.split("%")[0])), ann.port)
-        except ValueError:
-            return failure("unusable source address")
+        try:  # where it announced from, never its ``ip=``: it names no other host
+            me = Endpoint(str(node_ip(ip, self._loopback)), ann.port)
+        except ProtocolError as exc:
+            return failure(f"unusable source address: {exc}")
         self._expire(swarm, now)
         if ann.event == "stopped":
             swarm.peers.pop(ann.node, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import os
 import random
 from urllib.parse import quote_from_bytes
@@ -213,7 +214,9 @@ def test_the_tracker_answers_members_with_compact_peers():
     )
     assert first[b"peers"] == bytes([10, 0, 0, 1]) + (7000).to_bytes(2, "big")  # the seed only, yet
     assert first[b"interval"] == 30
-    tracker.announce(101.0, parse_announce(announce_query(info_hash[:20], "b", tokens["b"], 7001)), "::1")
+    tracker.announce(
+        101.0, parse_announce(announce_query(info_hash[:20], "b", tokens["b"], 7001)), "2001:db8::1"
+    )
     answer = decode(
         tracker.announce(102.0, parse_announce(announce_query(info_hash[:20], "c", tokens["c"])), "10.0.0.3")
     )
@@ -222,8 +225,26 @@ def test_the_tracker_answers_members_with_compact_peers():
         bytes([10, 0, 0, 1]) + (7000).to_bytes(2, "big"),
         bytes([10, 0, 0, 2]) + (6881).to_bytes(2, "big"),
     }
-    assert answer[b"peers6"] == bytes(15) + b"\x01" + (7001).to_bytes(2, "big")  # BEP 7
+    assert answer[b"peers6"] == ipaddress.ip_address("2001:db8::1").packed + (7001).to_bytes(
+        2, "big"
+    )  # BEP 7
     assert answer[b"complete"] == 1 and answer[b"incomplete"] == 3
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", "::1", "::ffff:127.0.0.1", "0.0.0.0"])
+def test_the_tracker_hands_out_no_loopback_peer_unless_the_cluster_is_on_one_host(source):
+    # A proxy in front of the supernode: every announce from loopback, and every peer
+    # told to dial a port of the announcer's choosing on its own host.
+    info_hash = bytes(range(32))
+    for loopback in (False, True):
+        tracker = Tracker(b"secret", loopback=loopback)
+        tracker.open(info_hash, None)
+        token = tracker.admit(info_hash, "a")
+        answer = decode(
+            tracker.announce(1.0, parse_announce(announce_query(info_hash[:20], "a", token)), source)
+        )
+        refused = b"failure reason" in answer
+        assert refused == (not loopback or source == "0.0.0.0"), answer
 
 
 def test_the_tracker_refuses_strangers_and_forged_tokens():
