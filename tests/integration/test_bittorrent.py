@@ -90,12 +90,19 @@ async def slow_warm_swarm(swarm, upstream, data: bytes) -> BlobRequest:
     return await warm(swarm, upstream, data)
 
 
-async def test_a_blob_fetched_over_bittorrent_is_read_in_order_as_it_lands(swarm, upstream):
+async def pull_under_way(swarm, upstream, address: str):  # type: ignore[no-untyped-def]
+    """A pull over BitTorrent from a slow seed, its first piece readable: (data, request,
+    the node, its download)."""
     data = os.urandom(4 * MiB)
     request = await slow_warm_swarm(swarm, upstream, data)
-    (peer,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.4.1"))
+    (peer,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config(address))
     download = peer.ensure(request)
     await asyncio.wait_for(download.wait_piece(0), 30)
+    return data, request, peer, download
+
+
+async def test_a_blob_fetched_over_bittorrent_is_read_in_order_as_it_lands(swarm, upstream):
+    data, request, _, download = await pull_under_way(swarm, upstream, "127.0.4.1")
     blob = download.blob
     # The first piece is readable while the blob is not whole, and before the last piece
     # (pieces in order: rarest first would pick either first as often).
@@ -107,11 +114,7 @@ async def test_a_blob_fetched_over_bittorrent_is_read_in_order_as_it_lands(swarm
 
 
 async def test_a_pull_whose_torrent_fails_finishes_over_http_keeping_its_pieces(swarm, upstream):
-    data = os.urandom(4 * MiB)
-    request = await slow_warm_swarm(swarm, upstream, data)
-    (peer,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.4.5"))
-    download = peer.ensure(request)
-    await asyncio.wait_for(download.wait_piece(0), 30)
+    data, request, peer, download = await pull_under_way(swarm, upstream, "127.0.4.5")
     torrent = peer.torrents._active[request.task_id]
     await peer.torrents.session.remove(torrent)  # libtorrent gives up on it mid-download
     blob = await asyncio.wait_for(download.wait_complete(), 60)
@@ -341,11 +344,7 @@ async def test_a_torrent_add_under_way_when_the_session_stops_fails_instead_of_w
 
 
 async def test_a_pull_whose_shared_torrent_is_stopped_finishes_over_http(swarm, upstream):
-    data = os.urandom(4 * MiB)
-    request = await slow_warm_swarm(swarm, upstream, data)
-    (peer,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.4.11"))
-    download = peer.ensure(request)
-    await asyncio.wait_for(download.wait_piece(0), 30)
+    _, request, peer, download = await pull_under_way(swarm, upstream, "127.0.4.11")
     peer.torrents.evicted(request.task_id)  # the fetch it joined is stopped, not the pull
     blob = await asyncio.wait_for(download.wait_complete(), 60)
     assert file_sha256(blob.path) == str(request.digest)

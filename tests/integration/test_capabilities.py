@@ -228,24 +228,15 @@ async def test_one_open_of_several_layers_gets_one_signature_naming_each_layer_a
                         verify(text, keys, other, peer, time.time())
 
 
-class _SizeOnly:
+class _SizeOnly(Liar):
     """Answers 200 with the blob's size, sends nothing, breaks off: a URL that decides
     nothing about the blob's bytes (found by an attack on loopback, 2026-12-05)."""
 
     def __init__(self, size: int) -> None:
+        super().__init__()
         self.size = size
-        self.runner: web.AppRunner | None = None
 
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.answer)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        host, port = self.runner.addresses[0][:2]
-        return f"http://{host}:{port}/mine/blob"
-
-    async def answer(self, request: web.Request) -> web.StreamResponse:
+    async def _answer(self, request: web.Request) -> web.StreamResponse:  # type: ignore[override]
         resp = web.StreamResponse(status=200)
         resp.content_length = self.size
         await resp.prepare(request)
@@ -288,5 +279,4 @@ async def test_a_first_opener_without_credentials_does_not_make_a_private_blob_p
     finally:
         for daemon in (b, a, supernode):
             await daemon.stop()
-        if size_only.runner is not None:
-            await size_only.runner.cleanup()
+        await size_only.stop()
