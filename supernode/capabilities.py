@@ -129,6 +129,8 @@ class CapabilityDesk:
         credentials (``source``) do not pass."""
         if task.public is None and not has_credentials(source):
             await self._decided(task)  # public or not: the attempt that delivers bytes says
+            if task.state is TaskState.FAILED:
+                return  # no bytes to be public or not: the opener hears of the failure
         if task.public is not True:
             await self._check(task, source, peer_id)
 

@@ -29,6 +29,7 @@ from swarmpull.core.digest import Digest
 from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.core.protocol import OpenTask, TaskInfo, parse_peer_registration
 from swarmpull.core.tasks import redact_url, task_id_for
+from swarmpull.edges.store import StoredBlob
 
 
 class Opening:
@@ -118,13 +119,10 @@ class Opening:
         source = Source(req.url, dict(req.headers))
         task = await self._claim(req, source)
         await asyncio.shield(task.ready)
-        if task.state is TaskState.FAILED or task.blob is None:
-            direct = task.retryable and task.direct_granted < self._config.direct_per_task
-            task.direct_granted += direct
-            raise TaskFailed(task.error or "task failed", task.error_status, direct, task.refused)
-        blob = task.blob
+        self._unless_failed(task)
         # Pull rights before membership: a private blob's opener proves its own (PullDenied).
         await self._capabilities.check(task, source, req.peer_id)
+        blob = self._unless_failed(task)  # it may have failed while the check waited
         try:
             have = from_text(req.have, blob.geometry.count) if req.have else 0
         except BitfieldError:
@@ -140,6 +138,14 @@ class Opening:
             report_in=self._membership.report_in(task),
         )
         return task, info
+
+    def _unless_failed(self, task: SeedTask) -> StoredBlob:
+        """The task's blob; TaskFailed (and maybe a direct read granted) if it failed."""
+        if task.state is TaskState.FAILED or task.blob is None:
+            direct = task.retryable and task.direct_granted < self._config.direct_per_task
+            task.direct_granted += direct
+            raise TaskFailed(task.error or "task failed", task.error_status, direct, task.refused)
+        return task.blob
 
     async def _claim(self, req: OpenTask, source: Source, budgeted: bool = True) -> SeedTask:
         """The task ``req`` opens with ``source``, owned here, its read resumed if it had
