@@ -160,19 +160,21 @@ class TorrentSession:
         self.listen = HostPort((self.config.listen or HostPort("127.0.0.1", 0)).host, port)
 
     async def stop(self) -> None:
+        # From here no alert is handled (``_drain`` needs the session): what is under
+        # way, an add included, fails now, whatever libtorrent answers meanwhile.
+        session, self._session = self._session, None
+        for torrent in [*self._torrents.values(), *self._pending.values()]:
+            torrent._gone(TorrentFailed("the session stopped"))
+        self._torrents.clear()
+        self._pending.clear()
+        if self._updated is not None and not self._updated.done():
+            self._updated.set_result(None)  # the figures stay as last updated
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
-        session, self._session = self._session, None
         if session is not None:
             session.pause()
-            for torrent in [*self._torrents.values(), *self._pending.values()]:
-                torrent._gone(TorrentFailed("the session stopped"))
-            self._torrents.clear()
-            self._pending.clear()
-            if self._updated is not None and not self._updated.done():
-                self._updated.set_result(None)  # the figures stay as last updated
             holder = [session]
             del session
             # The destructor waits (up to stop_tracker_timeout) for "stopped" announces,
