@@ -41,7 +41,7 @@ from swarmpull.core.geometry import PieceGeometry
 from swarmpull.core.offers import TorrentOffer, parse_torrent_offer
 from swarmpull.core.rates import Priority
 from swarmpull.core.signing import PieceStatement
-from swarmpull.edges.store import BlobMeta, PieceStore, StoredBlob, StoreError
+from swarmpull.edges.store import BlobMeta, InOrderDigest, PieceStore, StoredBlob, StoreError
 from swarmpull.edges.torrent import (
     Landing,
     Metainfo,
@@ -342,7 +342,8 @@ class TorrentTransport:
 class _Lander:
     """Checks the pieces libtorrent passed against their statements, in a thread, one
     batch at a time, and records those that hold (the one writer of the blob's records
-    during a fetch)."""
+    during a fetch); feeds the recorded ones in order to the whole digest as they land
+    (``InOrderDigest``, as the HTTP swarm's downloads do), not in a pass at the end."""
 
     def __init__(
         self,
@@ -355,6 +356,7 @@ class _Lander:
         self._flush = flush
         self._statements = statements
         self._landed = landed
+        self._whole = InOrderDigest(blob)  # fed by ``_record`` and ``finish``, one at a time
         self._queue: list[int] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -373,10 +375,12 @@ class _Lander:
 
     async def finish(self, digest: Digest) -> None:
         """The blob complete: every piece not recorded yet checked now (a resume, or a
-        piece whose bytes were not in the file yet when it passed), then the whole file
-        against the digest. DownloadFailed if any piece or the whole does not hold."""
+        piece whose bytes were not in the file yet when it passed), then the whole digest
+        fed to its end and compared. DownloadFailed if any piece or the whole does not hold."""
         blob = self.blob
         await self._record([p for p in range(blob.geometry.count) if not blob.is_verified(p)])
+        with contextlib.suppress(StoreError):  # removed meanwhile: said next
+            await asyncio.to_thread(self._whole.advance)  # what the last batches left
         # Each failure drops the blob (``untrusted``): nothing of it is kept or served.
         if blob.removed:
             raise DownloadFailed(f"{blob.task_id} left the store during its download", untrusted=True)
@@ -384,7 +388,7 @@ class _Lander:
         if missing:
             why = f"piece {missing[0]} libtorrent wrote does not hash to its signed sha256"
             raise DownloadFailed(why, untrusted=True)
-        whole = await asyncio.to_thread(blob.sha256_of_data)
+        whole = self._whole.hexdigest()
         if whole != digest.hex:
             raise DownloadFailed(f"the blob hashes to sha256:{whole}, not {digest}", untrusted=True)
         try:
@@ -423,3 +427,6 @@ class _Lander:
                 recorded = True
         if recorded:
             self._landed()
+            if self._whole.ready:
+                with contextlib.suppress(StoreError):  # removed meanwhile: ``finish`` says so
+                    await asyncio.to_thread(self._whole.advance)
