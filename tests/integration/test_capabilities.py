@@ -9,6 +9,7 @@ the blob once it brings credentials of its own. A public blob needs none.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -50,6 +51,24 @@ async def fetch(session: aiohttp.ClientSession, api: str, url: str, digest: str,
         return resp.status, await resp.read()
 
 
+@contextlib.asynccontextmanager
+async def three_daemons(cluster, tmp_path, *supernode_args: str):  # type: ignore[no-untyped-def]
+    """The supernode sn1 and the nodes A (node-a) and B (node-b), child processes over
+    mutual TLS, started; stopped when the block ends."""
+    supernode = SupernodeProcess(
+        tmp_path / "sn", "--piece-size", "256KiB", *supernode_args, tls_dir=cluster["sn1"]
+    )
+    a = PeerProcess(tmp_path / "a", supernode.url, tls_dir=cluster["node-a"])
+    b = PeerProcess(tmp_path / "b", supernode.url, tls_dir=cluster["node-b"])
+    try:
+        for daemon in (supernode, a, b):
+            await daemon.start()
+        yield supernode, a, b
+    finally:
+        for daemon in (b, a, supernode):
+            await daemon.stop()
+
+
 async def test_a_private_blob_goes_only_to_nodes_with_pull_rights(cluster, upstream, tmp_path):
     data = os.urandom(2 * MiB)
     url, digest = upstream.add("private/layer", data), str(Digest.of(data))
@@ -58,83 +77,75 @@ async def test_a_private_blob_goes_only_to_nodes_with_pull_rights(cluster, upstr
     liar = Liar()
     liar_url = await liar.start()
     liar_host = urlsplit(liar_url).netloc  # also a registry of the attacker's
-    supernode = SupernodeProcess(
-        tmp_path / "sn", "--piece-size", "256KiB", "--insecure-registry", liar_host, tls_dir=cluster["sn1"]
-    )
-    a = PeerProcess(tmp_path / "a", supernode.url, tls_dir=cluster["node-a"])
-    b = PeerProcess(tmp_path / "b", supernode.url, tls_dir=cluster["node-b"])
     b_tls = ClusterTls.load(cluster["node-b"], now=NOW, require_client_cert=False)
     try:
-        for daemon in (supernode, a, b):
-            await daemon.start()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-            status, body = await fetch(session, a.api_url, url, digest, Authorization=f"Bearer {TOKEN}")
-            assert status == 200 and body == data
+        async with three_daemons(cluster, tmp_path, "--insecure-registry", liar_host) as (supernode, a, b):
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+                status, body = await fetch(session, a.api_url, url, digest, Authorization=f"Bearer {TOKEN}")
+                assert status == 200 and body == data
 
-            # B, a cluster member without credentials: no byte from anyone.
-            sources = [(a.url, b_tls.to_node("node-a")), (supernode.url, b_tls.to_supernode())]
-            for base, ssl_args in sources:
-                for path in (f"/pieces/{task}/0", f"/pieces/{task}/map"):
-                    for headers in ({}, {CAPABILITY_HEADER: "AAAA"}):  # none, or garbage
-                        async with session.get(base + path, headers=headers, **ssl_args) as resp:
-                            answer = await resp.json()
-                            assert resp.status == 403, (base, path, answer)
-                            assert answer["error"]["code"] == "CAPABILITY_REQUIRED"
-            # Nor a torrent of it: the offer needs a capability too.
-            offers = f"{supernode.url}{API}/peers/node-b/torrents"
-            async with session.post(offers, json={"task_id": task}, **b_tls.to_supernode()) as resp:
-                assert resp.status == 403 and (await resp.json())["error"]["code"] == "PULL_DENIED"
-            made_up = upstream.url_of("anything/at/all")  # the digest alone names the task
-            for where, headers in (
-                (url, {}),
-                (url, {"Authorization": "Bearer wrong"}),
-                (made_up, {}),
-                (liar_url, {}),  # 200 to anything: a status proves nothing
-                (liar_url + "?ranges", {}),  # 206 with the range asked for, other bytes
-            ):
-                status, body = await fetch(session, b.api_url, where, digest, **headers)
-                assert status in (401, 403), (where, status, body[:200])
-                assert data[:4096] not in body and b"PULL_DENIED" in body
-            # Nor by having the registry mirror vouch: its word is the word of the registry
-            # the opener names, here the attacker's own, which says yes to any digest.
-            question = {
-                "registry": liar_host,
-                "repository": "evil/repo",
-                "digest": digest,
-                "authorization": "Bearer x",
-            }
-            mirror = f"{supernode.url}{API}/registry/blob"
-            async with session.post(mirror, json=question, **b_tls.to_supernode()) as resp:
-                assert resp.status == 200, await resp.text()  # the attacker's registry: "yes, it is here"
-            own = f"http://{liar_host}/v2/evil/repo/blobs/{digest}"
-            status, body = await fetch(session, b.api_url, own, digest, Authorization="Bearer x")
-            assert status == 403 and b"PULL_DENIED" in body and data[:4096] not in body
-            # Nor by reporting on the task (which makes it a member): no capability comes back.
-            reports = f"{supernode.url}{API}/peers/node-b/report"
-            async with session.post(
-                reports, json={"tasks": [{"task_id": task}]}, **b_tls.to_supernode()
-            ) as resp:
-                answer = await resp.json()
-                assert resp.status == 200, answer
-                assert task in answer["tasks"] and not answer["tasks"][task].get("capability"), answer
-            assert b.data_dir.joinpath("blobs").exists()
-            assert await b.metric("swarmpull_peer_download_bytes_total", source="peer") == 0
-            assert await b.metric("swarmpull_peer_download_bytes_total", source="seed") == 0
+                # B, a cluster member without credentials: no byte from anyone.
+                sources = [(a.url, b_tls.to_node("node-a")), (supernode.url, b_tls.to_supernode())]
+                for base, ssl_args in sources:
+                    for path in (f"/pieces/{task}/0", f"/pieces/{task}/map"):
+                        for headers in ({}, {CAPABILITY_HEADER: "AAAA"}):  # none, or garbage
+                            async with session.get(base + path, headers=headers, **ssl_args) as resp:
+                                answer = await resp.json()
+                                assert resp.status == 403, (base, path, answer)
+                                assert answer["error"]["code"] == "CAPABILITY_REQUIRED"
+                # Nor a torrent of it: the offer needs a capability too.
+                offers = f"{supernode.url}{API}/peers/node-b/torrents"
+                async with session.post(offers, json={"task_id": task}, **b_tls.to_supernode()) as resp:
+                    assert resp.status == 403 and (await resp.json())["error"]["code"] == "PULL_DENIED"
+                made_up = upstream.url_of("anything/at/all")  # the digest alone names the task
+                for where, headers in (
+                    (url, {}),
+                    (url, {"Authorization": "Bearer wrong"}),
+                    (made_up, {}),
+                    (liar_url, {}),  # 200 to anything: a status proves nothing
+                    (liar_url + "?ranges", {}),  # 206 with the range asked for, other bytes
+                ):
+                    status, body = await fetch(session, b.api_url, where, digest, **headers)
+                    assert status in (401, 403), (where, status, body[:200])
+                    assert data[:4096] not in body and b"PULL_DENIED" in body
+                # Nor by having the registry mirror vouch: its word is the word of the registry
+                # the opener names, here the attacker's own, which says yes to any digest.
+                question = {
+                    "registry": liar_host,
+                    "repository": "evil/repo",
+                    "digest": digest,
+                    "authorization": "Bearer x",
+                }
+                mirror = f"{supernode.url}{API}/registry/blob"
+                async with session.post(mirror, json=question, **b_tls.to_supernode()) as resp:
+                    assert resp.status == 200, await resp.text()  # the attacker's registry: "yes, it is here"
+                own = f"http://{liar_host}/v2/evil/repo/blobs/{digest}"
+                status, body = await fetch(session, b.api_url, own, digest, Authorization="Bearer x")
+                assert status == 403 and b"PULL_DENIED" in body and data[:4096] not in body
+                # Nor by reporting on the task (which makes it a member): no capability comes back.
+                reports = f"{supernode.url}{API}/peers/node-b/report"
+                async with session.post(
+                    reports, json={"tasks": [{"task_id": task}]}, **b_tls.to_supernode()
+                ) as resp:
+                    answer = await resp.json()
+                    assert resp.status == 200, answer
+                    assert task in answer["tasks"] and not answer["tasks"][task].get("capability"), answer
+                assert b.data_dir.joinpath("blobs").exists()
+                assert await b.metric("swarmpull_peer_download_bytes_total", source="peer") == 0
+                assert await b.metric("swarmpull_peer_download_bytes_total", source="seed") == 0
 
-            # With credentials of its own, B gets it, from the swarm.
-            status, body = await fetch(session, b.api_url, url, digest, Authorization=f"Bearer {TOKEN}")
-            assert status == 200 and body == data
-            async with session.post(offers, json={"task_id": task}, **b_tls.to_supernode()) as resp:
-                assert resp.status == 200  # now it holds a capability
-            # Once B holds it, a request of B's without credentials still gets nothing.
-            status, body = await fetch(session, b.api_url, url, digest)
-            assert status == 403 and data[:4096] not in body
-        # Read once, by the seed, and a proof's span of it when B brought its credentials.
-        assert upstream.bytes_sent == len(data) + PROOF_SPAN
-        assert liar.asked >= 2  # the liar was asked, and its answers did not pass
+                # With credentials of its own, B gets it, from the swarm.
+                status, body = await fetch(session, b.api_url, url, digest, Authorization=f"Bearer {TOKEN}")
+                assert status == 200 and body == data
+                async with session.post(offers, json={"task_id": task}, **b_tls.to_supernode()) as resp:
+                    assert resp.status == 200  # now it holds a capability
+                # Once B holds it, a request of B's without credentials still gets nothing.
+                status, body = await fetch(session, b.api_url, url, digest)
+                assert status == 403 and data[:4096] not in body
+            # Read once, by the seed, and a proof's span of it when B brought its credentials.
+            assert upstream.bytes_sent == len(data) + PROOF_SPAN
+            assert liar.asked >= 2  # the liar was asked, and its answers did not pass
     finally:
-        for daemon in (b, a, supernode):
-            await daemon.stop()
         await liar.stop()
 
 
@@ -178,12 +189,7 @@ class Liar:
 async def test_a_public_blob_needs_no_credentials(cluster, upstream, tmp_path):
     data = os.urandom(1 * MiB)
     url, digest = upstream.add("public/layer", data), str(Digest.of(data))
-    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", "256KiB", tls_dir=cluster["sn1"])
-    a = PeerProcess(tmp_path / "a", supernode.url, tls_dir=cluster["node-a"])
-    b = PeerProcess(tmp_path / "b", supernode.url, tls_dir=cluster["node-b"])
-    try:
-        for daemon in (supernode, a, b):
-            await daemon.start()
+    async with three_daemons(cluster, tmp_path) as (_, a, b):
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             for node in (a, b, a):
                 status, body = await fetch(session, node.api_url, url, digest)
@@ -193,9 +199,6 @@ async def test_a_public_blob_needs_no_credentials(cluster, upstream, tmp_path):
         assert sum(swarm) == len(data)
         assert upstream.bytes_sent == len(data)
         assert upstream.requests["/public/layer"] == 1  # no HEAD for a public blob
-    finally:
-        for daemon in (b, a, supernode):
-            await daemon.stop()
 
 
 async def test_one_open_of_several_layers_gets_one_signature_naming_each_layer_alone(swarm, upstream):
@@ -257,14 +260,12 @@ async def test_a_first_opener_without_credentials_does_not_make_a_private_blob_p
     task = task_id_for(url, Digest.parse(digest))
     size_only = _SizeOnly(len(data))
     own_url = await size_only.start()
-    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", "256KiB", tls_dir=cluster["sn1"])
-    a = PeerProcess(tmp_path / "a", supernode.url, tls_dir=cluster["node-a"])
-    b = PeerProcess(tmp_path / "b", supernode.url, tls_dir=cluster["node-b"])
     b_tls = ClusterTls.load(cluster["node-b"], now=NOW, require_client_cert=False)
     try:
-        for daemon in (supernode, a, b):
-            await daemon.start()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session:
+        async with (
+            three_daemons(cluster, tmp_path) as (supernode, a, b),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session,
+        ):
             b_pull = asyncio.create_task(fetch(session, b.api_url, own_url, digest))
             await asyncio.sleep(0.8)  # the task exists, its size known from B's URL
             status, body = await fetch(session, a.api_url, url, digest, Authorization=f"Bearer {TOKEN}")
@@ -277,6 +278,4 @@ async def test_a_first_opener_without_credentials_does_not_make_a_private_blob_p
             status, body = await fetch(session, b.api_url, url, digest)  # the real URL, no login
             assert status == 403 and body != data
     finally:
-        for daemon in (b, a, supernode):
-            await daemon.stop()
         await size_only.stop()
