@@ -144,12 +144,19 @@ class CapabilityDesk:
         await asyncio.shield(waiting)
 
     async def _first_bytes(self, task: SeedTask) -> None:
+        # The first piece held from before (a takeover, a restart): undecided, so proved.
+        await self._until(task, lambda: task.public is not None or _holds_first(task))
+
+    async def _until(self, task: SeedTask, ready: Callable[[], bool]) -> bool:
+        """Whether ``ready()`` came true (looked at every ``PROOF_WAIT``) before the task
+        failed or the proof's timeout passed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._timeout.total or 10.0)
-        while task.public is None and task.state is not TaskState.FAILED and loop.time() < deadline:
-            if task.blob is not None and task.blob.is_verified(0):
-                return  # held from before (a takeover, a restart): undecided, so proved
+        while not ready():
+            if task.state is TaskState.FAILED or loop.time() >= deadline:
+                return False
             await asyncio.sleep(PROOF_WAIT)
+        return True
 
     def grant(self, peer_id: str, tasks: list[SeedTask]) -> dict[str, str]:
         """Capabilities for ``peer_id`` on ``tasks`` (each checked), by task id: one
@@ -255,14 +262,10 @@ class CapabilityDesk:
             raise PullDenied(task.id, None)
         if blob.meta.size == 0:
             return  # nothing to keep private
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self._timeout.total or 10.0)
         # The seed's bytes of the first piece (read first, in a moment); after a takeover,
         # perhaps only its sha256 (the bytes are with the peers): then the whole piece.
-        while not blob.is_verified(0) and task.shas.get(0) is None:
-            if task.state is TaskState.FAILED or loop.time() >= deadline:
-                raise PullDenied(task.id, None, "could not be checked (the seed holds none of the blob)")
-            await asyncio.sleep(PROOF_WAIT)
+        if not await self._until(task, lambda: blob.is_verified(0) or task.shas.get(0) is not None):
+            raise PullDenied(task.id, None, "could not be checked (the seed holds none of the blob)")
         first = blob.geometry.length(0)
         whole = not blob.is_verified(0)  # compared by its sha256
         if whole:
@@ -303,6 +306,10 @@ class CapabilityDesk:
             raise PullDenied(task.id, status, f"answered {status} with bytes that are not the blob's")
         if whole:  # the next proofs: a span of these bytes
             self._seeds.keep_piece(task, 0, got)
+
+
+def _holds_first(task: SeedTask) -> bool:
+    return task.blob is not None and task.blob.is_verified(0)
 
 
 class SeedKeyBook:
