@@ -6,6 +6,7 @@ caught, a wrong whole digest deleted, and a blob has one writer at a time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -13,6 +14,7 @@ from urllib.parse import quote_from_bytes
 
 import aiohttp
 import libtorrent as lt
+import pytest
 
 from peer.download import DownloadState
 from peer.torrents import TorrentUnavailable
@@ -150,12 +152,8 @@ async def test_a_preheat_does_not_write_a_blob_a_pull_fetches_over_http(swarm, u
     download = peer.ensure(request)  # 4 s at the node's download limit
     while not download.over_http:
         await asyncio.sleep(0.01)
-    try:
+    with pytest.raises(TorrentUnavailable, match="over HTTP"):  # no torrent writes it too
         await peer.torrents.fetch(request.task_id, Priority.BACKGROUND)
-    except TorrentUnavailable as exc:
-        assert "over HTTP" in str(exc)
-    else:
-        raise AssertionError("a torrent wrote the blob a pull was writing")
     assert download.state is DownloadState.RUNNING
     blob = await asyncio.wait_for(download.wait_complete(), 60)
     assert file_sha256(blob.path) == str(request.digest)
@@ -172,12 +170,8 @@ async def test_a_torrent_whose_whole_digest_is_wrong_is_deleted(swarm, upstream)
         return dataclasses.replace(await offer_of(task_id), digest=Digest.of(b"another blob"))
 
     peer.torrents._offer = lying_offer
-    try:
+    with pytest.raises(DownloadFailed, match="not sha256:"):
         await peer.torrents.fetch(request.task_id, Priority.FOREGROUND)
-    except DownloadFailed as exc:
-        assert "not sha256:" in str(exc)
-    else:
-        raise AssertionError("a blob whose whole digest is wrong was taken in")
     assert peer.store.get(request.task_id) is None
     assert not list(peer.store.root.glob(f"{request.task_id}*"))  # its file gone too
     assert sample(peer.registry, "swarmpull_peer_blobs_total", outcome="corrupt") == 1
@@ -188,12 +182,8 @@ async def test_no_torrent_for_a_cold_blob_means_the_http_swarm(swarm, upstream):
     await swarm.start_supernode(piece_size=256 * KiB)
     request = BlobRequest(upstream.add("cold", data), Digest.of(data))
     (peer,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.1.9"))
-    try:
+    with pytest.raises(TorrentUnavailable, match=r"NOT_SEEDED|completely|no capability"):
         await peer.torrents.fetch(request.task_id, Priority.FOREGROUND)
-    except TorrentUnavailable as exc:
-        assert "NOT_SEEDED" in str(exc) or "completely" in str(exc) or "no capability" in str(exc)
-    else:
-        raise AssertionError("a torrent was offered for a blob the seed does not hold")
     await peer.ensure(request).wait_complete()  # through the HTTP swarm
     assert sample(peer.registry, "swarmpull_peer_download_bytes_total", source="seed") == len(data)
 
@@ -206,22 +196,13 @@ async def test_a_peer_serving_corrupt_data_is_caught_by_the_hash_checks(swarm, u
     slow_seed = TorrentConfig(transport=Transport.BOTH, upload_limit=256 * KiB)
     await swarm.start_supernode(piece_size=256 * KiB, torrent=slow_seed)
     request = await warm(swarm, upstream, data)
-    # An evil member of the swarm: a registered node that got the torrent, serving a
-    # copy with flipped bytes from a session that does not check what it sends.
-    (evil_peer,) = await swarm.add_peers(1, torrent=torrent_config("127.0.2.1"))
-    offer = await evil_peer.torrents._offer(request.task_id)
-    meta = parse_torrent(offer.torrent, name=offer.name, size=offer.size)
-    bad = bytearray(data)
-    for offset in range(1000, len(bad), 300 * KiB):
-        bad[offset] ^= 0xFF
-    evil_dir = tmp_path / "evil"
-    evil_dir.mkdir()
-    (evil_dir / offer.name).write_bytes(bad)
-    evil = TorrentSession(dataclasses.replace(torrent_config("127.0.2.2"), connections=50), "evil")
-    await evil.start()
-    try:
-        evil._session.apply_settings({"disable_hash_checks": True})  # serves whatever is on disk
-        evil_torrent = await evil.add(meta, evil_dir, seed=True, trackers=[offer.announce])
+
+    # An evil member of the swarm, flipping a byte every 300 KiB.
+    def flips(_: int) -> range:
+        return range(1000, len(data), 300 * KiB)
+
+    async with liar_seeding(swarm, request, data, tmp_path, "127.0.2.1", "127.0.2.2", flips) as liar:
+        evil, evil_torrent, _, _ = liar
         (victim,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.2.3"))
         fetch = victim.torrents.fetch(request.task_id, Priority.FOREGROUND)
         await asyncio.sleep(0.5)
@@ -233,6 +214,28 @@ async def test_a_peer_serving_corrupt_data_is_caught_by_the_hash_checks(swarm, u
         assert sample(victim.registry, "swarmpull_peer_pieces_total", outcome="corrupt") >= 1
         await evil.refresh()
         assert evil_torrent.uploaded > 0
+
+
+@contextlib.asynccontextmanager
+async def liar_seeding(swarm, request, data, tmp_path, member, address, flips):  # type: ignore[no-untyped-def]
+    """An evil member of the blob's swarm: a node registered from ``member`` that got the
+    torrent, serving from ``address`` a copy with the bytes at ``flips(torrent piece
+    size)`` inverted, from a session that does not check what it sends: (that session,
+    its torrent, the offer, the torrent's metainfo)."""
+    (evil_peer,) = await swarm.add_peers(1, torrent=torrent_config(member))
+    offer = await evil_peer.torrents._offer(request.task_id)
+    meta = parse_torrent(offer.torrent, name=offer.name, size=offer.size)
+    bad = bytearray(data)
+    for offset in flips(meta.piece_size):
+        bad[offset] ^= 0xFF
+    evil_dir = tmp_path / "evil"
+    evil_dir.mkdir()
+    (evil_dir / offer.name).write_bytes(bad)
+    evil = TorrentSession(dataclasses.replace(torrent_config(address), connections=50), "evil")
+    await evil.start()
+    try:
+        evil._session.apply_settings({"disable_hash_checks": True})  # serves whatever is on disk
+        yield evil, await evil.add(meta, evil_dir, seed=True, trackers=[offer.announce]), offer, meta
     finally:
         await evil.stop()
 
@@ -281,20 +284,12 @@ async def test_a_resumed_fetch_never_writes_over_pieces_it_holds(swarm, upstream
     slow_seed = TorrentConfig(transport=Transport.TCP, upload_limit=32 * KiB)
     await swarm.start_supernode(piece_size=piece, torrent=slow_seed)
     request = await warm(swarm, upstream, data)
-    (evil_peer,) = await swarm.add_peers(1, torrent=torrent_config("127.0.4.7"))
-    offer = await evil_peer.torrents._offer(request.task_id)
-    meta = parse_torrent(offer.torrent, name=offer.name, size=offer.size)
-    bad = bytearray(data)
-    for start in range(0, len(bad), meta.piece_size):
-        bad[start + 100] ^= 0xFF  # in the first swarm piece of each torrent piece
-    evil_dir = tmp_path / "evil"
-    evil_dir.mkdir()
-    (evil_dir / offer.name).write_bytes(bad)
-    evil = TorrentSession(dataclasses.replace(torrent_config("127.0.4.8"), connections=50), "evil")
-    await evil.start()
-    try:
-        evil._session.apply_settings({"disable_hash_checks": True})
-        await evil.add(meta, evil_dir, seed=True, trackers=[offer.announce])
+
+    def flips(torrent_piece: int) -> range:  # in the first swarm piece of each torrent piece
+        return range(100, len(data), torrent_piece)
+
+    async with liar_seeding(swarm, request, data, tmp_path, "127.0.4.7", "127.0.4.8", flips) as liar:
+        evil, _, offer, meta = liar
         (victim,) = await swarm.add_peers(1, blob_transport="bittorrent", torrent=torrent_config("127.0.4.9"))
         # What an interrupted pull left: the first swarm piece of each torrent piece.
         partial = victim.store.create(BlobMeta(request.task_id, len(data), piece, str(request.digest)))
@@ -322,8 +317,6 @@ async def test_a_resumed_fetch_never_writes_over_pieces_it_holds(swarm, upstream
         check_readable()
         assert wrong == []
         assert blob.complete and file_sha256(blob.path) == str(request.digest)
-    finally:
-        await evil.stop()
 
 
 async def test_a_torrent_add_under_way_when_the_session_stops_fails_instead_of_waiting(tmp_path):
@@ -336,12 +329,8 @@ async def test_a_torrent_add_under_way_when_the_session_stops_fails_instead_of_w
     await asyncio.sleep(0)  # the add is asked for
     assert session._pending  # and not answered: the stop comes first, whatever libtorrent says
     await session.stop()
-    try:
+    with pytest.raises(TorrentFailed):  # what a caller is told: the session stopped
         await asyncio.wait_for(adding, 10)
-    except TorrentFailed:
-        pass  # what a caller is told: the session stopped
-    else:
-        raise AssertionError("an add was confirmed by a session that stopped")
 
 
 async def test_a_pull_whose_shared_torrent_is_stopped_finishes_over_http(swarm, upstream):
