@@ -25,7 +25,7 @@ from peer.api import LocalApi
 from peer.capabilities import CapabilityBook
 from peer.config import PeerConfig
 from peer.control import Control
-from peer.download import DownloadContext, DownloadState, TaskDownload
+from peer.download import DAEMON_STOPPING, DownloadContext, DownloadState, TaskDownload
 from peer.link import SupernodeLink
 from peer.metrics import PeerMetrics
 from peer.preheat import Preheater, RegistryLogin
@@ -36,7 +36,7 @@ from peer.rights import LocalRights
 from peer.scrub import scrub
 from peer.slots import DownloadSlots
 from peer.torrents import RateCaps, TorrentTransport
-from swarmpull.core.blobs import BlobRequest
+from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.clock import Clock, SystemClock
 from swarmpull.core.events import NO_EVENTS, EventSink, Tagged
 from swarmpull.core.fields import PEER_ID_RE
@@ -84,6 +84,7 @@ class PeerDaemon:
         self._context: DownloadContext | None = None
         self._downloads: dict[str, TaskDownload] = {}
         self._runs: dict[TaskDownload, asyncio.Task[None]] = {}
+        self._stopping = False  # from the first step of ``stop``: no download starts
         self._ended_summaries: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._runners: list[web.AppRunner] = []
         self._background: list[asyncio.Task[None]] = []
@@ -105,6 +106,7 @@ class PeerDaemon:
             raise
 
     async def _start(self) -> None:
+        self._stopping = False
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         store = self.store = PieceStore(
@@ -256,6 +258,7 @@ class PeerDaemon:
             self.api_url = bound.url()
 
     async def stop(self) -> None:
+        self._stopping = True  # a request that comes while the listeners still run fails
         await gather_cancel(*self._runs.values())
         self._runs.clear()
         self._downloads.clear()
@@ -326,6 +329,9 @@ class PeerDaemon:
             return current
         download = TaskDownload(self._context, request)
         self._downloads[request.task_id] = download
+        if self._stopping:  # its sessions are closing: it could only fail later, half-way
+            download.refuse(DownloadFailed(DAEMON_STOPPING, stopping=True))
+            return download
         run = asyncio.create_task(download.run(), name=f"download-{request.task_id[:20]}")
         self._runs[download] = run
         run.add_done_callback(lambda done: self._ended(download))

@@ -217,6 +217,11 @@ class TaskDownload:
             self._pins.close()
             self._notify()
 
+    def refuse(self, exc: DownloadFailed) -> None:
+        """End a download that never runs (the daemon is stopping) with ``exc``."""
+        self._failed(exc)
+        self._notify()
+
     def _failed(self, exc: DownloadFailed, abandoned: bool = False) -> None:
         """The run ended without the blob. ``abandoned``: nobody wants it any more (every
         client left), which is no failure to alert on: counted and logged apart."""

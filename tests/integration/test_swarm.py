@@ -292,3 +292,26 @@ async def test_supernode_restart_loses_nothing(swarm, upstream, tmp_path):
     # is public (the read that would say is gone): the late peers prove their pull rights,
     # with one proof for the three, as they come with the same URL and no credentials.
     assert upstream.bytes_sent == len(data) + PROOF_SPAN
+
+
+async def test_a_stopping_daemon_starts_no_download(swarm, upstream):
+    """A pull asked for while the daemon stops (its listeners still up) fails at once as
+    the daemon's stop, instead of running on sessions that are closing under it."""
+    data, other = os.urandom(2 * MiB), os.urandom(2 * MiB)
+    upstream.rate = 256 * KiB  # the first pull still runs when the daemon stops
+    first = BlobRequest(upstream.add("slow", data), Digest.of(data))
+    late = BlobRequest(upstream.add("late", other), Digest.of(other))
+    await swarm.start_supernode()
+    (peer,) = await swarm.add_peers(1)
+    running = peer.ensure(first)
+    stopping = asyncio.create_task(peer.stop())
+    await asyncio.sleep(0)  # the stop is cancelling the first pull
+    assert not stopping.done()
+    asked = peer.ensure(late)
+    await stopping
+    for download in (running, asked):
+        with pytest.raises(DownloadFailed, match="the daemon is stopping") as failed:
+            async with asyncio.timeout(30):  # before: the late pull hung for ever
+                await download.wait_complete()
+        assert failed.value.stopping
+    assert upstream.requests.get("/late", 0) == 0
