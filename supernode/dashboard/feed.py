@@ -136,6 +136,6 @@ def event(name: str, data: Any) -> bytes:
 def _parse(raw: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

@@ -112,6 +112,8 @@ def parse_manifest(data: bytes, media_type: str | None = None) -> ParsedManifest
         document = json.loads(data)
     except ValueError:
         raise ValueError("the manifest is not JSON") from None
+    except RecursionError:  # a hostile registry's: nested past the parser's depth
+        raise ValueError("the manifest is not JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise ValueError("the manifest is not a JSON object")
     kind = document.get("mediaType") or media_type

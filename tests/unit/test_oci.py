@@ -50,6 +50,7 @@ def test_an_index_lists_manifests_by_platform():
         json.dumps({"config": {"digest": "sha256:x", "size": 1}, "layers": []}).encode(),
         json.dumps({"config": {"digest": "sha256:" + "a" * 64, "size": -1}, "layers": []}).encode(),
         json.dumps({"config": {"digest": "sha256:" + "a" * 64, "size": True}, "layers": []}).encode(),
+        b"[" * 100_000 + b"]" * 100_000,  # past the parser's depth: RecursionError before
     ],
 )
 def test_what_is_not_a_manifest_is_a_value_error(data):

@@ -102,6 +102,18 @@ def test_restart_keeps_verified_pieces_and_drops_what_no_longer_hashes(tmp_path)
     assert third.get(task_id).complete and third.get(task_id).all_verified
 
 
+def test_a_record_nested_past_the_parser_is_removed_like_any_unreadable_one(tmp_path):
+    store = PieceStore(tmp_path)
+    kept = store.create(meta("kept", PIECE))
+    store.close()
+    hostile = tmp_path / f"sha256-{'f' * 64}.json"
+    hostile.write_text("[" * 100_000 + "]" * 100_000)  # RecursionError stopped the daemon's start
+    again = PieceStore(tmp_path)
+    again.load()
+    assert again.get(kept.task_id) is not None
+    assert not hostile.exists()
+
+
 def test_quota_evicts_least_recently_used_but_never_a_pinned_blob(tmp_path):
     evicted = []
     store = PieceStore(tmp_path, quota=3 * PIECE, on_evict=evicted.append)

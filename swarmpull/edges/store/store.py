@@ -101,7 +101,7 @@ class PieceStore:
                     raise ValueError("file name does not match task id")
                 if meta.format != FORMAT:
                     raise ValueError(f"written in format {meta.format}, not {FORMAT}")
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, RecursionError) as exc:  # the disk is not trusted
                 log.warning("store: removing unreadable %s: %s", meta_path.name, exc)
                 self._unlink(meta_path.stem)
                 continue
