@@ -106,7 +106,8 @@ class MiniRegistry:
         app = web.Application()
         app.router.add_route("*", "/v2/{tail:.*}", self._handle)
         app.router.add_route("GET", "/token", self._token)
-        self._runner, self._bound = await start_site(app, self._listen)
+        # Header fields as long as docker-registry takes (it reads up to 1 MiB of header).
+        self._runner, self._bound = await start_site(app, self._listen, max_field_size=64 * 1024)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None

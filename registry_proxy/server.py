@@ -71,7 +71,15 @@ class RegistryProxy:
         app.router.add_route("GET", "/v2{tail:.*}", self.handle)
         app.router.add_route("HEAD", "/v2{tail:.*}", self.handle)
         app.router.add_route("*", "/{tail:.*}", self.refuse)
-        self._runner, bound = await start_site(app, sock if sock is not None else self.config.listen)
+        self._runner, bound = await start_site(
+            app,
+            sock if sock is not None else self.config.listen,
+            # Registry tokens (JWTs with many claims) run past aiohttp's 8 KiB per header,
+            # which it refused with a plain-text 400: a client's pull failed. 128 headers
+            # (aiohttp's count) of 64 KiB bound what one request's header holds.
+            max_field_size=64 * 1024,
+            max_line_size=16 * 1024,
+        )
         self.url = bound.url()
         log.debug(
             "registry proxy listening on %s (default upstream %s)",
