@@ -20,6 +20,9 @@ store file, connecting to a parent. So:
   opening: the budget closes connections that never did (``sweep``), whatever the
   aiohttp version. Between requests, aiohttp's keep-alive timer does the same, so
   ``start_site`` sets it to ``HEADER_TIMEOUT`` too; a TLS handshake gets as long.
+- A connection that stops reading what we send it is ended by the kernel once the bytes
+  stay unacknowledged for ``SEND_STALL`` (``TCP_USER_TIMEOUT``), so a response being
+  written is never held open for ever by a reader with a closed window.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ GRACE = 1.0
 """Seconds a connection must have been idle before it is closed to make room."""
 RESERVE = 256
 """File descriptors left (at least) for store files, outgoing connections and the rest."""
+SEND_STALL = 30.0
+"""Seconds bytes we sent may stay unacknowledged (the other side reads nothing: its
+receive window closed) before the kernel ends the connection (``TCP_USER_TIMEOUT``): a
+requester that stops reading holds no upload slot, answer or buffer for ever."""
 _BURST = 64  # connections accepted per wake-up of a listener, before others get the loop
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -356,6 +363,7 @@ class _Acceptor:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(SEND_STALL * 1000))
         conn = self._budget.opened(self, self._loop.time(), sock.close)
         self._budget.keep_sweeping(self._loop)
         protocol = _Tracked(self._budget, conn, self._factory())

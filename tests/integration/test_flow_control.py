@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+from types import SimpleNamespace
 
 import aiohttp
 
@@ -16,8 +18,10 @@ from supernode.origin_limits import OriginLimit
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.capability import CAPABILITY_HEADER
 from swarmpull.core.digest import Digest
+from swarmpull.edges import listener
 from swarmpull.edges.http import PEER_HEADER
 from swarmpull.edges.metrics import sample
+from swarmpull.edges.transport import server
 from tests.integration.conftest import file_sha256
 
 KiB, MiB = 1024, 1024 * 1024
@@ -48,10 +52,10 @@ async def test_busy_source_queues_then_refuses_at_once_with_a_retry_hint(swarm, 
     request = BlobRequest(url, Digest.of(data))
     await source.ensure(request).wait_complete()
     piece_url = f"{source.address}/pieces/{request.task_id}/0"
-    capability = supernode.service.capabilities.own(request.task_id)  # any, on a cluster without TLS
-    assert capability is not None
+    task = supernode.service.tasks[request.task_id]
 
     def as_peer(name: str) -> dict[str, str]:
+        capability = supernode.service.capabilities.grant(name, [task])[task.id]
         return {PEER_HEADER: name, CAPABILITY_HEADER: capability}
 
     async with aiohttp.ClientSession() as session:
@@ -70,6 +74,133 @@ async def test_busy_source_queues_then_refuses_at_once_with_a_retry_hint(swarm, 
         await asyncio.gather(*waiting, return_exceptions=True)
         slow.close()
     assert metric(source, "swarmpull_peer_upload_refused_total") == 1
+
+
+class Requesters:
+    """Requesters of one source's piece 0, each with a capability of its own."""
+
+    def __init__(self, supernode, source, request):
+        self._capabilities = supernode.service.capabilities
+        self._task = supernode.service.tasks[request.task_id]
+        self.url = f"{source.address}/pieces/{request.task_id}"
+        self._address = source.address
+
+    def headers(self, name: str) -> dict[str, str]:
+        capability = self._capabilities.grant(name, [self._task])[self._task.id]
+        return {PEER_HEADER: name, CAPABILITY_HEADER: capability}
+
+    async def hold(self, name: str, read_every: float | None = None) -> tuple[asyncio.Task, asyncio.Event]:
+        """A request from ``name`` for piece 0 that reads nothing (its receive window
+        closes) until told, or a little every ``read_every`` seconds: its task counts what
+        it got once the source cut it; set the event to make it read on."""
+        host, port = self._address.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+        lines = [f"GET {self.url.removeprefix(self._address)}/0 HTTP/1.1", f"Host: {host}:{port}"]
+        lines += [f"{k}: {v}" for k, v in self.headers(name).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await writer.drain()
+        read_on = asyncio.Event()
+
+        async def until_cut() -> int:
+            taken = 0
+            try:
+                if read_every is None:
+                    await read_on.wait()
+                while chunk := await reader.read(64 * KiB if read_every is None else 512):
+                    taken += len(chunk)
+                    if read_every is not None:
+                        await asyncio.sleep(read_every)
+            except OSError:
+                pass
+            finally:
+                writer.close()
+            return taken
+
+        return asyncio.create_task(until_cut()), read_on
+
+
+async def slotted_source(swarm, upstream, size=MiB, **peer):
+    """A source holding a blob in one piece, one upload slot and one place in line."""
+    data = os.urandom(size)
+    request = BlobRequest(upstream.add("layer", data), Digest.of(data))
+    supernode = await swarm.start_supernode(piece_size=size)
+    (source,) = await swarm.add_peers(1, upload_slots=1, **peer)
+    await source.ensure(request).wait_complete()
+    return Requesters(supernode, source, request), data
+
+
+async def test_a_requester_holds_at_most_its_share_of_the_slots(swarm, upstream):
+    requesters, _ = await slotted_source(swarm, upstream, upload_limit=64 * KiB)
+    async with aiohttp.ClientSession() as session:
+        hog = await session.get(f"{requesters.url}/0", headers=requesters.headers("hog"))  # ~16 s
+        assert hog.status == 200
+        async with session.get(f"{requesters.url}/0", headers=requesters.headers("hog")) as again:
+            assert again.status == 429  # its share (one of two places) is taken
+            assert "share" in (await again.json())["error"]["message"]
+        other = asyncio.create_task(session.get(f"{requesters.url}/0", headers=requesters.headers("other")))
+        await asyncio.sleep(0.5)
+        assert not other.done()  # in line for the slot, where the hog may not stand
+        hog.close()
+        async with asyncio.timeout(30):
+            answer = await other
+        assert answer.status == 200
+        answer.close()
+
+
+async def test_a_requester_that_stops_reading_loses_its_slot(swarm, upstream, monkeypatch):
+    monkeypatch.setattr(listener, "SEND_STALL", 1.0)  # read when the source accepts a connection
+    requesters, data = await slotted_source(swarm, upstream, 16 * MiB)  # past the socket buffers
+    silent, read_on = await requesters.hold("silent")
+    async with aiohttp.ClientSession() as session:
+        async with asyncio.timeout(30):  # before: the slot was held for ever, this waited in line
+            async with session.get(f"{requesters.url}/0", headers=requesters.headers("honest")) as resp:
+                assert resp.status == 200
+                assert await resp.read() == data
+    read_on.set()
+    async with asyncio.timeout(30):
+        assert await silent < len(data)  # cut, not served
+
+
+async def test_a_requester_that_trickles_loses_its_slot(swarm, upstream, monkeypatch):
+    monkeypatch.setattr(server, "SEND_FLOOR", 1.0)
+    monkeypatch.setattr(server, "MIN_SEND_RATE", 4 * MiB)  # a 16 MiB piece: 5 s
+    requesters, data = await slotted_source(swarm, upstream, 16 * MiB)
+    trickle, _ = await requesters.hold("trickle", read_every=0.2)  # 2.5 kB/s: always some progress
+    async with aiohttp.ClientSession() as session:
+        async with asyncio.timeout(30):
+            async with session.get(f"{requesters.url}/0", headers=requesters.headers("honest")) as resp:
+                assert resp.status == 200
+                assert await resp.read() == data
+        async with asyncio.timeout(30):
+            assert await trickle < len(data)
+
+
+async def test_long_polls_are_capped_per_requester_and_in_all(swarm, upstream, monkeypatch):
+    monkeypatch.setattr(server, "POLLS_PER_REQUESTER", 2)
+    monkeypatch.setattr(server, "process_budget", lambda: SimpleNamespace(limit=6))  # polls: 3
+    requesters, _ = await slotted_source(swarm, upstream)
+    poll = f"{requesters.url}/map?after=5&wait=30"
+
+    async def ask(session, name):
+        async with session.get(poll, headers=requesters.headers(name)) as resp:
+            return resp.status
+
+    async with aiohttp.ClientSession() as session:
+        waiting = [asyncio.create_task(ask(session, "a")) for _ in range(2)]
+        await asyncio.sleep(0.5)
+        assert not any(t.done() for t in waiting)
+        assert await ask(session, "a") == 429  # a third of its own
+        waiting.append(asyncio.create_task(ask(session, "b")))
+        await asyncio.sleep(0.5)
+        assert not waiting[-1].done()  # another requester still waits
+        assert await ask(session, "c") == 429  # half the connection budget waits in polls
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
 
 
 async def test_compressible_pieces_travel_as_zstd(swarm, upstream):

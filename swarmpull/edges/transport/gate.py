@@ -47,8 +47,9 @@ class PieceGate:
     def __repr__(self) -> str:
         return f"<PieceGate {'mutual TLS' if self._mutual else 'claimed ids'}>"
 
-    def refusal(self, request: web.BaseRequest, task_id: str) -> web.Response | None:
-        """None if the request may have ``task_id``'s pieces; else the 403 to answer."""
+    def admit(self, request: web.BaseRequest, task_id: str) -> str | web.Response:
+        """The requester's name if it may have ``task_id``'s pieces (its certificate's, or
+        on an insecure cluster the peer id its capability names); else the 403 to answer."""
         caller = None
         if self._mutual:
             try:
@@ -56,7 +57,7 @@ class PieceGate:
             except IdentityError as exc:
                 return json_error(403, FORBIDDEN, f"no cluster identity: {exc}")
             if identity.role is Role.SUPERNODE:
-                return None
+                return identity.name
             caller = identity.name
         text = request.headers.get(CAPABILITY_HEADER, "")
         if not text:
@@ -65,7 +66,7 @@ class PieceGate:
         if keys is None:
             return json_error(403, FORBIDDEN, f"no capability for {task_id} can be checked here")
         try:
-            verify(text, keys, task_id, caller, self._wall())
+            capability = verify(text, keys, task_id, caller, self._wall())
         except CapabilityError as exc:
             return json_error(403, FORBIDDEN, f"capability refused: {exc}")
-        return None
+        return capability.peer_id

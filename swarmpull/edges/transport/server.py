@@ -13,6 +13,15 @@
 
 Both answer 403 (JSON, no byte) without a valid capability for the task (``gate``).
 
+Requesters share what the server has: one requester holds at most half the upload
+slots and places in line, and at most ``POLLS_PER_REQUESTER`` long polls; all long polls
+together hold at most ``max_polls`` connections (half the process's connection budget),
+so the listener keeps room for the rest of its work. A poll past a cap, or an upload past
+the requester's share, is answered 429 at once. An upload that a requester takes slower
+than ``MIN_SEND_RATE`` (after ``SEND_FLOOR`` seconds) is cut: a requester that stops
+reading frees its slot (and the listener ends a connection whose sent bytes stay
+unacknowledged for ``listener.SEND_STALL``).
+
 At most ``slots`` uploads run at once; up to ``queue`` more wait for a slot in arrival
 order (a requester that pipelines requests keeps our link busy between pieces), and one
 more is refused at once. Bytes pass the upload limiter chunk by chunk, so the node's
@@ -27,11 +36,12 @@ of a blob not re-hashed since a restart is checked before it is sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import re
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 
@@ -39,6 +49,7 @@ from swarmpull.core.bitfield import BitfieldError, bits, from_text, to_text
 from swarmpull.core.maps import PieceMap
 from swarmpull.core.tasks import TASK_ID_RE
 from swarmpull.edges.http import json_error
+from swarmpull.edges.listener import process_budget
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import PieceCorrupt, PieceStore, StoredBlob, StoreError
 from swarmpull.edges.transport.compression import PieceCompressor
@@ -52,6 +63,9 @@ CHUNK = 256 * 1024
 _PIECE_RE = re.compile(r"[0-9]{1,9}")
 MAP_HEADER = "X-Swarmpull-Map"
 MAX_MAP_WAIT = 30.0
+POLLS_PER_REQUESTER = 64  # an honest node polls once per task it shares with us
+MIN_SEND_RATE = 1024  # bytes per second an upload must average, after SEND_FLOOR
+SEND_FLOOR = 60.0  # seconds any upload may take
 
 
 class Ration(enum.Enum):
@@ -73,6 +87,7 @@ class PieceServer:
         queue: int | None = None,
         ration: Callable[[str, int, int], Ration] | None = None,
         gate: PieceGate | None = None,
+        max_polls: int | None = None,
     ) -> None:
         self._store = store
         self._gate = gate  # None: anyone who reaches the server (benchmarks, unit tests)
@@ -82,6 +97,10 @@ class PieceServer:
         self._slots = slots
         self._queue_cap = queue if queue is not None else (slots or 0)
         self._line: deque[asyncio.Future[None]] = deque()
+        self._share = max(1, (slots + self._queue_cap) // 2) if slots else None  # per requester
+        self._uploads: Counter[str] = Counter()  # requester -> uploads it holds or waits for
+        self._max_polls = max_polls  # None: half the process's connection budget
+        self._polls: Counter[str | None] = Counter()  # requester -> long polls waiting
         self._compressor = PieceCompressor() if compression else None
         self._changed: dict[str, asyncio.Event] = {}
         self._closed = False
@@ -116,9 +135,9 @@ class PieceServer:
         task_id = request.match_info["task_id"]
         if not TASK_ID_RE.fullmatch(task_id):
             return json_error(400, "BAD_REQUEST", f"invalid task id {task_id!r}")
-        refusal = self._refusal(request, task_id)
-        if refusal is not None:
-            return refusal
+        who = self._admit(request, task_id)
+        if isinstance(who, web.Response):
+            return who
         blob = self._store.get(task_id)
         if blob is None:
             return json_error(404, "NOT_FOUND", f"task {task_id} is not held here")
@@ -130,12 +149,21 @@ class PieceServer:
         except (BitfieldError, ValueError) as exc:
             return json_error(400, "BAD_REQUEST", f"bad map query: {exc}")
         if wait > 0 and blob.verified_count <= after and not self._closed:
+            if self._polls.total() >= self._poll_cap() or (
+                who is not None and self._polls[who] >= POLLS_PER_REQUESTER
+            ):
+                return json_error(429, "BUSY", "too many long polls wait here", {"Retry-After": "5"})
             event = self._changed.setdefault(task_id, asyncio.Event())
+            self._polls[who] += 1
             try:
                 async with asyncio.timeout(wait):
                     await event.wait()
             except TimeoutError:
                 pass
+            finally:
+                self._polls[who] -= 1
+                if not self._polls[who]:
+                    del self._polls[who]
             blob = self._store.get(task_id)
             if blob is None:
                 return json_error(404, "NOT_FOUND", f"task {task_id} is not held here")
@@ -156,9 +184,9 @@ class PieceServer:
             return json_error(400, "BAD_REQUEST", f"invalid task id {task_id!r}")
         if not _PIECE_RE.fullmatch(piece_text):  # not isdigit(): "²" is a digit int() refuses
             return json_error(400, "BAD_REQUEST", f"invalid piece index {piece_text!r}")
-        refusal = self._refusal(request, task_id)
-        if refusal is not None:
-            return refusal
+        who = self._admit(request, task_id)
+        if isinstance(who, web.Response):
+            return who
         piece = int(piece_text)
         blob = self._store.get(task_id)
         if blob is None:
@@ -174,6 +202,26 @@ class PieceServer:
         if ration is Ration.LATER:
             message = f"piece {piece} went out to peers a moment ago"
             return json_error(429, "BUSY", message, {"Retry-After": "1"})
+        if who is not None and self._share is not None and self._uploads[who] >= self._share:
+            self._counters.refused.inc()
+            return json_error(429, "BUSY", "you hold your share of the upload slots", {"Retry-After": "1"})
+        with self._holding(who):
+            return await self._upload(request, blob, piece)
+
+    @contextlib.contextmanager
+    def _holding(self, who: str | None) -> Iterator[None]:
+        if who is None:
+            yield
+            return
+        self._uploads[who] += 1
+        try:
+            yield
+        finally:
+            self._uploads[who] -= 1
+            if not self._uploads[who]:
+                del self._uploads[who]
+
+    async def _upload(self, request: web.Request, blob: StoredBlob, piece: int) -> web.StreamResponse:
         try:
             slot = await self._take_slot()
         except ConnectionAbortedError:
@@ -195,8 +243,20 @@ class PieceServer:
         finally:
             self._give_slot()
 
-    def _refusal(self, request: web.Request, task_id: str) -> web.Response | None:
-        return self._gate.refusal(request, task_id) if self._gate is not None else None
+    def _min_rate(self) -> float:
+        """What an upload must average: ``MIN_SEND_RATE``, less when our own upload limit
+        shared by every slot allows less."""
+        rate = self._limiter.rate
+        if rate is None:
+            return MIN_SEND_RATE
+        return min(MIN_SEND_RATE, rate / (2 * (self._slots or 1)))
+
+    def _poll_cap(self) -> int:
+        return self._max_polls if self._max_polls is not None else max(1, process_budget().limit // 2)
+
+    def _admit(self, request: web.Request, task_id: str) -> str | web.Response | None:
+        """The requester's name (None: no gate here, so no name), or the 403."""
+        return self._gate.admit(request, task_id) if self._gate is not None else None
 
     async def _take_slot(self) -> bool:
         """A slot now, or a place in line for one; False when the line is full."""
@@ -238,30 +298,23 @@ class PieceServer:
             if body is not None:
                 resp.headers["Content-Encoding"] = "zstd"
                 self._counters.saved.labels("upload").inc(length - len(body))
+        sendfile = body is None and can_sendfile(request)
         try:
-            if body is None and can_sendfile(request):
-                resp.content_length = length
-                await send_region(
-                    request, resp, blob.fd, offset, length, self._limiter, self._counters.upload_bytes.inc
-                )
-                return resp
-            if body is None:
+            if body is None and not sendfile:
                 body = await asyncio.to_thread(blob.read, offset, length)
                 if len(body) != length:
                     return json_error(404, "NOT_FOUND", f"piece {piece} could not be read")
-            resp.content_length = len(body)
-            data = memoryview(body)
-            # The first chunk's turn before the head (aiohttp sends it at once): the body
-            # follows its head without a pause, so a head and then nothing is a lie.
-            await self._limiter.acquire(min(CHUNK, len(data)))
-            await resp.prepare(request)
-            for start in range(0, len(data), CHUNK):
-                chunk = data[start : start + CHUNK]
-                if start:
-                    await self._limiter.acquire(len(chunk))
-                await resp.write(chunk)
-                self._counters.upload_bytes.inc(len(chunk))
-            await resp.write_eof()
+            async with asyncio.timeout(SEND_FLOOR + length / self._min_rate()):
+                if body is None:
+                    resp.content_length = length
+                    count = self._counters.upload_bytes.inc
+                    await send_region(request, resp, blob.fd, offset, length, self._limiter, count)
+                else:
+                    await self._write(request, resp, body)
+        except TimeoutError:  # read too slowly to be anything but a slot held
+            log.info("piece %d of %s: the requester reads too slowly; cut", piece, blob.task_id)
+            if request.transport is not None:
+                request.transport.abort()
         except ConnectionResetError:  # the requester hung up (an endgame twin lost)
             pass
         except OSError as exc:  # the file went under us: the requester sees a cut body
@@ -269,3 +322,18 @@ class PieceServer:
             if request.transport is not None:
                 request.transport.close()
         return resp
+
+    async def _write(self, request: web.Request, resp: web.StreamResponse, body: bytes) -> None:
+        resp.content_length = len(body)
+        data = memoryview(body)
+        # The first chunk's turn before the head (aiohttp sends it at once): the body
+        # follows its head without a pause, so a head and then nothing is a lie.
+        await self._limiter.acquire(min(CHUNK, len(data)))
+        await resp.prepare(request)
+        for start in range(0, len(data), CHUNK):
+            chunk = data[start : start + CHUNK]
+            if start:
+                await self._limiter.acquire(len(chunk))
+            await resp.write(chunk)
+            self._counters.upload_bytes.inc(len(chunk))
+        await resp.write_eof()
