@@ -50,7 +50,7 @@ from swarmpull.core.rates import Priority
 from swarmpull.edges.http import json_error, read_json
 from swarmpull.edges.metrics import metrics_route
 from swarmpull.edges.openapi import openapi_route
-from swarmpull.edges.store import StoredBlob
+from swarmpull.edges.store import PieceCorrupt, PieceStore, StoredBlob
 
 log = logging.getLogger(__name__)
 
@@ -183,14 +183,20 @@ class LocalApi:
             await self._daemon.authorize(blob_request)
         except DownloadFailed as exc:
             return download_error(exc)
-        with self._daemon.requested(blob_request) as download:
-            try:
-                blob = await _complete_unless_gone(request, download)
-            except DownloadFailed as exc:
-                return download_error(exc)
-        if blob is None:  # an answer for nobody: the client has left
-            return json_error(503, "CLIENT_GONE", "the client left before the blob was complete")
-        store = download.store
+        for _ in range(2):  # a blob the disk changed since a restart is dropped: once more
+            with self._daemon.requested(blob_request) as download:
+                try:
+                    blob = await _complete_unless_gone(request, download)
+                except DownloadFailed as exc:
+                    return download_error(exc)
+                if blob is None:  # an answer for nobody: the client has left
+                    return json_error(503, "CLIENT_GONE", "the client left before the blob was complete")
+                store = download.store
+                if not await _checked(store, blob):
+                    continue
+            break
+        else:
+            return json_error(502, "UPSTREAM_ERROR", "the blob on disk no longer hashes to its pieces")
         if blob.removed or not blob.complete:
             return json_error(502, "UPSTREAM_ERROR", "the blob left the store before it could be handed out")
         blob.pins += 1  # released after FILE_PIN: the caller has the file open by then
@@ -260,6 +266,21 @@ async def _complete_unless_gone(request: web.Request, download: TaskDownload) ->
         return waiting.result()
     finally:
         waiting.cancel()
+
+
+async def _checked(store: PieceStore, blob: StoredBlob) -> bool:
+    """Whether every piece of ``blob`` hashed right since this daemon started: the file
+    is handed out whole, past the piece checks a read makes (a blob kept from before a
+    restart has pieces the scrubber has not re-hashed yet). False: the store dropped it."""
+    if not blob.unchecked:
+        return True
+    try:
+        with store.pinned(blob):
+            await asyncio.to_thread(blob.check_all)
+    except PieceCorrupt as exc:
+        log.warning("%s", exc)
+        return False
+    return True
 
 
 def _unpin(blob: StoredBlob) -> None:

@@ -11,8 +11,11 @@ import aiohttp
 import pytest
 
 from loadtest.services import free_port
+from peer.get import get_file
 from swarmpull.core.digest import Digest
-from tests.kit.peers import PeerProcess
+from swarmpull.edges.http import HostPort
+from swarmpull.edges.metrics import sample
+from tests.kit.peers import PeerProcess, start_peer
 from tests.kit.processes import insecure_cluster
 
 MiB = 1024 * 1024
@@ -358,3 +361,28 @@ async def test_a_supernode_charge_that_is_not_one_is_refused_in_one_line(service
     code, out, err = await swarmpull("loadtest", "--simulate", "--service", service)
     assert code == 2 and not out
     assert words in err.strip().splitlines()[-1]
+
+
+async def test_get_through_the_daemon_never_copies_bytes_the_disk_changed(swarm, upstream, tmp_path):
+    """A blob kept from before a restart is re-hashed before its file is handed out whole:
+    bytes the disk changed meanwhile (bit rot, a torn write) are dropped and fetched
+    again, where ``get -o`` copied them (the scrubber had not reached them yet)."""
+    data = os.urandom(2 * MiB)
+    url = upstream.add("kept.bin", data)
+    supernode = await swarm.start_supernode()
+    node = tmp_path / "node"
+    peer = await start_peer(node, (supernode.url,), api_listen=HostPort("127.0.0.1", 0))
+    await get_file(url, tmp_path / "first.bin", digest=Digest.of(data), peer_api=peer.api_url)
+    path = peer.store.data_path(f"sha256-{Digest.of(data).hex}")
+    await peer.stop()
+    with open(path, "r+b") as f:
+        f.seek(len(data) - 1000)  # the last piece: the scrubber reaches it last
+        f.write(b"\x00" * 64)
+    peer = await start_peer(node, (supernode.url,), api_listen=HostPort("127.0.0.1", 0), scrub_rate=64 * 1024)
+    swarm.peers.append(peer)
+    out = tmp_path / "out.bin"
+    await get_file(url, out, digest=Digest.of(data), peer_api=peer.api_url)
+    assert out.read_bytes() == data
+    blobs = "swarmpull_peer_blobs_total"
+    assert sample(peer.metrics.registry, blobs, outcome="corrupt") == 1
+    assert sample(peer.metrics.registry, blobs, outcome="complete") == 2  # held, then fetched again

@@ -145,6 +145,12 @@ class StoredBlob:
             self._store.corrupted(self, piece)
             raise PieceCorrupt(f"piece {piece} of {self.task_id} no longer hashes to its record")
 
+    def check_all(self) -> None:
+        """``check`` every unchecked piece (a blob kept from before a restart, handed out
+        whole); PieceCorrupt at the first that no longer hashes right."""
+        for piece in bit_list(self.unchecked):
+            self.check(piece)
+
     def hash_piece(self, piece: int, also: hashlib._Hash | None = None) -> str:
         """The sha256 of the piece's bytes in the file (from the mapping when there is one:
         the same pages, without a copy); ``also`` is fed the same bytes. Thread-safe."""
