@@ -187,6 +187,15 @@ class CapabilityDesk:
             return None
         return self._issue(task, peer_id)
 
+    def may_report(self, task: SeedTask, peer_id: str, shown: str | None) -> bool:
+        """Whether ``peer_id`` may report on ``task`` (and so be a member, told its parents
+        and their addresses, and heard on them): the blob is public, or the peer was let
+        in here, or it shows a live capability of its own (a takeover's members)."""
+        if task.public is True:
+            return True
+        expires = task.granted.get(peer_id)
+        return (expires is not None and expires >= self._wall()) or self._live(task, peer_id, shown)
+
     def _live(self, task: SeedTask, peer_id: str, shown: str | None) -> bool:
         keys = self._keys.keys_for(task.id) if shown else None
         if not shown or keys is None:

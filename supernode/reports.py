@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from supernode.capabilities import CapabilityDesk
+from supernode.capabilities import CapabilityDesk, PullDenied
 from supernode.cluster import ClusterState, ClusterUnavailable, NotOwner
 from supernode.config import SupernodeConfig
 from supernode.dashboard.traffic import Traffic
@@ -73,7 +73,7 @@ class Reports:
         for task_report in report.tasks:
             try:
                 answers[task_report.task_id] = await self._task(peer_id, task_report)
-            except (UnknownTask, NotOwner, ClusterUnavailable, ProtocolError) as exc:
+            except (UnknownTask, NotOwner, ClusterUnavailable, ProtocolError, PullDenied) as exc:
                 answers[task_report.task_id] = exc
         return answers
 
@@ -89,6 +89,9 @@ class Reports:
                 raise NotOwner(report.task_id, owner)
             raise UnknownTask(report.task_id)  # the peer opens it again, here
         task.used_at = self._monotonic()
+        if not self._capabilities.may_report(task, peer_id, report.capability):
+            # A stranger to a private blob learns nothing of it, not even who holds it.
+            raise PullDenied(task.id, None, "were never proved here (open the task first)")
         if task.state is TaskState.FAILED or task.blob is None:
             return ReportAnswer([], "failed", self._membership.report_in(task), task.digest, task.error)
         count = task.blob.geometry.count

@@ -175,12 +175,19 @@ class Preheats:
             state = LayerState(entry.state)
             for job in self._jobs.values():
                 job.progress(node, entry.task_id, state, entry.done, entry.error)
-            if state is LayerState.COMPLETE:
+            if state is LayerState.COMPLETE and self._holds_by_right(entry.task_id, node):
                 self._service.membership.holds_blob(node, entry.task_id)
         for job in self._jobs.values():
             if job.tick(now):
                 self._log_end(job)
                 self._change()
+
+    def _holds_by_right(self, task_id: str, node: str) -> bool:
+        """A job gave ``node`` the blob, and the node may have it (public, or it proved
+        its pull rights): only then does its word make it a source of the blob."""
+        if not any(layer.task_id == task_id for job in self._jobs.values() for layer in job.assigned(node)):
+            return False
+        return self._service.capabilities.lets_in(task_id, node)
 
     def assigned(self, task_id: str, node: str) -> bool:
         """A job gave ``node`` the blob of ``task_id`` to hold, and the blob is public: it

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import time
@@ -122,14 +123,16 @@ async def test_a_private_blob_goes_only_to_nodes_with_pull_rights(cluster, upstr
                 own = f"http://{liar_host}/v2/evil/repo/blobs/{digest}"
                 status, body = await fetch(session, b.api_url, own, digest, Authorization="Bearer x")
                 assert status == 403 and b"PULL_DENIED" in body and data[:4096] not in body
-                # Nor by reporting on the task (which makes it a member): no capability comes back.
+                # Nor by reporting on the task: no capability, no membership, not even who
+                # holds it (the answer named A and its address: its libtorrent's host too).
                 reports = f"{supernode.url}{API}/peers/node-b/report"
                 async with session.post(
                     reports, json={"tasks": [{"task_id": task}]}, **b_tls.to_supernode()
                 ) as resp:
                     answer = await resp.json()
                     assert resp.status == 200, answer
-                    assert task in answer["tasks"] and not answer["tasks"][task].get("capability"), answer
+                    assert answer["tasks"][task]["error"]["code"] == "PULL_DENIED", answer
+                    assert "node-a" not in json.dumps(answer) and "capability" not in answer["tasks"][task]
                 assert b.data_dir.joinpath("blobs").exists()
                 assert await b.metric("swarmpull_peer_download_bytes_total", source="peer") == 0
                 assert await b.metric("swarmpull_peer_download_bytes_total", source="seed") == 0

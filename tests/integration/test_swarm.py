@@ -11,6 +11,7 @@ import pytest
 from supernode.scheduler import SourceState
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.digest import Digest
+from swarmpull.core.protocol import API
 from swarmpull.core.signing import STATEMENT_SIZE
 from swarmpull.edges.metrics import sample
 from tests.integration.conftest import downloaded, file_sha256, pieces
@@ -315,3 +316,19 @@ async def test_a_stopping_daemon_starts_no_download(swarm, upstream):
                 await download.wait_complete()
         assert failed.value.stopping
     assert upstream.requests.get("/late", 0) == 0
+
+
+async def test_a_preheat_poll_makes_no_source_of_a_blob_no_preheat_gave(swarm, upstream):
+    """A node's preheat poll saying "complete" for a blob no preheat gave it is not taken
+    as a holding: it would make the node a source of the blob for every requester."""
+    data = os.urandom(MiB)
+    request = BlobRequest(upstream.add("layer", data), Digest.of(data))
+    supernode = await swarm.start_supernode()
+    holder, claimer = await swarm.add_peers(2)
+    await holder.ensure(request).wait_complete()
+    before = supernode.service.scheduler.holders(request.task_id, 0)
+    poll = {"progress": [{"task_id": request.task_id, "state": "complete", "done": len(data)}]}
+    url = f"{supernode.url}{API}/peers/{claimer.peer_id}/preheat"
+    async with aiohttp.ClientSession() as session, session.post(url, json=poll) as resp:
+        assert resp.status == 200, await resp.text()
+    assert supernode.service.scheduler.holders(request.task_id, 0) == before  # before: one more
