@@ -76,11 +76,15 @@ def tls_context(extra_ca: Path | None) -> ssl.SSLContext:
     return context
 
 
-def is_loopback(host: str) -> bool:
+def own_loopback(host: str) -> str | None:
+    """The loopback IP a server listening at ``host`` is reached at (a cluster on one
+    host); None when ``host`` is no loopback address."""
+    if host == "localhost":
+        return "127.0.0.1"
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return host if ipaddress.ip_address(host).is_loopback else None
     except ValueError:
-        return host == "localhost"
+        return None
 
 
 def json_error(
