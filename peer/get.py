@@ -316,25 +316,19 @@ def _check(size: int, sha256_hex: str, digest: Digest | None, progress: Progress
 async def _write(
     chunks: AsyncIterator[bytes], output: Path, digest: Digest | None, progress: ProgressBar
 ) -> int:
-    output = output.absolute()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # as if created by open(): mkstemp makes it private
     try:
-        hasher = hashlib.sha256()
-        size = 0
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in chunks:
-                out.write(chunk)
-                hasher.update(chunk)
-                size += len(chunk)
-                progress.advance(len(chunk))
-        _check(size, hasher.hexdigest(), digest, progress)
-        os.replace(tmp, output)
-        progress.finish()
-        return size
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        with _temporary(output) as (fd, tmp):
+            hasher = hashlib.sha256()
+            size = 0
+            with os.fdopen(fd, "wb", closefd=False) as out:
+                async for chunk in chunks:
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    size += len(chunk)
+                    progress.advance(len(chunk))
+            _check(size, hasher.hexdigest(), digest, progress)
+            os.replace(tmp, output.absolute())
+    except OSError as exc:  # a full disk, a directory we may not write
+        raise GetError(f"writing {output}: {exc.strerror or exc}") from None
+    progress.finish()
+    return size
