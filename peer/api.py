@@ -69,7 +69,11 @@ def loopback_host(host: str) -> bool:
     if name in _LOOPBACK_NAMES:
         return True
     parts = name.split(".")
-    return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and int(p) < 256 for p in parts)
+    return (
+        len(parts) == 4
+        and parts[0] == "127"
+        and all(p.isascii() and p.isdigit() and int(p) < 256 for p in parts)
+    )
 
 
 @web.middleware

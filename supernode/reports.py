@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from supernode.capabilities import CapabilityDesk, PullDenied
+from supernode.capabilities import CapabilityDesk
 from supernode.cluster import ClusterState, ClusterUnavailable, NotOwner
 from supernode.config import SupernodeConfig
 from supernode.dashboard.traffic import Traffic
@@ -73,7 +73,7 @@ class Reports:
         for task_report in report.tasks:
             try:
                 answers[task_report.task_id] = await self._task(peer_id, task_report)
-            except (UnknownTask, NotOwner, ClusterUnavailable, ProtocolError, PullDenied) as exc:
+            except (UnknownTask, NotOwner, ClusterUnavailable, ProtocolError) as exc:
                 answers[task_report.task_id] = exc
         return answers
 
@@ -90,8 +90,10 @@ class Reports:
             raise UnknownTask(report.task_id)  # the peer opens it again, here
         task.used_at = self._monotonic()
         if not self._capabilities.may_report(task, peer_id, report.capability):
-            # A stranger to a private blob learns nothing of it, not even who holds it.
-            raise PullDenied(task.id, None, "were never proved here (open the task first)")
+            # A stranger to a private blob learns nothing of it, not even who holds it: to
+            # it, the task is unknown here. A member this replica has not let in (after a
+            # takeover) opens the task again, proving its pull rights.
+            raise UnknownTask(task.id)
         if task.state is TaskState.FAILED or task.blob is None:
             return ReportAnswer([], "failed", self._membership.report_in(task), task.digest, task.error)
         count = task.blob.geometry.count

@@ -80,7 +80,7 @@ class UiAuth:
 
     def session_ok(self, cookie: str) -> bool:
         expires, _, mac = cookie.partition(".")
-        if not expires.isdigit() or len(expires) > 12 or int(expires) <= self._now():
+        if not (expires.isascii() and expires.isdigit()) or len(expires) > 12 or int(expires) <= self._now():
             return False
         return hmac.compare_digest(mac.encode(), self._mac(int(expires)).encode())
 

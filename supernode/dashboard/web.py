@@ -184,7 +184,13 @@ def _token_of(body: bytes, content_type: str) -> str | None:
 def _same_origin(request: web.Request) -> None:
     """A browser says where a form was posted from: only our own page may log in or out."""
     origin = request.headers.get("Origin")
-    if origin is not None and urlsplit(origin).netloc != request.host:
+    if origin is None:
+        return
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # "http://[": no origin of ours
+        netloc = None
+    if netloc != request.host:
         raise _error(403, "FORBIDDEN", "cross-origin request refused")
 
 

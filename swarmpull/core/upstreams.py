@@ -105,7 +105,7 @@ def _split_port(raw: str, text: str) -> tuple[str, int | None]:
 
 
 def _port(text: str, pattern: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise PatternError(f"not a port in {pattern!r}")
     return int(text)
 

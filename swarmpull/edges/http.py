@@ -35,7 +35,7 @@ class HostPort:
     def parse(cls, text: str) -> HostPort:
         """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all interfaces)."""
         host, sep, port_text = text.rpartition(":")
-        if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        if not sep or not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
             raise ValueError(f"not a HOST:PORT address: {text!r}")
         host = host.strip("[]") or "0.0.0.0"
         return cls(host, int(port_text))

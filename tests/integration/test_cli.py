@@ -323,6 +323,7 @@ async def test_the_local_api_refuses_what_a_web_page_can_send(swarm, upstream, t
             for kwargs, status in (
                 ({"json": body, "headers": {"Origin": "https://evil.example"}}, 403),
                 ({"json": body, "headers": {"Host": "rebound.evil.example"}}, 403),
+                ({"json": body, "headers": {"Host": "127.0.0.\u00b2"}}, 403),  # isdigit(), not int(): a 500
                 ({"data": '{"url": "http://x/"}', "headers": {"Content-Type": "text/plain"}}, 415),
             ):
                 async with session.post(f"{daemon.api_url}/api/v1/file", **kwargs) as resp:

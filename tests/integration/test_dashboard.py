@@ -89,11 +89,11 @@ async def test_an_operator_sees_the_swarm_and_the_events_tell_the_same_story(swa
             deep = {"Content-Type": "application/json"}  # nested past the parser's recursion: no 500
             async with session.post(f"{supernode.url}/ui/login", data="[" * 4000, headers=deep) as resp:
                 assert resp.status == 401
-            headers = {"Origin": "http://evil.example"}
-            async with session.post(
-                f"{supernode.url}/ui/login", json={"token": TOKEN}, headers=headers
-            ) as resp:
-                assert resp.status == 403
+            for origin in ("http://evil.example", "http://["):  # the second no URL at all: a 500 before
+                async with session.post(
+                    f"{supernode.url}/ui/login", json={"token": TOKEN}, headers={"Origin": origin}
+                ) as resp:
+                    assert resp.status == 403
             async with session.post(f"{supernode.url}/ui/login", json={"token": TOKEN}) as resp:
                 assert resp.status == 204
                 cookie = resp.cookies["swarmpull_ui"]

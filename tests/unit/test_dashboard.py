@@ -158,6 +158,7 @@ def test_the_token_and_sessions():
     assert not auth.allows(None, f"{int(expires) + 3600}.{mac}")  # a later expiry is not signed
     assert not auth.allows(None, f"{expires}.{mac[:-1]}0")
     assert not auth.allows(None, "garbage") and not auth.allows(None, None)
+    assert not auth.allows(None, f"\u00b2.{mac}")  # a digit to isdigit(), not to int(): a 500 before
     assert not UiAuth("f" * 32).session_ok(session)  # a new token ends every session
     now[0] += 61
     assert not auth.allows(None, session)
