@@ -56,8 +56,9 @@ class SeedRation:
         self._now = now
         self._sent: dict[str, dict[int, tuple[int, float]]] = {}  # piece -> (copies, last sent)
 
-    def decide(self, task_id: str, piece: int, size: int) -> Ration:
-        """Whether the seed sends ``piece`` (``size`` bytes) now (and counts it if so)."""
+    def decide(self, task_id: str, piece: int, size: int, take: bool = True) -> Ration:
+        """Whether the seed sends ``piece`` (``size`` bytes) now, and when ``take``, counts
+        the copy if so (``give_back`` uncounts one that did not go out whole)."""
         if size < self.small:
             return Ration.SEND
         sent = self._sent.setdefault(task_id, {})
@@ -68,8 +69,18 @@ class SeedRation:
                 return Ration.ELSEWHERE
             if now - last < self.grace:
                 return Ration.LATER
-        sent[piece] = (count + 1, now)
+        if take:
+            sent[piece] = (count + 1, now)
         return Ration.SEND
+
+    def give_back(self, task_id: str, piece: int, size: int) -> None:
+        """A copy ``decide`` counted did not go out whole (the requester left, or was cut):
+        it is not counted, so a requester that asks and hangs up spends no copy, and keeps
+        no one else waiting."""
+        entry = self._sent.get(task_id, {}).get(piece) if size >= self.small else None
+        if entry is not None:
+            count, _ = entry
+            self._sent[task_id][piece] = (count - 1, 0.0) if count > 1 else (0, 0.0)
 
     def forget(self, task_id: str) -> None:
         """The seed dropped the blob: a copy it holds again is counted afresh."""

@@ -140,7 +140,7 @@ class Supernode:
         # Every /pieces request carries a capability for its task, checked with the task's keys.
         gate = PieceGate(SeedKeyBook(self._task_keys), mutual=config.tls is not None)
         pieces = self._pieces = PieceServer(
-            store, self.metrics.transfers, limiter, config.seed_upload_slots, ration=ration.decide, gate=gate
+            store, self.metrics.transfers, limiter, config.seed_upload_slots, ration=ration, gate=gate
         )
         store.on_piece = pieces.notify
         sock, bound = bind(config.listen)

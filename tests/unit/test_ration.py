@@ -77,3 +77,15 @@ def test_a_blob_the_seed_dropped_is_counted_afresh():
     ration.forget("t")  # evicted from the seed's cache: whatever it holds next is a new copy
     assert ration.decide("t", 0, PIECE) is SEND
     ration.forget("never-seen")  # nothing to forget is no error
+
+
+def test_a_copy_that_did_not_go_out_whole_is_not_counted():
+    clock = Clock()
+    ration = ration_for(1, {}, clock)
+    assert ration.decide("t", 0, PIECE, take=False) is SEND  # a look counts nothing
+    assert ration.decide("t", 0, PIECE) is SEND
+    ration.give_back("t", 0, PIECE)  # its requester hung up: asking and leaving spends no copy
+    assert ration.decide("t", 0, PIECE) is SEND  # before: LATER for everyone for a second
+    assert ration.decide("t", 0, PIECE) is LATER
+    ration.give_back("config", 0, 573)  # a small piece is never counted, nor given back
+    assert ration.decide("config", 0, 573) is SEND

@@ -13,14 +13,16 @@
 
 Both answer 403 (JSON, no byte) without a valid capability for the task (``gate``).
 
-Requesters share what the server has: one requester holds at most half the upload
-slots and places in line, and at most ``POLLS_PER_REQUESTER`` long polls; all long polls
+Requesters share what the server has: one requester holds (or waits for) at most half
+the upload slots, and has at most ``POLLS_PER_REQUESTER`` long polls; all long polls
 together hold at most ``max_polls`` connections (half the process's connection budget),
 so the listener keeps room for the rest of its work. A poll past a cap, or an upload past
 the requester's share, is answered 429 at once. An upload that a requester takes slower
 than ``MIN_SEND_RATE`` (after ``SEND_FLOOR`` seconds) is cut: a requester that stops
 reading frees its slot (and the listener ends a connection whose sent bytes stay
-unacknowledged for ``listener.SEND_STALL``).
+unacknowledged for ``listener.SEND_STALL``). The seed's ration (``Rationing``) is looked
+at before a place in line and decided once a slot is had; a copy that did not go out
+whole is given back.
 
 At most ``slots`` uploads run at once; up to ``queue`` more wait for a slot in arrival
 order (a requester that pipelines requests keeps our link busy between pieces), and one
@@ -41,7 +43,8 @@ import enum
 import logging
 import re
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Protocol
 
 from aiohttp import web
 
@@ -64,7 +67,7 @@ _PIECE_RE = re.compile(r"[0-9]{1,9}")
 MAP_HEADER = "X-Swarmpull-Map"
 MAX_MAP_WAIT = 30.0
 POLLS_PER_REQUESTER = 64  # an honest node polls once per task it shares with us
-MIN_SEND_RATE = 1024  # bytes per second an upload must average, after SEND_FLOOR
+MIN_SEND_RATE = 16 * 1024  # bytes per second an upload must average, after SEND_FLOOR
 SEND_FLOOR = 60.0  # seconds any upload may take
 
 
@@ -76,6 +79,13 @@ class Ration(enum.Enum):
     LATER = "later"  # copies just went out, not reported yet: 429, ask again in a second
 
 
+class Rationing(Protocol):
+    """The seed's ration (``supernode.ration.SeedRation``)."""
+
+    def decide(self, task_id: str, piece: int, size: int, take: bool = True) -> Ration: ...
+    def give_back(self, task_id: str, piece: int, size: int) -> None: ...
+
+
 class PieceServer:
     def __init__(
         self,
@@ -85,7 +95,7 @@ class PieceServer:
         slots: int | None = None,
         compression: bool = True,
         queue: int | None = None,
-        ration: Callable[[str, int, int], Ration] | None = None,
+        ration: Rationing | None = None,
         gate: PieceGate | None = None,
         max_polls: int | None = None,
     ) -> None:
@@ -97,7 +107,7 @@ class PieceServer:
         self._slots = slots
         self._queue_cap = queue if queue is not None else (slots or 0)
         self._line: deque[asyncio.Future[None]] = deque()
-        self._share = max(1, (slots + self._queue_cap) // 2) if slots else None  # per requester
+        self._share = max(1, slots // 2) if slots else None  # uploads a requester holds or waits for
         self._uploads: Counter[str] = Counter()  # requester -> uploads it holds or waits for
         self._max_polls = max_polls  # None: half the process's connection budget
         self._polls: Counter[str | None] = Counter()  # requester -> long polls waiting
@@ -195,13 +205,9 @@ class PieceServer:
             return json_error(400, "BAD_REQUEST", f"piece {piece} out of range")
         if not blob.is_verified(piece):
             return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
-        size = blob.geometry.length(piece)
-        ration = self._ration(task_id, piece, size) if self._ration is not None else Ration.SEND
-        if ration is Ration.ELSEWHERE:
-            return json_error(404, "NOT_FOUND", f"piece {piece} is rationed here: peers hold it")
-        if ration is Ration.LATER:
-            message = f"piece {piece} went out to peers a moment ago"
-            return json_error(429, "BUSY", message, {"Retry-After": "1"})
+        refusal = self._rationed(task_id, piece, blob.geometry.length(piece), take=False)
+        if refusal is not None:  # at once, without a place in line
+            return refusal
         if who is not None and self._share is not None and self._uploads[who] >= self._share:
             self._counters.refused.inc()
             return json_error(429, "BUSY", "you hold your share of the upload slots", {"Retry-After": "1"})
@@ -232,16 +238,36 @@ class PieceServer:
         try:
             if blob.removed or not blob.is_verified(piece):
                 return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
-            with self._store.pinned(blob):
-                try:
-                    offset, length = await asyncio.to_thread(blob.piece_region, piece)
-                except PieceCorrupt:
-                    return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
-                except StoreError as exc:
-                    return json_error(404, "NOT_FOUND", str(exc))
-                return await self._send(request, blob, piece, offset, length)
+            size = blob.geometry.length(piece)
+            refusal = self._rationed(blob.task_id, piece, size, take=True)  # counted now it goes
+            if refusal is not None:
+                return refusal
+            whole = False
+            try:
+                with self._store.pinned(blob):
+                    try:
+                        offset, length = await asyncio.to_thread(blob.piece_region, piece)
+                    except PieceCorrupt:
+                        return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
+                    except StoreError as exc:
+                        return json_error(404, "NOT_FOUND", str(exc))
+                    resp, whole = await self._send(request, blob, piece, offset, length)
+                    return resp
+            finally:
+                if not whole and self._ration is not None:
+                    self._ration.give_back(blob.task_id, piece, size)
         finally:
             self._give_slot()
+
+    def _rationed(self, task_id: str, piece: int, size: int, take: bool) -> web.Response | None:
+        """The seed's refusal of ``piece`` now (its ration), if it refuses."""
+        ration = self._ration.decide(task_id, piece, size, take) if self._ration is not None else Ration.SEND
+        if ration is Ration.ELSEWHERE:
+            return json_error(404, "NOT_FOUND", f"piece {piece} is rationed here: peers hold it")
+        if ration is Ration.LATER:
+            message = f"piece {piece} went out to peers a moment ago"
+            return json_error(429, "BUSY", message, {"Retry-After": "1"})
+        return None
 
     def _min_rate(self) -> float:
         """What an upload must average: ``MIN_SEND_RATE``, less when our own upload limit
@@ -289,7 +315,8 @@ class PieceServer:
 
     async def _send(
         self, request: web.Request, blob: StoredBlob, piece: int, offset: int, length: int
-    ) -> web.StreamResponse:
+    ) -> tuple[web.StreamResponse, bool]:
+        """The response, and whether its body went out whole."""
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         resp.headers[MAP_HEADER] = to_text(blob.have, blob.geometry.count)
         body: bytes | None = None
@@ -303,7 +330,7 @@ class PieceServer:
             if body is None and not sendfile:
                 body = await asyncio.to_thread(blob.read, offset, length)
                 if len(body) != length:
-                    return json_error(404, "NOT_FOUND", f"piece {piece} could not be read")
+                    return json_error(404, "NOT_FOUND", f"piece {piece} could not be read"), False
             async with asyncio.timeout(SEND_FLOOR + length / self._min_rate()):
                 if body is None:
                     resp.content_length = length
@@ -311,6 +338,7 @@ class PieceServer:
                     await send_region(request, resp, blob.fd, offset, length, self._limiter, count)
                 else:
                     await self._write(request, resp, body)
+            return resp, True
         except TimeoutError:  # read too slowly to be anything but a slot held
             log.info("piece %d of %s: the requester reads too slowly; cut", piece, blob.task_id)
             if request.transport is not None:
@@ -321,7 +349,7 @@ class PieceServer:
             log.warning("piece %d of %s: %s", piece, blob.task_id, exc)
             if request.transport is not None:
                 request.transport.close()
-        return resp
+        return resp, False
 
     async def _write(self, request: web.Request, resp: web.StreamResponse, body: bytes) -> None:
         resp.content_length = len(body)
