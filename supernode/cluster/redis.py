@@ -51,6 +51,8 @@ PEER_TTL_S = 24 * 3600
 INBOX_TTL_MS = 600_000  # an owner takes its inbox every tick; events older than this are stale
 INBOX_LENGTH = 10_000  # events an inbox keeps (the newest), as many as the owner takes at once
 MAX_ARGS = 2000  # arguments per command inside a script call (Lua's unpack limit is ~8000)
+POOL = 64  # connections to Redis at most; more commands at once wait for one
+POOL_WAIT = 5.0  # seconds a command waits for a connection (then ClusterUnavailable)
 
 _ACQUIRE = """
 local current = redis.call('GET', KEYS[1])
@@ -157,13 +159,19 @@ class RedisCluster:
 
     @staticmethod
     def client(redis_url: str, password: str | None) -> aioredis.Redis:
-        return aioredis.Redis.from_url(
+        """A client whose commands wait their turn for one of ``POOL`` connections: a
+        burst of calls (a surge's opens) past redis-py's default pool of 100 connections,
+        which does not wait, failed with "Too many connections"."""
+        pool = aioredis.BlockingConnectionPool.from_url(
             redis_url,
             password=password,
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
             health_check_interval=10,
+            max_connections=POOL,
+            timeout=POOL_WAIT,
         )
+        return aioredis.Redis.from_pool(pool)
 
     async def close(self) -> None:
         await self._client.aclose()

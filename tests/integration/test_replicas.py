@@ -172,6 +172,16 @@ def connect(redis_url: str, name: str) -> RedisCluster:
     )
 
 
+async def test_a_burst_of_commands_waits_for_a_connection_instead_of_failing(redis_server):
+    # A surge's opens at a replica that does not own their tasks are a claim each, at once.
+    cluster = connect(redis_server.url, "http://first")
+    try:
+        owners = await asyncio.gather(*(cluster.owner(f"sha256-{i:064x}") for i in range(500)))
+        assert owners == [None] * 500  # before: past 100 at once, "Too many connections"
+    finally:
+        await cluster.close()
+
+
 async def test_a_replica_that_lost_its_lease_cannot_write(redis_server, redis_client):
     first = connect(redis_server.url, "http://first")
     second = connect(redis_server.url, "http://second")
