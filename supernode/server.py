@@ -50,7 +50,7 @@ from swarmpull.edges.http import (
     HostPort,
     advertised_url,
     bind,
-    own_loopback,
+    is_loopback,
     start_site,
     tls_context,
 )
@@ -250,7 +250,7 @@ class Supernode:
         seed = Endpoint(
             await _address_of(urlsplit(self.url).hostname or session.listen.host), session.listen.port
         )
-        tracker = Tracker(os.urandom(32), loopback=own_loopback(config.listen.host))  # a cluster on one host
+        tracker = Tracker(os.urandom(32), loopback=is_loopback(config.listen.host))  # a cluster on one host
         torrents = SeedTorrents(store, session, tracker, seed, self.url)
         Gauge(
             "swarmpull_supernode_torrent_upload_bytes",

@@ -34,7 +34,7 @@ from swarmpull.core.events import NO_EVENTS, EventSink
 from swarmpull.core.fields import at_source
 from swarmpull.core.protocol import PeerRegistration
 from swarmpull.core.tasks import redact_url
-from swarmpull.edges.http import own_loopback
+from swarmpull.edges.http import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class SupernodeService:
         if self.scheduler.is_seed(reg.peer_id):
             raise SeedId(reg.peer_id)  # before anything of it is written anywhere
         if reg.address is not None and self.config.node_addresses == "source":
-            loopback = own_loopback(self.config.listen.host)  # a cluster on one host
+            loopback = is_loopback(self.config.listen.host)  # a cluster on one host
             reg = dataclasses.replace(reg, address=at_source(reg.address, source, loopback))
         await self.cluster.put_peer(reg.peer_id, reg.to_json() | {"holdings": []})
         elsewhere = [h for h in reg.holdings if self.seeding.owned(h.task_id) is None]

@@ -136,23 +136,19 @@ def parse_address(value: Any) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def node_ip(source: str | None, loopback: str | None = None) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def node_ip(source: str | None, loopback: bool = False) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The IP a node is reached at: the one its request came from (``source``; an
-    IPv4-mapped IPv6 address as IPv4, a zone dropped). A loopback source only when the
-    supernode listens on loopback (a cluster on one host; ``loopback`` its own address),
-    and then that address, whatever 127/8 address the node sent from (it would name
-    another host's). Else a loopback source is the supernode's own host (a node beside
-    it, or a proxy in front), and its ports are not the node's. ProtocolError when the
-    source is unknown or names no node's host."""
+    IPv4-mapped IPv6 address as IPv4, a zone dropped). A loopback source only when
+    ``loopback`` (a cluster on one host): else it is the supernode's own host (a node
+    beside it, or a proxy in front), and its ports are not the node's. ProtocolError
+    when the source is unknown or names no node's host."""
     try:
         ip = ipaddress.ip_address((source or "").split("%")[0])
     except ValueError:
         raise ProtocolError("the address this registration came from is unknown") from None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if ip.is_loopback and loopback is not None:
-        return ipaddress.ip_address(loopback)
-    if ip.is_unspecified or ip.is_loopback:
+    if ip.is_unspecified or (ip.is_loopback and not loopback):
         raise ProtocolError(
             f"a request from {ip} names no node's host (a proxy in front of the supernode?): "
             "run the supernode with --node-addresses advertised"
@@ -160,7 +156,7 @@ def node_ip(source: str | None, loopback: str | None = None) -> ipaddress.IPv4Ad
     return ip
 
 
-def at_source(address: str, source: str | None, loopback: str | None = None) -> str:
+def at_source(address: str, source: str | None, loopback: bool = False) -> str:
     """``address`` (as ``parse_address`` returns it) with its host replaced by the IP the
     registration came from (``node_ip``): a node advertises its port, not its host, so
     it cannot point other nodes (or the supernode's checks) at a third host."""

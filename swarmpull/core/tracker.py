@@ -131,10 +131,9 @@ class Tracker:
     """The torrents the supernode tracks, who may join each, and who is in it."""
 
     def __init__(
-        self, secret: bytes, interval: int = 30, rng: random.Random | None = None, loopback: str | None = None
+        self, secret: bytes, interval: int = 30, rng: random.Random | None = None, loopback: bool = False
     ) -> None:
-        """``loopback``: the supernode's own loopback address, when peers may announce
-        from loopback (a cluster on one host; ``fields.node_ip``)."""
+        """``loopback``: peers may announce from loopback (a cluster on one host)."""
         self._secret = secret
         self._loopback = loopback
         self.interval = interval

@@ -76,15 +76,11 @@ def tls_context(extra_ca: Path | None) -> ssl.SSLContext:
     return context
 
 
-def own_loopback(host: str) -> str | None:
-    """The loopback IP a server listening at ``host`` is reached at (a cluster on one
-    host); None when ``host`` is no loopback address."""
-    if host == "localhost":
-        return "127.0.0.1"
+def is_loopback(host: str) -> bool:
     try:
-        return host if ipaddress.ip_address(host).is_loopback else None
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return None
+        return host == "localhost"
 
 
 def json_error(
