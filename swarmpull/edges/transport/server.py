@@ -15,7 +15,7 @@ Both answer 403 (JSON, no byte) without a valid capability for the task (``gate`
 
 Requesters share what the server has: one requester holds (or waits for) at most half
 the upload slots, and has at most ``POLLS_PER_REQUESTER`` long polls; all long polls
-together hold at most ``max_polls`` connections (half the process's connection budget),
+together hold at most half the process's connection budget,
 so the listener keeps room for the rest of its work. A poll past a cap, or an upload past
 the requester's share, is answered 429 at once. An upload that a requester takes slower
 than ``MIN_SEND_RATE`` (after ``SEND_FLOOR`` seconds) is cut: a requester that stops
@@ -97,7 +97,6 @@ class PieceServer:
         queue: int | None = None,
         ration: Rationing | None = None,
         gate: PieceGate | None = None,
-        max_polls: int | None = None,
     ) -> None:
         self._store = store
         self._gate = gate  # None: anyone who reaches the server (benchmarks, unit tests)
@@ -109,7 +108,6 @@ class PieceServer:
         self._line: deque[asyncio.Future[None]] = deque()
         self._share = max(1, slots // 2) if slots else None  # uploads a requester holds or waits for
         self._uploads: Counter[str] = Counter()  # requester -> uploads it holds or waits for
-        self._max_polls = max_polls  # None: half the process's connection budget
         self._polls: Counter[str | None] = Counter()  # requester -> long polls waiting
         self._compressor = PieceCompressor() if compression else None
         self._changed: dict[str, asyncio.Event] = {}
@@ -278,7 +276,8 @@ class PieceServer:
         return min(MIN_SEND_RATE, rate / (2 * (self._slots or 1)))
 
     def _poll_cap(self) -> int:
-        return self._max_polls if self._max_polls is not None else max(1, process_budget().limit // 2)
+        """Long polls waiting here at most: half the process's connection budget."""
+        return max(1, process_budget().limit // 2)
 
     def _admit(self, request: web.Request, task_id: str) -> str | web.Response | None:
         """The requester's name (None: no gate here, so no name), or the 403."""
