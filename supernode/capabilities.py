@@ -191,10 +191,7 @@ class CapabilityDesk:
         """Whether ``peer_id`` may report on ``task`` (and so be a member, told its parents
         and their addresses, and heard on them): the blob is public, or the peer was let
         in here, or it shows a live capability of its own (a takeover's members)."""
-        if task.public is True:
-            return True
-        expires = task.granted.get(peer_id)
-        return (expires is not None and expires >= self._wall()) or self._live(task, peer_id, shown)
+        return self._let_in(task, peer_id) or self._live(task, peer_id, shown)
 
     def _live(self, task: SeedTask, peer_id: str, shown: str | None) -> bool:
         keys = self._keys.keys_for(task.id) if shown else None
@@ -209,8 +206,9 @@ class CapabilityDesk:
     def lets_in(self, task_id: str, peer_id: str) -> bool:
         """The blob is public, or ``peer_id`` holds a capability for it that is live."""
         task = self._seeds.tasks.get(task_id)
-        if task is None:
-            return False
+        return task is not None and self._let_in(task, peer_id)
+
+    def _let_in(self, task: SeedTask, peer_id: str) -> bool:
         expires = task.granted.get(peer_id)
         return task.public is True or (expires is not None and expires >= self._wall())
 
