@@ -44,6 +44,7 @@ from swarmpull.core.oci import Descriptor
 from swarmpull.core.protocol import PeerRegistration
 from swarmpull.core.rates import Priority
 from swarmpull.core.registry_questions import BlobQuestion, ManifestAnswer, ManifestQuestion
+from swarmpull.edges import listener
 from swarmpull.edges.daemon import gather_cancel
 from swarmpull.edges.http import HostPort, advertised_url, start_site, tls_context
 from swarmpull.edges.metrics import metrics_route
@@ -245,7 +246,11 @@ class PeerDaemon:
             app.add_routes([*server.routes(), metrics_route(self.metrics.registry)])
             # A requester that hangs up frees its slot (and its place in line) at once.
             runner, bound = await start_site(
-                app, config.listen, tls.server if tls is not None else None, handler_cancellation=True
+                app,
+                config.listen,
+                tls.server if tls is not None else None,
+                send_stall=listener.SEND_STALL,
+                handler_cancellation=True,
             )
             self._runners.append(runner)
             self.address = advertised_url(bound, config.advertise, "https" if tls is not None else "http")

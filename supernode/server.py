@@ -45,6 +45,7 @@ from swarmpull.core.signing import Signer
 from swarmpull.core.tasks import redact_url
 from swarmpull.core.tracker import ANNOUNCE_PATH, Endpoint, Tracker
 from swarmpull.core.upstreams import UpstreamAllow
+from swarmpull.edges import listener
 from swarmpull.edges.http import (
     MAX_JSON_BODY,
     HostPort,
@@ -215,7 +216,9 @@ class Supernode:
             + [openapi_route(supernode_openapi)]
         )
         server_tls = config.tls.server if config.tls is not None else None
-        self._runner, _ = await start_site(app, sock, server_tls, handler_cancellation=True)
+        self._runner, _ = await start_site(
+            app, sock, server_tls, send_stall=listener.SEND_STALL, handler_cancellation=True
+        )
         if cluster.shared and not await cluster.ping():
             log.warning(
                 "redis at %s does not answer yet; retrying in the background",

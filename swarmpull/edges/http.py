@@ -181,6 +181,7 @@ async def start_site(
     where: HostPort | socket.socket,
     ssl_context: ssl.SSLContext | None = None,
     budget: ConnectionBudget | None = None,
+    send_stall: float | None = None,
     **runner_args: Any,
 ) -> tuple[web.AppRunner, HostPort]:
     """Serve ``app`` at ``where`` (an address, port 0: any free port; or a socket from
@@ -188,7 +189,9 @@ async def start_site(
     returns the runner and the bound address (BindError if the address cannot be had).
     Connections are accepted within ``budget`` (default: the process's,
     ``swarmpull.edges.listener``) and must send a request's header within
-    ``HEADER_TIMEOUT``."""
+    ``HEADER_TIMEOUT``. ``send_stall``: seconds a connection may leave what we sent
+    unacknowledged before the kernel ends it (``listener.SEND_STALL``, for the sites
+    that serve other nodes)."""
     runner_args.setdefault("shutdown_timeout", 2.0)  # in-flight requests get this long
     # aiohttp's keep-alive timer runs from each response and closes a connection still
     # waiting for a complete request: the header-read timeout between requests (the
@@ -200,7 +203,7 @@ async def start_site(
     runner = web.AppRunner(app, access_log=None, **runner_args)
     await runner.setup()
     try:
-        await BoundedSite(runner, sock, budget, ssl_context).start()
+        await BoundedSite(runner, sock, budget, ssl_context, send_stall).start()
     except OSError:
         await runner.cleanup()
         raise

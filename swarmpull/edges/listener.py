@@ -20,9 +20,11 @@ store file, connecting to a parent. So:
   opening: the budget closes connections that never did (``sweep``), whatever the
   aiohttp version. Between requests, aiohttp's keep-alive timer does the same, so
   ``start_site`` sets it to ``HEADER_TIMEOUT`` too; a TLS handshake gets as long.
-- A connection that stops reading what we send it is ended by the kernel once the bytes
-  stay unacknowledged for ``SEND_STALL`` (``TCP_USER_TIMEOUT``), so a response being
-  written is never held open for ever by a reader with a closed window.
+- On a site started with ``send_stall`` (those that serve pieces to other nodes), a
+  connection that stops reading what we send it is ended by the kernel once the bytes
+  stay unacknowledged that long (``TCP_USER_TIMEOUT``), so an upload is never held open
+  for ever by a reader with a closed window. Local clients (the registry proxy, the
+  local API) may pause as they like.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ RESERVE = 256
 """File descriptors left (at least) for store files, outgoing connections and the rest."""
 SEND_STALL = 30.0
 """Seconds bytes we sent may stay unacknowledged (the other side reads nothing: its
-receive window closed) before the kernel ends the connection (``TCP_USER_TIMEOUT``): a
-requester that stops reading holds no upload slot, answer or buffer for ever."""
+receive window closed) before the kernel ends the connection (``TCP_USER_TIMEOUT``), on
+the sites that serve other nodes: a requester that stops reading holds no upload slot,
+answer or buffer for ever."""
 _BURST = 64  # connections accepted per wake-up of a listener, before others get the loop
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -308,8 +311,10 @@ class _Acceptor:
         factory: Callable[[], asyncio.Protocol],
         budget: ConnectionBudget,
         ssl_context: ssl.SSLContext | None,
+        send_stall: float | None = None,
     ) -> None:
         self._sock: socket.socket | None = sock
+        self._send_stall = send_stall
         self._factory = factory
         self._budget = budget
         self._ssl = ssl_context
@@ -363,7 +368,8 @@ class _Acceptor:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(SEND_STALL * 1000))
+            if self._send_stall is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self._send_stall * 1000))
         conn = self._budget.opened(self, self._loop.time(), sock.close)
         self._budget.keep_sweeping(self._loop)
         protocol = _Tracked(self._budget, conn, self._factory())
@@ -400,10 +406,12 @@ class BoundedSite(web.BaseSite):
         sock: socket.socket,
         budget: ConnectionBudget,
         ssl_context: ssl.SSLContext | None = None,
+        send_stall: float | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._sock = sock
         self._budget = budget
+        self._send_stall = send_stall
         host, port = sock.getsockname()[:2]
         self._name = f"{'https' if ssl_context else 'http'}://{host}:{port}"
 
@@ -416,6 +424,6 @@ class BoundedSite(web.BaseSite):
         server = self._runner.server
         if server is None:  # aiohttp's runner makes its server in setup()
             raise RuntimeError("the listener starts only after its runner is set up")
-        acceptor = _Acceptor(self._sock, server, self._budget, self._ssl_context)
+        acceptor = _Acceptor(self._sock, server, self._budget, self._ssl_context, self._send_stall)
         self._server = acceptor  # type: ignore[assignment]
         acceptor.start_reading()
