@@ -63,6 +63,8 @@ class Membership:
             or (blob.meta.size, blob.meta.piece_size) != (holding.size, holding.piece_size)
         ):
             return  # unknown here, or cut differently: its pieces cannot be vouched for
+        if task.public is not True and peer_id not in task.granted:
+            return  # a private blob's: a claim makes no member (and parent) of a stranger
         try:
             have = from_text(holding.have, blob.geometry.count)
         except BitfieldError:

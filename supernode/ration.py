@@ -79,8 +79,8 @@ class SeedRation:
         no one else waiting."""
         entry = self._sent.get(task_id, {}).get(piece) if size >= self.small else None
         if entry is not None:
-            count, _ = entry
-            self._sent[task_id][piece] = (count - 1, 0.0) if count > 1 else (0, 0.0)
+            count, last = entry
+            self._sent[task_id][piece] = (max(0, count - 1), last)  # the others' grace holds
 
     def forget(self, task_id: str) -> None:
         """The seed dropped the blob: a copy it holds again is counted afresh."""

@@ -164,8 +164,12 @@ async def test_a_requester_that_stops_reading_loses_its_slot(swarm, upstream, mo
 
 
 async def test_a_requester_that_trickles_loses_its_slot(swarm, upstream, monkeypatch):
+    # Bytes the kernel took count for nothing: only what the requester took. Before, one
+    # deadline for the whole piece (here 1 s + 16 MiB at 256 KiB/s: 65 s) let it keep
+    # the slot for minutes at a fraction of the rate.
     monkeypatch.setattr(server, "SEND_FLOOR", 1.0)
-    monkeypatch.setattr(server, "MIN_SEND_RATE", 4 * MiB)  # a 16 MiB piece: 5 s
+    monkeypatch.setattr(server, "PACE_CHECK", 0.5)
+    monkeypatch.setattr(server, "MIN_SEND_RATE", 256 * KiB)
     requesters, data = await slotted_source(swarm, upstream, 16 * MiB)
     trickle, _ = await requesters.hold("trickle", read_every=0.2)  # 2.5 kB/s: always some progress
     async with aiohttp.ClientSession() as session:

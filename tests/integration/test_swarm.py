@@ -8,10 +8,12 @@ import os
 import aiohttp
 import pytest
 
+from loadtest.origin_server import Fault
 from supernode.scheduler import SourceState
+from swarmpull.core.bitfield import full, to_text
 from swarmpull.core.blobs import BlobRequest, DownloadFailed
 from swarmpull.core.digest import Digest
-from swarmpull.core.protocol import API
+from swarmpull.core.protocol import API, Holding, PeerRegistration
 from swarmpull.core.signing import STATEMENT_SIZE
 from swarmpull.edges.metrics import sample
 from tests.integration.conftest import downloaded, file_sha256, pieces
@@ -330,5 +332,28 @@ async def test_a_preheat_poll_makes_no_source_of_a_blob_no_preheat_gave(swarm, u
     poll = {"progress": [{"task_id": request.task_id, "state": "complete", "done": len(data)}]}
     url = f"{supernode.url}{API}/peers/{claimer.peer_id}/preheat"
     async with aiohttp.ClientSession() as session, session.post(url, json=poll) as resp:
+        assert resp.status == 200, await resp.text()
+    assert supernode.service.scheduler.holders(request.task_id, 0) == before  # before: one more
+
+
+async def test_a_registration_claiming_a_private_blob_makes_no_member_of_a_stranger(swarm, upstream):
+    """A node that names a private blob's digest and geometry among its holdings at
+    registration, never let in, is no holder, so no parent of it: requesters would have
+    come to it with their capabilities (who pulls the image), and the seed's ration would
+    count it as a copy."""
+    data = os.urandom(MiB)
+    url = upstream.add("private/layer", data)
+    upstream.faults["/private/layer"] = Fault(token="t0k3n")
+    request = BlobRequest(url, Digest.of(data), {"Authorization": "Bearer t0k3n"})
+    supernode = await swarm.start_supernode()
+    (holder,) = await swarm.add_peers(1)
+    await holder.ensure(request).wait_complete()
+    task = supernode.service.tasks[request.task_id]
+    before = supernode.service.scheduler.holders(request.task_id, 0)
+    count = task.blob.geometry.count
+    claim = Holding(request.task_id, len(data), task.blob.meta.piece_size, to_text(full(count), count))
+    registration = PeerRegistration("stranger", "http://127.0.0.1:9", 8, holdings=[claim])
+    url = f"{supernode.url}{API}/peers"
+    async with aiohttp.ClientSession() as session, session.post(url, json=registration.to_json()) as resp:
         assert resp.status == 200, await resp.text()
     assert supernode.service.scheduler.holders(request.task_id, 0) == before  # before: one more

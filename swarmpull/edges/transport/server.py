@@ -17,8 +17,8 @@ Requesters share what the server has: one requester holds (or waits for) at most
 the upload slots, and has at most ``POLLS_PER_REQUESTER`` long polls; all long polls
 together hold at most half the process's connection budget,
 so the listener keeps room for the rest of its work. A poll past a cap, or an upload past
-the requester's share, is answered 429 at once. An upload that a requester takes slower
-than ``MIN_SEND_RATE`` (after ``SEND_FLOOR`` seconds) is cut: a requester that stops
+the requester's share, is answered 429 at once. An upload whose average since it began
+falls under ``MIN_SEND_RATE`` at any look from ``SEND_FLOOR`` seconds on is cut: a requester that stops
 reading frees its slot (and the listener ends a connection whose sent bytes stay
 unacknowledged for ``listener.SEND_STALL``). The seed's ration (``Rationing``) is looked
 at before a place in line and decided once a slot is had; a copy that did not go out
@@ -40,10 +40,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import fcntl
 import logging
 import re
+import socket
+import struct
+import termios
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from aiohttp import web
@@ -67,8 +71,9 @@ _PIECE_RE = re.compile(r"[0-9]{1,9}")
 MAP_HEADER = "X-Swarmpull-Map"
 MAX_MAP_WAIT = 30.0
 POLLS_PER_REQUESTER = 64  # an honest node polls once per task it shares with us
-MIN_SEND_RATE = 16 * 1024  # bytes per second an upload must average, after SEND_FLOOR
+MIN_SEND_RATE = 16 * 1024  # bytes per second an upload must average, from SEND_FLOOR on
 SEND_FLOOR = 60.0  # seconds any upload may take
+PACE_CHECK = 5.0  # seconds between looks at an upload's average, past SEND_FLOOR
 
 
 class Ration(enum.Enum):
@@ -330,18 +335,16 @@ class PieceServer:
                 body = await asyncio.to_thread(blob.read, offset, length)
                 if len(body) != length:
                     return json_error(404, "NOT_FOUND", f"piece {piece} could not be read"), False
-            async with asyncio.timeout(SEND_FLOOR + length / self._min_rate()):
+            with self._paced(request) as count:
                 if body is None:
                     resp.content_length = length
-                    count = self._counters.upload_bytes.inc
                     await send_region(request, resp, blob.fd, offset, length, self._limiter, count)
                 else:
-                    await self._write(request, resp, body)
+                    await self._write(request, resp, body, count)
             return resp, True
         except TimeoutError:  # read too slowly to be anything but a slot held
             log.info("piece %d of %s: the requester reads too slowly; cut", piece, blob.task_id)
-            if request.transport is not None:
-                request.transport.abort()
+            _reset(request)
         except ConnectionResetError:  # the requester hung up (an endgame twin lost)
             pass
         except OSError as exc:  # the file went under us: the requester sees a cut body
@@ -350,7 +353,53 @@ class PieceServer:
                 request.transport.close()
         return resp, False
 
-    async def _write(self, request: web.Request, resp: web.StreamResponse, body: bytes) -> None:
+    @contextlib.contextmanager
+    def _paced(self, request: web.Request) -> Iterator[Callable[[int], None]]:
+        """A body sent within: from ``SEND_FLOOR`` seconds on, what the requester took
+        (the bytes sent less those still in our buffers and the kernel's, which hold
+        megabytes) must have averaged ``_min_rate`` since it started, looked at every
+        ``PACE_CHECK`` seconds, or the block is cancelled (TimeoutError out of it).
+        Yields what counts bytes sent."""
+        loop = asyncio.get_running_loop()
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        started, rate, sent = loop.time(), self._min_rate(), [0]
+        task = asyncio.current_task()
+        assert task is not None
+
+        def count(n: int) -> None:
+            sent[0] += n
+            self._counters.upload_bytes.inc(n)
+
+        def taken() -> int:
+            held = transport.get_write_buffer_size() if transport is not None else 0
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    held += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+            return sent[0] - held
+
+        def check() -> None:
+            nonlocal looking
+            if taken() < rate * (loop.time() - started):
+                cut.append(True)
+                task.cancel()  # read too slowly to be anything but a slot held
+                return
+            looking = loop.call_later(PACE_CHECK, check)
+
+        cut: list[bool] = []
+        looking = loop.call_at(started + SEND_FLOOR, check)
+        try:
+            yield count
+        except asyncio.CancelledError:
+            if cut and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            looking.cancel()
+
+    async def _write(
+        self, request: web.Request, resp: web.StreamResponse, body: bytes, count: Callable[[int], None]
+    ) -> None:
         resp.content_length = len(body)
         data = memoryview(body)
         # The first chunk's turn before the head (aiohttp sends it at once): the body
@@ -362,5 +411,18 @@ class PieceServer:
             if start:
                 await self._limiter.acquire(len(chunk))
             await resp.write(chunk)
-            self._counters.upload_bytes.inc(len(chunk))
+            count(len(chunk))
         await resp.write_eof()
+
+
+def _reset(request: web.Request) -> None:
+    """End the connection with a reset: what the kernel still holds for it is dropped, not
+    sent on at the pace of the reader we cut (megabytes of socket buffers)."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
