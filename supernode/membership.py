@@ -63,8 +63,11 @@ class Membership:
             or (blob.meta.size, blob.meta.piece_size) != (holding.size, holding.piece_size)
         ):
             return  # unknown here, or cut differently: its pieces cannot be vouched for
-        if task.public is not True and peer_id not in task.granted:
-            return  # a private blob's: a claim makes no member (and parent) of a stranger
+        if task.public is False and peer_id not in task.granted:
+            # A private blob's: a claim makes no member (and parent) of a stranger. One
+            # restored from the seed cache is undecided until a read says (its holders
+            # register again after a restart, and are believed as before).
+            return
         try:
             have = from_text(holding.have, blob.geometry.count)
         except BitfieldError:
