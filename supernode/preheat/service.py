@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Iterator
 
 from supernode.preheat.jobs import JobState, Layer, LayerState, PreheatJob
 from supernode.seed_task import ShuttingDown, TaskFailed
@@ -185,19 +186,19 @@ class Preheats:
     def _holds_by_right(self, task_id: str, node: str) -> bool:
         """A job gave ``node`` the blob, and the node may have it (public, or it proved
         its pull rights): only then does its word make it a source of the blob."""
-        if not any(layer.task_id == task_id for job in self._jobs.values() for layer in job.assigned(node)):
-            return False
-        return self._service.capabilities.lets_in(task_id, node)
+        given = next(self._given(task_id, node), None) is not None
+        return given and self._service.capabilities.lets_in(task_id, node)
 
     def assigned(self, task_id: str, node: str) -> bool:
         """A job gave ``node`` the blob of ``task_id`` to hold, and the blob is public: it
         may have its torrent. A private blob's torrent needs the node's own pull rights
         (it opens the task with its own login first, as any pull)."""
-        return any(
-            layer.task_id == task_id and not layer.private
-            for job in self._jobs.values()
-            for layer in job.assigned(node)
-        )
+        return any(not layer.private for layer in self._given(task_id, node))
+
+    def _given(self, task_id: str, node: str) -> Iterator[Layer]:
+        """The layers of ``task_id`` the jobs gave ``node`` to hold."""
+        for job in self._jobs.values():
+            yield from (layer for layer in job.assigned(node) if layer.task_id == task_id)
 
     def _work(self, node: str, zone: str | None, rack: str | None) -> PreheatWork:
         layers: dict[str, PreheatBlob] = {}

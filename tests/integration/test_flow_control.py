@@ -45,19 +45,8 @@ def metric(peer, name, **labels):
 async def test_busy_source_queues_then_refuses_at_once_with_a_retry_hint(swarm, upstream):
     """One upload slot: one transfer runs, one waits in line for the slot (a requester
     pipelining its requests), and one more is refused at once."""
-    data = os.urandom(MiB)
-    url = upstream.add("layer", data)
-    supernode = await swarm.start_supernode(piece_size=MiB)
-    (source,) = await swarm.add_peers(1, upload_slots=1, upload_limit=64 * KiB)
-    request = BlobRequest(url, Digest.of(data))
-    await source.ensure(request).wait_complete()
-    piece_url = f"{source.address}/pieces/{request.task_id}/0"
-    task = supernode.service.tasks[request.task_id]
-
-    def as_peer(name: str) -> dict[str, str]:
-        capability = supernode.service.capabilities.grant(name, [task])[task.id]
-        return {PEER_HEADER: name, CAPABILITY_HEADER: capability}
-
+    requesters, _ = await slotted_source(swarm, upstream, upload_limit=64 * KiB)
+    source, piece_url, as_peer = requesters.source, f"{requesters.url}/0", requesters.headers
     async with aiohttp.ClientSession() as session:
         slow = await session.get(piece_url, headers=as_peer("a"))  # takes ~16 s
         assert slow.status == 200
@@ -82,6 +71,7 @@ class Requesters:
     def __init__(self, supernode, source, request):
         self._capabilities = supernode.service.capabilities
         self._task = supernode.service.tasks[request.task_id]
+        self.source = source
         self.url = f"{source.address}/pieces/{request.task_id}"
         self._address = source.address
 
