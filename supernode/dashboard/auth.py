@@ -72,7 +72,8 @@ class UiAuth:
 
     def token_ok(self, given: str) -> bool:
         """Constant time: the digests compared have the same length whatever was given."""
-        return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), self._digest)
+        given_bytes = given.encode("utf-8", "surrogatepass")  # a header's undecodable bytes too
+        return hmac.compare_digest(hashlib.sha256(given_bytes).digest(), self._digest)
 
     def new_session(self) -> str:
         expires = int(self._now() + self.session_seconds)

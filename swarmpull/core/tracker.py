@@ -174,7 +174,8 @@ class Tracker:
         if swarm is None:
             return failure("unknown torrent")
         expected = announce_token(self._secret, ann.node, ann.info_hash)
-        if ann.node not in swarm.members or not hmac.compare_digest(expected, ann.token):
+        given = ann.token.encode("utf-8", "surrogatepass")  # compare_digest takes ASCII text only
+        if ann.node not in swarm.members or not hmac.compare_digest(expected.encode(), given):
             return failure("not a member of this torrent")
         try:  # where it announced from, never its ``ip=``: it names no other host
             me = Endpoint(str(node_ip(ip, self._loopback)), ann.port)

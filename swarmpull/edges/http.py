@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -127,15 +128,26 @@ async def read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
     return bytes(data)
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_json(raw: bytes) -> Any:
     """JSON from an untrusted peer: any malformed document is a ProtocolError, including
     ones that exhaust the parser (deep nesting) or Python's integer limits."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, integers over 4300 digits
         raise ProtocolError(f"body is not JSON: {exc}") from None
     except RecursionError:
         raise ProtocolError("body is not JSON: nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):  # "\ud800" alone is JSON, and no text: no str.encode() takes it
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ProtocolError("body is not JSON text: a lone surrogate (\\ud800-\\udfff)") from None
+        except RecursionError:
+            raise ProtocolError("body is not JSON: nested too deeply") from None
+    return value
 
 
 def error_message(body: Any, fallback: str) -> str:

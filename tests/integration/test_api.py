@@ -186,8 +186,9 @@ async def test_a_body_sent_in_segments_arrives_whole(swarm):
         b"[" * 100_000 + b"]" * 100_000,  # deep enough to exhaust the parser
         b'{"peer_id": "p", "upload_slots": ' + b"9" * 5000 + b"}",  # over Python's 4300 digits
         b"\xff\xfe not utf-8",
+        b'{"peer_id": "p\\ud800", "address": null}',  # JSON, and no text (a 500 at task ids)
     ],
-    ids=["deeply-nested", "huge-integer", "not-utf8"],
+    ids=["deeply-nested", "huge-integer", "not-utf8", "lone-surrogate"],
 )
 async def test_hostile_json_is_a_400_not_a_500(swarm, body):
     supernode = await swarm.start_supernode()

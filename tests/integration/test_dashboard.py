@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -38,6 +39,16 @@ async def until(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
             return value
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.1)
+
+
+async def raw_status(url: str, line: bytes, header: bytes) -> int:
+    """The status of a request sent as raw bytes (a header no HTTP client would send)."""
+    split = urlsplit(url)
+    reader, writer = await asyncio.open_connection(split.hostname, split.port)
+    writer.write(line + b" HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nConnection: close\r\n\r\n")
+    head = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    return int(head.split(b" ", 2)[1])
 
 
 async def test_an_operator_sees_the_swarm_and_the_events_tell_the_same_story(swarm, upstream, tmp_path):
@@ -89,6 +100,13 @@ async def test_an_operator_sees_the_swarm_and_the_events_tell_the_same_story(swa
             deep = {"Content-Type": "application/json"}  # nested past the parser's recursion: no 500
             async with session.post(f"{supernode.url}/ui/login", data="[" * 4000, headers=deep) as resp:
                 assert resp.status == 401
+            lone = b'{"token": "\\ud800"}'  # JSON, and no text: a 500 before
+            async with session.post(f"{supernode.url}/ui/login", data=lone, headers=deep) as resp:
+                assert resp.status == 401
+            assert (
+                await raw_status(supernode.url, b"GET /ui/api/state", b"Authorization: Bearer \xff\xfe")
+                == 401
+            )
             for origin in ("http://evil.example", "http://["):  # the second no URL at all: a 500 before
                 async with session.post(
                     f"{supernode.url}/ui/login", json={"token": TOKEN}, headers={"Origin": origin}

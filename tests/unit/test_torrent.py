@@ -231,6 +231,19 @@ def test_the_tracker_answers_members_with_compact_peers():
     assert answer[b"complete"] == 1 and answer[b"incomplete"] == 3
 
 
+@pytest.mark.parametrize("token", ["%E9", "%ED%A0%80", "%FF"])
+def test_a_token_that_is_no_ascii_is_refused_not_raised(token):
+    # compare_digest takes ASCII text only: "%E9" raised TypeError (a 500 at /announce).
+    tracker = Tracker(b"secret")
+    info_hash = bytes(range(32))
+    tracker.open(info_hash, Endpoint("10.0.0.1", 7000))
+    tracker.admit(info_hash, "a")
+    answer = decode(
+        tracker.announce(100.0, parse_announce(announce_query(info_hash[:20], "a", token)), "10.0.0.2")
+    )
+    assert b"not a member" in answer[b"failure reason"]
+
+
 @pytest.mark.parametrize("source", ["127.0.0.1", "::1", "::ffff:127.0.0.1", "0.0.0.0"])
 def test_the_tracker_hands_out_no_loopback_peer_unless_the_cluster_is_on_one_host(source):
     # A proxy in front of the supernode: every announce from loopback, and every peer
