@@ -10,10 +10,16 @@ the bytes' sha256 with the one the supernode signed. The verdict goes back to th
 scheduler, which decides: a mismatch quarantines the source at once, right bytes make an
 accusation a lie (``scheduler/standing``), no answer leaves it to the witnesses; a
 claimed piece the source does not hold makes its holdings unbelieved (it leaves the task).
+A check we could not make (no room, the source busy, nothing to compare) is no evidence
+either way: the accusation waits for the next check (``deferred``), so that nobody can
+have an honest source quarantined by keeping the supernode from checking it.
 
 Checks are few and small: the scheduler asks at most one of each kind per source (or
-member) per ``check_interval``; here at most ``concurrency`` run at once (the rest wait,
-up to ``backlog``), each within ``deadline`` seconds.
+member) per ``check_interval``; here at most ``concurrency`` of each kind run at once
+(the rest wait, up to ``backlog``), each within ``deadline`` seconds. Accusations and
+holdings claims wait in lines of their own, and a source has at most one holdings check
+under way: a node that claims holdings and never answers (each check of it takes the
+whole deadline) delays only its own checks.
 """
 
 from __future__ import annotations
@@ -43,11 +49,16 @@ class Verdict(enum.Enum):
     CORRUPT = "corrupt"  # the source sent bytes that do not match the signed sha256
     RIGHT = "right"  # it sent the right bytes: the accusation was false
     MISSING = "missing"  # it does not hold the piece (a lie, if it just claimed it)
-    UNKNOWN = "unknown"  # no answer, no piece to ask for, or no room to check
+    UNKNOWN = "unknown"  # it did not answer: the witnesses decide
+    DEFERRED = "deferred"  # not checked (no room, it was busy, nothing to ask for): no evidence
 
 
 class PieceMissing(Exception):
     """The source answered that it does not hold the piece (404)."""
+
+
+class SourceBusy(Exception):
+    """The source answered, but not with the piece (busy, stopping, refused)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,15 +66,16 @@ class CheckConfig:
     """How the supernode checks accused sources."""
 
     concurrency: int = 4
-    """Checks running at once."""
+    """Checks of each kind (accusations, holdings claims) running at once."""
     backlog: int = 64
-    """Checks waiting for a turn; beyond that a check is given up (the witnesses decide)."""
+    """Checks of each kind waiting for a turn; beyond that a check is deferred."""
     deadline: float = 5.0
     """Seconds one check may take, connection included (a piece is small)."""
 
 
 class PieceProbe(Protocol):
-    """Fetches one piece's bytes from a source (``None``: it could not be had)."""
+    """Fetches one piece's bytes from a source (``None``: no answer; ``PieceMissing``: it
+    does not hold it; ``SourceBusy``: it answered something else)."""
 
     async def get(self, address: str, source: str, task_id: str, piece: int, length: int) -> bytes | None: ...
 
@@ -97,7 +109,7 @@ class HttpProbe:
                 if resp.status == 404:
                     raise PieceMissing(f"{source} does not hold piece {piece}")
                 if resp.status != 200:
-                    return None  # busy, refused: no evidence either way
+                    raise SourceBusy(f"{source} answered {resp.status}")  # no evidence either way
                 try:
                     return await read_at_most(resp.content, length)  # a longer body is wrong bytes too
                 except aiohttp.ClientPayloadError:
@@ -130,7 +142,9 @@ class SourceChecks:
         self._on_events = on_events
         self._rng = rng or random.Random()
         self._on_verdict = on_verdict  # counts them (metrics)
-        self._slots = asyncio.Semaphore(self.config.concurrency)
+        self._slots = {kind: asyncio.Semaphore(self.config.concurrency) for kind in CheckKind}
+        self._lines = {kind: 0 for kind in CheckKind}  # checks of each kind under way or waiting
+        self._holdings: set[str] = set()  # sources with a holdings check under way or waiting
         self._running: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
@@ -144,9 +158,15 @@ class SourceChecks:
     def submit(self, checks: list[Check]) -> None:
         """Start these checks (called on the event loop, from the service)."""
         for check in checks:
-            if len(self._running) >= self.config.concurrency + self.config.backlog:
-                self._verdict(check, Verdict.UNKNOWN, "too many checks at once")
+            holdings = check.kind is CheckKind.HOLDINGS
+            if holdings and check.source in self._holdings:
+                continue  # one at a time: its claims wait for the next interval
+            if self._lines[check.kind] >= self.config.concurrency + self.config.backlog:
+                self._verdict(check, Verdict.DEFERRED, "too many checks at once")
                 continue
+            self._lines[check.kind] += 1
+            if holdings:
+                self._holdings.add(check.source)
             run = asyncio.create_task(self._run(check), name=f"check-{check.source}")
             self._running.add(run)
             run.add_done_callback(self._running.discard)
@@ -162,7 +182,11 @@ class SourceChecks:
             verdict, why = await self._check(check)
         except Exception as exc:  # a bug in one check must not leave the witnesses waiting
             log.exception("check of %s failed", check.source)
-            verdict, why = Verdict.UNKNOWN, f"{type(exc).__name__}"
+            verdict, why = Verdict.DEFERRED, f"{type(exc).__name__}"
+        finally:
+            self._lines[check.kind] -= 1
+            if check.kind is CheckKind.HOLDINGS:
+                self._holdings.discard(check.source)
         self._verdict(check, verdict, why)
 
     async def _check(self, check: Check) -> tuple[Verdict, str]:
@@ -170,15 +194,15 @@ class SourceChecks:
         address = self._address(check.source)
         blob = task.blob if task is not None else None
         if task is None or blob is None or address is None:
-            return Verdict.UNKNOWN, "task or source gone"
+            return Verdict.DEFERRED, "task or source gone"
         known = task.vouched(check.have)
         if not known:
-            return Verdict.UNKNOWN, "it holds no piece we can check"
+            return Verdict.DEFERRED, "it holds no piece we can check"
         piece = random_bit(known, self._rng)
         expected, length = task.sha(piece), blob.geometry.length(piece)
         if expected is None:
-            return Verdict.UNKNOWN, f"no sha256 of piece {piece}"
-        async with self._slots:
+            return Verdict.DEFERRED, f"no sha256 of piece {piece}"
+        async with self._slots[check.kind]:
             try:
                 async with asyncio.timeout(self.config.deadline):
                     data = await self._probe.get(address, check.source, task.id, piece, length)
@@ -186,6 +210,8 @@ class SourceChecks:
                 return Verdict.UNKNOWN, f"piece {piece} not sent within {self.config.deadline:g} s"
             except PieceMissing:
                 return Verdict.MISSING, f"it does not hold piece {piece}"
+            except SourceBusy as exc:
+                return Verdict.DEFERRED, str(exc)
         if data is None:
             return Verdict.UNKNOWN, f"piece {piece} not sent"
         if len(data) == length and (await asyncio.to_thread(_sha256, data)) == expected:
@@ -201,7 +227,7 @@ class SourceChecks:
             log.warning("checked %s myself: %s", check.source, why)
             events = self._scheduler.confirm_corrupt(check.source, now)
         elif check.kind is CheckKind.HOLDINGS:
-            if verdict is not Verdict.MISSING:
+            if verdict is not Verdict.MISSING:  # unanswered, deferred: its claims stand
                 log.debug("checked the holdings %s claimed: %s", check.source, why)
                 return
             log.warning("checked the holdings %s claimed: %s; not believed", check.source, why)
@@ -209,6 +235,9 @@ class SourceChecks:
         elif verdict is Verdict.RIGHT:
             log.warning("checked %s myself: %s; its accusers lied", check.source, why)
             events = self._scheduler.cleared(check.source, now)
+        elif verdict is Verdict.DEFERRED:
+            log.info("could not check %s: %s; its accusers wait for another check", check.source, why)
+            events = self._scheduler.check_deferred(check.source, now)
         else:
             log.info("could not check %s: %s; the witnesses decide", check.source, why)
             events = self._scheduler.check_failed(check.source, now)

@@ -287,6 +287,18 @@ class Scheduler:
                 self._quarantine_peer(source, now, events)
         return events
 
+    def check_deferred(self, source_id: str, now: float) -> Events:
+        """The supernode could not make its check of ``source_id`` (no room, the source
+        busy): no evidence either way. The accusations wait, and the next one brings a new
+        check (the witnesses do not decide without one: nobody can have a source
+        quarantined by keeping the supernode from checking it)."""
+        self._checks.pop(source_id, None)
+        source = self._peers.get(source_id)
+        if source is not None and not source.is_seed and source.check_until:
+            source.check_until = 0.0
+            source.checked_at = -1e18
+        return Events()
+
     def holdings_refuted(self, task_id: str, peer_id: str, now: float) -> Events:
         """The supernode asked ``peer_id`` for a piece it claimed and it had none: its
         holdings are not believed (it leaves the task; it opens it again when it needs
@@ -321,8 +333,8 @@ class Scheduler:
                 if peer is not None and peer.state is SourceState.DEGRADED:
                     peer.state = SourceState.ACTIVE
         for source_id, until in list(self._checks.items()):
-            if until <= now:  # no verdict in time: the witnesses decide
-                events.merge(self.check_failed(source_id, now))
+            if until <= now:  # no verdict in time (it waited its turn): no evidence
+                events.merge(self.check_deferred(source_id, now))
         for peer_id, until in list(self._quarantine.items()):
             if until <= now:
                 del self._quarantine[peer_id]

@@ -92,13 +92,27 @@ def test_a_reporter_caught_lying_about_two_sources_loses_standing_and_is_ignored
     assert sched.has_standing("r1", NOW + 4 + 3600.5)
 
 
-def test_without_a_verdict_the_witnesses_decide():
+def test_without_a_verdict_in_time_nobody_is_quarantined_and_the_next_accusation_brings_a_check():
+    # A verdict that does not come is a check that waited its turn (liars can fill the
+    # line), not a source that did not answer (that is a verdict: ``check_failed``).
     sched = swarm()
     claim(sched, "r1", "src", CORRUPT, NOW + 1)
     claim(sched, "r2", "src", CORRUPT, NOW + 2)
     assert sched.state("src") is SourceState.ACTIVE  # waiting for the check
     events = sched.expire(NOW + 1 + 10.5)  # check_seconds passed without a verdict
-    assert events.quarantined == ["src"]
+    assert not events.quarantined and sched.state("src") is SourceState.ACTIVE
+    events = claim(sched, "r3", "src", CORRUPT, NOW + 12)
+    assert len(events.checks) == 1 and not events.quarantined
+    assert sched.check_failed("src", NOW + 13).quarantined == ["src"]  # it did not answer
+
+
+def test_a_deferred_check_is_no_evidence():
+    sched = swarm()
+    claim(sched, "r1", "src", CORRUPT, NOW + 1)
+    claim(sched, "r2", "src", CORRUPT, NOW + 2)
+    assert not sched.check_deferred("src", NOW + 3).quarantined
+    assert sched.state("src") is SourceState.ACTIVE
+    assert len(claim(sched, "r3", "src", CORRUPT, NOW + 4).checks) == 1
 
 
 def test_a_failed_check_leaves_one_witness_one_witness():

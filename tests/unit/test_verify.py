@@ -10,8 +10,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from supernode.scheduler import Events, ParentReport, Scheduler, SchedulerConfig, SourceState
-from supernode.verify import CheckConfig, PieceMissing, SourceChecks
+from supernode.scheduler import (
+    Check,
+    CheckKind,
+    Events,
+    ParentReport,
+    Scheduler,
+    SchedulerConfig,
+    SourceState,
+)
+from supernode.verify import CheckConfig, PieceMissing, SourceBusy, SourceChecks
 from swarmpull.core.bitfield import full
 from swarmpull.core.failures import FailureReason
 
@@ -101,10 +109,50 @@ async def test_a_full_backlog_gives_checks_up_at_once():
     checks = SourceChecks(Stuck(), sched, lambda t: fake_task(), lambda p: "x", lambda: 2.0, seen.merge,
                           CheckConfig(concurrency=1, backlog=0))  # fmt: skip
     checks.submit(events.checks)
-    checks.submit(events.checks)  # no room: given up, the witnesses decide
+    sched.report(T, "r1", 1.5, have=0, parents=[ParentReport("src", 0, 0.0, 1, FailureReason.CORRUPT)])
+    checks.submit(events.checks)  # no room: deferred, and a deferred check is no evidence
     assert checks.running == 1 and not sched._peers["src"].check_until
+    assert not seen.quarantined and sched.state("src") is SourceState.ACTIVE
     await checks.stop()
     await checks.stop()  # safe twice
+
+
+async def test_a_busy_source_is_not_judged_and_the_next_accusation_checks_again():
+    def busy(piece):
+        raise SourceBusy("429")
+
+    sched, seen, probe = await run(busy)
+    assert len(probe.asked) == 1 and not seen.quarantined
+    report = [ParentReport("src", 0, 0.0, 1, FailureReason.CORRUPT)]
+    sched.peer_joined("r2", 3.0, serves=True)
+    sched.join(T, "r2", 0, 3.0)
+    _, events = sched.report(T, "r2", 3.0, have=0, parents=report)
+    assert [c.source for c in events.checks] == ["src"] and sched.state("src") is SourceState.ACTIVE
+
+
+async def test_holdings_checks_of_a_staller_hold_up_no_accusation():
+    # A node that claims holdings and never answers: each check of it takes the deadline.
+    sched = Scheduler(SchedulerConfig(), random.Random(1))
+    events = accused(sched)
+    stalled = asyncio.Event()
+
+    class Probe:
+        async def get(self, address, source, task_id, piece, length):
+            if source == "staller":
+                await stalled.wait()
+            return RIGHT[piece]
+
+    seen = Events()
+    checks = SourceChecks(Probe(), sched, lambda t: fake_task(), lambda p: "x", lambda: 2.0, seen.merge,
+                          CheckConfig(concurrency=1, backlog=4))  # fmt: skip
+    claims = [Check(T, "staller", full(4), CheckKind.HOLDINGS) for _ in range(20)]
+    checks.submit(claims)
+    assert checks.running == 1  # one holdings check of a source at a time
+    checks.submit(events.checks)  # the accusation has a line of its own
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert checks.running == 1 and sched._standing._strikes["r1"]  # checked: src's bytes are right
+    await checks.stop()
 
 
 async def test_a_claimed_piece_not_held_makes_the_holdings_unbelieved():
