@@ -56,7 +56,7 @@ class Scheduler:
         self._checks: dict[str, float] = {}  # source -> when its check is given up on
         self._claim_checks: list[Check] = []  # holdings to check, from opens (take_checks)
         self._standing = Standing(self.config.standing)
-        self._speed = SpeedTracker()
+        self._speed = SpeedTracker(witnesses=self.config.failure_witnesses)
         self.peer_timeout = self.config.peer_timeout  # the service stretches it with the swarm
 
     # ------------------------------------------------------------------- peers
@@ -205,8 +205,11 @@ class Scheduler:
         self._touch(peer, now)
         member = self._member(task, peer)
         events = Events()
+        seen: set[str] = set()
         for report in parents:
-            self._parent_report(task, member, report, now, events)
+            if report.parent not in seen:  # one entry per parent: a repeat is no new witness
+                seen.add(report.parent)
+                self._parent_report(task, member, report, now, events)
         for parent_id in (*drop, *bad):
             self._unlink(task, member, parent_id)
         for parent_id in bad:
@@ -476,10 +479,11 @@ class Scheduler:
                 for liar in liars:
                     source.failures.pop(liar, None)
                 events.unheeded.extend(lost)
-        if report.bytes > 0 and report.seconds > 0:
+        if report.bytes > 0 and report.seconds > 0 and self._standing.counts(member.peer_id, now):
             # A parent shares its upload among its children: per child, it looks slower
             # the more children it has. That is load, not sickness.
-            self._speed.report(source.id, report.bytes, report.seconds / max(1, len(holder.children)))
+            per_child = report.seconds / max(1, len(holder.children))
+            self._speed.report(source.id, member.peer_id, report.bytes, per_child)
             if self._speed.degraded(source.id):
                 self._degrade(source, now, events, "its transfers are far slower than its peers'")
         reason = report.reason
