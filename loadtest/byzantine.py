@@ -1,5 +1,5 @@
 """Byzantine nodes for fault runs of the load test: a front that stands where an honest
-node's piece server is advertised and twists its answers, in one of four ways.
+node's piece server is advertised and twists its answers, in one of five ways.
 
 The product never lies, so the lies live here, in the load test only. A byzantine node is
 a real node daemon whose piece server other nodes reach only through this front (the node
@@ -12,7 +12,10 @@ front asks the real server (uncompressed) and then, by mode:
   stall timeout fires: only a deadline on the whole transfer catches it;
 - ``liar``: its maps, and the map header of every piece it sends, claim every piece; a
   piece the node does not hold is promised (200, its full length) and never sent, the
-  connection held until the requester gives up.
+  connection held until the requester gives up;
+- ``refuse``: its maps are true, and every piece is refused as if its upload slots were
+  all busy (429), the supernode's checks included: a holder that never serves and is
+  never caught lying.
 
 Piece statements (each piece's sha256, signed by the supernode) pass unchanged: no front
 can forge them, and requesters check every one. Everything else passes as it is.
@@ -41,7 +44,7 @@ from swarmpull.core.maps import MapError, PieceMap, decode_map
 from swarmpull.edges.http import PEER_HEADER, HostPort, bind, start_site
 from swarmpull.edges.transport import MAP_HEADER
 
-MODES = ("wrong", "truncate", "slow", "liar")
+MODES = ("wrong", "truncate", "slow", "liar", "refuse")
 SLOW_RATE = 1000  # bytes per second a slow front sends a piece at
 SLOW_STEP = 0.5  # seconds between two of its writes (far below any stall timeout)
 HOLD = 300.0  # seconds a liar holds a promised piece at most (requesters give up long before)
@@ -119,6 +122,10 @@ class ByzantineFront:
         return web.Response(status=status, headers=headers, body=body)
 
     async def _piece(self, request: web.Request) -> web.StreamResponse:
+        if self.mode == "refuse":
+            self.lies["refused piece"] += 1
+            body = b'{"errors": [{"code": "BUSY", "message": "every upload slot is busy"}]}'
+            return web.Response(status=429, body=body, headers={"Retry-After": "1"})
         status, headers, body = await self._ask(request)
         task_id, piece = request.match_info["task_id"], request.match_info["piece"]
         if status == 404 and self.mode == "liar":

@@ -119,6 +119,13 @@ class PolicyConfig:
     far too slow for its deadline: at once)."""
     busy_backoff: float = 1.0
     """Seconds a parent that refused (all upload slots busy) is not asked again."""
+    refused_after: float = 20.0
+    """Seconds a peer parent may refuse every piece we ask of it (busy), with none from
+    it since, before it is dropped as bad. An honest source's slots turn over in a few
+    piece times; one that holds what we lack and never serves it (a node that took the
+    seed's copies and answers only "busy") would otherwise keep us, and the seed's
+    ration, waiting on it for ever (the supernode keeps it from us, and the seed no
+    longer counts it as a holder for us)."""
     map_pause: float = 0.25
     """Seconds before asking again for the map of a parent that still offers pieces we
     lack and are not fetching: its news can wait. (A map is a long poll answered at each
@@ -163,6 +170,7 @@ class ParentLink:
     rate: float = 0.0  # bytes per second of one transfer from it (EWMA); 0: not measured
     failures: int = 0
     busy_until: float = 0.0
+    refused_since: float | None = None  # since when it refused all we asked (busy)
     lacks: int = 0  # pieces its map shows but it answered it does not hold
     leaving: bool = False  # dropped: no new transfers, gone once its last one ends
     idle_since: float | None = None  # since when it holds nothing we lack
@@ -464,6 +472,7 @@ class PiecePolicy:
         link = self.parents.get(parent_id)
         if link is not None:
             link.failures = 0
+            link.refused_since = None
             # A blob's short last piece times the source's latency, not its rate: 43 bytes
             # in half a second is no 86 B/s source (one such report degraded honest peers).
             if size * 2 >= self.piece_size:
@@ -487,6 +496,10 @@ class PiecePolicy:
             return
         if reason is FailureReason.BUSY:
             link.busy_until = now + self.config.busy_backoff
+            if link.refused_since is None:
+                link.refused_since = now
+            elif not link.seed and now - link.refused_since >= self.config.refused_after:
+                self._fault(link, reason, at_once=True)
             return
         if reason is FailureReason.MISSING:
             link.lacks |= 1 << piece  # until its next map
@@ -499,11 +512,11 @@ class PiecePolicy:
         if link is not None:
             self._fault(link, reason)
 
-    def _fault(self, link: ParentLink, reason: FailureReason) -> None:
+    def _fault(self, link: ParentLink, reason: FailureReason, at_once: bool = False) -> None:
         link.failures += 1
         link.report.failures += 1
         link.report.reason = reason
-        if reason in _AT_ONCE or link.failures >= self.config.bad_after:
+        if at_once or reason in _AT_ONCE or link.failures >= self.config.bad_after:
             self.bad[link.id] = None
             self._want_parents = True
             self._leave(link.id)

@@ -19,6 +19,13 @@ changes, and one the reports do not back could leave it asking nobody: tried, it
 stalled the default surge). After that a missing holder is believed, and one more copy
 goes out (at most one per ``grace``).
 
+Holders are counted for the requester: a parent it dropped as bad (it refused it every
+piece for a while, or failed it) is none for it. Two nodes that took the seed's copies
+and then answer every request "busy" would otherwise keep the seed on "peers hold it"
+for every piece, and every other node waiting for ever. A requester gets each piece
+past the ration this way once: one that drops every parent it is given as bad, to have
+the seed send it the blob, has it once, not each time it asks.
+
 A piece under ``small`` bytes always goes out: held back, it would save the seed next
 to nothing and cost every node its whole pull. An image's config blob is one piece of a
 few hundred bytes that every node needs before its pull ends, and the peers that hold
@@ -42,7 +49,7 @@ class SeedRation:
     def __init__(
         self,
         copies: int,
-        holders: Callable[[str, int], int],
+        holders: Callable[[str, int, str | None, float], int],
         now: Callable[[], float],
         grace: float,
         small: int = SMALL_PIECE,
@@ -55,25 +62,38 @@ class SeedRation:
         self._holders = holders
         self._now = now
         self._sent: dict[str, dict[int, tuple[int, float]]] = {}  # piece -> (copies, last sent)
+        self._extra: dict[str, dict[str, int]] = {}  # task -> requester -> pieces sent past the ration
 
-    def decide(self, task_id: str, piece: int, size: int, take: bool = True) -> Ration:
-        """Whether the seed sends ``piece`` (``size`` bytes) now, and when ``take``, counts
-        the copy if so (``give_back`` uncounts one that did not go out whole)."""
+    def decide(
+        self, task_id: str, piece: int, size: int, take: bool = True, requester: str | None = None
+    ) -> Ration:
+        """Whether the seed sends ``piece`` (``size`` bytes) to ``requester`` now, and when
+        ``take``, counts the copy if so (``give_back`` uncounts one that did not go out
+        whole)."""
         if size < self.small:
             return Ration.SEND
         sent = self._sent.setdefault(task_id, {})
         count, last = sent.get(piece, (0, 0.0))
         now = self._now()
+        extra = False  # past the ration because holders are none for this requester
         if count >= self.copies:
-            if self._holders(task_id, piece) >= self.copies:
+            holders = self._holders(task_id, piece, requester, now)
+            if holders >= self.copies:
                 return Ration.ELSEWHERE
+            if requester is not None and holders < self._holders(task_id, piece, None, now):
+                if self._extra.get(task_id, {}).get(requester, 0) >> piece & 1:
+                    return Ration.ELSEWHERE  # it had this piece past the ration once
+                extra = True
             if now - last < self.grace:
                 return Ration.LATER
         if take:
             sent[piece] = (count + 1, now)
+            if extra and requester is not None:
+                mine = self._extra.setdefault(task_id, {})
+                mine[requester] = mine.get(requester, 0) | 1 << piece
         return Ration.SEND
 
-    def give_back(self, task_id: str, piece: int, size: int) -> None:
+    def give_back(self, task_id: str, piece: int, size: int, requester: str | None = None) -> None:
         """A copy ``decide`` counted did not go out whole (the requester left, or was cut):
         it is not counted, so a requester that asks and hangs up spends no copy, and keeps
         no one else waiting."""
@@ -81,7 +101,11 @@ class SeedRation:
         if entry is not None:
             count, last = entry
             self._sent[task_id][piece] = (max(0, count - 1), last)  # the others' grace holds
+            mine = self._extra.get(task_id, {})
+            if requester in mine:
+                mine[requester] &= ~(1 << piece)
 
     def forget(self, task_id: str) -> None:
         """The seed dropped the blob: a copy it holds again is counted afresh."""
         self._sent.pop(task_id, None)
+        self._extra.pop(task_id, None)

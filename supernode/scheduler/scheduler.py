@@ -154,17 +154,20 @@ class Scheduler:
         task = self._tasks.get(task_id)
         return len(task.members) if task is not None else 0
 
-    def holders(self, task_id: str, piece: int) -> int:
-        """Live members that hold ``piece`` (as last reported)."""
+    def holders(self, task_id: str, piece: int, requester: str | None = None, now: float = 0.0) -> int:
+        """Live members that hold ``piece`` (as last reported); with ``requester``, those
+        it has not dropped as bad (a holder that refuses it everything is none for it)."""
         task = self._tasks.get(task_id)
         if task is None:
             return 0
+        asking = task.members.get(requester) if requester is not None else None
         bit, peers, active = 1 << piece, self._peers, SourceState.ACTIVE
         count = 0
         for peer_id, member in task.members.items():
             if member.have & bit:
                 peer = peers.get(peer_id)
-                count += peer is not None and peer.state is active
+                if peer is not None and peer.state is active:
+                    count += asking is None or not asking.blacklisted(peer_id, now)
         return count
 
     def piece_seeded(self, task_id: str, piece: int) -> None:
@@ -210,11 +213,13 @@ class Scheduler:
             if report.parent not in seen:  # one entry per parent: a repeat is no new witness
                 seen.add(report.parent)
                 self._parent_report(task, member, report, now, events)
+        for parent_id in bad:
+            # Only its own parents: keeping a holder away also makes it none for this
+            # requester in the seed's ration (``holders``).
+            if parent_id in member.parents and parent_id in self._peers:
+                member.keep_away(parent_id, now, self.config.blacklist_seconds)
         for parent_id in (*drop, *bad):
             self._unlink(task, member, parent_id)
-        for parent_id in bad:
-            if parent_id in self._peers:  # a made-up id would stay for ever: nobody looks it up
-                member.keep_away(parent_id, now, self.config.blacklist_seconds)
         self._claims(task, member, peer, have, now, events.checks, at_open=False)
         self._holds(task, member, have)
         return self._answer(task, member, peer, now), events

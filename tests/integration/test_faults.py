@@ -61,7 +61,7 @@ async def test_killed_nodes_lying_nodes_and_a_flaky_registry_hand_no_runtime_a_w
     assert "corrupt bytes at runtimes" in table and "goal: 0 corrupt bytes at runtimes" in table
 
 
-@pytest.mark.parametrize("mode", ["truncate", "slow", "liar"])
+@pytest.mark.parametrize("mode", ["truncate", "slow", "liar", "refuse"])
 async def test_every_honest_node_completes_beside_byzantine_piece_servers(mode):
     # One in four lies; the first pieces come from the seed, then peers, liars among them.
     faults = FaultConfig(byzantine_fraction=0.25, byzantine_mode=mode)

@@ -15,11 +15,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from loadtest.byzantine import ByzantineFront
 from loadtest.image import build_image
 from loadtest.registry import MiniRegistry
 from loadtest.services import free_port
 from swarmpull.core.digest import Digest
-from swarmpull.edges.http import HostPort
+from swarmpull.edges.http import HostPort, bind
 from swarmpull.edges.metrics import sample
 from tests.kit.nodes import start_node
 from tests.kit.peers import PeerProcess
@@ -150,3 +151,42 @@ async def test_a_lying_source_does_not_stall_a_pull_through_the_registry_proxy(s
             await node.stop()
         await relay.stop()
         await registry.stop()
+
+
+async def test_holders_that_refuse_every_piece_do_not_starve_a_pull(swarm, upstream, tmp_path):
+    # Two nodes take the seed's copies of every piece, then answer every request for them
+    # "busy" (the supernode's checks too): the seed's ration believes peers hold each
+    # piece, and without more the victim waits on them for ever.
+    data = os.urandom(MiB)
+    url, digest = upstream.add("layer", data), str(Digest.of(data))
+    supernode = await swarm.start_supernode(piece_size=64 * KiB)
+    fronts, daemons = [], []
+    try:
+        for name in ("a", "b"):
+            sock, where = bind(HostPort("127.0.0.1", 0))
+            daemon = PeerProcess(tmp_path / name, supernode.url, "--advertise", f"http://{where}")
+            front = ByzantineFront("refuse", daemon.url, lambda task_id: None)
+            await front.start(sock)
+            fronts.append(front)
+            daemons.append(daemon)
+            await daemon.start()
+            code, err = await swarmpull_get(
+                url, tmp_path / f"{name}.bin", "--peer", daemon.api_url, "--digest", digest
+            )
+            assert code == 0, err
+        victim = PeerProcess(tmp_path / "victim", supernode.url)
+        daemons.append(victim)
+        await victim.start()
+        async with asyncio.timeout(150):
+            code, err = await swarmpull_get(
+                url, tmp_path / "copy", "--peer", victim.api_url, "--digest", digest
+            )
+        assert code == 0, err
+        assert (tmp_path / "copy").read_bytes() == data
+        assert fronts[0].lies["refused piece"] > 0  # the refusers were handed out, and asked
+        assert upstream.bytes_sent == len(data)  # the registry sent it once
+    finally:
+        for daemon in daemons:
+            await daemon.stop()
+        for front in fronts:
+            await front.stop()

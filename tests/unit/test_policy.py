@@ -164,6 +164,26 @@ def test_busy_backs_off_and_missing_waits_for_the_next_map():
     assert p.choose(NOW + 1.5, 2) == [(picks[0][0], "a")]
 
 
+def test_a_peer_parent_that_refuses_everything_for_long_is_dropped_as_bad_the_seed_never():
+    p = policy(count=4, per_parent=1, busy_backoff=1.0, refused_after=20.0)
+    p.set_parents(
+        [("a", False, View(range(4))), ("b", False, View(range(4))), ("seed", True, View(range(4)))]
+    )
+    t, asked = NOW, set()
+    while t < NOW + 30:
+        for piece, parent in p.choose(t, 3):
+            asked.add(parent)
+            if parent == "b" and t > NOW + 15:
+                p.finished(piece, parent, PIECE, 0.1, t)  # b serves after a while
+            else:
+                p.failed(piece, parent, FailureReason.BUSY, t)
+        t += 1.1
+    _, _, bad = p.take_report(t)
+    assert asked == {"a", "b", "seed"}
+    assert bad == ["a"]  # refused all it was asked for 20 s; b served once in time
+    assert "a" not in p.parents and {"b", "seed"} <= set(p.parents)
+
+
 def test_endgame_asks_a_second_parent_and_the_first_copy_wins():
     p = policy(count=2, endgame=2, per_parent=2, rate=10e6, first_streams=1)
     p.set_parents([("slow", False, View([0, 1])), ("fast", False, View([0, 1]))])

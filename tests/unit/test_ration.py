@@ -18,7 +18,7 @@ class Clock:
 
 
 def ration_for(copies, holders, clock=None, grace=1.0, small=16 * 1024):
-    def holders_of(task, piece):
+    def holders_of(task, piece, requester=None, now=0.0):
         return holders.get((task, piece), 0)
 
     return SeedRation(copies, holders_of, clock or Clock(), grace, small)
@@ -89,3 +89,31 @@ def test_a_copy_that_did_not_go_out_whole_is_not_counted():
     assert ration.decide("t", 0, PIECE) is LATER
     ration.give_back("config", 0, 573)  # a small piece is never counted, nor given back
     assert ration.decide("config", 0, 573) is SEND
+
+
+def test_holders_are_counted_for_the_requester_who_gets_a_piece_past_the_ration_once():
+    asked = []
+
+    def holders_of(task, piece, requester, now):
+        asked.append((requester, now))
+        return 0 if requester in ("starved", "greedy") else 2
+
+    clock = Clock()
+    ration = SeedRation(2, holders_of, clock, 1.0)
+    assert ration.decide("t", 0, PIECE) is SEND and ration.decide("t", 0, PIECE) is SEND
+    clock.now += 1.5
+    assert ration.decide("t", 0, PIECE, requester="fed") is ELSEWHERE
+    assert asked == [("fed", clock.now)]
+    # The holders it has are none for this one (it dropped them): one more copy goes out.
+    assert ration.decide("t", 0, PIECE, requester="starved") is SEND
+    assert ration.decide("t", 0, PIECE, requester="greedy") is LATER  # one per grace
+    clock.now += 1.5
+    assert ration.decide("t", 0, PIECE, requester="greedy") is SEND
+    clock.now += 1.5
+    # Dropping every parent again does not buy it a second copy; one not sent whole, does.
+    assert ration.decide("t", 0, PIECE, requester="greedy") is ELSEWHERE
+    ration.give_back("t", 0, PIECE, "starved")
+    assert ration.decide("t", 0, PIECE, requester="starved") is SEND
+    ration.forget("t")
+    for _ in range(2):  # a blob held again is counted afresh
+        assert ration.decide("t", 0, PIECE, requester="greedy") is SEND

@@ -301,6 +301,23 @@ def test_holders_count_live_members_that_hold_a_piece():
     assert sched.holders("no-such-task", 0) == 0
 
 
+def test_a_holder_a_requester_dropped_as_bad_is_no_holder_for_it():
+    # Two holders that refuse everyone would keep the seed's ration on "peers hold it".
+    sched = Scheduler(SchedulerConfig(blacklist_seconds=60.0), random.Random(1))
+    sched.add_seed(SEED, 100e6)
+    sched.add_task(T, 4, SEED)
+    for peer, have in (("a", 0b0001), ("b", 0b0001), ("r", 0), ("s", 0)):
+        sched.peer_joined(peer, NOW, serves=True)
+        sched.join(T, peer, have, NOW)
+    sched.report(T, "r", NOW + 1, have=0, bad=["a"])
+    assert sched.holders(T, 0, "r", NOW + 1) == 1  # b still counts for r
+    assert sched.holders(T, 0, "s", NOW + 1) == sched.holders(T, 0) == 2  # and both for s
+    sched.report(T, "r", NOW + 2, have=0, bad=["b"])
+    assert sched.holders(T, 0, "r", NOW + 2) == 0
+    assert sched.holders(T, 0, "r", NOW + 70) == 2  # kept away for blacklist_seconds
+    assert sched.holders(T, 0, "stranger", NOW + 2) == 2  # not a member: every holder
+
+
 def test_no_peer_takes_the_seeds_id():
     # A peer named as the seed would replace it, or its leave would remove it: every
     # task then has no seed (a 500 on every open and report until a restart).
@@ -319,17 +336,23 @@ def test_no_peer_takes_the_seeds_id():
     assert SEED in ids(parents)
 
 
-def test_a_member_keeps_away_known_sources_only_and_a_bounded_number():
+def test_a_member_keeps_away_its_own_parents_only_and_a_bounded_number():
     from supernode.scheduler.state import MAX_KEPT_AWAY
 
     sched = make(blacklist_seconds=5.0)
     join(sched, "r1", *(f"p{i}" for i in range(MAX_KEPT_AWAY + 10)))
-    sched.join(T, "r1", 0, NOW)
+    parents = [p for p in ids(sched.join(T, "r1", 0, NOW)) if p != SEED]
     made_up = [f"nobody{i}" for i in range(1000)]
     sched.report(T, "r1", NOW, have=0, bad=made_up)  # ids nobody will ever look up
     member = sched._tasks[T].members["r1"]
     assert not member.blacklist
-    sched.report(T, "r1", NOW, have=0, bad=[f"p{i}" for i in range(MAX_KEPT_AWAY + 10)])
+    others = [f"p{i}" for i in range(MAX_KEPT_AWAY + 10) if f"p{i}" not in parents]
+    sched.report(T, "r1", NOW, have=0, bad=others)  # sources it was never given
+    assert not member.blacklist
+    sched.report(T, "r1", NOW, have=0, bad=parents)
+    assert set(member.blacklist) == set(parents)
+    for i in range(MAX_KEPT_AWAY + 10):
+        member.keep_away(f"p{i}", NOW, 5.0)
     assert len(member.blacklist) == MAX_KEPT_AWAY
-    sched.report(T, "r1", NOW + 10, have=0, bad=["p0"])  # the rest expired: they go first
+    member.keep_away("p0", NOW + 10, 5.0)  # the rest expired: they go first
     assert list(member.blacklist) == ["p0"]

@@ -247,8 +247,9 @@ def _fault_options(p: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )  # fmt: skip
     f.add_argument(
-        "--byzantine-mode", choices=["wrong", "truncate", "slow", "liar"], default="wrong",
-        help="wrong bytes, truncated pieces, pieces at a crawl, or maps claiming every piece "
+        "--byzantine-mode", choices=["wrong", "truncate", "slow", "liar", "refuse"], default="wrong",
+        help="wrong bytes, truncated pieces, pieces at a crawl, maps claiming every piece, "
+        "or every piece refused as busy "
         "(default: %(default)s)",
     )  # fmt: skip
     f.add_argument(

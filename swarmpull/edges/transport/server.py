@@ -87,8 +87,10 @@ class Ration(enum.Enum):
 class Rationing(Protocol):
     """The seed's ration (``supernode.ration.SeedRation``)."""
 
-    def decide(self, task_id: str, piece: int, size: int, take: bool = True) -> Ration: ...
-    def give_back(self, task_id: str, piece: int, size: int) -> None: ...
+    def decide(
+        self, task_id: str, piece: int, size: int, take: bool = True, requester: str | None = None
+    ) -> Ration: ...
+    def give_back(self, task_id: str, piece: int, size: int, requester: str | None = None) -> None: ...
 
 
 class PieceServer:
@@ -208,14 +210,14 @@ class PieceServer:
             return json_error(400, "BAD_REQUEST", f"piece {piece} out of range")
         if not blob.is_verified(piece):
             return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
-        refusal = self._rationed(task_id, piece, blob.geometry.length(piece), take=False)
+        refusal = self._rationed(task_id, piece, blob.geometry.length(piece), who, take=False)
         if refusal is not None:  # at once, without a place in line
             return refusal
         if who is not None and self._share is not None and self._uploads[who] >= self._share:
             self._counters.refused.inc()
             return json_error(429, "BUSY", "you hold your share of the upload slots", {"Retry-After": "1"})
         with self._holding(who):
-            return await self._upload(request, blob, piece)
+            return await self._upload(request, blob, piece, who)
 
     @contextlib.contextmanager
     def _holding(self, who: str | None) -> Iterator[None]:
@@ -230,7 +232,9 @@ class PieceServer:
             if not self._uploads[who]:
                 del self._uploads[who]
 
-    async def _upload(self, request: web.Request, blob: StoredBlob, piece: int) -> web.StreamResponse:
+    async def _upload(
+        self, request: web.Request, blob: StoredBlob, piece: int, who: str | None
+    ) -> web.StreamResponse:
         try:
             slot = await self._take_slot()
         except ConnectionAbortedError:
@@ -242,7 +246,7 @@ class PieceServer:
             if blob.removed or not blob.is_verified(piece):
                 return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
             size = blob.geometry.length(piece)
-            refusal = self._rationed(blob.task_id, piece, size, take=True)  # counted now it goes
+            refusal = self._rationed(blob.task_id, piece, size, who, take=True)  # counted now it goes
             if refusal is not None:
                 return refusal
             whole = False
@@ -258,13 +262,17 @@ class PieceServer:
                     return resp
             finally:
                 if not whole and self._ration is not None:
-                    self._ration.give_back(blob.task_id, piece, size)
+                    self._ration.give_back(blob.task_id, piece, size, who)
         finally:
             self._give_slot()
 
-    def _rationed(self, task_id: str, piece: int, size: int, take: bool) -> web.Response | None:
-        """The seed's refusal of ``piece`` now (its ration), if it refuses."""
-        ration = self._ration.decide(task_id, piece, size, take) if self._ration is not None else Ration.SEND
+    def _rationed(
+        self, task_id: str, piece: int, size: int, who: str | None, take: bool
+    ) -> web.Response | None:
+        """The seed's refusal of ``piece`` to ``who`` now (its ration), if it refuses."""
+        ration = (
+            self._ration.decide(task_id, piece, size, take, who) if self._ration is not None else Ration.SEND
+        )
         if ration is Ration.ELSEWHERE:
             return json_error(404, "NOT_FOUND", f"piece {piece} is rationed here: peers hold it")
         if ration is Ration.LATER:
