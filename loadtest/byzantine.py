@@ -236,5 +236,6 @@ class Fronts:
 
     def liars(self) -> list[str]:
         """Nodes whose front twisted a piece (a lying map alone is never caught: nobody
-        may have asked for a piece it does not hold)."""
-        return [node for node, front in self._fronts.items() if set(front.lies) - {"map"}]
+        may have asked for a piece it does not hold; a refusal proves nothing, and is
+        dropped by each requester it refuses, not excluded)."""
+        return [node for node, front in self._fronts.items() if set(front.lies) - {"map", "refused piece"}]
