@@ -56,9 +56,13 @@ class Presence:
             rack=reg.rack,
             capacity=reg.upload_rate,
         )
+        # First what the earlier registration's departure forgets (its address among it),
+        # then the new one's: the other way round, a peer that registered where it was
+        # known (made known from the cluster, after a takeover) was left without an
+        # address, a holder and parent no requester was ever given.
+        self.log_events(events, why="rejoined")
         self._addresses[reg.peer_id] = reg.address
         self._labels[reg.peer_id] = (reg.zone, reg.rack)
-        self.log_events(events, why="rejoined")
 
     async def ensure(self, peer_id: str) -> None:
         """Known here, or made known from the cluster; raises UnknownPeer otherwise (the
