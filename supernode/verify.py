@@ -10,9 +10,13 @@ the bytes' sha256 with the one the supernode signed. The verdict goes back to th
 scheduler, which decides: a mismatch quarantines the source at once, right bytes make an
 accusation a lie (``scheduler/standing``), no answer leaves it to the witnesses; a
 claimed piece the source does not hold makes its holdings unbelieved (it leaves the task).
-A check we could not make (no room, the source busy, nothing to compare) is no evidence
-either way: the accusation waits for the next check (``deferred``), so that nobody can
-have an honest source quarantined by keeping the supernode from checking it.
+A piece server serves the supernode's checks outside its upload slots and line (a
+source's slots held by liars must not make it look silent), so a source that answers a
+check with anything but the piece (busy, stopping) refused it: for an accusation the
+witnesses decide, as without an answer; claimed holdings are not believed. A check we
+could not make (no room in our line, nothing to compare) is no evidence either way: the
+accusation waits for the next check (``deferred``), so that nobody can have an honest
+source quarantined by keeping the supernode from checking it.
 
 Checks are few and small: the scheduler asks at most one of each kind per source (or
 member) per ``check_interval``; here at most ``concurrency`` of each kind run at once
@@ -41,6 +45,7 @@ from swarmpull.core.bitfield import random_bit
 from swarmpull.core.capability import CAPABILITY_HEADER
 from swarmpull.edges.http import PEER_HEADER, read_at_most
 from swarmpull.edges.tls import ClusterTls
+from swarmpull.edges.transport.gate import CHECK_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +55,16 @@ class Verdict(enum.Enum):
     RIGHT = "right"  # it sent the right bytes: the accusation was false
     MISSING = "missing"  # it does not hold the piece (a lie, if it just claimed it)
     UNKNOWN = "unknown"  # it did not answer: the witnesses decide
-    DEFERRED = "deferred"  # not checked (no room, it was busy, nothing to ask for): no evidence
+    REFUSED = "refused"  # it answered, not with the piece: as UNKNOWN, and claims not believed
+    DEFERRED = "deferred"  # not checked (no room here, nothing to ask for): no evidence
 
 
 class PieceMissing(Exception):
     """The source answered that it does not hold the piece (404)."""
 
 
-class SourceBusy(Exception):
-    """The source answered, but not with the piece (busy, stopping, refused)."""
+class SourceRefused(Exception):
+    """The source answered, but not with the piece (busy, stopping, forbidden)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +81,7 @@ class CheckConfig:
 
 class PieceProbe(Protocol):
     """Fetches one piece's bytes from a source (``None``: no answer; ``PieceMissing``: it
-    does not hold it; ``SourceBusy``: it answered something else)."""
+    does not hold it; ``SourceRefused``: it answered something else)."""
 
     async def get(self, address: str, source: str, task_id: str, piece: int, length: int) -> bytes | None: ...
 
@@ -92,7 +98,7 @@ class HttpProbe:
     ) -> None:
         self._session = session
         self._tls = tls
-        self._headers = {PEER_HEADER: caller, "Accept-Encoding": "identity"}
+        self._headers = {PEER_HEADER: caller, CHECK_HEADER: "1", "Accept-Encoding": "identity"}
         # Piece servers ask every caller for a capability; a supernode certificate stands
         # for one, but an insecure cluster has no certificates: the probe carries its own.
         self._capability = capability
@@ -109,7 +115,7 @@ class HttpProbe:
                 if resp.status == 404:
                     raise PieceMissing(f"{source} does not hold piece {piece}")
                 if resp.status != 200:
-                    raise SourceBusy(f"{source} answered {resp.status}")  # no evidence either way
+                    raise SourceRefused(f"it answered {resp.status}")
                 try:
                     return await read_at_most(resp.content, length)  # a longer body is wrong bytes too
                 except aiohttp.ClientPayloadError:
@@ -210,8 +216,8 @@ class SourceChecks:
                 return Verdict.UNKNOWN, f"piece {piece} not sent within {self.config.deadline:g} s"
             except PieceMissing:
                 return Verdict.MISSING, f"it does not hold piece {piece}"
-            except SourceBusy as exc:
-                return Verdict.DEFERRED, str(exc)
+            except SourceRefused as exc:
+                return Verdict.REFUSED, f"piece {piece}: {exc}"
         if data is None:
             return Verdict.UNKNOWN, f"piece {piece} not sent"
         if len(data) == length and (await asyncio.to_thread(_sha256, data)) == expected:
@@ -227,7 +233,7 @@ class SourceChecks:
             log.warning("checked %s myself: %s", check.source, why)
             events = self._scheduler.confirm_corrupt(check.source, now)
         elif check.kind is CheckKind.HOLDINGS:
-            if verdict is not Verdict.MISSING:  # unanswered, deferred: its claims stand
+            if verdict not in (Verdict.MISSING, Verdict.REFUSED):  # unanswered, deferred: they stand
                 log.debug("checked the holdings %s claimed: %s", check.source, why)
                 return
             log.warning("checked the holdings %s claimed: %s; not believed", check.source, why)

@@ -265,6 +265,7 @@ class Scheduler:
         source = self._peers.get(source_id)
         if source is not None and not source.is_seed:
             source.check_until = 0.0
+            source.deferred = False
             self._quarantine_peer(source, now, events)
         return events
 
@@ -277,6 +278,7 @@ class Scheduler:
         if source is None or source.is_seed:
             return events
         source.check_until = 0.0
+        source.deferred = False
         source.cleared_until = now + self.config.check_interval
         for reporter in sorted(source.corrupt):
             self._disproved(reporter, source_id, now, events)
@@ -291,20 +293,23 @@ class Scheduler:
         source = self._peers.get(source_id)
         if source is not None and not source.is_seed and source.check_until:
             source.check_until = 0.0
+            source.deferred = False
             if len(source.corrupt) >= self.config.corrupt_witnesses:
                 self._quarantine_peer(source, now, events)
         return events
 
     def check_deferred(self, source_id: str, now: float) -> Events:
-        """The supernode could not make its check of ``source_id`` (no room, the source
-        busy): no evidence either way. The accusations wait, and the next one brings a new
-        check (the witnesses do not decide without one: nobody can have a source
-        quarantined by keeping the supernode from checking it)."""
+        """The supernode could not make its check of ``source_id`` (no room in its line,
+        no verdict in time): no evidence either way. The accusations wait, and the next
+        one from ``check_seconds`` on brings a new check (the witnesses do not decide
+        without one: nobody can have a source quarantined by keeping the supernode from
+        checking it, nor have it checked at every report)."""
         self._checks.pop(source_id, None)
         source = self._peers.get(source_id)
         if source is not None and not source.is_seed and source.check_until:
             source.check_until = 0.0
-            source.checked_at = -1e18
+            source.deferred = True
+            source.checked_at = now - self.config.check_interval + self.config.check_seconds
         return Events()
 
     def holdings_refuted(self, task_id: str, peer_id: str, now: float) -> Events:
@@ -545,7 +550,7 @@ class Scheduler:
             source.check_until = now + self.config.check_seconds
             self._checks[source.id] = source.check_until
             events.checks.append(Check(task.id, source.id, task.members[source.id].have))
-        if source.check_until:
+        if source.check_until or source.deferred:
             return  # the supernode's own check decides; the witnesses wait for it
         if len(source.corrupt) >= self.config.corrupt_witnesses:
             self._quarantine_peer(source, now, events)

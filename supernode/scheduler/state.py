@@ -22,6 +22,7 @@ class Peer:
         "checked_at",
         "cleared_until",
         "corrupt",
+        "deferred",
         "degraded_until",
         "failures",
         "id",
@@ -54,6 +55,7 @@ class Peer:
         self.checked_at = -1e18  # when the supernode last set out to check a piece of ours
         self.check_until = 0.0  # a check is under way until then: the witnesses wait for it
         self.cleared_until = 0.0  # a check found our bytes right: corrupt claims are lies
+        self.deferred = False  # the last check could not be made: the witnesses wait for one
 
     def __repr__(self) -> str:
         kind = "seed" if self.is_seed else "peer"

@@ -101,9 +101,9 @@ def test_without_a_verdict_in_time_nobody_is_quarantined_and_the_next_accusation
     assert sched.state("src") is SourceState.ACTIVE  # waiting for the check
     events = sched.expire(NOW + 1 + 10.5)  # check_seconds passed without a verdict
     assert not events.quarantined and sched.state("src") is SourceState.ACTIVE
-    events = claim(sched, "r3", "src", CORRUPT, NOW + 12)
+    events = claim(sched, "r3", "src", CORRUPT, NOW + 22)  # check_seconds after the deferral
     assert len(events.checks) == 1 and not events.quarantined
-    assert sched.check_failed("src", NOW + 13).quarantined == ["src"]  # it did not answer
+    assert sched.check_failed("src", NOW + 23).quarantined == ["src"]  # it did not answer
 
 
 def test_a_deferred_check_is_no_evidence():
@@ -111,8 +111,10 @@ def test_a_deferred_check_is_no_evidence():
     claim(sched, "r1", "src", CORRUPT, NOW + 1)
     claim(sched, "r2", "src", CORRUPT, NOW + 2)
     assert not sched.check_deferred("src", NOW + 3).quarantined
+    events = claim(sched, "r3", "src", CORRUPT, NOW + 4)  # three witnesses, and no check yet:
+    assert not events.checks and not events.quarantined  # they wait (not one check a report)
     assert sched.state("src") is SourceState.ACTIVE
-    assert len(claim(sched, "r3", "src", CORRUPT, NOW + 4).checks) == 1
+    assert len(claim(sched, "r4", "src", CORRUPT, NOW + 13).checks) == 1
 
 
 def test_a_failed_check_leaves_one_witness_one_witness():

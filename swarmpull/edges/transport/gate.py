@@ -25,6 +25,7 @@ from swarmpull.edges.http import json_error
 from swarmpull.edges.tls.web import transport_identity
 
 FORBIDDEN = "CAPABILITY_REQUIRED"
+CHECK_HEADER = "X-Swarmpull-Check"  # a supernode's check of a piece (``supernode.verify``)
 
 
 class KeyBook(Protocol):
@@ -70,3 +71,16 @@ class PieceGate:
         except CapabilityError as exc:
             return json_error(403, FORBIDDEN, f"capability refused: {exc}")
         return capability.peer_id
+
+    def checking(self, request: web.BaseRequest) -> bool:
+        """Whether an admitted request is a supernode's check of a piece: a supernode's
+        certificate (on an insecure cluster, where anyone may claim anything, the request
+        says so)."""
+        if CHECK_HEADER not in request.headers:
+            return False
+        if not self._mutual:
+            return True
+        try:
+            return transport_identity(request.transport).role is Role.SUPERNODE
+        except IdentityError:
+            return False

@@ -74,6 +74,7 @@ POLLS_PER_REQUESTER = 64  # an honest node polls once per task it shares with us
 MIN_SEND_RATE = 16 * 1024  # bytes per second an upload must average, from SEND_FLOOR on
 SEND_FLOOR = 60.0  # seconds any upload may take
 PACE_CHECK = 5.0  # seconds between looks at an upload's average, past SEND_FLOOR
+CHECKS = 4  # supernodes' checks served at once, outside the upload slots
 
 
 class Ration(enum.Enum):
@@ -116,6 +117,8 @@ class PieceServer:
         self._share = max(1, slots // 2) if slots else None  # uploads a requester holds or waits for
         self._uploads: Counter[str] = Counter()  # requester -> uploads it holds or waits for
         self._polls: Counter[str | None] = Counter()  # requester -> long polls waiting
+        self._checks = 0  # supernodes' checks being served
+        self._unlimited = RateLimiter(None)
         self._compressor = PieceCompressor() if compression else None
         self._changed: dict[str, asyncio.Event] = {}
         self._closed = False
@@ -210,6 +213,8 @@ class PieceServer:
             return json_error(400, "BAD_REQUEST", f"piece {piece} out of range")
         if not blob.is_verified(piece):
             return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
+        if self._gate is not None and self._gate.checking(request):
+            return await self._checked(request, blob, piece)
         refusal = self._rationed(task_id, piece, blob.geometry.length(piece), who, take=False)
         if refusal is not None:  # at once, without a place in line
             return refusal
@@ -265,6 +270,25 @@ class PieceServer:
                     self._ration.give_back(blob.task_id, piece, size, who)
         finally:
             self._give_slot()
+
+    async def _checked(self, request: web.Request, blob: StoredBlob, piece: int) -> web.StreamResponse:
+        """A supernode's check of a piece, served at once: outside the upload slots, their
+        line and the upload limit (a check is one piece, at most one per source a minute
+        from each supernode). Queued behind uploads, a source whose slots liars hold
+        would look silent to the check, and their accusations would decide."""
+        if self._checks >= CHECKS:
+            return json_error(429, "BUSY", "too many checks at once", {"Retry-After": "1"})
+        self._checks += 1
+        try:
+            with self._store.pinned(blob):
+                try:
+                    offset, length = await asyncio.to_thread(blob.piece_region, piece)
+                except (PieceCorrupt, StoreError):
+                    return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
+                resp, _ = await self._send(request, blob, piece, offset, length, self._unlimited)
+                return resp
+        finally:
+            self._checks -= 1
 
     def _rationed(
         self, task_id: str, piece: int, size: int, who: str | None, take: bool
@@ -326,9 +350,17 @@ class PieceServer:
         self.active -= 1
 
     async def _send(
-        self, request: web.Request, blob: StoredBlob, piece: int, offset: int, length: int
+        self,
+        request: web.Request,
+        blob: StoredBlob,
+        piece: int,
+        offset: int,
+        length: int,
+        limiter: RateLimiter | None = None,
     ) -> tuple[web.StreamResponse, bool]:
-        """The response, and whether its body went out whole."""
+        """The response, and whether its body went out whole (within ``limiter``, by
+        default the upload limit)."""
+        limiter = limiter or self._limiter
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         resp.headers[MAP_HEADER] = to_text(blob.have, blob.geometry.count)
         body: bytes | None = None
@@ -346,9 +378,9 @@ class PieceServer:
             with self._paced(request) as count:
                 if body is None:
                     resp.content_length = length
-                    await send_region(request, resp, blob.fd, offset, length, self._limiter, count)
+                    await send_region(request, resp, blob.fd, offset, length, limiter, count)
                 else:
-                    await self._write(request, resp, body, count)
+                    await self._write(request, resp, body, count, limiter)
             return resp, True
         except TimeoutError:  # read too slowly to be anything but a slot held
             log.info("piece %d of %s: the requester reads too slowly; cut", piece, blob.task_id)
@@ -406,18 +438,23 @@ class PieceServer:
             looking.cancel()
 
     async def _write(
-        self, request: web.Request, resp: web.StreamResponse, body: bytes, count: Callable[[int], None]
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        body: bytes,
+        count: Callable[[int], None],
+        limiter: RateLimiter,
     ) -> None:
         resp.content_length = len(body)
         data = memoryview(body)
         # The first chunk's turn before the head (aiohttp sends it at once): the body
         # follows its head without a pause, so a head and then nothing is a lie.
-        await self._limiter.acquire(min(CHUNK, len(data)))
+        await limiter.acquire(min(CHUNK, len(data)))
         await resp.prepare(request)
         for start in range(0, len(data), CHUNK):
             chunk = data[start : start + CHUNK]
             if start:
-                await self._limiter.acquire(len(chunk))
+                await limiter.acquire(len(chunk))
             await resp.write(chunk)
             count(len(chunk))
         await resp.write_eof()
