@@ -1,5 +1,5 @@
 """Byzantine nodes for fault runs of the load test: a front that stands where an honest
-node's piece server is advertised and twists its answers, in one of five ways.
+node's piece server is advertised and twists its answers, in one of six ways.
 
 The product never lies, so the lies live here, in the load test only. A byzantine node is
 a real node daemon whose piece server other nodes reach only through this front (the node
@@ -15,7 +15,8 @@ front asks the real server (uncompressed) and then, by mode:
   connection held until the requester gives up;
 - ``refuse``: its maps are true, and every piece is refused as if its upload slots were
   all busy (429), the supernode's checks included: a holder that never serves and is
-  never caught lying.
+  never caught lying;
+- ``absent``: its maps are true, and every piece is answered "not held here" (404).
 
 Piece statements (each piece's sha256, signed by the supernode) pass unchanged: no front
 can forge them, and requesters check every one. Everything else passes as it is.
@@ -41,10 +42,10 @@ from swarmpull.core.bitfield import full, to_text
 from swarmpull.core.capability import CAPABILITY_HEADER
 from swarmpull.core.geometry import PieceGeometry
 from swarmpull.core.maps import MapError, PieceMap, decode_map
-from swarmpull.edges.http import PEER_HEADER, HostPort, bind, start_site
+from swarmpull.edges.http import PEER_HEADER, HostPort, bind, json_error, start_site
 from swarmpull.edges.transport import MAP_HEADER
 
-MODES = ("wrong", "truncate", "slow", "liar", "refuse")
+MODES = ("wrong", "truncate", "slow", "liar", "refuse", "absent")
 SLOW_RATE = 1000  # bytes per second a slow front sends a piece at
 SLOW_STEP = 0.5  # seconds between two of its writes (far below any stall timeout)
 HOLD = 300.0  # seconds a liar holds a promised piece at most (requesters give up long before)
@@ -122,10 +123,11 @@ class ByzantineFront:
         return web.Response(status=status, headers=headers, body=body)
 
     async def _piece(self, request: web.Request) -> web.StreamResponse:
-        if self.mode == "refuse":
+        if self.mode in ("refuse", "absent"):
             self.lies["refused piece"] += 1
-            body = b'{"errors": [{"code": "BUSY", "message": "every upload slot is busy"}]}'
-            return web.Response(status=429, body=body, headers={"Retry-After": "1"})
+            if self.mode == "absent":
+                return json_error(404, "NOT_FOUND", "piece is not held here")
+            return json_error(429, "BUSY", "every upload slot is busy", {"Retry-After": "1"})
         status, headers, body = await self._ask(request)
         task_id, piece = request.match_info["task_id"], request.match_info["piece"]
         if status == 404 and self.mode == "liar":

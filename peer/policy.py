@@ -120,12 +120,13 @@ class PolicyConfig:
     busy_backoff: float = 1.0
     """Seconds a parent that refused (all upload slots busy) is not asked again."""
     refused_after: float = 20.0
-    """Seconds a peer parent may refuse every piece we ask of it (busy), with none from
-    it since, before it is dropped as bad. An honest source's slots turn over in a few
-    piece times; one that holds what we lack and never serves it (a node that took the
-    seed's copies and answers only "busy") would otherwise keep us, and the seed's
-    ration, waiting on it for ever (the supernode keeps it from us, and the seed no
-    longer counts it as a holder for us)."""
+    """Seconds a peer parent may refuse every piece we ask of it ("busy", or "not held"
+    for pieces its map shows), with none from it since, before it is dropped as bad. An
+    honest source's slots turn over in a few piece times; one that holds what we lack
+    and never serves it (a node that took the seed's copies and answers only "busy", or
+    only "not held" while its maps say otherwise) would otherwise keep us, and the
+    seed's ration, waiting on it for ever (the supernode keeps it from us, and the seed
+    no longer counts it as a holder for us)."""
     map_pause: float = 0.25
     """Seconds before asking again for the map of a parent that still offers pieces we
     lack and are not fetching: its news can wait. (A map is a long poll answered at each
@@ -170,7 +171,6 @@ class ParentLink:
     rate: float = 0.0  # bytes per second of one transfer from it (EWMA); 0: not measured
     failures: int = 0
     busy_until: float = 0.0
-    refused_since: float | None = None  # since when it refused all we asked (busy)
     lacks: int = 0  # pieces its map shows but it answered it does not hold
     leaving: bool = False  # dropped: no new transfers, gone once its last one ends
     idle_since: float | None = None  # since when it holds nothing we lack
@@ -206,6 +206,9 @@ class PiecePolicy:
         self.parents: dict[str, ParentLink] = {}
         self.dropped: dict[str, None] = {}  # idle parents to name in the next report
         self.bad: dict[str, None] = {}  # failing parents to name in the next report
+        # parent -> since when it refused all we asked (busy, not held); kept while it is
+        # let go as idle and given back (a parent that answers "not held" looks idle)
+        self._refused: dict[str, float] = {}
         self._departed: dict[str, Report] = {}  # what parents that left did, for the report
         self.download_rate = download_rate or 100e6
         self._first_rate = self.download_rate / config.first_streams  # an unmeasured parent's
@@ -469,10 +472,10 @@ class PiecePolicy:
         copies = self._stop(piece)
         self.have |= 1 << piece
         self._vain = 0
+        self._refused.pop(parent_id, None)
         link = self.parents.get(parent_id)
         if link is not None:
             link.failures = 0
-            link.refused_since = None
             # A blob's short last piece times the source's latency, not its rate: 43 bytes
             # in half a second is no 86 B/s source (one such report degraded honest peers).
             if size * 2 >= self.piece_size:
@@ -494,15 +497,14 @@ class PiecePolicy:
         link = self.parents.get(parent_id)
         if link is None:
             return
-        if reason is FailureReason.BUSY:
-            link.busy_until = now + self.config.busy_backoff
-            if link.refused_since is None:
-                link.refused_since = now
-            elif not link.seed and now - link.refused_since >= self.config.refused_after:
+        if reason is FailureReason.BUSY or reason is FailureReason.MISSING:
+            if reason is FailureReason.BUSY:
+                link.busy_until = now + self.config.busy_backoff
+            else:
+                link.lacks |= 1 << piece  # until its next map
+            since = self._refused.setdefault(parent_id, now)
+            if not link.seed and now - since >= self.config.refused_after:
                 self._fault(link, reason, at_once=True)
-            return
-        if reason is FailureReason.MISSING:
-            link.lacks |= 1 << piece  # until its next map
             return
         self._fault(link, reason)
 

@@ -153,10 +153,12 @@ async def test_a_lying_source_does_not_stall_a_pull_through_the_registry_proxy(s
         await registry.stop()
 
 
-async def test_holders_that_refuse_every_piece_do_not_starve_a_pull(swarm, upstream, tmp_path):
+@pytest.mark.parametrize("mode", ["refuse", "absent"])
+async def test_holders_that_refuse_every_piece_do_not_starve_a_pull(swarm, upstream, tmp_path, mode):
     # Two nodes take the seed's copies of every piece, then answer every request for them
-    # "busy" (the supernode's checks too): the seed's ration believes peers hold each
-    # piece, and without more the victim waits on them for ever.
+    # "busy", or "not held" while their maps say held (the supernode's checks too): the
+    # seed's ration believes peers hold each piece, and without more the victim waits on
+    # them for ever.
     data = os.urandom(MiB)
     url, digest = upstream.add("layer", data), str(Digest.of(data))
     supernode = await swarm.start_supernode(piece_size=64 * KiB)
@@ -165,7 +167,7 @@ async def test_holders_that_refuse_every_piece_do_not_starve_a_pull(swarm, upstr
         for name in ("a", "b"):
             sock, where = bind(HostPort("127.0.0.1", 0))
             daemon = PeerProcess(tmp_path / name, supernode.url, "--advertise", f"http://{where}")
-            front = ByzantineFront("refuse", daemon.url, lambda task_id: None)
+            front = ByzantineFront(mode, daemon.url, lambda task_id: None)
             await front.start(sock)
             fronts.append(front)
             daemons.append(daemon)

@@ -164,7 +164,9 @@ def test_busy_backs_off_and_missing_waits_for_the_next_map():
     assert p.choose(NOW + 1.5, 2) == [(picks[0][0], "a")]
 
 
-def test_a_peer_parent_that_refuses_everything_for_long_is_dropped_as_bad_the_seed_never():
+@pytest.mark.parametrize("refusal", [FailureReason.BUSY, FailureReason.MISSING])
+def test_a_peer_parent_that_refuses_everything_for_long_is_dropped_as_bad_the_seed_never(refusal):
+    # "Not held" for pieces its maps keep showing is a refusal too.
     p = policy(count=4, per_parent=1, busy_backoff=1.0, refused_after=20.0)
     p.set_parents(
         [("a", False, View(range(4))), ("b", False, View(range(4))), ("seed", True, View(range(4)))]
@@ -176,12 +178,28 @@ def test_a_peer_parent_that_refuses_everything_for_long_is_dropped_as_bad_the_se
             if parent == "b" and t > NOW + 15:
                 p.finished(piece, parent, PIECE, 0.1, t)  # b serves after a while
             else:
-                p.failed(piece, parent, FailureReason.BUSY, t)
+                p.failed(piece, parent, refusal, t)
+        for parent in ("a", "b", "seed"):
+            p.map_changed(parent)  # its next map shows it all again
         t += 1.1
     _, _, bad = p.take_report(t)
     assert asked == {"a", "b", "seed"}
     assert bad == ["a"]  # refused all it was asked for 20 s; b served once in time
     assert "a" not in p.parents and {"b", "seed"} <= set(p.parents)
+
+
+def test_a_refusing_parent_let_go_and_given_back_is_remembered():
+    # One that answers "not held" looks idle (its pieces hidden until its next map), is
+    # let go and given back by the supernode: its refusals still add up.
+    p = policy(count=4, per_parent=1, refused_after=20.0)
+    bad = []
+    for t in (NOW, NOW + 11, NOW + 22):
+        p.set_parents([("a", False, View(range(4)))])
+        for piece, parent in p.choose(t, 1):
+            p.failed(piece, parent, FailureReason.MISSING, t)
+        bad.append(p.take_report(t)[2])
+        p.set_parents([])  # let go
+    assert bad == [[], [], ["a"]]  # bad at the third refusal, 22 s after the first
 
 
 def test_endgame_asks_a_second_parent_and_the_first_copy_wins():

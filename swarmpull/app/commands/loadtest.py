@@ -247,9 +247,10 @@ def _fault_options(p: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )  # fmt: skip
     f.add_argument(
-        "--byzantine-mode", choices=["wrong", "truncate", "slow", "liar", "refuse"], default="wrong",
+        "--byzantine-mode", default="wrong",
+        choices=["wrong", "truncate", "slow", "liar", "refuse", "absent"],
         help="wrong bytes, truncated pieces, pieces at a crawl, maps claiming every piece, "
-        "or every piece refused as busy "
+        "every piece refused as busy, or answered not held "
         "(default: %(default)s)",
     )  # fmt: skip
     f.add_argument(
