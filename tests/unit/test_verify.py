@@ -8,6 +8,7 @@ import hashlib
 import random
 from types import SimpleNamespace
 
+import aiohttp
 import pytest
 
 from supernode.scheduler import (
@@ -184,3 +185,39 @@ async def test_a_claimed_piece_not_held_or_refused_makes_the_holdings_unbelieved
         await asyncio.sleep(0)
     assert ("liar" in sched.holdings(T)) is (said == "piece")
     assert sched.state("liar") is SourceState.ACTIVE
+
+
+async def test_the_probe_says_it_checks_and_tells_a_refusal_from_no_answer():
+    from aiohttp import web
+
+    from supernode.verify import HttpProbe
+    from swarmpull.edges.transport.gate import CHECK_HEADER
+
+    seen = []
+
+    async def piece(request):
+        seen.append(request.headers.get(CHECK_HEADER))
+        status = int(request.match_info["piece"])
+        return web.Response(status=status, body=RIGHT[0] if status == 200 else b"{}")
+
+    app = web.Application()
+    app.router.add_get("/pieces/{task}/{piece}", piece)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    address = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            probe = HttpProbe(session, "supernode", None)
+            assert await probe.get(address, "src", T, 200, PIECE) == RIGHT[0]
+            with pytest.raises(PieceMissing):
+                await probe.get(address, "src", T, 404, PIECE)
+            for refused in (429, 503):  # it serves checks outside its slots: its own doing
+                with pytest.raises(SourceRefused):
+                    await probe.get(address, "src", T, refused, PIECE)
+            # Our capability on an insecure cluster: a node may not know the task's keys yet.
+            assert await probe.get(address, "src", T, 403, PIECE) is None
+        assert seen == ["1"] * 5
+    finally:
+        await runner.cleanup()
