@@ -121,7 +121,8 @@ class PolicyConfig:
     """Seconds a parent that refused (all upload slots busy) is not asked again."""
     refused_after: float = 20.0
     """Seconds a peer parent may refuse every piece we ask of it ("busy", or "not held"
-    for pieces its map shows), with none from it since, before it is dropped as bad. An
+    for pieces its map shows), with none from it since and no pause as long between two
+    refusals, before it is dropped as bad. An
     honest source's slots turn over in a few piece times; one that holds what we lack
     and never serves it (a node that took the seed's copies and answers only "busy", or
     only "not held" while its maps say otherwise) would otherwise keep us, and the
@@ -206,9 +207,10 @@ class PiecePolicy:
         self.parents: dict[str, ParentLink] = {}
         self.dropped: dict[str, None] = {}  # idle parents to name in the next report
         self.bad: dict[str, None] = {}  # failing parents to name in the next report
-        # parent -> since when it refused all we asked (busy, not held); kept while it is
-        # let go as idle and given back (a parent that answers "not held" looks idle)
-        self._refused: dict[str, float] = {}
+        # parent -> (since when it refused all we asked, busy or not held; its latest
+        # refusal): kept while it is let go as idle and given back (a parent that answers
+        # "not held" looks idle)
+        self._refused: dict[str, tuple[float, float]] = {}
         self._departed: dict[str, Report] = {}  # what parents that left did, for the report
         self.download_rate = download_rate or 100e6
         self._first_rate = self.download_rate / config.first_streams  # an unmeasured parent's
@@ -502,7 +504,10 @@ class PiecePolicy:
                 link.busy_until = now + self.config.busy_backoff
             else:
                 link.lacks |= 1 << piece  # until its next map
-            since = self._refused.setdefault(parent_id, now)
+            since, latest = self._refused.get(parent_id, (now, now))
+            if now - latest > self.config.refused_after:
+                since = now  # a refusal long ago and none since: a run of them starts anew
+            self._refused[parent_id] = (since, now)
             if not link.seed and now - since >= self.config.refused_after:
                 self._fault(link, reason, at_once=True)
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 import sys
 from datetime import UTC, datetime
@@ -19,8 +20,9 @@ import aiohttp
 import pytest
 from cryptography import x509
 
+from swarmpull.core.capability import CAPABILITY_HEADER
 from swarmpull.core.digest import Digest
-from swarmpull.core.identity import SUPERNODE_TLS_NAME, Role
+from swarmpull.core.identity import SUPERNODE_TLS_NAME, Role, tls_name
 from swarmpull.core.protocol import API
 from swarmpull.core.tasks import task_id_for
 from swarmpull.edges.http import HostPort, start_site
@@ -313,6 +315,60 @@ async def test_accusations_are_checked_by_the_supernode_over_mutual_tls(cluster,
             assert "node-a" in await accusers.parents("node-b")  # not quarantined
             assert "node-a" in await accusers.parents("node-c")
     finally:
+        await accusers.session.close()
+        for daemon in (source, supernode):
+            await daemon.stop()
+
+
+def hold(
+    cluster: dict[str, Path], name: str, port: int, task: str, piece: int, capability: str
+) -> socket.socket:
+    """``name`` asks node-a for a piece over TLS and reads nothing: an upload slot held
+    (the pace rule looks from 60 s on)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock = tls(cluster, name).client.wrap_socket(sock, server_hostname=tls_name("node-a", Role.NODE))
+    sock.sendall(
+        f"GET /pieces/{task}/{piece} HTTP/1.1\r\nHost: x\r\n{CAPABILITY_HEADER}: {capability}\r\n"
+        "Accept-Encoding: identity\r\n\r\n".encode()
+    )
+    return sock
+
+
+async def test_liars_holding_a_sources_upload_slots_do_not_keep_the_check_from_it(
+    cluster, upstream, tmp_path
+):
+    """Each liar holds its share of the source's upload slots (half: 4 MiB pieces asked
+    for and never read), then both accuse it. The supernode's check waited in the
+    source's line past its deadline, and the witnesses quarantined an honest source
+    (attack round 6): a piece server now serves a supernode's check outside its slots."""
+    data = os.urandom(16 * MiB)
+    url, digest = upstream.add("layer", data), str(Digest.of(data))
+    task = task_id_for(url, Digest.parse(digest))
+    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", "4MiB", tls_dir=cluster["sn1"])
+    source = PeerProcess(tmp_path / "source", supernode.url, tls_dir=cluster["node-a"])
+    accusers = Accusers(cluster, f"{supernode.url}{API}", task)
+    held: list[socket.socket] = []
+    try:
+        await supernode.start()
+        await source.start()
+        await pull(url, tmp_path / "source.bin", digest, "--peer", source.api_url)
+        for name in ("node-b", "node-c"):
+            await accusers.join(name, url, digest)
+            opened = await accusers.call(
+                name, "/tasks", {"peer_id": name, "tasks": [{"url": url, "digest": digest}]}
+            )
+            capability = opened["tasks"][0]["capability"]
+            for i in range(8):  # its share: half of node-a's 16 slots
+                held.append(hold(cluster, name, source.port, task, i % 4, capability))
+        await asyncio.sleep(1.0)
+        await accusers.parents("node-b", accuse=True)
+        await accusers.parents("node-c", accuse=True)
+        await asyncio.sleep(7.0)  # past the check's 5 s, had it waited in line
+        assert "node-a" in await accusers.parents("node-b")  # not quarantined
+    finally:
+        for sock in held:
+            sock.close()
         await accusers.session.close()
         for daemon in (source, supernode):
             await daemon.stop()

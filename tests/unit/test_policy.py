@@ -202,6 +202,15 @@ def test_a_refusing_parent_let_go_and_given_back_is_remembered():
     assert bad == [[], [], ["a"]]  # bad at the third refusal, 22 s after the first
 
 
+def test_a_refusal_long_ago_does_not_count_toward_a_new_run():
+    p = policy(count=4, per_parent=1, refused_after=20.0)
+    p.set_parents([("a", False, View(range(4)))])
+    for t in (NOW, NOW + 60, NOW + 61):  # busy once, then once a minute later: ordinary
+        for piece, parent in p.choose(t, 1):
+            p.failed(piece, parent, FailureReason.BUSY, t)
+    assert p.take_report(NOW + 61)[2] == [] and "a" in p.parents
+
+
 def test_endgame_asks_a_second_parent_and_the_first_copy_wins():
     p = policy(count=2, endgame=2, per_parent=2, rate=10e6, first_streams=1)
     p.set_parents([("slow", False, View([0, 1])), ("fast", False, View([0, 1]))])

@@ -42,17 +42,17 @@ class PieceGate:
 
     def __init__(self, keys: KeyBook, mutual: bool, wall: Callable[[], float] = time.time) -> None:
         self._keys = keys
-        self.mutual = mutual
+        self._mutual = mutual
         self._wall = wall
 
     def __repr__(self) -> str:
-        return f"<PieceGate {'mutual TLS' if self.mutual else 'claimed ids'}>"
+        return f"<PieceGate {'mutual TLS' if self._mutual else 'claimed ids'}>"
 
     def admit(self, request: web.BaseRequest, task_id: str) -> str | web.Response:
         """The requester's name if it may have ``task_id``'s pieces (its certificate's, or
         on an insecure cluster the peer id its capability names); else the 403 to answer."""
         caller = None
-        if self.mutual:
+        if self._mutual:
             try:
                 identity = transport_identity(request.transport)
             except IdentityError as exc:
@@ -74,12 +74,10 @@ class PieceGate:
 
     def checking(self, request: web.BaseRequest) -> bool:
         """Whether an admitted request is a supernode's check of a piece: a supernode's
-        certificate (on an insecure cluster, where anyone may claim anything, the request
-        says so; the piece server then keeps its upload limit for it)."""
-        if CHECK_HEADER not in request.headers:
+        certificate, which says so. Never on an insecure cluster, where anyone may say
+        anything (and take the places kept for checks, or pass the seed's ration)."""
+        if CHECK_HEADER not in request.headers or not self._mutual:
             return False
-        if not self.mutual:
-            return True
         try:
             return transport_identity(request.transport).role is Role.SUPERNODE
         except IdentityError:

@@ -273,9 +273,10 @@ class PieceServer:
 
     async def _checked(self, request: web.Request, blob: StoredBlob, piece: int) -> web.StreamResponse:
         """A supernode's check of a piece, served at once: outside the upload slots, their
-        line and (with mutual TLS) the upload limit (a check is one piece, at most one per
-        source a minute from each supernode). Queued behind uploads, a source whose slots liars hold
-        would look silent to the check, and their accusations would decide."""
+        line and the upload limit (a check is one piece, at most one per source a minute
+        from each supernode; only with mutual TLS, ``PieceGate.checking``). Queued behind
+        uploads, a source whose slots liars hold would look silent to the check, and their
+        accusations would decide."""
         if self._checks >= CHECKS:
             return json_error(429, "BUSY", "too many checks at once", {"Retry-After": "1"})
         self._checks += 1
@@ -285,9 +286,7 @@ class PieceServer:
                     offset, length = await asyncio.to_thread(blob.piece_region, piece)
                 except (PieceCorrupt, StoreError):
                     return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
-                # Anyone may say it checks on an insecure cluster: the limit holds there.
-                limiter = self._unlimited if self._gate is not None and self._gate.mutual else None
-                resp, _ = await self._send(request, blob, piece, offset, length, limiter)
+                resp, _ = await self._send(request, blob, piece, offset, length, self._unlimited)
                 return resp
         finally:
             self._checks -= 1
