@@ -325,8 +325,10 @@ def hold(
 ) -> socket.socket:
     """``name`` asks node-a for a piece over TLS and reads nothing: an upload slot held
     (the pace rule looks from 60 s on)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake: a small window
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
     sock = tls(cluster, name).client.wrap_socket(sock, server_hostname=tls_name("node-a", Role.NODE))
     sock.sendall(
         f"GET /pieces/{task}/{piece} HTTP/1.1\r\nHost: x\r\n{CAPABILITY_HEADER}: {capability}\r\n"
