@@ -10,9 +10,9 @@ the bytes' sha256 with the one the supernode signed. The verdict goes back to th
 scheduler, which decides: a mismatch quarantines the source at once, right bytes make an
 accusation a lie (``scheduler/standing``), no answer leaves it to the witnesses; a
 claimed piece the source does not hold makes its holdings unbelieved (it leaves the task).
-A piece server serves the supernode's checks outside its upload slots and line (a
-source's slots held by liars must not make it look silent), so a source that answers a
-check with anything but the piece (busy, stopping) refused it: for an accusation the
+A piece server serves the supernode's checks outside its upload slots and line, over
+mutual TLS (a source's slots held by liars must not make it look silent), so a source
+that answers a check with anything but the piece (busy, stopping) refused it: for an accusation the
 witnesses decide, as without an answer; claimed holdings are not believed. A check we
 could not make (no room in our line, nothing to compare) is no evidence either way: the
 accusation waits for the next check (``deferred``), so that nobody can have an honest
