@@ -29,6 +29,19 @@ async def holding_all(supernode, task_id, peer_id, count):
             await asyncio.sleep(0.05)
 
 
+async def source_holding_it_all(swarm, upstream):
+    """A supernode, and a peer that pulled a 1 MiB blob (16 pieces) and holds it all as
+    the supernode knows: (supernode, the peer, the blob's request, its URL)."""
+    data = os.urandom(1 * MiB)
+    url = upstream.add("layer", data)
+    supernode = await swarm.start_supernode(piece_size=64 * KiB)
+    (source,) = await swarm.add_peers(1)
+    request = BlobRequest(url, Digest.of(data))
+    await source.ensure(request).wait_complete()
+    await holding_all(supernode, request.task_id, source.peer_id, 16)
+    return supernode, source, request, url
+
+
 async def fake_requester(session, supernode, peer_id, url, digest) -> list[str]:
     """A peer that only talks to the supernode: registers, opens the task, its parents."""
     async with session.post(
@@ -57,13 +70,7 @@ async def checks_done(supernode) -> None:
 
 
 async def test_liars_cannot_quarantine_a_source_whose_bytes_are_right(swarm, upstream):
-    data = os.urandom(1 * MiB)
-    url = upstream.add("layer", data)
-    supernode = await swarm.start_supernode(piece_size=64 * KiB)
-    (honest,) = await swarm.add_peers(1)
-    request = BlobRequest(url, Digest.of(data))
-    await honest.ensure(request).wait_complete()
-    await holding_all(supernode, request.task_id, honest.peer_id, 16)
+    supernode, honest, request, url = await source_holding_it_all(swarm, upstream)
     scheduler = supernode.service.scheduler
     async with aiohttp.ClientSession() as session:
         for liar in ("liar1", "liar2"):  # two distinct requesters, as the witness rule wants
@@ -81,16 +88,10 @@ async def test_liars_cannot_quarantine_a_source_whose_bytes_are_right(swarm, ups
 
 
 async def test_a_corrupt_source_is_quarantined_on_one_report_and_the_supernodes_check(swarm, upstream):
-    data = os.urandom(1 * MiB)
-    url = upstream.add("layer", data)
-    supernode = await swarm.start_supernode(piece_size=64 * KiB)
-    (bad,) = await swarm.add_peers(1)
-    request = BlobRequest(url, Digest.of(data))
-    await bad.ensure(request).wait_complete()
-    await holding_all(supernode, request.task_id, bad.peer_id, 16)
+    supernode, bad, request, url = await source_holding_it_all(swarm, upstream)
     path = bad.config.data_dir / "blobs" / f"{request.task_id}.data"
     with open(path, "r+b") as f:  # its disk rots under it: every piece
-        for offset in range(1000, len(data), 64 * KiB):
+        for offset in range(1000, MiB, 64 * KiB):
             f.seek(offset)
             f.write(b"\x00\xff")
     scheduler = supernode.service.scheduler
@@ -109,12 +110,7 @@ async def test_a_corrupt_source_is_quarantined_on_one_report_and_the_supernodes_
 async def test_holdings_a_source_does_not_have_are_not_believed(swarm, upstream):
     """A liar opens the task claiming every piece (as an honest restart would); the
     supernode asks it for one and, answered "not held", no longer counts it a holder."""
-    data = os.urandom(1 * MiB)
-    url = upstream.add("layer", data)
-    supernode = await swarm.start_supernode(piece_size=64 * KiB)
-    (honest,) = await swarm.add_peers(1)
-    request = BlobRequest(url, Digest.of(data))
-    await honest.ensure(request).wait_complete()
+    supernode, _, request, url = await source_holding_it_all(swarm, upstream)
 
     async def not_held(_: web.Request) -> web.Response:
         return web.Response(status=404)

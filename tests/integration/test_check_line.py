@@ -16,9 +16,8 @@ import aiohttp
 
 from supernode.scheduler import SourceState
 from swarmpull.core.bitfield import full, to_text
-from swarmpull.core.blobs import BlobRequest
 from swarmpull.core.digest import Digest
-from tests.integration.test_accusations import API, accuse, fake_requester, holding_all
+from tests.integration.test_accusations import API, accuse, fake_requester, source_holding_it_all
 
 KiB, MiB = 1024, 1024 * 1024
 STALLS = 12
@@ -27,13 +26,7 @@ STALLS = 12
 async def test_an_accomplice_stalling_the_supernodes_checks_lets_no_liar_quarantine_an_honest_source(
     swarm, upstream
 ):
-    data = os.urandom(1 * MiB)
-    url = upstream.add("layer", data)
-    supernode = await swarm.start_supernode(piece_size=64 * KiB)
-    (honest,) = await swarm.add_peers(1)
-    request = BlobRequest(url, Digest.of(data))
-    await honest.ensure(request).wait_complete()
-    await holding_all(supernode, request.task_id, honest.peer_id, 16)
+    supernode, honest, request, url = await source_holding_it_all(swarm, upstream)
     scheduler = supernode.service.scheduler
 
     held: list[asyncio.StreamWriter] = []

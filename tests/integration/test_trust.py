@@ -9,6 +9,7 @@ serve as a supernode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -254,6 +255,7 @@ class Accusers:
 
     def __init__(self, cluster: dict[str, Path], api: str, task: str) -> None:
         self.cluster, self.api, self.task = cluster, api, task
+        self.capabilities: dict[str, str] = {}  # what each was given when it opened the task
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
 
     async def call(self, name: str, where: str, body: object) -> dict:
@@ -268,7 +270,8 @@ class Accusers:
         """Registers and opens the task; returns once node-a is among its parents (the
         source's completion report is in)."""
         await self.call(name, "/peers", {"peer_id": name, "address": None})
-        await self.call(name, "/tasks", {"peer_id": name, "tasks": [{"url": url, "digest": digest}]})
+        answer = await self.call(name, "/tasks", {"peer_id": name, "tasks": [{"url": url, "digest": digest}]})
+        self.capabilities[name] = answer["tasks"][0]["capability"]
         async with asyncio.timeout(10):
             while "node-a" not in await self.parents(name):
                 await asyncio.sleep(0.1)
@@ -281,15 +284,14 @@ class Accusers:
         return [p["id"] for p in answer["tasks"][self.task]["parents"] if not p.get("seed")]
 
 
-@pytest.mark.parametrize("rotten", [False, True])
-async def test_accusations_are_checked_by_the_supernode_over_mutual_tls(cluster, upstream, tmp_path, rotten):
-    """Two liars' corrupt reports do not quarantine an honest source: the supernode fetches
-    a piece from it itself (with its own certificate) and finds it right. A source whose
-    disk rotted is quarantined on one report and that check."""
-    data = os.urandom(2 * MiB)
+@contextlib.asynccontextmanager
+async def accused_source(cluster, upstream, tmp_path: Path, size: int, piece_size: str):
+    """A supernode; node-a, which pulled a blob of ``size`` random bytes; node-b and
+    node-c, which opened it and were given node-a. Yields (the blob, node-a, accusers)."""
+    data = os.urandom(size)
     url, digest = upstream.add("layer", data), str(Digest.of(data))
     task = task_id_for(url, Digest.parse(digest))
-    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", "256KiB", tls_dir=cluster["sn1"])
+    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", piece_size, tls_dir=cluster["sn1"])
     source = PeerProcess(tmp_path / "source", supernode.url, tls_dir=cluster["node-a"])
     accusers = Accusers(cluster, f"{supernode.url}{API}", task)
     try:
@@ -298,8 +300,21 @@ async def test_accusations_are_checked_by_the_supernode_over_mutual_tls(cluster,
         await pull(url, tmp_path / "source.bin", digest, "--peer", source.api_url)
         for name in ("node-b", "node-c"):
             await accusers.join(name, url, digest)
+        yield data, source, accusers
+    finally:
+        await accusers.session.close()
+        for daemon in (source, supernode):
+            await daemon.stop()
+
+
+@pytest.mark.parametrize("rotten", [False, True])
+async def test_accusations_are_checked_by_the_supernode_over_mutual_tls(cluster, upstream, tmp_path, rotten):
+    """Two liars' corrupt reports do not quarantine an honest source: the supernode fetches
+    a piece from it itself (with its own certificate) and finds it right. A source whose
+    disk rotted is quarantined on one report and that check."""
+    async with accused_source(cluster, upstream, tmp_path, 2 * MiB, "256KiB") as (data, _, accusers):
         if rotten:
-            with open(tmp_path / "source" / "blobs" / f"{task}.data", "r+b") as f:
+            with open(tmp_path / "source" / "blobs" / f"{accusers.task}.data", "r+b") as f:
                 for offset in range(1000, len(data), 256 * 1024):
                     f.seek(offset)
                     f.write(b"\x00\xff")
@@ -314,10 +329,6 @@ async def test_accusations_are_checked_by_the_supernode_over_mutual_tls(cluster,
             await asyncio.sleep(1.0)
             assert "node-a" in await accusers.parents("node-b")  # not quarantined
             assert "node-a" in await accusers.parents("node-c")
-    finally:
-        await accusers.session.close()
-        for daemon in (source, supernode):
-            await daemon.stop()
 
 
 def hold(
@@ -344,33 +355,18 @@ async def test_liars_holding_a_sources_upload_slots_do_not_keep_the_check_from_i
     for and never read), then both accuse it. The supernode's check waited in the
     source's line past its deadline, and the witnesses quarantined an honest source
     (attack round 6): a piece server now serves a supernode's check outside its slots."""
-    data = os.urandom(16 * MiB)
-    url, digest = upstream.add("layer", data), str(Digest.of(data))
-    task = task_id_for(url, Digest.parse(digest))
-    supernode = SupernodeProcess(tmp_path / "sn", "--piece-size", "4MiB", tls_dir=cluster["sn1"])
-    source = PeerProcess(tmp_path / "source", supernode.url, tls_dir=cluster["node-a"])
-    accusers = Accusers(cluster, f"{supernode.url}{API}", task)
     held: list[socket.socket] = []
-    try:
-        await supernode.start()
-        await source.start()
-        await pull(url, tmp_path / "source.bin", digest, "--peer", source.api_url)
-        for name in ("node-b", "node-c"):
-            await accusers.join(name, url, digest)
-            opened = await accusers.call(
-                name, "/tasks", {"peer_id": name, "tasks": [{"url": url, "digest": digest}]}
-            )
-            capability = opened["tasks"][0]["capability"]
-            for i in range(8):  # its share: half of node-a's 16 slots
-                held.append(hold(cluster, name, source.port, task, i % 4, capability))
-        await asyncio.sleep(1.0)
-        await accusers.parents("node-b", accuse=True)
-        await accusers.parents("node-c", accuse=True)
-        await asyncio.sleep(7.0)  # past the check's 5 s, had it waited in line
-        assert "node-a" in await accusers.parents("node-b")  # not quarantined
-    finally:
-        for sock in held:
-            sock.close()
-        await accusers.session.close()
-        for daemon in (source, supernode):
-            await daemon.stop()
+    async with accused_source(cluster, upstream, tmp_path, 16 * MiB, "4MiB") as (_, source, accusers):
+        try:
+            for name in ("node-b", "node-c"):
+                capability = accusers.capabilities[name]
+                for i in range(8):  # its share: half of node-a's 16 slots
+                    held.append(hold(cluster, name, source.port, accusers.task, i % 4, capability))
+            await asyncio.sleep(1.0)
+            await accusers.parents("node-b", accuse=True)
+            await accusers.parents("node-c", accuse=True)
+            await asyncio.sleep(7.0)  # past the check's 5 s, had it waited in line
+            assert "node-a" in await accusers.parents("node-b")  # not quarantined
+        finally:
+            for sock in held:
+                sock.close()
