@@ -110,7 +110,7 @@ async def test_a_corrupt_source_is_quarantined_on_one_report_and_the_supernodes_
 async def test_holdings_a_source_does_not_have_are_not_believed(swarm, upstream):
     """A liar opens the task claiming every piece (as an honest restart would); the
     supernode asks it for one and, answered "not held", no longer counts it a holder."""
-    supernode, _, request, url = await source_holding_it_all(swarm, upstream)
+    supernode, honest, request, url = await source_holding_it_all(swarm, upstream)
 
     async def not_held(_: web.Request) -> web.Response:
         return web.Response(status=404)
