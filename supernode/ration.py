@@ -49,7 +49,7 @@ class SeedRation:
     def __init__(
         self,
         copies: int,
-        holders: Callable[[str, int, str | None, float], int],
+        holders: Callable[[str, int, str | None, float, int], int],
         now: Callable[[], float],
         grace: float,
         small: int = SMALL_PIECE,
@@ -77,10 +77,10 @@ class SeedRation:
         now = self._now()
         extra = False  # past the ration because holders are none for this requester
         if count >= self.copies:
-            holders = self._holders(task_id, piece, requester, now)
+            holders = self._holders(task_id, piece, requester, now, self.copies)
             if holders >= self.copies:
                 return Ration.ELSEWHERE
-            if requester is not None and holders < self._holders(task_id, piece, None, now):
+            if requester is not None and holders < self._holders(task_id, piece, None, now, self.copies):
                 if self._extra.get(task_id, {}).get(requester, 0) >> piece & 1:
                     return Ration.ELSEWHERE  # it had this piece past the ration once
                 extra = True

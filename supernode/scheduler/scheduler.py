@@ -154,9 +154,13 @@ class Scheduler:
         task = self._tasks.get(task_id)
         return len(task.members) if task is not None else 0
 
-    def holders(self, task_id: str, piece: int, requester: str | None = None, now: float = 0.0) -> int:
+    def holders(
+        self, task_id: str, piece: int, requester: str | None = None, now: float = 0.0, limit: int = 0
+    ) -> int:
         """Live members that hold ``piece`` (as last reported); with ``requester``, those
-        it has not dropped as bad (a holder that refuses it everything is none for it)."""
+        it has not dropped as bad (a holder that refuses it everything is none for it).
+        With ``limit``, counting stops there (the seed's ration asks "at least this many?"
+        for every request it answers, and a task may have 10,000 members)."""
         task = self._tasks.get(task_id)
         if task is None:
             return 0
@@ -168,6 +172,8 @@ class Scheduler:
                 peer = peers.get(peer_id)
                 if peer is not None and peer.state is active:
                     count += asking is None or not asking.blacklisted(peer_id, now)
+                    if limit and count >= limit:
+                        break
         return count
 
     def piece_seeded(self, task_id: str, piece: int) -> None:

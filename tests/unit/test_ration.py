@@ -18,7 +18,7 @@ class Clock:
 
 
 def ration_for(copies, holders, clock=None, grace=1.0, small=16 * 1024):
-    def holders_of(task, piece, requester=None, now=0.0):
+    def holders_of(task, piece, requester=None, now=0.0, limit=0):
         return holders.get((task, piece), 0)
 
     return SeedRation(copies, holders_of, clock or Clock(), grace, small)
@@ -94,7 +94,8 @@ def test_a_copy_that_did_not_go_out_whole_is_not_counted():
 def test_holders_are_counted_for_the_requester_who_gets_a_piece_past_the_ration_once():
     asked = []
 
-    def holders_of(task, piece, requester, now):
+    def holders_of(task, piece, requester, now, limit):
+        assert limit == 2  # the ration asks "at least copies?"
         asked.append((requester, now))
         return 0 if requester in ("starved", "greedy") else 2
 

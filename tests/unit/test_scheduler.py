@@ -296,6 +296,7 @@ def test_holders_count_live_members_that_hold_a_piece():
         sched.peer_joined(peer, NOW, serves=True)
         sched.join(T, peer, have, NOW)
     assert [sched.holders(T, piece) for piece in range(4)] == [2, 1, 0, 0]
+    assert sched.holders(T, 0, limit=1) == 1  # counting stops there
     sched.peer_left("a", NOW)
     assert sched.holders(T, 0) == 1
     assert sched.holders("no-such-task", 0) == 0
