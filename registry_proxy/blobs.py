@@ -40,6 +40,7 @@ from swarmpull.edges.registry import RegistryError, Upstream
 from swarmpull.edges.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # the one blob of size 0
 
 CHUNK = 256 * 1024
 _RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})\Z")  # longer numbers: not a range we serve
@@ -100,6 +101,10 @@ async def get_blob(
     digest = query.path.digest
     if digest is None:
         raise OciError(400, "DIGEST_INVALID", f"a blob is named by its digest, not {query.path.reference!r}")
+    if size == 0 and digest.hex != EMPTY_SHA256:
+        raise OciError(
+            502, "UNKNOWN", f"upstream says {digest} is empty, and it is not the empty blob's digest"
+        )
     checked = _Checked(digest.hex) if whole else None
     held: bytes | memoryview | None = None
     try:

@@ -8,6 +8,7 @@ from the cluster only if they hash to the digest the cluster names. Media type a
 
 from __future__ import annotations
 
+import aiohttp
 from aiohttp import web
 
 from registry_proxy.cluster import ClusterRegistry, ask_cluster
@@ -81,18 +82,23 @@ async def _from_registry(
         client_auth=client_auth,
     )
     try:
-        body = b"" if request.method == "HEAD" else await read_at_most(resp.content, MAX_MANIFEST)
+        try:
+            body = b"" if request.method == "HEAD" else await read_at_most(resp.content, MAX_MANIFEST)
+        except (aiohttp.ClientError, TimeoutError) as exc:  # cut short, or too slow
+            raise OciError(
+                502, "UNKNOWN", f"upstream manifest {path.reference}: {exc or type(exc).__name__}"
+            ) from None
         if len(body) > MAX_MANIFEST:
             raise OciError(502, "MANIFEST_INVALID", f"upstream manifest larger than {MAX_MANIFEST} bytes")
         headers = {k: resp.headers[k] for k in _PASSED_HEADERS if k in resp.headers}
         if resp.status == 401 and "WWW-Authenticate" in resp.headers:
             headers["WWW-Authenticate"] = resp.headers["WWW-Authenticate"]
-        if resp.status == 200 and path.digest is not None and request.method == "GET":
-            actual = Digest.of(body)
-            if actual != path.digest:
+        if resp.status == 200 and path.digest is not None:
+            if request.method == "GET" and (actual := Digest.of(body)) != path.digest:
                 raise OciError(
                     502, "MANIFEST_INVALID", f"upstream manifest hashes to {actual}, not {path.reference}"
                 )
+            headers["Docker-Content-Digest"] = str(path.digest)  # what it was asked, and is
         if request.method == "HEAD" and resp.content_length is not None:
             headers["Content-Length"] = str(resp.content_length)
             return web.Response(status=resp.status, headers=headers)

@@ -139,6 +139,18 @@ async def test_a_requester_holds_at_most_its_share_of_the_slots(swarm, upstream)
         hog.close()
 
 
+async def test_a_head_on_a_piece_is_refused_and_takes_nothing(swarm, upstream):
+    """A HEAD took an upload slot and, at the seed, one of its copies of the piece, with no
+    byte sent (attack round 8): asked every second, it kept everyone on "ask again"."""
+    requesters, data = await slotted_source(swarm, upstream, size=64 * KiB)
+    async with aiohttp.ClientSession() as session:
+        for url in (f"{requesters.url}/0", f"{requesters.url}/map"):
+            async with session.head(url, headers=requesters.headers("header")) as resp:
+                assert resp.status == 405
+        async with session.get(f"{requesters.url}/0", headers=requesters.headers("other")) as resp:
+            assert resp.status == 200 and await resp.read() == data
+
+
 async def test_a_requester_that_stops_reading_loses_its_slot(swarm, upstream, monkeypatch):
     monkeypatch.setattr(listener, "SEND_STALL", 1.0)  # read when the source accepts a connection
     requesters, data = await slotted_source(swarm, upstream, 16 * MiB)  # past the socket buffers

@@ -125,9 +125,11 @@ class PieceServer:
         self.active = 0  # uploads under way
 
     def routes(self) -> list[web.RouteDef]:
+        # No HEAD (405): it took a slot and spent one of the seed's copies with no byte sent
+        # (attack round 8), and a body written after its head broke the connection.
         return [
-            web.get("/pieces/{task_id}/map", self.handle_map),
-            web.get("/pieces/{task_id}/{piece}", self.handle),
+            web.get("/pieces/{task_id}/map", self.handle_map, allow_head=False),
+            web.get("/pieces/{task_id}/{piece}", self.handle, allow_head=False),
         ]
 
     def close(self) -> None:
