@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from supernode.preheat.service import Preheats, TooManyJobs, UnknownJob
+from supernode.preheat.service import Preheats, TooManyJobs, TooManyPolls, UnknownJob
 from supernode.torrent_api import named_peer
 from swarmpull.core.identity import Role
 from swarmpull.core.preheat import parse_preheat_poll, parse_preheat_request
@@ -70,5 +70,8 @@ class PreheatApi:
     async def poll(self, request: web.Request) -> web.Response:
         node = self._caller(request)
         body = await read_json(request) if request.can_read_body else {}
-        work = await self._preheats.poll(node, parse_preheat_poll(body))
+        try:
+            work = await self._preheats.poll(node, parse_preheat_poll(body))
+        except TooManyPolls as exc:
+            return json_error(429, "BUSY", str(exc), {"Retry-After": "5"})
         return web.json_response(work.to_json())

@@ -145,6 +145,11 @@ class PreheatJob:
             return []
         return [layer for layer in self.layers if layer.ready]
 
+    def completed(self, node: str, task_id: str) -> bool:
+        """``node`` reported the blob of ``task_id`` complete."""
+        entry = self.nodes.get(node, {}).get(task_id)
+        return entry is not None and entry.state is LayerState.COMPLETE
+
     def unfinished(self) -> list[str]:
         return sorted(
             node

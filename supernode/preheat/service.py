@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 
 from supernode.preheat.jobs import JobState, Layer, LayerState, PreheatJob
@@ -23,7 +24,8 @@ from supernode.seed_task import ShuttingDown, TaskFailed
 from supernode.service import SupernodeService
 from supernode.torrents import NotSeeded, SeedTorrents
 from swarmpull.core.clock import Clock
-from swarmpull.core.preheat import PreheatBlob, PreheatPoll, PreheatRequest, PreheatWork
+from swarmpull.core.preheat import MAX_LAYERS, PreheatBlob, PreheatPoll, PreheatRequest, PreheatWork
+from swarmpull.edges.listener import process_budget
 from swarmpull.edges.registry import OWN, RegistryAccess, RegistryError
 from swarmpull.edges.store import StoreError
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 KEEP_ENDED = 3600.0  # seconds an ended job's status stays readable
 MAX_JOBS = 1000
 POLL_IN = 2.0  # seconds between polls of a node that has preheat work
+POLLS_PER_NODE = 2  # a node's loop waits in one poll; one more covers a restart's overlap
 
 
 class UnknownJob(Exception):
@@ -40,6 +43,11 @@ class UnknownJob(Exception):
 
 class TooManyJobs(Exception):
     """As many preheats run as this supernode keeps: one must end first."""
+
+
+class TooManyPolls(Exception):
+    """A node waits in as many polls as it may, or the process in as many as it may hold
+    (each holds a connection the budget does not shed)."""
 
 
 class Preheats:
@@ -61,6 +69,7 @@ class Preheats:
         self._ticker: asyncio.Task[None] | None = None
         self.version = 0  # bumped by every change a node may need to hear of
         self._changed = asyncio.Event()
+        self._waiting: Counter[str] = Counter()  # node -> its polls waiting for news
 
     def __repr__(self) -> str:
         return f"<Preheats jobs={len(self._jobs)} version={self.version}>"
@@ -160,15 +169,26 @@ class Preheats:
         zone, rack = self._service.presence.labels(node)
         self._record(node, poll)
         deadline = self._clock.monotonic() + poll.wait
-        while True:
-            work = self._work(node, zone, rack)
-            left = deadline - self._clock.monotonic()
-            if work.version != poll.after or left <= 0:
-                return work
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    await changed.wait()
+        work = self._work(node, zone, rack)
+        if work.version != poll.after or poll.wait <= 0:
+            return work
+        if self._waiting[node] >= POLLS_PER_NODE or self._waiting.total() >= process_budget().limit // 2:
+            raise TooManyPolls(f"{node} waits in {self._waiting[node]} preheat polls already")
+        self._waiting[node] += 1
+        try:
+            while True:
+                left = deadline - self._clock.monotonic()
+                if work.version != poll.after or left <= 0:
+                    return work
+                changed = self._changed
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await changed.wait()
+                work = self._work(node, zone, rack)
+        finally:
+            self._waiting[node] -= 1
+            if not self._waiting[node]:
+                del self._waiting[node]
 
     def _record(self, node: str, poll: PreheatPoll) -> None:
         now = self._clock.monotonic()
@@ -201,13 +221,20 @@ class Preheats:
             yield from (layer for layer in job.assigned(node) if layer.task_id == task_id)
 
     def _work(self, node: str, zone: str | None, rack: str | None) -> PreheatWork:
+        """The blobs ``node`` is to hold, at most ``MAX_LAYERS`` (what one answer carries),
+        those it has not completed first: the rest come in later answers as it completes
+        these (forty images of thirty layers preheated at once are 1,200 blobs)."""
         layers: dict[str, PreheatBlob] = {}
+        done: set[str] = set()
         for job in self._jobs.values():
             if job.offer(node, zone, rack):  # a node that joined since matches too
                 for layer in job.assigned(node):
                     image = layer.repository if layer.private else None
                     layers[layer.task_id] = PreheatBlob(layer.task_id, layer.size, image)
-        return PreheatWork(self.version, [layers[t] for t in sorted(layers)], POLL_IN)
+                    if job.completed(node, layer.task_id):
+                        done.add(layer.task_id)
+        chosen = sorted(sorted(layers), key=lambda task_id: task_id in done)[:MAX_LAYERS]
+        return PreheatWork(self.version, [layers[t] for t in sorted(chosen)], POLL_IN)
 
     # -------------------------------------------------------------------- time
 
