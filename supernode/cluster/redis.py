@@ -290,12 +290,15 @@ class RedisCluster:
             for task_id in task_ids:
                 pipe.exists(task_keys(task_id)[0])
             owned = {t for t, held in zip(task_ids, await self._call(pipe.execute()), strict=True) if held}
+        inboxes: dict[str, dict[str, None]] = {}  # task -> its events, each once, in order
+        for task_id, event in events:
+            if task_id in owned:
+                inboxes.setdefault(task_id, {})[json.dumps(event, sort_keys=True)] = None
         async with self._client.pipeline(transaction=False) as pipe:
-            for task_id, event in events:
-                if task_id in owned:
-                    inbox = _inbox(task_id)
-                    pipe.rpush(inbox, json.dumps(event)).ltrim(inbox, -INBOX_LENGTH, -1)
-                    pipe.pexpire(inbox, INBOX_TTL_MS)
+            for task_id, encoded in inboxes.items():  # three commands a task, however many events
+                inbox = _inbox(task_id)
+                pipe.rpush(inbox, *list(encoded)[-INBOX_LENGTH:]).ltrim(inbox, -INBOX_LENGTH, -1)
+                pipe.pexpire(inbox, INBOX_TTL_MS)
             await self._call(pipe.execute())
 
     async def take_inbox(self, task_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -128,6 +128,7 @@ def parse_peer_registration(raw: Any) -> PeerRegistration:
         if not isinstance(value, str) or len(value) > 128:
             raise ProtocolError(f"label {key!r} must be a string of at most 128 characters")
     holdings = [parse_holding(item) for item in _list(body, "holdings", MAX_HOLDINGS, "holdings")]
+    holdings = list({h.task_id: h for h in holdings}.values())  # each task once: the last word
     return PeerRegistration(
         peer_id=_peer_id(body),
         address=parse_address(body.get("address")),
@@ -150,7 +151,8 @@ class Heartbeat:
 def parse_heartbeat(raw: Any) -> Heartbeat:
     body = _optional_obj(raw, "body")
     dropped = _list(body, "dropped_tasks", MAX_DROPPED, "task ids")
-    return Heartbeat([_task_id(t, "dropped_tasks") for t in dropped])
+    # Each once: a task named 50,000 times was as many events to another replica's inbox.
+    return Heartbeat(list(dict.fromkeys(_task_id(t, "dropped_tasks") for t in dropped)))
 
 
 # ---------------------------------------------------------------------- tasks

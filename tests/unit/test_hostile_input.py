@@ -162,3 +162,17 @@ def test_a_registration_from_the_supernodes_own_host_names_no_node(source):
         at_source("http://192.0.2.7:6379", source)
     if source not in ("0.0.0.0", "::"):
         assert at_source("http://192.0.2.7:6379", source, loopback=True).endswith(":6379")
+
+
+def test_a_task_named_many_times_is_named_once():
+    # A heartbeat naming one task 50,000 times was as many events for another replica's
+    # inbox in Redis (three commands each), and as many departures (attack round 9).
+    task = "sha256-" + "ab" * 32
+    other = "sha256-" + "cd" * 32
+    report = parse_peer_report({"tasks": [], "dropped_tasks": [task, other] * 1000})
+    assert report.dropped_tasks == [task, other]
+    holding = {"task_id": task, "size": 10, "piece_size": 10}
+    reg = parse_peer_registration(
+        {"peer_id": "p", "address": None, "holdings": [{**holding, "have": ""}, {**holding, "have": "gA=="}]}
+    )
+    assert [(h.task_id, h.have) for h in reg.holdings] == [(task, "gA==")]
