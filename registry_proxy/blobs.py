@@ -67,6 +67,7 @@ async def head_blob(
 ) -> web.Response:
     """A blob's metadata."""
     size = await _size(client, query, cluster)
+    _not_falsely_empty(query, size)
     return web.Response(
         headers={
             "Docker-Content-Digest": query.path.reference,
@@ -101,10 +102,7 @@ async def get_blob(
     digest = query.path.digest
     if digest is None:
         raise OciError(400, "DIGEST_INVALID", f"a blob is named by its digest, not {query.path.reference!r}")
-    if size == 0 and digest.hex != EMPTY_SHA256:
-        raise OciError(
-            502, "UNKNOWN", f"upstream says {digest} is empty, and it is not the empty blob's digest"
-        )
+    _not_falsely_empty(query, size)
     checked = _Checked(digest.hex) if whole else None
     held: bytes | memoryview | None = None
     try:
@@ -130,6 +128,14 @@ async def get_blob(
     except ConnectionResetError:  # aiohttp's "cannot write to closing transport" is one
         log.info("%s: the client left before the end", digest)
     return resp
+
+
+def _not_falsely_empty(query: BlobQuery, size: int) -> None:
+    """An upstream (or the cluster) that says a blob is empty is believed only for the
+    empty blob: no byte of it would be hashed before it was served."""
+    digest = query.path.digest
+    if size == 0 and digest is not None and digest.hex != EMPTY_SHA256:
+        raise OciError(502, "UNKNOWN", f"upstream says {digest} is empty: not the empty blob's digest")
 
 
 class _Mismatch(Exception):

@@ -67,6 +67,8 @@ async def test_an_upstream_saying_a_blob_is_empty_gets_no_empty_body_served_as_i
         async with session.get(f"{url}/v2/app/blobs/{BLOB}") as resp:
             body = await resp.json()
             assert resp.status == 502 and "empty" in body["errors"][0]["message"]
+        async with session.head(f"{url}/v2/app/blobs/{BLOB}") as resp:
+            assert resp.status == 502
         async with session.get(f"{url}/v2/app/blobs/{EMPTY}") as resp:  # the empty blob is
             assert resp.status == 200 and await resp.read() == b""
 
