@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from pathlib import Path
 
 import pytest
 
 from swarmpull.edges.store import BlobMeta, PieceCorrupt, PieceStore, StoreFull, WriteCancelled
+from swarmpull.edges.store.blob import FORMAT
 from swarmpull.edges.store.store import blobs_for
 
 PIECE = 4096
@@ -345,3 +348,59 @@ async def test_hashing_in_threads_never_reorders_or_loses_a_piece(tmp_path):
     await asyncio.gather(*(one(piece) for piece in order))
     await feeder
     assert whole.hexdigest() == sha(data)
+
+
+# A restart over hostile files in the store's directory (attack round 10): each blob the
+# disk spoiled is removed with a warning; the daemon starts, and nothing outside the
+# directory is touched.
+SPOILED = "sha256-" + "a" * 64
+
+
+def spoiled_record(root: Path, **fields) -> None:
+    meta = {
+        "task_id": SPOILED,
+        "size": 4096,
+        "piece_size": 1 << 20,
+        "digest": None,
+        "url": "",
+        "complete": False,
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{SPOILED}.json").write_text(json.dumps({**meta, "format": FORMAT, **fields}))
+    (root / f"{SPOILED}.data").write_bytes(b"x" * 4096)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"piece_size": -1}, {"piece_size": 0}, {"size": -5}, {"size": "4096"}, {"size": 4096.0},
+        {"size": None}, {"size": True},
+        {"size": 64 << 20},  # more than the cache holds: it was reserved past the quota
+        {"size": 8192},  # not what its data file holds: it was stretched (a record of 1 TiB filled the disk)
+    ],
+)  # fmt: skip
+def test_a_record_no_blob_has_is_removed_and_the_store_loads(tmp_path, fields):
+    spoiled_record(tmp_path, **fields)
+    store = PieceStore(tmp_path, quota=1 << 20)
+    store.load()
+    assert store.get(SPOILED) is None and not list(tmp_path.glob(f"{SPOILED}.*"))
+    store.close()
+
+
+@pytest.mark.parametrize("name", [f"{SPOILED}.data", f"{SPOILED}.pieces", f"{SPOILED}.json"])
+def test_a_symlink_in_the_store_is_never_followed(tmp_path, name):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious" * 100)
+    root = tmp_path / "blobs"
+    spoiled_record(root, size=4096)
+    (root / name).unlink(missing_ok=True)
+    if name.endswith(".json"):
+        os.symlink(tmp_path / "elsewhere.json", root / name)
+        (tmp_path / "elsewhere.json").write_text((tmp_path / "victim").read_text())
+    else:
+        os.symlink(victim, root / name)
+    store = PieceStore(root)
+    store.load()
+    assert store.get(SPOILED) is None
+    store.close()
+    assert victim.read_bytes() == b"precious" * 100

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import resource
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +22,7 @@ from swarmpull.edges.store.disk import BlobMapping, is_reserved, reserve, write_
 from swarmpull.edges.store.errors import StoreError, StoreFull, StoreLocked, StoreWriteError
 
 log = logging.getLogger(__name__)
+MAX_META = 64 * 1024  # bytes: a blob's record is a few hundred
 
 
 def blobs_for(fd_limit: int) -> int:
@@ -94,6 +96,10 @@ class PieceStore:
         found = []
         for meta_path in sorted(self.root.glob("*.json")):
             try:
+                if meta_path.is_symlink() or not meta_path.is_file():
+                    raise ValueError("not a regular file")  # a link to /dev/zero is read for ever
+                if meta_path.stat().st_size > MAX_META:
+                    raise ValueError(f"larger than {MAX_META} bytes")
                 raw = json.loads(meta_path.read_text())
                 meta = BlobMeta(**raw)
                 validate_task_id(meta.task_id)
@@ -101,6 +107,7 @@ class PieceStore:
                     raise ValueError("file name does not match task id")
                 if meta.format != FORMAT:
                     raise ValueError(f"written in format {meta.format}, not {FORMAT}")
+                _check_sizes(meta, self.quota)
             except (ValueError, TypeError, RecursionError) as exc:  # the disk is not trusted
                 log.warning("store: removing unreadable %s: %s", meta_path.name, exc)
                 self._unlink(meta_path.stem)
@@ -108,7 +115,12 @@ class PieceStore:
             data = self._data(meta.task_id)
             found.append((data.stat().st_mtime if data.exists() else 0, meta))
         for _, meta in sorted(found, key=lambda item: item[0]):
-            blob = self._open(meta, create=False)
+            try:
+                blob = self._open(meta, create=False)
+            except (OSError, StoreError) as exc:  # one blob the disk spoiled: not the daemon
+                log.warning("store: removing %s: %s", meta.task_id, exc)
+                self._unlink(meta.task_id)
+                continue
             if blob is not None:
                 self._blobs[meta.task_id] = blob
                 blob.touch()
@@ -254,16 +266,27 @@ class PieceStore:
             log.warning("store: %s has no data file; removing", meta.task_id)
             self._unlink(meta.task_id)
             return None
-        fd = os.open(data, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never through a link: a data dir's symlink would have us truncate what it names.
+        fd = os.open(data, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
-            if os.fstat(fd).st_size != meta.size:
-                reserved = reserve(fd, meta.size)
-            else:
+            length = _regular_length(fd, data)
+            if length == meta.size:
                 reserved = is_reserved(fd, meta.size)
+            elif create:
+                reserved = reserve(fd, meta.size)
+            else:  # a restored record the data file does not match: nothing to keep
+                raise StoreError(f"its data file holds {length} bytes, not the {meta.size} of its record")
             mapping = BlobMapping(fd, meta.size) if reserved and meta.size and self.mapped else None
-            records = b"" if create or not log_path.exists() else log_path.read_bytes()
-            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            log_fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
         except BaseException:
+            os.close(fd)
+            raise
+        try:
+            records = b"" if create else os.pread(log_fd, _regular_length(log_fd, log_path), 0)
+        except BaseException:
+            os.close(log_fd)
+            if mapping is not None:
+                mapping.close()
             os.close(fd)
             raise
         blob = StoredBlob(self, meta, fd, log_fd, mapping)
@@ -306,3 +329,23 @@ class PieceStore:
     def _unlink(self, task_id: str) -> None:
         for suffix in (".data", ".pieces", ".json", ".json.tmp"):
             (self.root / f"{task_id}{suffix}").unlink(missing_ok=True)
+
+
+def _check_sizes(meta: BlobMeta, quota: int | None) -> None:
+    """ValueError for a record whose sizes no blob has (a disk's or a hand's garbage)."""
+    for name in ("size", "piece_size"):
+        value = getattr(meta, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{name} is not a whole number: {value!r}")
+    if meta.size < 0 or meta.piece_size <= 0:
+        raise ValueError(f"impossible sizes: {meta.size} bytes in pieces of {meta.piece_size}")
+    if quota is not None and meta.size > quota:
+        raise ValueError(f"{meta.size} bytes: more than the cache holds ({quota})")
+
+
+def _regular_length(fd: int, path: Path) -> int:
+    """The length of the regular file open at ``fd``; StoreError for anything else."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"{path.name} is not a regular file")
+    return info.st_size
