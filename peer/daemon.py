@@ -399,6 +399,10 @@ class PeerDaemon:
             self._ended_summaries.popitem(last=False)
         if self._downloads.get(download.task_id) is download and download.state is DownloadState.COMPLETE:
             del self._downloads[download.task_id]  # the store answers for it from now on
+        elif download.state is DownloadState.FAILED:  # listed while recent, not for ever
+            failed = [t for t, d in self._downloads.items() if d.state is DownloadState.FAILED]
+            for task_id in failed[: max(0, len(failed) - RECENT_SUMMARIES)]:
+                del self._downloads[task_id]
 
     def _evicted(self, task_id: str) -> None:
         self.capabilities.forget(task_id)

@@ -273,3 +273,30 @@ async def test_an_openers_proofs_of_pull_rights_hold_two_upstream_connections_at
         opening.cancel()
     finally:
         server.close()
+
+
+async def test_failed_downloads_are_listed_while_recent_not_for_ever(tmp_path, monkeypatch):
+    # Each pull of a blob that cannot be had (a distinct URL, from the local API or the
+    # proxy) stayed in the daemon's list for ever (attack round 10).
+    from loadtest.services import free_port
+    from peer import daemon as daemon_module
+    from swarmpull.core.blobs import DownloadFailed
+    from swarmpull.core.rates import Priority
+    from tests.kit.peers import start_peer
+
+    monkeypatch.setattr(daemon_module, "RECENT_SUMMARIES", 8)
+    port = free_port()  # nothing listens there
+    daemon = await start_peer(tmp_path, (), direct_jitter=0.0, max_direct=1000)
+
+    async def fail(i: int) -> None:
+        request = BlobRequest(f"http://127.0.0.1:{port}/blob/{i}", None, {}, Priority.FOREGROUND)
+        with daemon.requested(request) as download, contextlib.suppress(DownloadFailed):
+            await asyncio.wait_for(download.wait_ready(), 30)
+
+    try:
+        await asyncio.gather(*(fail(i) for i in range(20)))
+        await asyncio.sleep(0.1)
+        listed = daemon.downloads()
+        assert len(listed) == 8 and all(d.state.value == "failed" for d in listed)
+    finally:
+        await daemon.stop()
