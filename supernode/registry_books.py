@@ -53,6 +53,12 @@ class Resolution:
     at: float
 
 
+# What one manifest makes known to be in its repository, at most: an image has tens of
+# layers, an index tens of platforms; a hostile registry's index of 44,000 entries pushed
+# every other registry's contents out of the shared memory (attack round 10).
+MAX_CHILDREN = 1024
+
+
 class _Lru(Generic[K, V]):
     """A dict that forgets its least recently used entries beyond ``limit``."""
 
@@ -148,7 +154,8 @@ class RegistryBooks:
         references known to be in the repository too (the registry only accepts a
         manifest whose references are there)."""
         self.seen(host, repository, descriptor)
-        for child in (*parsed.manifests, *parsed.blobs) if parsed is not None else ():
+        children = (*parsed.manifests, *parsed.blobs) if parsed is not None else ()
+        for child in children[:MAX_CHILDREN]:  # the rest are asked of the registry if wanted
             self.seen(host, repository, child)
         if len(data) > self.config.manifest_bytes or descriptor.digest in self._manifests:
             return

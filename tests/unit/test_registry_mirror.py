@@ -247,3 +247,19 @@ def test_books_forget_manifests_beyond_their_budget():
     assert books.manifest(HOST, "r", Digest.parse(IMAGE.manifest_digest)) is None  # the oldest went
     assert books.manifest(HOST, "r", Digest.parse(OTHER.manifest_digest)) == OTHER.manifest.data
     assert books.manifest(HOST, "elsewhere", Digest.parse(OTHER.manifest_digest)) is None
+
+
+def test_a_manifest_makes_a_bounded_number_of_children_known():
+    # A hostile registry's index of 44,000 entries pushed every other registry's contents
+    # out of the one memory they share (attack round 10).
+    from supernode.registry_books import MAX_CHILDREN
+    from swarmpull.core.oci import ParsedManifest
+
+    books = RegistryBooks(BooksConfig())
+    children = tuple(
+        Descriptor(Digest.of(b"%d" % i), "application/octet-stream", 1) for i in range(MAX_CHILDREN + 100)
+    )
+    index = Descriptor(Digest.of(b"index"), "application/vnd.oci.image.index.v1+json", 10)
+    books.add_manifest("evil.example", "x", index, b"{}", ParsedManifest(index.media_type, children))
+    known = [c for c in children if books.content("evil.example", "x", c.digest) is not None]
+    assert known == list(children[:MAX_CHILDREN])
