@@ -76,12 +76,20 @@ class Scheduler:
         capacity: float | None = None,
     ) -> Events:
         """A peer (re)registered; ``serves``: others can fetch from it. A re-registration
-        starts from a clean slate (a quarantine stays). SeedId for a seed's id."""
+        starts its tasks afresh; a quarantine, a degraded spell and what requesters said
+        of it stay. SeedId for a seed's id."""
         known = self._peers.get(peer_id)
         if known is not None and known.is_seed:
             raise SeedId(peer_id)
         events = self.peer_left(peer_id, now) if known is not None else Events()
         peer = Peer(peer_id, zone, rack, serves, capacity or self.config.default_capacity, False)
+        if known is not None:  # what others said of it stays: registering again wipes none of it
+            peer.corrupt, peer.failures = known.corrupt, known.failures
+            peer.checked_at, peer.check_until = known.checked_at, known.check_until
+            peer.cleared_until, peer.deferred = known.cleared_until, known.deferred
+            if known.state is SourceState.DEGRADED and known.degraded_until > now:
+                peer.state, peer.degraded_until = SourceState.DEGRADED, known.degraded_until
+                self._degraded[peer_id] = None
         if self._quarantine.get(peer_id, 0.0) > now:
             peer.state = SourceState.QUARANTINED
         peer.last_seen = now

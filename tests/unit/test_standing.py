@@ -285,3 +285,21 @@ def test_a_report_without_an_open_is_checked_like_an_open():
     sched.take_checks()
     _, events = sched.report(T, "liar", NOW + 3600, have=full(64))
     assert [c.source for c in events.checks] == ["liar"]
+
+
+def test_registering_again_wipes_neither_a_degraded_spell_nor_the_witnesses():
+    # A source re-registered to start afresh: its spell ended, its accusers' word was
+    # forgotten (attack round 7's lead).
+    sched = swarm(check_seconds=0, peer_timeout=600.0)  # no checks: the witnesses decide
+    claim(sched, "r1", "src", CORRUPT, NOW + 1)  # one witness
+    claim(sched, "r3", "src", FailureReason.SLOW, NOW + 1)
+    claim(sched, "r4", "src", FailureReason.SLOW, NOW + 1)  # two: degraded for a while
+    assert sched.state("src") is SourceState.DEGRADED
+    sched.peer_joined("src", NOW + 2, serves=True)
+    sched.join(T, "src", full(8), NOW + 2)
+    assert sched.state("src") is SourceState.DEGRADED
+    sched.expire(NOW + 2 + sched.config.degraded_seconds + 1)
+    assert sched.state("src") is SourceState.ACTIVE  # the spell ends when it ends
+    later = NOW + 3 + sched.config.degraded_seconds
+    sched.report(T, "r2", later, have=0)  # given src again
+    assert claim(sched, "r2", "src", CORRUPT, later).quarantined == ["src"]  # r1's word stayed
