@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 
 from supernode.preheat.jobs import JobState, Layer, LayerState, PreheatJob
@@ -25,7 +24,7 @@ from supernode.service import SupernodeService
 from supernode.torrents import NotSeeded, SeedTorrents
 from swarmpull.core.clock import Clock
 from swarmpull.core.preheat import MAX_LAYERS, PreheatBlob, PreheatPoll, PreheatRequest, PreheatWork
-from swarmpull.edges.listener import process_budget
+from swarmpull.edges.listener import Parked
 from swarmpull.edges.registry import OWN, RegistryAccess, RegistryError
 from swarmpull.edges.store import StoreError
 
@@ -69,7 +68,7 @@ class Preheats:
         self._ticker: asyncio.Task[None] | None = None
         self.version = 0  # bumped by every change a node may need to hear of
         self._changed = asyncio.Event()
-        self._waiting: Counter[str] = Counter()  # node -> its polls waiting for news
+        self._waiting = Parked(POLLS_PER_NODE)  # polls waiting for news
 
     def __repr__(self) -> str:
         return f"<Preheats jobs={len(self._jobs)} version={self.version}>"
@@ -172,10 +171,9 @@ class Preheats:
         work = self._work(node, zone, rack)
         if work.version != poll.after or poll.wait <= 0:
             return work
-        if self._waiting[node] >= POLLS_PER_NODE or self._waiting.total() >= process_budget().limit // 2:
-            raise TooManyPolls(f"{node} waits in {self._waiting[node]} preheat polls already")
-        self._waiting[node] += 1
-        try:
+        if self._waiting.full(node):
+            raise TooManyPolls(f"{node} waits in as many preheat polls as it may")
+        with self._waiting.parked(node):
             while True:
                 left = deadline - self._clock.monotonic()
                 if work.version != poll.after or left <= 0:
@@ -185,10 +183,6 @@ class Preheats:
                     async with asyncio.timeout(left):
                         await changed.wait()
                 work = self._work(node, zone, rack)
-        finally:
-            self._waiting[node] -= 1
-            if not self._waiting[node]:
-                del self._waiting[node]
 
     def _record(self, node: str, poll: PreheatPoll) -> None:
         now = self._clock.monotonic()

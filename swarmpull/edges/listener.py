@@ -38,7 +38,8 @@ import resource
 import socket
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -267,6 +268,43 @@ def process_budget() -> ConnectionBudget:
     if budget is None:
         budget = _budgets[loop] = ConnectionBudget()
     return budget
+
+
+def parked_cap() -> int:
+    """Requests parked waiting for news (long polls) a process holds at most: half its
+    connection budget, which sheds only idle connections, so the rest keeps room."""
+    return max(1, process_budget().limit // 2)
+
+
+class Parked:
+    """Requests parked waiting for news (long polls), counted per caller: at most
+    ``per_caller`` one, ``parked_cap()`` together (each holds a connection the budget does
+    not shed: one caller's polls took a process's whole budget). ``full`` before parking
+    one, ``parked`` around its wait."""
+
+    def __init__(self, per_caller: int) -> None:
+        self._per_caller = per_caller
+        self._waiting: Counter[str | None] = Counter()  # caller -> its requests parked
+
+    def __len__(self) -> int:
+        return self._waiting.total()
+
+    def full(self, caller: str | None) -> bool:
+        """Whether one more of ``caller``'s (None: no name, counted in all only) would be
+        past a cap."""
+        if self._waiting.total() >= parked_cap():
+            return True
+        return caller is not None and self._waiting[caller] >= self._per_caller
+
+    @contextlib.contextmanager
+    def parked(self, caller: str | None) -> Iterator[None]:
+        self._waiting[caller] += 1
+        try:
+            yield
+        finally:
+            self._waiting[caller] -= 1
+            if not self._waiting[caller]:
+                del self._waiting[caller]
 
 
 class _Tracked(asyncio.Protocol):

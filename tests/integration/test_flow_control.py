@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from types import SimpleNamespace
 
 import aiohttp
 
@@ -185,7 +184,7 @@ async def test_a_requester_that_trickles_loses_its_slot(swarm, upstream, monkeyp
 
 async def test_long_polls_are_capped_per_requester_and_in_all(swarm, upstream, monkeypatch):
     monkeypatch.setattr(server, "POLLS_PER_REQUESTER", 2)
-    monkeypatch.setattr(server, "process_budget", lambda: SimpleNamespace(limit=6))  # polls: 3
+    monkeypatch.setattr(listener, "parked_cap", lambda: 3)  # half a budget of 6
     requesters, _ = await slotted_source(swarm, upstream)
     poll = f"{requesters.url}/map?after=5&wait=30"
 

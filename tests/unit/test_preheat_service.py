@@ -62,4 +62,4 @@ async def test_a_node_parks_a_bounded_number_of_polls():
     assert not other.done()
     preheats._change()  # news: every parked poll is answered
     assert all(work.version == version + 1 for work in await asyncio.gather(*parked, other))
-    assert not preheats._waiting
+    assert not len(preheats._waiting)

@@ -56,7 +56,7 @@ from swarmpull.core.bitfield import BitfieldError, bits, from_text, to_text
 from swarmpull.core.maps import PieceMap
 from swarmpull.core.tasks import TASK_ID_RE
 from swarmpull.edges.http import json_error
-from swarmpull.edges.listener import process_budget
+from swarmpull.edges.listener import Parked
 from swarmpull.edges.ratelimit import RateLimiter
 from swarmpull.edges.store import PieceCorrupt, PieceStore, StoredBlob, StoreError
 from swarmpull.edges.transport.compression import PieceCompressor
@@ -116,7 +116,7 @@ class PieceServer:
         self._line: deque[asyncio.Future[None]] = deque()
         self._share = max(1, slots // 2) if slots else None  # uploads a requester holds or waits for
         self._uploads: Counter[str] = Counter()  # requester -> uploads it holds or waits for
-        self._polls: Counter[str | None] = Counter()  # requester -> long polls waiting
+        self._polls = Parked(POLLS_PER_REQUESTER)  # long polls of maps
         self._checks = 0  # supernodes' checks being served
         self._unlimited = RateLimiter(None)
         self._compressor = PieceCompressor() if compression else None
@@ -169,21 +169,12 @@ class PieceServer:
         except (BitfieldError, ValueError) as exc:
             return json_error(400, "BAD_REQUEST", f"bad map query: {exc}")
         if wait > 0 and blob.verified_count <= after and not self._closed:
-            if self._polls.total() >= self._poll_cap() or (
-                who is not None and self._polls[who] >= POLLS_PER_REQUESTER
-            ):
+            if self._polls.full(who):
                 return json_error(429, "BUSY", "too many long polls wait here", {"Retry-After": "5"})
             event = self._changed.setdefault(task_id, asyncio.Event())
-            self._polls[who] += 1
-            try:
+            with self._polls.parked(who), contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await event.wait()
-            except TimeoutError:
-                pass
-            finally:
-                self._polls[who] -= 1
-                if not self._polls[who]:
-                    del self._polls[who]
             blob = self._store.get(task_id)
             if blob is None:
                 return json_error(404, "NOT_FOUND", f"task {task_id} is not held here")
@@ -258,20 +249,27 @@ class PieceServer:
                 return refusal
             whole = False
             try:
-                with self._store.pinned(blob):
-                    try:
-                        offset, length = await asyncio.to_thread(blob.piece_region, piece)
-                    except PieceCorrupt:
-                        return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
-                    except StoreError as exc:
-                        return json_error(404, "NOT_FOUND", str(exc))
-                    resp, whole = await self._send(request, blob, piece, offset, length)
-                    return resp
-            finally:
+                resp, whole = await self._send_piece(request, blob, piece, self._limiter)
+                return resp
+            finally:  # cancelled too (the requester hung up)
                 if not whole and self._ration is not None:
                     self._ration.give_back(blob.task_id, piece, size, who)
         finally:
             self._give_slot()
+
+    async def _send_piece(
+        self, request: web.Request, blob: StoredBlob, piece: int, limiter: RateLimiter
+    ) -> tuple[web.StreamResponse, bool]:
+        """The piece from the store file (pinned while it goes), and whether it went out
+        whole."""
+        with self._store.pinned(blob):
+            try:
+                offset, length = await asyncio.to_thread(blob.piece_region, piece)
+            except PieceCorrupt:
+                return json_error(404, "NOT_FOUND", f"piece {piece} is not held here"), False
+            except StoreError as exc:
+                return json_error(404, "NOT_FOUND", str(exc)), False
+            return await self._send(request, blob, piece, offset, length, limiter)
 
     async def _checked(self, request: web.Request, blob: StoredBlob, piece: int) -> web.StreamResponse:
         """A supernode's check of a piece, served at once: outside the upload slots, their
@@ -283,13 +281,8 @@ class PieceServer:
             return json_error(429, "BUSY", "too many checks at once", {"Retry-After": "1"})
         self._checks += 1
         try:
-            with self._store.pinned(blob):
-                try:
-                    offset, length = await asyncio.to_thread(blob.piece_region, piece)
-                except (PieceCorrupt, StoreError):
-                    return json_error(404, "NOT_FOUND", f"piece {piece} is not held here")
-                resp, _ = await self._send(request, blob, piece, offset, length, self._unlimited)
-                return resp
+            resp, _ = await self._send_piece(request, blob, piece, self._unlimited)
+            return resp
         finally:
             self._checks -= 1
 
@@ -314,10 +307,6 @@ class PieceServer:
         if rate is None:
             return MIN_SEND_RATE
         return min(MIN_SEND_RATE, rate / (2 * (self._slots or 1)))
-
-    def _poll_cap(self) -> int:
-        """Long polls waiting here at most: half the process's connection budget."""
-        return max(1, process_budget().limit // 2)
 
     def _admit(self, request: web.Request, task_id: str) -> str | web.Response | None:
         """The requester's name (None: no gate here, so no name), or the 403."""
@@ -359,11 +348,9 @@ class PieceServer:
         piece: int,
         offset: int,
         length: int,
-        limiter: RateLimiter | None = None,
+        limiter: RateLimiter,
     ) -> tuple[web.StreamResponse, bool]:
-        """The response, and whether its body went out whole (within ``limiter``, by
-        default the upload limit)."""
-        limiter = limiter or self._limiter
+        """The response, and whether its body went out whole (within ``limiter``)."""
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         resp.headers[MAP_HEADER] = to_text(blob.have, blob.geometry.count)
         body: bytes | None = None
