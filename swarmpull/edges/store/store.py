@@ -268,6 +268,7 @@ class PieceStore:
             return None
         # Never through a link: a data dir's symlink would have us truncate what it names.
         fd = os.open(data, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        mapping = log_fd = None
         try:
             length = _regular_length(fd, data)
             if length == meta.size:
@@ -278,13 +279,10 @@ class PieceStore:
                 raise StoreError(f"its data file holds {length} bytes, not the {meta.size} of its record")
             mapping = BlobMapping(fd, meta.size) if reserved and meta.size and self.mapped else None
             log_fd = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
             records = b"" if create else os.pread(log_fd, _regular_length(log_fd, log_path), 0)
         except BaseException:
-            os.close(log_fd)
+            if log_fd is not None:
+                os.close(log_fd)
             if mapping is not None:
                 mapping.close()
             os.close(fd)
