@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peer.policy import PolicyConfig
+from peer.policy_config import PolicyConfig
 from swarmpull.edges.http import HostPort
 from swarmpull.edges.origin import UpstreamConfig
 from swarmpull.edges.tls import ClusterTls

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from peer.control import Control, Reporter
 from peer.link import LinkError
 from peer.metrics import PeerMetrics
-from peer.policy import PiecePolicy, PolicyConfig
+from peer.policy import PiecePolicy
+from peer.policy_config import PolicyConfig
 from peer.slots import DownloadSlots
 from swarmpull.core.bitfield import BitfieldError, from_text, to_text
 from swarmpull.core.blobs import DownloadFailed

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peer.config import DOWNLOAD_SLOTS, UPLOAD_SLOTS
-from peer.policy import PolicyConfig
+from peer.policy_config import PolicyConfig
 from supernode.config import SupernodeConfig
 from supernode.scheduler import SchedulerConfig
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer.policy import PiecePolicy, PolicyConfig
+from peer.policy import PiecePolicy
+from peer.policy_config import PolicyConfig
 from swarmpull.core.bitfield import bits, full, of
 from swarmpull.core.failures import FailureReason
 

@@ -2,7 +2,8 @@
 
 import random
 
-from peer.policy import PiecePolicy, PolicyConfig
+from peer.policy import PiecePolicy
+from peer.policy_config import PolicyConfig
 from peer.share import LinkShare
 from swarmpull.core.rates import Priority
 
