@@ -12,8 +12,8 @@ accusation a lie (``scheduler/standing``), no answer leaves it to the witnesses;
 claimed piece the source does not hold makes its holdings unbelieved (it leaves the task).
 A piece server serves the supernode's checks outside its upload slots and line, over
 mutual TLS (a source's slots held by liars must not make it look silent), so a source
-that answers a check with anything but the piece (busy, stopping) refused it: for an accusation the
-witnesses decide, as without an answer; claimed holdings are not believed. A check we
+that answers a check with anything but the piece (busy, stopping) refused it: for an
+accusation the witnesses decide, as without an answer; claimed holdings are not believed. A check we
 could not make (no room in our line, nothing to compare) is no evidence either way: the
 accusation waits for the next check (``deferred``), so that nobody can have an honest
 source quarantined by keeping the supernode from checking it.
